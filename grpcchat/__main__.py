@@ -1,0 +1,3 @@
+from grpcchat.cli import main
+
+main()

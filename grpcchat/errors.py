@@ -1,0 +1,30 @@
+"""Domain errors: the failures a caller is expected to handle.
+
+Each class maps to exactly one gRPC status code, in `grpcchat.service` (server side) and back in
+`grpcchat.client` (client side). Anything else raised is a bug, not a ChatError.
+"""
+
+
+class ChatError(Exception):
+    """An expected failure whose message is safe and useful to show a person."""
+
+
+class InvalidInput(ChatError):
+    """A name, room or text that breaks a documented rule (INVALID_ARGUMENT)."""
+
+
+class SlowConsumer(ChatError):
+    """A subscriber fell so far behind that its queue overflowed (RESOURCE_EXHAUSTED)."""
+
+
+class ServerDraining(ChatError):
+    """The server is shutting down; reconnect elsewhere or later (UNAVAILABLE)."""
+
+
+class RemoteError(ChatError):
+    """A call the server (or the network) refused; `status` is the gRPC status code's name,
+    e.g. "UNAVAILABLE", so callers can react without importing grpc."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status

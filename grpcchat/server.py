@@ -1,0 +1,125 @@
+"""Composition root and lifecycle: build the hub and the gRPC server, run, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from types import TracebackType
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from grpcchat.config import ServerConfig
+from grpcchat.core import Hub
+from grpcchat.service import SERVICE_NAME, ChatServicer, add_to_server
+
+log = logging.getLogger("grpcchat.server")
+
+_GRPC_OPTIONS = [
+    # Opening thousands of streams in one burst otherwise leaves some unregistered (CANCELLED).
+    ("grpc.server.max_pending_requests", 10000),
+    # Find dead peers, so their subscriptions do not linger.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+class ChatServer:
+    """One chat server process: `async with ChatServer(config) as server: await server.wait()`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.hub = Hub(config.queue_size, config.max_batch, config.batch_linger)
+        self._server = aio.server(options=_GRPC_OPTIONS)
+        # grpc-stubs does not know the aio health servicer.
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.port = 0
+
+    async def start(self) -> None:
+        add_to_server(ChatServicer(self.hub), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        try:
+            self.port = self._server.add_insecure_port(self.config.bind_address)
+        except RuntimeError as error:
+            raise OSError(
+                f"cannot listen on {self.config.bind_address}: the address is in use or invalid"
+            ) from error
+        await self._server.start()
+        await self._set_serving(True)
+
+    @property
+    def address(self) -> str:
+        host = self.config.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: report NOT_SERVING, tell every stream to reconnect (UNAVAILABLE) after flushing
+        what it has queued, refuse new calls, and cancel what is left after `grace` seconds."""
+        grace = self.config.grace_period if grace is None else grace
+        await self._set_serving(False)
+        self.hub.drain()
+        await self._server.stop(grace)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> ChatServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop(0 if exc is not None else None)
+
+
+async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) -> None:
+    """Run until SIGINT/SIGTERM. The first signal drains gracefully; a second one stops at once."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    stop_requested = asyncio.Event()
+    drain: asyncio.Future[None] | None = None
+
+    def on_signal() -> None:
+        if drain is not None:
+            log.warning("second signal: stopping now")
+            drain.cancel()
+        stop_requested.set()
+
+    server = ChatServer(config)
+    await server.start()
+    try:
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal)
+        on_started(server)
+        await stop_requested.wait()
+        log.info(
+            "shutting down: draining for up to %.1fs (Ctrl-C again to force)", config.grace_period
+        )
+        drain = asyncio.ensure_future(server.stop())
+        await drain
+    except asyncio.CancelledError:
+        await server.stop(0)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("server stopped")

@@ -1,0 +1,87 @@
+"""Shared fixtures: a real server on port 0 in this process, and real clients over the wire."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from grpcchat.client import ChatClient
+from grpcchat.config import ClientConfig, ServerConfig
+from grpcchat.server import ChatServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def server_config() -> ServerConfig:
+    return ServerConfig(port=0, grace_period=1.0)
+
+
+@pytest.fixture
+async def server(server_config: ServerConfig) -> AsyncIterator[ChatServer]:
+    async with ChatServer(server_config) as running:
+        yield running
+
+
+@pytest.fixture
+def addr(server: ChatServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def client(addr: str) -> AsyncIterator[ChatClient]:
+    async with ChatClient(ClientConfig(addr=addr, timeout=5.0)) as connected:
+        yield connected
+
+
+def grpcchat_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "grpcchat", *args]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPCCHAT_")}
+    env.update(COLUMNS="200", NO_COLOR="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+class ServerProcess:
+    """`grpcchat serve --port 0` as a subprocess, with the port read from its startup line."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            grpcchat_command("serve", "--port", "0", *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # bounded by the test's timeout
+        match = re.search(r"listening on \S+:(\d+)", line)
+        if match is None:
+            self.process.kill()
+            raise AssertionError(f"no startup line: {line!r} {self.process.stderr.read()!r}")
+        self.port = int(match.group(1))
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def server_process() -> Iterator[ServerProcess]:
+    running = ServerProcess()
+    yield running
+    running.stop()
