@@ -47,6 +47,7 @@ EXIT_UNAVAILABLE = 3  # server unreachable or going away: retrying later can hel
 EXIT_REJECTED = 4  # the server refused the input: retrying the same thing will not help
 EXIT_TIMEOUT = 5
 EXIT_UNAUTHENTICATED = 6
+EXIT_GENERATOR_FAILED = 2
 _EXIT_BY_STATUS = {
     "UNAVAILABLE": EXIT_UNAVAILABLE,
     "CANCELLED": EXIT_UNAVAILABLE,
@@ -234,8 +235,31 @@ def gen_proto(
         Path | None, typer.Option(help="Repository root [default: found from the cwd].")
     ] = None,
 ) -> None:
-    """Regenerate the Python code in grpcchat/gen from proto/ (run in a checkout)."""
-    _fail("gen-proto is not wired yet")
+    """Regenerate the Python code in grpcchat/gen from proto/ (run in a checkout).
+
+    --check exits 1 and names the stale files when the committed code differs from what the
+    protos produce (it always uses the default generator, grpc_tools).
+    """
+    from grpcchat import protogen
+
+    try:
+        repo = root or protogen.find_repo_root()
+        if check:
+            stale = protogen.check(repo)
+            for path in stale:
+                console.print(f"stale: {path.relative_to(repo)}", style="yellow", highlight=False)
+            if stale:
+                _fail(f"{protogen.GEN_PREFIX} is out of date; run `grpcchat gen-proto`")
+            console.print(f"{protogen.GEN_PREFIX} is up to date", style="green")
+            return
+        changed = protogen.generate(repo, use_buf=with_buf)
+    except protogen.ProtogenError as error:
+        _fail(str(error), EXIT_GENERATOR_FAILED)
+    for path in changed:
+        verb = "wrote" if path.exists() else "removed"
+        console.print(f"{verb}: {path.relative_to(repo)}", highlight=False)
+    suffix = "" if changed else " (nothing changed)"
+    console.print(f"{protogen.GEN_PREFIX} is up to date{suffix}", style="green")
 
 
 def main() -> None:

@@ -113,6 +113,9 @@ class ChatServicer:
         # the write loop cannot notice its own eviction: a watchdog ends the call instead.
         watchdog = asyncio.create_task(_abort_when_evicted(subscription, context))
         try:
+            # Headers now, not with the first message: they tell the client the subscription is
+            # registered, so everything posted from here on will reach it.
+            await context.send_initial_metadata(())
             async for batch in subscription.batches():
                 for payload in encode(batch):
                     await context.write(payload)

@@ -1,0 +1,188 @@
+"""End to end over the real wire: our server on port 0, our client, several sessions."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from grpcchat.client import ChatClient, Connected, Reconnecting
+from grpcchat.config import ClientConfig, ServerConfig
+from grpcchat.errors import InvalidInput, RemoteError
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
+from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
+from grpcchat.server import ChatServer
+from grpcchat.validation import MAX_NAME_LENGTH, MAX_TEXT_LENGTH
+from tests.helpers import Follower
+
+
+async def test_two_chatters_see_each_others_messages_in_order(client: ChatClient) -> None:
+    async with (
+        Follower(client.session("alice")) as alice,
+        Follower(client.session("bob")) as bob,
+    ):
+        sent = []
+        for i in range(20):
+            speaker = alice if i % 2 else bob
+            sent.append(await speaker.session.send(f"message {i}"))
+        for follower in (alice, bob):
+            received = await follower.messages(20)
+            assert [m.text for m in received] == [f"message {i}" for i in range(20)]
+            assert [m.id for m in received] == [m.id for m in sent]
+        assert [m.seq for m in sent] == list(range(1, 21))
+        assert len({m.id for m in sent}) == 20
+
+
+async def test_server_stamps_id_time_and_position(client: ChatClient) -> None:
+    before = datetime.now(UTC)
+    message = await client.send("alice", "hello")
+    after = datetime.now(UTC)
+    assert message.id
+    assert message.room == "lobby"
+    assert message.seq == 1
+    assert before - timedelta(seconds=1) <= message.sent_at <= after + timedelta(seconds=1)
+
+
+async def test_client_supplied_time_is_replaced(addr: str) -> None:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = pb_grpc.ChatServiceStub(channel)
+        call = stub.Chat()  # type: ignore[call-arg]
+        old = pb.ChatMessage(sender="mallory", text="from the past")
+        old.sent_at.FromDatetime(datetime(2001, 1, 1, tzinfo=UTC))
+        await call.write(old)
+        echoed = await asyncio.wait_for(call.read(), 5)
+        assert isinstance(echoed, pb.ChatMessage)
+        assert echoed.sent_at.ToDatetime(tzinfo=UTC).year == datetime.now(UTC).year
+        assert echoed.id
+        call.cancel()
+
+
+@pytest.mark.parametrize(
+    ("sender", "text", "reason"),
+    [
+        ("alice", "", "must not be empty"),
+        ("alice", "   \n\t ", "must not be empty"),
+        ("alice", "x" * (MAX_TEXT_LENGTH + 1), f"limit is {MAX_TEXT_LENGTH}"),
+        ("alice", "bell\x07", "control characters"),
+        ("", "hi", "name must not be empty"),
+        ("a" * (MAX_NAME_LENGTH + 1), "hi", f"limit is {MAX_NAME_LENGTH}"),
+        ("ali\x1b[31mce", "hi", "control characters"),
+        ("ali\u202ece", "hi", "control characters"),
+    ],
+)
+async def test_bad_input_is_invalid_argument(
+    addr: str, sender: str, text: str, reason: str
+) -> None:
+    # A raw stub, so the server's checks are exercised, not the client library's.
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = pb_grpc.ChatServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Send(pb.SendRequest(sender=sender, text=text))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize("room", ["Lobby", "has space", "-dash", "x" * 33, "émoji"])
+async def test_bad_room_is_invalid_argument(addr: str, room: str) -> None:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = pb_grpc.ChatServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Send(pb.SendRequest(sender="alice", text="hi", room=room))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "room name" in (caught.value.details() or "")
+
+
+async def test_client_rejects_bad_input_before_sending(client: ChatClient) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        await client.send("alice", " ")
+    assert "must not be empty" in str(caught.value)
+
+
+async def test_bad_client_does_not_disturb_others(client: ChatClient, addr: str) -> None:
+    async with Follower(client.session("bob")) as bob:
+        async with grpc.aio.insecure_channel(addr) as channel:
+            stub = pb_grpc.ChatServiceStub(channel)
+            for garbage in (b"\xff\xff\xff", b"\x0a\x05ab"):
+                raw = channel.unary_unary("/chat.v1.ChatService/Send")
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await raw(garbage)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Send(pb.SendRequest(sender="x", text=""))
+        await client.send("alice", "still here")
+        [message] = await bob.messages(1)
+        assert message.text == "still here"
+
+
+async def test_rooms_are_isolated(client: ChatClient) -> None:
+    async with (
+        Follower(client.session("alice", "games")) as games,
+        Follower(client.session("bob")) as lobby,
+    ):
+        await client.send("carol", "in games", "games")
+        await client.send("carol", "in lobby")
+        [seen_in_games] = await games.messages(1)
+        [seen_in_lobby] = await lobby.messages(1)
+        assert (seen_in_games.text, seen_in_games.room) == ("in games", "games")
+        assert (seen_in_lobby.text, seen_in_lobby.room) == ("in lobby", "lobby")
+        assert games.events.empty()
+        assert lobby.events.empty()
+
+
+async def test_unreachable_server_is_unavailable() -> None:
+    async with ChatClient(ClientConfig(addr="127.0.0.1:1", timeout=2)) as client:
+        with pytest.raises(RemoteError) as caught:
+            await client.send("alice", "hi")
+        assert caught.value.status == "UNAVAILABLE"
+        assert "cannot reach" in str(caught.value)
+        with pytest.raises(RemoteError):
+            async for _ in client.session("alice").events():
+                pass
+
+
+async def test_drain_tells_subscribers_to_reconnect_and_they_resume() -> None:
+    first = ChatServer(ServerConfig(port=0, grace_period=1.0))
+    await first.start()
+    port = first.port
+    async with (
+        ChatClient(ClientConfig(addr=f"127.0.0.1:{port}", timeout=5)) as client,
+        Follower(client.session("alice")) as alice,
+    ):
+        await client.send("bob", "before")
+        [before] = await alice.messages(1)
+        assert before.text == "before"
+        await first.stop()
+        event = await alice.next_event()
+        assert isinstance(event, Reconnecting)
+        assert "shutting down" in event.reason
+        second = ChatServer(ServerConfig(port=port, grace_period=1.0))
+        await second.start()
+        try:
+            while not isinstance(event := await alice.next_event(10), Connected):
+                assert isinstance(event, Reconnecting)
+            await client.send("bob", "after")
+            [after] = await alice.messages(1)
+            assert after.text == "after"
+        finally:
+            await second.stop(0)
+
+
+async def test_health_and_reflection_are_served(server: ChatServer, addr: str) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(addr) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="chat.v1.ChatService"))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = set()
+        async for response in call:
+            names = {s.name for s in response.list_services_response.service}
+            break
+        assert "chat.v1.ChatService" in names
+    await server.stop(0)

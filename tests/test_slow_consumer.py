@@ -1,0 +1,67 @@
+"""A subscriber that stops reading is cut off; nobody else notices."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from grpcchat.client import ChatClient
+from grpcchat.config import ServerConfig
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
+from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
+from grpcchat.server import ChatServer
+from tests.helpers import Follower
+
+QUEUE_SIZE = 32
+
+
+@pytest.fixture
+def server_config() -> ServerConfig:
+    return ServerConfig(port=0, queue_size=QUEUE_SIZE, grace_period=1.0)
+
+
+async def test_slow_consumer_is_disconnected_and_others_get_everything(
+    server: ChatServer, addr: str, client: ChatClient
+) -> None:
+    text = "x" * 4000
+    async with (
+        grpc.aio.insecure_channel(addr) as stalled_channel,
+        Follower(client.session("fast")) as fast,
+    ):
+        stalled = pb_grpc.ChatServiceStub(stalled_channel).Subscribe(
+            pb.SubscribeRequest(name="stalled")
+        )
+        await asyncio.wait_for(stalled.initial_metadata(), 5)
+        assert server.hub.subscriber_count() == 2
+
+        # Post until the stalled subscriber is evicted: first the transport's flow-control
+        # window fills, then its queue. Bounded, so a broken eviction fails instead of hanging.
+        sent = []
+        for i in range(5000):
+            sent.append(await client.send("bob", f"{i} {text}"))
+            if server.hub.subscriber_count() == 1:
+                break
+        else:
+            pytest.fail("the stalled subscriber was never disconnected")
+
+        received = await fast.messages(len(sent), timeout=30)
+        assert [m.seq for m in received] == [m.seq for m in sent]
+
+        # The stalled client, once it reads, finds what had been sent before the cut-off and then
+        # the reason, so it knows to reconnect and resume.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(_read_to_end(stalled), 30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "slow consumer" in (caught.value.details() or "")
+
+        # The room keeps working for everyone else.
+        after = await client.send("bob", "after the cut-off")
+        [message] = await fast.messages(1)
+        assert message.id == after.id
+
+
+async def _read_to_end(call: grpc.aio.UnaryStreamCall[object, object]) -> None:
+    async for _ in call:
+        pass
