@@ -74,7 +74,7 @@ TimeoutOption = Annotated[
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    err_console.print(ui.render_error(message))
+    err_console.print(ui.render_error(message), soft_wrap=True)
     raise typer.Exit(code)
 
 

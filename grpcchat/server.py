@@ -19,6 +19,9 @@ from grpcchat.service import SERVICE_NAME, ChatServicer, add_to_server
 log = logging.getLogger("grpcchat.server")
 
 _GRPC_OPTIONS = [
+    # gRPC shares ports by default (SO_REUSEPORT): a second server on a busy port would start
+    # "successfully" and split the clients with the first.
+    ("grpc.so_reuseport", 0),
     # Opening thousands of streams in one burst otherwise leaves some unregistered (CANCELLED).
     ("grpc.server.max_pending_requests", 10000),
     # Find dead peers, so their subscriptions do not linger.

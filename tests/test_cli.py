@@ -1,0 +1,145 @@
+"""The commands as a user runs them: subprocesses, real server, exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from tests.conftest import ServerProcess, cli_env, grpcchat_command
+
+
+def run(
+    *args: str, stdin: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        grpcchat_command(*args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=timeout,
+    )
+
+
+def test_help_teaches_every_command() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "join", "send", "gen-proto"):
+        assert command in result.stdout
+
+
+def test_send_prints_what_the_server_accepted(server_process: ServerProcess) -> None:
+    result = run("send", "--addr", server_process.addr, "--name", "bot", "hello")
+    assert result.returncode == 0, result.stderr
+    assert "#lobby seq 1" in result.stdout
+
+
+def test_send_json_from_stdin_one_object_per_line(server_process: ServerProcess) -> None:
+    result = run(
+        "send",
+        "--addr",
+        server_process.addr,
+        "--name",
+        "bot",
+        "--json",
+        "--room",
+        "ops",
+        stdin="first\n\nsecond [bold]\n",
+    )
+    assert result.returncode == 0, result.stderr
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["text"] for o in objects] == ["first", "second [bold]"]
+    assert [o["seq"] for o in objects] == [1, 2]
+    assert all(o["id"] and o["room"] == "ops" and o["sender"] == "bot" for o in objects)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--name", "bot", "   "), 4, "must not be empty"),
+        (("--name", "bad\x1bname", "hi"), 4, "control characters"),
+        (("--name", "bot", "--room", "Bad Room", "hi"), 4, "room name"),
+        (("--name", "bot", "x" * 5000), 4, "limit is 4096"),
+    ],
+)
+def test_send_rejections_are_one_red_line(
+    server_process: ServerProcess, args: tuple[str, ...], code: int, message: str
+) -> None:
+    result = run("send", "--addr", server_process.addr, *args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_send_to_nothing_is_exit_3() -> None:
+    result = run("send", "--addr", "127.0.0.1:1", "--name", "bot", "hi")
+    assert result.returncode == 3
+    assert "cannot reach a chat server at 127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_send_timeout_is_exit_5() -> None:
+    # A server that accepts the call and never answers: only the deadline can end it.
+    def hang(request: bytes, context: grpc.ServicerContext) -> bytes:
+        time.sleep(5)
+        return b""
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    handler = grpc.unary_unary_rpc_method_handler(hang)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("chat.v1.ChatService", {"Send": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        result = run("send", "--addr", f"127.0.0.1:{port}", "--timeout", "1", "--name", "b", "hi")
+    finally:
+        server.stop(0)
+    assert result.returncode == 5
+    assert "no answer from" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_rejects_a_busy_port(server_process: ServerProcess) -> None:
+    result = run("serve", "--port", str(server_process.port))
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
+
+
+def test_serve_bad_options() -> None:
+    assert run("serve", "--port", "70000").returncode == 2
+    bad_level = run("serve", "--port", "0", "--log-level", "loud")
+    assert bad_level.returncode == 1
+    assert "unknown log level" in bad_level.stderr
+
+
+def test_serve_logs_messages_and_drains_on_sigterm() -> None:
+    server = ServerProcess()
+    try:
+        assert run("send", "--addr", server.addr, "--name", "alice", "hi there").returncode == 0
+        server.process.send_signal(signal.SIGTERM)
+        _, err = server.process.communicate(timeout=15)
+    finally:
+        server.stop()
+    assert server.process.returncode == 0
+    assert '🟢 [alice]: "hi there"' in err
+    assert "server stopped" in err
+
+
+def test_quiet_server_does_not_log_messages() -> None:
+    server = ServerProcess("--quiet")
+    try:
+        assert run("send", "--addr", server.addr, "--name", "alice", "secret").returncode == 0
+        server.process.send_signal(signal.SIGINT)
+        _, err = server.process.communicate(timeout=15)
+    finally:
+        server.stop()
+    assert server.process.returncode == 0
+    assert "secret" not in err
