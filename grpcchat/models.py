@@ -16,9 +16,11 @@ DEFAULT_ROOM = "lobby"
 class Message:
     """A chat message as the server accepted it.
 
-    `seq` is the message's position in its room: strictly increasing, assigned by the server, the
-    order every subscriber of the room sees. `id` and `seq` are empty/zero only when the peer is a
-    server that does not assign them (the article's Go server).
+    `(seq, epoch)` is the message's position in its room: `seq` is strictly increasing, assigned
+    by the server, the order every subscriber of the room sees; `epoch` names the history that
+    numbered it (a new store starts a new epoch, and seqs of different epochs do not compare).
+    `id`, `seq` and `epoch` are empty only when the peer is a server that does not assign them
+    (the article's Go server).
     """
 
     id: str
@@ -27,6 +29,19 @@ class Message:
     text: str
     sent_at: datetime
     seq: int
+    epoch: str = ""
+
+    @property
+    def position(self) -> Position:
+        return Position(self.seq, self.epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A place in a room's history: everything with a greater seq (same epoch) comes after it."""
+
+    seq: int
+    epoch: str
 
 
 class Envelope:

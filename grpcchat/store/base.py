@@ -1,0 +1,112 @@
+"""The HistoryStore contract. Every engine keeps every guarantee written here; the engines do
+not repeat it, and one contract test suite (tests/test_store_contract.py) holds each to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from grpcchat.errors import ChatError
+from grpcchat.models import Message
+
+# A repeated send (same sender, same key) within this window returns the original message.
+DEDUP_WINDOW = timedelta(minutes=10)
+# Retention per room: the oldest messages beyond either bound are deleted.
+MAX_MESSAGES_PER_ROOM = 10_000
+MAX_AGE = timedelta(days=30)
+
+
+class StoreError(ChatError):
+    """The store cannot be opened or used (unreadable file, wrong schema...). Fatal at start."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What `append` did: the message as stored, or, for a repeated key, the original."""
+
+    message: Message
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    max_messages: int = MAX_MESSAGES_PER_ROOM
+    max_age: timedelta = MAX_AGE
+    dedup_window: timedelta = DEDUP_WINDOW
+
+
+class HistoryStore(Protocol):
+    """The durable, ordered log of every room.
+
+    Guarantees:
+    - `epoch` is fixed for the life of the stored history: the same after reopening the same
+      database, different for a new or different one. A position's seq means nothing under
+      another epoch.
+    - `append` assigns the room's next seq: 1 for a room's first message, then +1 each time,
+      never reused or lowered within the epoch, even after retention has deleted messages (and
+      even after every message of the room is gone). The returned message carries its seq and
+      the store's epoch; it is durable when `append` returns.
+    - Idempotency: if `key` is not empty and the same `sender` appended with the same `key`
+      within the dedup window, nothing is stored and the original message is returned with
+      `duplicate=True` (same id, seq, time), whatever text was passed the second time.
+    - `read` returns messages of one room in seq order (oldest first, or newest first when
+      `newest_first`), only those with `after < seq < before` (either bound optional), at most
+      `limit` of them, taken from the end nearest the bound being paged from: oldest-first pages
+      start right after `after` (or at the oldest message); newest-first pages start right before
+      `before` (or at the newest).
+    - Retention: a room keeps at most `retention.max_messages` messages and none older than
+      `retention.max_age`; the oldest go first. Pruning never blocks the event loop.
+    - Callers serialize `append` per room (the hub holds a per-room lock); concurrent appends to
+      different rooms are allowed.
+    - No method blocks the event loop: engines doing I/O run it off the loop.
+    """
+
+    @property
+    def epoch(self) -> str: ...
+
+    async def append(
+        self, *, id: str, room: str, sender: str, text: str, sent_at: datetime, key: str = ""
+    ) -> Appended: ...
+
+    async def read(
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[Message]: ...
+
+    async def last_seq(self, room: str) -> int:
+        """The seq of the room's latest append (0 if none), even if it has been pruned."""
+        ...
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room that has stored messages, with how many it holds now."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+async def open_store(url: str, retention: Retention | None = None) -> HistoryStore:
+    """Open the engine for `url`, importing it only when used.
+
+    `memory://` keeps history in this process only (a new epoch per start);
+    `sqlite:///absolute/path.db` (or `sqlite://relative.db`) keeps it in a SQLite file, created
+    if missing. Raises StoreError for an unknown scheme or an unusable file.
+    """
+    retention = retention or Retention()
+    scheme, _, path = url.partition("://")
+    if scheme == "memory":
+        from grpcchat.store.memory import MemoryStore
+
+        return MemoryStore(retention)
+    if scheme == "sqlite":
+        from grpcchat.store.sqlite import SqliteStore
+
+        if not path:
+            raise StoreError("the sqlite store needs a path: sqlite:///path/to/history.db")
+        return await SqliteStore.open(path, retention)
+    raise StoreError(f"unknown store {url!r}: use memory:// or sqlite:///path/to/history.db")
