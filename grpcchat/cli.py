@@ -1,19 +1,22 @@
 """The `grpcchat` command: parse options, build a config, make one library call, print.
 
-Heavy imports (grpc, the server) happen inside the commands so `grpcchat --help` and
-`grpcchat send` start quickly.
+Heavy imports (grpc, the server) happen inside the commands so `grpcchat --help` starts quickly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import getpass
+import inspect
 import json
 import logging
+import re
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,15 +28,21 @@ from grpcchat.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_QUEUE_SIZE,
+    DEFAULT_RATE,
     DEFAULT_TIMEOUT,
     ClientConfig,
+    Limits,
     ServerConfig,
 )
 from grpcchat.errors import ChatError, RemoteError
 
+if TYPE_CHECKING:
+    from grpcchat.client import Sent
+    from grpcchat.models import Message
+
 app = typer.Typer(
     name="grpcchat",
-    help="Session-based real-time chat over gRPC: run a server, join a room, script messages.",
+    help="Session-based real-time chat over gRPC: run a server, join rooms, script messages.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -43,11 +52,11 @@ err_console = Console(stderr=True)
 
 # Exit codes, by what went wrong, so scripts can tell a retryable failure from a refusal.
 EXIT_FAILURE = 1
+EXIT_GENERATOR_FAILED = 2
 EXIT_UNAVAILABLE = 3  # server unreachable or going away: retrying later can help
 EXIT_REJECTED = 4  # the server refused the input: retrying the same thing will not help
 EXIT_TIMEOUT = 5
 EXIT_UNAUTHENTICATED = 6
-EXIT_GENERATOR_FAILED = 2
 _EXIT_BY_STATUS = {
     "UNAVAILABLE": EXIT_UNAVAILABLE,
     "CANCELLED": EXIT_UNAVAILABLE,
@@ -55,21 +64,11 @@ _EXIT_BY_STATUS = {
     "UNAUTHENTICATED": EXIT_UNAUTHENTICATED,
     "PERMISSION_DENIED": EXIT_UNAUTHENTICATED,
 }
+CONNECTION_HELP = "Connection"
 
-AddrOption = Annotated[
-    str,
-    typer.Option(
-        "--addr", "-a", envvar="GRPCCHAT_ADDR", help="Server address, host:port.", show_default=True
-    ),
-]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RoomOption = Annotated[
-    str, typer.Option("--room", "-r", envvar="GRPCCHAT_ROOM", help="Room to use.")
-]
-TimeoutOption = Annotated[
-    float,
-    typer.Option(
-        "--timeout", envvar="GRPCCHAT_TIMEOUT", min=0.1, help="Seconds to wait for the server."
-    ),
+    str, typer.Option("--room", "-r", envvar="GRPCCHAT_ROOM", help="Room (default: lobby).")
 ]
 
 
@@ -83,12 +82,143 @@ def _run(coroutine: Coroutine[Any, Any, object]) -> None:
     try:
         asyncio.run(coroutine)
     except RemoteError as error:
-        code = _EXIT_BY_STATUS.get(error.status, EXIT_REJECTED)
-        _fail(str(error), code)
+        _fail(str(error), _EXIT_BY_STATUS.get(error.status, EXIT_REJECTED))
     except ChatError as error:
         _fail(str(error), EXIT_REJECTED)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+# -- connection options, shared by every client command ---------------------------------------
+
+_CONNECTION_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "addr": (
+        Annotated[
+            str,
+            typer.Option(
+                "--addr",
+                "-a",
+                envvar="GRPCCHAT_ADDR",
+                help="Server address, host:port.",
+                rich_help_panel=CONNECTION_HELP,
+            ),
+        ],
+        DEFAULT_ADDR,
+    ),
+    "timeout": (
+        Annotated[
+            float,
+            typer.Option(
+                envvar="GRPCCHAT_TIMEOUT",
+                min=0.1,
+                help="Seconds to wait for the server.",
+                rich_help_panel=CONNECTION_HELP,
+            ),
+        ],
+        DEFAULT_TIMEOUT,
+    ),
+    "token": (
+        Annotated[
+            str,
+            typer.Option(
+                envvar="GRPCCHAT_TOKEN",
+                help="Bearer token from `grpcchat token`.",
+                show_default=False,
+                rich_help_panel=CONNECTION_HELP,
+            ),
+        ],
+        "",
+    ),
+    "tls": (
+        Annotated[
+            bool,
+            typer.Option(
+                "--tls",
+                envvar="GRPCCHAT_TLS",
+                help="Use TLS, trusting the system's CAs.",
+                rich_help_panel=CONNECTION_HELP,
+            ),
+        ],
+        False,
+    ),
+    "tls_ca": (
+        Annotated[
+            str,
+            typer.Option(
+                envvar="GRPCCHAT_TLS_CA",
+                help="Use TLS, trusting this CA file (PEM).",
+                show_default=False,
+                rich_help_panel=CONNECTION_HELP,
+            ),
+        ],
+        "",
+    ),
+    "tls_cert": (
+        Annotated[
+            str,
+            typer.Option(
+                envvar="GRPCCHAT_TLS_CERT",
+                help="Client certificate (PEM), for mutual TLS.",
+                show_default=False,
+                rich_help_panel=CONNECTION_HELP,
+            ),
+        ],
+        "",
+    ),
+    "tls_key": (
+        Annotated[
+            str,
+            typer.Option(
+                envvar="GRPCCHAT_TLS_KEY",
+                help="Client key (PEM), for mutual TLS.",
+                show_default=False,
+                rich_help_panel=CONNECTION_HELP,
+            ),
+        ],
+        "",
+    ),
+}
+
+
+def client_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the connection options; it receives them as one `client: ClientConfig`.
+
+    Typer reads a command's options from its signature, so the wrapper advertises the
+    command's own parameters plus the shared ones, and folds the latter into a config.
+    """
+    own = [
+        p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "client"
+    ]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+        for name, (kind, default) in _CONNECTION_OPTIONS.items()
+    ]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> None:
+        options = {name: kwargs.pop(name) for name in _CONNECTION_OPTIONS}
+        try:
+            config = ClientConfig(**options)
+        except ValueError as error:
+            _fail(str(error))
+        func(client=config, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _token_name(token: str) -> str | None:
+    """The user name inside a token, read without verifying it (the server verifies)."""
+    import jwt
+
+    try:
+        name = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except jwt.InvalidTokenError:
+        return None
+    return name if isinstance(name, str) else None
+
+
+# -- serve ------------------------------------------------------------------------------------
 
 
 @app.command()
@@ -100,20 +230,83 @@ def serve(
         int,
         typer.Option(envvar="GRPCCHAT_PORT", min=0, max=65535, help="Port; 0 picks a free one."),
     ] = DEFAULT_PORT,
+    store: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_STORE",
+            help="History: sqlite:///path/history.db, or memory:// to keep nothing "
+            "(default: history.db in --data-dir).",
+            show_default=False,
+        ),
+    ] = "",
+    data_dir: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_DATA_DIR",
+            help="Where the default history database lives (default: your user data dir).",
+            show_default=False,
+        ),
+    ] = "",
+    auth_secret: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_AUTH_SECRET",
+            help="Turn authentication on: clients need a token signed with this secret.",
+            show_default=False,
+            rich_help_panel="Security",
+        ),
+    ] = "",
+    tls_cert: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_TLS_CERT",
+            help="TLS certificate chain (PEM).",
+            show_default=False,
+            rich_help_panel="Security",
+        ),
+    ] = "",
+    tls_key: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_TLS_KEY",
+            help="TLS private key (PEM).",
+            show_default=False,
+            rich_help_panel="Security",
+        ),
+    ] = "",
+    tls_client_ca: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_TLS_CLIENT_CA",
+            help="Require client certificates signed by this CA (mutual TLS).",
+            show_default=False,
+            rich_help_panel="Security",
+        ),
+    ] = "",
+    queue_size: Annotated[
+        int,
+        typer.Option(
+            envvar="GRPCCHAT_QUEUE_SIZE",
+            min=1,
+            rich_help_panel="Limits",
+            help="Events a session may lag behind before it is disconnected.",
+        ),
+    ] = DEFAULT_QUEUE_SIZE,
+    rate: Annotated[
+        float,
+        typer.Option(
+            envvar="GRPCCHAT_RATE",
+            min=0,
+            rich_help_panel="Limits",
+            help="Messages per second per user (bursts of 3x); 0 for no limit.",
+        ),
+    ] = DEFAULT_RATE,
     log_level: Annotated[
         str, typer.Option(envvar="GRPCCHAT_LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
     ] = False,
-    queue_size: Annotated[
-        int,
-        typer.Option(
-            envvar="GRPCCHAT_QUEUE_SIZE",
-            min=1,
-            help="Messages a subscriber may lag behind before it is disconnected.",
-        ),
-    ] = DEFAULT_QUEUE_SIZE,
     grace: Annotated[
         float,
         typer.Option(envvar="GRPCCHAT_GRACE", min=0, help="Seconds to drain on shutdown."),
@@ -123,16 +316,40 @@ def serve(
     level = logging.WARNING if quiet else logging.getLevelNamesMapping().get(log_level.upper())
     if level is None:
         _fail(f"unknown log level {log_level!r}; use debug, info, warning or error")
-    config = ServerConfig(
-        host=host, port=port, queue_size=queue_size, grace_period=grace, log_level=level
-    )
+    try:
+        config = ServerConfig(
+            host=host,
+            port=port,
+            store=store,
+            data_dir=data_dir,
+            limits=Limits(queue_size=queue_size, rate=rate, burst=rate * 3),
+            auth_secret=auth_secret,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            grace_period=grace,
+            log_level=level,
+        )
+        if auth_secret:
+            from grpcchat.auth import TokenAuthority
+
+            TokenAuthority(auth_secret)  # validates the secret before anything starts
+    except ValueError as error:
+        _fail(str(error))
     ui.configure_logging(config.log_level, err_console)
     from grpcchat.server import ChatServer
     from grpcchat.server import serve as run_server
 
     def started(server: ChatServer) -> None:
+        extras = []
+        if config.tls_cert:
+            extras.append("mutual TLS" if config.tls_client_ca else "TLS")
+        if config.auth_secret:
+            extras.append("auth on")
+        extras.append(f"history {config.store_url}")
         console.print(
-            f"🚀 grpcchat listening on [bold]{server.address}[/] [dim](Ctrl-C to stop)[/]",
+            f"🚀 grpcchat listening on [bold]{server.address}[/] "
+            f"[dim]({', '.join(extras)}; Ctrl-C to stop)[/]",
             highlight=False,
         )
         # Scripts and tests read the real port from this line, even through a pipe.
@@ -140,37 +357,65 @@ def serve(
 
     try:
         asyncio.run(run_server(config, started))
-    except OSError as error:
+    except (OSError, ChatError) as error:
         _fail(str(error))
 
 
+# -- join / send ------------------------------------------------------------------------------
+
+
+def _rooms(values: list[str] | None) -> tuple[str, ...]:
+    rooms = [r.strip().lstrip("#") for v in values or [] for r in v.split(",") if r.strip()]
+    return tuple(dict.fromkeys(rooms)) or ("lobby",)
+
+
 @app.command()
+@client_command
 def join(
+    client: ClientConfig,
     name: Annotated[
         str | None,
-        typer.Option("--name", "-n", envvar="GRPCCHAT_NAME", help="Your name (asked if missing)."),
+        typer.Option(
+            "--name",
+            "-n",
+            envvar="GRPCCHAT_NAME",
+            help="Your name (asked if missing; with --token, the token's).",
+        ),
     ] = None,
-    addr: AddrOption = DEFAULT_ADDR,
-    room: RoomOption = "",
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    room: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--room",
+            "-r",
+            envvar="GRPCCHAT_ROOM",
+            help="Room(s) to enter: repeat, or a comma list (default: lobby).",
+        ),
+    ] = None,
+    history: Annotated[
+        int, typer.Option(min=0, max=1000, help="Recent messages to show per room on entry.")
+    ] = 20,
 ) -> None:
-    """Chat interactively. Type messages; [bold]exit[/], /quit or Ctrl-D leaves.
+    """Chat interactively. Type messages; /help lists commands; exit or Ctrl-D leaves.
 
     With stdin not a terminal, each line read is sent as a message.
     """
     from grpcchat.interactive import JoinOptions, run_join
 
     interactive = sys.stdin.isatty()
+    if name is None and client.token:
+        name = _token_name(client.token)
     if name is None:
         if not interactive:
             _fail("--name is required when stdin is not a terminal")
         name = typer.prompt("Enter your name")
-    options = JoinOptions(name=name, room=room, interactive=interactive)
-    _run(run_join(ClientConfig(addr=addr, timeout=timeout), options, console))
+    options = JoinOptions(name, _rooms(room), history, interactive)
+    _run(run_join(client, options, console))
 
 
 @app.command()
+@client_command
 def send(
+    client: ClientConfig,
     text: Annotated[
         str | None,
         typer.Argument(help="Message text. Omit it, or pass -, to send each line of stdin."),
@@ -178,32 +423,48 @@ def send(
     name: Annotated[
         str | None,
         typer.Option(
-            "--name", "-n", envvar="GRPCCHAT_NAME", help="Sender name [default: your login]."
+            "--name",
+            "-n",
+            envvar="GRPCCHAT_NAME",
+            help="Sender name (default: your login; with --token, the token's).",
         ),
     ] = None,
-    addr: AddrOption = DEFAULT_ADDR,
     room: RoomOption = "",
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    to: Annotated[
+        str, typer.Option("--to", help="Send a direct message to this user instead.")
+    ] = "",
+    action: Annotated[bool, typer.Option("--me", help="Send as an action (* name text).")] = False,
+    key: Annotated[
+        str,
+        typer.Option(
+            help="Idempotency key: repeating a send with the same key posts it once. "
+            "Default: a fresh key per message (retries inside one run never double).",
+            show_default=False,
+        ),
+    ] = "",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per accepted message.")
     ] = False,
 ) -> None:
     """Send messages and exit once the server accepted every one.
 
-    Exit codes: 0 sent, 3 server unreachable, 4 rejected, 5 timed out, 6 not authorised.
+    Transient failures are retried with the same key until --timeout.
+    Exit codes: 0 sent, 3 server unreachable, 4 rejected, 5 timed out, 6 not authenticated.
     """
     from grpcchat.oneshot import send_lines
 
     lines = [text] if text not in (None, "-") else _stdin_lines()
+    if key and len(lines) > 1:
+        _fail("--key applies to a single message; stdin has several")
+    sender = name if name is not None else _token_name(client.token) or getpass.getuser()
 
-    def accepted(message: Any) -> None:
+    def accepted(sent: Sent) -> None:
         if as_json:
-            print(json.dumps(message_as_json(message)), flush=True)
+            print(json.dumps(message_as_json(sent.message, sent.duplicate)), flush=True)
         else:
-            console.print(ui.render_sent(message))
+            console.print(ui.render_sent(sent.message, sent.duplicate))
 
-    sender = getpass.getuser() if name is None else name
-    _run(send_lines(ClientConfig(addr=addr, timeout=timeout), sender, room, lines, accepted))
+    _run(send_lines(client, sender, lines, accepted, room=room, to=to, action=action, key=key))
 
 
 def _stdin_lines() -> list[str]:
@@ -212,15 +473,144 @@ def _stdin_lines() -> list[str]:
     return [line.rstrip("\n") for line in sys.stdin if line.strip()]
 
 
-def message_as_json(message: Any) -> dict[str, object]:
-    return {
+def message_as_json(message: Message, duplicate: bool = False) -> dict[str, object]:
+    data: dict[str, object] = {
         "id": message.id,
         "room": message.room,
         "seq": message.seq,
+        "epoch": message.epoch,
         "sender": message.sender,
         "text": message.text,
         "sent_at": message.sent_at.isoformat(),
     }
+    if message.recipient:
+        data["to"] = message.recipient
+    if message.action:
+        data["action"] = True
+    if duplicate:
+        data["duplicate"] = True
+    return data
+
+
+# -- history / rooms / who --------------------------------------------------------------------
+
+
+@app.command()
+@client_command
+def history(
+    client: ClientConfig,
+    room: RoomOption = "",
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many messages.")] = 20,
+    before: Annotated[
+        int, typer.Option(min=0, help="Only messages before this seq (page backwards).")
+    ] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the latest messages of a room (oldest first), as `join` does."""
+    from grpcchat.client import ChatClient
+
+    async def fetch() -> list[Message]:
+        async with ChatClient(client) as chat:
+            latest = await chat.history(room, limit=limit, before=before, newest_first=True)
+        return latest[::-1]
+
+    messages = _call(fetch())
+    for message in messages:
+        if as_json:
+            print(json.dumps(message_as_json(message)))
+        else:
+            console.print(ui.render_message(message), soft_wrap=True)
+    if not messages and not as_json:
+        err_console.print(f"[dim]no messages in #{room or 'lobby'}[/]")
+
+
+@app.command()
+@client_command
+def rooms(client: ClientConfig, as_json: JsonOption = False) -> None:
+    """List the rooms that have members or history."""
+    from dataclasses import asdict
+
+    from grpcchat.client import ChatClient
+
+    async def fetch() -> Any:
+        async with ChatClient(client) as chat:
+            return await chat.rooms()
+
+    found = _call(fetch())
+    if as_json:
+        print(json.dumps([asdict(r) for r in found]))
+    else:
+        console.print(ui.render_rooms(found))
+
+
+@app.command()
+@client_command
+def who(client: ClientConfig, room: RoomOption = "", as_json: JsonOption = False) -> None:
+    """List who is in a room now."""
+    from grpcchat.client import ChatClient
+
+    async def fetch() -> list[str]:
+        async with ChatClient(client) as chat:
+            return await chat.members(room)
+
+    members = _call(fetch())
+    if as_json:
+        print(json.dumps({"room": room or "lobby", "members": members}))
+    else:
+        console.print(ui.render_members(room or "lobby", members))
+
+
+def _call(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    result: list[Any] = []
+
+    async def keep() -> None:
+        result.append(await coroutine)
+
+    _run(keep())
+    return result[0]
+
+
+# -- token ------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `30m`, `24h`, `7d`, or combinations like `1h30m`."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise typer.BadParameter(f"{text!r} is not a duration like 30m, 24h or 7d")
+    return sum((timedelta(**{_UNIT[u]: int(n)}) for n, u in parts), timedelta())
+
+
+@app.command()
+def token(
+    name: Annotated[str, typer.Argument(help="The user the token speaks for.")],
+    ttl: Annotated[str, typer.Option(help="Lifetime: 30m, 24h, 7d, 1h30m...")] = "24h",
+    secret: Annotated[
+        str,
+        typer.Option(
+            "--auth-secret",
+            envvar="GRPCCHAT_AUTH_SECRET",
+            help="The server's secret.",
+            show_default=False,
+        ),
+    ] = "",
+) -> None:
+    """Mint a signed token for NAME (use the secret the server runs with)."""
+    from grpcchat.auth import TokenAuthority
+
+    if not secret:
+        _fail("no secret: pass --auth-secret or set GRPCCHAT_AUTH_SECRET")
+    lifetime = parse_duration(ttl)
+    try:
+        print(TokenAuthority(secret).mint(name, lifetime))
+    except (ValueError, ChatError) as error:
+        _fail(str(error))
+
+
+# -- gen-proto --------------------------------------------------------------------------------
 
 
 @app.command("gen-proto")
@@ -232,7 +622,7 @@ def gen_proto(
         bool, typer.Option("--with-buf", help="Generate with buf (must be on PATH).")
     ] = False,
     root: Annotated[
-        Path | None, typer.Option(help="Repository root [default: found from the cwd].")
+        Path | None, typer.Option(help="Repository root (default: found from the cwd).")
     ] = None,
 ) -> None:
     """Regenerate the Python code in grpcchat/gen from proto/ (run in a checkout).

@@ -1,50 +1,62 @@
-"""Async client library: send, follow a room, reconnect. The CLI uses nothing else.
+"""Async client library: send, read history and presence, and live sessions that reconnect
+and resume. The CLI uses nothing else.
 
-Against a grpcchat server a session follows a room with `Subscribe` and posts with `Send`.
-Against a server that speaks only the article's `Chat` stream (its Go server) the same API
-degrades to that stream: lobby only, no ids, no positions.
+Against a grpcchat server a session is one `Connect` stream in any number of rooms, and posts go
+through `Send`. Against a server that speaks only the article's `Chat` stream (its Go server)
+the same API degrades to that stream: lobby only, no ids, no positions, no history.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any, cast
 
 import grpc
 from grpc import aio
 
 from grpcchat import codec
 from grpcchat.backoff import Backoff
+from grpcchat.channel import open_channel
 from grpcchat.config import ClientConfig
 from grpcchat.errors import RemoteError
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
-from grpcchat.models import DEFAULT_ROOM, Message
+from grpcchat.models import (
+    DEFAULT_ROOM,
+    Event,
+    HistoryGap,
+    Message,
+    Position,
+    RequestRefused,
+    RoomInfo,
+    RoomJoined,
+)
 from grpcchat.validation import check_name, check_room, check_text
 
 # Failures a live session rides out by reconnecting; anything else is the caller's to handle.
 RETRYABLE = frozenset(
     {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED"}
 )
-
-_CHANNEL_OPTIONS = [
-    # gRPC's own reconnect backoff grows to two minutes; a chat client wants the server back
-    # within seconds of it returning.
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-]
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 @dataclass(frozen=True, slots=True)
 class Connected:
-    """The session is live: every message posted from now on will arrive."""
+    """The session is live in `rooms`: everything posted there from now on will arrive."""
 
-    room: str
+    rooms: tuple[str, ...]
     legacy: bool  # the server speaks only the article's Chat stream
+
+    @property
+    def room(self) -> str:
+        return self.rooms[0] if self.rooms else DEFAULT_ROOM
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +67,13 @@ class Reconnecting:
     delay: float
 
 
-FeedEvent = Message | Connected | Reconnecting
+@dataclass(frozen=True, slots=True)
+class Sent:
+    message: Message
+    duplicate: bool  # the key had been used: `message` is the original
+
+
+FeedEvent = Event | Connected | Reconnecting
 
 
 def remote_error(error: grpc.RpcError, addr: str) -> RemoteError:
@@ -68,7 +86,26 @@ def remote_error(error: grpc.RpcError, addr: str) -> RemoteError:
         details = f"cannot reach a chat server at {addr} ({details or 'no response'})"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         details = f"no answer from {addr} in time"
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        details = f"not authenticated: {details}"
     return RemoteError(code.name, details)
+
+
+async def _raise_status(call: aio.Call) -> None:
+    """Raise the RpcError a finished call ended with (if it failed)."""
+    code = await call.code()
+    if code != grpc.StatusCode.OK:
+        raise aio.AioRpcError(code, aio.Metadata(), aio.Metadata(), await call.details(), "")
+
+
+def _retry_after(error: grpc.RpcError) -> float | None:
+    """The server's hint, in seconds, for when a rate-limited call may be retried."""
+    trailing = error.trailing_metadata() if isinstance(error, aio.AioRpcError) else None
+    pairs = cast("Iterable[tuple[str, str | bytes]]", trailing or ())
+    for key, value in pairs:
+        if key == RETRY_AFTER_KEY and isinstance(value, str) and value.isdigit():
+            return int(value) / 1000
+    return None
 
 
 class ChatClient:
@@ -76,8 +113,10 @@ class ChatClient:
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
-        self._channel = aio.insecure_channel(config.addr, options=_CHANNEL_OPTIONS)
+        self._channel, self._metadata = open_channel(config)
         self._stub = pb_grpc.ChatServiceStub(self._channel)
+        # Learned on the first UNIMPLEMENTED: the peer is the article's server.
+        self.legacy_server = False
 
     async def __aenter__(self) -> ChatClient:
         return self
@@ -93,69 +132,169 @@ class ChatClient:
     async def aclose(self) -> None:
         await self._channel.close(None)
 
-    async def send(
-        self, sender: str, text: str, room: str = "", *, wait_for_ready: bool = False
-    ) -> Message:
-        """Post one message; return it as the server accepted it (id, position, time)."""
-        request = pb.SendRequest(
-            sender=check_name(sender), text=check_text(text), room=check_room(room)
-        )
-        try:
-            response: pb.SendResponse = await self._stub.Send(
-                request, timeout=self.config.timeout, wait_for_ready=wait_for_ready
-            )
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.UNIMPLEMENTED and request.room == DEFAULT_ROOM:
-                return await self._send_over_chat(request.sender, request.text)
-            raise remote_error(error, self.config.addr) from None
-        return codec.from_proto(response.message)
+    def _error(self, error: grpc.RpcError) -> RemoteError:
+        return remote_error(error, self.config.addr)
 
-    async def _send_over_chat(self, sender: str, text: str) -> Message:
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send(
+        self,
+        sender: str,
+        text: str,
+        room: str = "",
+        *,
+        recipient: str = "",
+        action: bool = False,
+        key: str = "",
+    ) -> Sent:
+        """Post one message and return it as the server accepted it (id, position, time).
+
+        Retries transient failures (unreachable, timeouts, rate limits) until the client's
+        timeout, always with the same idempotency key, so a retry never posts twice.
+        """
+        request = pb.SendRequest(
+            sender=check_name(sender),
+            text=check_text(text),
+            room=check_room(room),
+            key=key or uuid.uuid4().hex,
+            recipient=check_name(recipient) if recipient else "",
+            action=action,
+        )
+        deadline = time.monotonic() + self.config.timeout
+        backoff = Backoff(initial=0.1, maximum=2.0)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                response: pb.SendResponse = await self._stub.Send(
+                    request,
+                    timeout=max(0.05, min(remaining, max(1.0, self.config.timeout / 3))),
+                    metadata=self._metadata,
+                )
+                return Sent(codec.from_proto(response.message), response.duplicate)
+            except grpc.RpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    return await self._send_over_chat(request)
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    delay = _retry_after(error)
+                    if delay is None:
+                        raise self._error(error) from None
+                elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    delay = backoff.next_delay()
+                else:
+                    raise self._error(error) from None
+                if time.monotonic() + delay >= deadline:
+                    raise self._error(error) from None
+                await asyncio.sleep(delay)
+
+    async def _send_over_chat(self, request: pb.SendRequest) -> Sent:
         """One message over the article's stream, for servers without Send.
 
         Half-closing and reading to the end is what proves the server took the message: the
         article's server ends the call only after it has broadcast everything it received.
         """
-        sent_at = datetime.now(UTC)
-        message = Message(
-            id="", room=DEFAULT_ROOM, sender=sender, text=text, sent_at=sent_at, seq=0
-        )
+        self.legacy_server = True
+        if request.room != DEFAULT_ROOM or request.recipient:
+            raise RemoteError("UNIMPLEMENTED", _NO_ROOMS)
+        message = Message("", DEFAULT_ROOM, request.sender, request.text, datetime.now(UTC), 0)
         # No request iterator: the call is driven with write()/done_writing().
-        call = self._stub.Chat(timeout=self.config.timeout)  # type: ignore[call-arg]
+        call = self._stub.Chat(timeout=self.config.timeout, metadata=self._metadata)  # type: ignore[call-arg]
         try:
             await call.write(codec.to_proto(message))
             await call.done_writing()
             async for _ in call:
                 pass
         except grpc.RpcError as error:
-            raise remote_error(error, self.config.addr) from None
-        return message
+            raise self._error(error) from None
+        return Sent(message, duplicate=False)
 
-    def session(self, name: str, room: str = "") -> ChatSession:
-        return ChatSession(self, check_name(name), check_room(room))
+    # -- reading ----------------------------------------------------------------------------
+
+    async def history(
+        self,
+        room: str = "",
+        *,
+        limit: int = 50,
+        before: int = 0,
+        after: int = 0,
+        newest_first: bool = False,
+    ) -> list[Message]:
+        request = pb.HistoryRequest(
+            room=check_room(room),
+            limit=limit,
+            before_seq=before,
+            after_seq=after,
+            newest_first=newest_first,
+        )
+        async with self._calling():
+            response = await self._stub.History(request, **self._call_options())
+        return [codec.from_proto(m) for m in response.messages]
+
+    async def rooms(self) -> list[RoomInfo]:
+        async with self._calling():
+            response = await self._stub.ListRooms(pb.ListRoomsRequest(), **self._call_options())
+        return [RoomInfo(r.name, r.members, r.messages) for r in response.rooms]
+
+    async def members(self, room: str = "") -> list[str]:
+        request = pb.ListMembersRequest(room=check_room(room))
+        async with self._calling():
+            response = await self._stub.ListMembers(request, **self._call_options())
+        return list(response.members)
+
+    def _call_options(self) -> dict[str, Any]:
+        return {"timeout": self.config.timeout, "metadata": self._metadata}
+
+    @asynccontextmanager
+    async def _calling(self) -> AsyncIterator[None]:
+        """Turn a failed call into a RemoteError (UNIMPLEMENTED: the article's server)."""
+        try:
+            yield
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise RemoteError("UNIMPLEMENTED", _NO_HISTORY) from None
+            raise self._error(error) from None
+
+    def session(
+        self, name: str, rooms: str | Sequence[str] = (DEFAULT_ROOM,), *, history: int = 0
+    ) -> ChatSession:
+        """A live session as `name` in `rooms`, replaying up to `history` recent messages of
+        each room on first join."""
+        wanted = [rooms] if isinstance(rooms, str) else list(rooms)
+        return ChatSession(self, check_name(name), [check_room(r) for r in wanted], history)
+
+
+_NO_ROOMS = "this server has no rooms or direct messages; only the default room 'lobby' works"
+_NO_HISTORY = "this server keeps no history and has no presence (it is the article's v1 server)"
 
 
 class ChatSession:
-    """One user in one room: `events()` yields what happens, `send()` posts."""
+    """One user in some rooms: `events()` yields what happens, `send()` posts.
 
-    def __init__(self, client: ChatClient, name: str, room: str) -> None:
+    The session remembers the last position it saw in each room; after a lost stream it
+    reconnects with jittered backoff and resumes each room from there, so nothing is missed
+    and nothing is shown twice.
+    """
+
+    def __init__(self, client: ChatClient, name: str, rooms: Iterable[str], history: int):
         self.client = client
         self.name = name
-        self.room = room
+        self.rooms: list[str] = list(dict.fromkeys(rooms))
+        self.history = history
+        self.positions: dict[str, Position] = {}
         self.legacy = False
+        self._requests: asyncio.Queue[pb.ConnectRequest | None] | None = None
         self._legacy_call: aio.StreamStreamCall[pb.ChatMessage, pb.ChatMessage] | None = None
+        self._closed = False
 
     async def events(self) -> AsyncIterator[FeedEvent]:
-        """Messages of the room, with Connected/Reconnecting in between, forever.
-
-        The first connection must succeed (else RemoteError); after that, lost streams are
-        retried with jittered backoff and only non-retryable failures are raised.
-        """
+        """Events of the session's rooms, with Connected/Reconnecting in between, until
+        `aclose()`. The first connection must succeed (else RemoteError); after that, lost
+        streams are retried and only non-retryable failures are raised."""
         backoff = Backoff()
         connected_once = False
-        while True:
+        while not self._closed:
             try:
-                async for event in self._attempt():
+                async for event in self._attempt(first=not connected_once):
                     if isinstance(event, Connected):
                         connected_once = True
                         backoff.reset()
@@ -165,77 +304,151 @@ class ChatSession:
                 if not connected_once or error.status not in RETRYABLE:
                     raise
                 reason = str(error)
+            if self._closed:
+                return
             delay = backoff.next_delay()
             yield Reconnecting(reason, delay)
             await asyncio.sleep(delay)
 
-    async def _attempt(self) -> AsyncIterator[FeedEvent]:
-        if not self.legacy:
-            call = self.client._stub.Subscribe(pb.SubscribeRequest(name=self.name, room=self.room))
-            try:
-                # The server sends headers only once the subscription is registered.
-                await call.initial_metadata()
-                if call.done():
-                    await call.code()
-                    async for _ in call:  # raises the call's error
-                        pass
-                yield Connected(self.room, legacy=False)
-                async for response in call:
-                    for item in response.events:
-                        if item.HasField("message"):
-                            yield codec.from_proto(item.message)
-                return
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
-                    raise remote_error(error, self.client.config.addr) from None
-                if self.room != DEFAULT_ROOM:
-                    raise RemoteError(
-                        "UNIMPLEMENTED",
-                        f"this server has no rooms; only the default room {DEFAULT_ROOM!r} works",
-                    ) from None
-                self.legacy = True
-            finally:
-                call.cancel()
-        async for event in self._attempt_legacy():
-            yield event
+    def _join_request(self, room: str) -> pb.ConnectRequest:
+        position = self.positions.get(room)
+        join = pb.JoinRoom(room=room, history=self.history)
+        if position is not None:
+            join.after.CopyFrom(codec.position_to_proto(position))
+        return pb.ConnectRequest(join=join)
+
+    async def _attempt(self, first: bool) -> AsyncIterator[FeedEvent]:
+        if self.legacy:
+            async for event in self._attempt_legacy():
+                yield event
+            return
+        requests: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+        waiting = set(self.rooms)
+
+        async def outgoing() -> AsyncIterator[pb.ConnectRequest]:
+            while (request := await requests.get()) is not None:
+                yield request
+
+        call = self.client._stub.Connect(outgoing(), metadata=self.client._metadata)
+        try:
+            # Nothing is written before the server's headers: a server without Connect (the
+            # article's) must be able to answer UNIMPLEMENTED without our writes racing it.
+            await call.initial_metadata()
+            if call.done():
+                await _raise_status(call)
+            requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name=self.name)))
+            for room in self.rooms:
+                requests.put_nowait(self._join_request(room))
+            self._requests = requests
+            if not waiting:
+                yield Connected((), legacy=False)
+            async for response in call:
+                for item in response.events:
+                    decoded = codec.event_from_proto(item)
+                    if decoded is None or not self._track(decoded):
+                        continue
+                    if isinstance(decoded, RequestRefused) and decoded.room in waiting and first:
+                        raise RemoteError(decoded.code, decoded.reason)
+                    yield decoded
+                    if isinstance(decoded, RoomJoined | RequestRefused) and decoded.room in waiting:
+                        waiting.discard(decoded.room)
+                        if not waiting:
+                            yield Connected(tuple(self.rooms), legacy=False)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise self.client._error(error) from None
+            if any(room != DEFAULT_ROOM for room in self.rooms):
+                raise RemoteError("UNIMPLEMENTED", _NO_ROOMS) from None
+            self.legacy = self.client.legacy_server = True
+        finally:
+            self._requests = None
+            requests.put_nowait(None)  # lets gRPC's request-consuming task finish
+            call.cancel()
+        if self.legacy:
+            async for event in self._attempt_legacy():
+                yield event
+
+    def _track(self, event: Event) -> bool:
+        """Remember positions; False for a message already seen (never shown twice)."""
+        if isinstance(event, Message) and event.seq and event.room:
+            seen = self.positions.get(event.room)
+            if seen is not None and seen.epoch == event.epoch and event.seq <= seen.seq:
+                return False
+            self.positions[event.room] = event.position
+        elif isinstance(event, RoomJoined):
+            seen = self.positions.get(event.room)
+            if seen is None or seen.epoch != event.position.epoch or seen.seq < event.position.seq:
+                self.positions[event.room] = event.position
+        elif isinstance(event, HistoryGap) and event.first_seq == 0:
+            self.positions.pop(event.room, None)
+        return True
 
     async def _attempt_legacy(self) -> AsyncIterator[FeedEvent]:
+        config = self.client.config
         try:
-            await asyncio.wait_for(self.client._channel.channel_ready(), self.client.config.timeout)
+            await asyncio.wait_for(self.client._channel.channel_ready(), config.timeout)
         except TimeoutError:
             raise RemoteError(
-                "UNAVAILABLE", f"cannot reach a chat server at {self.client.config.addr}"
+                "UNAVAILABLE", f"cannot reach a chat server at {config.addr}"
             ) from None
-        call = self.client._stub.Chat()  # type: ignore[call-arg]
+        call = self.client._stub.Chat(metadata=self.client._metadata)  # type: ignore[call-arg]
         self._legacy_call = call
         try:
-            yield Connected(DEFAULT_ROOM, legacy=True)
+            # The article's server sends no headers until it has something to say, so this
+            # is the closest to "registered" the v1 protocol can tell.
+            await call.wait_for_connection()
+            yield Connected((DEFAULT_ROOM,), legacy=True)
             async for message in call:
                 yield codec.from_proto(message, DEFAULT_ROOM)
         except grpc.RpcError as error:
-            raise remote_error(error, self.client.config.addr) from None
+            raise self.client._error(error) from None
         finally:
             self._legacy_call = None
             call.cancel()
 
-    async def send(self, text: str) -> Message:
-        """Post to the session's room. While reconnecting, waits (up to the client's timeout)
-        for the server to come back rather than failing at once."""
+    async def join(self, room: str) -> None:
+        """Enter another room; its RoomJoined (or RequestRefused) event follows."""
+        room = check_room(room)
+        if self.legacy and room != DEFAULT_ROOM:
+            raise RemoteError("UNIMPLEMENTED", _NO_ROOMS)
+        if room not in self.rooms:
+            self.rooms.append(room)
+            if self._requests is not None:
+                self._requests.put_nowait(self._join_request(room))
+
+    async def leave(self, room: str) -> None:
+        room = check_room(room)
+        if room in self.rooms:
+            self.rooms.remove(room)
+            self.positions.pop(room, None)
+            if self._requests is not None:
+                self._requests.put_nowait(pb.ConnectRequest(leave=pb.LeaveRoom(room=room)))
+
+    async def send(
+        self, text: str, room: str = "", *, recipient: str = "", action: bool = False
+    ) -> Sent:
+        """Post as this session's user, to `room` (default: the session's first room)."""
+        room = room or (self.rooms[0] if self.rooms else DEFAULT_ROOM)
         if not self.legacy:
-            return await self.client.send(self.name, text, self.room, wait_for_ready=True)
+            return await self.client.send(self.name, text, room, recipient=recipient, action=action)
         call = self._legacy_call
         if call is None:
             raise RemoteError("UNAVAILABLE", "not connected; try again in a moment")
+        if room != DEFAULT_ROOM or recipient:
+            raise RemoteError("UNIMPLEMENTED", _NO_ROOMS)
         message = Message("", DEFAULT_ROOM, self.name, check_text(text), datetime.now(UTC), 0)
         try:
             await call.write(codec.to_proto(message))
         except grpc.RpcError as error:
-            raise remote_error(error, self.client.config.addr) from None
-        return message
+            raise self.client._error(error) from None
+        return Sent(message, duplicate=False)
 
     async def aclose(self) -> None:
-        """Leave. On the article's stream, half-close and give the server a moment to finish,
-        so the last message written is not lost."""
+        """Leave for good. On the article's stream, half-close and give the server a moment
+        to finish, so the last message written is not lost."""
+        self._closed = True
+        if self._requests is not None:
+            self._requests.put_nowait(None)
         call = self._legacy_call
         if call is not None and not call.done():
             try:
@@ -243,3 +456,13 @@ class ChatSession:
                 await asyncio.wait_for(call.code(), timeout=2.0)
             except (grpc.RpcError, TimeoutError):
                 pass
+
+
+__all__ = [
+    "ChatClient",
+    "ChatSession",
+    "Connected",
+    "FeedEvent",
+    "Reconnecting",
+    "Sent",
+]

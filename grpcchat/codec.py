@@ -1,5 +1,5 @@
-"""Protobuf <-> domain translation. The only module besides the gRPC adapters that imports
-generated code."""
+"""Protobuf <-> domain translation, for the servicer and the client (the only other modules that
+import generated code)."""
 
 from __future__ import annotations
 
@@ -8,49 +8,122 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
-from grpcchat.models import Message
+from grpcchat.models import (
+    Event,
+    HistoryGap,
+    Message,
+    Position,
+    PresenceChange,
+    RequestRefused,
+    RoomJoined,
+    RoomLeft,
+)
 
-# Tag of field 1 (`events`, length-delimited) of SubscribeResponse: a response is just a run of
-# framed events, so a batch is built by concatenating events encoded once each.
+# Tag of field 1 (`events`, length-delimited) of SubscribeResponse and ConnectResponse: a
+# response is just a run of framed events, so a batch is built by concatenating events that
+# were each encoded once.
 _EVENTS_FIELD_TAG = b"\x0a"
+_JOINED, _LEFT = pb.PresenceChange.CHANGE_JOINED, pb.PresenceChange.CHANGE_LEFT
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _datetime(stamp: Timestamp, present: bool) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC) if present else datetime.now(UTC)
 
 
 def to_proto(message: Message) -> pb.ChatMessage:
-    sent_at = Timestamp()
-    sent_at.FromDatetime(message.sent_at)
     return pb.ChatMessage(
         sender=message.sender,
         text=message.text,
-        sent_at=sent_at,
+        sent_at=_timestamp(message.sent_at),
         id=message.id,
         room=message.room,
         seq=message.seq,
+        epoch=message.epoch,
+        recipient=message.recipient,
+        action=message.action,
     )
 
 
 def from_proto(message: pb.ChatMessage, default_room: str = "") -> Message:
-    sent_at = (
-        message.sent_at.ToDatetime(tzinfo=UTC) if message.HasField("sent_at") else datetime.now(UTC)
-    )
     return Message(
         id=message.id,
-        room=message.room or default_room,
+        room=message.room or ("" if message.recipient else default_room),
         sender=message.sender,
         text=message.text,
-        sent_at=sent_at,
+        sent_at=_datetime(message.sent_at, message.HasField("sent_at")),
         seq=message.seq,
+        epoch=message.epoch,
+        recipient=message.recipient,
+        action=message.action,
     )
 
 
-def encode_chat_message(message: Message) -> bytes:
-    """Wire bytes of a ChatMessage: one legacy Chat stream response."""
-    return to_proto(message).SerializeToString()
+def position_to_proto(position: Position) -> pb.Position:
+    return pb.Position(seq=position.seq, epoch=position.epoch)
 
 
-def encode_event_frame(message: Message) -> bytes:
-    """Wire bytes of one `events` entry of a SubscribeResponse, field tag and length included."""
-    event = pb.Event(message=to_proto(message)).SerializeToString()
-    return _EVENTS_FIELD_TAG + _varint(len(event)) + event
+def position_from_proto(position: pb.Position) -> Position:
+    return Position(position.seq, position.epoch)
+
+
+def event_to_proto(event: Event) -> pb.Event:
+    match event:
+        case Message():
+            return pb.Event(message=to_proto(event))
+        case PresenceChange(room, name, joined, at):
+            change = _JOINED if joined else _LEFT
+            presence = pb.PresenceChange(room=room, name=name, change=change, at=_timestamp(at))
+            return pb.Event(presence=presence)
+        case HistoryGap(room, first_seq, last_seq, reason):
+            gap = pb.HistoryGap(room=room, first_seq=first_seq, last_seq=last_seq, reason=reason)
+            return pb.Event(gap=gap)
+        case RoomJoined(room, members, position):
+            done = pb.RoomJoined(room=room, members=members, position=position_to_proto(position))
+            return pb.Event(joined=done)
+        case RoomLeft(room):
+            return pb.Event(left=pb.RoomLeft(room=room))
+        case RequestRefused(room, code, reason):
+            return pb.Event(refused=pb.RequestRefused(room=room, code=code, reason=reason))
+
+
+def event_from_proto(event: pb.Event) -> Event | None:
+    """The domain event, or None for a kind this client does not know (a newer server)."""
+    kind = event.WhichOneof("kind")
+    if kind == "message":
+        return from_proto(event.message)
+    if kind == "presence":
+        p = event.presence
+        return PresenceChange(p.room, p.name, p.change == _JOINED, _datetime(p.at, True))
+    if kind == "gap":
+        g = event.gap
+        return HistoryGap(g.room, g.first_seq, g.last_seq, g.reason)
+    if kind == "joined":
+        j = event.joined
+        return RoomJoined(j.room, tuple(j.members), position_from_proto(j.position))
+    if kind == "left":
+        return RoomLeft(event.left.room)
+    if kind == "refused":
+        r = event.refused
+        return RequestRefused(r.room, r.code, r.reason)
+    return None
+
+
+def encode_chat_message(event: Event) -> bytes:
+    """Wire bytes of a ChatMessage (the article's stream carries nothing else)."""
+    assert isinstance(event, Message)
+    return to_proto(event).SerializeToString()
+
+
+def encode_event_frame(event: Event) -> bytes:
+    """Wire bytes of one `events` entry of a response, field tag and length included."""
+    data = event_to_proto(event).SerializeToString()
+    return _EVENTS_FIELD_TAG + _varint(len(data)) + data
 
 
 def _varint(value: int) -> bytes:

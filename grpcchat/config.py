@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4000
@@ -11,6 +14,38 @@ DEFAULT_ADDR = f"localhost:{DEFAULT_PORT}"
 DEFAULT_QUEUE_SIZE = 1024
 DEFAULT_GRACE_PERIOD = 5.0
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_RATE = 20.0
+
+
+def default_data_dir() -> Path:
+    """Where history lives unless told otherwise: the platform's per-user data directory."""
+    return Path(platformdirs.user_data_dir("grpcchat", appauthor=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may use. Zero disables a limit."""
+
+    # Live events a session may lag behind before it is disconnected as a slow consumer.
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    # Under load a session's writer waits this long so one response carries many events.
+    batch_linger: float = 0.003
+    max_batch: int = 512
+    max_rooms_per_session: int = 32
+    max_sessions_per_user: int = 16
+    # Messages per second per user, with bursts up to `burst`.
+    rate: float = DEFAULT_RATE
+    burst: float = DEFAULT_RATE * 3
+    # Most messages replayed on resume (retention bounds it anyway).
+    max_replay: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1 or self.max_batch < 1:
+            raise ValueError("queue size and max batch must be at least 1")
+        if min(self.batch_linger, self.rate, self.burst) < 0:
+            raise ValueError("linger, rate and burst must not be negative")
+        if min(self.max_rooms_per_session, self.max_sessions_per_user, self.max_replay) < 0:
+            raise ValueError("limits must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,11 +54,17 @@ class ServerConfig:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    # Messages a subscriber may lag behind before it is disconnected as a slow consumer.
-    queue_size: int = DEFAULT_QUEUE_SIZE
-    # Under load a subscriber's writer waits this long so one response carries many messages.
-    batch_linger: float = 0.003
-    max_batch: int = 512
+    # History engine URL: sqlite:///path (default: history.db in the data dir) or memory://.
+    store: str = ""
+    data_dir: str = ""
+    limits: Limits = Limits()
+    # Authentication is on when a secret is set (HS256 tokens from `grpcchat token`).
+    auth_secret: str = ""
+    # TLS: certificate chain and key (PEM files); with a client CA, clients must present a
+    # certificate it signed (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
     # How long a draining server waits for in-flight calls before cancelling them.
     grace_period: float = DEFAULT_GRACE_PERIOD
     log_level: int = logging.INFO
@@ -31,12 +72,19 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, not {self.port}")
-        if self.queue_size < 1:
-            raise ValueError("queue size must be at least 1")
-        if self.max_batch < 1:
-            raise ValueError("max batch must be at least 1")
-        if self.batch_linger < 0 or self.grace_period < 0:
-            raise ValueError("linger and grace period must not be negative")
+        if self.grace_period < 0:
+            raise ValueError("grace period must not be negative")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+
+    @property
+    def store_url(self) -> str:
+        if self.store:
+            return self.store
+        data_dir = Path(self.data_dir) if self.data_dir else default_data_dir()
+        return f"sqlite://{data_dir / 'history.db'}"
 
     @property
     def bind_address(self) -> str:
@@ -51,3 +99,21 @@ class ClientConfig:
     addr: str = DEFAULT_ADDR
     # Deadline for one unary call (send) including retries, in seconds.
     timeout: float = DEFAULT_TIMEOUT
+    # Bearer token for a server with authentication on.
+    token: str = ""
+    # TLS: `tls` alone trusts the system's roots; `tls_ca` trusts that CA file instead.
+    # `tls_cert`/`tls_key` present a client certificate (mutual TLS).
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or bool(self.tls_ca or self.tls_cert)

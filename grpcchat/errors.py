@@ -17,6 +17,27 @@ class SlowConsumer(ChatError):
     """A subscriber fell so far behind that its queue overflowed (RESOURCE_EXHAUSTED)."""
 
 
+class NameTaken(ChatError):
+    """Someone else with this name is already in the room (ALREADY_EXISTS)."""
+
+
+class NotFound(ChatError):
+    """The recipient or thing named is not there (NOT_FOUND)."""
+
+
+class LimitExceeded(ChatError):
+    """Too many rooms, sessions or messages (RESOURCE_EXHAUSTED). `retry_after` is in seconds
+    when waiting helps (a rate limit), None when it does not."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unauthenticated(ChatError):
+    """A missing, malformed, badly signed or expired token (UNAUTHENTICATED)."""
+
+
 class ServerDraining(ChatError):
     """The server is shutting down; reconnect elsewhere or later (UNAVAILABLE)."""
 

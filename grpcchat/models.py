@@ -30,6 +30,10 @@ class Message:
     sent_at: datetime
     seq: int
     epoch: str = ""
+    # A direct message names its recipient and has no room, seq or epoch.
+    recipient: str = ""
+    # "/me waves": rendered as "* sender waves".
+    action: bool = False
 
     @property
     def position(self) -> Position:
@@ -44,22 +48,76 @@ class Position:
     epoch: str
 
 
-class Envelope:
-    """A message on its way to many sessions.
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """`name` entered (joined=True) or left a room."""
 
-    Fan-out hands the same envelope to every session of a room; each wire format encodes the
-    message once, on first use, and every other session reuses the bytes.
+    room: str
+    name: str
+    joined: bool
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryGap:
+    """Messages first_seq..last_seq of `room` were asked for but cannot be replayed (both 0 when
+    the whole history was replaced: another epoch)."""
+
+    room: str
+    first_seq: int
+    last_seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomJoined:
+    """A join is complete: any replay is over, live events follow."""
+
+    room: str
+    members: tuple[str, ...]
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLeft:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRefused:
+    """A join or leave on a session was refused; `code` is the status a unary call would get."""
+
+    room: str
+    code: str
+    reason: str
+
+
+Event = Message | PresenceChange | HistoryGap | RoomJoined | RoomLeft | RequestRefused
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    name: str
+    members: int
+    messages: int
+
+
+class Envelope:
+    """An event on its way to many sessions.
+
+    Fan-out hands the same envelope to every session concerned; each wire format encodes the
+    event once, on first use, and every other session reuses the bytes.
     """
 
-    __slots__ = ("_encoded", "message")
+    __slots__ = ("_encoded", "event")
 
-    def __init__(self, message: Message) -> None:
-        self.message = message
-        self._encoded: dict[Callable[[Message], bytes], bytes] = {}
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self._encoded: dict[Callable[[Event], bytes], bytes] = {}
 
-    def encoded(self, codec: Callable[[Message], bytes]) -> bytes:
-        """The message encoded by `codec`, computed at most once per codec."""
+    def encoded(self, codec: Callable[[Event], bytes]) -> bytes:
+        """The event encoded by `codec`, computed at most once per codec."""
         data = self._encoded.get(codec)
         if data is None:
-            data = self._encoded[codec] = codec(self.message)
+            data = self._encoded[codec] = codec(self.event)
         return data

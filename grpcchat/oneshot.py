@@ -5,22 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from grpcchat.client import ChatClient
+from grpcchat.client import ChatClient, Sent
 from grpcchat.config import ClientConfig
-from grpcchat.models import Message
 
 
 async def send_lines(
     config: ClientConfig,
     sender: str,
-    room: str,
     lines: Iterable[str],
-    on_accepted: Callable[[Message], None],
+    on_accepted: Callable[[Sent], None],
+    *,
+    room: str = "",
+    to: str = "",
+    action: bool = False,
+    key: str = "",
 ) -> int:
     """Send every line; return how many were accepted. Stops at the first failure (raised)."""
     count = 0
     async with ChatClient(config) as client:
         for line in lines:
-            on_accepted(await client.send(sender, line, room))
+            sent = await client.send(sender, line, room, recipient=to, action=action, key=key)
+            on_accepted(sent)
             count += 1
     return count

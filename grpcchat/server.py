@@ -6,15 +6,19 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpcchat.auth import TokenAuthority
 from grpcchat.config import ServerConfig
-from grpcchat.core import Hub
+from grpcchat.hub import Hub
 from grpcchat.service import SERVICE_NAME, ChatServicer, add_to_server
+from grpcchat.store import HistoryStore, open_store
 
 log = logging.getLogger("grpcchat.server")
 
@@ -31,26 +35,61 @@ _GRPC_OPTIONS = [
 ]
 
 
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise OSError(f"cannot read the {what} {path}: {error.strerror}") from None
+
+
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    chain = _read(config.tls_cert, "TLS certificate")
+    key = _read(config.tls_key, "TLS key")
+    client_ca = _read(config.tls_client_ca, "client CA") if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 class ChatServer:
     """One chat server process: `async with ChatServer(config) as server: await server.wait()`."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.hub = Hub(config.queue_size, config.max_batch, config.batch_linger)
         self._server = aio.server(options=_GRPC_OPTIONS)
         # grpc-stubs does not know the aio health servicer.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
+        self._store: HistoryStore | None = None
+        self._hub: Hub | None = None
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            raise RuntimeError("the server is not started")
+        return self._hub
 
     async def start(self) -> None:
-        add_to_server(ChatServicer(self.hub), self._server)
+        """Open the store, bind, start serving. Raises StoreError or OSError with a clear
+        message when the history or the address cannot be used."""
+        auth = TokenAuthority(self.config.auth_secret) if self.config.auth_secret else None
+        credentials = _server_credentials(self.config)
+        self._store = store = await open_store(self.config.store_url)
+        self._hub = Hub(store, self.config.limits)
+        add_to_server(ChatServicer(self._hub, auth), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         try:
-            self.port = self._server.add_insecure_port(self.config.bind_address)
+            if credentials is None:
+                self.port = self._server.add_insecure_port(self.config.bind_address)
+            else:
+                self.port = self._server.add_secure_port(self.config.bind_address, credentials)
         except RuntimeError as error:
+            await store.aclose()
             raise OSError(
                 f"cannot listen on {self.config.bind_address}: the address is in use or invalid"
             ) from error
@@ -76,8 +115,12 @@ class ChatServer:
         what it has queued, refuse new calls, and cancel what is left after `grace` seconds."""
         grace = self.config.grace_period if grace is None else grace
         await self._set_serving(False)
-        self.hub.drain()
+        if self._hub is not None:
+            self._hub.drain()
         await self._server.stop(grace)
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.aclose()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

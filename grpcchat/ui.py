@@ -9,12 +9,14 @@ import zlib
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console, ConsoleRenderable
 from rich.logging import RichHandler
+from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from grpcchat.models import Message
+    from grpcchat.models import HistoryGap, Message, PresenceChange, RoomInfo, RoomJoined
 
 # Readable on dark and light terminals; a sender keeps its colour across runs and machines.
 _SENDER_COLOURS = (
@@ -41,16 +43,78 @@ def local_time(moment: datetime) -> str:
     return moment.astimezone().strftime("%H:%M:%S")
 
 
-def render_message(message: Message, *, show_room: bool = False) -> Text:
-    """`14:40:12 grace: Hello World?` with the time dimmed and the sender in its colour."""
+def render_message(message: Message, *, show_room: bool = False, replayed: bool = False) -> Text:
+    """`14:40:12 grace: Hello World?` with the time dimmed and the sender in its colour;
+    `* grace waves` for an action, `[grace → bob]` for a direct message. Replayed history is
+    dimmed as a whole."""
     line = Text()
     line.append(local_time(message.sent_at), style="dim")
     line.append(" ")
-    if show_room:
+    if message.recipient:
+        line.append("[", style="magenta")
+        line.append(message.sender, style=sender_style(message.sender))
+        line.append(" → ", style="magenta")
+        line.append(message.recipient, style=sender_style(message.recipient))
+        line.append("] ", style="magenta")
+    elif show_room:
         line.append(f"#{message.room} ", style="dim cyan")
-    line.append(message.sender, style=sender_style(message.sender))
-    line.append(": ")
-    line.append(message.text)
+    if message.action:
+        line.append("* ", style="italic")
+        line.append(message.sender, style=sender_style(message.sender))
+        line.append(" ")
+        line.append(message.text, style="italic")
+    else:
+        if not message.recipient:
+            line.append(message.sender, style=sender_style(message.sender))
+            line.append(": ")
+        line.append(message.text)
+    if replayed:
+        line.stylize("dim")
+    return line
+
+
+def render_presence(change: PresenceChange, *, show_room: bool = True) -> Text:
+    """`→ alice joined #lobby`, dimmed: never mistaken for a message from a user."""
+    arrow, verb = ("→", "joined") if change.joined else ("←", "left")
+    line = Text(f"{local_time(change.at)} {arrow} ", style="dim")
+    line.append(change.name, style="dim " + sender_style(change.name))
+    line.append(f" {verb}" + (f" #{change.room}" if show_room else ""), style="dim")
+    return line
+
+
+def render_joined(joined: RoomJoined) -> Text:
+    line = Text(f"── #{joined.room}: ", style="dim")
+    line.append(", ".join(joined.members) or "nobody else here", style="dim")
+    line.append(" ──", style="dim")
+    return line
+
+
+def render_gap(gap: HistoryGap) -> Text:
+    detail = f"messages {gap.first_seq}-{gap.last_seq}: " if gap.first_seq else ""
+    return Text(
+        f"some history of #{gap.room} is no longer available ({detail}{gap.reason})",
+        style="yellow",
+    )
+
+
+def render_rooms(rooms: list[RoomInfo]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("room", style="cyan")
+    table.add_column("members", justify="right")
+    table.add_column("messages", justify="right", style="dim")
+    for room in rooms:
+        table.add_row(Text(f"#{room.name}"), str(room.members), str(room.messages))
+    return table
+
+
+def render_members(room: str, members: list[str]) -> Text:
+    line = Text(f"#{room}: ", style="cyan")
+    for i, name in enumerate(members):
+        if i:
+            line.append(", ")
+        line.append(name, style=sender_style(name))
+    if not members:
+        line.append("nobody", style="dim")
     return line
 
 
@@ -62,15 +126,17 @@ def render_error(text: str) -> Text:
     return Text(f"error: {text}", style="bold red")
 
 
-def render_sent(message: Message) -> Text:
+def render_sent(message: Message, duplicate: bool = False) -> Text:
     """What `grpcchat send` prints for an accepted message."""
     line = Text("✓ ", style="green")
-    line.append(f"#{message.room}", style="cyan")
+    line.append(f"@{message.recipient}" if message.recipient else f"#{message.room}", style="cyan")
     if message.seq:
         line.append(f" seq {message.seq}", style="dim")
     line.append(f" {local_time(message.sent_at)}", style="dim")
     if message.id:
         line.append(f" id {message.id}", style="dim")
+    if duplicate:
+        line.append(" (already sent: not posted again)", style="yellow")
     return line
 
 
@@ -84,9 +150,9 @@ class ChatLogHandler(RichHandler):
             line = Text("🟢 [")
             line.append(sender, style=sender_style(sender))
             line.append(f']: "{text}"')
-            room = getattr(record, "room", "")
-            if room:
-                line.append(f"  #{room}", style="dim")
+            where = getattr(record, "where", "")
+            if where:
+                line.append(f"  {where}", style="dim")
             return line
         return Text(message)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from grpcchat.client import ChatClient
-from grpcchat.config import ClientConfig, ServerConfig
+from grpcchat.config import ClientConfig, Limits, ServerConfig
 from grpcchat.server import ChatServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def server_config() -> ServerConfig:
-    return ServerConfig(port=0, grace_period=1.0)
+    # Rate limits off: tests post quickly; tests of the limit set their own.
+    return ServerConfig(port=0, store="memory://", limits=Limits(rate=0), grace_period=1.0)
 
 
 @pytest.fixture
@@ -53,9 +54,12 @@ def cli_env(**extra: str) -> dict[str, str]:
 class ServerProcess:
     """`grpcchat serve --port 0` as a subprocess, with the port read from its startup line."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, port: int = 0) -> None:
+        # Tests never touch the user's real history: memory unless the test picks a store.
+        if not any(a.startswith(("--store", "--data-dir")) for a in args):
+            args = (*args, "--store", "memory://")
         self.process = subprocess.Popen(
-            grpcchat_command("serve", "--port", "0", *args),
+            grpcchat_command("serve", "--port", str(port), *args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

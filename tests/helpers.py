@@ -16,11 +16,13 @@ class Follower:
         self.session = session
         self.events: asyncio.Queue[FeedEvent] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # What arrived while joining: replayed history, RoomJoined...
+        self.before_connected: list[FeedEvent] = []
 
     async def __aenter__(self) -> Follower:
         self._task = asyncio.create_task(self._collect())
-        event = await asyncio.wait_for(self.events.get(), 5)
-        assert isinstance(event, Connected), event
+        while not isinstance(event := await asyncio.wait_for(self.events.get(), 5), Connected):
+            self.before_connected.append(event)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ from grpcchat.config import ClientConfig, ServerConfig
 from grpcchat.errors import InvalidInput, RemoteError
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
+from grpcchat.models import RoomJoined
 from grpcchat.server import ChatServer
 from grpcchat.validation import MAX_NAME_LENGTH, MAX_TEXT_LENGTH
 from tests.helpers import Follower
@@ -26,7 +28,7 @@ async def test_two_chatters_see_each_others_messages_in_order(client: ChatClient
         sent = []
         for i in range(20):
             speaker = alice if i % 2 else bob
-            sent.append(await speaker.session.send(f"message {i}"))
+            sent.append((await speaker.session.send(f"message {i}")).message)
         for follower in (alice, bob):
             received = await follower.messages(20)
             assert [m.text for m in received] == [f"message {i}" for i in range(20)]
@@ -37,7 +39,7 @@ async def test_two_chatters_see_each_others_messages_in_order(client: ChatClient
 
 async def test_server_stamps_id_time_and_position(client: ChatClient) -> None:
     before = datetime.now(UTC)
-    message = await client.send("alice", "hello")
+    message = (await client.send("alice", "hello")).message
     after = datetime.now(UTC)
     assert message.id
     assert message.room == "lobby"
@@ -141,8 +143,9 @@ async def test_unreachable_server_is_unavailable() -> None:
                 pass
 
 
-async def test_drain_tells_subscribers_to_reconnect_and_they_resume() -> None:
-    first = ChatServer(ServerConfig(port=0, grace_period=1.0))
+async def test_drain_tells_subscribers_to_reconnect_and_they_resume(tmp_path: Path) -> None:
+    store = f"sqlite://{tmp_path / 'history.db'}"
+    first = ChatServer(ServerConfig(port=0, store=store, grace_period=1.0))
     await first.start()
     port = first.port
     async with (
@@ -156,11 +159,12 @@ async def test_drain_tells_subscribers_to_reconnect_and_they_resume() -> None:
         event = await alice.next_event()
         assert isinstance(event, Reconnecting)
         assert "shutting down" in event.reason
-        second = ChatServer(ServerConfig(port=port, grace_period=1.0))
+        second = ChatServer(ServerConfig(port=port, store=store, grace_period=1.0))
         await second.start()
         try:
+            # Same history, same epoch: the resume needs no replay and reports no gap.
             while not isinstance(event := await alice.next_event(10), Connected):
-                assert isinstance(event, Reconnecting)
+                assert isinstance(event, Reconnecting | RoomJoined), event
             await client.send("bob", "after")
             [after] = await alice.messages(1)
             assert after.text == "after"

@@ -66,7 +66,7 @@ def add_field(root: Path) -> None:
     text = proto.read_text(encoding="utf-8")
     marker = "  uint64 seq = 6;\n"
     assert marker in text
-    proto.write_text(text.replace(marker, marker + "  string edited_by = 7;\n"), encoding="utf-8")
+    proto.write_text(text.replace(marker, marker + "  string edited_by = 100;\n"), encoding="utf-8")
 
 
 @pytest.fixture

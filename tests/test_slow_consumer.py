@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from grpcchat.client import ChatClient
-from grpcchat.config import ServerConfig
+from grpcchat.config import Limits, ServerConfig
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
@@ -19,7 +19,9 @@ QUEUE_SIZE = 32
 
 @pytest.fixture
 def server_config() -> ServerConfig:
-    return ServerConfig(port=0, queue_size=QUEUE_SIZE, grace_period=1.0)
+    return ServerConfig(
+        port=0, store="memory://", limits=Limits(queue_size=QUEUE_SIZE, rate=0), grace_period=1.0
+    )
 
 
 async def test_slow_consumer_is_disconnected_and_others_get_everything(
@@ -34,14 +36,14 @@ async def test_slow_consumer_is_disconnected_and_others_get_everything(
             pb.SubscribeRequest(name="stalled")
         )
         await asyncio.wait_for(stalled.initial_metadata(), 5)
-        assert server.hub.subscriber_count() == 2
+        assert server.hub.session_count() == 2
 
         # Post until the stalled subscriber is evicted: first the transport's flow-control
         # window fills, then its queue. Bounded, so a broken eviction fails instead of hanging.
         sent = []
         for i in range(5000):
-            sent.append(await client.send("bob", f"{i} {text}"))
-            if server.hub.subscriber_count() == 1:
+            sent.append((await client.send("bob", f"{i} {text}")).message)
+            if server.hub.session_count() == 1:
                 break
         else:
             pytest.fail("the stalled subscriber was never disconnected")
@@ -57,7 +59,7 @@ async def test_slow_consumer_is_disconnected_and_others_get_everything(
         assert "slow consumer" in (caught.value.details() or "")
 
         # The room keeps working for everyone else.
-        after = await client.send("bob", "after the cut-off")
+        after = (await client.send("bob", "after the cut-off")).message
         [message] = await fast.messages(1)
         assert message.id == after.id
 

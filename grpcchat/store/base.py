@@ -66,7 +66,15 @@ class HistoryStore(Protocol):
     def epoch(self) -> str: ...
 
     async def append(
-        self, *, id: str, room: str, sender: str, text: str, sent_at: datetime, key: str = ""
+        self,
+        *,
+        id: str,
+        room: str,
+        sender: str,
+        text: str,
+        sent_at: datetime,
+        key: str = "",
+        action: bool = False,
     ) -> Appended: ...
 
     async def read(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'grpcchat/gen/chat/v1/chat_service.proto\x12\x07\x63hat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x7f\n\x0b\x43hatMessage\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12+\n\x07sent_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\n\n\x02id\x18\x04 \x01(\t\x12\x0c\n\x04room\x18\x05 \x01(\t\x12\x0b\n\x03seq\x18\x06 \x01(\x04\"9\n\x0bSendRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04room\x18\x03 \x01(\t\"5\n\x0cSendResponse\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.chat.v1.ChatMessage\".\n\x10SubscribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04room\x18\x02 \x01(\t\"3\n\x11SubscribeResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.chat.v1.Event\"8\n\x05\x45vent\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x14.chat.v1.ChatMessageH\x00\x42\x06\n\x04kind2\xc0\x01\n\x0b\x43hatService\x12\x36\n\x04\x43hat\x12\x14.chat.v1.ChatMessage\x1a\x14.chat.v1.ChatMessage(\x01\x30\x01\x12\x33\n\x04Send\x12\x14.chat.v1.SendRequest\x1a\x15.chat.v1.SendResponse\x12\x44\n\tSubscribe\x12\x19.chat.v1.SubscribeRequest\x1a\x1a.chat.v1.SubscribeResponse0\x01\x42\x12Z\x10./chat/v1;chatv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'grpcchat/gen/chat/v1/chat_service.proto\x12\x07\x63hat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n\x0b\x43hatMessage\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12+\n\x07sent_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\n\n\x02id\x18\x04 \x01(\t\x12\x0c\n\x04room\x18\x05 \x01(\t\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\r\n\x05\x65poch\x18\x07 \x01(\t\x12\x11\n\trecipient\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\t \x01(\x08\"&\n\x08Position\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\t\"i\n\x0bSendRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04room\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x11\n\trecipient\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\x08\"H\n\x0cSendResponse\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.chat.v1.ChatMessage\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"a\n\x10SubscribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04room\x18\x02 \x01(\t\x12 \n\x05\x61\x66ter\x18\x03 \x01(\x0b\x32\x11.chat.v1.Position\x12\x0f\n\x07history\x18\x04 \x01(\r\"3\n\x11SubscribeResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.chat.v1.Event\"\xff\x01\n\x05\x45vent\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x14.chat.v1.ChatMessageH\x00\x12+\n\x08presence\x18\x02 \x01(\x0b\x32\x17.chat.v1.PresenceChangeH\x00\x12\"\n\x03gap\x18\x03 \x01(\x0b\x32\x13.chat.v1.HistoryGapH\x00\x12%\n\x06joined\x18\x04 \x01(\x0b\x32\x13.chat.v1.RoomJoinedH\x00\x12!\n\x04left\x18\x05 \x01(\x0b\x32\x11.chat.v1.RoomLeftH\x00\x12*\n\x07refused\x18\x06 \x01(\x0b\x32\x17.chat.v1.RequestRefusedH\x00\x42\x06\n\x04kind\"<\n\x0eRequestRefused\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xca\x01\n\x0ePresenceChange\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x1e.chat.v1.PresenceChange.Change\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x06\x43hange\x12\x16\n\x12\x43HANGE_UNSPECIFIED\x10\x00\x12\x11\n\rCHANGE_JOINED\x10\x01\x12\x0f\n\x0b\x43HANGE_LEFT\x10\x02\"O\n\nHistoryGap\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\"P\n\nRoomJoined\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x03(\t\x12#\n\x08position\x18\x03 \x01(\x0b\x32\x11.chat.v1.Position\"\x18\n\x08RoomLeft\x12\x0c\n\x04room\x18\x01 \x01(\t\"\x83\x01\n\x0e\x43onnectRequest\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.chat.v1.HelloH\x00\x12!\n\x04join\x18\x02 \x01(\x0b\x32\x11.chat.v1.JoinRoomH\x00\x12#\n\x05leave\x18\x03 \x01(\x0b\x32\x12.chat.v1.LeaveRoomH\x00\x42\x08\n\x06\x61\x63tion\"\x15\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x08JoinRoom\x12\x0c\n\x04room\x18\x01 \x01(\t\x12 \n\x05\x61\x66ter\x18\x02 \x01(\x0b\x32\x11.chat.v1.Position\x12\x0f\n\x07history\x18\x03 \x01(\r\"\x19\n\tLeaveRoom\x12\x0c\n\x04room\x18\x01 \x01(\t\"1\n\x0f\x43onnectResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.chat.v1.Event\"j\n\x0eHistoryRequest\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x12\n\nbefore_seq\x18\x02 \x01(\x04\x12\x11\n\tafter_seq\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x14\n\x0cnewest_first\x18\x05 \x01(\x08\"H\n\x0fHistoryResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.chat.v1.ChatMessage\x12\r\n\x05\x65poch\x18\x02 \x01(\t\"\x12\n\x10ListRoomsRequest\"5\n\x11ListRoomsResponse\x12 \n\x05rooms\x18\x01 \x03(\x0b\x32\x11.chat.v1.RoomInfo\";\n\x08RoomInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x01(\r\x12\x10\n\x08messages\x18\x03 \x01(\x04\"\"\n\x12ListMembersRequest\x12\x0c\n\x04room\x18\x01 \x01(\t\"&\n\x13ListMembersResponse\x12\x0f\n\x07members\x18\x01 \x03(\t2\xce\x03\n\x0b\x43hatService\x12\x36\n\x04\x43hat\x12\x14.chat.v1.ChatMessage\x1a\x14.chat.v1.ChatMessage(\x01\x30\x01\x12\x33\n\x04Send\x12\x14.chat.v1.SendRequest\x1a\x15.chat.v1.SendResponse\x12\x44\n\tSubscribe\x12\x19.chat.v1.SubscribeRequest\x1a\x1a.chat.v1.SubscribeResponse0\x01\x12@\n\x07\x43onnect\x12\x17.chat.v1.ConnectRequest\x1a\x18.chat.v1.ConnectResponse(\x01\x30\x01\x12<\n\x07History\x12\x17.chat.v1.HistoryRequest\x1a\x18.chat.v1.HistoryResponse\x12\x42\n\tListRooms\x12\x19.chat.v1.ListRoomsRequest\x1a\x1a.chat.v1.ListRoomsResponse\x12H\n\x0bListMembers\x12\x1b.chat.v1.ListMembersRequest\x1a\x1c.chat.v1.ListMembersResponseB\x12Z\x10./chat/v1;chatv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,56 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'grpcchat.gen.chat.v1.chat_s
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\020./chat/v1;chatv1'
-  _globals['_CHATMESSAGE']._serialized_start=85
-  _globals['_CHATMESSAGE']._serialized_end=212
-  _globals['_SENDREQUEST']._serialized_start=214
-  _globals['_SENDREQUEST']._serialized_end=271
-  _globals['_SENDRESPONSE']._serialized_start=273
-  _globals['_SENDRESPONSE']._serialized_end=326
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=328
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=374
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=376
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=427
-  _globals['_EVENT']._serialized_start=429
-  _globals['_EVENT']._serialized_end=485
-  _globals['_CHATSERVICE']._serialized_start=488
-  _globals['_CHATSERVICE']._serialized_end=680
+  _globals['_CHATMESSAGE']._serialized_start=86
+  _globals['_CHATMESSAGE']._serialized_end=263
+  _globals['_POSITION']._serialized_start=265
+  _globals['_POSITION']._serialized_end=303
+  _globals['_SENDREQUEST']._serialized_start=305
+  _globals['_SENDREQUEST']._serialized_end=410
+  _globals['_SENDRESPONSE']._serialized_start=412
+  _globals['_SENDRESPONSE']._serialized_end=484
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=486
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=583
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=585
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=636
+  _globals['_EVENT']._serialized_start=639
+  _globals['_EVENT']._serialized_end=894
+  _globals['_REQUESTREFUSED']._serialized_start=896
+  _globals['_REQUESTREFUSED']._serialized_end=956
+  _globals['_PRESENCECHANGE']._serialized_start=959
+  _globals['_PRESENCECHANGE']._serialized_end=1161
+  _globals['_PRESENCECHANGE_CHANGE']._serialized_start=1093
+  _globals['_PRESENCECHANGE_CHANGE']._serialized_end=1161
+  _globals['_HISTORYGAP']._serialized_start=1163
+  _globals['_HISTORYGAP']._serialized_end=1242
+  _globals['_ROOMJOINED']._serialized_start=1244
+  _globals['_ROOMJOINED']._serialized_end=1324
+  _globals['_ROOMLEFT']._serialized_start=1326
+  _globals['_ROOMLEFT']._serialized_end=1350
+  _globals['_CONNECTREQUEST']._serialized_start=1353
+  _globals['_CONNECTREQUEST']._serialized_end=1484
+  _globals['_HELLO']._serialized_start=1486
+  _globals['_HELLO']._serialized_end=1507
+  _globals['_JOINROOM']._serialized_start=1509
+  _globals['_JOINROOM']._serialized_end=1584
+  _globals['_LEAVEROOM']._serialized_start=1586
+  _globals['_LEAVEROOM']._serialized_end=1611
+  _globals['_CONNECTRESPONSE']._serialized_start=1613
+  _globals['_CONNECTRESPONSE']._serialized_end=1662
+  _globals['_HISTORYREQUEST']._serialized_start=1664
+  _globals['_HISTORYREQUEST']._serialized_end=1770
+  _globals['_HISTORYRESPONSE']._serialized_start=1772
+  _globals['_HISTORYRESPONSE']._serialized_end=1844
+  _globals['_LISTROOMSREQUEST']._serialized_start=1846
+  _globals['_LISTROOMSREQUEST']._serialized_end=1864
+  _globals['_LISTROOMSRESPONSE']._serialized_start=1866
+  _globals['_LISTROOMSRESPONSE']._serialized_end=1919
+  _globals['_ROOMINFO']._serialized_start=1921
+  _globals['_ROOMINFO']._serialized_end=1980
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=1982
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=2016
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=2018
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=2056
+  _globals['_CHATSERVICE']._serialized_start=2059
+  _globals['_CHATSERVICE']._serialized_end=2521
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -34,6 +35,9 @@ class ChatMessage(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     ROOM_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
     """Who sent it. With authentication on, the server overwrites it with the
     name from the caller's token.
@@ -46,8 +50,16 @@ class ChatMessage(_message.Message):
     """Room the message belongs to; empty means the default room "lobby"."""
     seq: _builtins.int
     """Position in the room: strictly increasing per room, assigned by the
-    server. Zero on messages a client sends.
+    server. Zero on messages a client sends and on direct messages.
     """
+    epoch: _builtins.str
+    """Epoch of the history that numbered `seq`: positions compare only within
+    one epoch.
+    """
+    recipient: _builtins.str
+    """For a direct message, its recipient (and `room` is empty)."""
+    action: _builtins.bool
+    """An action ("/me waves"), rendered as "* sender text"."""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp:
         """When the server accepted it. The server is the authority on time: a
@@ -63,14 +75,43 @@ class ChatMessage(_message.Message):
         id: _builtins.str = ...,
         room: _builtins.str = ...,
         seq: _builtins.int = ...,
+        epoch: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        action: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "room", b"room", "sender", b"sender", "sent_at", b"sent_at", "seq", b"seq", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "epoch", b"epoch", "id", b"id", "recipient", b"recipient", "room", b"room", "sender", b"sender", "sent_at", b"sent_at", "seq", b"seq", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class Position(_message.Message):
+    """Position is a place in a room's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The seq of the last message seen."""
+    epoch: _builtins.str
+    """The epoch that seq belongs to."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        epoch: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Position: _TypeAlias = Position  # noqa: Y015
 
 @_typing.final
 class SendRequest(_message.Message):
@@ -81,22 +122,39 @@ class SendRequest(_message.Message):
     SENDER_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     ROOM_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
     """Sender name (see ChatMessage.sender)."""
     text: _builtins.str
     """Message body, 1..4096 characters, not only whitespace."""
     room: _builtins.str
-    """Target room; empty means "lobby"."""
+    """Target room; empty means "lobby". Ignored for direct messages."""
+    key: _builtins.str
+    """Idempotency key chosen by the client. A repeat of the same key by the
+    same sender within the server's dedup window posts nothing new and
+    returns the original message.
+    """
+    recipient: _builtins.str
+    """Set for a direct message: it reaches only the recipient's sessions and
+    the sender's own.
+    """
+    action: _builtins.bool
+    """An action ("/me waves")."""
     def __init__(
         self,
         *,
         sender: _builtins.str = ...,
         text: _builtins.str = ...,
         room: _builtins.str = ...,
+        key: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        action: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["room", b"room", "sender", b"sender", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "key", b"key", "recipient", b"recipient", "room", b"room", "sender", b"sender", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -111,16 +169,20 @@ class SendResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    """True when the key had been seen: `message` is the original."""
     @_builtins.property
     def message(self) -> Global___ChatMessage: ...
     def __init__(
         self,
         *,
         message: Global___ChatMessage | None = ...,
+        duplicate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -134,19 +196,32 @@ class SubscribeRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ROOM_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the subscriber, for presence and logs."""
     room: _builtins.str
     """Room to follow; empty means "lobby"."""
+    history: _builtins.int
+    """Without `after`: replay up to this many of the latest messages first."""
+    @_builtins.property
+    def after(self) -> Global___Position:
+        """Resume: replay every message after this position, then go live. If the
+        position cannot be honoured (another epoch, or older than retention) a
+        HistoryGap event says so before the replay.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         room: _builtins.str = ...,
+        after: Global___Position | None = ...,
+        history: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "room", b"room"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "history", b"history", "name", b"name", "room", b"room"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -183,21 +258,522 @@ class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
+    PRESENCE_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    JOINED_FIELD_NUMBER: _builtins.int
+    LEFT_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___ChatMessage:
-        """A chat message posted to the room."""
+        """A chat message posted to the room (or a direct message)."""
+
+    @_builtins.property
+    def presence(self) -> Global___PresenceChange:
+        """Someone entered or left a room."""
+
+    @_builtins.property
+    def gap(self) -> Global___HistoryGap:
+        """Part of the requested history is no longer available."""
+
+    @_builtins.property
+    def joined(self) -> Global___RoomJoined:
+        """A join is complete: replayed history (if any) is over, live follows."""
+
+    @_builtins.property
+    def left(self) -> Global___RoomLeft:
+        """A leave is complete: nothing more arrives from the room."""
+
+    @_builtins.property
+    def refused(self) -> Global___RequestRefused:
+        """A request on the session stream was refused; the session goes on."""
 
     def __init__(
         self,
         *,
         message: Global___ChatMessage | None = ...,
+        presence: Global___PresenceChange | None = ...,
+        gap: Global___HistoryGap | None = ...,
+        joined: Global___RoomJoined | None = ...,
+        left: Global___RoomLeft | None = ...,
+        refused: Global___RequestRefused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "presence", "gap", "joined", "left", "refused"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class RequestRefused(_message.Message):
+    """RequestRefused says why a join or leave on a session stream failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    """The room the request named."""
+    code: _builtins.str
+    """The gRPC status code name that a unary call would have failed with,
+    e.g. "INVALID_ARGUMENT" or "ALREADY_EXISTS".
+    """
+    reason: _builtins.str
+    """For people: why."""
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "reason", b"reason", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestRefused: _TypeAlias = RequestRefused  # noqa: Y015
+
+@_typing.final
+class PresenceChange(_message.Message):
+    """PresenceChange says a name entered or left a room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Change:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PresenceChange._Change.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CHANGE_UNSPECIFIED: PresenceChange._Change.ValueType  # 0
+        CHANGE_JOINED: PresenceChange._Change.ValueType  # 1
+        CHANGE_LEFT: PresenceChange._Change.ValueType  # 2
+
+    class Change(_Change, metaclass=_ChangeEnumTypeWrapper):
+        """What happened."""
+
+    CHANGE_UNSPECIFIED: PresenceChange.Change.ValueType  # 0
+    CHANGE_JOINED: PresenceChange.Change.ValueType  # 1
+    CHANGE_LEFT: PresenceChange.Change.ValueType  # 2
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    name: _builtins.str
+    change: Global___PresenceChange.Change.ValueType
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        name: _builtins.str = ...,
+        change: Global___PresenceChange.Change.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "change", b"change", "name", b"name", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PresenceChange: _TypeAlias = PresenceChange  # noqa: Y015
+
+@_typing.final
+class HistoryGap(_message.Message):
+    """HistoryGap says messages a client asked for cannot be replayed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    first_seq: _builtins.int
+    """First and last seq of the missing range; both zero when the whole
+    history was replaced (another epoch).
+    """
+    last_seq: _builtins.int
+    reason: _builtins.str
+    """For people: why."""
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        first_seq: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_seq", b"first_seq", "last_seq", b"last_seq", "reason", b"reason", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryGap: _TypeAlias = HistoryGap  # noqa: Y015
+
+@_typing.final
+class RoomJoined(_message.Message):
+    """RoomJoined completes a join."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Who is in the room now, each name once."""
+
+    @_builtins.property
+    def position(self) -> Global___Position:
+        """The room's latest position at the time of joining."""
+
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+        position: Global___Position | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "position", b"position", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoomJoined: _TypeAlias = RoomJoined  # noqa: Y015
+
+@_typing.final
+class RoomLeft(_message.Message):
+    """RoomLeft completes a leave."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoomLeft: _TypeAlias = RoomLeft  # noqa: Y015
+
+@_typing.final
+class ConnectRequest(_message.Message):
+    """ConnectRequest steers a session: the first one must be `hello`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELLO_FIELD_NUMBER: _builtins.int
+    JOIN_FIELD_NUMBER: _builtins.int
+    LEAVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hello(self) -> Global___Hello: ...
+    @_builtins.property
+    def join(self) -> Global___JoinRoom: ...
+    @_builtins.property
+    def leave(self) -> Global___LeaveRoom: ...
+    def __init__(
+        self,
+        *,
+        hello: Global___Hello | None = ...,
+        join: Global___JoinRoom | None = ...,
+        leave: Global___LeaveRoom | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["hello", "join", "leave"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class Hello(_message.Message):
+    """Hello opens a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name to use; with authentication on, the token's name wins."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hello: _TypeAlias = Hello  # noqa: Y015
+
+@_typing.final
+class JoinRoom(_message.Message):
+    """JoinRoom enters a room, optionally resuming from a position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    history: _builtins.int
+    """Without `after`: replay up to this many of the latest messages."""
+    @_builtins.property
+    def after(self) -> Global___Position:
+        """Replay everything after this position (see SubscribeRequest.after)."""
+
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        after: Global___Position | None = ...,
+        history: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "history", b"history", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinRoom: _TypeAlias = JoinRoom  # noqa: Y015
+
+@_typing.final
+class LeaveRoom(_message.Message):
+    """LeaveRoom leaves a room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveRoom: _TypeAlias = LeaveRoom  # noqa: Y015
+
+@_typing.final
+class ConnectResponse(_message.Message):
+    """ConnectResponse carries one or more events in delivery order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class HistoryRequest(_message.Message):
+    """HistoryRequest asks for a page of a room's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    BEFORE_SEQ_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    before_seq: _builtins.int
+    """Only messages with seq < before_seq (0: no bound)."""
+    after_seq: _builtins.int
+    """Only messages with seq > after_seq (0: no bound)."""
+    limit: _builtins.int
+    """Page size, 1..1000; 0 means 50."""
+    newest_first: _builtins.bool
+    """Newest first (paging backwards) instead of oldest first."""
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        before_seq: _builtins.int = ...,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        newest_first: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "before_seq", b"before_seq", "limit", b"limit", "newest_first", b"newest_first", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryRequest: _TypeAlias = HistoryRequest  # noqa: Y015
+
+@_typing.final
+class HistoryResponse(_message.Message):
+    """HistoryResponse is one page of history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.str
+    """The epoch of the returned positions."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        epoch: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryResponse: _TypeAlias = HistoryResponse  # noqa: Y015
+
+@_typing.final
+class ListRoomsRequest(_message.Message):
+    """ListRoomsRequest asks which rooms exist."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoomsRequest: _TypeAlias = ListRoomsRequest  # noqa: Y015
+
+@_typing.final
+class ListRoomsResponse(_message.Message):
+    """ListRoomsResponse lists rooms with members or history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rooms(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoomInfo]: ...
+    def __init__(
+        self,
+        *,
+        rooms: _abc.Iterable[Global___RoomInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rooms", b"rooms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoomsResponse: _TypeAlias = ListRoomsResponse  # noqa: Y015
+
+@_typing.final
+class RoomInfo(_message.Message):
+    """RoomInfo describes one room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    members: _builtins.int
+    """Distinct names in the room now."""
+    messages: _builtins.int
+    """Messages kept in its history."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        members: _builtins.int = ...,
+        messages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "messages", b"messages", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoomInfo: _TypeAlias = RoomInfo  # noqa: Y015
+
+@_typing.final
+class ListMembersRequest(_message.Message):
+    """ListMembersRequest asks who is in a room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    """Empty means "lobby"."""
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMembersRequest: _TypeAlias = ListMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListMembersResponse(_message.Message):
+    """ListMembersResponse lists a room's members, each name once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMembersResponse: _TypeAlias = ListMembersResponse  # noqa: Y015

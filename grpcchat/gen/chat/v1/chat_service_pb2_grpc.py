@@ -50,6 +50,26 @@ class ChatServiceStub:
                 request_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/chat.v1.ChatService/Connect',
+                request_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ConnectResponse.FromString,
+                _registered_method=True)
+        self.History = channel.unary_unary(
+                '/chat.v1.ChatService/History',
+                request_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.HistoryResponse.FromString,
+                _registered_method=True)
+        self.ListRooms = channel.unary_unary(
+                '/chat.v1.ChatService/ListRooms',
+                request_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListRoomsRequest.SerializeToString,
+                response_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListRoomsResponse.FromString,
+                _registered_method=True)
+        self.ListMembers = channel.unary_unary(
+                '/chat.v1.ChatService/ListMembers',
+                request_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -85,6 +105,36 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Connect(self, request_iterator, context):
+        """Connect is a session in any number of rooms: the client joins and leaves
+        rooms on the request stream; the response stream delivers their events,
+        direct messages and presence, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def History(self, request, context):
+        """History returns a page of a room's stored messages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRooms(self, request, context):
+        """ListRooms lists the rooms that have members or history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMembers(self, request, context):
+        """ListMembers lists who is in a room.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +152,26 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.SubscribeRequest.FromString,
                     response_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ConnectRequest.FromString,
+                    response_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ConnectResponse.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.HistoryRequest.FromString,
+                    response_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.HistoryResponse.SerializeToString,
+            ),
+            'ListRooms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRooms,
+                    request_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListRoomsRequest.FromString,
+                    response_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListRoomsResponse.SerializeToString,
+            ),
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersRequest.FromString,
+                    response_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +256,114 @@ class ChatService:
             '/chat.v1.ChatService/Subscribe',
             grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.SubscribeRequest.SerializeToString,
             grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chat.v1.ChatService/Connect',
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ConnectRequest.SerializeToString,
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/History',
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.HistoryRequest.SerializeToString,
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRooms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/ListRooms',
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListRoomsRequest.SerializeToString,
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListRoomsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/ListMembers',
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersRequest.SerializeToString,
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,17 @@ class ChatServiceStub:
     order until the client cancels, the server drains (UNAVAILABLE) or the
     subscriber falls too far behind (RESOURCE_EXHAUSTED).
     """
+    Connect: _grpc.StreamStreamMultiCallable[_chat_service_pb2.ConnectRequest, _chat_service_pb2.ConnectResponse]
+    """Connect is a session in any number of rooms: the client joins and leaves
+    rooms on the request stream; the response stream delivers their events,
+    direct messages and presence, in order.
+    """
+    History: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.HistoryRequest, _chat_service_pb2.HistoryResponse]
+    """History returns a page of a room's stored messages."""
+    ListRooms: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.ListRoomsRequest, _chat_service_pb2.ListRoomsResponse]
+    """ListRooms lists the rooms that have members or history."""
+    ListMembers: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.ListMembersRequest, _chat_service_pb2.ListMembersResponse]
+    """ListMembers lists who is in a room."""
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -71,6 +82,17 @@ class ChatServiceAsyncStub(ChatServiceStub):
     order until the client cancels, the server drains (UNAVAILABLE) or the
     subscriber falls too far behind (RESOURCE_EXHAUSTED).
     """
+    Connect: _aio.StreamStreamMultiCallable[_chat_service_pb2.ConnectRequest, _chat_service_pb2.ConnectResponse]  # type: ignore[assignment]
+    """Connect is a session in any number of rooms: the client joins and leaves
+    rooms on the request stream; the response stream delivers their events,
+    direct messages and presence, in order.
+    """
+    History: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.HistoryRequest, _chat_service_pb2.HistoryResponse]  # type: ignore[assignment]
+    """History returns a page of a room's stored messages."""
+    ListRooms: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.ListRoomsRequest, _chat_service_pb2.ListRoomsResponse]  # type: ignore[assignment]
+    """ListRooms lists the rooms that have members or history."""
+    ListMembers: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.ListMembersRequest, _chat_service_pb2.ListMembersResponse]  # type: ignore[assignment]
+    """ListMembers lists who is in a room."""
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     """ChatService is the chat API."""
@@ -108,5 +130,40 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         order until the client cancels, the server drains (UNAVAILABLE) or the
         subscriber falls too far behind (RESOURCE_EXHAUSTED).
         """
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_chat_service_pb2.ConnectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_chat_service_pb2.ConnectResponse], _abc.AsyncIterator[_chat_service_pb2.ConnectResponse]]:
+        """Connect is a session in any number of rooms: the client joins and leaves
+        rooms on the request stream; the response stream delivers their events,
+        direct messages and presence, in order.
+        """
+
+    @_abc_1.abstractmethod
+    def History(
+        self,
+        request: _chat_service_pb2.HistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.HistoryResponse, _abc.Awaitable[_chat_service_pb2.HistoryResponse]]:
+        """History returns a page of a room's stored messages."""
+
+    @_abc_1.abstractmethod
+    def ListRooms(
+        self,
+        request: _chat_service_pb2.ListRoomsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.ListRoomsResponse, _abc.Awaitable[_chat_service_pb2.ListRoomsResponse]]:
+        """ListRooms lists the rooms that have members or history."""
+
+    @_abc_1.abstractmethod
+    def ListMembers(
+        self,
+        request: _chat_service_pb2.ListMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.ListMembersResponse, _abc.Awaitable[_chat_service_pb2.ListMembersResponse]]:
+        """ListMembers lists who is in a room."""
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

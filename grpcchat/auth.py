@@ -1,0 +1,71 @@
+"""Signed bearer tokens (HS256 JWTs via PyJWT): `grpcchat token NAME` mints them, the server
+verifies them. The name inside the token is the only name an authenticated client speaks as."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from grpcchat.errors import Unauthenticated
+from grpcchat.validation import check_name
+
+ALGORITHM = "HS256"
+ISSUER = "grpcchat"
+# HS256 with a short secret can be brute-forced offline from any token.
+MIN_SECRET_LENGTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    expires_at: datetime
+
+
+class TokenAuthority:
+    """Mints and verifies tokens with one shared secret."""
+
+    def __init__(self, secret: str) -> None:
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"the auth secret must be at least {MIN_SECRET_LENGTH} characters")
+        self._secret = secret
+
+    def mint(self, name: str, ttl: timedelta) -> str:
+        if ttl <= timedelta(0):
+            raise ValueError("a token's lifetime must be positive")
+        now = datetime.now(UTC)
+        claims = {"sub": check_name(name), "iss": ISSUER, "iat": now, "exp": now + ttl}
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> Identity:
+        """The identity in a valid token, or Unauthenticated saying what is wrong with it."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                issuer=ISSUER,
+                options={"require": ["sub", "exp", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("token expired; mint a new one with `grpcchat token`") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthenticated("token signature is invalid (wrong secret?)") from None
+        except jwt.DecodeError:
+            raise Unauthenticated("token is malformed") from None
+        except jwt.InvalidTokenError as error:
+            raise Unauthenticated(f"token rejected: {error}") from None
+        name = claims["sub"]
+        if not isinstance(name, str) or not name:
+            raise Unauthenticated("token carries no user name")
+        return Identity(check_name(name), datetime.fromtimestamp(claims["exp"], UTC))
+
+    def verify_header(self, header: str | None) -> Identity:
+        """Verify an `authorization` metadata value of the form `Bearer <token>`."""
+        if not header:
+            raise Unauthenticated("authentication required: pass --token (or GRPCCHAT_TOKEN)")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("authorization must be `Bearer <token>`")
+        return self.verify(token.strip())

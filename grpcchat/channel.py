@@ -1,0 +1,69 @@
+"""Opening a channel as the client config says: plaintext or TLS (optionally mutual), and the
+bearer token as call metadata — never sent in the clear beyond this machine."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from grpcchat.config import ClientConfig
+from grpcchat.errors import ChatError
+
+_CHANNEL_OPTIONS = [
+    # gRPC's own reconnect backoff grows to two minutes; a chat client wants the server back
+    # within seconds of it returning.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+class InsecureTokenError(ChatError):
+    """A token would travel in plaintext to another machine."""
+
+
+def _host(addr: str) -> str:
+    target = addr.split("://", 1)[-1]
+    if target.startswith("["):
+        return target[1 : target.find("]")]
+    return target.rsplit(":", 1)[0] if ":" in target else target
+
+
+def is_loopback(addr: str) -> bool:
+    host = _host(addr)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ChatError(f"cannot read the {what} {path}: {error.strerror}") from None
+
+
+def open_channel(config: ClientConfig) -> tuple[aio.Channel, Metadata]:
+    """The channel and the metadata every call must carry."""
+    metadata: Metadata = (("authorization", f"Bearer {config.token}"),) if config.token else ()
+    if not config.uses_tls:
+        if config.token and not is_loopback(config.addr):
+            raise InsecureTokenError(
+                f"refusing to send a token in plaintext to {config.addr}; "
+                "use --tls (system roots) or --tls-ca FILE"
+            )
+        return aio.insecure_channel(config.addr, options=_CHANNEL_OPTIONS), metadata
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(config.tls_ca, "CA file") if config.tls_ca else None,
+        private_key=_read(config.tls_key, "client key") if config.tls_key else None,
+        certificate_chain=_read(config.tls_cert, "client certificate") if config.tls_cert else None,
+    )
+    return aio.secure_channel(config.addr, credentials, options=_CHANNEL_OPTIONS), metadata

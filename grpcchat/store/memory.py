@@ -1,0 +1,165 @@
+"""History kept in this process only: gone at exit, a new epoch at every start.
+
+Nothing here awaits, so each call is atomic on the event loop; every operation is a dict or
+deque step except the age scan in `rooms`, and even that only runs for a room whose clock went
+backwards (see `_Room.in_time_order`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict, deque
+from datetime import UTC, datetime
+from itertools import islice
+
+from grpcchat.models import Message
+from grpcchat.store.base import Appended, Retention
+
+
+class _Room:
+    """One room's retained messages, oldest first.
+
+    Only the oldest are ever removed, so the seqs held are contiguous and a seq is found by
+    arithmetic instead of a search.
+    """
+
+    __slots__ = ("in_time_order", "last_seq", "messages")
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.messages: deque[Message] = deque()
+        # False once a message was appended with an earlier time than the one before it (the
+        # wall clock stepped back): expired messages may then hide behind fresh ones, and
+        # counting needs a scan instead of len().
+        self.in_time_order = True
+
+
+class MemoryStore:
+    """The `HistoryStore` contract on plain dicts and deques."""
+
+    def __init__(self, retention: Retention) -> None:
+        self._retention = retention
+        self._epoch = uuid.uuid4().hex
+        self._rooms: dict[str, _Room] = {}
+        # (sender, key) -> the message first stored under it, oldest first, so forgetting the
+        # expired ones is a pop from the front.
+        self._keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    async def append(
+        self,
+        *,
+        id: str,
+        room: str,
+        sender: str,
+        text: str,
+        sent_at: datetime,
+        key: str = "",
+        action: bool = False,
+    ) -> Appended:
+        if sent_at.tzinfo is None:
+            raise ValueError("sent_at must be timezone-aware")
+        sent_at = sent_at.astimezone(UTC)
+        # A key repeated this long after its first use makes a new message.
+        expired_before = sent_at - self._retention.dedup_window
+        while self._keys and next(iter(self._keys.values())).sent_at <= expired_before:
+            self._keys.popitem(last=False)
+        original = self._keys.get((sender, key)) if key else None
+        if original is not None and original.sent_at > expired_before:
+            return Appended(original, duplicate=True)
+
+        state = self._rooms.setdefault(room, _Room())
+        state.last_seq += 1
+        message = Message(
+            id=id,
+            room=room,
+            sender=sender,
+            text=text,
+            sent_at=sent_at,
+            seq=state.last_seq,
+            epoch=self._epoch,
+            action=action,
+        )
+        if state.messages and sent_at < state.messages[-1].sent_at:
+            state.in_time_order = False
+        state.messages.append(message)
+        if key:
+            self._keys[sender, key] = message
+            self._keys.move_to_end((sender, key))
+        self._prune(state, self._oldest_kept())
+        return Appended(message, duplicate=False)
+
+    async def read(
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[Message]:
+        state = self._rooms.get(room)
+        if state is None or limit <= 0:
+            return []
+        oldest_kept = self._oldest_kept()
+        self._prune(state, oldest_kept)
+        if not state.messages:
+            return []
+        first = state.messages[0].seq
+        # Exclusive bounds, clamped to the seqs held.
+        low = max(after if after is not None else 0, first - 1)
+        high = min(before if before is not None else state.last_seq + 1, state.last_seq + 1)
+        if high - low <= 1:
+            return []
+        if newest_first:
+            candidates = islice(reversed(state.messages), state.last_seq + 1 - high, None)
+        else:
+            candidates = islice(state.messages, low + 1 - first, None)
+        page: list[Message] = []
+        for message in candidates:
+            if not low < message.seq < high:
+                break
+            if message.sent_at >= oldest_kept:
+                page.append(message)
+                if len(page) == limit:
+                    break
+        return page
+
+    async def last_seq(self, room: str) -> int:
+        state = self._rooms.get(room)
+        return state.last_seq if state else 0
+
+    async def rooms(self) -> dict[str, int]:
+        oldest_kept = self._oldest_kept()
+        counts: dict[str, int] = {}
+        for name, state in self._rooms.items():
+            self._prune(state, oldest_kept)
+            if state.in_time_order:
+                count = len(state.messages)
+            else:
+                count = sum(m.sent_at >= oldest_kept for m in state.messages)
+            if count:
+                counts[name] = count
+        return counts
+
+    async def aclose(self) -> None:
+        """Nothing to release: the history goes with the object."""
+
+    def _oldest_kept(self) -> datetime:
+        return datetime.now(UTC) - self._retention.max_age
+
+    def _prune(self, state: _Room, oldest_kept: datetime) -> None:
+        """Drop the room's oldest messages beyond the count or age limit.
+
+        Only the front is trimmed; a message that expired behind a fresher one (clock stepped
+        back) is skipped by `read` and counted out by `rooms` until it reaches the front.
+        """
+        messages = state.messages
+        first_kept_seq = state.last_seq - self._retention.max_messages + 1
+        while messages and (messages[0].seq < first_kept_seq or messages[0].sent_at < oldest_kept):
+            messages.popleft()
+        if not messages:
+            state.in_time_order = True
