@@ -35,6 +35,7 @@ from grpcchat.config import (
     ServerConfig,
 )
 from grpcchat.errors import ChatError, RemoteError
+from grpcchat.store.base import MAX_AGE, MAX_MESSAGES_PER_ROOM, Retention
 
 if TYPE_CHECKING:
     from grpcchat.client import Sent
@@ -247,6 +248,24 @@ def serve(
             show_default=False,
         ),
     ] = "",
+    keep_messages: Annotated[
+        int,
+        typer.Option(
+            envvar="GRPCCHAT_KEEP_MESSAGES",
+            min=1,
+            rich_help_panel="History",
+            help="Messages kept per room; older ones are deleted.",
+        ),
+    ] = MAX_MESSAGES_PER_ROOM,
+    keep_days: Annotated[
+        float,
+        typer.Option(
+            envvar="GRPCCHAT_KEEP_DAYS",
+            min=0.001,
+            rich_help_panel="History",
+            help="Days a message is kept.",
+        ),
+    ] = MAX_AGE.days,
     auth_secret: Annotated[
         str,
         typer.Option(
@@ -322,6 +341,7 @@ def serve(
             port=port,
             store=store,
             data_dir=data_dir,
+            retention=Retention(max_messages=keep_messages, max_age=timedelta(days=keep_days)),
             limits=Limits(queue_size=queue_size, rate=rate, burst=rate * 3),
             auth_secret=auth_secret,
             tls_cert=tls_cert,
@@ -351,6 +371,7 @@ def serve(
             f"🚀 grpcchat listening on [bold]{server.address}[/] "
             f"[dim]({', '.join(extras)}; Ctrl-C to stop)[/]",
             highlight=False,
+            soft_wrap=True,
         )
         # Scripts and tests read the real port from this line, even through a pipe.
         sys.stdout.flush()
@@ -462,7 +483,7 @@ def send(
         if as_json:
             print(json.dumps(message_as_json(sent.message, sent.duplicate)), flush=True)
         else:
-            console.print(ui.render_sent(sent.message, sent.duplicate))
+            console.print(ui.render_sent(sent.message, sent.duplicate), soft_wrap=True)
 
     _run(send_lines(client, sender, lines, accepted, room=room, to=to, action=action, key=key))
 

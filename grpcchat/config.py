@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
+
+from grpcchat.store.base import Retention
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4000
@@ -57,6 +59,7 @@ class ServerConfig:
     # History engine URL: sqlite:///path (default: history.db in the data dir) or memory://.
     store: str = ""
     data_dir: str = ""
+    retention: Retention = field(default_factory=Retention)
     limits: Limits = Limits()
     # Authentication is on when a secret is set (HS256 tokens from `grpcchat token`).
     auth_secret: str = ""

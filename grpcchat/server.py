@@ -76,7 +76,7 @@ class ChatServer:
         message when the history or the address cannot be used."""
         auth = TokenAuthority(self.config.auth_secret) if self.config.auth_secret else None
         credentials = _server_credentials(self.config)
-        self._store = store = await open_store(self.config.store_url)
+        self._store = store = await open_store(self.config.store_url, self.config.retention)
         self._hub = Hub(store, self.config.limits)
         add_to_server(ChatServicer(self._hub, auth), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
