@@ -79,7 +79,8 @@ def test_send_rejections_are_one_red_line(
 
 
 def test_send_to_nothing_is_exit_3() -> None:
-    result = run("send", "--addr", "127.0.0.1:1", "--name", "bot", "hi")
+    # send retries an unreachable server until --timeout, then gives up with exit 3.
+    result = run("send", "--addr", "127.0.0.1:1", "--timeout", "1.5", "--name", "bot", "hi")
     assert result.returncode == 3
     assert "cannot reach a chat server at 127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr
