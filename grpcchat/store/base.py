@@ -49,14 +49,19 @@ class HistoryStore(Protocol):
       the store's epoch; it is durable when `append` returns.
     - Idempotency: if `key` is not empty and the same `sender` appended with the same `key`
       within the dedup window, nothing is stored and the original message is returned with
-      `duplicate=True` (same id, seq, time), whatever text was passed the second time.
+      `duplicate=True` (same id, seq, time), whatever text (or room) was passed the second time.
+      "Within" compares the two appends' `sent_at`: a repeat less than `dedup_window` after the
+      original is a duplicate; one `dedup_window` or more after is a new message.
     - `read` returns messages of one room in seq order (oldest first, or newest first when
       `newest_first`), only those with `after < seq < before` (either bound optional), at most
       `limit` of them, taken from the end nearest the bound being paged from: oldest-first pages
       start right after `after` (or at the oldest message); newest-first pages start right before
       `before` (or at the newest).
-    - Retention: a room keeps at most `retention.max_messages` messages and none older than
-      `retention.max_age`; the oldest go first. Pruning never blocks the event loop.
+    - Retention: a room keeps at most `retention.max_messages` messages (those with
+      `seq > last_seq - max_messages`) and none older than `retention.max_age` (each message by
+      its own `sent_at`, against the wall clock); the oldest go first. `read` and `rooms` never
+      return an expired message, however long ago pruning last ran. Pruning never blocks the
+      event loop.
     - Callers serialize `append` per room (the hub holds a per-room lock); concurrent appends to
       different rooms are allowed.
     - No method blocks the event loop: engines doing I/O run it off the loop.

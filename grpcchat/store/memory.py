@@ -63,7 +63,7 @@ class MemoryStore:
         if sent_at.tzinfo is None:
             raise ValueError("sent_at must be timezone-aware")
         sent_at = sent_at.astimezone(UTC)
-        # A key repeated this long after its first use makes a new message.
+        # Keys first used at or before this moment are past the dedup window.
         expired_before = sent_at - self._retention.dedup_window
         while self._keys and next(iter(self._keys.values())).sent_at <= expired_before:
             self._keys.popitem(last=False)
@@ -71,7 +71,9 @@ class MemoryStore:
         if original is not None and original.sent_at > expired_before:
             return Appended(original, duplicate=True)
 
-        state = self._rooms.setdefault(room, _Room())
+        state = self._rooms.get(room)
+        if state is None:
+            state = self._rooms[room] = _Room()
         state.last_seq += 1
         message = Message(
             id=id,

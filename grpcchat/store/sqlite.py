@@ -90,6 +90,37 @@ def _unusable(path: Path, why: str) -> StoreError:
     )
 
 
+def _unreadable(path: Path, exc: sqlite3.Error) -> str:
+    if not path.exists():
+        return f"cannot create it ({exc})"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"no permission to read and write it ({exc})"
+    return f"it is not a readable SQLite database ({exc})"
+
+
+def _check_is_history(conn: sqlite3.Connection, path: Path) -> bool:
+    """Whether the file holds a history this version can use (False: it is empty); raises
+    StoreError for anything else. Only reads."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    if not tables:
+        return False
+    if "meta" not in tables:
+        raise _unusable(path, "it is a SQLite database, but not a grpcchat history")
+    if not tables >= _TABLES:
+        raise _unusable(path, f"tables are missing ({', '.join(sorted(_TABLES - tables))})")
+    meta: dict[str, str] = dict(conn.execute("SELECT name, value FROM meta"))
+    version = meta.get("schema_version", "")
+    if not version.isdigit() or "epoch" not in meta:
+        raise _unusable(path, "its grpcchat metadata is missing or damaged")
+    if int(version) > SCHEMA_VERSION:
+        raise _unusable(
+            path,
+            f"it was written by a newer grpcchat (history schema {version}; this version "
+            f"reads {SCHEMA_VERSION}): upgrade grpcchat to keep it",
+        )
+    return True
+
+
 class _Database:
     """The connection and every statement; lives on, and is only called from, one thread."""
 
@@ -99,14 +130,15 @@ class _Database:
         self._max_messages = retention.max_messages
         self._max_age_us = retention.max_age // _MICROSECOND
         self._dedup_window_us = retention.dedup_window // _MICROSECOND
-        self.epoch = self._load_or_create_schema()
+        self.epoch = self._existing_epoch() or self._create_schema()
         self._maintain(_now_us())
         self._maintained_at = time.monotonic()
 
     @classmethod
     def open(cls, path: Path, retention: Retention) -> _Database:
         """Open or create the file; refuse, with the reason, anything that is not a healthy
-        grpcchat history, rather than start over with an empty one."""
+        grpcchat history, rather than start over with an empty one. A refused file is left
+        exactly as it was: it is the user's to rescue."""
         if path.is_dir():
             raise _unusable(path, "it is a directory")
         try:
@@ -117,52 +149,42 @@ class _Database:
         try:
             conn = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
-            raise _unusable(path, str(exc)) from exc
+            raise _unusable(path, _unreadable(path, exc)) from exc
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 raise _unusable(path, f"it is damaged ({problems[0]})")
+            _check_is_history(conn, path)  # before anything below writes to the file
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             return cls(conn, path, retention)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            if not os.access(path, os.R_OK | os.W_OK):
-                raise _unusable(path, f"no permission to read and write it ({exc})") from exc
-            raise _unusable(path, f"it is not a readable SQLite database ({exc})") from exc
+            raise _unusable(path, _unreadable(path, exc)) from exc
         except BaseException:
             conn.close()
             raise
 
-    def _load_or_create_schema(self) -> str:
-        """The history's epoch, creating the schema first if the file is new."""
+    def _existing_epoch(self) -> str | None:
+        if not _check_is_history(self._conn, self.path):
+            return None
+        return str(self._conn.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0])
+
+    def _create_schema(self) -> str:
+        """Create the tables of a new history and return its new epoch, or, if another process
+        created them first, the epoch it chose."""
         with self._transaction():
-            tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master")}
-            if not tables:
-                for statement in _SCHEMA:
-                    self._conn.execute(statement)
-                epoch = uuid.uuid4().hex
-                self._conn.executemany(
-                    "INSERT INTO meta (name, value) VALUES (?, ?)",
-                    [("epoch", epoch), ("schema_version", str(SCHEMA_VERSION))],
-                )
+            if epoch := self._existing_epoch():
                 return epoch
-            if "meta" not in tables:
-                raise _unusable(self.path, "it is a SQLite database, but not a grpcchat history")
-            if not tables >= _TABLES:
-                raise _unusable(self.path, f"tables are missing ({', '.join(_TABLES - tables)})")
-            meta: dict[str, str] = dict(self._conn.execute("SELECT name, value FROM meta"))
-        version = meta.get("schema_version", "")
-        if not version.isdigit() or "epoch" not in meta:
-            raise _unusable(self.path, "its grpcchat metadata is missing or damaged")
-        if int(version) > SCHEMA_VERSION:
-            raise _unusable(
-                self.path,
-                f"it was written by a newer grpcchat (history schema {version}; this version "
-                f"reads {SCHEMA_VERSION}): upgrade grpcchat to keep it",
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            epoch = uuid.uuid4().hex
+            self._conn.executemany(
+                "INSERT INTO meta (name, value) VALUES (?, ?)",
+                [("epoch", epoch), ("schema_version", str(SCHEMA_VERSION))],
             )
-        return meta["epoch"]
+            return epoch
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
@@ -181,7 +203,7 @@ class _Database:
             if key:
                 original = self._conn.execute(
                     "SELECT room, seq, id, text, sent_at_us, action FROM dedup"
-                    " WHERE sender = ? AND key = ? AND sent_at_us >= ?",
+                    " WHERE sender = ? AND key = ? AND sent_at_us > ?",
                     (sender, key, sent_at_us - self._dedup_window_us),
                 ).fetchone()
                 if original is not None:
