@@ -3,21 +3,25 @@
     result = await run_bench(BenchConfig(subscribers=50, rate=200, duration=10), on_progress)
     console.print(render_result(result))
 
-The load is not allowed to share a process with what it measures:
+The load does not share a process with what it measures:
 
 - the server runs in its own process: the one at `addr`, or, with `addr=None`,
-  `python -m grpcchat serve --port 0` started here and stopped at the end;
-- subscribers are spread over `processes` worker processes (spawned, one event loop each), each
-  session a `ChatClient(...).session(name, room).events()` exactly as `grpcchat join` uses it;
+  `python -m grpcchat serve` with SERVER_FLAGS (a free port, history in memory, no rate limit),
+  started here and stopped at the end;
+- subscribers are spread over `processes` worker processes (spawned: a script calling run_bench
+  needs the usual `if __name__ == "__main__":` guard), one event loop each, each subscriber a
+  `ChatClient(...).session(name, room).events()` exactly as `grpcchat join` uses it;
 - publishers run in the calling process and post with `ChatClient.send`, paced to `rate`.
 
-Publishing starts only once every subscriber is connected (its subscription registered), so every
-message sent must reach every subscriber: `lost` and `duplicates` are correctness checks, not
-noise. Latency is end to end: from the server's timestamp on the message (taken when it accepted
-it) to the moment the subscriber's `events()` yields it; server and load share one clock.
+Publishing starts only once every subscriber is connected (in the room), so every message sent
+must reach every subscriber: `lost` and `duplicates` are correctness checks, not noise. Latency
+is end to end: from the server's timestamp on the message (taken when it accepted it) to the
+moment the subscriber's `events()` yields it. That needs one clock: run the benchmark on the
+server's machine (a server elsewhere adds the clocks' difference to every latency).
 
-Every wait is bounded, and worker processes and a spawned server are stopped on any exit,
-including an error or Ctrl-C (cancellation).
+The messages are real: they land in `room` of the server at `addr` (and in its history), so
+point it at a room nobody uses. Every wait is bounded, and worker processes and a server started
+here are stopped on any exit, including an error or Ctrl-C (cancellation).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from rich.table import Table
 from rich.text import Text
 
-from grpcchat.client import ChatClient, Connected
+from grpcchat.client import ChatClient, Connected, Reconnecting
 from grpcchat.config import ClientConfig
 from grpcchat.errors import ChatError, InvalidInput, RemoteError
 from grpcchat.models import Message
@@ -70,6 +74,23 @@ _IDLE_AFTER = 2.0  # a drain ends early once nothing has arrived for this long
 _STOP_GRACE = 3.0  # seconds a worker or the server gets to exit before it is killed
 _SERVER_START_TIMEOUT = 30.0
 _LISTENING = re.compile(r"listening on (\S+:\d+)")
+
+# How the benchmark starts its own server: loopback, a free port, history in memory (not the
+# user's history database), no per-user rate limit (publishers post far faster than a person),
+# a short drain.
+SERVER_FLAGS = (
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--store",
+    "memory://",
+    "--rate",
+    "0",
+    "--grace",
+    "1",
+    "--quiet",
+)
 
 
 class BenchError(ChatError):
@@ -109,6 +130,9 @@ class BenchConfig:
     drain_timeout: float = 10.0
     # Deadline of one send, in seconds.
     send_timeout: float = 10.0
+    # Extra `grpcchat serve` flags for the server started when addr is None; they come after
+    # SERVER_FLAGS, so they override them (e.g. ("--store", "sqlite:///tmp/bench.db")).
+    server_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.addr is not None and not self.addr.strip():
@@ -136,6 +160,10 @@ class BenchConfig:
                 raise ValueError(f"{name.replace('_', ' ')} must be a positive number of seconds")
         if not 0 <= self.drain_timeout < float("inf"):
             raise ValueError("drain timeout must not be negative")
+        if self.server_args and self.addr is not None:
+            raise ValueError("server flags only apply to a server the benchmark starts (no addr)")
+        if not all(isinstance(arg, str) for arg in self.server_args):
+            raise ValueError("server flags must be strings")
 
     @property
     def worker_processes(self) -> int:
@@ -206,13 +234,17 @@ async def run_bench(
         server: _ServerProcess | None = None
         if config.addr is None:
             progress(PHASE_SERVER, 0.0)
-            server = _ServerProcess()
+            server = _ServerProcess((*SERVER_FLAGS, *config.server_args))
             stack.push_async_callback(server.stop)
             await server.start(_SERVER_START_TIMEOUT)
             progress(PHASE_SERVER, 1.0)
             addr = server.addr
         else:
             addr = config.addr
+
+        def check_server() -> None:
+            if server is not None:
+                server.check()
 
         names = [f"{prefix}s{i}" for i in range(config.subscribers)]
         count = config.worker_processes
@@ -231,11 +263,15 @@ async def run_bench(
         stack.push_async_callback(pool.close)
         pool.start()
 
+        def connecting() -> None:
+            check_server()
+            progress(PHASE_CONNECT, pool.connected / config.subscribers)
+
         progress(PHASE_CONNECT, 0.0)
         await pool.wait(
             lambda: pool.connected >= config.subscribers,
             config.connect_timeout,
-            lambda: progress(PHASE_CONNECT, pool.connected / config.subscribers),
+            connecting,
             lambda: BenchError(
                 f"only {pool.connected} of {config.subscribers} subscribers connected to "
                 f"{addr} within {config.connect_timeout:g}s"
@@ -246,24 +282,41 @@ async def run_bench(
         cpu_before = _cpu_snapshot(server, pool)
         progress(PHASE_PUBLISH, 0.0)
         started = time.time()
-        publishing = await _publish(config, addr, f"{prefix}p", progress)
+
+        def publishing_check() -> None:
+            check_server()
+            pool.poll()  # a subscriber process that fails ends the run now
+
+        publishing = await _publish(config, addr, f"{prefix}p", progress, publishing_check)
         publish_elapsed = time.time() - started
         progress(PHASE_PUBLISH, 1.0)
         if publishing.sent == 0 and publishing.first_error is not None:
             raise publishing.first_error
 
         expected = publishing.sent * config.subscribers
+        # CPU is counted up to the last delivery (seen here within a report interval), not over
+        # the idle end of a drain that waits for lost messages.
+        cpu_after: _CpuSnapshot | None = None
+        window = 0.0
+
+        def draining() -> None:
+            nonlocal cpu_after, window
+            check_server()
+            progress(PHASE_DRAIN, min(1.0, pool.delivered / expected) if expected else 1.0)
+            if cpu_after is None and (pool.delivered >= expected or pool.finished):
+                cpu_after = _cpu_snapshot(server, pool)
+                window = time.time() - started
+
         pool.finish(publishing.sent, config.drain_timeout)
         progress(PHASE_DRAIN, 0.0)
         await pool.wait(
             lambda: pool.finished,
             config.drain_timeout + _STOP_GRACE + 2.0,
-            lambda: progress(PHASE_DRAIN, min(1.0, pool.delivered / expected) if expected else 1),
+            draining,
             lambda: BenchError("the subscriber processes did not report their results in time"),
         )
         progress(PHASE_DRAIN, 1.0)
-        cpu_after = _cpu_snapshot(server, pool)
-        window = time.time() - started
+        assert cpu_after is not None  # taken once the pool finished at the latest
 
     reports = pool.results
     delivered = sum(r.delivered for r in reports)
@@ -314,7 +367,7 @@ def render_result(result: BenchResult) -> Table:
     target = config.rate * config.publishers
     behind = bool(target) and result.sent_per_second < 0.95 * target
     if behind:
-        sent_note += f", short of the {target:,.0f} asked (sends answered too slowly)"
+        sent_note += f", short of the {target:,.0f} asked: sends answered slowly or rate-limited"
     table.add_row("sent", f"{result.sent:,}", Text(sent_note, style="yellow" if behind else ""))
     if result.send_errors:
         table.add_row("send errors", flag(result.send_errors, "bold red"), "")
@@ -366,9 +419,14 @@ class _Publishing:
 
 
 async def _publish(
-    config: BenchConfig, addr: str, prefix: str, progress: ProgressCallback
+    config: BenchConfig,
+    addr: str,
+    prefix: str,
+    progress: ProgressCallback,
+    check: Callable[[], None],
 ) -> _Publishing:
-    """Run every publisher for `config.duration` seconds; returns what they sent."""
+    """Run every publisher for `config.duration` seconds; returns what they sent. `check()` is
+    called every tenth of a second and may raise to abort."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + config.duration
@@ -422,18 +480,18 @@ async def _publish(
                 for task in in_flight:
                     task.cancel()
 
-    async def ticker() -> None:
-        while True:
-            progress(PHASE_PUBLISH, min(1.0, (loop.time() - start) / config.duration))
-            await asyncio.sleep(0.1)
-
-    ticking = asyncio.create_task(ticker())
+    tasks = [asyncio.create_task(publisher(index)) for index in range(config.publishers)]
     try:
-        async with asyncio.TaskGroup() as group:
-            for index in range(config.publishers):
-                group.create_task(publisher(index))
+        while not all(task.done() for task in tasks):
+            check()
+            progress(PHASE_PUBLISH, min(1.0, (loop.time() - start) / config.duration))
+            await asyncio.wait(tasks, timeout=0.1)
+        for task in tasks:
+            task.result()  # a publisher's unexpected failure
     finally:
-        ticking.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=_STOP_GRACE)
     return tally
 
 
@@ -510,7 +568,6 @@ class _WorkerPool:
         self._connected = [0] * len(specs)
         self._delivered = [0] * len(specs)
         self._results: dict[int, _WorkerResult] = {}
-        self._finishing = False
 
     @property
     def pids(self) -> list[int]:
@@ -537,11 +594,10 @@ class _WorkerPool:
             process.start()
 
     def finish(self, expected: int, drain_timeout: float) -> None:
-        self._finishing = True
         for commands in self._commands:
             commands.put(_Finish(expected, drain_timeout))
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
         """Take in every report waiting; raise if a worker failed or died."""
         exited = [p.exitcode is not None for p in self._processes]
         while True:
@@ -574,7 +630,7 @@ class _WorkerPool:
         """Keep taking in reports until `done()`; raise `on_timeout()` after `seconds`."""
         deadline = time.monotonic() + seconds
         while True:
-            self._poll()
+            self.poll()
             tick()
             if done():
                 return
@@ -702,16 +758,16 @@ class _Worker:
                     self._last_delivery = received
                     micros = int((received - event.sent_at.timestamp()) * 1_000_000)
                     counts[micros] = counts.get(micros, 0) + 1
+                elif isinstance(event, Reconnecting):
+                    subscriber.disconnects += 1
                 elif isinstance(event, Connected):
                     if event.legacy:
                         raise BenchError(
                             f"the server at {spec.addr} speaks only the article's Chat stream; "
                             "bench needs a grpcchat server"
                         )
-                    if not subscriber.connected:
-                        subscriber.connected = True
-                else:
-                    subscriber.disconnects += 1
+                    subscriber.connected = True
+                # Presence and join events are not what is measured.
 
     def _check(self) -> None:
         """Raise what ended a session early; leave if the parent is gone."""
@@ -799,9 +855,10 @@ def _merge_latency(encoded: list[bytes]) -> Latency | None:
 
 
 class _ServerProcess:
-    """`python -m grpcchat serve --port 0 --quiet`, its address read from its startup line."""
+    """`python -m grpcchat serve FLAGS`, its address read from its startup line."""
 
-    def __init__(self) -> None:
+    def __init__(self, flags: tuple[str, ...]) -> None:
+        self._flags = flags
         self._process: asyncio.subprocess.Process | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._stderr: deque[str] = deque(maxlen=20)
@@ -818,13 +875,7 @@ class _ServerProcess:
             "-m",
             "grpcchat",
             "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--quiet",
-            "--grace",
-            "1",
+            *self._flags,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -847,6 +898,15 @@ class _ServerProcess:
             raise BenchError(f"the server did not start: {detail or 'no output'}")
         self.addr = match.group(1)
         self._readers.append(asyncio.create_task(self._keep(process.stdout, deque(maxlen=1))))
+
+    def check(self) -> None:
+        """Raise BenchError if the server process has exited."""
+        if self._process is not None and self._process.returncode is not None:
+            detail = " ".join(self._stderr)
+            raise BenchError(
+                f"the server process exited during the run (code {self._process.returncode})"
+                + (f": {detail}" if detail else "")
+            )
 
     @staticmethod
     async def _keep(stream: asyncio.StreamReader, tail: deque[str]) -> None:

@@ -17,6 +17,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from grpcchat.errors import ChatError, SlowConsumer
 from grpcchat.models import Envelope, Message
 
+# A writer that wrote less than BUSY_FACTOR lingers ago counts as busy and lingers before the
+# next write, so a steady stream is written in batches while a quiet room stays immediate.
+BUSY_FACTOR = 4
+
 
 class Session:
     _ids = itertools.count(1)
@@ -116,12 +120,14 @@ class Session:
     async def batches(self) -> AsyncIterator[list[Envelope]]:
         """Yield queued envelopes in order, several at a time under load.
 
-        When idle, an event is written as soon as it arrives. When the previous write finished
-        with more already waiting, the writer lingers briefly so the next write carries a full
-        batch: fewer, larger writes are what lets one process fan out hundreds of thousands of
-        deliveries a second. Raises the closing error once the queue is empty.
+        When idle, an event is written as soon as it arrives. When the previous write was only
+        moments ago (a steady stream, or a backlog), the writer lingers briefly so the next write
+        carries a full batch: fewer, larger writes are what lets one process fan out far more
+        deliveries a second than one write per event allows. Raises the closing error once the
+        queue is empty.
         """
-        lingering = False
+        loop = asyncio.get_running_loop()
+        last_write = -1e9
         while True:
             if not self._queue:
                 if self.closed.is_set():
@@ -131,7 +137,9 @@ class Session:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            if lingering and not self.closed.is_set():
+            # Busy: more was waiting after the last write, or this event came soon after it.
+            busy = loop.time() - last_write < self._linger * BUSY_FACTOR
+            if busy and not self.closed.is_set():
                 await asyncio.sleep(self._linger)
             batch = []
             for _ in range(min(len(self._queue), self._max_batch)):
@@ -139,4 +147,4 @@ class Session:
                 self._live_waiting -= live
                 batch.append(envelope)
             yield batch
-            lingering = bool(self._queue)
+            last_write = loop.time()
