@@ -8,13 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
-from grpcchat.errors import Unauthenticated
+from grpcchat.errors import InvalidInput, Unauthenticated
 from grpcchat.validation import check_name
 
 ALGORITHM = "HS256"
 ISSUER = "grpcchat"
-# HS256 with a short secret can be brute-forced offline from any token.
-MIN_SECRET_LENGTH = 16
+# HS256 with a short secret can be brute-forced offline from any token; RFC 7518 (3.2) requires
+# a key at least as long as the hash, 256 bits (and PyJWT warns on every use of a shorter one).
+MIN_SECRET_LENGTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,11 @@ class TokenAuthority:
         if ttl <= timedelta(0):
             raise ValueError("a token's lifetime must be positive")
         now = datetime.now(UTC)
-        claims = {"sub": check_name(name), "iss": ISSUER, "iat": now, "exp": now + ttl}
+        try:
+            expires = now + ttl
+        except OverflowError:
+            raise ValueError("a token's lifetime is too long") from None
+        claims = {"sub": check_name(name), "iss": ISSUER, "iat": now, "exp": expires}
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> Identity:
@@ -59,7 +64,16 @@ class TokenAuthority:
         name = claims["sub"]
         if not isinstance(name, str) or not name:
             raise Unauthenticated("token carries no user name")
-        return Identity(check_name(name), datetime.fromtimestamp(claims["exp"], UTC))
+        # Validly signed but unusable claims are still the token's fault, not the request's.
+        try:
+            name = check_name(name)
+        except InvalidInput as error:
+            raise Unauthenticated(f"token carries an invalid user name: {error}") from None
+        try:
+            expires_at = datetime.fromtimestamp(claims["exp"], UTC)
+        except (OverflowError, OSError, ValueError):
+            raise Unauthenticated("token expiry is out of range") from None
+        return Identity(name, expires_at)
 
     def verify_header(self, header: str | None) -> Identity:
         """Verify an `authorization` metadata value of the form `Bearer <token>`."""

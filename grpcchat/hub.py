@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -30,10 +30,14 @@ from grpcchat.models import (
 from grpcchat.ratelimit import RateLimiter
 from grpcchat.session import Session
 from grpcchat.store import Appended, HistoryStore
+from grpcchat.store.base import DEDUP_WINDOW
 from grpcchat.validation import check_name, check_room, check_text
 
 _PAGE = 1000
 MAX_HISTORY_PAGE = 1000
+# Direct messages are not stored, so the hub remembers their idempotency keys itself (for the
+# store's dedup window, and at most this many).
+_MAX_DIRECT_KEYS = 100_000
 
 
 class Hub:
@@ -45,6 +49,7 @@ class Hub:
         self._sessions: dict[int, Session] = {}
         self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._rate = RateLimiter(self.limits.rate, self.limits.burst)
+        self._direct_keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
         self._draining = False
 
     # -- sessions ---------------------------------------------------------------------------
@@ -221,7 +226,7 @@ class Hub:
                 retry_after=wait,
             )
         if recipient:
-            return Appended(self._direct(sender, check_name(recipient), text, action), False)
+            return self._direct(sender, check_name(recipient), text, action, key)
         async with self._room_locks[room]:
             appended = await self.store.append(
                 id=uuid.uuid4().hex,
@@ -238,9 +243,12 @@ class Hub:
                     member.offer(envelope, room)
         return appended
 
-    def _direct(self, sender: str, recipient: str, text: str, action: bool) -> Message:
+    def _direct(self, sender: str, recipient: str, text: str, action: bool, key: str) -> Appended:
         """Deliver a direct message to the recipient's sessions and the sender's own; not
-        stored."""
+        stored. A repeated key (a client's retry) delivers nothing new, as for room messages."""
+        original = self._recent_direct(sender, key) if key else None
+        if original is not None:
+            return Appended(original, True)
         targets = dict(self._by_name.get(recipient, {}))
         if not targets:
             raise NotFound(f"{recipient!r} is not connected")
@@ -258,7 +266,20 @@ class Hub:
         envelope = Envelope(message)
         for session in targets.values():
             session.offer(envelope)
-        return message
+        if key:
+            self._direct_keys[(sender, key)] = message
+            if len(self._direct_keys) > _MAX_DIRECT_KEYS:
+                self._direct_keys.popitem(last=False)
+        return Appended(message, False)
+
+    def _recent_direct(self, sender: str, key: str) -> Message | None:
+        expired_before = datetime.now(UTC) - DEDUP_WINDOW
+        while self._direct_keys:
+            oldest = next(iter(self._direct_keys.values()))
+            if oldest.sent_at >= expired_before:
+                break
+            self._direct_keys.popitem(last=False)
+        return self._direct_keys.get((sender, key))
 
     async def history(
         self,

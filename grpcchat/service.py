@@ -224,11 +224,22 @@ class ChatServicer:
         session: Session,
         identity: Identity | None,
     ) -> None:
-        """Post what a Chat client writes; its half-close ends the call, as in the article."""
+        """Post what a Chat client writes; its half-close ends the call, as in the article.
+
+        The article's stream has no way to refuse one message, so over the rate limit it is
+        throttled (we stop reading until the sender may post again; HTTP/2 flow control holds
+        the client back) instead of being ended."""
         try:
             async for request in requests:
                 send = pb.SendRequest(sender=request.sender, text=request.text)
-                await self._post(send, identity)
+                while True:
+                    try:
+                        await self._post(send, identity)
+                        break
+                    except LimitExceeded as error:
+                        if error.retry_after is None:
+                            raise
+                        await asyncio.sleep(error.retry_after)
         except ChatError as error:
             session.close(error)
             return
