@@ -10,7 +10,7 @@ import grpc
 from grpc import aio
 
 from grpcchat.config import ClientConfig
-from grpcchat.errors import ChatError
+from grpcchat.errors import ConfigError
 
 _CHANNEL_OPTIONS = [
     # gRPC's own reconnect backoff grows to two minutes; a chat client wants the server back
@@ -23,7 +23,7 @@ _CHANNEL_OPTIONS = [
 Metadata = tuple[tuple[str, str], ...]
 
 
-class InsecureTokenError(ChatError):
+class InsecureTokenError(ConfigError):
     """A token would travel in plaintext to another machine."""
 
 
@@ -48,7 +48,7 @@ def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as error:
-        raise ChatError(f"cannot read the {what} {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read the {what} {path}: {error.strerror}") from None
 
 
 def open_channel(config: ClientConfig) -> tuple[aio.Channel, Metadata]:

@@ -11,6 +11,7 @@ import getpass
 import inspect
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Coroutine
@@ -34,7 +35,7 @@ from grpcchat.config import (
     Limits,
     ServerConfig,
 )
-from grpcchat.errors import ChatError, RemoteError
+from grpcchat.errors import ChatError, ConfigError, RemoteError
 from grpcchat.store.base import MAX_AGE, MAX_MESSAGES_PER_ROOM, Retention
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ def _run(coroutine: Coroutine[Any, Any, object]) -> None:
         asyncio.run(coroutine)
     except RemoteError as error:
         _fail(str(error), _EXIT_BY_STATUS.get(error.status, EXIT_REJECTED))
+    except ConfigError as error:
+        _fail(str(error), EXIT_FAILURE)
     except ChatError as error:
         _fail(str(error), EXIT_REJECTED)
     except KeyboardInterrupt:
@@ -602,7 +605,10 @@ def parse_duration(text: str) -> timedelta:
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text.strip():
         raise typer.BadParameter(f"{text!r} is not a duration like 30m, 24h or 7d")
-    return sum((timedelta(**{_UNIT[u]: int(n)}) for n, u in parts), timedelta())
+    try:
+        return sum((timedelta(**{_UNIT[u]: int(n)}) for n, u in parts), timedelta())
+    except OverflowError:
+        raise typer.BadParameter(f"{text!r} is longer than any token can live") from None
 
 
 @app.command()
@@ -740,4 +746,8 @@ def gen_proto(
 
 
 def main() -> None:
+    # gRPC core logs connection details (TLS handshakes, GOAWAYs) to stderr at INFO; a
+    # command's stderr is for its own one-line errors. The commands import grpc lazily, so
+    # this is in time.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     app()

@@ -9,6 +9,11 @@ class ChatError(Exception):
     """An expected failure whose message is safe and useful to show a person."""
 
 
+class ConfigError(ChatError):
+    """A local setup problem: an unreadable file, an unsafe combination of options. Nothing was
+    sent; fix the command line (exit code 1, not "rejected")."""
+
+
 class InvalidInput(ChatError):
     """A name, room or text that breaks a documented rule (INVALID_ARGUMENT)."""
 

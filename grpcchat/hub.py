@@ -116,13 +116,17 @@ class Hub:
         session.rooms.add(room)
         self._members[room][session.id] = session
         session.begin_replay(room)
+        # Announced before the replay's await, so that a session closed meanwhile (evicted,
+        # expired, drained) is seen to leave a room it was seen to enter, never the reverse.
+        if newcomer:
+            self._announce(room, session.name, joined=True, exclude=session)
         try:
             replayed, gap, last_seq = await self._replay(room, after, history)
         except BaseException:
-            self._remove_member(session, room, announce=False)
+            self._remove_member(session, room)
             raise
-        if newcomer:
-            self._announce(room, session.name, joined=True, exclude=session)
+        if session.closed.is_set():
+            return
         joined = RoomJoined(room, tuple(self.members(room)), Position(last_seq, self.store.epoch))
         envelopes = [Envelope(gap)] if gap else []
         envelopes += [Envelope(m) for m in replayed]

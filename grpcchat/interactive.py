@@ -9,7 +9,9 @@ each line is read the same way and nothing is decorated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -193,8 +195,19 @@ class _Chatroom:
 
 async def _typed_lines(interactive: bool) -> AsyncIterator[str]:
     if not interactive:
+        # A daemon thread, not the default executor: a blocked read must not keep the process
+        # alive after the session has ended (asyncio.run waits for executor threads).
         loop = asyncio.get_running_loop()
-        while line := await loop.run_in_executor(None, sys.stdin.readline):
+        lines: asyncio.Queue[str] = asyncio.Queue()
+
+        def read() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                for line in sys.stdin:
+                    loop.call_soon_threadsafe(lines.put_nowait, line)
+                loop.call_soon_threadsafe(lines.put_nowait, "")
+
+        threading.Thread(target=read, name="stdin", daemon=True).start()
+        while line := await lines.get():
             yield line.rstrip("\n")
         return
     from prompt_toolkit import PromptSession

@@ -8,6 +8,7 @@ format (see `models.Envelope`) however many streams carry it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,6 +46,8 @@ _STATUS_OF: dict[type[ChatError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ServerDraining: grpc.StatusCode.UNAVAILABLE,
 }
+# How long a refused session waits for its client to hang up before the call is ended.
+HELLO_REFUSAL_GRACE = 2.0
 # Trailing metadata telling a rate-limited client when to try again.
 RETRY_AFTER_KEY = "retry-after-ms"
 
@@ -168,12 +171,19 @@ class ChatServicer:
         # Headers first: the client writes nothing until it knows this server has Connect.
         await context.send_initial_metadata(())
         first = await anext(aiter(requests), None)
-        if first is None or first.WhichOneof("action") != "hello":
-            raise InvalidInput("a session starts with a hello")
-        name = identity.name if identity else first.hello.name
-        if not name:
-            raise InvalidInput("name must not be empty")
-        async with self._hub.connect(name, authenticated=identity is not None) as session:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                if first is None or first.WhichOneof("action") != "hello":
+                    raise InvalidInput("a session starts with a hello")
+                name = identity.name if identity else first.hello.name
+                if not name:
+                    raise InvalidInput("name must not be empty")
+                session = await stack.enter_async_context(
+                    self._hub.connect(name, authenticated=identity is not None)
+                )
+            except ChatError as error:
+                await _refuse_hello(requests, context, error)
+                raise
             steering = asyncio.create_task(self._steer(requests, session))
             try:
                 await self._pump(session, context, identity, _frame_events, headers_sent=True)
@@ -210,7 +220,10 @@ class ChatServicer:
     async def Chat(self, requests: AsyncIterator[pb.ChatMessage], context: Context) -> None:
         """The article's stream: lobby only, one ChatMessage per response."""
         identity = self._identify(context)
-        async with self._hub.connect("") as session:
+        # Anonymous without auth (the article's client names itself per message); with auth
+        # the token's user, so its streams count against its limits and show in presence.
+        name = identity.name if identity else ""
+        async with self._hub.connect(name, authenticated=identity is not None) as session:
             await self._hub.join(session, DEFAULT_ROOM)
             reader = asyncio.create_task(self._read_legacy(requests, session, identity))
             try:
@@ -277,6 +290,20 @@ class ChatServicer:
             watchdog.cancel()
             if expiry is not None:
                 expiry.cancel()
+
+
+async def _refuse_hello(
+    requests: AsyncIterator[pb.ConnectRequest], context: Context, error: ChatError
+) -> None:
+    """Say why a session cannot open, as an event, and let the client stop writing before the
+    call ends: ending it while the client's joins are still in flight makes grpc.aio report
+    INTERNAL instead of our status (grpc/grpc#36066)."""
+    refused = RequestRefused("", status_of(error).name, str(error))
+    await context.write(_frame_events([Envelope(refused)])[0])
+    with contextlib.suppress(TimeoutError, grpc.RpcError, asyncio.CancelledError):
+        async with asyncio.timeout(HELLO_REFUSAL_GRACE):
+            async for _ in requests:
+                pass
 
 
 def _log_message(message: Message) -> None:

@@ -413,7 +413,13 @@ async def test_a_second_alice_in_a_room_is_already_exists(client: ChatClient, ad
 async def test_bad_names_are_refused_at_hello(addr: str, name: str, reason: str) -> None:
     async with grpc.aio.insecure_channel(addr) as channel:
         raw = RawSession(channel)
-        await raw.hello(name)  # nothing written after it, so the refusal cannot race a write
+        await raw.hello(name)
+        # First the refusal as an event (room ""), then, once the client stops writing, the
+        # call ends with the same status.
+        refused = (await raw.next_event()).refused
+        assert (refused.room, refused.code) == ("", "INVALID_ARGUMENT")
+        assert reason in refused.reason
+        await raw.call.done_writing()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await raw.next_event()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

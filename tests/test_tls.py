@@ -287,12 +287,6 @@ def test_cli_serves_and_speaks_mutual_tls(pki: Pki) -> None:
         server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py: gRPC core's own INFO log ('ssl_transport_security.cc] Handshake failed ...') "
-    "reaches stderr before our error line; GRPC_VERBOSITY=ERROR set before grpc is imported "
-    "silences it",
-)
 async def test_cli_tls_failure_is_one_line(pki: Pki) -> None:
     async with serving(tls_server(pki)) as server:
         code, out, err = await cli(
