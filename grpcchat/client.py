@@ -70,7 +70,7 @@ class Reconnecting:
 @dataclass(frozen=True, slots=True)
 class Sent:
     message: Message
-    duplicate: bool  # the key had been used: `message` is the original
+    duplicate: bool  # the caller's key had been used before: `message` is the original
 
 
 FeedEvent = Event | Connected | Reconnecting
@@ -151,7 +151,11 @@ class ChatClient:
 
         Retries transient failures (unreachable, timeouts, rate limits) until the client's
         timeout, always with the same idempotency key, so a retry never posts twice.
+        `duplicate` is true only for a `key` the caller chose that had been used before: with
+        a key of this call's making, a duplicate answer means this call's own earlier attempt
+        got through (its answer was lost), so the message was posted by this call.
         """
+        own_key = not key
         request = pb.SendRequest(
             sender=check_name(sender),
             text=check_text(text),
@@ -170,7 +174,8 @@ class ChatClient:
                     timeout=max(0.05, min(remaining, max(1.0, self.config.timeout / 3))),
                     metadata=self._metadata,
                 )
-                return Sent(codec.from_proto(response.message), response.duplicate)
+                duplicate = response.duplicate and not own_key
+                return Sent(codec.from_proto(response.message), duplicate)
             except grpc.RpcError as error:
                 code = error.code()
                 if code == grpc.StatusCode.UNIMPLEMENTED:
