@@ -127,7 +127,9 @@ class Hub:
             raise
         if session.closed.is_set():
             return
-        joined = RoomJoined(room, tuple(self.members(room)), Position(last_seq, self.store.epoch))
+        # A history replay may include messages newer than `last_seq` (read a moment later).
+        latest = max(last_seq, replayed[-1].seq if replayed else 0)
+        joined = RoomJoined(room, tuple(self.members(room)), Position(latest, self.store.epoch))
         envelopes = [Envelope(gap)] if gap else []
         envelopes += [Envelope(m) for m in replayed]
         last_replayed = replayed[-1].seq if replayed else last_seq
@@ -144,18 +146,25 @@ class Hub:
         self, room: str, after: Position | None, history: int
     ) -> tuple[list[Message], HistoryGap | None, int]:
         """What to replay for a join, any gap to report, and the room's latest seq."""
+        epoch = self.store.epoch
         last_seq = await self.store.last_seq(room)
-        if after is None or after.epoch != self.store.epoch:
+        # A position past the end of this epoch's history means the history was rewound (a
+        # restored backup, writes lost in a crash): its seqs will be reused, so say so.
+        rewound = after is not None and after.epoch == epoch and after.seq > last_seq
+        if after is None or after.epoch != epoch or rewound:
             gap = None
             if after is not None and after.seq:
-                gap = HistoryGap(room, 0, 0, "the server's history was replaced since you left")
+                reason = "rewound" if rewound else "replaced"
+                gap = HistoryGap(room, 0, 0, f"the server's history was {reason} since you left")
             count = min(history, self.limits.max_replay)
             latest = await self.store.read(room, limit=count, newest_first=True) if count else []
             return latest[::-1], gap, last_seq
+        # Resume: everything after the position, or at most the newest `max_replay` of it.
+        start = max(after.seq, last_seq - self.limits.max_replay)
         replayed: list[Message] = []
-        cursor = after.seq
-        while cursor < last_seq and len(replayed) < self.limits.max_replay:
-            page = await self.store.read(room, after=cursor, limit=_PAGE)
+        cursor = start
+        while cursor < last_seq:
+            page = await self.store.read(room, after=cursor, limit=min(_PAGE, last_seq - cursor))
             if not page:
                 break
             replayed += page
@@ -163,9 +172,12 @@ class Hub:
         gap = None
         first_available = replayed[0].seq if replayed else last_seq + 1
         if first_available > after.seq + 1:
-            gap = HistoryGap(
-                room, after.seq + 1, first_available - 1, "older messages are past retention"
+            reason = (
+                f"more than {self.limits.max_replay} messages were missed"
+                if start > after.seq
+                else "older messages are past retention"
             )
+            gap = HistoryGap(room, after.seq + 1, first_available - 1, reason)
         return replayed, gap, last_seq
 
     async def leave(self, session: Session, room: str) -> None:

@@ -569,12 +569,6 @@ async def test_joining_mid_stream_sees_every_later_message_exactly_once(tmp_path
 # -- positions the server cannot honour silently ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub._replay: a position ahead of the room's last seq in the same epoch (history "
-    "restored from a backup, or a lost tail) is neither reported nor reset, so the client drops "
-    "the new messages that reuse those seqs as already seen",
-)
 async def test_a_position_ahead_of_the_history_is_not_a_silent_loss(client: ChatClient) -> None:
     old = [(await client.send("bob", f"m{i}")).message for i in range(3)]
     # Alice saw up to seq 10 of this epoch; the server's history now ends at 3.
@@ -589,11 +583,6 @@ async def test_a_position_ahead_of_the_history_is_not_a_silent_loss(client: Chat
         assert alice.messages() == new or gaps == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub._replay: when Limits.max_replay stops a replay early, the messages between the "
-    "replay's end and RoomJoined.position are skipped without a HistoryGap",
-)
 async def test_a_replay_cut_short_by_max_replay_is_not_a_silent_loss() -> None:
     config = ServerConfig(port=0, store="memory://", limits=Limits(rate=0, max_replay=1000))
     async with (

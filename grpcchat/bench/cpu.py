@@ -1,0 +1,58 @@
+"""CPU accounting: each process's CPU time at both ends of the measured window, as CpuUsage.
+
+Other processes' CPU time is read from /proc, so it is measured on Linux only (None elsewhere);
+the calling process's own comes from `time.process_time()`, everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from grpcchat.bench.result import CpuUsage
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    """CPU seconds used so far: by the server, by all workers together, by this process."""
+
+    server: float | None
+    workers: float | None
+    publishers: float
+
+
+def _process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process, from /proc (Linux); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, see proc(5)).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def snapshot(server_pid: int | None, worker_pids: list[int]) -> CpuSnapshot:
+    """CPU seconds now. The workers' total is None unless every one of them could be read."""
+    workers = [_process_cpu_seconds(pid) for pid in worker_pids]
+    return CpuSnapshot(
+        server=None if server_pid is None else _process_cpu_seconds(server_pid),
+        workers=None if not workers or None in workers else sum(w or 0.0 for w in workers),
+        publishers=time.process_time(),
+    )
+
+
+def usage(before: CpuSnapshot, after: CpuSnapshot, wall: float) -> CpuUsage:
+    """CPU used between two snapshots `wall` seconds apart, in percent of one core."""
+
+    def percent(start: float | None, end: float | None) -> float | None:
+        if start is None or end is None or wall <= 0:
+            return None
+        return 100.0 * (end - start) / wall
+
+    return CpuUsage(
+        server=percent(before.server, after.server),
+        workers=percent(before.workers, after.workers),
+        publishers=percent(before.publishers, after.publishers) or 0.0,
+    )
