@@ -76,14 +76,26 @@ class Sent:
 FeedEvent = Event | Connected | Reconnecting
 
 
+_TLS_HINT = (
+    "TLS handshake failed? Check --tls-ca, and whether the server needs TLS or a client "
+    "certificate (--tls-cert/--tls-key)"
+)
+
+
 def remote_error(error: grpc.RpcError, addr: str) -> RemoteError:
     """Turn a gRPC failure into a RemoteError with a message a person understands."""
     code: grpc.StatusCode = error.code()
     details = error.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE and (
-        "connect" in details.lower() or "DNS" in details or not details
+    lowered = details.lower()
+    if code == grpc.StatusCode.UNAVAILABLE and any(
+        clue in lowered for clue in ("ssl", "handshake", "socket closed", "settings frame")
     ):
-        details = f"cannot reach a chat server at {addr} ({details or 'no response'})"
+        details = f"cannot reach a chat server at {addr} ({details}). {_TLS_HINT}"
+    elif code == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in lowered or "dns" in lowered or not details
+    ):
+        reason = "connection refused" if "refused" in lowered else details or "no response"
+        details = f"cannot reach a chat server at {addr} ({reason})"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         details = f"no answer from {addr} in time"
     elif code == grpc.StatusCode.UNAUTHENTICATED:
@@ -352,8 +364,8 @@ class ChatSession:
                     decoded = codec.event_from_proto(item)
                     if decoded is None or not self._track(decoded):
                         continue
-                    if isinstance(decoded, RequestRefused) and decoded.room in waiting and first:
-                        raise RemoteError(decoded.code, decoded.reason)
+                    if isinstance(decoded, RequestRefused):
+                        self._check_refusal(decoded, decoded.room in waiting, first)
                     yield decoded
                     if isinstance(decoded, RoomJoined | RequestRefused) and decoded.room in waiting:
                         waiting.discard(decoded.room)
@@ -372,6 +384,15 @@ class ChatSession:
         if self.legacy:
             async for event in self._attempt_legacy():
                 yield event
+
+    def _check_refusal(self, refused: RequestRefused, initial: bool, first: bool) -> None:
+        """Raise for refusals that end this attempt: the session itself (room ""), a room of the
+        first connection (the user asked for it and must hear why), or a rejoin refused
+        because the server has not yet noticed our previous stream (name still taken)."""
+        if refused.room == "" or (initial and first):
+            raise RemoteError(refused.code, refused.reason)
+        if initial and refused.code in RETRYABLE | {"ALREADY_EXISTS"}:
+            raise RemoteError("UNAVAILABLE", f"rejoining #{refused.room}: {refused.reason}")
 
     def _track(self, event: Event) -> bool:
         """Remember positions; False for a message already seen (never shown twice)."""
