@@ -243,6 +243,13 @@ class Hub:
             )
         if recipient:
             return self._direct(sender, check_name(recipient), text, action, key)
+        # Shielded: a caller that gives up (a cancelled Send) must not leave a message stored
+        # but never delivered to the room's live members.
+        return await asyncio.shield(self._store_and_deliver(sender, text, room, key, action))
+
+    async def _store_and_deliver(
+        self, sender: str, text: str, room: str, key: str, action: bool
+    ) -> Appended:
         async with self._room_locks[room]:
             appended = await self.store.append(
                 id=uuid.uuid4().hex,
