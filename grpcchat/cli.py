@@ -421,7 +421,11 @@ def join(
 ) -> None:
     """Chat interactively. Type messages; /help lists commands; exit or Ctrl-D leaves.
 
+    In the session: /join ROOM, /leave, /rooms, /who, /msg NAME TEXT, /me ACTION, /history N.
+    If the server goes away the session reconnects and resumes where it was, nothing missed.
     With stdin not a terminal, each line read is sent as a message.
+
+    Example: grpcchat join --name alice --room lobby,games
     """
     from grpcchat.interactive import JoinOptions, run_join
 
@@ -473,7 +477,10 @@ def send(
     """Send messages and exit once the server accepted every one.
 
     Transient failures are retried with the same key until --timeout.
-    Exit codes: 0 sent, 3 server unreachable, 4 rejected, 5 timed out, 6 not authenticated.
+    Exit codes: 0 sent, 1 local setup problem, 3 server unreachable, 4 rejected, 5 timed out,
+    6 not authenticated.
+
+    Examples: grpcchat send --name bot "deploy done"; make 2>&1 | grpcchat send --room ci --json
     """
     from grpcchat.oneshot import send_lines
 
