@@ -388,11 +388,17 @@ class ChatSession:
     def _check_refusal(self, refused: RequestRefused, initial: bool, first: bool) -> None:
         """Raise for refusals that end this attempt: the session itself (room ""), a room of the
         first connection (the user asked for it and must hear why), or a rejoin refused
-        because the server has not yet noticed our previous stream (name still taken)."""
+        because the server has not yet noticed our previous stream (name still taken).
+        Otherwise forget the room."""
         if refused.room == "" or (initial and first):
             raise RemoteError(refused.code, refused.reason)
-        if initial and refused.code in RETRYABLE | {"ALREADY_EXISTS"}:
+        if initial and refused.code in ("ALREADY_EXISTS", "UNAVAILABLE"):
             raise RemoteError("UNAVAILABLE", f"rejoining #{refused.room}: {refused.reason}")
+        # Any other refusal is final: the session is not in that room, so it stops asking
+        # (and a later reconnect does not ask again).
+        if refused.room in self.rooms:
+            self.rooms.remove(refused.room)
+        self.positions.pop(refused.room, None)
 
     def _track(self, event: Event) -> bool:
         """Remember positions; False for a message already seen (never shown twice)."""

@@ -78,7 +78,8 @@ class _Chatroom:
         async for event in self.session.events():
             match event:
                 case Message():
-                    several = len(self.session.rooms) > 1
+                    # A room just left (its messages may still be on the way) is labelled too.
+                    several = len(self.session.rooms) > 1 or event.room not in self.session.rooms
                     replayed = event.room in self._first_replay
                     self.show(ui.render_message(event, show_room=several, replayed=replayed))
                 case PresenceChange():
@@ -93,6 +94,8 @@ class _Chatroom:
                     self.show(ui.render_gap(event))
                 case RequestRefused():
                     self._first_replay.discard(event.room)
+                    if self.current == event.room:  # a refused /join: stay where we were
+                        self.current = self.session.rooms[-1] if self.session.rooms else None
                     self.fail(f"#{event.room}: {event.reason}")
                 case Connected():
                     if self.interactive:
@@ -125,7 +128,8 @@ class _Chatroom:
         if text.lower() in QUIT_COMMANDS:
             return False
         if not text.startswith("/") or text.startswith("//"):
-            body = line[1:] if text.startswith("//") else line
+            # Only the escaping slash goes; blanks before it stay, as in any other line.
+            body = line.replace("//", "/", 1) if text.startswith("//") else line
             self.actions.put_nowait(lambda: self._say(body))
             return True
         command, _, rest = text.partition(" ")
@@ -150,8 +154,8 @@ class _Chatroom:
                 return lambda: self._say(text, recipient=name)
             case "/me" if rest:
                 return lambda: self._say(rest, action=True)
-            case "/history":
-                count = int(rest) if rest.isdigit() else 20
+            case "/history" if not rest or (rest.isdigit() and 0 < int(rest) <= 1000):
+                count = int(rest) if rest else 20
                 return lambda: self._history(count)
             case "/help":
                 self.show(ui.render_notice(HELP))
