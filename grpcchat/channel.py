@@ -4,12 +4,11 @@ bearer token as call metadata — never sent in the clear beyond this machine.""
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import grpc
 from grpc import aio
 
-from grpcchat.config import ClientConfig
+from grpcchat.config import ClientConfig, read_pem
 from grpcchat.errors import ConfigError
 
 _CHANNEL_OPTIONS = [
@@ -44,13 +43,6 @@ def is_loopback(addr: str) -> bool:
         return False
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigError(f"cannot read the {what} {path}: {error.strerror}") from None
-
-
 def open_channel(config: ClientConfig) -> tuple[aio.Channel, Metadata]:
     """The channel and the metadata every call must carry."""
     metadata: Metadata = (("authorization", f"Bearer {config.token}"),) if config.token else ()
@@ -61,9 +53,13 @@ def open_channel(config: ClientConfig) -> tuple[aio.Channel, Metadata]:
                 "use --tls (system roots) or --tls-ca FILE"
             )
         return aio.insecure_channel(config.addr, options=_CHANNEL_OPTIONS), metadata
+
+    def optional(path: str, what: str) -> bytes | None:
+        return read_pem(path, what) if path else None
+
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(config.tls_ca, "CA file") if config.tls_ca else None,
-        private_key=_read(config.tls_key, "client key") if config.tls_key else None,
-        certificate_chain=_read(config.tls_cert, "client certificate") if config.tls_cert else None,
+        root_certificates=optional(config.tls_ca, "CA file"),
+        private_key=optional(config.tls_key, "client key"),
+        certificate_chain=optional(config.tls_cert, "client certificate"),
     )
     return aio.secure_channel(config.addr, credentials, options=_CHANNEL_OPTIONS), metadata

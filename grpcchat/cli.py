@@ -54,7 +54,6 @@ err_console = Console(stderr=True)
 
 # Exit codes, by what went wrong, so scripts can tell a retryable failure from a refusal.
 EXIT_FAILURE = 1
-EXIT_GENERATOR_FAILED = 2
 EXIT_UNAVAILABLE = 3  # server unreachable or going away: retrying later can help
 EXIT_REJECTED = 4  # the server refused the input: retrying the same thing will not help
 EXIT_TIMEOUT = 5
@@ -265,6 +264,7 @@ def serve(
         typer.Option(
             envvar="GRPCCHAT_KEEP_DAYS",
             min=0.001,
+            max=36_500,
             rich_help_panel="History",
             help="Days a message is kept.",
         ),
@@ -344,7 +344,7 @@ def serve(
             port=port,
             store=store,
             data_dir=data_dir,
-            retention=Retention(max_messages=keep_messages, max_age=timedelta(days=keep_days)),
+            retention=Retention(max_messages=keep_messages, max_age=_days(keep_days)),
             limits=Limits(queue_size=queue_size, rate=rate, burst=rate * 3),
             auth_secret=auth_secret,
             tls_cert=tls_cert,
@@ -370,12 +370,7 @@ def serve(
         if config.auth_secret:
             extras.append("auth on")
         extras.append(f"history {config.store_url}")
-        console.print(
-            f"🚀 grpcchat listening on [bold]{server.address}[/] "
-            f"[dim]({', '.join(extras)}; Ctrl-C to stop)[/]",
-            highlight=False,
-            soft_wrap=True,
-        )
+        console.print(ui.render_started(server.address, extras), soft_wrap=True)
         # Scripts and tests read the real port from this line, even through a pipe.
         sys.stdout.flush()
 
@@ -383,6 +378,13 @@ def serve(
         asyncio.run(run_server(config, started))
     except (OSError, ChatError) as error:
         _fail(str(error))
+
+
+def _days(days: float) -> timedelta:
+    try:
+        return timedelta(days=days)
+    except OverflowError:
+        raise ValueError(f"{days:g} days is longer than any history can be kept") from None
 
 
 # -- join / send ------------------------------------------------------------------------------
@@ -744,7 +746,7 @@ def gen_proto(
             return
         changed = protogen.generate(repo, use_buf=with_buf)
     except protogen.ProtogenError as error:
-        _fail(str(error), EXIT_GENERATOR_FAILED)
+        _fail(str(error))
     for path in changed:
         verb = "wrote" if path.exists() else "removed"
         console.print(f"{verb}: {path.relative_to(repo)}", highlight=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import platformdirs
 
+from grpcchat.errors import ConfigError
 from grpcchat.store.base import Retention
 
 DEFAULT_HOST = "127.0.0.1"
@@ -17,6 +18,20 @@ DEFAULT_QUEUE_SIZE = 1024
 DEFAULT_GRACE_PERIOD = 5.0
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RATE = 20.0
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 host in brackets."""
+    bare = host.strip("[]")
+    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+
+
+def read_pem(path: str, what: str) -> bytes:
+    """The bytes of a certificate or key file, or a ConfigError naming it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read the {what} {path}: {error.strerror}") from None
 
 
 def default_data_dir() -> Path:
@@ -93,8 +108,7 @@ class ServerConfig:
 
     @property
     def bind_address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)

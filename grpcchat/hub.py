@@ -106,8 +106,8 @@ class Hub:
         """
         self._refuse_if_draining()
         room = check_room(room)
-        if room in session.rooms:
-            return
+        if room in session.rooms or session.closed.is_set():
+            return  # a closed session must not come back as a member of anything
         limit = self.limits.max_rooms_per_session
         if limit and len(session.rooms) >= limit:
             raise LimitExceeded(f"a session may be in at most {limit} rooms")

@@ -240,8 +240,8 @@ async def run_join(config: ClientConfig, options: JoinOptions, console: Console)
             typing = asyncio.create_task(_read_input(room, options.interactive))
             await _first_of(typing, receiver)
             room.actions.put_nowait(None)
-            # Leaving waits for what was typed to be done, up to the send timeout.
-            await asyncio.wait_for(worker, config.timeout + 1)
+            # Leaving waits for everything typed to be done; each send has its own deadline.
+            await worker
         finally:
             for task in (typing, worker):
                 if task is not None:

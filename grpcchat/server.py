@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -15,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from grpcchat.auth import TokenAuthority
-from grpcchat.config import ServerConfig
+from grpcchat.config import ServerConfig, host_port, read_pem
 from grpcchat.hub import Hub
 from grpcchat.service import SERVICE_NAME, ChatServicer, add_to_server
 from grpcchat.store import HistoryStore, open_store
@@ -35,19 +34,12 @@ _GRPC_OPTIONS = [
 ]
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise OSError(f"cannot read the {what} {path}: {error.strerror}") from None
-
-
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     if not config.tls_cert:
         return None
-    chain = _read(config.tls_cert, "TLS certificate")
-    key = _read(config.tls_key, "TLS key")
-    client_ca = _read(config.tls_client_ca, "client CA") if config.tls_client_ca else None
+    chain = read_pem(config.tls_cert, "TLS certificate")
+    key = read_pem(config.tls_key, "TLS key")
+    client_ca = read_pem(config.tls_client_ca, "client CA") if config.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
@@ -98,8 +90,7 @@ class ChatServer:
 
     @property
     def address(self) -> str:
-        host = self.config.host
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return host_port(self.config.host, self.port)
 
     async def _set_serving(self, serving: bool) -> None:
         status = (
@@ -165,6 +156,11 @@ async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) 
         await drain
     except asyncio.CancelledError:
         await server.stop(0)
+        if drain is None or not drain.cancelled():
+            raise  # cancelled from outside, not by a second signal
+    except BaseException:
+        await server.stop(0)  # anything that goes wrong still closes the port and the store
+        raise
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)

@@ -32,8 +32,9 @@ from grpcchat.errors import (
 )
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.hub import Hub
-from grpcchat.models import DEFAULT_ROOM, Envelope, Message, Position, RequestRefused
+from grpcchat.models import DEFAULT_ROOM, Envelope, Message, RequestRefused
 from grpcchat.session import Session
+from grpcchat.store import StoreError
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChatService"].full_name
 
@@ -45,7 +46,14 @@ _STATUS_OF: dict[type[ChatError], grpc.StatusCode] = {
     SlowConsumer: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ServerDraining: grpc.StatusCode.UNAVAILABLE,
+    # The history failed (disk full, I/O error): the server's fault, maybe passing.
+    StoreError: grpc.StatusCode.UNAVAILABLE,
 }
+# A batch is split into responses of at most this size (a single event may exceed it: the
+# largest message is ~16 kB, far below the 4 MB default limit of gRPC clients).
+MAX_RESPONSE_BYTES = 1 << 20
+# How long a session may take to say hello.
+HELLO_TIMEOUT = 10.0
 # How long a refused session waits for its client to hang up before the call is ended.
 HELLO_REFUSAL_GRACE = 2.0
 # Trailing metadata telling a rate-limited client when to try again.
@@ -170,7 +178,10 @@ class ChatServicer:
         identity = self._identify(context)
         # Headers first: the client writes nothing until it knows this server has Connect.
         await context.send_initial_metadata(())
-        first = await anext(aiter(requests), None)
+        try:
+            first = await asyncio.wait_for(anext(aiter(requests), None), HELLO_TIMEOUT)
+        except TimeoutError:
+            raise InvalidInput(f"no hello within {HELLO_TIMEOUT:g}s") from None
         async with contextlib.AsyncExitStack() as stack:
             try:
                 if first is None or first.WhichOneof("action") != "hello":
@@ -194,6 +205,8 @@ class ChatServicer:
         """Apply joins and leaves; a refused one is reported as an event, the session goes on.
         The client's half-close ends the session."""
         async for request in requests:
+            if session.closed.is_set():
+                break
             action = request.WhichOneof("action")
             room = ""
             try:
@@ -321,8 +334,21 @@ async def _abort_when_evicted(session: Session, context: Context) -> None:
 
 
 def _frame_events(batch: list[Envelope]) -> list[bytes]:
-    """A whole batch as one SubscribeResponse / ConnectResponse."""
-    return [b"".join(envelope.encoded(codec.encode_event_frame) for envelope in batch)]
+    """A batch as few SubscribeResponse / ConnectResponse messages as fit under
+    MAX_RESPONSE_BYTES each (gRPC clients refuse messages over 4 MB by default)."""
+    responses: list[bytes] = []
+    frames: list[bytes] = []
+    size = 0
+    for envelope in batch:
+        frame = envelope.encoded(codec.encode_event_frame)
+        if frames and size + len(frame) > MAX_RESPONSE_BYTES:
+            responses.append(b"".join(frames))
+            frames, size = [], 0
+        frames.append(frame)
+        size += len(frame)
+    if frames:
+        responses.append(b"".join(frames))
+    return responses
 
 
 def _each_chat_message(batch: list[Envelope]) -> list[bytes]:
@@ -364,4 +390,4 @@ def add_to_server(servicer: ChatServicer, server: aio.Server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
-__all__ = ["SERVICE_NAME", "ChatServicer", "Position", "add_to_server", "status_of"]
+__all__ = ["SERVICE_NAME", "ChatServicer", "add_to_server", "status_of"]

@@ -122,6 +122,14 @@ def render_notice(text: str, style: str = "dim") -> Text:
     return Text(text, style=style)
 
 
+def render_started(address: str, extras: list[str]) -> Text:
+    """`🚀 grpcchat listening on 127.0.0.1:4000 (history ...; Ctrl-C to stop)`."""
+    line = Text("🚀 grpcchat listening on ")
+    line.append(address, style="bold")
+    line.append(f" ({'; '.join([', '.join(extras), 'Ctrl-C to stop'])})", style="dim")
+    return line
+
+
 def render_error(text: str) -> Text:
     return Text(f"error: {text}", style="bold red")
 

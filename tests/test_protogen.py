@@ -246,7 +246,7 @@ def test_cli_gen_proto_check_and_regenerate(tmp_path: Path) -> None:
     assert run_cli(root, "--check").returncode == 0
 
     outside = run_cli(tmp_path)
-    assert outside.returncode == 2
+    assert outside.returncode == 1
     assert "not inside a grpcchat source checkout" in outside.stderr
 
 

@@ -17,7 +17,7 @@ from grpcchat.auth import TokenAuthority
 from grpcchat.channel import InsecureTokenError, is_loopback
 from grpcchat.client import ChatClient
 from grpcchat.config import ClientConfig, Limits, ServerConfig
-from grpcchat.errors import ChatError, RemoteError
+from grpcchat.errors import ChatError, ConfigError, RemoteError
 from grpcchat.server import ChatServer
 from tests.conftest import ServerProcess, cli_env, grpcchat_command
 from tests.helpers import Follower
@@ -194,7 +194,7 @@ async def test_unreadable_pem_files_are_clear_errors(pki: Pki, tmp_path: Path) -
     missing = str(tmp_path / "nope.pem")
     with pytest.raises(ChatError, match=r"cannot read the CA file .*nope\.pem"):
         ChatClient(ClientConfig(addr="127.0.0.1:1", tls_ca=missing))
-    with pytest.raises(OSError, match=r"cannot read the TLS key .*nope\.pem"):
+    with pytest.raises(ConfigError, match=r"cannot read the TLS key .*nope\.pem"):
         await ChatServer(replace(BASE, tls_cert=pki.server_cert, tls_key=missing)).start()
 
 

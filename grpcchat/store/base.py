@@ -15,6 +15,7 @@ DEDUP_WINDOW = timedelta(minutes=10)
 # Retention per room: the oldest messages beyond either bound are deleted.
 MAX_MESSAGES_PER_ROOM = 10_000
 MAX_AGE = timedelta(days=30)
+MAX_KEEP = timedelta(days=36_500)
 
 
 class StoreError(ChatError):
@@ -34,6 +35,14 @@ class Retention:
     max_messages: int = MAX_MESSAGES_PER_ROOM
     max_age: timedelta = MAX_AGE
     dedup_window: timedelta = DEDUP_WINDOW
+
+    def __post_init__(self) -> None:
+        if self.max_messages < 1:
+            raise ValueError("a room must keep at least one message")
+        # Ages are subtracted from "now": beyond a century they leave the calendar.
+        for name in ("max_age", "dedup_window"):
+            if not timedelta(0) < getattr(self, name) <= MAX_KEEP:
+                raise ValueError(f"{name.replace('_', ' ')} must be between 0 and 100 years")
 
 
 class HistoryStore(Protocol):

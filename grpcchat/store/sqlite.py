@@ -248,8 +248,8 @@ class _Database:
     ) -> list[Message]:
         if limit <= 0:
             return []
-        low = max(after, -_MAX_SEQ) if after is not None else 0
-        high = min(before, _MAX_SEQ) if before is not None else _MAX_SEQ
+        low = min(max(after, -_MAX_SEQ), _MAX_SEQ) if after is not None else 0
+        high = max(min(before, _MAX_SEQ), -_MAX_SEQ) if before is not None else _MAX_SEQ
         # `+sent_at_us`: filter rows of the (room, seq) range, never scan the time index.
         rows = self._conn.execute(
             "SELECT seq, id, sender, text, sent_at_us, action FROM messages"
