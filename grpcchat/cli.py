@@ -36,6 +36,7 @@ from grpcchat.config import (
     ServerConfig,
 )
 from grpcchat.errors import ChatError, ConfigError, RemoteError
+from grpcchat.models import DEFAULT_ROOM
 from grpcchat.store.base import MAX_AGE, MAX_MESSAGES_PER_ROOM, Retention
 
 if TYPE_CHECKING:
@@ -392,7 +393,7 @@ def _days(days: float) -> timedelta:
 
 def _rooms(values: list[str] | None) -> tuple[str, ...]:
     rooms = [r.strip().lstrip("#") for v in values or [] for r in v.split(",") if r.strip()]
-    return tuple(dict.fromkeys(rooms)) or ("lobby",)
+    return tuple(dict.fromkeys(rooms)) or (DEFAULT_ROOM,)
 
 
 @app.command()
@@ -588,9 +589,9 @@ def who(client: ClientConfig, room: RoomOption = "", as_json: JsonOption = False
 
     members = _call(fetch())
     if as_json:
-        print(json.dumps({"room": room or "lobby", "members": members}))
+        print(json.dumps({"room": room or DEFAULT_ROOM, "members": members}))
     else:
-        console.print(ui.render_members(room or "lobby", members))
+        console.print(ui.render_members(room or DEFAULT_ROOM, members))
 
 
 def _call(coroutine: Coroutine[Any, Any, Any]) -> Any:

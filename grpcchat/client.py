@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,7 +45,6 @@ from grpcchat.validation import check_name, check_room, check_text
 RETRYABLE = frozenset(
     {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED"}
 )
-RETRY_AFTER_KEY = "retry-after-ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ def _retry_after(error: grpc.RpcError) -> float | None:
     trailing = error.trailing_metadata() if isinstance(error, aio.AioRpcError) else None
     pairs = cast("Iterable[tuple[str, str | bytes]]", trailing or ())
     for key, value in pairs:
-        if key == RETRY_AFTER_KEY and isinstance(value, str) and value.isdigit():
+        if key == codec.RETRY_AFTER_KEY and isinstance(value, str) and value.isdigit():
             return int(value) / 1000
     return None
 
@@ -280,6 +280,9 @@ class ChatClient:
         return ChatSession(self, check_name(name), [check_room(r) for r in wanted], history)
 
 
+# Reconnect attempts (with backoff up to 5 s) before a room whose rejoin keeps being refused
+# is given up.
+MAX_REJOIN_ATTEMPTS = 10
 _NO_ROOMS = "this server has no rooms or direct messages; only the default room 'lobby' works"
 _NO_HISTORY = "this server keeps no history and has no presence (it is the article's v1 server)"
 
@@ -302,6 +305,7 @@ class ChatSession:
         self._requests: asyncio.Queue[pb.ConnectRequest | None] | None = None
         self._legacy_call: aio.StreamStreamCall[pb.ChatMessage, pb.ChatMessage] | None = None
         self._closed = False
+        self._rejoin_refusals: Counter[str] = Counter()
 
     async def events(self) -> AsyncIterator[FeedEvent]:
         """Events of the session's rooms, with Connected/Reconnecting in between, until
@@ -393,7 +397,11 @@ class ChatSession:
         if refused.room == "" or (initial and first):
             raise RemoteError(refused.code, refused.reason)
         if initial and refused.code in ("ALREADY_EXISTS", "UNAVAILABLE"):
-            raise RemoteError("UNAVAILABLE", f"rejoining #{refused.room}: {refused.reason}")
+            # The server notices a dead stream within its keepalive (~40 s); about as long as
+            # these retries take. Past that the name is someone else's: give the room up.
+            self._rejoin_refusals[refused.room] += 1
+            if self._rejoin_refusals[refused.room] < MAX_REJOIN_ATTEMPTS:
+                raise RemoteError("UNAVAILABLE", f"rejoining #{refused.room}: {refused.reason}")
         # Any other refusal is final: the session is not in that room, so it stops asking
         # (and a later reconnect does not ask again).
         if refused.room in self.rooms:
@@ -408,6 +416,7 @@ class ChatSession:
                 return False
             self.positions[event.room] = event.position
         elif isinstance(event, RoomJoined):
+            self._rejoin_refusals.pop(event.room, None)
             seen = self.positions.get(event.room)
             if seen is None or seen.epoch != event.position.epoch or seen.seq < event.position.seq:
                 self.positions[event.room] = event.position

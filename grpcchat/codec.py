@@ -23,6 +23,8 @@ from grpcchat.models import (
 # response is just a run of framed events, so a batch is built by concatenating events that
 # were each encoded once.
 _EVENTS_FIELD_TAG = b"\x0a"
+# Trailing metadata of a rate-limited call: milliseconds until a retry may succeed.
+RETRY_AFTER_KEY = "retry-after-ms"
 _JOINED, _LEFT = pb.PresenceChange.CHANGE_JOINED, pb.PresenceChange.CHANGE_LEFT
 
 

@@ -56,8 +56,6 @@ MAX_RESPONSE_BYTES = 1 << 20
 HELLO_TIMEOUT = 10.0
 # How long a refused session waits for its client to hang up before the call is ended.
 HELLO_REFUSAL_GRACE = 2.0
-# Trailing metadata telling a rate-limited client when to try again.
-RETRY_AFTER_KEY = "retry-after-ms"
 
 message_log = logging.getLogger("grpcchat.messages")
 log = logging.getLogger("grpcchat.service")
@@ -77,7 +75,7 @@ def status_of(error: ChatError) -> grpc.StatusCode:
 async def _abort(context: Context, error: ChatError) -> None:
     trailing: tuple[tuple[str, str], ...] = ()
     if isinstance(error, LimitExceeded) and error.retry_after is not None:
-        trailing = ((RETRY_AFTER_KEY, str(int(error.retry_after * 1000) + 1)),)
+        trailing = ((codec.RETRY_AFTER_KEY, str(int(error.retry_after * 1000) + 1)),)
     await context.abort(status_of(error), str(error), trailing)
 
 

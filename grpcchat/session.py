@@ -30,9 +30,9 @@ class Session:
         name: str,
         *,
         authenticated: bool = False,
-        capacity: int = 1024,
-        max_batch: int = 512,
-        linger: float = 0.003,
+        capacity: int,
+        max_batch: int,
+        linger: float,
         on_close: Callable[[Session], None] = lambda _: None,
     ) -> None:
         self.id = next(self._ids)

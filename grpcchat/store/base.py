@@ -55,7 +55,8 @@ class HistoryStore(Protocol):
     - `append` assigns the room's next seq: 1 for a room's first message, then +1 each time,
       never reused or lowered within the epoch, even after retention has deleted messages (and
       even after every message of the room is gone). The returned message carries its seq and
-      the store's epoch; it is durable when `append` returns.
+      the store's epoch; it survives the process dying once `append` returns (a machine
+      losing power may still lose the last moments: SQLite runs WAL with synchronous=NORMAL).
     - Idempotency: if `key` is not empty and the same `sender` appended with the same `key`
       within the dedup window, nothing is stored and the original message is returned with
       `duplicate=True` (same id, seq, time), whatever text (or room) was passed the second time.
