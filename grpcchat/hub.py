@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,10 +48,19 @@ class Hub:
         self._members: defaultdict[str, dict[int, Session]] = defaultdict(dict)
         self._by_name: defaultdict[str, dict[int, Session]] = defaultdict(dict)
         self._sessions: dict[int, Session] = {}
-        self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Weak: a room's lock lives while someone holds or awaits it, so rooms that anyone can
+        # create by posting do not accumulate locks forever.
+        self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._rate = RateLimiter(self.limits.rate, self.limits.burst)
         self._direct_keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
         self._draining = False
+
+    @property
+    def epoch(self) -> str:
+        """The epoch of every position this hub hands out."""
+        return self.store.epoch
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -250,7 +260,10 @@ class Hub:
     async def _store_and_deliver(
         self, sender: str, text: str, room: str, key: str, action: bool
     ) -> Appended:
-        async with self._room_locks[room]:
+        lock = self._room_locks.get(room)
+        if lock is None:
+            lock = self._room_locks[room] = asyncio.Lock()
+        async with lock:
             appended = await self.store.append(
                 id=uuid.uuid4().hex,
                 room=room,

@@ -142,7 +142,7 @@ class ChatServicer:
             newest_first=request.newest_first,
         )
         return pb.HistoryResponse(
-            messages=[codec.to_proto(m) for m in messages], epoch=self._hub.store.epoch
+            messages=[codec.to_proto(m) for m in messages], epoch=self._hub.epoch
         )
 
     @_maps_errors
