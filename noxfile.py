@@ -28,9 +28,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.17,<0.18")
+    """ruff (lint and format) and the import layers of pyproject.toml's [tool.importlinter]."""
+    session.install("ruff>=0.17,<0.18", "import-linter>=2.16,<3")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # import-linter analyses the installed package; an editable install sees this checkout.
+    session.install("-e", ".")
+    session.run("lint-imports")
 
 
 @nox.session

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from grpcchat.client import ChatClient
-from grpcchat.config import ClientConfig, Limits, ServerConfig
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.limits import Limits
 from grpcchat.server import ChatServer
+from grpcchat.server.config import ServerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from grpcchat.client import ChatSession, Connected, FeedEvent
-from grpcchat.models import Message
+from grpcchat.core.models import Message
 
 
 class Follower:

@@ -17,14 +17,16 @@ import grpc
 import jwt
 import pytest
 
-from grpcchat.auth import ISSUER, MIN_SECRET_LENGTH, TokenAuthority
 from grpcchat.client import ChatClient
-from grpcchat.config import ClientConfig, Limits, ServerConfig
-from grpcchat.errors import InvalidInput, RemoteError
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import InvalidInput, RemoteError
+from grpcchat.core.limits import Limits
+from grpcchat.core.models import Message, PresenceChange, RoomJoined
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
-from grpcchat.models import Message, PresenceChange, RoomJoined
 from grpcchat.server import ChatServer
+from grpcchat.server.auth import ISSUER, MIN_SECRET_LENGTH, TokenAuthority
+from grpcchat.server.config import ServerConfig
 from tests.conftest import ServerProcess, cli_env, grpcchat_command
 from tests.helpers import Follower
 from tests.test_rooms import RawSession, before_marker, cli, events_until, messages_of

@@ -16,10 +16,10 @@ from grpcchat.bench import (
     PHASE_SERVER,
     BenchConfig,
     BenchResult,
-    render_result,
     run_bench,
 )
-from grpcchat.errors import RemoteError
+from grpcchat.cli.bench_report import render_result
+from grpcchat.core.errors import RemoteError
 
 
 def _check_exact(result: BenchResult, subscribers: int) -> None:

@@ -10,13 +10,14 @@ import grpc
 import pytest
 
 from grpcchat.client import ChatClient, Connected, Reconnecting
-from grpcchat.config import ClientConfig, ServerConfig
-from grpcchat.errors import InvalidInput, RemoteError
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import InvalidInput, RemoteError
+from grpcchat.core.models import RoomJoined
+from grpcchat.core.validation import MAX_NAME_LENGTH, MAX_TEXT_LENGTH
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
-from grpcchat.models import RoomJoined
 from grpcchat.server import ChatServer
-from grpcchat.validation import MAX_NAME_LENGTH, MAX_TEXT_LENGTH
+from grpcchat.server.config import ServerConfig
 from tests.helpers import Follower
 
 

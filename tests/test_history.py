@@ -17,13 +17,15 @@ import grpc
 import pytest
 
 from grpcchat.client import ChatClient
-from grpcchat.config import ClientConfig, Limits, ServerConfig
-from grpcchat.errors import InvalidInput
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import InvalidInput
+from grpcchat.core.limits import Limits
+from grpcchat.core.models import Message, RoomJoined
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
-from grpcchat.models import Message, RoomJoined
 from grpcchat.server import ChatServer
-from grpcchat.service import ChatServicer
+from grpcchat.server.config import ServerConfig
+from grpcchat.server.servicer import ChatServicer
 from tests.conftest import cli_env, grpcchat_command
 from tests.helpers import Follower
 

@@ -20,9 +20,9 @@ import grpc
 import pytest
 
 from grpcchat.client import ChatClient, ChatSession, Connected, FeedEvent, Reconnecting
-from grpcchat.config import ClientConfig
-from grpcchat.errors import RemoteError
-from grpcchat.models import Message
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import RemoteError
+from grpcchat.core.models import Message
 from tests.conftest import cli_env, grpcchat_command
 from tests.v1_peer import V1Client, V1Message, V1Server
 

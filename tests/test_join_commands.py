@@ -23,9 +23,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
+from grpcchat.cli.interactive import HELP
 from grpcchat.client import ChatClient
-from grpcchat.config import ClientConfig
-from grpcchat.interactive import HELP
+from grpcchat.client.config import ClientConfig
 from tests.conftest import ServerProcess, cli_env, grpcchat_command
 from tests.helpers import Follower
 from tests.tty import Terminal, rendered_style

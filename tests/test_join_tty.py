@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pexpect.popen_spawn import PopenSpawn
 
-from grpcchat import ui
+from grpcchat.cli import render
 from tests.conftest import ServerProcess, cli_env, grpcchat_command
 from tests.tty import Terminal, rendered_style
 
@@ -228,7 +228,7 @@ def test_own_message_is_shown_once_with_local_time_and_colour(
 
     row = alice.row_of(rows[0])
     name_cells = alice.cells(row, 9, len("alice"))
-    expected = rendered_style(ui.sender_style("alice"))
+    expected = rendered_style(render.sender_style("alice"))
     assert {(c.fg, c.bold) for c in name_cells} == {(expected.fg, expected.bold)}
     assert expected.fg != "default"
     text_cells = alice.cells(row, 9 + len("alice: "), len("mine"))

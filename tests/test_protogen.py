@@ -13,8 +13,8 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from grpcchat import protogen
-from grpcchat._buf_plugin import default_json_name
 from grpcchat.protogen import GEN_PREFIX, ProtogenError
+from grpcchat.protogen.buf_plugin import default_json_name
 from tests.conftest import cli_env, grpcchat_command
 
 REPO = Path(__file__).resolve().parent.parent

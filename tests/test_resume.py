@@ -15,14 +15,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from grpcchat import codec, ui
+from grpcchat.cli import render
 from grpcchat.client import ChatClient, ChatSession, Connected, FeedEvent, Reconnecting, Sent
-from grpcchat.config import ClientConfig, Limits, ServerConfig
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.history import Retention
+from grpcchat.core.limits import Limits
+from grpcchat.core.models import Event, HistoryGap, Message, Position, RoomJoined
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
-from grpcchat.models import Event, HistoryGap, Message, Position, RoomJoined
 from grpcchat.server import ChatServer
-from grpcchat.store import Retention
+from grpcchat.server.config import ServerConfig
+from grpcchat.wire import codec
 from tests.conftest import ServerProcess, cli_env, grpcchat_command
 
 
@@ -355,7 +358,7 @@ async def test_resuming_from_before_retention_reports_the_gap_first(tmp_path: Pa
             live = (await client.send("bob", "live")).message
             await back.until(lambda: back.has(live))
             assert back.messages()[-1] == live
-    assert ui.render_gap(first).plain == (
+    assert render.render_gap(first).plain == (
         f"some history of #lobby is no longer available (messages 3-7: {first.reason})"
     )
 
@@ -408,7 +411,7 @@ async def test_a_new_history_is_announced_and_the_session_keeps_going() -> None:
             gaps = [e for e in resumed if isinstance(e, HistoryGap)]
             assert gaps == [HistoryGap("lobby", 0, 0, gaps[0].reason)]
             assert "replaced" in gaps[0].reason
-            assert ui.render_gap(gaps[0]).plain.startswith(
+            assert render.render_gap(gaps[0]).plain.startswith(
                 "some history of #lobby is no longer available"
             )
             # The gap comes before the join completes.

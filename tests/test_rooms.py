@@ -16,12 +16,12 @@ import grpc
 import pytest
 
 from grpcchat.client import ChatClient, FeedEvent
-from grpcchat.errors import RemoteError
+from grpcchat.core.errors import RemoteError
+from grpcchat.core.models import Message, PresenceChange, RequestRefused, RoomJoined, RoomLeft
+from grpcchat.core.validation import MAX_ROOM_LENGTH
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
-from grpcchat.models import Message, PresenceChange, RequestRefused, RoomJoined, RoomLeft
 from grpcchat.server import ChatServer
-from grpcchat.validation import MAX_ROOM_LENGTH
 from tests.conftest import cli_env, grpcchat_command
 from tests.helpers import Follower
 

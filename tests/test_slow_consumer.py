@@ -8,10 +8,11 @@ import grpc
 import pytest
 
 from grpcchat.client import ChatClient
-from grpcchat.config import Limits, ServerConfig
+from grpcchat.core.limits import Limits
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
+from grpcchat.server.config import ServerConfig
 from tests.helpers import Follower
 
 QUEUE_SIZE = 32

@@ -23,8 +23,9 @@ from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from grpcchat.models import Message
-from grpcchat.store import Appended, HistoryStore, Retention, open_store
+from grpcchat.core.history import Appended, HistoryStore, Retention
+from grpcchat.core.models import Message
+from grpcchat.server.engines import open_store
 
 ENGINES = ["memory", "sqlite"]
 

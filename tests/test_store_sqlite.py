@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from grpcchat.store import Appended, HistoryStore, Retention, StoreError, open_store
+from grpcchat.core.errors import StoreError
+from grpcchat.core.history import Appended, HistoryStore, Retention
+from grpcchat.server.engines import open_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -229,7 +231,7 @@ async def test_an_append_survives_the_process_dying_right_after(tmp_path: Path) 
     script = f"""
 import asyncio, os
 from datetime import UTC, datetime
-from grpcchat.store import open_store
+from grpcchat.server.engines import open_store
 
 async def main():
     store = await open_store({url(path)!r})

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import trustme
 
-from grpcchat.auth import TokenAuthority
-from grpcchat.channel import InsecureTokenError, is_loopback
 from grpcchat.client import ChatClient
-from grpcchat.config import ClientConfig, Limits, ServerConfig
-from grpcchat.errors import ChatError, ConfigError, RemoteError
+from grpcchat.client.channel import InsecureTokenError, is_loopback
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import ChatError, ConfigError, RemoteError
+from grpcchat.core.limits import Limits
 from grpcchat.server import ChatServer
+from grpcchat.server.auth import TokenAuthority
+from grpcchat.server.config import ServerConfig
 from tests.conftest import ServerProcess, cli_env, grpcchat_command
 from tests.helpers import Follower
 from tests.test_rooms import cli

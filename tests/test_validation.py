@@ -9,11 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grpcchat import codec
-from grpcchat.errors import InvalidInput
-from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
-from grpcchat.models import Envelope, Message
-from grpcchat.validation import (
+from grpcchat.core.errors import InvalidInput
+from grpcchat.core.models import Envelope, Message
+from grpcchat.core.validation import (
     MAX_NAME_LENGTH,
     MAX_ROOM_LENGTH,
     MAX_TEXT_LENGTH,
@@ -21,6 +19,8 @@ from grpcchat.validation import (
     check_room,
     check_text,
 )
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
+from grpcchat.wire import codec
 
 room_names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,31}", fullmatch=True)
 printable = st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs")), min_size=1)

@@ -1,7 +1,7 @@
 """A built-in load generator: many subscribers and a few publishers against a real server.
 
     result = await run_bench(BenchConfig(subscribers=50, rate=200, duration=10), on_progress)
-    console.print(render_result(result))
+    print(result.deliveries_per_second)
 
 The load does not share a process with what it measures:
 
@@ -26,11 +26,11 @@ here are stopped on any exit, including an error or Ctrl-C (cancellation).
 The names below are the API; the modules behind them are not:
 config (BenchConfig), result (what a run measured), run (the phases), server (the spawned
 server), pool and worker (the subscriber processes, talking through messages), publish (the
-publishers), latency and cpu (turning raw measurements into results), render (the table).
+publishers), latency and cpu (turning raw measurements into results). The table is drawn by the CLI
+(`grpcchat.cli.bench_report`): nothing outside `grpcchat.cli` imports Rich.
 """
 
 from grpcchat.bench.config import BenchConfig, BenchError
-from grpcchat.bench.render import render_result
 from grpcchat.bench.result import BenchResult, CpuUsage, Latency
 from grpcchat.bench.run import (
     PHASE_CONNECT,
@@ -56,6 +56,5 @@ __all__ = [
     "CpuUsage",
     "Latency",
     "ProgressCallback",
-    "render_result",
     "run_bench",
 ]

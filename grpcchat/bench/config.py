@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from grpcchat.errors import ChatError, InvalidInput
-from grpcchat.validation import MAX_TEXT_LENGTH, check_room
+from grpcchat.core.errors import ChatError, InvalidInput
+from grpcchat.core.validation import MAX_TEXT_LENGTH, check_room
 
 # Seconds a worker, a publisher or the server gets to stop before it is cancelled or killed: every
 # part of a run shares it, so no part outlives an exit for long.

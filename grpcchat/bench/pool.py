@@ -28,7 +28,7 @@ from grpcchat.bench.messages import (
     WorkerSpec,
 )
 from grpcchat.bench.worker import worker_main
-from grpcchat.errors import RemoteError
+from grpcchat.core.errors import RemoteError
 
 
 class WorkerPool:

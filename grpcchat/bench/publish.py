@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from grpcchat.bench.config import STOP_GRACE, BenchConfig
 from grpcchat.client import ChatClient
-from grpcchat.config import ClientConfig
-from grpcchat.errors import RemoteError
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import RemoteError
 
 
 @dataclass(slots=True)

@@ -28,9 +28,9 @@ from grpcchat.bench.messages import (
     WorkerSpec,
 )
 from grpcchat.client import ChatClient, Connected, Reconnecting
-from grpcchat.config import ClientConfig
-from grpcchat.errors import ChatError, RemoteError
-from grpcchat.models import Message
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import ChatError, RemoteError
+from grpcchat.core.models import Message
 
 _REPORT_EVERY = 0.1  # seconds between a worker's progress reports
 _IDLE_AFTER = 2.0  # a drain ends early once nothing has arrived for this long

@@ -1,9 +1,5 @@
-"""History stores: the durable, ordered log of every room, behind one Protocol.
+"""History engines: implementations of `grpcchat.core.history.HistoryStore`.
 
-`open_store(url)` picks the engine by URL scheme and imports it lazily:
-`sqlite:///path/to/history.db` (the embedded default) or `memory://` (ephemeral).
+`memory.py` keeps history in this process (ephemeral), `sqlite.py` in a SQLite file (the
+embedded default). `grpcchat.server.engines.open_store(url)` picks one by URL.
 """
-
-from grpcchat.store.base import Appended, HistoryStore, Retention, StoreError, open_store
-
-__all__ = ["Appended", "HistoryStore", "Retention", "StoreError", "open_store"]

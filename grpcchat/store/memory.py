@@ -12,8 +12,8 @@ from collections import OrderedDict, deque
 from datetime import UTC, datetime
 from itertools import islice
 
-from grpcchat.models import Message
-from grpcchat.store.base import Appended, Retention
+from grpcchat.core.history import Appended, Retention
+from grpcchat.core.models import Message
 
 
 class _Room:

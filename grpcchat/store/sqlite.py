@@ -25,8 +25,9 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from grpcchat.models import Message
-from grpcchat.store.base import Appended, Retention, StoreError
+from grpcchat.core.errors import StoreError
+from grpcchat.core.history import Appended, Retention
+from grpcchat.core.models import Message
 
 T = TypeVar("T")
 

@@ -19,11 +19,11 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 
-from grpcchat import ui
+from grpcchat.cli import render
 from grpcchat.client import ChatClient, ChatSession, Connected, Reconnecting
-from grpcchat.config import ClientConfig
-from grpcchat.errors import ChatError, RemoteError
-from grpcchat.models import (
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import ChatError, RemoteError
+from grpcchat.core.models import (
     HistoryGap,
     Message,
     PresenceChange,
@@ -71,7 +71,7 @@ class _Chatroom:
         self.console.print(line, soft_wrap=True)
 
     def fail(self, text: str) -> None:
-        self.show(ui.render_error(text))
+        self.show(render.render_error(text))
 
     async def receive(self) -> None:
         """Print the session's events until cancelled; raises if the first connection fails."""
@@ -81,17 +81,17 @@ class _Chatroom:
                     # A room just left (its messages may still be on the way) is labelled too.
                     several = len(self.session.rooms) > 1 or event.room not in self.session.rooms
                     replayed = event.room in self._first_replay
-                    self.show(ui.render_message(event, show_room=several, replayed=replayed))
+                    self.show(render.render_message(event, show_room=several, replayed=replayed))
                 case PresenceChange():
-                    self.show(ui.render_presence(event))
+                    self.show(render.render_presence(event))
                 case RoomJoined():
                     self._first_replay.discard(event.room)
                     if self.interactive:
-                        self.show(ui.render_joined(event))
+                        self.show(render.render_joined(event))
                 case RoomLeft():
-                    self.show(ui.render_notice(f"left #{event.room}"))
+                    self.show(render.render_notice(f"left #{event.room}"))
                 case HistoryGap():
-                    self.show(ui.render_gap(event))
+                    self.show(render.render_gap(event))
                 case RequestRefused():
                     self._first_replay.discard(event.room)
                     if self.current == event.room:  # a refused /join: stay where we were
@@ -102,12 +102,14 @@ class _Chatroom:
                         where = ", ".join(f"#{r}" for r in event.rooms)
                         if event.legacy:
                             where += " (the article's v1 server: lobby only, no history)"
-                        self.show(ui.render_notice(f"connected as {self.session.name} in {where}"))
+                        self.show(
+                            render.render_notice(f"connected as {self.session.name} in {where}")
+                        )
                     self.connected.set()
                 case Reconnecting():
                     self.connected.clear()
                     self.show(
-                        ui.render_notice(
+                        render.render_notice(
                             f"reconnecting in {event.delay:.1f}s... ({event.reason})", "yellow"
                         )
                     )
@@ -158,7 +160,7 @@ class _Chatroom:
                 count = int(rest) if rest else 20
                 return lambda: self._history(count)
             case "/help":
-                self.show(ui.render_notice(HELP))
+                self.show(render.render_notice(HELP))
             case _:
                 self.fail(f"unknown or incomplete command {command!r}; /help lists them")
         return None
@@ -182,19 +184,19 @@ class _Chatroom:
             self.current = self.session.rooms[-1] if self.session.rooms else None
 
     async def _rooms(self) -> None:
-        self.show(ui.render_rooms(await self.client.rooms()))
+        self.show(render.render_rooms(await self.client.rooms()))
 
     async def _who(self, room: str | None) -> None:
         if room is None:
             raise ChatError("which room? /who ROOM")
-        self.show(ui.render_members(room, await self.client.members(room)))
+        self.show(render.render_members(room, await self.client.members(room)))
 
     async def _history(self, count: int) -> None:
         if self.current is None:
             raise ChatError("you are in no room")
         latest = await self.client.history(self.current, limit=count, newest_first=True)
         for message in reversed(latest):
-            self.show(ui.render_message(message, replayed=True))
+            self.show(render.render_message(message, replayed=True))
 
 
 async def _typed_lines(interactive: bool) -> AsyncIterator[str]:
@@ -236,7 +238,9 @@ async def run_join(config: ClientConfig, options: JoinOptions, console: Console)
         try:
             await _first_of(asyncio.create_task(room.connected.wait()), receiver)
             if options.interactive:
-                room.show(ui.render_notice("type a message and press Enter; /help for commands"))
+                room.show(
+                    render.render_notice("type a message and press Enter; /help for commands")
+                )
             typing = asyncio.create_task(_read_input(room, options.interactive))
             await _first_of(typing, receiver)
             room.actions.put_nowait(None)

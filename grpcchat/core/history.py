@@ -1,5 +1,7 @@
-"""The HistoryStore contract. Every engine keeps every guarantee written here; the engines do
-not repeat it, and one contract test suite (tests/test_store_contract.py) holds each to it."""
+"""The HistoryStore contract: the durable log the core needs, defined where it is used.
+
+Every engine (`grpcchat.store`) keeps every guarantee written here; the engines do not repeat
+it, and one contract test suite (tests/test_store_contract.py) holds each to it."""
 
 from __future__ import annotations
 
@@ -7,8 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from grpcchat.errors import ChatError
-from grpcchat.models import Message
+from grpcchat.core.models import Message
 
 # A repeated send (same sender, same key) within this window returns the original message.
 DEDUP_WINDOW = timedelta(minutes=10)
@@ -16,10 +17,6 @@ DEDUP_WINDOW = timedelta(minutes=10)
 MAX_MESSAGES_PER_ROOM = 10_000
 MAX_AGE = timedelta(days=30)
 MAX_KEEP = timedelta(days=36_500)
-
-
-class StoreError(ChatError):
-    """The store cannot be opened or used (unreadable file, wrong schema...). Fatal at start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,25 +108,3 @@ class HistoryStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-async def open_store(url: str, retention: Retention | None = None) -> HistoryStore:
-    """Open the engine for `url`, importing it only when used.
-
-    `memory://` keeps history in this process only (a new epoch per start);
-    `sqlite:///absolute/path.db` (or `sqlite://relative.db`) keeps it in a SQLite file, created
-    if missing. Raises StoreError for an unknown scheme or an unusable file.
-    """
-    retention = retention or Retention()
-    scheme, _, path = url.partition("://")
-    if scheme == "memory":
-        from grpcchat.store.memory import MemoryStore
-
-        return MemoryStore(retention)
-    if scheme == "sqlite":
-        from grpcchat.store.sqlite import SqliteStore
-
-        if not path:
-            raise StoreError("the sqlite store needs a path: sqlite:///path/to/history.db")
-        return await SqliteStore.open(path, retention)
-    raise StoreError(f"unknown store {url!r}: use memory:// or sqlite:///path/to/history.db")

@@ -25,7 +25,7 @@ importable tree.
 
 Usage, from `proto/buf.gen.yaml` (buf's `opt:` is passed through to the generator)::
 
-    - local: [python3, -m, grpcchat._buf_plugin, grpc_python]
+    - local: [python3, -m, grpcchat.protogen.buf_plugin, grpc_python]
       out: .
       strategy: all
 """
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from google.protobuf import descriptor_pb2
 from google.protobuf.compiler import plugin_pb2
 
-from grpcchat.protogen import (
+from grpcchat.protogen.generate import (
     GEN_PREFIX,
     GENERATORS,
     ProtogenError,
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or args[0] not in GENERATORS:
         print(
-            f"usage: python -m grpcchat._buf_plugin {{{','.join(GENERATORS)}}}\n"
+            f"usage: python -m grpcchat.protogen.buf_plugin {{{','.join(GENERATORS)}}}\n"
             "(a protoc/buf plugin: reads a CodeGeneratorRequest on stdin)",
             file=sys.stderr,
         )

@@ -22,14 +22,11 @@ from typing import Any, cast
 import grpc
 from grpc import aio
 
-from grpcchat import codec
-from grpcchat.backoff import Backoff
-from grpcchat.channel import open_channel
-from grpcchat.config import ClientConfig
-from grpcchat.errors import RemoteError
-from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
-from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
-from grpcchat.models import (
+from grpcchat.client.backoff import Backoff
+from grpcchat.client.channel import open_channel
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import RemoteError
+from grpcchat.core.models import (
     DEFAULT_ROOM,
     Event,
     HistoryGap,
@@ -39,7 +36,10 @@ from grpcchat.models import (
     RoomInfo,
     RoomJoined,
 )
-from grpcchat.validation import check_name, check_room, check_text
+from grpcchat.core.validation import check_name, check_room, check_text
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
+from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
+from grpcchat.wire import codec
 
 # Failures a live session rides out by reconnecting; anything else is the caller's to handle.
 RETRYABLE = frozenset(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from grpcchat.client import ChatClient, Sent
-from grpcchat.config import ClientConfig
+from grpcchat.client.config import ClientConfig
 
 
 async def send_lines(

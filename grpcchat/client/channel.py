@@ -8,8 +8,9 @@ import ipaddress
 import grpc
 from grpc import aio
 
-from grpcchat.config import ClientConfig, read_pem
-from grpcchat.errors import ConfigError
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import ConfigError
+from grpcchat.core.files import read_pem
 
 _CHANNEL_OPTIONS = [
     # gRPC's own reconnect backoff grows to two minutes; a chat client wants the server back

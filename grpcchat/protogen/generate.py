@@ -26,12 +26,12 @@ pinned exactly.
 
 buf generator (`use_buf=True`): `buf generate --template proto/buf.gen.yaml`, with local plugins
 only (no network, no remote plugins). buf parses and links the `.proto` files; each `local:` plugin
-is `python3 -m grpcchat._buf_plugin <generator>`, an adapter that renames buf's files to the same
-`grpcchat/gen/...` virtual paths, drops the `json_name` values buf fills in but protoc would not
-have recorded, and runs the same grpc_tools generators on those descriptors. Its output is
-byte-identical to the default generator's (so `check()` passes either way), with one known
-exception: an explicit `[json_name = ...]` option is only recognised from buf's source info; see
-`grpcchat._buf_plugin`. `check()` always uses the default generator, which needs no buf.
+is `python3 -m grpcchat.protogen.buf_plugin <generator>`, an adapter that renames buf's files to the
+same `grpcchat/gen/...` virtual paths, drops the `json_name` values buf fills in but protoc would
+not have recorded, and runs the same grpc_tools generators on those descriptors. Its output is byte-
+identical to the default generator's (so `check()` passes either way), with one known exception: an
+explicit `[json_name = ...]` option is only recognised from buf's source info; see
+`grpcchat.protogen.buf_plugin`. `check()` always uses the default generator, which needs no buf.
 
 Limitation shared by both generators (inherent to the `-Igrpcchat/gen=proto` mapping): one
 `.proto` importing another local `.proto` must spell the import as protoc sees it. The default
@@ -272,8 +272,8 @@ def _protoc_generate(repo_root: Path, dest: Path) -> None:
 def _buf_generate(repo_root: Path, dest: Path) -> None:
     """Render the generated tree into `dest` (a scratch directory) with `buf generate`.
 
-    The template's plugins are `python3 -m grpcchat._buf_plugin ...`. So that they run on this
-    interpreter (with its pinned grpcio-tools) even when no venv is activated, `python3` is
+    The template's plugins are `python3 -m grpcchat.protogen.buf_plugin ...`. So that they run on
+    this interpreter (with its pinned grpcio-tools) even when no venv is activated, `python3` is
     shadowed by a tiny shell shim that execs `sys.executable` (a symlink would not do: a venv's
     interpreter only finds its site-packages when started through the venv path). PYTHONPATH
     makes the adapter import this very copy of grpcchat.

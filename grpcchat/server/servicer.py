@@ -18,9 +18,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import grpc
 from grpc import aio
 
-from grpcchat import codec
-from grpcchat.auth import Identity, TokenAuthority
-from grpcchat.errors import (
+from grpcchat.core.errors import (
     ChatError,
     InvalidInput,
     LimitExceeded,
@@ -28,13 +26,15 @@ from grpcchat.errors import (
     NotFound,
     ServerDraining,
     SlowConsumer,
+    StoreError,
     Unauthenticated,
 )
+from grpcchat.core.hub import Hub
+from grpcchat.core.models import DEFAULT_ROOM, Envelope, Message, RequestRefused
+from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
-from grpcchat.hub import Hub
-from grpcchat.models import DEFAULT_ROOM, Envelope, Message, RequestRefused
-from grpcchat.session import Session
-from grpcchat.store import StoreError
+from grpcchat.server.auth import Identity, TokenAuthority
+from grpcchat.wire import codec
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChatService"].full_name
 
@@ -58,7 +58,7 @@ HELLO_TIMEOUT = 10.0
 HELLO_REFUSAL_GRACE = 2.0
 
 message_log = logging.getLogger("grpcchat.messages")
-log = logging.getLogger("grpcchat.service")
+log = logging.getLogger("grpcchat.server.servicer")
 
 Context = aio.ServicerContext[Any, Any]
 _P = ParamSpec("_P")

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from grpcchat.models import HistoryGap, Message, PresenceChange, RoomInfo, RoomJoined
+    from grpcchat.core.models import HistoryGap, Message, PresenceChange, RoomInfo, RoomJoined
 
 # Readable on dark and light terminals; a sender keeps its colour across runs and machines.
 _SENDER_COLOURS = (

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from grpcchat.errors import InvalidInput
-from grpcchat.models import DEFAULT_ROOM
+from grpcchat.core.errors import InvalidInput
+from grpcchat.core.models import DEFAULT_ROOM
 
 MAX_NAME_LENGTH = 32
 MAX_TEXT_LENGTH = 4096

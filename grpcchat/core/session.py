@@ -14,8 +14,8 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 
-from grpcchat.errors import ChatError, SlowConsumer
-from grpcchat.models import Envelope, Message
+from grpcchat.core.errors import ChatError, SlowConsumer
+from grpcchat.core.models import Envelope, Message
 
 # A writer that wrote less than BUSY_FACTOR lingers ago counts as busy and lingers before the
 # next write, so a steady stream is written in batches while a quiet room stays immediate.

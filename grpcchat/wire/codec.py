@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
-from grpcchat.models import (
+from grpcchat.core.models import (
     Event,
     HistoryGap,
     Message,
@@ -18,6 +17,7 @@ from grpcchat.models import (
     RoomJoined,
     RoomLeft,
 )
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 
 # Tag of field 1 (`events`, length-delimited) of SubscribeResponse and ConnectResponse: a
 # response is just a run of framed events, so a batch is built by concatenating events that

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
-from grpcchat.errors import InvalidInput, Unauthenticated
-from grpcchat.validation import check_name
+from grpcchat.core.errors import InvalidInput, Unauthenticated
+from grpcchat.core.validation import check_name
 
 ALGORITHM = "HS256"
 ISSUER = "grpcchat"

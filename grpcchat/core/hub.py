@@ -3,7 +3,7 @@ numbered and delivered.
 
 Per room, storing and delivering happen under one lock, so every subscriber sees the order
 history returns. Delivery never waits on a session: it only offers to bounded queues (see
-`grpcchat.session`).
+`grpcchat.core.session`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from grpcchat.config import Limits
-from grpcchat.errors import LimitExceeded, NameTaken, NotFound, ServerDraining
-from grpcchat.models import (
+from grpcchat.core.errors import LimitExceeded, NameTaken, NotFound, ServerDraining
+from grpcchat.core.history import DEDUP_WINDOW, Appended, HistoryStore
+from grpcchat.core.limits import Limits
+from grpcchat.core.models import (
     Envelope,
     HistoryGap,
     Message,
@@ -28,11 +29,9 @@ from grpcchat.models import (
     RoomJoined,
     RoomLeft,
 )
-from grpcchat.ratelimit import RateLimiter
-from grpcchat.session import Session
-from grpcchat.store import Appended, HistoryStore
-from grpcchat.store.base import DEDUP_WINDOW
-from grpcchat.validation import check_name, check_room, check_text
+from grpcchat.core.ratelimit import RateLimiter
+from grpcchat.core.session import Session
+from grpcchat.core.validation import check_name, check_room, check_text
 
 _PAGE = 1000
 MAX_HISTORY_PAGE = 1000

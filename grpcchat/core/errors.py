@@ -1,7 +1,7 @@
 """Domain errors: the failures a caller is expected to handle.
 
-Each class maps to exactly one gRPC status code, in `grpcchat.service` (server side) and back in
-`grpcchat.client` (client side). Anything else raised is a bug, not a ChatError.
+Each class maps to exactly one gRPC status code, in `grpcchat.server.status` (server side) and
+back in `grpcchat.client` (client side). Anything else raised is a bug, not a ChatError.
 """
 
 
@@ -41,6 +41,11 @@ class LimitExceeded(ChatError):
 
 class Unauthenticated(ChatError):
     """A missing, malformed, badly signed or expired token (UNAUTHENTICATED)."""
+
+
+class StoreError(ChatError):
+    """The history store cannot be opened or used (unreadable file, wrong schema, disk full):
+    fatal at start, UNAVAILABLE for a request."""
 
 
 class ServerDraining(ChatError):

@@ -13,11 +13,13 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from grpcchat.auth import TokenAuthority
-from grpcchat.config import ServerConfig, host_port, read_pem
-from grpcchat.hub import Hub
-from grpcchat.service import SERVICE_NAME, ChatServicer, add_to_server
-from grpcchat.store import HistoryStore, open_store
+from grpcchat.core.files import read_pem
+from grpcchat.core.history import HistoryStore
+from grpcchat.core.hub import Hub
+from grpcchat.server.auth import TokenAuthority
+from grpcchat.server.config import ServerConfig, host_port
+from grpcchat.server.engines import open_store
+from grpcchat.server.servicer import SERVICE_NAME, ChatServicer, add_to_server
 
 log = logging.getLogger("grpcchat.server")
 

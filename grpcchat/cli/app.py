@@ -22,26 +22,17 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from grpcchat import ui
-from grpcchat.config import (
-    DEFAULT_ADDR,
-    DEFAULT_GRACE_PERIOD,
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    DEFAULT_QUEUE_SIZE,
-    DEFAULT_RATE,
-    DEFAULT_TIMEOUT,
-    ClientConfig,
-    Limits,
-    ServerConfig,
-)
-from grpcchat.errors import ChatError, ConfigError, RemoteError
-from grpcchat.models import DEFAULT_ROOM
-from grpcchat.store.base import MAX_AGE, MAX_MESSAGES_PER_ROOM, Retention
+from grpcchat.cli import render
+from grpcchat.client.config import DEFAULT_ADDR, DEFAULT_TIMEOUT, ClientConfig
+from grpcchat.core.errors import ChatError, ConfigError, RemoteError
+from grpcchat.core.history import MAX_AGE, MAX_MESSAGES_PER_ROOM, Retention
+from grpcchat.core.limits import DEFAULT_QUEUE_SIZE, DEFAULT_RATE, Limits
+from grpcchat.core.models import DEFAULT_ROOM
+from grpcchat.server.config import DEFAULT_GRACE_PERIOD, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 
 if TYPE_CHECKING:
     from grpcchat.client import Sent
-    from grpcchat.models import Message
+    from grpcchat.core.models import Message
 
 app = typer.Typer(
     name="grpcchat",
@@ -75,7 +66,7 @@ RoomOption = Annotated[
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    err_console.print(ui.render_error(message), soft_wrap=True)
+    err_console.print(render.render_error(message), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -355,12 +346,12 @@ def serve(
             log_level=level,
         )
         if auth_secret:
-            from grpcchat.auth import TokenAuthority
+            from grpcchat.server.auth import TokenAuthority
 
             TokenAuthority(auth_secret)  # validates the secret before anything starts
     except ValueError as error:
         _fail(str(error))
-    ui.configure_logging(config.log_level, err_console)
+    render.configure_logging(config.log_level, err_console)
     from grpcchat.server import ChatServer
     from grpcchat.server import serve as run_server
 
@@ -371,7 +362,7 @@ def serve(
         if config.auth_secret:
             extras.append("auth on")
         extras.append(f"history {config.store_url}")
-        console.print(ui.render_started(server.address, extras), soft_wrap=True)
+        console.print(render.render_started(server.address, extras), soft_wrap=True)
         # Scripts and tests read the real port from this line, even through a pipe.
         sys.stdout.flush()
 
@@ -430,7 +421,7 @@ def join(
 
     Example: grpcchat join --name alice --room lobby,games
     """
-    from grpcchat.interactive import JoinOptions, run_join
+    from grpcchat.cli.interactive import JoinOptions, run_join
 
     interactive = sys.stdin.isatty()
     if name is None and client.token:
@@ -485,7 +476,7 @@ def send(
 
     Examples: grpcchat send --name bot "deploy done"; make 2>&1 | grpcchat send --room ci --json
     """
-    from grpcchat.oneshot import send_lines
+    from grpcchat.client.oneshot import send_lines
 
     lines = [text] if text not in (None, "-") else _stdin_lines()
     if key and len(lines) > 1:
@@ -496,7 +487,7 @@ def send(
         if as_json:
             print(json.dumps(message_as_json(sent.message, sent.duplicate)), flush=True)
         else:
-            console.print(ui.render_sent(sent.message, sent.duplicate), soft_wrap=True)
+            console.print(render.render_sent(sent.message, sent.duplicate), soft_wrap=True)
 
     _run(send_lines(client, sender, lines, accepted, room=room, to=to, action=action, key=key))
 
@@ -553,7 +544,7 @@ def history(
         if as_json:
             print(json.dumps(message_as_json(message)))
         else:
-            console.print(ui.render_message(message), soft_wrap=True)
+            console.print(render.render_message(message), soft_wrap=True)
     if not messages and not as_json:
         err_console.print(f"[dim]no messages in #{room or 'lobby'}[/]")
 
@@ -574,7 +565,7 @@ def rooms(client: ClientConfig, as_json: JsonOption = False) -> None:
     if as_json:
         print(json.dumps([asdict(r) for r in found]))
     else:
-        console.print(ui.render_rooms(found))
+        console.print(render.render_rooms(found))
 
 
 @app.command()
@@ -591,7 +582,7 @@ def who(client: ClientConfig, room: RoomOption = "", as_json: JsonOption = False
     if as_json:
         print(json.dumps({"room": room or DEFAULT_ROOM, "members": members}))
     else:
-        console.print(ui.render_members(room or DEFAULT_ROOM, members))
+        console.print(render.render_members(room or DEFAULT_ROOM, members))
 
 
 def _call(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -636,7 +627,7 @@ def token(
     ] = "",
 ) -> None:
     """Mint a signed token for NAME (use the secret the server runs with)."""
-    from grpcchat.auth import TokenAuthority
+    from grpcchat.server.auth import TokenAuthority
 
     if not secret:
         _fail("no secret: pass --auth-secret or set GRPCCHAT_AUTH_SECRET")
@@ -682,7 +673,8 @@ def bench(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from grpcchat.bench import PHASES, BenchConfig, BenchResult, render_result, run_bench
+    from grpcchat.bench import PHASES, BenchConfig, BenchResult, run_bench
+    from grpcchat.cli.bench_report import render_result
 
     try:
         config = BenchConfig(

