@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -23,7 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def server_config() -> ServerConfig:
     # Rate limits off: tests post quickly; tests of the limit set their own.
-    return ServerConfig(port=0, store="memory://", limits=Limits(rate=0), grace_period=1.0)
+    return ServerConfig(
+        port=0, store="memory://", limits=Limits(rate=0, request_rate=0), grace_period=1.0
+    )
 
 
 @pytest.fixture
@@ -51,6 +55,62 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRPCCHAT_")}
     env.update(COLUMNS="200", NO_COLOR="1", PYTHONUNBUFFERED="1", **extra)
     return env
+
+
+class CliResult(NamedTuple):
+    """How one `grpcchat` run ended; unpacks as `code, out, err`."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(
+    *args: str,
+    stdin: str = "",
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> CliResult:
+    """`grpcchat ARGS` as a subprocess, to completion: `stdin` piped in, `env` (default:
+    `cli_env()`) as its whole environment."""
+    done = subprocess.run(
+        grpcchat_command(*args),
+        input=stdin,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=cli_env() if env is None else env,
+        timeout=timeout,
+    )
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+async def run_cli_async(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout: float = 30
+) -> CliResult:
+    """`run_cli` without blocking the event loop an in-process server runs on."""
+    process = await asyncio.create_subprocess_exec(
+        *grpcchat_command(*args),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env() if env is None else env,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return CliResult(process.returncode, out.decode(), err.decode())
+
+
+def send_as(addr: str, name: str, text: str) -> None:
+    """`grpcchat send` one message as `name`; it must be accepted."""
+    done = run_cli("send", "--addr", addr, "--name", name, text, timeout=10)
+    assert done.returncode == 0, done.stderr
 
 
 class ServerProcess:

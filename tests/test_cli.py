@@ -4,44 +4,30 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
-from tests.conftest import ServerProcess, cli_env, grpcchat_command
-
-
-def run(
-    *args: str, stdin: str | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        grpcchat_command(*args),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=timeout,
-    )
+from tests.conftest import ServerProcess, run_cli
 
 
 def test_help_teaches_every_command() -> None:
-    result = run("--help")
+    result = run_cli("--help")
     assert result.returncode == 0
     for command in ("serve", "join", "send", "gen-proto"):
         assert command in result.stdout
 
 
 def test_send_prints_what_the_server_accepted(server_process: ServerProcess) -> None:
-    result = run("send", "--addr", server_process.addr, "--name", "bot", "hello")
+    result = run_cli("send", "--addr", server_process.addr, "--name", "bot", "hello")
     assert result.returncode == 0, result.stderr
     assert "#lobby seq 1" in result.stdout
 
 
 def test_send_json_from_stdin_one_object_per_line(server_process: ServerProcess) -> None:
-    result = run(
+    result = run_cli(
         "send",
         "--addr",
         server_process.addr,
@@ -71,7 +57,7 @@ def test_send_json_from_stdin_one_object_per_line(server_process: ServerProcess)
 def test_send_rejections_are_one_red_line(
     server_process: ServerProcess, args: tuple[str, ...], code: int, message: str
 ) -> None:
-    result = run("send", "--addr", server_process.addr, *args)
+    result = run_cli("send", "--addr", server_process.addr, *args)
     assert result.returncode == code
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -80,7 +66,7 @@ def test_send_rejections_are_one_red_line(
 
 def test_send_to_nothing_is_exit_3() -> None:
     # send retries an unreachable server until --timeout, then gives up with exit 3.
-    result = run("send", "--addr", "127.0.0.1:1", "--timeout", "1.5", "--name", "bot", "hi")
+    result = run_cli("send", "--addr", "127.0.0.1:1", "--timeout", "1.5", "--name", "bot", "hi")
     assert result.returncode == 3
     assert "cannot reach a chat server at 127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr
@@ -100,7 +86,9 @@ def test_send_timeout_is_exit_5() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        result = run("send", "--addr", f"127.0.0.1:{port}", "--timeout", "1", "--name", "b", "hi")
+        result = run_cli(
+            "send", "--addr", f"127.0.0.1:{port}", "--timeout", "1", "--name", "b", "hi"
+        )
     finally:
         server.stop(0)
     assert result.returncode == 5
@@ -109,14 +97,14 @@ def test_send_timeout_is_exit_5() -> None:
 
 
 def test_serve_rejects_a_busy_port(server_process: ServerProcess) -> None:
-    result = run("serve", "--port", str(server_process.port))
+    result = run_cli("serve", "--port", str(server_process.port))
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
 
 
 def test_serve_bad_options() -> None:
-    assert run("serve", "--port", "70000").returncode == 2
-    bad_level = run("serve", "--port", "0", "--log-level", "loud")
+    assert run_cli("serve", "--port", "70000").returncode == 2
+    bad_level = run_cli("serve", "--port", "0", "--log-level", "loud")
     assert bad_level.returncode == 1
     assert "unknown log level" in bad_level.stderr
 
@@ -124,7 +112,7 @@ def test_serve_bad_options() -> None:
 def test_serve_logs_messages_and_drains_on_sigterm() -> None:
     server = ServerProcess()
     try:
-        assert run("send", "--addr", server.addr, "--name", "alice", "hi there").returncode == 0
+        assert run_cli("send", "--addr", server.addr, "--name", "alice", "hi there").returncode == 0
         server.process.send_signal(signal.SIGTERM)
         _, err = server.process.communicate(timeout=15)
     finally:
@@ -137,7 +125,7 @@ def test_serve_logs_messages_and_drains_on_sigterm() -> None:
 def test_quiet_server_does_not_log_messages() -> None:
     server = ServerProcess("--quiet")
     try:
-        assert run("send", "--addr", server.addr, "--name", "alice", "secret").returncode == 0
+        assert run_cli("send", "--addr", server.addr, "--name", "alice", "secret").returncode == 0
         server.process.send_signal(signal.SIGINT)
         _, err = server.process.communicate(timeout=15)
     finally:

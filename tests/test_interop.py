@@ -23,7 +23,7 @@ from grpcchat.client import ChatClient, ChatSession, Connected, FeedEvent, Recon
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.errors import RemoteError
 from grpcchat.core.models import Message
-from tests.conftest import cli_env, grpcchat_command
+from tests.conftest import run_cli_async
 from tests.v1_peer import V1Client, V1Message, V1Server
 
 WAIT = 5.0
@@ -267,29 +267,11 @@ async def test_closed_legacy_session_does_not_reconnect(article_client: ChatClie
         await events.aclose()
 
 
-async def _run_cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *grpcchat_command(*args),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(stdin), 30)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 async def test_cli_send_to_the_article_server(article_server: V1Server) -> None:
     async with V1Client(article_server.addr) as carol:
         await carol.join("carol")
         before = datetime.now(UTC)
-        code, out, err = await _run_cli(
+        code, out, err = await run_cli_async(
             "send", "--addr", article_server.addr, "--name", "bot", "hi"
         )
         assert code == 0, err
@@ -303,8 +285,8 @@ async def test_cli_send_to_the_article_server(article_server: V1Server) -> None:
 async def test_cli_join_with_piped_input_on_the_article_server(article_server: V1Server) -> None:
     async with V1Client(article_server.addr) as carol:
         await carol.join("carol")
-        code, out, err = await _run_cli(
-            "join", "--addr", article_server.addr, "--name", "dave", stdin=b"hello from dave\n"
+        code, out, err = await run_cli_async(
+            "join", "--addr", article_server.addr, "--name", "dave", stdin="hello from dave\n"
         )
         assert code == 0, err
         assert texts([await carol.recv(WAIT)]) == [("dave", "hello from dave")]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
@@ -26,7 +25,7 @@ import pytest
 from grpcchat.cli.interactive import HELP
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
-from tests.conftest import ServerProcess, cli_env, grpcchat_command
+from tests.conftest import ServerProcess, cli_env, grpcchat_command, run_cli_async, send_as
 from tests.helpers import Follower
 from tests.tty import Terminal, rendered_style
 
@@ -178,15 +177,11 @@ async def test_join_sends_plain_lines_to_the_new_room_and_labels_every_room(
     await alice.expect(said("bob", "news for games", "games"))
 
     # The server stored each line in the room the screen says.
-    process = await asyncio.create_subprocess_exec(
-        *grpcchat_command("history", "--addr", server_process.addr, "--room", "games", "--json"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
+    code, out, err = await run_cli_async(
+        "history", "--addr", server_process.addr, "--room", "games", "--json", timeout=10
     )
-    out, err = await asyncio.wait_for(process.communicate(), 10)
-    assert process.returncode == 0, err.decode()
-    games = [json.loads(line) for line in out.decode().splitlines()]
+    assert code == 0, err
+    games = [json.loads(line) for line in out.splitlines()]
     assert [(m["room"], m["sender"], m["text"]) for m in games] == [
         ("games", "alice", "hello games"),
         ("games", "bob", "news for games"),
@@ -424,15 +419,7 @@ def test_markup_in_a_terminal_is_neither_styled_nor_hidden(
 ) -> None:
     alice = terminal
     text = "[bold]x[/bold]"
-    done = subprocess.run(
-        grpcchat_command("send", "--addr", server_process.addr, "--name", "bob", text),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    send_as(server_process.addr, "bob", text)
     alice.wait_for(lambda: bool(_rows(alice, said("bob", text))), "bob's message")
     (row,) = _rows(alice, said("bob", text))
     cells = alice.cells(row, len("00:00:00 bob: "), len(text))

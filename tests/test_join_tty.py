@@ -19,7 +19,7 @@ import pytest
 from pexpect.popen_spawn import PopenSpawn
 
 from grpcchat.cli import render
-from tests.conftest import ServerProcess, cli_env, grpcchat_command
+from tests.conftest import ServerProcess, cli_env, grpcchat_command, send_as
 from tests.tty import Terminal, rendered_style
 
 pytestmark = pytest.mark.timeout(20)
@@ -102,18 +102,6 @@ def observer(server_process: ServerProcess) -> Iterator[Observer]:
     watching = Observer(server_process.addr)
     yield watching
     watching.close()
-
-
-def send_as(addr: str, name: str, text: str) -> None:
-    done = subprocess.run(
-        grpcchat_command("send", "--addr", addr, "--name", name, text),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def message_rows(terminal: Terminal, sender: str, text: str) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from google.protobuf import descriptor_pb2
 from grpcchat import protogen
 from grpcchat.protogen import GEN_PREFIX, ProtogenError
 from grpcchat.protogen.buf_plugin import default_json_name
-from tests.conftest import cli_env, grpcchat_command
+from tests.conftest import CliResult, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO = "proto/chat/v1/chat_service.proto"
@@ -217,35 +216,28 @@ def test_find_repo_root_outside_a_checkout(tmp_path: Path) -> None:
         protogen.find_repo_root(tmp_path)
 
 
-def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        grpcchat_command("gen-proto", *args),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=60,
-    )
+def gen_proto(cwd: Path, *args: str) -> CliResult:
+    return run_cli("gen-proto", *args, cwd=cwd, timeout=60)
 
 
 def test_cli_gen_proto_check_and_regenerate(tmp_path: Path) -> None:
-    fresh = run_cli(REPO, "--check")
+    fresh = gen_proto(REPO, "--check")
     assert fresh.returncode == 0, fresh.stderr
     assert "up to date" in fresh.stdout
 
     root = make_repo(tmp_path / "repo")
     add_field(root)
-    stale = run_cli(root, "--check")
+    stale = gen_proto(root, "--check")
     assert stale.returncode == 1
     assert f"stale: {GEN_V1}/chat_service_pb2.py" in stale.stdout
     assert "out of date" in stale.stderr
 
-    regenerated = run_cli(root)
+    regenerated = gen_proto(root)
     assert regenerated.returncode == 0, regenerated.stderr
     assert f"wrote: {GEN_V1}/chat_service_pb2.py" in regenerated.stdout
-    assert run_cli(root, "--check").returncode == 0
+    assert gen_proto(root, "--check").returncode == 0
 
-    outside = run_cli(tmp_path)
+    outside = gen_proto(tmp_path)
     assert outside.returncode == 1
     assert "not inside a grpcchat source checkout" in outside.stderr
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -21,9 +20,8 @@ from grpcchat.core.limits import Limits
 from grpcchat.server import ChatServer
 from grpcchat.server.auth import TokenAuthority
 from grpcchat.server.config import ServerConfig
-from tests.conftest import ServerProcess, cli_env, grpcchat_command
+from tests.conftest import ServerProcess, run_cli, run_cli_async
 from tests.helpers import Follower
-from tests.test_rooms import cli
 
 SECRET = "tls-tests-secret-0123456789abcdef"
 
@@ -79,7 +77,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-BASE = ServerConfig(port=0, store="memory://", limits=Limits(rate=0), grace_period=0.5)
+BASE = ServerConfig(
+    port=0, store="memory://", limits=Limits(rate=0, request_rate=0), grace_period=0.5
+)
 
 
 @asynccontextmanager
@@ -259,12 +259,6 @@ async def test_token_over_tls_with_auth_on(pki: Pki) -> None:
 # -- the CLI ------------------------------------------------------------------------------------
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        grpcchat_command(*args), capture_output=True, text=True, env=cli_env(), timeout=30
-    )
-
-
 def test_cli_serves_and_speaks_mutual_tls(pki: Pki) -> None:
     server = ServerProcess(
         "--tls-cert",
@@ -278,11 +272,13 @@ def test_cli_serves_and_speaks_mutual_tls(pki: Pki) -> None:
     )
     try:
         mutual = ("--tls-ca", pki.ca, "--tls-cert", pki.client_cert, "--tls-key", pki.client_key)
-        sent = run("send", "--addr", server.addr, *mutual, "--name", "bot", "--room", "ops", "hi")
+        sent = run_cli(
+            "send", "--addr", server.addr, *mutual, "--name", "bot", "--room", "ops", "hi"
+        )
         assert sent.returncode == 0, sent.stderr
         assert "#ops seq 1" in sent.stdout
         # Without a client certificate (the in-process tests cover the other refusals).
-        refused = run("rooms", "--addr", server.addr, "--tls-ca", pki.ca, "--timeout", "3")
+        refused = run_cli("rooms", "--addr", server.addr, "--tls-ca", pki.ca, "--timeout", "3")
         assert refused.returncode == 3, refused
         assert "cannot reach a chat server" in refused.stderr
     finally:
@@ -291,7 +287,7 @@ def test_cli_serves_and_speaks_mutual_tls(pki: Pki) -> None:
 
 async def test_cli_tls_failure_is_one_line(pki: Pki) -> None:
     async with serving(tls_server(pki)) as server:
-        code, out, err = await cli(
+        code, out, err = await run_cli_async(
             "rooms", "--addr", f"127.0.0.1:{server.port}", "--tls-ca", pki.other_ca
         )
     assert code == 3
@@ -301,7 +297,7 @@ async def test_cli_tls_failure_is_one_line(pki: Pki) -> None:
 
 
 def test_cli_refuses_to_send_a_token_in_plaintext() -> None:
-    result = run("send", "--addr", "192.0.2.10:4000", "--token", "a.b.c", "--name", "x", "hi")
+    result = run_cli("send", "--addr", "192.0.2.10:4000", "--token", "a.b.c", "--name", "x", "hi")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -1,17 +1,14 @@
-"""Rich rendering: pure functions that turn domain objects into `rich.text.Text`, plus the
-server's log handler. User-supplied text is always wrapped in `Text(...)`, never parsed as markup,
-so a message containing "[bold]" prints literally."""
+"""Rich rendering: pure functions that turn domain objects into `rich.text.Text`. User-supplied
+text is always wrapped in `Text(...)`, never parsed as markup, so a message containing "[bold]"
+prints literally. (The server's log handler is in `serverlog`.)"""
 
 from __future__ import annotations
 
-import logging
 import zlib
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rich import box
-from rich.console import Console, ConsoleRenderable
-from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
@@ -146,31 +143,3 @@ def render_sent(message: Message, duplicate: bool = False) -> Text:
     if duplicate:
         line.append(" (already sent: not posted again)", style="yellow")
     return line
-
-
-class ChatLogHandler(RichHandler):
-    """Server logs; chat messages are rendered like the article's `🟢 [alice]: "hi"` line,
-    with the sender in its stable colour."""
-
-    def render_message(self, record: logging.LogRecord, message: str) -> ConsoleRenderable:
-        if record.name == "grpcchat.messages" and isinstance(record.args, tuple):
-            sender, text = (str(arg) for arg in record.args)
-            line = Text("🟢 [")
-            line.append(sender, style=sender_style(sender))
-            line.append(f']: "{text}"')
-            where = getattr(record, "where", "")
-            if where:
-                line.append(f"  {where}", style="dim")
-            return line
-        return Text(message)
-
-
-def configure_logging(level: int, console: Console | None = None) -> None:
-    handler = ChatLogHandler(
-        console=console or Console(stderr=True),
-        show_path=False,
-        markup=False,
-        rich_tracebacks=False,
-        log_time_format="[%X]",
-    )
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)

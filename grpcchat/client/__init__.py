@@ -13,18 +13,14 @@ gRPC (a one-shot `grpcchat send` pays for what it uses only).
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from grpcchat.client.client import (
-        ChatClient,
-        ChatSession,
-        Connected,
-        FeedEvent,
-        Reconnecting,
-        Sent,
-    )
+    from grpcchat.client.client import ChatClient
     from grpcchat.client.config import ClientConfig
+    from grpcchat.client.events import Connected, FeedEvent, Reconnecting, Sent
+    from grpcchat.client.session import ChatSession
 
 __all__ = [
     "ChatClient",
@@ -37,13 +33,20 @@ __all__ = [
 ]
 
 
+# Where each name lives (a module of this package), loaded when the name is first used.
+_HOMES = {
+    "ChatClient": "client",
+    "ChatSession": "session",
+    "ClientConfig": "config",
+    "Connected": "events",
+    "FeedEvent": "events",
+    "Reconnecting": "events",
+    "Sent": "events",
+}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "ClientConfig":
-        from grpcchat.client.config import ClientConfig
-
-        return ClientConfig
-    if name in __all__:
-        from grpcchat.client import client
-
-        return getattr(client, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -1,5 +1,6 @@
 """Opening a channel as the client config says: plaintext or TLS (optionally mutual), and the
-bearer token as call metadata — never sent in the clear beyond this machine."""
+bearer token as call metadata — never sent in the clear beyond this machine. A `Connection`
+is that channel with its stub, shared by a client and its sessions."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import grpc
 from grpc import aio
 
 from grpcchat.client.config import ClientConfig
-from grpcchat.core.errors import ConfigError
+from grpcchat.client.errors import remote_error
+from grpcchat.core.errors import ConfigError, RemoteError
 from grpcchat.core.files import read_pem
+from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 
 _CHANNEL_OPTIONS = [
     # gRPC's own reconnect backoff grows to two minutes; a chat client wants the server back
@@ -64,3 +67,24 @@ def open_channel(config: ClientConfig) -> tuple[aio.Channel, Metadata]:
         certificate_chain=optional(config.tls_cert, "client certificate"),
     )
     return aio.secure_channel(config.addr, credentials, options=_CHANNEL_OPTIONS), metadata
+
+
+class Connection:
+    """One channel to one server: the stub every call goes through and the metadata every
+    call carries. `error()` explains a failed call with what the channel knows."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.channel, self.metadata = open_channel(config)
+        self.stub = pb_grpc.ChatServiceStub(self.channel)
+        # Learned on the first UNIMPLEMENTED: the peer is the article's server.
+        self.legacy_server = False
+
+    def error(self, error: grpc.RpcError) -> RemoteError:
+        """`error` as a RemoteError; call it as soon as the call fails, so the channel's
+        state is the one the call failed in."""
+        state = self.channel.get_state(try_to_connect=False)
+        return remote_error(error, self.config.addr, state=state, tls=self.config.uses_tls)
+
+    async def aclose(self) -> None:
+        await self.channel.close(None)

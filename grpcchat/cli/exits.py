@@ -1,0 +1,55 @@
+"""Exit codes, and the one place library errors become a red line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from grpcchat.cli import render
+from grpcchat.cli.consoles import err_console
+from grpcchat.core.errors import ChatError, ConfigError, RemoteError
+
+T = TypeVar("T")
+
+# Exit codes, by what went wrong, so scripts can tell a retryable failure from a refusal.
+EXIT_FAILURE = 1
+EXIT_UNAVAILABLE = 3  # server unreachable or going away: retrying later can help
+EXIT_REJECTED = 4  # the server refused the input: retrying the same thing will not help
+EXIT_TIMEOUT = 5
+EXIT_UNAUTHENTICATED = 6
+EXIT_INTERRUPTED = 130
+_EXIT_BY_STATUS = {
+    "UNAVAILABLE": EXIT_UNAVAILABLE,
+    "CANCELLED": EXIT_UNAVAILABLE,
+    "DEADLINE_EXCEEDED": EXIT_TIMEOUT,
+    "UNAUTHENTICATED": EXIT_UNAUTHENTICATED,
+    "PERMISSION_DENIED": EXIT_UNAUTHENTICATED,
+}
+
+
+def exit_code(status: str) -> int:
+    """The exit code for a gRPC status name the server (or the channel) answered with."""
+    return _EXIT_BY_STATUS.get(status, EXIT_REJECTED)
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    err_console.print(render.render_error(message), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine and return its result; expected failures become one red line
+    and an exit code."""
+    try:
+        return asyncio.run(coroutine)
+    except RemoteError as error:
+        fail(str(error), exit_code(error.status))
+    except ConfigError as error:
+        fail(str(error), EXIT_FAILURE)
+    except ChatError as error:
+        fail(str(error), EXIT_REJECTED)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None

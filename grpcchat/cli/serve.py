@@ -1,0 +1,220 @@
+"""`grpcchat serve`: options into a `ServerConfig`, then run the server until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from grpcchat.cli import render
+from grpcchat.cli.consoles import console, err_console
+from grpcchat.cli.exits import fail
+from grpcchat.cli.options import SECURITY_HELP, auth_secret_option, tls_cert_option, tls_key_option
+from grpcchat.cli.serverlog import configure_logging
+from grpcchat.core.errors import ChatError
+from grpcchat.core.history import MAX_AGE, MAX_MESSAGES_PER_ROOM, Retention
+from grpcchat.core.limits import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_SESSIONS_PER_PEER,
+    DEFAULT_QUEUE_SIZE,
+    DEFAULT_RATE,
+    DEFAULT_REQUEST_RATE,
+    Limits,
+)
+from grpcchat.server.config import DEFAULT_GRACE_PERIOD, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
+
+if TYPE_CHECKING:
+    from grpcchat.server import ChatServer
+
+HISTORY_HELP = "History"
+LIMITS_HELP = "Limits"
+
+
+def serve(
+    host: Annotated[
+        str, typer.Option(envvar="GRPCCHAT_HOST", help="Interface to listen on.")
+    ] = DEFAULT_HOST,
+    port: Annotated[
+        int,
+        typer.Option(envvar="GRPCCHAT_PORT", min=0, max=65535, help="Port; 0 picks a free one."),
+    ] = DEFAULT_PORT,
+    store: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_STORE",
+            help="History: sqlite:///path/history.db, or memory:// to keep nothing "
+            "(default: history.db in --data-dir).",
+            show_default=False,
+        ),
+    ] = "",
+    data_dir: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_DATA_DIR",
+            help="Where the default history database lives (default: your user data dir).",
+            show_default=False,
+        ),
+    ] = "",
+    keep_messages: Annotated[
+        int,
+        typer.Option(
+            envvar="GRPCCHAT_KEEP_MESSAGES",
+            min=1,
+            rich_help_panel=HISTORY_HELP,
+            help="Messages kept per room; older ones are deleted.",
+        ),
+    ] = MAX_MESSAGES_PER_ROOM,
+    keep_days: Annotated[
+        float,
+        typer.Option(
+            envvar="GRPCCHAT_KEEP_DAYS",
+            min=0.001,
+            max=36_500,
+            rich_help_panel=HISTORY_HELP,
+            help="Days a message is kept.",
+        ),
+    ] = MAX_AGE.days,
+    auth_secret: Annotated[
+        str,
+        auth_secret_option(
+            "Turn authentication on: clients need a token signed with this secret.", SECURITY_HELP
+        ),
+    ] = "",
+    tls_cert: Annotated[str, tls_cert_option("TLS certificate chain (PEM).", SECURITY_HELP)] = "",
+    tls_key: Annotated[str, tls_key_option("TLS private key (PEM).", SECURITY_HELP)] = "",
+    tls_client_ca: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_TLS_CLIENT_CA",
+            help="Require client certificates signed by this CA (mutual TLS).",
+            show_default=False,
+            rich_help_panel=SECURITY_HELP,
+        ),
+    ] = "",
+    queue_size: Annotated[
+        int,
+        typer.Option(
+            envvar="GRPCCHAT_QUEUE_SIZE",
+            min=1,
+            rich_help_panel=LIMITS_HELP,
+            help="Events a session may lag behind before it is disconnected.",
+        ),
+    ] = DEFAULT_QUEUE_SIZE,
+    rate: Annotated[
+        float,
+        typer.Option(
+            envvar="GRPCCHAT_RATE",
+            min=0,
+            rich_help_panel=LIMITS_HELP,
+            help="Messages per second per user (bursts of 3x); 0 for no limit.",
+        ),
+    ] = DEFAULT_RATE,
+    request_rate: Annotated[
+        float,
+        typer.Option(
+            envvar="GRPCCHAT_REQUEST_RATE",
+            min=0,
+            rich_help_panel=LIMITS_HELP,
+            help="Joins, leaves and reads per second per user (bursts of 5x); 0 for no limit.",
+        ),
+    ] = DEFAULT_REQUEST_RATE,
+    max_sessions: Annotated[
+        int,
+        typer.Option(
+            envvar="GRPCCHAT_MAX_SESSIONS",
+            min=0,
+            rich_help_panel=LIMITS_HELP,
+            help="Sessions (streams) in total; 0 for no limit.",
+        ),
+    ] = DEFAULT_MAX_SESSIONS,
+    max_sessions_per_peer: Annotated[
+        int,
+        typer.Option(
+            envvar="GRPCCHAT_MAX_SESSIONS_PER_PEER",
+            min=0,
+            rich_help_panel=LIMITS_HELP,
+            help="Sessions per client address; 0 for no limit.",
+        ),
+    ] = DEFAULT_MAX_SESSIONS_PER_PEER,
+    log_level: Annotated[
+        str, typer.Option(envvar="GRPCCHAT_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
+    ] = False,
+    grace: Annotated[
+        float,
+        typer.Option(envvar="GRPCCHAT_GRACE", min=0, help="Seconds to drain on shutdown."),
+    ] = DEFAULT_GRACE_PERIOD,
+) -> None:
+    """Run a chat server. Ctrl-C drains gracefully; a second Ctrl-C stops at once."""
+    level = logging.WARNING if quiet else logging.getLevelNamesMapping().get(log_level.upper())
+    if level is None:
+        fail(f"unknown log level {log_level!r}; use debug, info, warning or error")
+    try:
+        config = ServerConfig(
+            host=host,
+            port=port,
+            store=store,
+            data_dir=data_dir,
+            retention=Retention(max_messages=keep_messages, max_age=_days(keep_days)),
+            limits=Limits(
+                queue_size=queue_size,
+                rate=rate,
+                burst=rate * 3,
+                request_rate=request_rate,
+                request_burst=request_rate * 5,
+                max_sessions=max_sessions,
+                max_sessions_per_peer=max_sessions_per_peer,
+            ),
+            auth_secret=auth_secret,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            grace_period=grace,
+            log_level=level,
+        )
+        if auth_secret:
+            from grpcchat.server.auth import TokenAuthority
+
+            TokenAuthority(auth_secret)  # validates the secret before anything starts
+    except ValueError as error:
+        fail(str(error))
+    run_server(config)
+
+
+def run_server(config: ServerConfig) -> None:
+    """Log to stderr, serve until stopped, and print the startup line once listening."""
+    configure_logging(config.log_level, err_console)
+    from grpcchat.server import serve as serve_until_stopped
+
+    def started(server: ChatServer) -> None:
+        console.print(render.render_started(server.address, _extras(config)), soft_wrap=True)
+        # Scripts and tests read the real port from this line, even through a pipe.
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve_until_stopped(config, started))
+    except (OSError, ChatError) as error:
+        fail(str(error))
+
+
+def _extras(config: ServerConfig) -> list[str]:
+    extras = []
+    if config.tls_cert:
+        extras.append("mutual TLS" if config.tls_client_ca else "TLS")
+    if config.auth_secret:
+        extras.append("auth on")
+    extras.append(f"history {config.store_url}")
+    return extras
+
+
+def _days(days: float) -> timedelta:
+    try:
+        return timedelta(days=days)
+    except OverflowError:
+        raise ValueError(f"{days:g} days is longer than any history can be kept") from None

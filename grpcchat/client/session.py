@@ -1,0 +1,233 @@
+"""A live session: one `Connect` stream in any number of rooms that reconnects with jittered
+backoff and resumes each room from the last position it saw. Against the article's server,
+which has no `Connect`, the session hands over to `grpcchat.client.legacy`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from grpcchat.client.backoff import Backoff
+from grpcchat.client.errors import RETRYABLE, raise_status
+from grpcchat.client.events import Connected, FeedEvent, Reconnecting, Sent
+from grpcchat.client.legacy import LegacyStream, require_lobby
+from grpcchat.core.errors import RemoteError
+from grpcchat.core.models import (
+    DEFAULT_ROOM,
+    Event,
+    HistoryGap,
+    Message,
+    Position,
+    RequestRefused,
+    RoomJoined,
+)
+from grpcchat.core.validation import check_room
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
+from grpcchat.wire import codec
+
+if TYPE_CHECKING:
+    from grpcchat.client.client import ChatClient
+
+# Reconnect attempts (with backoff up to 5 s) before a room whose rejoin keeps being refused
+# is given up.
+MAX_REJOIN_ATTEMPTS = 10
+
+
+class ChatSession:
+    """One user in some rooms: `events()` yields what happens, `send()` posts.
+
+    The session remembers the last position it saw in each room; after a lost stream it
+    reconnects with jittered backoff and resumes each room from there, so nothing is missed
+    and nothing is shown twice.
+    """
+
+    def __init__(self, client: ChatClient, name: str, rooms: Iterable[str], history: int):
+        self.client = client
+        self.name = name
+        self.rooms: list[str] = list(dict.fromkeys(rooms))
+        self.history = history
+        self.positions: dict[str, Position] = {}
+        self._connection = client.connection
+        self._requests: asyncio.Queue[pb.ConnectRequest | None] | None = None
+        # Set once the server turns out to be the article's: the session is then that stream.
+        self._legacy: LegacyStream | None = None
+        self._closed = False
+        self._rejoin_refusals: Counter[str] = Counter()
+
+    @property
+    def legacy(self) -> bool:
+        """The server speaks only the article's Chat stream."""
+        return self._legacy is not None
+
+    async def events(self) -> AsyncIterator[FeedEvent]:
+        """Events of the session's rooms, with Connected/Reconnecting in between, until
+        `aclose()`. The first connection must succeed (else RemoteError); after that, lost
+        streams are retried and only non-retryable failures are raised."""
+        backoff = Backoff()
+        connected_once = False
+        while not self._closed:
+            try:
+                async for event in self._attempt(first=not connected_once):
+                    if isinstance(event, Connected):
+                        connected_once = True
+                        backoff.reset()
+                    yield event
+                reason = "the server ended the stream"
+            except RemoteError as error:
+                if not connected_once or error.status not in RETRYABLE:
+                    raise
+                reason = str(error)
+            if self._closed:
+                return
+            delay = backoff.next_delay()
+            yield Reconnecting(reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, first: bool) -> AsyncIterator[FeedEvent]:
+        if self._legacy is None:
+            async for event in self._connect(first):
+                yield event
+        if self._legacy is not None:  # set by this attempt, or an earlier one
+            async for event in self._legacy.attempt():
+                yield event
+
+    def _join_request(self, room: str) -> pb.ConnectRequest:
+        position = self.positions.get(room)
+        join = pb.JoinRoom(room=room, history=self.history)
+        if position is not None:
+            join.after.CopyFrom(codec.position_to_proto(position))
+        return pb.ConnectRequest(join=join)
+
+    async def _connect(self, first: bool) -> AsyncIterator[FeedEvent]:
+        """One `Connect` stream, until it ends. A server without `Connect` leaves the session
+        on the article's stream instead (`self._legacy`)."""
+        requests: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+        waiting = set(self.rooms)
+        unimplemented = False
+
+        async def outgoing() -> AsyncIterator[pb.ConnectRequest]:
+            while (request := await requests.get()) is not None:
+                yield request
+
+        call = self._connection.stub.Connect(outgoing(), metadata=self._connection.metadata)
+        try:
+            # Nothing is written before the server's headers: a server without Connect (the
+            # article's) must be able to answer UNIMPLEMENTED without our writes racing it.
+            await call.initial_metadata()
+            if call.done():
+                await raise_status(call)
+            requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name=self.name)))
+            for room in self.rooms:
+                requests.put_nowait(self._join_request(room))
+            self._requests = requests
+            if not waiting:
+                yield Connected((), legacy=False)
+            async for response in call:
+                for item in response.events:
+                    decoded = codec.event_from_proto(item)
+                    if decoded is None or not self._track(decoded):
+                        continue
+                    if isinstance(decoded, RequestRefused):
+                        self._check_refusal(decoded, decoded.room in waiting, first)
+                    yield decoded
+                    if isinstance(decoded, RoomJoined | RequestRefused) and decoded.room in waiting:
+                        waiting.discard(decoded.room)
+                        if not waiting:
+                            yield Connected(tuple(self.rooms), legacy=False)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise self._connection.error(error) from None
+            unimplemented = True
+        finally:
+            self._requests = None
+            requests.put_nowait(None)  # lets gRPC's request-consuming task finish
+            call.cancel()
+        if unimplemented:
+            self._legacy = LegacyStream(self._connection, self.name, self.rooms)
+
+    def _check_refusal(self, refused: RequestRefused, initial: bool, first: bool) -> None:
+        """Raise for refusals that end this attempt: the session itself (room ""), a room of the
+        first connection (the user asked for it and must hear why), or a rejoin refused
+        because the server has not yet noticed our previous stream (name still taken).
+        Otherwise forget the room."""
+        if refused.room == "" or (initial and first):
+            raise RemoteError(refused.code, refused.reason)
+        if initial and refused.code in ("ALREADY_EXISTS", "UNAVAILABLE"):
+            # The server notices a dead stream within its keepalive (~40 s); about as long as
+            # these retries take. Past that the name is someone else's: give the room up.
+            self._rejoin_refusals[refused.room] += 1
+            if self._rejoin_refusals[refused.room] < MAX_REJOIN_ATTEMPTS:
+                raise RemoteError("UNAVAILABLE", f"rejoining #{refused.room}: {refused.reason}")
+        # Any other refusal is final: the session is not in that room, so it stops asking
+        # (and a later reconnect does not ask again).
+        if refused.room in self.rooms:
+            self.rooms.remove(refused.room)
+        self.positions.pop(refused.room, None)
+
+    def _track(self, event: Event) -> bool:
+        """Remember positions; False for a message already seen (never shown twice). A message
+        that skips seqs means some never arrived: the attempt ends (a retryable error) and the
+        reconnect resumes from the last position seen, so nothing is lost silently."""
+        if isinstance(event, Message) and event.seq and event.room:
+            seen = self.positions.get(event.room)
+            if seen is not None and seen.epoch == event.epoch:
+                if event.seq <= seen.seq:
+                    return False
+                if event.seq > seen.seq + 1:
+                    raise RemoteError(
+                        "UNAVAILABLE",
+                        f"messages {seen.seq + 1}-{event.seq - 1} of #{event.room} did not "
+                        "arrive; resuming",
+                    )
+            self.positions[event.room] = event.position
+        elif isinstance(event, RoomJoined):
+            self._rejoin_refusals.pop(event.room, None)
+            seen = self.positions.get(event.room)
+            if seen is None or seen.epoch != event.position.epoch or seen.seq < event.position.seq:
+                self.positions[event.room] = event.position
+        elif isinstance(event, HistoryGap):
+            seen = self.positions.get(event.room)
+            if event.first_seq == 0 or seen is None:
+                self.positions.pop(event.room, None)
+            else:  # what the gap names is gone for good: continue after it
+                self.positions[event.room] = Position(max(seen.seq, event.last_seq), seen.epoch)
+        return True
+
+    async def join(self, room: str) -> None:
+        """Enter another room; its RoomJoined (or RequestRefused) event follows."""
+        room = check_room(room)
+        if self._legacy is not None:
+            require_lobby(room)
+        if room not in self.rooms:
+            self.rooms.append(room)
+            if self._requests is not None:
+                self._requests.put_nowait(self._join_request(room))
+
+    async def leave(self, room: str) -> None:
+        room = check_room(room)
+        if room in self.rooms:
+            self.rooms.remove(room)
+            self.positions.pop(room, None)
+            if self._requests is not None:
+                self._requests.put_nowait(pb.ConnectRequest(leave=pb.LeaveRoom(room=room)))
+
+    async def send(
+        self, text: str, room: str = "", *, recipient: str = "", action: bool = False
+    ) -> Sent:
+        """Post as this session's user, to `room` (default: the session's first room)."""
+        room = room or (self.rooms[0] if self.rooms else DEFAULT_ROOM)
+        if self._legacy is not None:
+            return await self._legacy.send(text, room, recipient)
+        return await self.client.send(self.name, text, room, recipient=recipient, action=action)
+
+    async def aclose(self) -> None:
+        """Leave for good (on the article's stream, without losing the last message)."""
+        self._closed = True
+        if self._requests is not None:
+            self._requests.put_nowait(None)
+        if self._legacy is not None:
+            await self._legacy.aclose()
