@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -27,9 +26,9 @@ from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
 from grpcchat.server.auth import ISSUER, MIN_SECRET_LENGTH, TokenAuthority
 from grpcchat.server.config import ServerConfig
-from tests.conftest import ServerProcess, cli_env, grpcchat_command
+from tests.conftest import ServerProcess, cli_env, run_cli, run_cli_async
 from tests.helpers import Follower
-from tests.test_rooms import RawSession, before_marker, cli, events_until, messages_of
+from tests.test_rooms import RawSession, before_marker, events_until, messages_of
 
 SECRET = "auth-tests-secret-0123456789abcdef"
 OTHER_SECRET = "not-the-servers-secret-0123456789"
@@ -45,7 +44,7 @@ def server_config() -> ServerConfig:
         port=0,
         store="memory://",
         auth_secret=SECRET,
-        limits=Limits(rate=0, max_sessions_per_user=SESSIONS_PER_USER),
+        limits=Limits(rate=0, request_rate=0, max_sessions_per_user=SESSIONS_PER_USER),
         grace_period=0.5,
     )
 
@@ -559,7 +558,9 @@ def _one_line(err: str) -> str:
 
 
 async def test_cli_token_mints_what_the_server_accepts(addr: str) -> None:
-    code, out, err = await cli("token", "alice", "--ttl", "1h30m", GRPCCHAT_AUTH_SECRET=SECRET)
+    code, out, err = await run_cli_async(
+        "token", "alice", "--ttl", "1h30m", env=cli_env(GRPCCHAT_AUTH_SECRET=SECRET)
+    )
     assert code == 0, err
     assert err == ""
     minted = out.strip()
@@ -568,8 +569,8 @@ async def test_cli_token_mints_what_the_server_accepts(addr: str) -> None:
     assert 5390 <= decoded["exp"] - time.time() <= 5400
 
     # The token (here from the environment) names the sender; --name is overwritten.
-    code, out, err = await cli(
-        "send", "--addr", addr, "--name", "bob", "--json", "hi", GRPCCHAT_TOKEN=minted
+    code, out, err = await run_cli_async(
+        "send", "--addr", addr, "--name", "bob", "--json", "hi", env=cli_env(GRPCCHAT_TOKEN=minted)
     )
     assert code == 0, err
     assert json.loads(out)["sender"] == "alice"
@@ -583,7 +584,10 @@ async def test_cli_reports_every_auth_failure_in_one_line(addr: str) -> None:
         "other secret": (("--token", signed(claims(), OTHER_SECRET)), "signature is invalid"),
     }
     results = await asyncio.gather(
-        *(cli("send", "--addr", addr, "--name", "x", *args, "hi") for args, _ in cases.values())
+        *(
+            run_cli_async("send", "--addr", addr, "--name", "x", *args, "hi")
+            for args, _ in cases.values()
+        )
     )
     for (case, (_, reason)), (code, out, err) in zip(cases.items(), results, strict=True):
         assert code == 6, (case, err)
@@ -599,7 +603,7 @@ async def test_cli_token_refuses_bad_input() -> None:
         (("token", "alice", "--auth-secret", "short"), 1, f"at least {MIN_SECRET_LENGTH}"),
         (("token", "alice", "--auth-secret", SECRET, "--ttl", "soon"), 2, "not a duration"),
     ]
-    results = await asyncio.gather(*(cli(*args) for args, _, _ in cases))
+    results = await asyncio.gather(*(run_cli_async(*args) for args, _, _ in cases))
     for (args, code, message), (got_code, out, err) in zip(cases, results, strict=True):
         assert got_code == code, (args, err)
         assert out == ""
@@ -607,7 +611,9 @@ async def test_cli_token_refuses_bad_input() -> None:
 
 
 async def test_cli_token_with_an_absurd_ttl_is_a_usage_error() -> None:
-    code, _, err = await cli("token", "alice", "--auth-secret", SECRET, "--ttl", "9999999999d")
+    code, _, err = await run_cli_async(
+        "token", "alice", "--auth-secret", SECRET, "--ttl", "9999999999d"
+    )
     assert code == 2
     assert "Traceback" not in err
     assert "OverflowError" not in err
@@ -616,30 +622,14 @@ async def test_cli_token_with_an_absurd_ttl_is_a_usage_error() -> None:
 def test_cli_serve_with_auth_secret() -> None:
     server = ServerProcess("--auth-secret", SECRET, "--grace", "0")
     try:
-
-        def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                grpcchat_command(*args),
-                capture_output=True,
-                text=True,
-                env=cli_env(**env),
-                timeout=30,
-            )
-
-        sent = run("send", "--addr", server.addr, "--token", token("ops-bot"), "--json", "go")
+        sent = run_cli("send", "--addr", server.addr, "--token", token("ops-bot"), "--json", "go")
         assert sent.returncode == 0, sent.stderr
         assert json.loads(sent.stdout)["sender"] == "ops-bot"
-        refused = run("who", "--addr", server.addr)
+        refused = run_cli("who", "--addr", server.addr)
         assert refused.returncode == 6
         assert "authentication required" in _one_line(refused.stderr)
     finally:
         server.stop()
-    short = subprocess.run(
-        grpcchat_command("serve", "--port", "0", "--store", "memory://", "--auth-secret", "short"),
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=30,
-    )
+    short = run_cli("serve", "--port", "0", "--store", "memory://", "--auth-secret", "short")
     assert short.returncode == 1
     assert f"at least {MIN_SECRET_LENGTH} characters" in _one_line(short.stderr)

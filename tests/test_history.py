@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import sqlite3
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
 from grpcchat.server.servicer import ChatServicer
-from tests.conftest import cli_env, grpcchat_command
+from tests.conftest import cli_env, run_cli, run_cli_async
 from tests.helpers import Follower
 
 
@@ -34,7 +32,10 @@ from tests.helpers import Follower
 def server_config(tmp_path: Path) -> ServerConfig:
     # History tests run on the embedded default engine, SQLite, in a file of their own.
     return ServerConfig(
-        port=0, store=f"sqlite://{tmp_path / 'h.db'}", limits=Limits(rate=0), grace_period=1.0
+        port=0,
+        store=f"sqlite://{tmp_path / 'h.db'}",
+        limits=Limits(rate=0, request_rate=0),
+        grace_period=1.0,
     )
 
 
@@ -42,19 +43,6 @@ async def post(
     client: ChatClient, count: int, room: str = "", sender: str = "bot"
 ) -> list[Message]:
     return [(await client.send(sender, f"m{i}", room)).message for i in range(1, count + 1)]
-
-
-async def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """The CLI as a subprocess, without blocking the loop that runs the in-process server."""
-    process = await asyncio.create_subprocess_exec(
-        *grpcchat_command(*args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
 
 
 def seqs(messages: list[Message]) -> list[int]:
@@ -133,7 +121,9 @@ async def test_history_of_a_bad_room_is_invalid_argument(
 
 
 async def test_messages_survive_a_restart_in_the_same_epoch(tmp_path: Path) -> None:
-    config = ServerConfig(port=0, store=f"sqlite://{tmp_path / 'h.db'}", limits=Limits(rate=0))
+    config = ServerConfig(
+        port=0, store=f"sqlite://{tmp_path / 'h.db'}", limits=Limits(rate=0, request_rate=0)
+    )
     async with ChatServer(config) as first:
         epoch = first.hub.store.epoch
         async with ChatClient(ClientConfig(addr=f"127.0.0.1:{first.port}")) as client:
@@ -149,7 +139,7 @@ async def test_messages_survive_a_restart_in_the_same_epoch(tmp_path: Path) -> N
 
 
 async def test_memory_store_starts_a_new_empty_epoch_each_time() -> None:
-    config = ServerConfig(port=0, store="memory://", limits=Limits(rate=0))
+    config = ServerConfig(port=0, store="memory://", limits=Limits(rate=0, request_rate=0))
     epochs = []
     for _ in range(2):
         async with (
@@ -173,7 +163,9 @@ async def test_history_command_prints_the_latest_messages_oldest_first(
     sent = await post(client, 5, "ops", sender="carol")
     await client.send("carol", "elsewhere", "other")
 
-    result = await run_cli("history", "--addr", addr, "--room", "ops", "--limit", "3", "--json")
+    result = await run_cli_async(
+        "history", "--addr", addr, "--room", "ops", "--limit", "3", "--json"
+    )
     assert result.returncode == 0, result.stderr
     objects = [json.loads(line) for line in result.stdout.splitlines()]
     assert [o["seq"] for o in objects] == [3, 4, 5]
@@ -185,12 +177,12 @@ async def test_history_command_prints_the_latest_messages_oldest_first(
     assert [datetime.fromisoformat(o["sent_at"]) for o in objects] == [m.sent_at for m in sent[2:]]
 
     # Without --json: the lines `join` prints, "HH:MM:SS carol: m4", oldest first.
-    plain = await run_cli("history", "--addr", addr, "--room", "ops", "--limit", "2")
+    plain = await run_cli_async("history", "--addr", addr, "--room", "ops", "--limit", "2")
     assert plain.returncode == 0, plain.stderr
     lines = plain.stdout.splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == ["carol: m4", "carol: m5"]
 
-    empty = await run_cli("history", "--addr", addr, "--room", "quiet")
+    empty = await run_cli_async("history", "--addr", addr, "--room", "quiet")
     assert (empty.returncode, empty.stdout) == (0, "")
     assert "no messages in #quiet" in empty.stderr
 
@@ -257,15 +249,15 @@ async def test_send_command_with_the_same_key_twice_posts_once(
     client: ChatClient, addr: str
 ) -> None:
     args = ("send", "--addr", addr, "--name", "bot", "--key", "deploy-42", "deployed")
-    first = await run_cli(*args)
+    first = await run_cli_async(*args)
     assert first.returncode == 0, first.stderr
     assert "#lobby seq 1" in first.stdout
     assert "already sent" not in first.stdout
-    second = await run_cli(*args)
+    second = await run_cli_async(*args)
     assert second.returncode == 0, second.stderr
     assert "#lobby seq 1" in second.stdout
     assert "(already sent: not posted again)" in second.stdout
-    as_json = await run_cli(*args, "--json")
+    as_json = await run_cli_async(*args, "--json")
     assert as_json.returncode == 0, as_json.stderr
     reply = json.loads(as_json.stdout)
     assert (reply["seq"], reply["duplicate"]) == (1, True)
@@ -317,7 +309,7 @@ async def test_send_command_retry_after_a_lost_answer_posts_once(
         ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=5)) as client,
     ):
         addr = f"127.0.0.1:{server.port}"
-        result = await run_cli("send", "--addr", addr, "--name", "bot", "--json", "deployed")
+        result = await run_cli_async("send", "--addr", addr, "--name", "bot", "--json", "deployed")
         assert result.returncode == 0, result.stderr
         reply = json.loads(result.stdout)
         assert lossy_send == [reply["id"]]
@@ -369,13 +361,7 @@ def test_an_unusable_history_file_is_one_clear_red_line(
     before = sorted((p.name, p.is_dir() or p.read_bytes()) for p in tmp_path.iterdir())
     env = cli_env(FORCE_COLOR="1")
     del env["NO_COLOR"]
-    result = subprocess.run(
-        grpcchat_command("serve", "--port", "0", "--data-dir", str(tmp_path)),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    result = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path), env=env)
     assert result.returncode == 1
     assert "listening" not in result.stdout
     assert "Traceback" not in result.stderr

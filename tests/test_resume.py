@@ -276,7 +276,7 @@ async def test_a_slow_consumer_cut_off_resumes_with_everything_exactly_once(
     config = ServerConfig(
         port=0,
         store=f"sqlite://{tmp_path / 'h.db'}",
-        limits=Limits(queue_size=8, rate=0),
+        limits=Limits(queue_size=8, rate=0, request_rate=0),
         grace_period=0,
     )
     # 4000 characters of 4 bytes each: the transport's buffers fill in a few hundred messages.
@@ -330,7 +330,7 @@ async def test_resuming_from_before_retention_reports_the_gap_first(tmp_path: Pa
         port=0,
         store=f"sqlite://{tmp_path / 'h.db'}",
         retention=TINY_RETENTION,
-        limits=Limits(rate=0),
+        limits=Limits(rate=0, request_rate=0),
     )
     async with (
         ChatServer(config) as server,
@@ -366,7 +366,7 @@ async def test_resuming_from_before_retention_reports_the_gap_first(tmp_path: Pa
 async def test_subscribe_from_before_retention_reports_the_gap_too() -> None:
     """The single-room Subscribe RPC resumes the same way as a session's join."""
     config = ServerConfig(
-        port=0, store="memory://", retention=TINY_RETENTION, limits=Limits(rate=0)
+        port=0, store="memory://", retention=TINY_RETENTION, limits=Limits(rate=0, request_rate=0)
     )
     async with (
         ChatServer(config) as server,
@@ -387,7 +387,9 @@ async def test_subscribe_from_before_retention_reports_the_gap_too() -> None:
 
 async def test_a_new_history_is_announced_and_the_session_keeps_going() -> None:
     """A server restarted on memory:// has a new, empty history: seqs start again at 1."""
-    first = ChatServer(ServerConfig(port=0, store="memory://", limits=Limits(rate=0)))
+    first = ChatServer(
+        ServerConfig(port=0, store="memory://", limits=Limits(rate=0, request_rate=0))
+    )
     await first.start()
     port = first.port
     addr = f"127.0.0.1:{port}"
@@ -401,7 +403,9 @@ async def test_a_new_history_is_announced_and_the_session_keeps_going() -> None:
             await alice.until(lambda: alice.has(old[-1]))
             await first.stop(0)
             await alice.until(lambda: alice.count(Reconnecting) >= 1)
-            second = ChatServer(ServerConfig(port=port, store="memory://", limits=Limits(rate=0)))
+            second = ChatServer(
+                ServerConfig(port=port, store="memory://", limits=Limits(rate=0, request_rate=0))
+            )
             await second.start()
             await alice.until(lambda: alice.count(Connected) >= 2)
             new_epoch = second.hub.store.epoch
@@ -472,7 +476,10 @@ RACE_MESSAGES = 240
 async def test_joining_mid_stream_sees_every_later_message_exactly_once(tmp_path: Path) -> None:
     # SQLite: appends and history reads really interleave (they run on the store's thread).
     config = ServerConfig(
-        port=0, store=f"sqlite://{tmp_path / 'h.db'}", limits=Limits(rate=0), grace_period=0
+        port=0,
+        store=f"sqlite://{tmp_path / 'h.db'}",
+        limits=Limits(rate=0, request_rate=0),
+        grace_period=0,
     )
     async with (
         ChatServer(config) as server,
@@ -587,7 +594,9 @@ async def test_a_position_ahead_of_the_history_is_not_a_silent_loss(client: Chat
 
 
 async def test_a_replay_cut_short_by_max_replay_is_not_a_silent_loss() -> None:
-    config = ServerConfig(port=0, store="memory://", limits=Limits(rate=0, max_replay=1000))
+    config = ServerConfig(
+        port=0, store="memory://", limits=Limits(rate=0, request_rate=0, max_replay=1000)
+    )
     async with (
         ChatServer(config) as server,
         ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=5)) as client,

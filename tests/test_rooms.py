@@ -22,7 +22,7 @@ from grpcchat.core.validation import MAX_ROOM_LENGTH
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
-from tests.conftest import cli_env, grpcchat_command
+from tests.conftest import run_cli_async
 from tests.helpers import Follower
 
 WAIT = 5.0
@@ -116,26 +116,6 @@ async def first_failure(client: ChatClient, name: str, rooms: list[str]) -> Remo
     return caught.value
 
 
-async def cli(*args: str, timeout: float = 20, **env: str) -> tuple[int, str, str]:
-    """Run the CLI (with GRPCCHAT_* variables from `env` only) without blocking the loop the
-    in-process server runs on."""
-    process = await asyncio.create_subprocess_exec(
-        *grpcchat_command(*args),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env(**env),
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 # -- rooms --------------------------------------------------------------------------------------
 
 
@@ -180,7 +160,7 @@ async def test_join_and_leave_on_a_live_session(client: ChatClient) -> None:
     async with Follower(client.session("alice")) as alice:
         await alice.session.join("games")
         joined = await events_until(alice, lambda e: isinstance(e, RoomJoined))
-        assert joined[-1] == RoomJoined("games", ("alice",), joined[-1].position)  # type: ignore[union-attr]
+        assert joined[-1] == RoomJoined("games", ("alice",), joined[-1].position, member_count=1)  # type: ignore[union-attr]
         assert await client.members("games") == ["alice"]
         await client.send("bob", "game on", "games")
         [message] = await alice.messages(1)
@@ -260,7 +240,9 @@ async def test_requests_that_make_no_sense_are_refused_and_the_session_goes_on(
         await raw.hello("mallory")
         [again] = await raw.until("refused")
         assert again.refused.code == "INVALID_ARGUMENT"
-        await raw.join("lobby")  # already there: nothing happens
+        await raw.join("lobby")  # already there: refused, so a raw client is never left waiting
+        [twice] = await raw.until("refused")
+        assert (twice.refused.room, twice.refused.code) == ("lobby", "ALREADY_EXISTS")
         await client.send("bob", "after all that")
         # Only the message: no second RoomJoined, no notice about alice herself.
         [message] = await raw.until("message")
@@ -552,8 +534,12 @@ async def test_cli_send_to_a_room_and_as_a_direct_message(client: ChatClient, ad
         Follower(client.session("carol", ["lobby", "games"])) as carol,
     ):
         (dm_code, dm_out, dm_err), (room_code, room_out, room_err) = await asyncio.gather(
-            cli("send", "--addr", addr, "--name", "alice", "--to", "bob", "--json", "psst"),
-            cli("send", "--addr", addr, "--name", "alice", "--room", "games", "--json", "gg"),
+            run_cli_async(
+                "send", "--addr", addr, "--name", "alice", "--to", "bob", "--json", "psst"
+            ),
+            run_cli_async(
+                "send", "--addr", addr, "--name", "alice", "--room", "games", "--json", "gg"
+            ),
         )
         assert dm_code == 0, dm_err
         assert room_code == 0, room_err
@@ -565,7 +551,9 @@ async def test_cli_send_to_a_room_and_as_a_direct_message(client: ChatClient, ad
         got = await before_marker(client, carol, "lobby")
         assert [m.id for m in messages_of(got)] == [in_games["id"]]
 
-        code, out, err = await cli("send", "--addr", addr, "--name", "alice", "--to", "nobody", "x")
+        code, out, err = await run_cli_async(
+            "send", "--addr", addr, "--name", "alice", "--to", "nobody", "x"
+        )
         assert code == 4
         assert out == ""
         assert err.strip().splitlines() == [f"error: {'nobody'!r} is not connected"]
@@ -582,9 +570,9 @@ async def test_cli_rooms_and_who(client: ChatClient, addr: str) -> None:
             (who_code, who_out, who_err),
             table,
         ) = await asyncio.gather(
-            cli("rooms", "--addr", addr, "--json"),
-            cli("who", "--addr", addr, "--room", "games", "--json"),
-            cli("who", "--addr", addr),
+            run_cli_async("rooms", "--addr", addr, "--json"),
+            run_cli_async("who", "--addr", addr, "--room", "games", "--json"),
+            run_cli_async("who", "--addr", addr),
         )
         assert rooms_code == 0, rooms_err
         assert sorted(json.loads(rooms_out), key=lambda r: r["name"]) == [
@@ -596,7 +584,7 @@ async def test_cli_rooms_and_who(client: ChatClient, addr: str) -> None:
         assert table[0] == 0, table[2]
         assert "#lobby: bob" in table[1]
 
-        code, out, err = await cli("who", "--addr", addr, "--room", "Bad Room", "--json")
+        code, out, err = await run_cli_async("who", "--addr", addr, "--room", "Bad Room", "--json")
         assert code == 4
         assert out == ""
         assert len(err.strip().splitlines()) == 1

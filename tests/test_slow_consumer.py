@@ -21,7 +21,10 @@ QUEUE_SIZE = 32
 @pytest.fixture
 def server_config() -> ServerConfig:
     return ServerConfig(
-        port=0, store="memory://", limits=Limits(queue_size=QUEUE_SIZE, rate=0), grace_period=1.0
+        port=0,
+        store="memory://",
+        limits=Limits(queue_size=QUEUE_SIZE, rate=0, request_rate=0),
+        grace_period=1.0,
     )
 
 

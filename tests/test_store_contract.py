@@ -1,4 +1,4 @@
-"""The HistoryStore contract (grpcchat/store/base.py), once, against every engine.
+"""The HistoryStore contract (grpcchat/core/history.py), once, against every engine.
 
 Each test takes `open_history` (or `store`) and so runs once per entry in ENGINES. To hold a new
 engine to the contract, add its name to ENGINES and a branch to `store_url` that returns fresh,
@@ -23,7 +23,7 @@ from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from grpcchat.core.history import Appended, HistoryStore, Retention
+from grpcchat.core.history import Appended, HistoryStore, Retention, RoomCount
 from grpcchat.core.models import Message
 from grpcchat.server.engines import open_store
 
@@ -96,6 +96,21 @@ async def fill(store: HistoryStore, room: str, count: int) -> list[Message]:
 
 def seqs(messages: list[Message]) -> list[int]:
     return [m.seq for m in messages]
+
+
+async def listed(store: HistoryStore, after: str = "", limit: int = 100) -> list[tuple[str, int]]:
+    """One page of `rooms`, as (name, messages) pairs."""
+    return [(r.name, r.messages) for r in await store.rooms(after=after, limit=limit)]
+
+
+async def every_room(store: HistoryStore, page_size: int) -> list[RoomCount]:
+    """Every listed room, a page at a time, stopping at the first page that is not full."""
+    seen: list[RoomCount] = []
+    while True:
+        page = await store.rooms(after=seen[-1].name if seen else "", limit=page_size)
+        seen += page
+        if len(page) < page_size:
+            return seen
 
 
 # -- positions ------------------------------------------------------------------------------
@@ -220,7 +235,7 @@ async def test_a_repeated_key_returns_the_original_and_stores_nothing(store: His
     assert again == Appended(first.message, duplicate=True)
     assert await store.last_seq("lobby") == 1
     assert await store.read("lobby") == [first.message]
-    assert await store.rooms() == {"lobby": 1}
+    assert await listed(store) == [("lobby", 1)]
 
 
 async def test_a_repeated_key_from_another_room_returns_the_original(store: HistoryStore) -> None:
@@ -281,7 +296,7 @@ async def test_retention_by_count_keeps_the_newest_and_never_reuses_seqs(
     assert seqs(await store.read("lobby")) == [3, 4, 5]
     assert seqs(await store.read("lobby", newest_first=True, limit=2)) == [5, 4]
     assert await store.last_seq("lobby") == 5
-    assert await store.rooms() == {"lobby": 3, "other": 2}
+    assert await listed(store) == [("lobby", 3), ("other", 2)]
     # A reader resuming after seq 1 sees the gap: the first message is not seq 2.
     assert seqs(await store.read("lobby", after=1)) == [3, 4, 5]
     assert (await append(store)).message.seq == 6
@@ -298,17 +313,81 @@ async def test_retention_by_age_drops_every_expired_message(open_history: OpenHi
     await append(store, "gone", "old", at=old)
     assert [m.text for m in await store.read("lobby")] == ["fresh"]
     assert [m.text for m in await store.read("lobby", newest_first=True)] == ["fresh"]
-    assert await store.rooms() == {"lobby": 1}
+    assert await listed(store) == [("lobby", 1)]
     assert await store.last_seq("lobby") == 3
     assert await store.last_seq("gone") == 1
     assert (await append(store, "gone")).message.seq == 2
 
 
-async def test_rooms_counts_what_each_room_holds(store: HistoryStore) -> None:
-    assert await store.rooms() == {}
-    await fill(store, "a", 3)
-    await fill(store, "b", 1)
-    assert await store.rooms() == {"a": 3, "b": 1}
+# -- listing rooms --------------------------------------------------------------------------
+
+
+async def test_rooms_lists_each_room_holding_messages_with_its_count(store: HistoryStore) -> None:
+    assert await store.rooms() == []
+    await fill(store, "b", 3)
+    await fill(store, "a", 1)
+    assert await store.rooms() == [RoomCount("a", 1), RoomCount("b", 3)]
+
+
+async def test_rooms_are_in_code_point_order(store: HistoryStore) -> None:
+    names = ["b", "a", "B", "é", "z", "a-1", "a_1", "10", "9"]
+    for name in names:
+        await append(store, name)
+    assert [name for name, _ in await listed(store)] == sorted(names)
+
+
+ROOM_PAGES = [
+    # after, limit -> names, out of rooms a..e holding 1..5 messages
+    pytest.param("", 2, ["a", "b"], id="first"),
+    pytest.param("b", 2, ["c", "d"], id="after-a-room"),
+    pytest.param("bz", 2, ["c", "d"], id="after-a-name-between-rooms"),
+    pytest.param("d", 5, ["e"], id="last-short"),
+    pytest.param("e", 5, [], id="after-last"),
+    pytest.param("", 5, ["a", "b", "c", "d", "e"], id="exactly-all"),
+    pytest.param("", 100, ["a", "b", "c", "d", "e"], id="all"),
+    pytest.param("", 0, [], id="limit-0"),
+    pytest.param("", -1, [], id="limit-negative"),
+]
+
+
+@pytest.mark.parametrize(("after", "limit", "expected"), ROOM_PAGES)
+async def test_rooms_pages_by_name_after_a_cursor(
+    store: HistoryStore, after: str, limit: int, expected: list[str]
+) -> None:
+    for count, room in enumerate("abcde", start=1):
+        await fill(store, room, count)
+    counts = {room: count for count, room in enumerate("abcde", start=1)}
+    assert await listed(store, after, limit) == [(room, counts[room]) for room in expected]
+
+
+async def test_paging_rooms_with_cursors_visits_every_room_once(store: HistoryStore) -> None:
+    names = [f"room-{i:02}" for i in range(23)]
+    for i, name in enumerate(reversed(names)):
+        await fill(store, name, 1 + i % 3)
+    seen = await every_room(store, page_size=5)
+    assert [r.name for r in seen] == names
+    assert seen == await store.rooms(limit=100)
+
+
+async def test_rooms_skip_expired_rooms_and_still_fill_the_page(
+    open_history: OpenHistory,
+) -> None:
+    store = await open_history(Retention(max_messages=3, max_age=timedelta(hours=1)))
+    old = now() - timedelta(hours=2)
+    await append(store, "a", at=old)  # every message expired
+    await append(store, "b")
+    await append(store, "c", at=old)
+    await append(store, "c")
+    await append(store, "c", at=old)  # expired behind a fresh one: the clock stepped back
+    await append(store, "d", at=old)
+    await fill(store, "e", 5)  # beyond the count limit
+    await append(store, "f")
+    assert await listed(store, limit=2) == [("b", 1), ("c", 1)]
+    assert await listed(store, "c", 2) == [("e", 3), ("f", 1)]
+    assert await listed(store) == [("b", 1), ("c", 1), ("e", 3), ("f", 1)]
+    # Each count is what a read returns.
+    for room, count in await listed(store):
+        assert len(await store.read(room)) == count
 
 
 async def test_concurrent_appends_to_different_rooms(store: HistoryStore) -> None:
@@ -412,12 +491,21 @@ class HistoryModel(RuleBasedStateMachine):
         page = self.runner.run(self.store.read(room, before=before, limit=limit, newest_first=True))
         assert page == newest[:limit]
 
+    def listed(self, after: str = "") -> list[RoomCount]:
+        """What `rooms` must list after `after`: every room retaining messages, by name."""
+        counts = [RoomCount(room, len(self.retained(room))) for room in sorted(self.ROOMS)]
+        return [r for r in counts if r.messages and r.name > after]
+
+    @rule(after=st.sampled_from(["", "a", "a0", "b", "c", "z"]), limit=st.integers(0, 4))
+    def rooms_page(self, after: str, limit: int) -> None:
+        page = self.runner.run(self.store.rooms(after=after, limit=limit))
+        assert page == self.listed(after)[: max(limit, 0)]
+
     @invariant()
     def positions_and_counts(self) -> None:
         for room in self.ROOMS:
             assert self.runner.run(self.store.last_seq(room)) == len(self.appended[room])
-        expected = {room: n for room in self.ROOMS if (n := len(self.retained(room)))}
-        assert self.runner.run(self.store.rooms()) == expected
+        assert self.runner.run(every_room(self.store, page_size=2)) == self.listed()
 
 
 def test_history_matches_the_model(store_url: Callable[[], str]) -> None:

@@ -1,24 +1,31 @@
-"""What only the SQLite engine promises beyond the contract: history survives a restart, a bad
-file stops the server at open with a message saying what to do (never an empty history in its
-place), the event loop stays free, and pruned rows really leave the file."""
+"""What only the SQLite engine promises beyond the contract: history survives a restart (and an
+upgrade of its schema), a bad file stops the server at open with a message saying what to do
+(never an empty history in its place), the event loop stays free, pruned rows really leave the
+file, a failure of SQLite is all or nothing and never reaches an append it did not stop, and
+listing rooms reads no messages."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import re
 import sqlite3
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from grpcchat.core.errors import StoreError
-from grpcchat.core.history import Appended, HistoryStore, Retention
+from grpcchat.core.history import Appended, HistoryStore, Retention, RoomCount
 from grpcchat.server.engines import open_store
+from grpcchat.store import sqlite as engine
+from grpcchat.store.sqlite import SqliteStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,9 +47,32 @@ async def append(
     )
 
 
-def count_rows(path: Path, table: str) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+def count_rows(path: Path, table: str, where: str = "1") -> int:
+    return int(query(path, f"SELECT COUNT(*) FROM {table} WHERE {where}")[0][0])
+
+
+def query(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """Run `sql` on the file through a connection of its own, committed."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `check()` holds: for the store's own background job."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting for the maintenance job"
+        await asyncio.sleep(0.01)
+
+
+async def open_sqlite(path: Path, retention: Retention | None = None) -> SqliteStore:
+    store = await open_store(url(path), retention)
+    assert isinstance(store, SqliteStore)
+    return store
 
 
 async def test_history_survives_close_and_reopen(tmp_path: Path) -> None:
@@ -59,7 +89,7 @@ async def test_history_survives_close_and_reopen(tmp_path: Path) -> None:
     try:
         assert store.epoch == epoch
         assert {room: await store.read(room) for room in ("a", "b")} == before
-        assert await store.rooms() == {"a": 2, "b": 1}
+        assert await store.rooms() == [RoomCount("a", 2), RoomCount("b", 1)]
         assert (await append(store, "a")).message.seq == 3
         assert await append(store, "a", key="k") == Appended(keyed.message, duplicate=True)
     finally:
@@ -78,7 +108,7 @@ async def test_a_new_file_is_created_with_its_directories(
         store = await open_store(store_url)
         try:
             assert path.is_file()
-            assert await store.rooms() == {}
+            assert await store.rooms() == []
             assert await store.last_seq("lobby") == 0
         finally:
             await store.aclose()
@@ -208,20 +238,291 @@ async def test_pruned_rows_leave_the_file(tmp_path: Path) -> None:
     assert count_rows(path, "dedup") == 2
     await store.aclose()
 
-    # Opening deletes what expired while the file was closed.
+    # The store's job deletes what expired while the file was closed as soon as it opens.
     store = await open_store(url(path), retention)
     try:
-        assert count_rows(path, "messages") == 3 + 1
-        assert count_rows(path, "dedup") == 1
+        await eventually(lambda: count_rows(path, "messages") == 3 + 1)
+        await eventually(lambda: count_rows(path, "dedup") == 1)
         assert await store.last_seq("aged") == 2
+        assert await store.rooms() == [RoomCount("aged", 1), RoomCount("counted", 3)]
+        assert query(path, "SELECT room, messages FROM rooms ORDER BY room") == [
+            ("aged", 1),
+            ("counted", 3),
+        ]
     finally:
         await store.aclose()
 
 
-async def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
+async def test_the_maintenance_job_runs_every_interval_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "MAINTENANCE_INTERVAL", 0.01)
+    monkeypatch.setattr(engine, "MAINTENANCE_BATCH", 3)
+    path = tmp_path / "history.db"
+    store = await open_store(url(path), Retention(max_age=timedelta(hours=1)))
+    try:
+        long_ago = datetime.now(UTC) - timedelta(hours=2)
+        for i in range(10):
+            await append(store, f"room-{i % 2}", at=long_ago)
+        await append(store, "room-1")
+        # Appended after open: only a later run of the job can delete them.
+        await eventually(lambda: count_rows(path, "messages") == 1)
+        assert query(path, "SELECT room, messages FROM rooms ORDER BY room") == [
+            ("room-0", 0),
+            ("room-1", 1),
+        ]
+        assert await store.rooms() == [RoomCount("room-1", 1)]
+    finally:
+        await store.aclose()
+
+
+async def test_a_lower_count_limit_applies_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    store = await open_store(url(path), Retention(max_messages=5))
+    for _ in range(5):
+        await append(store)
+    await store.aclose()
+    store = await open_store(url(path), Retention(max_messages=2))
+    try:
+        assert [m.seq for m in await store.read("lobby")] == [4, 5]
+        assert await store.rooms() == [RoomCount("lobby", 2)]
+        assert count_rows(path, "messages") == 2
+    finally:
+        await store.aclose()
+
+
+# -- failures: all or nothing, and never after the commit -----------------------------------
+
+
+async def test_a_failing_maintenance_job_never_fails_an_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "history.db"
+    retention = Retention(max_messages=2, max_age=timedelta(hours=1))
+    store = await open_store(url(path), retention)
+    # Deleting the expired message fails, as it would on a full disk; pruning by count does not.
+    query(
+        path,
+        "CREATE TRIGGER full_disk BEFORE DELETE ON messages WHEN OLD.room = 'stuck'"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    )
+    await append(store, "stuck", at=datetime.now(UTC) - timedelta(hours=2))
+    await store.aclose()
+
+    caplog.set_level(logging.WARNING, logger="grpcchat.store")
+    caplog.clear()
+    failures = lambda: [r for r in caplog.records if r.name == "grpcchat.store"]  # noqa: E731
+    monkeypatch.setattr(engine, "MAINTENANCE_INTERVAL", 0.01)
+    store = await open_store(url(path), retention)
+    try:
+        await eventually(lambda: len(failures()) >= 1)
+        appended = [await append(store, "lobby", key=f"k{i}") for i in range(5)]
+        assert [(a.message.seq, a.duplicate) for a in appended] == [(i, False) for i in range(1, 6)]
+        assert await store.read("lobby") == [a.message for a in appended[-2:]]
+        assert await store.rooms() == [RoomCount("lobby", 2)]
+        await eventually(lambda: len(failures()) >= 3)  # retried at every interval
+        record = failures()[0]
+        assert record.levelno == logging.WARNING
+        assert record.exc_info is None
+        assert "\n" not in record.getMessage()
+        assert "database or disk is full" in record.getMessage()
+
+        query(path, "DROP TRIGGER full_disk")
+        await eventually(lambda: count_rows(path, "messages", "room = 'stuck'") == 0)
+        assert await store.rooms() == [RoomCount("lobby", 2)]
+    finally:
+        await store.aclose()
+
+
+FAILING_STATEMENTS = [
+    # Each trigger makes one statement of the third append fail, as a full disk would.
+    pytest.param("BEFORE UPDATE ON rooms", id="numbering"),
+    pytest.param("BEFORE INSERT ON messages", id="storing"),
+    pytest.param("BEFORE INSERT ON dedup", id="remembering-the-key"),
+    pytest.param("BEFORE DELETE ON messages", id="pruning-by-count"),
+]
+
+
+@pytest.mark.parametrize("when", FAILING_STATEMENTS)
+async def test_a_failed_append_leaves_nothing_behind(tmp_path: Path, when: str) -> None:
+    path = tmp_path / "history.db"
+    store = await open_store(url(path), Retention(max_messages=2))
+    try:
+        kept = [(await append(store, key=f"k{i}")).message for i in range(2)]
+        query(path, f"CREATE TRIGGER fail {when} BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+        with pytest.raises(StoreError, match="disk I/O error") as error:
+            await append(store, key="again")
+        assert not isinstance(error.value, sqlite3.Error)
+        assert await store.last_seq("lobby") == 2
+        assert await store.read("lobby") == kept
+        assert await store.rooms() == [RoomCount("lobby", 2)]
+        assert query(path, "SELECT room, last_seq, messages FROM rooms") == [("lobby", 2, 2)]
+        assert count_rows(path, "dedup", "key = 'again'") == 0
+
+        query(path, "DROP TRIGGER fail")
+        retried = await append(store, key="again")
+        assert (retried.message.seq, retried.duplicate) == (3, False)
+        assert await append(store, key="again") == Appended(retried.message, duplicate=True)
+        assert await store.read("lobby") == [kept[1], retried.message]
+        assert await store.rooms() == [RoomCount("lobby", 2)]
+    finally:
+        await store.aclose()
+
+
+# -- listing rooms ----------------------------------------------------------------------------
+
+
+async def steps_of(store: SqliteStore, call: Callable[[], Awaitable[object]]) -> int:
+    """How many SQLite virtual machine steps `call` takes on the store's connection."""
+    conn = store._db._conn
+    steps = 0
+
+    def step() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    await store._run(partial(conn.set_progress_handler, step, 1))
+    try:
+        await call()
+    finally:
+        await store._run(partial(conn.set_progress_handler, None, 1))
+    return steps
+
+
+async def test_listing_rooms_reads_no_messages(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "history.db")
+    try:
+        for room in "abcdefgh":
+            await append(store, room)
+        small = await steps_of(store, partial(store.rooms, after="b", limit=3))
+        for _ in range(3000):
+            await append(store, "d")
+        for i in range(300):  # rooms whose only message expired, deleted by the job
+            await append(store, f"c-{i:03}", at=datetime.now(UTC) - timedelta(days=60))
+        await store.maintain()
+        large = await steps_of(store, partial(store.rooms, after="b", limit=3))
+        assert await store.rooms(after="b", limit=3) == [
+            RoomCount("c", 1),
+            RoomCount("d", 3001),
+            RoomCount("e", 1),
+        ]
+        assert large < 2 * small
+    finally:
+        await store.aclose()
+
+
+# -- schema 1 (before rooms kept their counts) ------------------------------------------------
+
+SCHEMA_1 = (  # exactly as grpcchat wrote it
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE messages (
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        text TEXT NOT NULL,
+        sent_at_us INTEGER NOT NULL,
+        action INTEGER NOT NULL,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX messages_by_time ON messages (sent_at_us)",
+    """CREATE TABLE dedup (
+        sender TEXT NOT NULL,
+        key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        sent_at_us INTEGER NOT NULL,
+        action INTEGER NOT NULL,
+        PRIMARY KEY (sender, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX dedup_by_time ON dedup (sent_at_us)",
+)
+
+
+def schema_1_history(path: Path, epoch: str, sent_at_us: int) -> None:
+    """A file as schema 1 left it: rooms a (3 messages, one keyed), b (seq 7, 2 kept) and
+    gone (seq 4, every message pruned)."""
+    conn = sqlite3.connect(path)
+    with conn:
+        for statement in SCHEMA_1:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?)", [("epoch", epoch), ("schema_version", "1")]
+        )
+        conn.executemany("INSERT INTO rooms VALUES (?, ?)", [("a", 3), ("b", 7), ("gone", 4)])
+        conn.executemany(
+            "INSERT INTO messages VALUES (?, ?, ?, 'ann', ?, ?, 0)",
+            [
+                (room, seq, f"{room}{seq}", f"text {room}{seq}", sent_at_us + seq)
+                for room, seqs in [("a", (1, 2, 3)), ("b", (6, 7))]
+                for seq in seqs
+            ],
+        )
+        conn.execute(
+            "INSERT INTO dedup VALUES ('ann', 'k', 'a', 2, 'a2', 'text a2', ?, 0)",
+            (sent_at_us + 2,),
+        )
+    conn.close()
+
+
+def normalized_schema(path: Path) -> list[tuple[object, ...]]:
+    rows = query(path, "SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+    return [(kind, name, " ".join(str(sql).split())) for kind, name, sql in rows]
+
+
+async def test_a_schema_1_history_is_upgraded_keeping_its_history_and_epoch(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "history.db"
+    sent_at = datetime.now(UTC).replace(microsecond=0)
+    schema_1_history(path, "e" * 32, engine._to_us(sent_at))
+
+    store = await open_sqlite(path)
+    try:
+        assert store.epoch == "e" * 32
+        assert [(m.id, m.seq, m.text) for m in await store.read("b")] == [
+            ("b6", 6, "text b6"),
+            ("b7", 7, "text b7"),
+        ]
+        assert (await store.read("a"))[1].sent_at == sent_at + timedelta(microseconds=2)
+        assert await store.rooms() == [RoomCount("a", 3), RoomCount("b", 2)]
+        assert query(path, "SELECT value FROM meta WHERE name = 'schema_version'") == [("2",)]
+        assert query(path, "SELECT room, messages FROM rooms ORDER BY room") == [
+            ("a", 3),
+            ("b", 2),
+            ("gone", 0),
+        ]
+        repeat = await append(store, "a", key="k")
+        assert (repeat.duplicate, repeat.message.id) == (True, "a2")
+        assert (await append(store, "gone")).message.seq == 5
+        assert await store.rooms() == [RoomCount("a", 3), RoomCount("b", 2), RoomCount("gone", 1)]
+    finally:
+        await store.aclose()
+
+    # Upgraded once: it now opens as any schema 2 file, with the schema a new file has.
+    store = await open_sqlite(path)
+    try:
+        assert store.epoch == "e" * 32
+        assert await store.rooms() == [RoomCount("a", 3), RoomCount("b", 2), RoomCount("gone", 1)]
+    finally:
+        await store.aclose()
+    await (await open_sqlite(tmp_path / "new.db")).aclose()
+    assert normalized_schema(path) == normalized_schema(tmp_path / "new.db")
+
+
+async def test_a_closed_store_refuses_calls_and_leaves_no_task(tmp_path: Path) -> None:
+    def jobs() -> list[str]:
+        return [name for t in asyncio.all_tasks() if "maintenance" in (name := t.get_name())]
+
     store = await open_store(url(tmp_path / "history.db"))
+    assert len(jobs()) == 1
     await store.aclose()
     await store.aclose()
+    assert jobs() == []
     with pytest.raises(StoreError, match="closed"):
         await append(store)
 

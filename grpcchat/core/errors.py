@@ -26,6 +26,14 @@ class NameTaken(ChatError):
     """Someone else with this name is already in the room (ALREADY_EXISTS)."""
 
 
+class AlreadyJoined(ChatError):
+    """The session is in that room already (ALREADY_EXISTS)."""
+
+
+class TimedOut(ChatError):
+    """The client did not do its part in time, e.g. a session's hello (DEADLINE_EXCEEDED)."""
+
+
 class NotFound(ChatError):
     """The recipient or thing named is not there (NOT_FOUND)."""
 

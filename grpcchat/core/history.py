@@ -17,6 +17,8 @@ DEDUP_WINDOW = timedelta(minutes=10)
 MAX_MESSAGES_PER_ROOM = 10_000
 MAX_AGE = timedelta(days=30)
 MAX_KEEP = timedelta(days=36_500)
+# The longest idempotency key `append` is handed, in UTF-8 bytes; the core refuses longer ones.
+MAX_KEY_BYTES = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,14 @@ class Appended:
 
     message: Message
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoomCount:
+    """One entry of a `rooms` page: a room and how many messages it holds now."""
+
+    name: str
+    messages: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,21 +64,37 @@ class HistoryStore(Protocol):
       even after every message of the room is gone). The returned message carries its seq and
       the store's epoch; it survives the process dying once `append` returns (a machine
       losing power may still lose the last moments: SQLite runs WAL with synchronous=NORMAL).
+    - `append` is all or nothing. It returns only once the message is stored, and nothing
+      that runs after that can make it fail, so a message it returned is the caller's to
+      deliver. Any failure of the engine (a locked or full disk, a closed store) raises
+      StoreError, never the engine's own exception, and leaves nothing behind: no message, no
+      seq consumed, no key remembered. The store stays usable: the next call is unaffected.
     - Idempotency: if `key` is not empty and the same `sender` appended with the same `key`
       within the dedup window, nothing is stored and the original message is returned with
       `duplicate=True` (same id, seq, time), whatever text (or room) was passed the second time.
       "Within" compares the two appends' `sent_at`: a repeat less than `dedup_window` after the
-      original is a duplicate; one `dedup_window` or more after is a new message.
+      original is a duplicate; one `dedup_window` or more after is a new message. Callers pass
+      keys of at most MAX_KEY_BYTES bytes of UTF-8 (the core validates them); engines may rely
+      on that bound.
     - `read` returns messages of one room in seq order (oldest first, or newest first when
       `newest_first`), only those with `after < seq < before` (either bound optional), at most
       `limit` of them, taken from the end nearest the bound being paged from: oldest-first pages
       start right after `after` (or at the oldest message); newest-first pages start right before
       `before` (or at the newest).
+    - `rooms` pages through the rooms that hold messages now, in name order (code point order,
+      as Python compares str): those whose name sorts strictly after `after` ("" for the first
+      page; pass the last name of a page for the next), at most `limit` of them (none when
+      `limit <= 0`). A page shorter than `limit` is the last one. Each entry's count is exactly
+      how many messages `read` would return for that room at that moment: retained messages
+      only, so a room whose messages have all been pruned or have expired is not listed. A
+      page costs in proportion to its length (plus, at most, the messages that expired since
+      the engine last deleted expired ones), never to the history stored.
     - Retention: a room keeps at most `retention.max_messages` messages (those with
       `seq > last_seq - max_messages`) and none older than `retention.max_age` (each message by
       its own `sent_at`, against the wall clock); the oldest go first. `read` and `rooms` never
-      return an expired message, however long ago pruning last ran. Pruning never blocks the
-      event loop.
+      return or count an expired message, however long ago pruning last ran. Deleting what has
+      expired is the engine's own job, apart from `append`: it never blocks the event loop, and
+      its failures are logged and retried, never raised into an `append`.
     - Callers serialize `append` per room (the hub holds a per-room lock); concurrent appends to
       different rooms are allowed.
     - No method blocks the event loop: engines doing I/O run it off the loop.
@@ -103,8 +129,11 @@ class HistoryStore(Protocol):
         """The seq of the room's latest append (0 if none), even if it has been pruned."""
         ...
 
-    async def rooms(self) -> dict[str, int]:
-        """Every room that has stored messages, with how many it holds now."""
+    async def rooms(self, *, after: str = "", limit: int = 100) -> list[RoomCount]:
+        """A page of the rooms holding messages: names after `after`, in name order."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Stop the engine's own jobs and release what it holds; calls after it raise
+        StoreError. Closing twice is harmless."""
+        ...

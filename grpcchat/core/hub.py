@@ -1,59 +1,108 @@
-"""The hub: rooms, membership, presence, direct messages, and the one place messages are
-numbered and delivered.
+"""The hub: sessions, rooms, membership, admission, and the one place room messages are
+numbered and delivered (direct messages: `direct`; what a join replays: `replay`; join and
+leave notices: `presence`).
 
 Per room, storing and delivering happen under one lock, so every subscriber sees the order
 history returns. Delivery never waits on a session: it only offers to bounded queues (see
-`grpcchat.core.session`).
+`grpcchat.core.session`), and it is never re-entrant: a session that overflows during a fan-out
+is only marked, and the hub forgets it once the fan-out is over; the leave notices that causes
+are coalesced per room (see `presence`) and never evict anyone.
+
+Overload slows the inbound side, it never evicts readers: when most sessions of a room (or of
+the whole server) lag behind, posting there is refused with a retry-after until they catch up,
+and the article's Chat streams are not read meanwhile. Only a session slower than the others
+overflows, and only a lagging session whose writer makes no progress at all is cut off as stuck.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import time
 import uuid
 import weakref
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from grpcchat.core.errors import LimitExceeded, NameTaken, NotFound, ServerDraining
+from grpcchat.core.direct import DirectMessages
+from grpcchat.core.errors import (
+    AlreadyJoined,
+    LimitExceeded,
+    NameTaken,
+    NotFound,
+    ServerDraining,
+)
 from grpcchat.core.history import DEDUP_WINDOW, Appended, HistoryStore
 from grpcchat.core.limits import Limits
-from grpcchat.core.models import (
-    Envelope,
-    HistoryGap,
-    Message,
-    Position,
-    PresenceChange,
-    RoomInfo,
-    RoomJoined,
-    RoomLeft,
-)
+from grpcchat.core.models import Envelope, Message, Position, RoomInfo, RoomJoined, RoomLeft
+from grpcchat.core.presence import DETAIL_LIMIT, PresenceNotices
 from grpcchat.core.ratelimit import RateLimiter
+from grpcchat.core.replay import plan_replay
+from grpcchat.core.rooms import Room
 from grpcchat.core.session import Session
-from grpcchat.core.validation import check_name, check_room, check_text
+from grpcchat.core.validation import (
+    MAX_NAME_LENGTH,
+    MAX_ROOM_LENGTH,
+    check_epoch,
+    check_key,
+    check_name,
+    check_page_token,
+    check_room,
+    check_text,
+)
 
-_PAGE = 1000
 MAX_HISTORY_PAGE = 1000
-# Direct messages are not stored, so the hub remembers their idempotency keys itself (for the
-# store's dedup window, and at most this many).
-_MAX_DIRECT_KEYS = 100_000
+MAX_LIST_PAGE = 1000
+DEFAULT_LIST_PAGE = 1000
+# Overload is a majority of a room's (or the server's) sessions lagging; below this many
+# sessions a lagging one is simply slow (it overflows and resumes), never a reason to push back.
+MIN_PUSHBACK_SESSIONS = 3
+# What a refused publisher is told to wait, and how often a held-back Chat stream looks again.
+BUSY_RETRY = 0.05
+# A lagging session whose writer has not finished a write for this long is stuck, not slow.
+STALL_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class MembersPage:
+    names: list[str]
+    total: int  # distinct names in the room
+    next_token: str  # "" when this was the last page
 
 
 class Hub:
-    def __init__(self, store: HistoryStore, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        store: HistoryStore,
+        limits: Limits | None = None,
+        *,
+        dedup_window: timedelta = DEDUP_WINDOW,
+    ) -> None:
         self.store = store
         self.limits = limits or Limits()
-        self._members: defaultdict[str, dict[int, Session]] = defaultdict(dict)
-        self._by_name: defaultdict[str, dict[int, Session]] = defaultdict(dict)
+        self._rooms: dict[str, Room] = {}
         self._sessions: dict[int, Session] = {}
+        self._by_name: defaultdict[str, dict[int, Session]] = defaultdict(dict)
+        self._by_peer: defaultdict[str, int] = defaultdict(int)
+        # Sessions whose queue is more than half full, server-wide.
+        self._lagging = 0
+        self._stall_check = 0.0
         # Weak: a room's lock lives while someone holds or awaits it, so rooms that anyone can
         # create by posting do not accumulate locks forever.
         self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        self._rate = RateLimiter(self.limits.rate, self.limits.burst)
-        self._direct_keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
+        self._message_rate = RateLimiter(self.limits.rate, self.limits.burst)
+        self._request_rate = RateLimiter(self.limits.request_rate, self.limits.request_burst)
+        self._direct = DirectMessages(
+            lambda name: list(self._by_name.get(name, {}).values()), dedup_window
+        )
+        self._presence = PresenceNotices(self._rooms.get)
+        self._evicted: list[Session] = []
+        self._settle_scheduled = False
         self._draining = False
 
     @property
@@ -61,14 +110,21 @@ class Hub:
         """The epoch of every position this hub hands out."""
         return self.store.epoch
 
+    @property
+    def registered_sessions(self) -> int:
+        return len(self._sessions)
+
     # -- sessions ---------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def connect(self, name: str, *, authenticated: bool = False) -> AsyncIterator[Session]:
+    async def connect(
+        self, name: str, *, authenticated: bool = False, peer: str = ""
+    ) -> AsyncIterator[Session]:
         """A session for the duration of the block; it leaves all its rooms on exit.
 
         An empty name is an anonymous listener (the article's Chat stream): no presence, no
-        direct messages, no name checks.
+        direct messages, no name checks. `peer` is the client's address: without
+        authentication, per-client limits key on it.
         """
         self._refuse_if_draining()
         if name:
@@ -76,155 +132,186 @@ class Hub:
             limit = self.limits.max_sessions_per_user
             if limit and len(self._by_name.get(name, {})) >= limit:
                 raise LimitExceeded(f"{name!r} already has {limit} sessions open")
+        limit = self.limits.max_sessions
+        if limit and len(self._sessions) >= limit:
+            raise LimitExceeded(f"the server is full ({limit} sessions); try again later")
+        limit = self.limits.max_sessions_per_peer
+        if limit and peer and self._by_peer.get(peer, 0) >= limit:
+            raise LimitExceeded(f"{peer} already has {limit} sessions open")
         session = Session(
             name,
             authenticated=authenticated,
+            peer=peer,
             capacity=self.limits.queue_size,
             max_batch=self.limits.max_batch,
             linger=self.limits.batch_linger,
             on_close=self._forget,
+            on_evicted=self._evicted_during_fan_out,
+            on_lag=self._lag_changed,
         )
         self._sessions[session.id] = session
         if name:
             self._by_name[name][session.id] = session
+        if peer:
+            self._by_peer[peer] += 1
         try:
             yield session
         finally:
             session.close()
+            self._forget(session)  # an evicted session is closed already: forget it anyway
 
     def _forget(self, session: Session) -> None:
         """Take a closed session out of every room at once, even while its writer is stuck."""
-        for room in list(session.rooms):
-            self._remove_member(session, room)
-        self._sessions.pop(session.id, None)
-        sessions = self._by_name.get(session.name)
-        if sessions is not None:
-            sessions.pop(session.id, None)
-            if not sessions:
-                del self._by_name[session.name]
+        if self._sessions.pop(session.id, None) is None:
+            return
+        try:
+            for room in list(session.rooms):
+                self._remove_member(session, room)
+        finally:
+            session.rooms.clear()
+            if session.lagging:
+                self._lagging -= 1
+            sessions = self._by_name.get(session.name)
+            if sessions is not None:
+                sessions.pop(session.id, None)
+                if not sessions:
+                    del self._by_name[session.name]
+            if session.peer:
+                self._by_peer[session.peer] -= 1
+                if not self._by_peer[session.peer]:
+                    del self._by_peer[session.peer]
+
+    def _evicted_during_fan_out(self, session: Session) -> None:
+        """Called by a session that overflowed: forgotten once the current fan-out is over."""
+        self._evicted.append(session)
+        if not self._settle_scheduled:
+            self._settle_scheduled = True
+            asyncio.get_running_loop().call_soon(self._settle_evictions)
+
+    def _settle_evictions(self) -> None:
+        self._settle_scheduled = False
+        while self._evicted:
+            self._forget(self._evicted.pop())
+
+    def _lag_changed(self, session: Session) -> None:
+        if session.id not in self._sessions:
+            return
+        delta = 1 if session.lagging else -1
+        self._lagging += delta
+        for name in session.rooms:
+            room = self._rooms.get(name)
+            if room is not None and session.id in room.sessions:
+                room.lagging += delta
 
     # -- rooms ------------------------------------------------------------------------------
 
     async def join(
         self, session: Session, room: str, *, after: Position | None = None, history: int = 0
     ) -> None:
-        """Enter `room`: queue the requested replay, then RoomJoined, then live events.
+        """Enter `room`: page in the requested replay, then RoomJoined, then live events.
 
-        Race-free resume: the session starts collecting live events before history is read,
-        and the replay's last seq decides which collected messages are dropped as duplicates.
+        Race-free resume: the session starts holding live events before history is read, and
+        the replay's last seq decides which held messages are dropped as duplicates.
         """
         self._refuse_if_draining()
         room = check_room(room)
-        if room in session.rooms or session.closed.is_set():
+        if after is not None:
+            check_epoch(after.epoch)
+        if session.closed.is_set():
             return  # a closed session must not come back as a member of anything
+        if room in session.rooms:
+            raise AlreadyJoined(f"already in #{room}")
+        self._limit_requests(session.principal)
         limit = self.limits.max_rooms_per_session
         if limit and len(session.rooms) >= limit:
             raise LimitExceeded(f"a session may be in at most {limit} rooms")
-        self._check_name_free(session, room)
-        newcomer = bool(session.name) and session.name not in self.members(room)
+        members = self._rooms.get(room)
+        if members is None:
+            members = self._rooms[room] = Room(room)
+        self._check_name_free(session, members)
         session.rooms.add(room)
-        self._members[room][session.id] = session
-        session.begin_replay(room)
-        # Announced before the replay's await, so that a session closed meanwhile (evicted,
-        # expired, drained) is seen to leave a room it was seen to enter, never the reverse.
-        if newcomer:
-            self._announce(room, session.name, joined=True, exclude=session)
+        session.begin_join(room)
+        if members.add(session):
+            self._presence.changed(room, session.name, joined=True)
         try:
-            replayed, gap, last_seq = await self._replay(room, after, history)
+            cursor = await plan_replay(self.store, room, after, history, self.limits.max_replay)
         except BaseException:
+            session.cancel_join(room)
             self._remove_member(session, room)
             raise
-        if session.closed.is_set():
+        if session.closed.is_set() or room not in session.rooms:
             return
-        # A history replay may include messages newer than `last_seq` (read a moment later).
-        latest = max(last_seq, replayed[-1].seq if replayed else 0)
-        joined = RoomJoined(room, tuple(self.members(room)), Position(latest, self.store.epoch))
-        envelopes = [Envelope(gap)] if gap else []
-        envelopes += [Envelope(m) for m in replayed]
-        last_replayed = replayed[-1].seq if replayed else last_seq
-        session.finish_replay(room, envelopes, last_replayed, Envelope(joined))
+        position = Position(cursor.until, self.store.epoch)
+        joined = RoomJoined(room, members.sample(DETAIL_LIMIT), position, members.member_count)
+        session.start_replay(room, cursor, Envelope(joined))
 
-    def _check_name_free(self, session: Session, room: str) -> None:
+    def _check_name_free(self, session: Session, room: Room) -> None:
         if not session.name:
             return
-        for other in self._members.get(room, {}).values():
-            if other.name == session.name and not (other.authenticated and session.authenticated):
-                raise NameTaken(f"the name {session.name!r} is already taken in #{room}")
-
-    async def _replay(
-        self, room: str, after: Position | None, history: int
-    ) -> tuple[list[Message], HistoryGap | None, int]:
-        """What to replay for a join, any gap to report, and the room's latest seq."""
-        epoch = self.store.epoch
-        last_seq = await self.store.last_seq(room)
-        # A position past the end of this epoch's history means the history was rewound (a
-        # restored backup, writes lost in a crash): its seqs will be reused, so say so.
-        rewound = after is not None and after.epoch == epoch and after.seq > last_seq
-        if after is None or after.epoch != epoch or rewound:
-            gap = None
-            if after is not None and after.seq:
-                reason = "rewound" if rewound else "replaced"
-                gap = HistoryGap(room, 0, 0, f"the server's history was {reason} since you left")
-            count = min(history, self.limits.max_replay)
-            latest = await self.store.read(room, limit=count, newest_first=True) if count else []
-            return latest[::-1], gap, last_seq
-        # Resume: everything after the position, or at most the newest `max_replay` of it.
-        start = max(after.seq, last_seq - self.limits.max_replay)
-        replayed: list[Message] = []
-        cursor = start
-        while cursor < last_seq:
-            page = await self.store.read(room, after=cursor, limit=min(_PAGE, last_seq - cursor))
-            if not page:
-                break
-            replayed += page
-            cursor = page[-1].seq
-        gap = None
-        first_available = replayed[0].seq if replayed else last_seq + 1
-        if first_available > after.seq + 1:
-            reason = (
-                f"more than {self.limits.max_replay} messages were missed"
-                if start > after.seq
-                else "older messages are past retention"
-            )
-            gap = HistoryGap(room, after.seq + 1, first_available - 1, reason)
-        return replayed, gap, last_seq
+        for other in room.names.get(session.name, {}).values():
+            if not (other.authenticated and session.authenticated):
+                raise NameTaken(f"the name {session.name!r} is already taken in #{room.name}")
 
     async def leave(self, session: Session, room: str) -> None:
         room = check_room(room)
         if room not in session.rooms:
             raise NotFound(f"not in #{room}")
+        self._limit_requests(session.principal)
+        session.cancel_join(room)
         self._remove_member(session, room)
         session.offer(Envelope(RoomLeft(room)))
 
-    def _remove_member(self, session: Session, room: str, *, announce: bool = True) -> None:
+    def _remove_member(self, session: Session, room: str) -> None:
         session.rooms.discard(room)
-        members = self._members.get(room)
+        members = self._rooms.get(room)
         if members is None:
             return
-        members.pop(session.id, None)
-        if not members:
-            del self._members[room]
-        elif announce and session.name and session.name not in self.members(room):
-            self._announce(room, session.name, joined=False)
-
-    def _announce(
-        self, room: str, name: str, *, joined: bool, exclude: Session | None = None
-    ) -> None:
-        envelope = Envelope(PresenceChange(room, name, joined, datetime.now(UTC)))
-        for member in list(self._members.get(room, {}).values()):
-            if member is not exclude:
-                member.offer(envelope, room)
+        if members.remove(session):
+            self._presence.changed(room, session.name, joined=False)
+        if not members.sessions:
+            del self._rooms[room]
 
     def members(self, room: str = "") -> list[str]:
         """Names in the room now, each once, sorted."""
-        members = self._members.get(check_room(room), {})
-        return sorted({s.name for s in members.values() if s.name})
+        members = self._rooms.get(check_room(room))
+        return list(members.sorted_names()) if members is not None else []
 
-    async def rooms(self) -> list[RoomInfo]:
-        """Rooms with members or history."""
-        stored = await self.store.rooms()
-        names = sorted(set(stored) | set(self._members))
-        return [RoomInfo(n, len(self.members(n)), stored.get(n, 0)) for n in names]
+    def members_page(
+        self, room: str = "", *, after: str = "", limit: int = 0, principal: str = ""
+    ) -> MembersPage:
+        """One page of the room's sorted names after `after` (a page token: the last name of
+        the previous page)."""
+        check_page_token(after, MAX_NAME_LENGTH)
+        self._limit_requests(principal)
+        members = self._rooms.get(check_room(room))
+        if members is None:
+            return MembersPage([], 0, "")
+        size = _page_size(limit)
+        names = members.page(after, size + 1)
+        more = len(names) > size
+        names = names[:size]
+        return MembersPage(names, members.member_count, names[-1] if more else "")
+
+    async def rooms(
+        self, *, after: str = "", limit: int = 0, principal: str = ""
+    ) -> tuple[list[RoomInfo], str]:
+        """One page of the rooms with members or history, by name, after `after` (a page
+        token: the last room of the previous page), and the token for the next page ("" when
+        this was the last). Stored rooms come from the store's own index, never a scan."""
+        check_page_token(after, MAX_ROOM_LENGTH)
+        self._limit_requests(principal)
+        size = _page_size(limit)
+        stored = {r.name: r.messages for r in await self.store.rooms(after=after, limit=size + 1)}
+        live = heapq.nsmallest(size + 1, (name for name in self._rooms if name > after))
+        names = sorted(set(stored) | set(live))[: size + 1]
+        more = len(names) > size
+        names = names[:size]
+        page = [RoomInfo(n, self._member_count(n), stored.get(n, 0)) for n in names]
+        return page, names[-1] if more else ""
+
+    def _member_count(self, room: str) -> int:
+        members = self._rooms.get(room)
+        return members.member_count if members is not None else 0
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -237,13 +324,15 @@ class Hub:
         key: str = "",
         recipient: str = "",
         action: bool = False,
+        principal: str = "",
     ) -> Appended:
-        """Validate, rate-limit, store, number and deliver one message; return it as accepted
-        (or, for a repeated key, the original)."""
+        """Validate, rate-limit, admit, store, number and deliver one message; return it as
+        accepted (or, for a repeated key, the original). `principal` is who the rate limit
+        counts against (the authenticated user or the peer address; default the sender)."""
         self._refuse_if_draining()
         sender, text = check_name(sender), check_text(text)
-        room = check_room(room)
-        wait = self._rate.wait_time(sender)
+        room, key = check_room(room), check_key(key)
+        wait = self._message_rate.wait_time(principal or sender)
         if wait:
             raise LimitExceeded(
                 f"slow down: {sender!r} may send {self.limits.rate:g} messages a second; "
@@ -251,7 +340,8 @@ class Hub:
                 retry_after=wait,
             )
         if recipient:
-            return self._direct(sender, check_name(recipient), text, action, key)
+            return self._direct.send(sender, check_name(recipient), text, action, key)
+        self._admit(room)
         # Shielded: a caller that gives up (a cancelled Send) must not leave a message stored
         # but never delivered to the room's live members.
         return await asyncio.shield(self._store_and_deliver(sender, text, room, key, action))
@@ -273,48 +363,67 @@ class Hub:
                 action=action,
             )
             if not appended.duplicate:
-                envelope = Envelope(appended.message)
-                for member in list(self._members.get(room, {}).values()):
-                    member.offer(envelope, room)
+                # Joins are announced before what the newcomers say.
+                self._presence.flush(room)
+                self._fan_out(room, Envelope(appended.message))
         return appended
 
-    def _direct(self, sender: str, recipient: str, text: str, action: bool, key: str) -> Appended:
-        """Deliver a direct message to the recipient's sessions and the sender's own; not
-        stored. A repeated key (a client's retry) delivers nothing new, as for room messages."""
-        original = self._recent_direct(sender, key) if key else None
-        if original is not None:
-            return Appended(original, True)
-        targets = dict(self._by_name.get(recipient, {}))
-        if not targets:
-            raise NotFound(f"{recipient!r} is not connected")
-        targets.update(self._by_name.get(sender, {}))
-        message = Message(
-            id=uuid.uuid4().hex,
-            room="",
-            sender=sender,
-            text=text,
-            sent_at=datetime.now(UTC),
-            seq=0,
-            recipient=recipient,
-            action=action,
-        )
-        envelope = Envelope(message)
-        for session in targets.values():
-            session.offer(envelope)
-        if key:
-            self._direct_keys[(sender, key)] = message
-            if len(self._direct_keys) > _MAX_DIRECT_KEYS:
-                self._direct_keys.popitem(last=False)
-        return Appended(message, False)
+    def _fan_out(self, room: str, envelope: Envelope) -> None:
+        members = self._rooms.get(room)
+        if members is None:
+            return
+        try:
+            # Offering never changes the room (evictions are only marked), so no copy.
+            for member in members.sessions.values():
+                member.offer(envelope, room)
+        finally:
+            self._settle_evictions()
 
-    def _recent_direct(self, sender: str, key: str) -> Message | None:
-        expired_before = datetime.now(UTC) - DEDUP_WINDOW
-        while self._direct_keys:
-            oldest = next(iter(self._direct_keys.values()))
-            if oldest.sent_at >= expired_before:
-                break
-            self._direct_keys.popitem(last=False)
-        return self._direct_keys.get((sender, key))
+    # -- overload ---------------------------------------------------------------------------
+
+    def _behind(self, room: Room | None) -> bool:
+        """Whether most sessions of the room, or of the server, lag behind."""
+        if room is not None and len(room) >= MIN_PUSHBACK_SESSIONS and room.lagging * 2 > len(room):
+            return True
+        total = len(self._sessions)
+        return total >= MIN_PUSHBACK_SESSIONS and self._lagging * 2 > total
+
+    def _admit(self, room: str) -> None:
+        """Refuse a post to a room that is behind (its readers catch up meanwhile)."""
+        members = self._rooms.get(room)
+        if not self._behind(members):
+            return
+        self._evict_stalled(members)
+        if self._behind(members):
+            raise LimitExceeded(
+                f"#{room} is busy: its readers are catching up; retry shortly",
+                retry_after=BUSY_RETRY,
+            )
+
+    async def until_accepting(self, room: str) -> None:
+        """Wait while posting to `room` would be refused as busy (the Chat stream's pushback:
+        it has no way to refuse one message, so it stops reading instead)."""
+        room = check_room(room)
+        while self._behind(self._rooms.get(room)) and not self._draining:
+            self._evict_stalled(self._rooms.get(room))
+            await asyncio.sleep(BUSY_RETRY)
+
+    def _evict_stalled(self, room: Room | None) -> None:
+        """Cut off lagging sessions whose writer made no progress for STALL_TIMEOUT (a client
+        that stopped reading); checked at most once a second."""
+        now = time.monotonic()
+        if now - self._stall_check < 1.0:
+            return
+        self._stall_check = now
+        sessions = room.sessions.values() if room is not None else self._sessions.values()
+        stuck = [s for s in sessions if s.lagging and now - s.last_progress > STALL_TIMEOUT]
+        try:
+            for session in stuck:
+                session.evict_stalled(STALL_TIMEOUT)
+        finally:
+            self._settle_evictions()
+
+    # -- reads ------------------------------------------------------------------------------
 
     async def history(
         self,
@@ -324,12 +433,24 @@ class Hub:
         after: int | None = None,
         limit: int = 50,
         newest_first: bool = False,
+        principal: str = "",
     ) -> list[Message]:
         room = check_room(room)
+        self._limit_requests(principal)
         limit = max(1, min(limit, MAX_HISTORY_PAGE))
         return await self.store.read(
             room, before=before, after=after, limit=limit, newest_first=newest_first
         )
+
+    def _limit_requests(self, principal: str) -> None:
+        """Joins, leaves and reads have their own rate, per principal."""
+        wait = self._request_rate.wait_time(principal) if principal else 0.0
+        if wait:
+            raise LimitExceeded(
+                f"slow down: at most {self.limits.request_rate:g} joins, leaves and reads a "
+                f"second; retry in {wait:.1f}s",
+                retry_after=wait,
+            )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -342,6 +463,12 @@ class Hub:
         self._draining = True
         for session in list(self._sessions.values()):
             session.close(ServerDraining("server is shutting down; reconnect shortly"))
+        self._presence.close()
 
     def session_count(self, room: str = "") -> int:
-        return len(self._members.get(check_room(room), {}))
+        members = self._rooms.get(check_room(room))
+        return len(members) if members is not None else 0
+
+
+def _page_size(limit: int) -> int:
+    return min(limit, MAX_LIST_PAGE) if limit > 0 else DEFAULT_LIST_PAGE

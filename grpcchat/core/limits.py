@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 DEFAULT_QUEUE_SIZE = 1024
 DEFAULT_RATE = 20.0
+DEFAULT_REQUEST_RATE = 50.0
+DEFAULT_MAX_SESSIONS = 20_000
+DEFAULT_MAX_SESSIONS_PER_PEER = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,16 +24,29 @@ class Limits:
     max_batch: int = 512
     max_rooms_per_session: int = 32
     max_sessions_per_user: int = 16
-    # Messages per second per user, with bursts up to `burst`.
+    # Sessions (streams) in total, and per client address.
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    max_sessions_per_peer: int = DEFAULT_MAX_SESSIONS_PER_PEER
+    # Messages per second per user (or, without auth, per address), with bursts up to `burst`.
     rate: float = DEFAULT_RATE
     burst: float = DEFAULT_RATE * 3
+    # Joins, leaves and reads (History, ListRooms, ListMembers) per second per user or address.
+    request_rate: float = DEFAULT_REQUEST_RATE
+    request_burst: float = DEFAULT_REQUEST_RATE * 5
     # Most messages replayed on resume (retention bounds it anyway).
     max_replay: int = 10_000
 
     def __post_init__(self) -> None:
         if self.queue_size < 1 or self.max_batch < 1:
             raise ValueError("queue size and max batch must be at least 1")
-        if min(self.batch_linger, self.rate, self.burst) < 0:
-            raise ValueError("linger, rate and burst must not be negative")
-        if min(self.max_rooms_per_session, self.max_sessions_per_user, self.max_replay) < 0:
+        if min(self.batch_linger, self.rate, self.burst, self.request_rate, self.request_burst) < 0:
+            raise ValueError("linger, rates and bursts must not be negative")
+        counts = (
+            self.max_rooms_per_session,
+            self.max_sessions_per_user,
+            self.max_sessions,
+            self.max_sessions_per_peer,
+            self.max_replay,
+        )
+        if min(counts) < 0:
             raise ValueError("limits must not be negative")

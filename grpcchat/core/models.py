@@ -59,6 +59,18 @@ class PresenceChange:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceSummary:
+    """The join and leave notices of one tick in a room too big to name everyone: how many
+    names entered and left, and how many are in the room now."""
+
+    room: str
+    joined: int
+    left: int
+    members: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryGap:
     """Messages first_seq..last_seq of `room` were asked for but cannot be replayed (both 0 when
     the whole history was replaced: another epoch)."""
@@ -74,8 +86,10 @@ class RoomJoined:
     """A join is complete: any replay is over, live events follow."""
 
     room: str
+    # Sorted; in a big room only the first names (`member_count` says how many there are).
     members: tuple[str, ...]
     position: Position
+    member_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +106,9 @@ class RequestRefused:
     reason: str
 
 
-Event = Message | PresenceChange | HistoryGap | RoomJoined | RoomLeft | RequestRefused
+Event = (
+    Message | PresenceChange | PresenceSummary | HistoryGap | RoomJoined | RoomLeft | RequestRefused
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,20 @@
-"""Per-user message rate limit: a token bucket per name."""
+"""Per-client rate limits: a token bucket per principal (the authenticated user, or the peer
+address without authentication), the least recently used forgotten first."""
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+
+# Buckets kept; past it the least recently used goes. A forgotten bucket comes back full, so
+# the bound must exceed the clients active within a bucket's refill time (seconds) by far.
+MAX_BUCKETS = 100_000
 
 
 @dataclass
 class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up; one token per message."""
+    """`rate` tokens a second, at most `burst` saved up; one token per request."""
 
     rate: float
     burst: float
@@ -30,19 +36,25 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """One bucket per user, created on first use; rate 0 disables limiting."""
+    """One bucket per principal, created on first use; rate 0 disables limiting."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, max_buckets: int = MAX_BUCKETS) -> None:
         self._rate = rate
         self._burst = max(burst, 1.0)
-        self._buckets: dict[str, TokenBucket] = {}
+        self._max_buckets = max_buckets
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def wait_time(self, user: str) -> float:
+    def wait_time(self, principal: str) -> float:
         if self._rate <= 0:
             return 0.0
-        bucket = self._buckets.get(user)
+        bucket = self._buckets.get(principal)
         if bucket is None:
-            if len(self._buckets) > 100_000:
-                self._buckets.clear()  # full buckets carry no state worth keeping
-            bucket = self._buckets[user] = TokenBucket(self._rate, self._burst)
+            bucket = self._buckets[principal] = TokenBucket(self._rate, self._burst)
+            if len(self._buckets) > self._max_buckets:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(principal)
         return bucket.take()
+
+    def __len__(self) -> int:
+        return len(self._buckets)

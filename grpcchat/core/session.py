@@ -2,24 +2,48 @@
 to it.
 
 The hub only ever *offers* events to a session; the session's writer (its gRPC handler) drains
-the queue. Offering never waits: when more than `capacity` live events are waiting, the session
-is closed as a slow consumer, so one stuck client costs the others nothing. Its client
-reconnects and resumes from the last position it saw.
+the queue. Offering never waits and never calls back into the hub: when more than `capacity`
+live events are waiting, the session marks itself closed as a slow consumer and reports the
+eviction through `on_evicted`, which the hub settles after the fan-out in progress. Its client
+reconnects and resumes from the last position it saw, so one stuck client costs the others
+nothing.
+
+Replayed history does not sit in the queue in advance: the writer pages it in from a
+`ReplayCursor` when the queue runs short, so a session's memory is bounded by its queue however
+much history it asks for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 
 from grpcchat.core.errors import ChatError, SlowConsumer
 from grpcchat.core.models import Envelope, Message
+from grpcchat.core.replay import ReplayCursor
 
 # A writer that wrote less than BUSY_FACTOR lingers ago counts as busy and lingers before the
 # next write, so a steady stream is written in batches while a quiet room stays immediate.
 BUSY_FACTOR = 2
+
+
+def _ignore(*_: object) -> None:
+    pass
+
+
+class _PendingJoin:
+    """A room being joined: its replay cursor, the event that ends it, and the live events that
+    arrived meanwhile (queued after the replay, minus what it already held)."""
+
+    __slots__ = ("cursor", "done", "held")
+
+    def __init__(self) -> None:
+        self.cursor: ReplayCursor | None = None
+        self.done: Envelope | None = None
+        self.held: list[Envelope] = []
 
 
 class Session:
@@ -30,40 +54,63 @@ class Session:
         name: str,
         *,
         authenticated: bool = False,
+        peer: str = "",
         capacity: int,
         max_batch: int,
         linger: float,
-        on_close: Callable[[Session], None] = lambda _: None,
+        on_close: Callable[[Session], None] = _ignore,
+        on_evicted: Callable[[Session], None] = _ignore,
+        on_lag: Callable[[Session], None] = _ignore,
     ) -> None:
         self.id = next(self._ids)
         self.name = name
         self.authenticated = authenticated
+        self.peer = peer
+        # Whom per-client limits count against: the authenticated user, else the address.
+        self.principal = name if authenticated or not peer else peer
         self.rooms: set[str] = set()
         self._capacity = capacity
+        # Lagging: more than half the queue is waiting; caught up again below a quarter.
+        self._lag_high = max(1, capacity // 2)
+        self._lag_low = capacity // 4
+        self.lagging = False
         self._max_batch = max_batch
         self._linger = linger
         self._on_close = on_close
-        # (envelope, counts against capacity): replayed history is bounded by retention and
-        # must not evict the very client that asked for it.
+        self._on_evicted = on_evicted
+        self._on_lag = on_lag
+        # (envelope, counts against capacity): replayed history and the events that end a
+        # join are bounded by the cursor's paging and must not evict the client asking for them.
         self._queue: deque[tuple[Envelope, bool]] = deque()
         self._live_waiting = 0
-        # Rooms being joined: live events wait here until the replay is queued.
-        self._replaying: dict[str, list[Envelope]] = {}
+        self._joins: dict[str, _PendingJoin] = {}
+        # Joins whose replay is ready to page in, in the order they were asked for.
+        self._replays: deque[str] = deque()
         self._ready = asyncio.Event()
         self.closed = asyncio.Event()
         self.error: ChatError | None = None
+        # Rooms at the moment the session closed (the hub empties `rooms` as it forgets it).
+        self.rooms_at_close: tuple[str, ...] = ()
+        # When the writer last finished a write (or the session began): a lagging session
+        # whose writer has not progressed for long is stuck, not slow.
+        self.last_progress = time.monotonic()
 
     def __repr__(self) -> str:
         return f"Session({self.id}, {self.name!r}, rooms={sorted(self.rooms)})"
+
+    @property
+    def queued(self) -> int:
+        """Live events waiting to be written."""
+        return self._live_waiting
 
     def offer(self, envelope: Envelope, room: str | None = None) -> None:
         """Queue a live event (of `room`, if it belongs to one) without waiting."""
         if self.closed.is_set():
             return
-        pending = self._replaying.get(room) if room is not None else None
+        pending = self._joins.get(room) if room is not None else None
         if pending is not None:
-            pending.append(envelope)
-            if len(pending) > self._capacity:
+            pending.held.append(envelope)
+            if len(pending.held) > self._capacity:
                 self._evict()
             return
         if self._live_waiting >= self._capacity:
@@ -71,50 +118,104 @@ class Session:
             return
         self._queue.append((envelope, True))
         self._live_waiting += 1
+        if not self.lagging and self._live_waiting > self._lag_high:
+            self.lagging = True
+            self._on_lag(self)
         self._ready.set()
 
+    def offer_optional(self, envelope: Envelope) -> None:
+        """Queue an event that may be dropped but never evicts (presence notices): a session
+        with a full queue is about to be cut off or to catch up, and either way gets the room's
+        members afresh on its next join."""
+        if not self.closed.is_set() and self._live_waiting < self._capacity:
+            self._queue.append((envelope, True))
+            self._live_waiting += 1
+            self._ready.set()
+
     def _evict(self) -> None:
-        self.close(
+        self._end(
             SlowConsumer(
                 f"slow consumer: more than {self._capacity} events waiting to be read; "
                 "reconnect and resume to continue"
             )
         )
+        self._on_evicted(self)
 
-    def begin_replay(self, room: str) -> None:
-        """From now on, hold the room's live events back until `finish_replay`."""
-        self._replaying[room] = []
+    def evict_stalled(self, seconds: float) -> None:
+        """Cut off a lagging session whose writer made no progress for `seconds`."""
+        if not self.closed.is_set():
+            self._end(
+                SlowConsumer(
+                    f"slow consumer: nothing was read for {seconds:.0f}s; "
+                    "reconnect and resume to continue"
+                )
+            )
+            self._on_evicted(self)
 
-    def finish_replay(
-        self, room: str, replayed: Iterable[Envelope], last_replayed_seq: int, done: Envelope
-    ) -> None:
-        """Queue the replay, then `done`, then the live events that arrived meanwhile, minus
-        the messages the replay already held (subscribe first, read history, then drop what
-        was replayed: no gap, no duplicate)."""
-        pending = self._replaying.pop(room, [])
-        if self.closed.is_set():
+    # -- joins ------------------------------------------------------------------------------
+
+    def begin_join(self, room: str) -> None:
+        """From now on, hold the room's live events back until its replay is written."""
+        self._joins[room] = _PendingJoin()
+
+    def cancel_join(self, room: str) -> None:
+        self._joins.pop(room, None)
+
+    def start_replay(self, room: str, cursor: ReplayCursor, done: Envelope) -> None:
+        """Page `cursor` in as the writer drains, then queue `done`, then the live events held
+        meanwhile minus those the replay already held (subscribe first, read history, then drop
+        what was replayed: no gap, no duplicate)."""
+        pending = self._joins.get(room)
+        if pending is None or self.closed.is_set():
             return
-        for envelope in replayed:
-            self._queue.append((envelope, False))
-        self._queue.append((done, False))
+        pending.cursor, pending.done = cursor, done
+        self._replays.append(room)
         self._ready.set()
-        for envelope in pending:
+
+    async def _page_in(self) -> None:
+        room = self._replays[0]
+        pending = self._joins.get(room)
+        cursor = pending.cursor if pending is not None else None
+        if pending is None or cursor is None:
+            self._replays.popleft()
+            return
+        page = await cursor.next_page(self._max_batch)
+        if self.closed.is_set() or self._joins.get(room) is not pending:
+            return
+        self._queue.extend((envelope, False) for envelope in page)
+        if not cursor.exhausted:
+            return
+        self._replays.popleft()
+        del self._joins[room]
+        if pending.done is not None:
+            self._queue.append((pending.done, False))
+        replayed_until = max(cursor.until, cursor.last_replayed)
+        for envelope in pending.held:
             event = envelope.event
-            if isinstance(event, Message) and event.seq and event.seq <= last_replayed_seq:
+            if isinstance(event, Message) and event.seq and event.seq <= replayed_until:
                 continue
             self.offer(envelope, room)
 
-    def close(self, error: ChatError | None = None) -> None:
-        """End the session. A slow consumer's backlog is dropped at once (its client resumes
-        from its last position); otherwise the writer first flushes what is queued."""
-        if self.closed.is_set():
-            return
+    # -- ending -----------------------------------------------------------------------------
+
+    def _end(self, error: ChatError | None) -> None:
         self.error = error
+        self.rooms_at_close = tuple(sorted(self.rooms))
         if isinstance(error, SlowConsumer):
             self._queue.clear()
-            self._replaying.clear()
+            self._live_waiting = 0
+        self._joins.clear()
+        self._replays.clear()
         self.closed.set()
         self._ready.set()
+
+    def close(self, error: ChatError | None = None) -> None:
+        """End the session. A slow consumer's backlog is dropped at once (its client resumes
+        from its last position); otherwise the writer first flushes what is queued (but not
+        replays still to page in: the client resumes them)."""
+        if self.closed.is_set():
+            return
+        self._end(error)
         self._on_close(self)
 
     async def batches(self) -> AsyncIterator[list[Envelope]]:
@@ -129,6 +230,9 @@ class Session:
         loop = asyncio.get_running_loop()
         last_write = -1e9
         while True:
+            if self._replays and len(self._queue) < self._max_batch:
+                await self._page_in()
+                continue
             if not self._queue:
                 if self.closed.is_set():
                     if self.error is not None:
@@ -148,3 +252,7 @@ class Session:
                 batch.append(envelope)
             yield batch
             last_write = loop.time()
+            self.last_progress = time.monotonic()
+            if self.lagging and self._live_waiting <= self._lag_low:
+                self.lagging = False
+                self._on_lag(self)

@@ -7,11 +7,13 @@ import re
 import unicodedata
 
 from grpcchat.core.errors import InvalidInput
+from grpcchat.core.history import MAX_KEY_BYTES
 from grpcchat.core.models import DEFAULT_ROOM
 
 MAX_NAME_LENGTH = 32
 MAX_TEXT_LENGTH = 4096
 MAX_ROOM_LENGTH = 32
+MAX_EPOCH_LENGTH = 64
 
 _ROOM_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 # Line breaks and tabs are part of ordinary multi-line text; every other control character can
@@ -51,6 +53,30 @@ def check_room(room: str) -> str:
             "starting with a letter or digit"
         )
     return room
+
+
+def check_key(key: str) -> str:
+    """Return an idempotency key of at most MAX_KEY_BYTES (UTF-8), or raise InvalidInput."""
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        raise InvalidInput(f"idempotency key is {size} bytes long; the limit is {MAX_KEY_BYTES}")
+    return key
+
+
+def check_epoch(epoch: str) -> str:
+    """Return an epoch a client sent back (one this server handed out is 32 hex digits)."""
+    if len(epoch) > MAX_EPOCH_LENGTH:
+        raise InvalidInput(
+            f"epoch is {len(epoch)} characters long; the limit is {MAX_EPOCH_LENGTH}"
+        )
+    return epoch
+
+
+def check_page_token(token: str, max_length: int) -> str:
+    """A page token is the last name of the previous page, so never longer than a name."""
+    if len(token) > max_length:
+        raise InvalidInput("page token is not one this server handed out")
+    return token
 
 
 def check_text(text: str) -> str:

@@ -19,9 +19,15 @@ from grpcchat.core.hub import Hub
 from grpcchat.server.auth import TokenAuthority
 from grpcchat.server.config import ServerConfig, host_port
 from grpcchat.server.engines import open_store
-from grpcchat.server.servicer import SERVICE_NAME, ChatServicer, add_to_server
+from grpcchat.server.registration import SERVICE_NAME, add_to_server
+from grpcchat.server.servicer import ChatServicer
 
 log = logging.getLogger("grpcchat.server")
+
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 16 * 1024
+# Unary calls that may run beside the streams a full server holds.
+UNARY_HEADROOM = 1_000
 
 _GRPC_OPTIONS = [
     # gRPC shares ports by default (SO_REUSEPORT): a second server on a busy port would start
@@ -33,6 +39,12 @@ _GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Every input is bounded: the largest legal request (a 4,096-character message, 4 bytes a
+    # character at worst, plus its other bounded fields) is far below this; anything bigger is
+    # refused by gRPC with RESOURCE_EXHAUSTED before it is parsed.
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    # Headers and metadata (the bearer token among them).
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
 ]
 
 
@@ -52,7 +64,13 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self._server = aio.server(options=_GRPC_OPTIONS)
+        # Admission control below the hub: past this many calls at once gRPC itself answers
+        # RESOURCE_EXHAUSTED, so a flood of calls cannot pile up without bound.
+        max_sessions = config.limits.max_sessions
+        self._server = aio.server(
+            options=_GRPC_OPTIONS,
+            maximum_concurrent_rpcs=max_sessions + UNARY_HEADROOM if max_sessions else None,
+        )
         # grpc-stubs does not know the aio health servicer.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
@@ -71,7 +89,7 @@ class ChatServer:
         auth = TokenAuthority(self.config.auth_secret) if self.config.auth_secret else None
         credentials = _server_credentials(self.config)
         self._store = store = await open_store(self.config.store_url, self.config.retention)
-        self._hub = Hub(store, self.config.limits)
+        self._hub = Hub(store, self.config.limits, dedup_window=self.config.retention.dedup_window)
         add_to_server(ChatServicer(self._hub, auth), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

@@ -1,32 +1,25 @@
-"""The gRPC servicer: authentication, protobuf <-> domain, and domain errors -> status codes,
-in one place.
-
-Streaming responses are handed to gRPC as ready-made bytes: each event is encoded once per wire
-format (see `models.Envelope`) however many streams carry it.
+"""The gRPC servicer: each handler authenticates the caller, translates protobuf <-> domain and
+makes one call into the hub; `status` turns the hub's errors into status codes, `framing` turns
+queued events into responses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
-from grpc import aio
 
 from grpcchat.core.errors import (
     ChatError,
     InvalidInput,
     LimitExceeded,
-    NameTaken,
-    NotFound,
     ServerDraining,
     SlowConsumer,
-    StoreError,
+    TimedOut,
     Unauthenticated,
 )
 from grpcchat.core.hub import Hub
@@ -34,66 +27,21 @@ from grpcchat.core.models import DEFAULT_ROOM, Envelope, Message, RequestRefused
 from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity, TokenAuthority
+from grpcchat.server.framing import each_chat_message, frame_events
+from grpcchat.server.status import Context, abort, maps_errors, status_of
 from grpcchat.wire import codec
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChatService"].full_name
-
-_STATUS_OF: dict[type[ChatError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    NameTaken: grpc.StatusCode.ALREADY_EXISTS,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    SlowConsumer: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    ServerDraining: grpc.StatusCode.UNAVAILABLE,
-    # The history failed (disk full, I/O error): the server's fault, maybe passing.
-    StoreError: grpc.StatusCode.UNAVAILABLE,
-}
-# A batch is split into responses of at most this size (a single event may exceed it: the
-# largest message is ~16 kB, far below the 4 MB default limit of gRPC clients).
-MAX_RESPONSE_BYTES = 1 << 20
 # How long a session may take to say hello.
 HELLO_TIMEOUT = 10.0
 # How long a refused session waits for its client to hang up before the call is ended.
 HELLO_REFUSAL_GRACE = 2.0
+# How long a session that ended (half-close, expired token, drain) may take to flush what it
+# had queued before its call is ended anyway: its client may have stopped reading.
+CLOSE_FLUSH_GRACE = 10.0
 
 message_log = logging.getLogger("grpcchat.messages")
+direct_log = logging.getLogger("grpcchat.direct")
 log = logging.getLogger("grpcchat.server.servicer")
-
-Context = aio.ServicerContext[Any, Any]
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def status_of(error: ChatError) -> grpc.StatusCode:
-    for cls in type(error).__mro__:
-        if cls in _STATUS_OF:
-            return _STATUS_OF[cls]
-    return grpc.StatusCode.UNKNOWN
-
-
-async def _abort(context: Context, error: ChatError) -> None:
-    trailing: tuple[tuple[str, str], ...] = ()
-    if isinstance(error, LimitExceeded) and error.retry_after is not None:
-        trailing = ((codec.RETRY_AFTER_KEY, str(int(error.retry_after * 1000) + 1)),)
-    await context.abort(status_of(error), str(error), trailing)
-
-
-def _maps_errors(
-    handler: Callable[Concatenate[ChatServicer, Any, Context, _P], Awaitable[_R]],
-) -> Callable[Concatenate[ChatServicer, Any, Context, _P], Awaitable[_R]]:
-    """End the call with the error's status when a handler raises a ChatError."""
-
-    async def wrapper(
-        self: ChatServicer, request: Any, context: Context, *args: _P.args, **kwargs: _P.kwargs
-    ) -> _R:
-        try:
-            return await handler(self, request, context, *args, **kwargs)
-        except ChatError as error:
-            await _abort(context, error)
-            raise AssertionError("unreachable: abort raises") from error
-
-    return functools.update_wrapper(wrapper, handler)  # type: ignore[return-value]
 
 
 class ChatServicer:
@@ -110,7 +58,9 @@ class ChatServicer:
         header = dict(context.invocation_metadata() or ()).get("authorization")
         return self._auth.verify_header(header if isinstance(header, str) else None)
 
-    async def _post(self, request: pb.SendRequest, identity: Identity | None) -> pb.SendResponse:
+    async def _post(
+        self, request: pb.SendRequest, identity: Identity | None, principal: str
+    ) -> pb.SendResponse:
         # With auth on the token says who is speaking; the request's sender is ignored.
         sender = identity.name if identity else request.sender
         appended = await self._hub.post(
@@ -120,6 +70,7 @@ class ChatServicer:
             key=request.key,
             recipient=request.recipient,
             action=request.action,
+            principal=principal,
         )
         if not appended.duplicate:
             _log_message(appended.message)
@@ -127,51 +78,68 @@ class ChatServicer:
             message=codec.to_proto(appended.message), duplicate=appended.duplicate
         )
 
-    @_maps_errors
+    @maps_errors
     async def Send(self, request: pb.SendRequest, context: Context) -> pb.SendResponse:
-        return await self._post(request, self._identify(context))
+        identity = self._identify(context)
+        return await self._post(request, identity, _principal(identity, context))
 
-    @_maps_errors
+    @maps_errors
     async def History(self, request: pb.HistoryRequest, context: Context) -> pb.HistoryResponse:
-        self._identify(context)
+        identity = self._identify(context)
         messages = await self._hub.history(
             request.room,
             before=request.before_seq or None,
             after=request.after_seq or None,
             limit=request.limit or 50,
             newest_first=request.newest_first,
+            principal=_principal(identity, context),
         )
         return pb.HistoryResponse(
             messages=[codec.to_proto(m) for m in messages], epoch=self._hub.epoch
         )
 
-    @_maps_errors
+    @maps_errors
     async def ListRooms(
         self, request: pb.ListRoomsRequest, context: Context
     ) -> pb.ListRoomsResponse:
-        self._identify(context)
-        rooms = await self._hub.rooms()
+        identity = self._identify(context)
+        rooms, next_token = await self._hub.rooms(
+            after=request.page_token,
+            limit=request.page_size,
+            principal=_principal(identity, context),
+        )
         return pb.ListRoomsResponse(
-            rooms=[pb.RoomInfo(name=r.name, members=r.members, messages=r.messages) for r in rooms]
+            rooms=[pb.RoomInfo(name=r.name, members=r.members, messages=r.messages) for r in rooms],
+            next_page_token=next_token,
         )
 
-    @_maps_errors
+    @maps_errors
     async def ListMembers(
         self, request: pb.ListMembersRequest, context: Context
     ) -> pb.ListMembersResponse:
-        self._identify(context)
-        return pb.ListMembersResponse(members=self._hub.members(request.room))
+        identity = self._identify(context)
+        page = self._hub.members_page(
+            request.room,
+            after=request.page_token,
+            limit=request.page_size,
+            principal=_principal(identity, context),
+        )
+        return pb.ListMembersResponse(
+            members=page.names, next_page_token=page.next_token, total=page.total
+        )
 
-    @_maps_errors
+    @maps_errors
     async def Subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
         identity = self._identify(context)
         name = identity.name if identity else request.name
-        async with self._hub.connect(name, authenticated=identity is not None) as session:
+        async with self._hub.connect(
+            name, authenticated=identity is not None, peer=_peer(context)
+        ) as session:
             after = codec.position_from_proto(request.after) if request.HasField("after") else None
             await self._hub.join(session, request.room, after=after, history=request.history)
-            await self._pump(session, context, identity, _frame_events)
+            await self._pump(session, context, identity, frame_events)
 
-    @_maps_errors
+    @maps_errors
     async def Connect(self, requests: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
         identity = self._identify(context)
         # Headers first: the client writes nothing until it knows this server has Connect.
@@ -179,7 +147,7 @@ class ChatServicer:
         try:
             first = await asyncio.wait_for(anext(aiter(requests), None), HELLO_TIMEOUT)
         except TimeoutError:
-            raise InvalidInput(f"no hello within {HELLO_TIMEOUT:g}s") from None
+            raise TimedOut(f"no hello within {HELLO_TIMEOUT:g}s") from None
         async with contextlib.AsyncExitStack() as stack:
             try:
                 if first is None or first.WhichOneof("action") != "hello":
@@ -188,20 +156,32 @@ class ChatServicer:
                 if not name:
                     raise InvalidInput("name must not be empty")
                 session = await stack.enter_async_context(
-                    self._hub.connect(name, authenticated=identity is not None)
+                    self._hub.connect(name, authenticated=identity is not None, peer=_peer(context))
                 )
             except ChatError as error:
                 await _refuse_hello(requests, context, error)
                 raise
             steering = asyncio.create_task(self._steer(requests, session))
             try:
-                await self._pump(session, context, identity, _frame_events, headers_sent=True)
+                await self._pump(session, context, identity, frame_events, headers_sent=True)
             finally:
-                steering.cancel()
+                await _cancel(steering)
 
     async def _steer(self, requests: AsyncIterator[pb.ConnectRequest], session: Session) -> None:
         """Apply joins and leaves; a refused one is reported as an event, the session goes on.
-        The client's half-close ends the session."""
+        The client's half-close ends the session; anything unexpected ends it too, so the
+        client reconnects instead of talking to a session that ignores it."""
+        try:
+            await self._apply_requests(requests, session)
+        except Exception:
+            log.exception("session %r failed", session.name)
+            session.close(ServerDraining("internal error; reconnect"))
+            return
+        session.close()
+
+    async def _apply_requests(
+        self, requests: AsyncIterator[pb.ConnectRequest], session: Session
+    ) -> None:
         async for request in requests:
             if session.closed.is_set():
                 break
@@ -225,40 +205,45 @@ class ChatServicer:
             except ChatError as error:
                 refused = RequestRefused(room, status_of(error).name, str(error))
                 session.offer(Envelope(refused))
-        session.close()
 
-    @_maps_errors
+    @maps_errors
     async def Chat(self, requests: AsyncIterator[pb.ChatMessage], context: Context) -> None:
         """The article's stream: lobby only, one ChatMessage per response."""
         identity = self._identify(context)
         # Anonymous without auth (the article's client names itself per message); with auth
         # the token's user, so its streams count against its limits and show in presence.
         name = identity.name if identity else ""
-        async with self._hub.connect(name, authenticated=identity is not None) as session:
+        peer = _peer(context)
+        async with self._hub.connect(
+            name, authenticated=identity is not None, peer=peer
+        ) as session:
             await self._hub.join(session, DEFAULT_ROOM)
-            reader = asyncio.create_task(self._read_legacy(requests, session, identity))
+            principal = identity.name if identity else peer
+            reader = asyncio.create_task(self._read_legacy(requests, session, identity, principal))
             try:
-                await self._pump(session, context, identity, _each_chat_message)
+                await self._pump(session, context, identity, each_chat_message)
             finally:
-                reader.cancel()
+                await _cancel(reader)
 
     async def _read_legacy(
         self,
         requests: AsyncIterator[pb.ChatMessage],
         session: Session,
         identity: Identity | None,
+        principal: str,
     ) -> None:
         """Post what a Chat client writes; its half-close ends the call, as in the article.
 
-        The article's stream has no way to refuse one message, so over the rate limit it is
-        throttled (we stop reading until the sender may post again; HTTP/2 flow control holds
-        the client back) instead of being ended."""
+        The article's stream has no way to refuse one message, so over the rate limit, or while
+        the lobby's readers are behind, it is throttled (we stop reading until the message may
+        be posted; HTTP/2 flow control holds the client back) instead of being ended."""
         try:
             async for request in requests:
                 send = pb.SendRequest(sender=request.sender, text=request.text)
                 while True:
+                    await self._hub.until_accepting(DEFAULT_ROOM)
                     try:
-                        await self._post(send, identity)
+                        await self._post(send, identity, principal)
                         break
                     except LimitExceeded as error:
                         if error.retry_after is None:
@@ -310,82 +295,55 @@ async def _refuse_hello(
     call ends: ending it while the client's joins are still in flight makes grpc.aio report
     INTERNAL instead of our status (grpc/grpc#36066)."""
     refused = RequestRefused("", status_of(error).name, str(error))
-    await context.write(_frame_events([Envelope(refused)])[0])
-    with contextlib.suppress(TimeoutError, grpc.RpcError, asyncio.CancelledError):
+    await context.write(frame_events([Envelope(refused)])[0])
+    with contextlib.suppress(TimeoutError, grpc.RpcError):
         async with asyncio.timeout(HELLO_REFUSAL_GRACE):
             async for _ in requests:
                 pass
 
 
 def _log_message(message: Message) -> None:
-    where = f"@{message.recipient}" if message.recipient else f"#{message.room}"
+    if message.recipient:
+        # Direct messages are private to a name: their text is never logged.
+        direct_log.info("direct message %s -> %s", message.sender, message.recipient)
+        return
+    where = f"#{message.room}"
     message_log.info('🟢 [%s]: "%s"', message.sender, message.text, extra={"where": where})
 
 
 async def _abort_when_evicted(session: Session, context: Context) -> None:
+    """End the call of a session that ended, even while its writer is stuck behind a client
+    that stopped reading: a slow consumer at once, any other within CLOSE_FLUSH_GRACE (the
+    time its writer has to flush what was queued)."""
     await session.closed.wait()
     if isinstance(session.error, SlowConsumer):
-        log.warning(
-            "disconnecting slow consumer %r (rooms %s)", session.name, sorted(session.rooms)
-        )
-        await _abort(context, session.error)
+        rooms = ", ".join(f"#{room}" for room in session.rooms_at_close) or "no rooms"
+        log.warning("disconnecting slow consumer %r (%s)", session.name or session.peer, rooms)
+        await abort(context, session.error)
+        return
+    await asyncio.sleep(CLOSE_FLUSH_GRACE)
+    await abort(context, session.error or SlowConsumer("the session ended but was not read"))
 
 
-def _frame_events(batch: list[Envelope]) -> list[bytes]:
-    """A batch as few SubscribeResponse / ConnectResponse messages as fit under
-    MAX_RESPONSE_BYTES each (gRPC clients refuse messages over 4 MB by default)."""
-    responses: list[bytes] = []
-    frames: list[bytes] = []
-    size = 0
-    for envelope in batch:
-        frame = envelope.encoded(codec.encode_event_frame)
-        if frames and size + len(frame) > MAX_RESPONSE_BYTES:
-            responses.append(b"".join(frames))
-            frames, size = [], 0
-        frames.append(frame)
-        size += len(frame)
-    if frames:
-        responses.append(b"".join(frames))
-    return responses
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a helper task and wait for it, so nothing it does outlives the call."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
-def _each_chat_message(batch: list[Envelope]) -> list[bytes]:
-    """The article's stream carries one ChatMessage per response, and only messages."""
-    return [
-        envelope.encoded(codec.encode_chat_message)
-        for envelope in batch
-        if isinstance(envelope.event, Message)
-    ]
+def _peer(context: Context) -> str:
+    """The client's address without its port: `ipv4:127.0.0.1:5000` -> `127.0.0.1`."""
+    peer = context.peer() or ""
+    kind, _, address = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return address.rsplit(":", 1)[0]
+    return peer
 
 
-def add_to_server(servicer: ChatServicer, server: aio.Server) -> None:
-    """Register the service; streams get raw-bytes responses (encoded by us, once)."""
-
-    def unary(
-        handler: Any, request_type: Any, response_type: Any
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.unary_unary_rpc_method_handler(
-            handler,
-            request_deserializer=request_type.FromString,
-            response_serializer=response_type.SerializeToString,
-        )
-
-    handlers = {
-        "Chat": grpc.stream_stream_rpc_method_handler(
-            servicer.Chat, request_deserializer=pb.ChatMessage.FromString
-        ),
-        "Connect": grpc.stream_stream_rpc_method_handler(
-            servicer.Connect, request_deserializer=pb.ConnectRequest.FromString
-        ),
-        "Subscribe": grpc.unary_stream_rpc_method_handler(
-            servicer.Subscribe, request_deserializer=pb.SubscribeRequest.FromString
-        ),
-        "Send": unary(servicer.Send, pb.SendRequest, pb.SendResponse),
-        "History": unary(servicer.History, pb.HistoryRequest, pb.HistoryResponse),
-        "ListRooms": unary(servicer.ListRooms, pb.ListRoomsRequest, pb.ListRoomsResponse),
-        "ListMembers": unary(servicer.ListMembers, pb.ListMembersRequest, pb.ListMembersResponse),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+def _principal(identity: Identity | None, context: Context) -> str:
+    """Whom per-client limits count against: the authenticated user, else the address."""
+    return identity.name if identity is not None else _peer(context)
 
 
-__all__ = ["SERVICE_NAME", "ChatServicer", "add_to_server", "status_of"]
+__all__ = ["ChatServicer"]

@@ -1,18 +1,20 @@
 """History kept in this process only: gone at exit, a new epoch at every start.
 
-Nothing here awaits, so each call is atomic on the event loop; every operation is a dict or
-deque step except the age scan in `rooms`, and even that only runs for a room whose clock went
-backwards (see `_Room.in_time_order`).
+Nothing here awaits, so each call is atomic on the event loop; every operation is a dict,
+deque or sorted-list step. Expired messages are dropped from the front of a room whenever it
+is touched; the few that may hide behind fresher ones (appended while the clock stood earlier,
+see `_Room.late`) are skipped by `read` and counted out by `rooms` until they reach the front.
 """
 
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from datetime import UTC, datetime
 from itertools import islice
 
-from grpcchat.core.history import Appended, Retention
+from grpcchat.core.history import Appended, Retention, RoomCount
 from grpcchat.core.models import Message
 
 
@@ -23,15 +25,18 @@ class _Room:
     arithmetic instead of a search.
     """
 
-    __slots__ = ("in_time_order", "last_seq", "messages")
+    __slots__ = ("last_seq", "late", "latest", "messages", "name")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.last_seq = 0
         self.messages: deque[Message] = deque()
-        # False once a message was appended with an earlier time than the one before it (the
-        # wall clock stepped back): expired messages may then hide behind fresh ones, and
-        # counting needs a scan instead of len().
-        self.in_time_order = True
+        # The latest time appended so far, and (time, seq), in that order, of each message held
+        # that was appended with an earlier time than some message before it (the wall clock
+        # stepped back). Every other message is at least as recent as all before it, so once
+        # the front is fresh only these can be expired: counting is len() minus a bisection.
+        self.latest: datetime | None = None
+        self.late: list[tuple[datetime, int]] = []
 
 
 class MemoryStore:
@@ -41,6 +46,8 @@ class MemoryStore:
         self._retention = retention
         self._epoch = uuid.uuid4().hex
         self._rooms: dict[str, _Room] = {}
+        # Names of the rooms holding messages, sorted: a `rooms` page is a slice of it.
+        self._listed: list[str] = []
         # (sender, key) -> the message first stored under it, oldest first, so forgetting the
         # expired ones is a pop from the front.
         self._keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
@@ -73,7 +80,7 @@ class MemoryStore:
 
         state = self._rooms.get(room)
         if state is None:
-            state = self._rooms[room] = _Room()
+            state = self._rooms[room] = _Room(room)
         state.last_seq += 1
         message = Message(
             id=id,
@@ -85,9 +92,13 @@ class MemoryStore:
             epoch=self._epoch,
             action=action,
         )
-        if state.messages and sent_at < state.messages[-1].sent_at:
-            state.in_time_order = False
+        if not state.messages:
+            insort(self._listed, room)
         state.messages.append(message)
+        if state.latest is not None and sent_at < state.latest:
+            insort(state.late, (sent_at, message.seq))
+        else:
+            state.latest = sent_at
         if key:
             self._keys[sender, key] = message
             self._keys.move_to_end((sender, key))
@@ -134,18 +145,19 @@ class MemoryStore:
         state = self._rooms.get(room)
         return state.last_seq if state else 0
 
-    async def rooms(self) -> dict[str, int]:
+    async def rooms(self, *, after: str = "", limit: int = 100) -> list[RoomCount]:
         oldest_kept = self._oldest_kept()
-        counts: dict[str, int] = {}
-        for name, state in self._rooms.items():
+        page: list[RoomCount] = []
+        index = bisect_right(self._listed, after)
+        while len(page) < limit and index < len(self._listed):
+            state = self._rooms[self._listed[index]]
             self._prune(state, oldest_kept)
-            if state.in_time_order:
-                count = len(state.messages)
-            else:
-                count = sum(m.sent_at >= oldest_kept for m in state.messages)
-            if count:
-                counts[name] = count
-        return counts
+            if not state.messages:
+                continue  # it left the list: the next room now sits at `index`
+            expired = bisect_left(state.late, oldest_kept, key=lambda entry: entry[0])
+            page.append(RoomCount(state.name, len(state.messages) - expired))
+            index += 1
+        return page
 
     async def aclose(self) -> None:
         """Nothing to release: the history goes with the object."""
@@ -154,14 +166,16 @@ class MemoryStore:
         return datetime.now(UTC) - self._retention.max_age
 
     def _prune(self, state: _Room, oldest_kept: datetime) -> None:
-        """Drop the room's oldest messages beyond the count or age limit.
-
-        Only the front is trimmed; a message that expired behind a fresher one (clock stepped
-        back) is skipped by `read` and counted out by `rooms` until it reaches the front.
-        """
+        """Drop the room's oldest messages beyond the count or age limit; unlist it if none
+        are left. Once this returns, the front message is retained (or there is none)."""
         messages = state.messages
         first_kept_seq = state.last_seq - self._retention.max_messages + 1
         while messages and (messages[0].seq < first_kept_seq or messages[0].sent_at < oldest_kept):
-            messages.popleft()
-        if not messages:
-            state.in_time_order = True
+            gone = messages.popleft()
+            if state.late:
+                entry = (gone.sent_at, gone.seq)
+                at = bisect_left(state.late, entry)
+                if at < len(state.late) and state.late[at] == entry:
+                    del state.late[at]
+            if not messages:
+                del self._listed[bisect_left(self._listed, state.name)]

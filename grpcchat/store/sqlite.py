@@ -5,19 +5,26 @@ event loop never waits on the disk and statements never interleave; `SqliteStore
 calls to that thread. Times are stored as integer microseconds since the Unix epoch, UTC, so
 they sort and compare in SQL and come back exactly as appended.
 
-Retention: messages beyond the count limit are deleted in the same transaction that appends
-the one pushing them out; expired ones, and expired dedup keys, are deleted at open and then at
-most once a minute, after an append. Until then `read` and `rooms` skip anything expired, so
-what callers see never depends on when the deletion last ran.
+Each room's row in `rooms` carries how many messages it holds, changed in the same transaction
+as every insert or delete of its messages, so a `rooms` page is a range of one small index.
+
+Retention: messages beyond the count limit are deleted in the transaction that appends the one
+pushing them out (a failure there rolls the whole append back). Expired messages, and expired
+dedup keys, are deleted by the store's own job (`SqliteStore._maintain_forever`): at open, then
+every MAINTENANCE_INTERVAL, in transactions of at most MAINTENANCE_BATCH rows so appends
+interleave; a failed run is logged (grpcchat.store) and retried at the next interval. Until a
+run, `read` and `rooms` skip or count out anything expired, so what callers see never depends
+on when the deletion last ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
-import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -26,13 +33,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from grpcchat.core.errors import StoreError
-from grpcchat.core.history import Appended, Retention
+from grpcchat.core.history import Appended, Retention, RoomCount
 from grpcchat.core.models import Message
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-_SCHEMA = (
+log = logging.getLogger("grpcchat.store")
+
+SCHEMA_VERSION = 2
+# The tables as schema 1 made them; a new file is made the same way, then migrated like an old
+# one, so every file of a version has exactly the same schema.
+_SCHEMA_1 = (
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # A room's last seq outlives its messages, so seqs are never reused after pruning.
     "CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID",
@@ -62,9 +73,22 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
     "CREATE INDEX dedup_by_time ON dedup (sent_at_us)",
 )
+# The statements that bring a file from the version before each key to that version.
+_MIGRATIONS = {
+    2: (
+        # How many messages each room holds, so listing rooms never counts rows.
+        "ALTER TABLE rooms ADD COLUMN messages INTEGER NOT NULL DEFAULT 0",
+        "UPDATE rooms SET messages ="
+        " (SELECT COUNT(*) FROM messages AS held WHERE held.room = rooms.room)",
+        # Rooms whose messages all expired keep their row (and last_seq) but leave this index.
+        "CREATE INDEX rooms_holding_messages ON rooms (room, messages) WHERE messages > 0",
+    ),
+}
 _TABLES = frozenset({"meta", "rooms", "messages", "dedup"})
-# How often (at most) expired rows are deleted; in between, queries skip them.
+# How often expired rows are deleted; in between, queries skip them.
 MAINTENANCE_INTERVAL = 60.0
+# Rows deleted per transaction by the maintenance job: appends wait at most for one batch.
+MAINTENANCE_BATCH = 1_000
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _MAX_SEQ = 2**63 - 1  # SQLite's largest integer: an open bound
@@ -131,9 +155,11 @@ class _Database:
         self._max_messages = retention.max_messages
         self._max_age_us = retention.max_age // _MICROSECOND
         self._dedup_window_us = retention.dedup_window // _MICROSECOND
+        # The `sent_at` of the latest append: dedup keys are judged on the appends' clock.
+        self._appended_at_us: int | None = None
         self.epoch = self._existing_epoch() or self._create_schema()
-        self._maintain(_now_us())
-        self._maintained_at = time.monotonic()
+        self._migrate()
+        self._enforce_count_limit()
 
     @classmethod
     def open(cls, path: Path, retention: Retention) -> _Database:
@@ -178,14 +204,43 @@ class _Database:
         with self._transaction():
             if epoch := self._existing_epoch():
                 return epoch
-            for statement in _SCHEMA:
+            for statement in _SCHEMA_1:
                 self._conn.execute(statement)
             epoch = uuid.uuid4().hex
             self._conn.executemany(
                 "INSERT INTO meta (name, value) VALUES (?, ?)",
-                [("epoch", epoch), ("schema_version", str(SCHEMA_VERSION))],
+                [("epoch", epoch), ("schema_version", "1")],
             )
             return epoch
+
+    def _schema_version(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE name = 'schema_version'")
+        return int(row.fetchone()[0])
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION, one version per transaction, keeping its history
+        and epoch. Another process may be migrating it too: each step re-reads the version
+        under the write lock."""
+        while self._schema_version() < SCHEMA_VERSION:
+            with self._transaction():
+                version = self._schema_version() + 1
+                if version > SCHEMA_VERSION:
+                    return
+                for statement in _MIGRATIONS[version]:
+                    self._conn.execute(statement)
+                self._conn.execute(
+                    "UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(version),)
+                )
+
+    def _enforce_count_limit(self) -> None:
+        """Delete what lies beyond the count limit in every room: appends keep each room
+        within it, but the limit may be lower than when the file was last written."""
+        with self._transaction():
+            over = self._conn.execute(
+                "SELECT room, last_seq FROM rooms WHERE messages > ?", (self._max_messages,)
+            ).fetchall()
+            for room, last_seq in over:
+                self._prune_by_count(room, last_seq)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
@@ -200,6 +255,8 @@ class _Database:
         key: str,
         action: bool,
     ) -> Appended:
+        """Store one message, or return the original of a repeated key: all in one
+        transaction, and nothing after its commit."""
         with self._transaction():
             if key:
                 original = self._conn.execute(
@@ -217,8 +274,9 @@ class _Database:
             last = row.fetchone()
             seq = (last[0] if last else 0) + 1
             self._conn.execute(
-                "INSERT INTO rooms (room, last_seq) VALUES (?, ?)"
-                " ON CONFLICT (room) DO UPDATE SET last_seq = excluded.last_seq",
+                "INSERT INTO rooms (room, last_seq, messages) VALUES (?, ?, 1)"
+                " ON CONFLICT (room) DO UPDATE"
+                " SET last_seq = excluded.last_seq, messages = messages + 1",
                 (room, seq),
             )
             self._conn.execute(
@@ -234,13 +292,8 @@ class _Database:
                     (sender, key, room, seq, id, text, sent_at_us, action),
                 )
             if seq > self._max_messages:
-                self._conn.execute(
-                    "DELETE FROM messages WHERE room = ? AND seq <= ?",
-                    (room, seq - self._max_messages),
-                )
-        if time.monotonic() - self._maintained_at >= MAINTENANCE_INTERVAL:
-            self._maintain(sent_at_us)
-            self._maintained_at = time.monotonic()
+                self._prune_by_count(room, seq)
+        self._appended_at_us = sent_at_us
         message = self._message(room, seq, id, sender, text, sent_at_us, action)
         return Appended(message, duplicate=False)
 
@@ -264,12 +317,62 @@ class _Database:
         row = self._conn.execute("SELECT last_seq FROM rooms WHERE room = ?", (room,)).fetchone()
         return int(row[0]) if row else 0
 
-    def rooms(self) -> dict[str, int]:
-        rows = self._conn.execute(
-            "SELECT room, COUNT(*) FROM messages WHERE sent_at_us >= ? GROUP BY room",
-            (self._oldest_kept_us(),),
-        )
-        return dict(rows.fetchall())
+    def rooms(self, after: str, limit: int) -> list[RoomCount]:
+        """Rooms after `after` by their stored counts (an index range), less their messages
+        that expired but are not deleted yet (a range of the time index that the maintenance
+        job keeps short). A room left with none is dropped and the page topped up."""
+        page: list[RoomCount] = []
+        oldest_kept_us = self._oldest_kept_us()
+        while len(page) < limit:
+            wanted = limit - len(page)
+            rows: list[tuple[str, int]] = self._conn.execute(
+                "SELECT room, messages FROM rooms INDEXED BY rooms_holding_messages"
+                " WHERE room > ? AND messages > 0 ORDER BY room LIMIT ?",
+                (after, wanted),
+            ).fetchall()
+            if not rows:
+                break
+            expired: dict[str, int] = dict(
+                self._conn.execute(
+                    "SELECT room, COUNT(*) FROM messages INDEXED BY messages_by_time"
+                    " WHERE sent_at_us < ? AND room > ? AND room <= ? GROUP BY room",
+                    (oldest_kept_us, after, rows[-1][0]),
+                )
+            )
+            page += [
+                RoomCount(room, held - gone)
+                for room, held in rows
+                if (gone := expired.get(room, 0)) < held
+            ]
+            if len(rows) < wanted:
+                break
+            after = rows[-1][0]
+        return page
+
+    def maintain(self) -> bool:
+        """Delete up to MAINTENANCE_BATCH expired messages, and as many dedup keys too old to
+        match an append made now or after the latest one; True if more may be left."""
+        with self._transaction():
+            gone = self._conn.execute(
+                "SELECT room, seq FROM messages INDEXED BY messages_by_time"
+                " WHERE sent_at_us < ? LIMIT ?",
+                (self._oldest_kept_us(), MAINTENANCE_BATCH),
+            ).fetchall()
+            self._conn.executemany("DELETE FROM messages WHERE room = ? AND seq = ?", gone)
+            self._conn.executemany(
+                "UPDATE rooms SET messages = messages - ? WHERE room = ?",
+                [(n, room) for room, n in Counter(room for room, _ in gone).items()],
+            )
+            now_us = _now_us()
+            if self._appended_at_us is not None:
+                now_us = min(now_us, self._appended_at_us)
+            keys = self._conn.execute(
+                "SELECT sender, key FROM dedup INDEXED BY dedup_by_time"
+                " WHERE sent_at_us <= ? LIMIT ?",
+                (now_us - self._dedup_window_us, MAINTENANCE_BATCH),
+            ).fetchall()
+            self._conn.executemany("DELETE FROM dedup WHERE sender = ? AND key = ?", keys)
+        return MAINTENANCE_BATCH in (len(gone), len(keys))
 
     def close(self) -> None:
         self._conn.close()
@@ -277,15 +380,16 @@ class _Database:
     def _oldest_kept_us(self) -> int:
         return _now_us() - self._max_age_us
 
-    def _maintain(self, now_us: int) -> None:
-        """Delete expired messages, and dedup keys too old to match an append made at `now_us`
-        (the appends' own clock, the one keys are judged by)."""
-        with self._transaction():
+    def _prune_by_count(self, room: str, last_seq: int) -> None:
+        """Delete the room's messages beyond the count limit (inside the caller's
+        transaction), and take them off its count."""
+        pruned = self._conn.execute(
+            "DELETE FROM messages WHERE room = ? AND seq <= ?",
+            (room, last_seq - self._max_messages),
+        ).rowcount
+        if pruned:
             self._conn.execute(
-                "DELETE FROM messages WHERE sent_at_us < ?", (self._oldest_kept_us(),)
-            )
-            self._conn.execute(
-                "DELETE FROM dedup WHERE sent_at_us <= ?", (now_us - self._dedup_window_us,)
+                "UPDATE rooms SET messages = messages - ? WHERE room = ?", (pruned, room)
             )
 
     def _message(
@@ -314,6 +418,8 @@ class _Transaction:
         self._conn = conn
 
     def __enter__(self) -> None:
+        if self._conn.in_transaction:  # a ROLLBACK that failed last time: never build on it
+            self._conn.execute("ROLLBACK")
         self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -339,10 +445,14 @@ class SqliteStore:
         self._db = database
         self._executor = executor
         self._closed = False
+        self._maintenance = asyncio.get_running_loop().create_task(
+            self._maintain_forever(), name=f"grpcchat-store-maintenance {database.path}"
+        )
 
     @classmethod
     async def open(cls, path: str, retention: Retention) -> SqliteStore:
-        """Open (creating it and its directories if missing) the history file at `path`.
+        """Open (creating it and its directories if missing) the history file at `path`, and
+        start deleting what has expired in it.
 
         Raises StoreError, naming the file and what to do, if it cannot be used.
         """
@@ -390,25 +500,54 @@ class SqliteStore:
     async def last_seq(self, room: str) -> int:
         return await self._run(partial(self._db.last_seq, room))
 
-    async def rooms(self) -> dict[str, int]:
-        return await self._run(self._db.rooms)
+    async def rooms(self, *, after: str = "", limit: int = 100) -> list[RoomCount]:
+        if limit <= 0:
+            return []
+        return await self._run(partial(self._db.rooms, after, limit))
+
+    async def maintain(self) -> None:
+        """Delete everything expired now, a batch per transaction; raises StoreError if a
+        batch fails (the batches before it stay done). The store's own job calls this at
+        open and then every MAINTENANCE_INTERVAL."""
+        while await self._run(self._db.maintain):
+            pass
 
     async def aclose(self) -> None:
-        """Finish the calls already handed to the thread, close the file, end the thread."""
+        """Stop the maintenance job, finish the calls already handed to the thread, close the
+        file, end the thread."""
         if self._closed:
             return
         self._closed = True
+        self._maintenance.cancel()
+        await asyncio.wait([self._maintenance])
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
         finally:
             self._executor.shutdown(wait=False)
 
+    async def _maintain_forever(self) -> None:
+        """Run `maintain` now and every MAINTENANCE_INTERVAL; a failure is one warning line,
+        and the next run tries again. Nothing here ever reaches an append."""
+        while True:
+            try:
+                await self.maintain()
+            except StoreError as exc:
+                log.warning(
+                    "deleting expired history failed (retrying in %gs): %s",
+                    MAINTENANCE_INTERVAL,
+                    exc,
+                )
+            except Exception:
+                log.exception(
+                    "deleting expired history failed (retrying in %gs)", MAINTENANCE_INTERVAL
+                )
+            await asyncio.sleep(MAINTENANCE_INTERVAL)
+
     async def _run(self, call: Callable[[], T]) -> T:
+        """Run `call` on the store's thread; any failure of SQLite becomes StoreError."""
         if self._closed:
             raise StoreError(f"the history store {self._db.path} is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-            raise  # a bug here, not a problem with the file
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             raise StoreError(f"the history file {self._db.path} failed: {exc}") from exc

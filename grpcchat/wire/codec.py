@@ -13,6 +13,7 @@ from grpcchat.core.models import (
     Message,
     Position,
     PresenceChange,
+    PresenceSummary,
     RequestRefused,
     RoomJoined,
     RoomLeft,
@@ -85,8 +86,18 @@ def event_to_proto(event: Event) -> pb.Event:
         case HistoryGap(room, first_seq, last_seq, reason):
             gap = pb.HistoryGap(room=room, first_seq=first_seq, last_seq=last_seq, reason=reason)
             return pb.Event(gap=gap)
-        case RoomJoined(room, members, position):
-            done = pb.RoomJoined(room=room, members=members, position=position_to_proto(position))
+        case PresenceSummary(room, joined, left, members, at):
+            summary = pb.PresenceSummary(
+                room=room, joined=joined, left=left, members=members, at=_timestamp(at)
+            )
+            return pb.Event(summary=summary)
+        case RoomJoined(room, members, position, member_count):
+            done = pb.RoomJoined(
+                room=room,
+                members=members,
+                position=position_to_proto(position),
+                member_count=member_count,
+            )
             return pb.Event(joined=done)
         case RoomLeft(room):
             return pb.Event(left=pb.RoomLeft(room=room))
@@ -105,9 +116,14 @@ def event_from_proto(event: pb.Event) -> Event | None:
     if kind == "gap":
         g = event.gap
         return HistoryGap(g.room, g.first_seq, g.last_seq, g.reason)
+    if kind == "summary":
+        s = event.summary
+        return PresenceSummary(s.room, s.joined, s.left, s.members, _datetime(s.at, True))
     if kind == "joined":
         j = event.joined
-        return RoomJoined(j.room, tuple(j.members), position_from_proto(j.position))
+        # A server that predates member_count sent every name.
+        count = j.member_count or len(j.members)
+        return RoomJoined(j.room, tuple(j.members), position_from_proto(j.position), count)
     if kind == "left":
         return RoomLeft(event.left.room)
     if kind == "refused":

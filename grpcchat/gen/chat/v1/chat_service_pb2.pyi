@@ -263,6 +263,7 @@ class Event(_message.Message):
     JOINED_FIELD_NUMBER: _builtins.int
     LEFT_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___ChatMessage:
         """A chat message posted to the room (or a direct message)."""
@@ -287,6 +288,10 @@ class Event(_message.Message):
     def refused(self) -> Global___RequestRefused:
         """A request on the session stream was refused; the session goes on."""
 
+    @_builtins.property
+    def summary(self) -> Global___PresenceSummary:
+        """Many people entered or left a big room in one tick: counts, not names."""
+
     def __init__(
         self,
         *,
@@ -296,12 +301,13 @@ class Event(_message.Message):
         joined: Global___RoomJoined | None = ...,
         left: Global___RoomLeft | None = ...,
         refused: Global___RequestRefused | None = ...,
+        summary: Global___PresenceSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "presence", "gap", "joined", "left", "refused"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "presence", "gap", "joined", "left", "refused", "summary"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -422,6 +428,43 @@ class HistoryGap(_message.Message):
 Global___HistoryGap: _TypeAlias = HistoryGap  # noqa: Y015
 
 @_typing.final
+class PresenceSummary(_message.Message):
+    """PresenceSummary stands for the join and leave notices of one tick in a room
+    too big to name everyone (the server documents the size): how many names
+    entered and left, and how many are in the room now.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    JOINED_FIELD_NUMBER: _builtins.int
+    LEFT_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    joined: _builtins.int
+    left: _builtins.int
+    members: _builtins.int
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        joined: _builtins.int = ...,
+        left: _builtins.int = ...,
+        members: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "joined", b"joined", "left", b"left", "members", b"members", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PresenceSummary: _TypeAlias = PresenceSummary  # noqa: Y015
+
+@_typing.final
 class RoomJoined(_message.Message):
     """RoomJoined completes a join."""
 
@@ -430,10 +473,15 @@ class RoomJoined(_message.Message):
     ROOM_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
     room: _builtins.str
+    member_count: _builtins.int
+    """How many distinct names are in the room now."""
     @_builtins.property
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Who is in the room now, each name once."""
+        """Who is in the room now, each name once, sorted; in a big room only the
+        first names (see member_count, and ListMembers for the rest).
+        """
 
     @_builtins.property
     def position(self) -> Global___Position:
@@ -445,10 +493,11 @@ class RoomJoined(_message.Message):
         room: _builtins.str = ...,
         members: _abc.Iterable[_builtins.str] | None = ...,
         position: Global___Position | None = ...,
+        member_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "position", b"position", "room", b"room"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_count", b"member_count", "members", b"members", "position", b"position", "room", b"room"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -668,16 +717,25 @@ Global___HistoryResponse: _TypeAlias = HistoryResponse  # noqa: Y015
 
 @_typing.final
 class ListRoomsRequest(_message.Message):
-    """ListRoomsRequest asks which rooms exist."""
+    """ListRoomsRequest asks which rooms exist, one page at a time."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many rooms (0: the server's default; it caps large values)."""
+    page_token: _builtins.str
+    """Where the previous page ended (its next_page_token); empty: the first page."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,21 +743,25 @@ Global___ListRoomsRequest: _TypeAlias = ListRoomsRequest  # noqa: Y015
 
 @_typing.final
 class ListRoomsResponse(_message.Message):
-    """ListRoomsResponse lists rooms with members or history."""
+    """ListRoomsResponse lists rooms with members or history, by name."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ROOMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty when this was the last."""
     @_builtins.property
     def rooms(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoomInfo]: ...
     def __init__(
         self,
         *,
         rooms: _abc.Iterable[Global___RoomInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rooms", b"rooms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "rooms", b"rooms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -741,16 +803,24 @@ class ListMembersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROOM_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     room: _builtins.str
     """Empty means "lobby"."""
+    page_size: _builtins.int
+    """At most this many names (0: the server's default; it caps large values)."""
+    page_token: _builtins.str
+    """Where the previous page ended (its next_page_token); empty: the first page."""
     def __init__(
         self,
         *,
         room: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "room", b"room"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -758,21 +828,29 @@ Global___ListMembersRequest: _TypeAlias = ListMembersRequest  # noqa: Y015
 
 @_typing.final
 class ListMembersResponse(_message.Message):
-    """ListMembersResponse lists a room's members, each name once."""
+    """ListMembersResponse lists a room's members, each name once, sorted."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty when this was the last."""
+    total: _builtins.int
+    """How many distinct names are in the room now."""
     @_builtins.property
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         members: _abc.Iterable[_builtins.str] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "next_page_token", b"next_page_token", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

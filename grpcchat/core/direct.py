@@ -1,0 +1,68 @@
+"""Direct messages: delivered live to the recipient's sessions and the sender's own, never
+stored. Because they are not stored, their idempotency keys are remembered here, for the same
+dedup window as room messages and at most `capacity` of them."""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+from grpcchat.core.errors import NotFound
+from grpcchat.core.history import Appended
+from grpcchat.core.models import Envelope, Message
+from grpcchat.core.session import Session
+
+DEFAULT_CAPACITY = 100_000
+
+
+class DirectMessages:
+    def __init__(
+        self,
+        sessions_of: Callable[[str], Iterable[Session]],
+        dedup_window: timedelta,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
+        self._sessions_of = sessions_of
+        self._window = dedup_window
+        self._capacity = capacity
+        self._keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
+
+    def send(self, sender: str, recipient: str, text: str, action: bool, key: str) -> Appended:
+        """Deliver one direct message; a repeated key (a client's retry) delivers nothing new
+        and returns the original, as for room messages."""
+        original = self._recent(sender, key) if key else None
+        if original is not None:
+            return Appended(original, True)
+        targets = {session.id: session for session in self._sessions_of(recipient)}
+        if not targets:
+            raise NotFound(f"{recipient!r} is not connected")
+        targets.update((session.id, session) for session in self._sessions_of(sender))
+        message = Message(
+            id=uuid.uuid4().hex,
+            room="",
+            sender=sender,
+            text=text,
+            sent_at=datetime.now(UTC),
+            seq=0,
+            recipient=recipient,
+            action=action,
+        )
+        envelope = Envelope(message)
+        for session in targets.values():
+            session.offer(envelope)
+        if key:
+            self._keys[(sender, key)] = message
+            if len(self._keys) > self._capacity:
+                self._keys.popitem(last=False)
+        return Appended(message, False)
+
+    def _recent(self, sender: str, key: str) -> Message | None:
+        expired_before = datetime.now(UTC) - self._window
+        while self._keys:
+            oldest = next(iter(self._keys.values()))
+            if oldest.sent_at >= expired_before:
+                break
+            self._keys.popitem(last=False)
+        return self._keys.get((sender, key))

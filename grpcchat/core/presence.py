@@ -1,0 +1,86 @@
+"""Join and leave notices, batched per room per tick.
+
+A notice is never sent while the join or leave happens: it waits for the room's tick, so a
+burst (a room forming, a reconnect storm) is written in a few batches instead of one write per
+change per member. In a room of at most `detail_limit` names every change is told, in order; in
+a bigger one a tick's changes become one `PresenceSummary` (net counts: a leave and a rejoin
+within the tick cancel out), so the cost stays linear in the room's size. Notices are offered
+with `Session.offer_optional`: they never evict anyone.
+
+The tick grows with the room (`tick_for`), so the cost of notices stays proportional to the
+time a room takes to form, not to the square of its size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from grpcchat.core.models import Envelope, PresenceChange, PresenceSummary
+from grpcchat.core.rooms import Room
+
+BASE_TICK = 0.02
+# Seconds added to a room's tick per member: a 10,000-member room ticks once a second.
+TICK_PER_MEMBER = 0.0001
+MAX_TICK = 1.0
+DETAIL_LIMIT = 100
+
+
+def tick_for(members: int) -> float:
+    return min(MAX_TICK, BASE_TICK + members * TICK_PER_MEMBER)
+
+
+class PresenceNotices:
+    def __init__(
+        self, room_of: Callable[[str], Room | None], detail_limit: int = DETAIL_LIMIT
+    ) -> None:
+        self._room_of = room_of
+        self._detail_limit = detail_limit
+        # room -> the (name, joined) changes since the room's last tick, in order.
+        self._pending: dict[str, list[tuple[str, bool]]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def changed(self, room: str, name: str, joined: bool) -> None:
+        self._pending.setdefault(room, []).append((name, joined))
+        if room not in self._timers:
+            members = self._room_of(room)
+            delay = tick_for(members.member_count if members is not None else 0)
+            loop = asyncio.get_running_loop()
+            self._timers[room] = loop.call_later(delay, self.flush, room)
+
+    def flush(self, room: str) -> None:
+        """Send the room's pending notices now (before a message, so a join is announced
+        before what the newcomer says)."""
+        timer = self._timers.pop(room, None)
+        if timer is not None:
+            timer.cancel()
+        changes = self._pending.pop(room, None)
+        members = self._room_of(room)
+        if not changes or members is None or not members.sessions:
+            return
+        now = datetime.now(UTC)
+        if members.member_count > self._detail_limit:
+            net: dict[str, int] = {}
+            for name, entered in changes:
+                net[name] = net.get(name, 0) + (1 if entered else -1)
+            joined = sum(1 for n in net.values() if n > 0)
+            left = sum(1 for n in net.values() if n < 0)
+            envelope = Envelope(PresenceSummary(room, joined, left, members.member_count, now))
+            for session in members.sessions.values():
+                session.offer_optional(envelope)
+            return
+        notices = [
+            (name, Envelope(PresenceChange(room, name, entered, now))) for name, entered in changes
+        ]
+        for session in members.sessions.values():
+            for name, envelope in notices:
+                # Nobody is told of their own arrival: their RoomJoined lists the room.
+                if session.name != name:
+                    session.offer_optional(envelope)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._pending.clear()

@@ -1,0 +1,100 @@
+"""What a join replays, as a cursor the session's writer pages through.
+
+A replay is never read into memory at once: the writer asks for the next page only when its
+queue runs short, so a session holds at most about one page of history however much it asks
+for (and however often it joins and leaves). A position that cannot be honoured is reported as
+a `HistoryGap`, never skipped silently.
+"""
+
+from __future__ import annotations
+
+from grpcchat.core.history import HistoryStore
+from grpcchat.core.models import Envelope, HistoryGap, Position
+
+
+class ReplayCursor:
+    """The messages of one room with `after < seq <= until`, oldest first, a page at a time,
+    preceded by the gap to report (if any)."""
+
+    def __init__(
+        self,
+        store: HistoryStore,
+        room: str,
+        *,
+        after: int,
+        until: int,
+        gap: HistoryGap | None = None,
+        resumed_from: int | None = None,
+        cut_reason: str = "",
+    ) -> None:
+        self.room = room
+        self._store = store
+        self._after = after
+        # The room's latest seq when the join began: anything newer arrives live.
+        self.until = until
+        self._gap = gap
+        # For a resume: the seq the client last saw, so a first message beyond it reveals
+        # messages lost to retention (or cut by max_replay: `cut_reason`).
+        self._resumed_from = resumed_from
+        self._cut_reason = cut_reason
+        self.last_replayed = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self._gap is None and self._after >= self.until
+
+    async def next_page(self, limit: int) -> list[Envelope]:
+        """The next envelopes to queue (empty once exhausted)."""
+        page: list[Envelope] = []
+        if self._gap is not None:
+            page.append(Envelope(self._gap))
+            self._gap = None
+        if self._after >= self.until:
+            return page
+        messages = await self._store.read(
+            self.room, after=self._after, limit=min(limit, self.until - self._after)
+        )
+        if self._resumed_from is not None:
+            first = messages[0].seq if messages else self.until + 1
+            if first > self._resumed_from + 1:
+                reason = self._cut_reason or "older messages are past retention"
+                page.append(
+                    Envelope(HistoryGap(self.room, self._resumed_from + 1, first - 1, reason))
+                )
+            self._resumed_from = None
+        if not messages:
+            self._after = self.until  # the rest was pruned meanwhile
+            return page
+        page += [Envelope(m) for m in messages]
+        self._after = self.last_replayed = messages[-1].seq
+        return page
+
+
+async def plan_replay(
+    store: HistoryStore, room: str, after: Position | None, history: int, max_replay: int
+) -> ReplayCursor:
+    """The cursor for a join: everything after a resume position (at most the newest
+    `max_replay`), or the latest `history` messages; reads nothing but the room's last seq."""
+    epoch = store.epoch
+    last_seq = await store.last_seq(room)
+    # A position past the end of this epoch's history means the history was rewound (a
+    # restored backup, writes lost in a crash): its seqs will be reused, so say so.
+    rewound = after is not None and after.epoch == epoch and after.seq > last_seq
+    if after is None or after.epoch != epoch or rewound:
+        gap = None
+        if after is not None and after.seq:
+            reason = "rewound" if rewound else "replaced"
+            gap = HistoryGap(room, 0, 0, f"the server's history was {reason} since you left")
+        # Seqs are contiguous within an epoch, so the latest N messages are the last N seqs.
+        count = min(history, max_replay)
+        return ReplayCursor(store, room, after=max(0, last_seq - count), until=last_seq, gap=gap)
+    start = max(after.seq, last_seq - max_replay)
+    cut = f"more than {max_replay} messages were missed" if start > after.seq else ""
+    return ReplayCursor(
+        store,
+        room,
+        after=start,
+        until=last_seq,
+        resumed_from=after.seq,
+        cut_reason=cut,
+    )

@@ -1,0 +1,39 @@
+"""Wire framing of outgoing streams: a batch of pre-encoded events as few responses as fit, or
+the article's one ChatMessage per response. Each event is encoded once per wire format (see
+`grpcchat.core.models.Envelope`) however many streams carry it."""
+
+from __future__ import annotations
+
+from grpcchat.core.models import Envelope, Message
+from grpcchat.wire import codec
+
+# A batch is split into responses of at most this size (a single event may exceed it: the
+# largest message is ~16 kB, far below the 4 MB default limit of gRPC clients).
+MAX_RESPONSE_BYTES = 1 << 20
+
+
+def frame_events(batch: list[Envelope]) -> list[bytes]:
+    """A batch as few SubscribeResponse / ConnectResponse messages as fit under
+    MAX_RESPONSE_BYTES each (gRPC clients refuse messages over 4 MB by default)."""
+    responses: list[bytes] = []
+    frames: list[bytes] = []
+    size = 0
+    for envelope in batch:
+        frame = envelope.encoded(codec.encode_event_frame)
+        if frames and size + len(frame) > MAX_RESPONSE_BYTES:
+            responses.append(b"".join(frames))
+            frames, size = [], 0
+        frames.append(frame)
+        size += len(frame)
+    if frames:
+        responses.append(b"".join(frames))
+    return responses
+
+
+def each_chat_message(batch: list[Envelope]) -> list[bytes]:
+    """The article's stream carries one ChatMessage per response, and only messages."""
+    return [
+        envelope.encoded(codec.encode_chat_message)
+        for envelope in batch
+        if isinstance(envelope.event, Message)
+    ]
