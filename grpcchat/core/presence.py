@@ -60,7 +60,9 @@ class PresenceNotices:
         if not changes or members is None or not members.sessions:
             return
         now = datetime.now(UTC)
-        if members.member_count > self._detail_limit:
+        # Counts when the room is big, or when this tick changed it a lot (a mass eviction, a
+        # reconnect storm): one event per member either way, never one per change.
+        if max(members.member_count, len(changes)) > self._detail_limit:
             net: dict[str, int] = {}
             for name, entered in changes:
                 net[name] = net.get(name, 0) + (1 if entered else -1)
@@ -68,7 +70,7 @@ class PresenceNotices:
             left = sum(1 for n in net.values() if n < 0)
             envelope = Envelope(PresenceSummary(room, joined, left, members.member_count, now))
             for session in members.sessions.values():
-                session.offer_optional(envelope)
+                session.offer_optional(envelope, room)
             return
         notices = [
             (name, Envelope(PresenceChange(room, name, entered, now))) for name, entered in changes
@@ -77,7 +79,7 @@ class PresenceNotices:
             for name, envelope in notices:
                 # Nobody is told of their own arrival: their RoomJoined lists the room.
                 if session.name != name:
-                    session.offer_optional(envelope)
+                    session.offer_optional(envelope, room)
 
     def close(self) -> None:
         for timer in self._timers.values():

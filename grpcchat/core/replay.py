@@ -74,7 +74,8 @@ async def plan_replay(
     store: HistoryStore, room: str, after: Position | None, history: int, max_replay: int
 ) -> ReplayCursor:
     """The cursor for a join: everything after a resume position (at most the newest
-    `max_replay`), or the latest `history` messages; reads nothing but the room's last seq."""
+    `max_replay`; 0: no limit), or the latest `history` messages; reads nothing but the room's
+    last seq."""
     epoch = store.epoch
     last_seq = await store.last_seq(room)
     # A position past the end of this epoch's history means the history was rewound (a
@@ -86,9 +87,9 @@ async def plan_replay(
             reason = "rewound" if rewound else "replaced"
             gap = HistoryGap(room, 0, 0, f"the server's history was {reason} since you left")
         # Seqs are contiguous within an epoch, so the latest N messages are the last N seqs.
-        count = min(history, max_replay)
+        count = min(history, max_replay) if max_replay else history
         return ReplayCursor(store, room, after=max(0, last_seq - count), until=last_seq, gap=gap)
-    start = max(after.seq, last_seq - max_replay)
+    start = max(after.seq, last_seq - max_replay) if max_replay else after.seq
     cut = f"more than {max_replay} messages were missed" if start > after.seq else ""
     return ReplayCursor(
         store,

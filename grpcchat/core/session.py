@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from grpcchat.core.errors import ChatError, SlowConsumer
-from grpcchat.core.models import Envelope, Message
+from grpcchat.core.models import Envelope, Message, PresenceChange, PresenceSummary
 from grpcchat.core.replay import ReplayCursor
 
 # A writer that wrote less than BUSY_FACTOR lingers ago counts as busy and lingers before the
@@ -38,12 +38,14 @@ class _PendingJoin:
     """A room being joined: its replay cursor, the event that ends it, and the live events that
     arrived meanwhile (queued after the replay, minus what it already held)."""
 
-    __slots__ = ("cursor", "done", "held")
+    __slots__ = ("cursor", "done", "held", "held_live")
 
     def __init__(self) -> None:
         self.cursor: ReplayCursor | None = None
         self.done: Envelope | None = None
         self.held: list[Envelope] = []
+        # How many of `held` count against the queue's capacity (presence notices do not).
+        self.held_live = 0
 
 
 class Session:
@@ -110,7 +112,8 @@ class Session:
         pending = self._joins.get(room) if room is not None else None
         if pending is not None:
             pending.held.append(envelope)
-            if len(pending.held) > self._capacity:
+            pending.held_live += 1
+            if pending.held_live > self._capacity:
                 self._evict()
             return
         if self._live_waiting >= self._capacity:
@@ -123,11 +126,19 @@ class Session:
             self._on_lag(self)
         self._ready.set()
 
-    def offer_optional(self, envelope: Envelope) -> None:
-        """Queue an event that may be dropped but never evicts (presence notices): a session
-        with a full queue is about to be cut off or to catch up, and either way gets the room's
-        members afresh on its next join."""
-        if not self.closed.is_set() and self._live_waiting < self._capacity:
+    def offer_optional(self, envelope: Envelope, room: str) -> None:
+        """Queue an event of `room` that may be dropped but never evicts (presence notices).
+        It may only use the first half of the queue, so notices never crowd out the messages
+        that follow them; a session that lags gets the room's members afresh on its next join.
+        While the room is being joined, it waits behind the join's RoomJoined like any event."""
+        if self.closed.is_set():
+            return
+        pending = self._joins.get(room)
+        if pending is not None:
+            if len(pending.held) < self._lag_high:
+                pending.held.append(envelope)
+            return
+        if self._live_waiting < self._lag_high:
             self._queue.append((envelope, True))
             self._live_waiting += 1
             self._ready.set()
@@ -192,9 +203,10 @@ class Session:
         replayed_until = max(cursor.until, cursor.last_replayed)
         for envelope in pending.held:
             event = envelope.event
-            if isinstance(event, Message) and event.seq and event.seq <= replayed_until:
-                continue
-            self.offer(envelope, room)
+            if isinstance(event, PresenceChange | PresenceSummary):
+                self.offer_optional(envelope, room)
+            elif not (isinstance(event, Message) and event.seq and event.seq <= replayed_until):
+                self.offer(envelope, room)
 
     # -- ending -----------------------------------------------------------------------------
 

@@ -1,0 +1,875 @@
+"""The hub under overload, without gRPC: cascades of slow consumers, bounded replays, resumes,
+coalesced presence, no ghost sessions, pushback and per-client limits.
+
+A "reader" is a task iterating `session.batches()`; a "never-reading" session is one nobody
+iterates. Every wait is bounded and waits for a marker, never for silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+
+import pytest
+
+from grpcchat.core.errors import (
+    AlreadyJoined,
+    ChatError,
+    InvalidInput,
+    LimitExceeded,
+    SlowConsumer,
+    StoreError,
+)
+from grpcchat.core.history import Retention
+from grpcchat.core.hub import BUSY_RETRY, Hub
+from grpcchat.core.limits import Limits
+from grpcchat.core.models import (
+    Event,
+    HistoryGap,
+    Message,
+    Position,
+    PresenceChange,
+    PresenceSummary,
+    RoomJoined,
+    RoomLeft,
+)
+from grpcchat.core.presence import DETAIL_LIMIT
+from grpcchat.core.ratelimit import RateLimiter
+from grpcchat.core.session import Session
+from grpcchat.store.memory import MemoryStore
+
+TIMEOUT = 10.0
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def make_limits(**overrides: float) -> Limits:
+    """Limits with rate limits off unless a test sets them."""
+    values: dict[str, float] = {"rate": 0, "request_rate": 0}
+    values.update(overrides)
+    return Limits(**values)  # type: ignore[arg-type]
+
+
+def make_hub(store: MemoryStore | None = None, **limits: float) -> Hub:
+    return Hub(store or MemoryStore(Retention()), make_limits(**limits))
+
+
+async def fill(store: MemoryStore, room: str, count: int) -> None:
+    now = datetime.now(UTC)
+    for i in range(count):
+        await store.append(
+            id=uuid.uuid4().hex, room=room, sender="old", text=f"h{i + 1}", sent_at=now
+        )
+
+
+def seqs(events: list[Event], room: str | None = None) -> list[int]:
+    return [e.seq for e in events if isinstance(e, Message) and room in (None, e.room)]
+
+
+def texts(events: list[Event]) -> list[str]:
+    return [e.text for e in events if isinstance(e, Message)]
+
+
+class Reader:
+    """Collects a session's events: one batch at a time (`step`) or in a task (`start`)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.events: list[Event] = []
+        self.writes: list[list[Event]] = []
+        self.error: BaseException | None = None
+        self.finished = False
+        self._batches = session.batches()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.gate: asyncio.Event | None = None  # when set, waited for before each batch
+
+    def _record(self, batch: list[Event]) -> None:
+        self.writes.append(batch)
+        self.events.extend(batch)
+        self._changed.set()
+
+    async def step(self) -> list[Event]:
+        batch = [e.event for e in await asyncio.wait_for(anext(self._batches), TIMEOUT)]
+        self._record(batch)
+        return batch
+
+    def start(self) -> Reader:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if self.gate is not None:
+                    await self.gate.wait()
+                try:
+                    envelopes = await anext(self._batches)
+                except StopAsyncIteration:
+                    return
+                self._record([e.event for e in envelopes])
+        except ChatError as error:
+            self.error = error
+        finally:
+            self.finished = True
+            self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                if self.finished:
+                    raise AssertionError(f"reader ended early: {self.error!r}")
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_for_text(self, text: str, timeout: float = TIMEOUT) -> None:
+        await self.wait_for(lambda: text in texts(self.events), timeout)
+
+    async def wait_joined(self, room: str) -> None:
+        await self.wait_for(
+            lambda: any(isinstance(e, RoomJoined) and e.room == room for e in self.events)
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(ChatError, RuntimeError):
+            await self._batches.aclose()
+
+
+@pytest.fixture
+async def readers() -> AsyncIterator[Callable[..., Reader]]:
+    made: list[Reader] = []
+
+    def make(session: Session, *, start: bool = True) -> Reader:
+        reader = Reader(session)
+        made.append(reader)
+        return reader.start() if start else reader
+
+    yield make
+    for reader in made:
+        await reader.stop()
+
+
+async def post_paced(hub: Hub, room: str, texts_: list[str], followers: list[Reader]) -> None:
+    """Post each text and wait until every follower has it (readers that keep up)."""
+    for text in texts_:
+        await hub.post("poster", text, room=room)
+        for follower in followers:
+            await follower.wait_for_text(text)
+
+
+class CountingStore(MemoryStore):
+    """Records every `read`: its limit, and what `probe` says at that moment."""
+
+    def __init__(self) -> None:
+        super().__init__(Retention())
+        self.reads: list[int] = []
+        self.probed: list[int] = []
+        self.probe: Callable[[], int] | None = None
+
+    async def read(
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list:  # type: ignore[type-arg]
+        self.reads.append(limit)
+        if self.probe is not None:
+            self.probed.append(self.probe())
+        return await super().read(
+            room, after=after, before=before, limit=limit, newest_first=newest_first
+        )
+
+
+class FlakyStore(MemoryStore):
+    """`last_seq` fails for rooms in `fail`, and waits for `gates[room]` first if there is one
+    (`entered[room]` is set once a join is waiting there)."""
+
+    def __init__(self, retention: Retention | None = None) -> None:
+        super().__init__(retention or Retention())
+        self.fail: set[str] = set()
+        self.gates: dict[str, asyncio.Event] = {}
+        self.entered: dict[str, asyncio.Event] = {}
+
+    def gate(self, room: str) -> asyncio.Event:
+        self.entered[room] = asyncio.Event()
+        gate = self.gates[room] = asyncio.Event()
+        return gate
+
+    async def last_seq(self, room: str) -> int:
+        gate = self.gates.get(room)
+        if gate is not None:
+            self.entered[room].set()
+            await gate.wait()
+        if room in self.fail:
+            raise StoreError(f"the store cannot read #{room}")
+        return await super().last_seq(room)
+
+
+# -- 1. the cascade -------------------------------------------------------------------------
+
+
+async def test_the_cascade_with_1000_full_members_settles_in_one_fan_out() -> None:
+    hub = make_hub(queue_size=4)
+    async with AsyncExitStack() as stack:
+        sessions = []
+        for i in range(1000):
+            session = await stack.enter_async_context(hub.connect(f"user{i}", peer="10.0.0.1:1"))
+            await hub.join(session, "crowd")
+            sessions.append(session)
+        assert hub.session_count("crowd") == 1000
+        for n in range(4):  # exactly full: nobody overflows yet
+            await hub.post("poster", f"m{n}", room="crowd")
+        assert not any(s.closed.is_set() for s in sessions)
+        assert hub.registered_sessions == 1000
+
+        appended = await hub.post("poster", "overflow", room="crowd")  # no RecursionError
+
+        assert appended.message.seq == 5
+        assert not appended.duplicate
+        assert all(isinstance(s.error, SlowConsumer) for s in sessions)
+        assert all(s.closed.is_set() and not s.rooms for s in sessions)
+        assert hub.session_count("crowd") == 0  # settled right after the fan-out
+        await asyncio.sleep(0)  # the call_soon settle finds nothing left to do
+        assert hub.session_count("crowd") == 0
+        assert hub.registered_sessions == 0
+        writer = sessions[0].batches()
+        with pytest.raises(SlowConsumer):  # the writer ends with the error, backlog dropped
+            await anext(writer)
+        assert await hub.store.last_seq("crowd") == 5
+    assert hub.registered_sessions == 0
+    assert hub._rooms == {}
+    assert not hub._by_name
+    assert not hub._by_peer
+    assert hub._lagging == 0
+
+
+async def _crowd_with_readers(
+    hub: Hub, stack: AsyncExitStack, readers: Callable[..., Reader]
+) -> tuple[list[Session], list[Reader]]:
+    stuck: list[Session] = []
+    healthy: list[Reader] = []
+    for i in range(305):
+        session = await stack.enter_async_context(hub.connect(f"user{i}", peer="10.0.0.1:1"))
+        await hub.join(session, "crowd")
+        if i % 61 == 0:  # 5 readers spread among 300 that never read
+            healthy.append(readers(session))
+        else:
+            stuck.append(session)
+    assert len(healthy) == 5
+    assert len(stuck) == 300
+    for reader in healthy:
+        await reader.wait_joined("crowd")
+    return stuck, healthy
+
+
+def _check_survivors(hub: Hub, stuck: list[Session], healthy: list[Reader], count: int) -> None:
+    assert all(isinstance(s.error, SlowConsumer) for s in stuck)
+    assert hub.session_count("crowd") == 5
+    assert hub.registered_sessions == 5
+    for reader in healthy:
+        assert reader.session.error is None
+        assert seqs(reader.events) == list(range(1, count + 1))
+
+
+async def test_the_cascade_spares_readers_that_keep_up(readers: Callable[..., Reader]) -> None:
+    hub = make_hub(queue_size=4)
+    async with AsyncExitStack() as stack:
+        stuck, healthy = await _crowd_with_readers(hub, stack, readers)
+        posted = [f"m{n}" for n in range(12)]
+        await post_paced(hub, "crowd", posted, healthy)  # the 5th evicts the 300
+        _check_survivors(hub, stuck, healthy, 12)
+    assert hub.registered_sessions == 0
+    assert hub._rooms == {}
+
+
+async def test_the_cascade_spares_readers_once_its_leave_notices_are_read(
+    readers: Callable[..., Reader],
+) -> None:
+    hub = make_hub(queue_size=4)
+    async with AsyncExitStack() as stack:
+        stuck, healthy = await _crowd_with_readers(hub, stack, readers)
+        await post_paced(hub, "crowd", [f"m{n}" for n in range(5)], healthy)
+        assert all(isinstance(s.error, SlowConsumer) for s in stuck)
+        for reader in healthy:  # the room's tick tells of the leaves before the next message
+            await reader.wait_for(
+                lambda r=reader: any(
+                    isinstance(e, PresenceChange | PresenceSummary)
+                    and not getattr(e, "joined", True)
+                    for e in r.events
+                )
+            )
+        await post_paced(hub, "crowd", [f"m{n}" for n in range(5, 12)], healthy)
+        _check_survivors(hub, stuck, healthy, 12)
+    assert hub.registered_sessions == 0
+    assert hub._rooms == {}
+
+
+# -- 2. replay bound ------------------------------------------------------------------------
+
+
+async def test_a_replay_is_paged_in_lazily_and_bounded_by_the_queue(
+    readers: Callable[..., Reader],
+) -> None:
+    store = CountingStore()
+    await fill(store, "big", 5000)
+    limits = make_limits(max_replay=10_000, queue_size=64)
+    hub = Hub(store, limits)
+    async with hub.connect("slow", peer="10.0.0.2:1") as session:
+        for cycle in range(30):
+            await hub.join(session, "big", history=5000)
+            assert len(session._queue) <= limits.max_batch
+            assert not any(isinstance(e.event, Message) for e, _ in session._queue)
+            assert all(not p.held for p in session._joins.values())
+            await hub.leave(session, "big")
+            assert session._joins == {}, f"cycle {cycle} left a replay buffer"
+        assert store.reads == []  # nothing is read for a writer that never asks
+        assert len(session._queue) == 30  # the 30 RoomLeft notices, nothing else
+        assert not session.closed.is_set()
+
+        store.probe = lambda: len(session._queue)
+        await hub.join(session, "big", history=5000)
+        reader = readers(session, start=False)
+        await reader.step()
+        assert len(store.reads) == 1  # the first write needed one page, not the history
+        reader.start()
+        await reader.wait_for(lambda: any(isinstance(e, RoomJoined) for e in reader.events))
+
+        events = reader.events
+        assert [type(e) for e in events[:30]] == [RoomLeft] * 30
+        assert seqs(events) == list(range(1, 5001))
+        last_message = max(i for i, e in enumerate(events) if isinstance(e, Message))
+        joined = events[last_message + 1]
+        assert isinstance(joined, RoomJoined)
+        assert joined.position == Position(5000, hub.epoch)
+        assert len(events) == last_message + 2
+        # Lazily: about one read per max_batch, each at most a batch, asked only when short.
+        assert all(limit <= limits.max_batch for limit in store.reads)
+        assert len(store.reads) <= -(-5000 // limits.max_batch) + 1
+        assert all(queued < limits.max_batch for queued in store.probed)
+        assert max(len(w) for w in reader.writes) <= limits.max_batch
+
+
+# -- 3. resume ------------------------------------------------------------------------------
+
+
+async def _joined_events(
+    hub: Hub,
+    readers: Callable[..., Reader],
+    room: str,
+    *,
+    after: Position | None = None,
+    history: int = 0,
+) -> list[Event]:
+    async with hub.connect("resumer") as session:
+        await hub.join(session, room, after=after, history=history)
+        reader = readers(session)
+        await reader.wait_joined(room)
+        return list(reader.events)
+
+
+async def test_a_resume_replays_exactly_what_came_after_the_position(
+    readers: Callable[..., Reader],
+) -> None:
+    hub = make_hub()
+    await fill(hub.store, "r", 10)
+    events = await _joined_events(hub, readers, "r", after=Position(4, hub.epoch), history=99)
+    assert seqs(events) == [5, 6, 7, 8, 9, 10]
+    assert not any(isinstance(e, HistoryGap) for e in events)
+    assert events[-1] == RoomJoined("r", ("resumer",), Position(10, hub.epoch), 1)
+
+
+async def test_a_resume_beyond_max_replay_reports_the_gap(readers: Callable[..., Reader]) -> None:
+    hub = make_hub(max_replay=5)
+    await fill(hub.store, "r", 20)
+    events = await _joined_events(hub, readers, "r", after=Position(3, hub.epoch))
+    gap = events[0]
+    assert isinstance(gap, HistoryGap)
+    assert (gap.room, gap.first_seq, gap.last_seq) == ("r", 4, 15)
+    assert "more than 5" in gap.reason
+    assert seqs(events) == [16, 17, 18, 19, 20]
+    assert isinstance(events[-1], RoomJoined)
+
+
+async def test_a_resume_past_retention_reports_the_gap(readers: Callable[..., Reader]) -> None:
+    hub = make_hub(MemoryStore(Retention(max_messages=10)))
+    await fill(hub.store, "r", 30)
+    events = await _joined_events(hub, readers, "r", after=Position(2, hub.epoch))
+    gap = events[0]
+    assert isinstance(gap, HistoryGap)
+    assert (gap.first_seq, gap.last_seq) == (3, 20)
+    assert "retention" in gap.reason
+    assert seqs(events) == list(range(21, 31))
+
+
+@pytest.mark.parametrize(
+    ("position", "reason"), [(Position(3, "f" * 32), "replaced"), (Position(99, ""), "rewound")]
+)
+async def test_a_resume_from_another_history_reports_it_replaced(
+    readers: Callable[..., Reader], position: Position, reason: str
+) -> None:
+    hub = make_hub()
+    await fill(hub.store, "r", 20)
+    if not position.epoch:
+        position = Position(position.seq, hub.epoch)
+    events = await _joined_events(hub, readers, "r", after=position, history=2)
+    gap = events[0]
+    assert isinstance(gap, HistoryGap)
+    assert (gap.first_seq, gap.last_seq) == (0, 0)
+    assert reason in gap.reason
+    assert seqs(events) == [19, 20]  # the latest `history`, as for a fresh join
+
+
+async def test_live_messages_during_a_slow_replay_arrive_once_and_in_order(
+    readers: Callable[..., Reader],
+) -> None:
+    hub = make_hub(queue_size=64, max_batch=100)
+    await fill(hub.store, "r", 2000)
+    async with hub.connect("slow") as session:
+        await hub.join(session, "r", after=Position(0, hub.epoch))
+        reader = readers(session, start=False)
+        first = await reader.step()
+        assert seqs(first) == list(range(1, 101))
+        for n in range(40):  # while the replay is paused: held back, not interleaved
+            await hub.post("live", f"live{n}", room="r")
+        reader.start()
+        await reader.wait_for_text("live39")
+        events = reader.events
+        assert seqs(events) == list(range(1, 2041))  # no duplicate, no gap
+        joined = [i for i, e in enumerate(events) if isinstance(e, RoomJoined)]
+        assert len(joined) == 1
+        assert events[joined[0]].position.seq == 2000  # type: ignore[union-attr]
+        assert seqs(events[: joined[0]]) == list(range(1, 2001))
+        assert not any(isinstance(e, HistoryGap) for e in events)
+        assert not session.closed.is_set()
+
+
+async def test_messages_posted_while_a_join_reads_last_seq_are_not_duplicated(
+    readers: Callable[..., Reader],
+) -> None:
+    store = FlakyStore()
+    hub = make_hub(store)
+    await fill(store, "r", 10)
+    async with hub.connect("joiner") as session:
+        gate = store.gate("r")
+        join = asyncio.create_task(hub.join(session, "r", after=Position(10, hub.epoch)))
+        await asyncio.wait_for(store.entered["r"].wait(), TIMEOUT)
+        for n in range(3):  # stored (11..13) and held before the join knows its last seq
+            await hub.post("live", f"race{n}", room="r")
+        del store.gates["r"]
+        gate.set()
+        await asyncio.wait_for(join, TIMEOUT)
+        reader = readers(session)
+        await reader.wait_joined("r")
+        await hub.post("live", "after", room="r")
+        await reader.wait_for_text("after")
+        assert seqs(reader.events) == [11, 12, 13, 14]
+
+
+async def test_max_replay_zero_disables_the_replay_limit(readers: Callable[..., Reader]) -> None:
+    hub = make_hub(max_replay=0)
+    await fill(hub.store, "r", 10)
+    fresh = await _joined_events(hub, readers, "r", history=5)
+    resumed = await _joined_events(hub, readers, "r", after=Position(3, hub.epoch))
+    assert seqs(fresh) == [6, 7, 8, 9, 10]
+    assert seqs(resumed) == list(range(4, 11))
+    assert not any(isinstance(e, HistoryGap) for e in resumed)
+
+
+# -- 4. coalesced presence ------------------------------------------------------------------
+
+
+def presence(events: list[Event]) -> list[PresenceChange | PresenceSummary]:
+    return [e for e in events if isinstance(e, PresenceChange | PresenceSummary)]
+
+
+async def test_a_room_forming_is_told_in_few_writes(readers: Callable[..., Reader]) -> None:
+    hub = make_hub()
+    async with AsyncExitStack() as stack:
+        members: list[Reader] = []
+        for i in range(50):
+            session = await stack.enter_async_context(hub.connect(f"n{i:02d}"))
+            await hub.join(session, "forming")
+            members.append(readers(session))
+            if i == 0:
+                await members[0].wait_joined("forming")
+
+        def told_of_last(reader: Reader) -> bool:
+            return any(isinstance(e, PresenceChange) and e.name == "n49" for e in reader.events)
+
+        for reader in members[:-1]:
+            await reader.wait_for(lambda r=reader: told_of_last(r))
+
+        first = presence(members[0].events)
+        assert len(first) <= 50
+        assert [(e.name, e.joined) for e in first] == [(f"n{i:02d}", True) for i in range(1, 50)]
+        first_writes = [w for w in members[0].writes if presence(w)]
+        assert len(first_writes) <= 5
+        total_writes = sum(1 for m in members for w in m.writes if presence(w))
+        assert total_writes <= 4 * 50  # not one write per change per member (50 * 49)
+
+
+async def test_a_big_room_gets_one_summary_per_tick(readers: Callable[..., Reader]) -> None:
+    hub = make_hub()
+    async with AsyncExitStack() as stack:
+        connect = stack.enter_async_context
+        observer_session = await connect(hub.connect("observer"))
+        await hub.join(observer_session, "big")
+        observer = readers(observer_session)
+        await observer.wait_joined("big")
+        others = []
+        for i in range(DETAIL_LIMIT + 9):
+            session = await connect(hub.connect(f"m{i:03d}"))
+            await hub.join(session, "big")
+            others.append(session)
+
+        def joins_told() -> int:
+            told = presence(observer.events)
+            changes = sum(1 for e in told if isinstance(e, PresenceChange) and e.joined)
+            return changes + sum(e.joined for e in told if isinstance(e, PresenceSummary))
+
+        # (A summary counts the observer too when its own join fell in the same tick.)
+        await observer.wait_for(lambda: joins_told() >= DETAIL_LIMIT + 9)
+        assert joins_told() <= DETAIL_LIMIT + 10
+        seen = len(presence(observer.events))
+
+        # One tick: 3 arrive, 2 leave, 1 leaves and comes back (cancels out).
+        for i in range(3):
+            session = await connect(hub.connect(f"new{i}"))
+            await hub.join(session, "big")
+        await hub.leave(others[0], "big")
+        await hub.leave(others[1], "big")
+        await hub.leave(others[2], "big")
+        await hub.join(others[2], "big")
+
+        await observer.wait_for(lambda: len(presence(observer.events)) > seen)
+        summary = presence(observer.events)[seen]
+        assert isinstance(summary, PresenceSummary)
+        assert (summary.joined, summary.left, summary.members) == (3, 2, DETAIL_LIMIT + 11)
+        assert summary.members == hub._rooms["big"].member_count
+
+
+async def test_presence_notices_never_evict_a_full_member(readers: Callable[..., Reader]) -> None:
+    hub = make_hub(queue_size=4)
+    async with AsyncExitStack() as stack:
+        connect = stack.enter_async_context
+        full = await connect(hub.connect("full"))
+        await hub.join(full, "r")
+        full_reader = readers(full, start=False)
+        assert isinstance((await full_reader.step())[-1], RoomJoined)  # then it stops reading
+        watcher_session = await connect(hub.connect("watcher"))
+        await hub.join(watcher_session, "r")
+        watcher = readers(watcher_session)
+        await watcher.wait_joined("r")
+        for i in range(10):
+            session = await connect(hub.connect(f"j{i}"))
+            await hub.join(session, "r")
+        await watcher.wait_for(
+            lambda: any(getattr(e, "name", "").startswith("j") for e in watcher.events)
+        )
+        assert full.queued == 2  # notices fill only the first half of the queue...
+        assert not full.closed.is_set()
+        assert full.error is None
+        assert hub.session_count("r") == 12
+
+
+async def test_a_burst_of_joins_does_not_evict_a_reader_that_keeps_up(
+    readers: Callable[..., Reader],
+) -> None:
+    hub = make_hub(queue_size=8)
+    async with AsyncExitStack() as stack:
+        connect = stack.enter_async_context
+        reader_session = await connect(hub.connect("reader"))
+        await hub.join(reader_session, "r")
+        reader = readers(reader_session)
+        await reader.wait_joined("r")
+        for i in range(20):  # one tick's worth of arrivals...
+            session = await connect(hub.connect(f"j{i}"))
+            await hub.join(session, "r")
+        await hub.post("j0", "hello", room="r")  # ...announced right before this message
+        await reader.wait_for_text("hello", timeout=2.0)
+        assert reader.session.error is None
+
+
+async def test_no_presence_notice_arrives_before_room_joined(
+    readers: Callable[..., Reader],
+) -> None:
+    hub = make_hub()
+    async with AsyncExitStack() as stack:
+        connect = stack.enter_async_context
+        watcher_session = await connect(hub.connect("watcher"))
+        await hub.join(watcher_session, "r")
+        watcher = readers(watcher_session)
+        await watcher.wait_joined("r")
+        alice = await connect(hub.connect("alice"))
+        await hub.join(alice, "r")  # her writer has not run yet (a replay still to page in)
+        bob = await connect(hub.connect("bob"))
+        await hub.join(bob, "r")
+        await watcher.wait_for(lambda: any(getattr(e, "name", "") == "bob" for e in watcher.events))
+        alice_reader = readers(alice)
+        await alice_reader.wait_joined("r")
+        events = alice_reader.events
+        joined_at = next(i for i, e in enumerate(events) if isinstance(e, RoomJoined))
+        joined = events[joined_at]
+        assert isinstance(joined, RoomJoined)
+        assert presence(events[:joined_at]) == [], "a notice came before the join ended"
+        assert "bob" in joined.members or any(
+            isinstance(e, PresenceChange) and e.name == "bob" for e in events[joined_at:]
+        )
+
+
+# -- 5. ghost sessions ----------------------------------------------------------------------
+
+
+async def test_the_registry_is_empty_after_every_kind_of_ending(
+    readers: Callable[..., Reader],
+) -> None:
+    store = FlakyStore()
+    store.fail |= {"broken", "slowfail"}
+    hub = make_hub(store, queue_size=4)
+    async with AsyncExitStack() as stack:
+        connect = stack.enter_async_context
+        a = await connect(hub.connect("a", peer="10.0.0.1:1"))
+        await hub.join(a, "r1")
+        await hub.join(a, "r2")
+        a_reader = readers(a)
+        await a_reader.wait_joined("r2")
+
+        b = await connect(hub.connect("b", peer="10.0.0.1:2"))
+        await hub.join(b, "r1")
+        await hub.leave(b, "r1")
+
+        c = await connect(hub.connect("c", peer="10.0.0.2:1"))  # never reads
+        await hub.join(c, "r1")
+        listener = await connect(hub.connect("", peer="10.0.0.2:2"))  # anonymous, never reads
+        await hub.join(listener, "r1")
+
+        d = await connect(hub.connect("d", peer="10.0.0.3:1"))
+        with pytest.raises(StoreError):
+            await hub.join(d, "broken")
+        assert d._joins == {}
+        assert d.rooms == set()
+        assert "broken" not in hub._rooms
+        await hub.join(d, "r2")  # the session goes on
+
+        e = await connect(hub.connect("e", peer="10.0.0.3:2"))
+        gate = store.gate("slowfail")
+        failing = asyncio.create_task(hub.join(e, "slowfail"))
+        await asyncio.wait_for(store.entered["slowfail"].wait(), TIMEOUT)
+        for n in range(3):  # held for e's join, which then fails
+            await hub.post("x", f"held{n}", room="slowfail")
+        gate.set()
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(failing, TIMEOUT)
+        assert e._joins == {}, "a failed join kept its held messages"
+        assert not any(isinstance(env.event, Message) for env, _ in e._queue)
+        assert "slowfail" not in hub._rooms
+        assert e.rooms == set()
+
+        f = await connect(hub.connect("f", peer="10.0.0.3:3"))
+        store.gate("stuck")
+        stuck = asyncio.create_task(hub.join(f, "stuck"))
+        await asyncio.wait_for(store.entered["stuck"].wait(), TIMEOUT)
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        assert f._joins == {}
+        assert "stuck" not in hub._rooms
+        assert f.rooms == set()
+
+        g = await connect(hub.connect("g", peer="10.0.0.4:1"))  # lagging when it ends
+        await hub.join(g, "r3")
+        g_reader = readers(g, start=False)
+        await g_reader.step()
+        for n in range(3):
+            await hub.post("x", f"lag{n}", room="r3")
+        assert g.lagging
+        assert hub._lagging == 1
+
+        await post_paced(hub, "r1", [f"evict{n}" for n in range(5)], [a_reader])
+        assert isinstance(c.error, SlowConsumer)
+        assert isinstance(listener.error, SlowConsumer)
+        assert hub.registered_sessions == 6  # a, b, d, e, f, g
+        assert hub.session_count("r1") == 1
+        assert not a.closed.is_set()
+    assert hub.registered_sessions == 0
+    assert hub._rooms == {}
+    assert not hub._by_name
+    assert not hub._by_peer
+    assert hub._lagging == 0
+
+
+# -- 6. pushback ----------------------------------------------------------------------------
+
+
+async def test_a_majority_lagging_refuses_posts_until_readers_catch_up(
+    readers: Callable[..., Reader],
+) -> None:
+    hub = make_hub(queue_size=8)
+    async with AsyncExitStack() as stack:
+        members: list[Reader] = []
+        for i in range(3):
+            session = await stack.enter_async_context(hub.connect(f"m{i}"))
+            await hub.join(session, "busy")
+            member = readers(session, start=False)
+            await member.step()  # RoomJoined, then nobody reads
+            members.append(member)
+        accepted = 0
+        refused: LimitExceeded | None = None
+        for n in range(8):  # the join notices count too: refused before 8 are queued
+            try:
+                await hub.post("poster", f"m{n}", room="busy")
+            except LimitExceeded as error:
+                refused = error
+                break
+            accepted += 1
+        assert refused is not None
+        assert accepted >= 1
+        assert refused.retry_after == BUSY_RETRY
+        assert sum(m.session.lagging for m in members) >= 2  # more than half full
+        assert await hub.store.last_seq("busy") == accepted  # the refused one is not stored
+        assert not any(m.session.closed.is_set() for m in members)  # nobody evicted
+        with pytest.raises(LimitExceeded):
+            await hub.post("poster", "again", room="busy")
+
+        waiting = asyncio.create_task(hub.until_accepting("busy"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        for member in members:
+            member.start()
+        await asyncio.wait_for(waiting, TIMEOUT)
+        appended = await hub.post("poster", "accepted", room="busy")
+        assert appended.message.seq == accepted + 1
+        for member in members:
+            await member.wait_for_text("accepted")
+            assert seqs(member.events) == list(range(1, accepted + 2))
+
+
+async def test_one_laggard_among_healthy_readers_is_evicted_at_capacity(
+    readers: Callable[..., Reader],
+) -> None:
+    hub = make_hub(queue_size=8)
+    async with AsyncExitStack() as stack:
+        healthy: list[Reader] = []
+        for i in range(4):
+            session = await stack.enter_async_context(hub.connect(f"ok{i}"))
+            await hub.join(session, "r")
+            healthy.append(readers(session))
+            await healthy[-1].wait_joined("r")
+        await healthy[0].wait_for(  # their own arrivals are told before the laggard's
+            lambda: any(getattr(e, "name", "") == "ok3" for e in healthy[0].events)
+        )
+        laggard = await stack.enter_async_context(hub.connect("laggard"))
+        await hub.join(laggard, "r")
+        await readers(laggard, start=False).step()  # RoomJoined, then it stops reading
+        await healthy[0].wait_for(
+            lambda: any(getattr(e, "name", "") == "laggard" for e in healthy[0].events)
+        )
+        assert laggard.queued == 0  # nobody arrived after it
+
+        await post_paced(hub, "r", [f"m{n}" for n in range(8)], healthy)  # never refused
+        assert laggard.lagging
+        assert not laggard.closed.is_set()
+        await post_paced(hub, "r", ["m8"], healthy)
+        assert isinstance(laggard.error, SlowConsumer)
+        await post_paced(hub, "r", [f"m{n}" for n in range(9, 12)], healthy)
+        assert hub.session_count("r") == 4
+        for reader in healthy:
+            assert reader.session.error is None
+            assert seqs(reader.events) == list(range(1, 13))
+
+
+# -- 7. limits ------------------------------------------------------------------------------
+
+
+async def test_a_repeated_join_is_already_joined() -> None:
+    hub = make_hub()
+    async with hub.connect("a") as session:
+        await hub.join(session, "r")  # still pending: nobody reads
+        with pytest.raises(AlreadyJoined):
+            await hub.join(session, "r")
+        assert hub.session_count("r") == 1
+        assert session.rooms == {"r"}
+
+
+async def test_an_oversize_idempotency_key_is_invalid() -> None:
+    hub = make_hub()
+    await hub.post("a", "ok", room="r", key="k" * 128)
+    for key in ("k" * 129, "é" * 65):  # 129 and 130 bytes of UTF-8
+        with pytest.raises(InvalidInput, match="idempotency key"):
+            await hub.post("a", "too long", room="r", key=key)
+    assert await hub.store.last_seq("r") == 1
+
+
+async def test_sessions_per_peer_are_capped() -> None:
+    hub = make_hub(max_sessions_per_peer=2)
+    async with hub.connect("a", peer="p1"), hub.connect("b", peer="p1"):
+        with pytest.raises(LimitExceeded):
+            async with hub.connect("c", peer="p1"):
+                pass
+        async with hub.connect("c", peer="p2"):
+            assert hub.registered_sessions == 3
+    async with hub.connect("c", peer="p1"):
+        assert hub.registered_sessions == 1
+    assert hub.registered_sessions == 0
+    assert not hub._by_peer
+
+
+async def test_sessions_in_total_are_capped() -> None:
+    hub = make_hub(max_sessions=2)
+    async with hub.connect("a", peer="p1"), hub.connect("b", peer="p2"):
+        with pytest.raises(LimitExceeded):
+            async with hub.connect("c", peer="p3"):
+                pass
+        assert hub.registered_sessions == 2
+    async with hub.connect("c", peer="p3"):
+        assert hub.registered_sessions == 1
+
+
+async def test_joins_are_rate_limited_per_principal() -> None:
+    hub = make_hub(request_rate=1, request_burst=2)
+    async with (
+        hub.connect("a", peer="10.0.0.9:1") as a,
+        hub.connect("b", peer="10.0.0.9:1") as b,
+        hub.connect("c", peer="10.0.0.8:1") as c,
+    ):
+        await hub.join(a, "r1")
+        await hub.join(a, "r2")
+        with pytest.raises(LimitExceeded) as refused:
+            await hub.join(a, "r3")
+        assert refused.value.retry_after is not None
+        assert refused.value.retry_after > 0
+        assert "r3" not in a.rooms
+        assert "r3" not in hub._rooms
+        with pytest.raises(LimitExceeded):  # same address, same bucket
+            await hub.join(b, "r3")
+        await hub.join(c, "r3")  # another address is not affected
+        assert hub.session_count("r3") == 1
+
+
+def test_the_rate_limiter_forgets_the_least_recently_used_bucket_only() -> None:
+    limiter = RateLimiter(0.001, 1, max_buckets=3)
+    assert [limiter.wait_time(p) for p in "abc"] == [0.0, 0.0, 0.0]
+    assert limiter.wait_time("a") > 0  # a is now the most recently used
+    assert limiter.wait_time("d") == 0.0  # b, the least recently used, goes
+    assert len(limiter) == 3
+    assert limiter.wait_time("a") > 0  # kept: still empty
+    assert limiter.wait_time("c") > 0  # kept: still empty
+    assert limiter.wait_time("b") == 0.0  # forgotten, so back full; d goes now
+    assert len(limiter) == 3
+    assert limiter.wait_time("a") > 0
+    assert limiter.wait_time("c") > 0
+    assert limiter.wait_time("d") == 0.0
+    assert len(limiter) == 3
