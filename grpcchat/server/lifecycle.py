@@ -24,6 +24,17 @@ from grpcchat.server.servicer import ChatServicer
 
 log = logging.getLogger("grpcchat.server")
 
+
+class _AbortedWriteFilter(logging.Filter):
+    """grpc.aio logs an ExecuteBatchError traceback for a write still pending when we end a
+    call on purpose (a slow consumer cut off mid-write): expected, so not worth an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ExecuteBatchError" not in record.getMessage()
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_AbortedWriteFilter())
+
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 16 * 1024
 # Unary calls that may run beside the streams a full server holds.

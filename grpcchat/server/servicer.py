@@ -174,6 +174,8 @@ class ChatServicer:
         try:
             await self._apply_requests(requests, session)
         except Exception:
+            if session.closed.is_set():
+                return  # the call was ended (a cut-off, a drain): reading it fails, as expected
             log.exception("session %r failed", session.name)
             session.close(ServerDraining("internal error; reconnect"))
             return
