@@ -252,7 +252,7 @@ async def test_the_cascade_with_1000_full_members_settles_in_one_fan_out() -> No
     assert hub._rooms == {}
     assert not hub._by_name
     assert not hub._by_peer
-    assert hub._lagging == 0
+    assert hub.lagging_sessions == 0
 
 
 async def _crowd_with_readers(
@@ -695,7 +695,7 @@ async def test_the_registry_is_empty_after_every_kind_of_ending(
         for n in range(3):
             await hub.post("x", f"lag{n}", room="r3")
         assert g.lagging
-        assert hub._lagging == 1
+        assert hub.lagging_sessions == 1
 
         await post_paced(hub, "r1", [f"evict{n}" for n in range(5)], [a_reader])
         assert isinstance(c.error, SlowConsumer)
@@ -707,7 +707,7 @@ async def test_the_registry_is_empty_after_every_kind_of_ending(
     assert hub._rooms == {}
     assert not hub._by_name
     assert not hub._by_peer
-    assert hub._lagging == 0
+    assert hub.lagging_sessions == 0
 
 
 # -- 6. pushback ----------------------------------------------------------------------------
@@ -873,3 +873,16 @@ def test_the_rate_limiter_forgets_the_least_recently_used_bucket_only() -> None:
     assert limiter.wait_time("c") > 0
     assert limiter.wait_time("d") == 0.0
     assert len(limiter) == 3
+
+
+async def test_anonymous_streams_have_a_cap_of_their_own() -> None:
+    hub = Hub(MemoryStore(Retention()), Limits(rate=0, request_rate=0, max_anonymous_sessions=2))
+    async with AsyncExitStack() as stack:
+        for _ in range(2):
+            await stack.enter_async_context(hub.connect(""))
+        with pytest.raises(LimitExceeded, match="2 anonymous streams are open"):
+            await stack.enter_async_context(hub.connect(""))
+        # Named sessions are not anonymous: they count against their own limits only.
+        await stack.enter_async_context(hub.connect("alice"))
+    async with hub.connect(""):  # the count went back down as the streams ended
+        assert hub.registered_sessions == 1

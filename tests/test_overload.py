@@ -243,7 +243,7 @@ async def test_chat_streams_under_overload_lose_nothing_and_publishers_are_slowe
         async def watch() -> None:
             nonlocal lagging_peak
             while True:
-                lagging_peak = max(lagging_peak, server.hub._lagging)
+                lagging_peak = max(lagging_peak, server.hub.lagging_sessions)
                 await asyncio.sleep(0.01)
 
         watcher = asyncio.create_task(watch())

@@ -617,3 +617,28 @@ async def test_a_replay_cut_short_by_max_replay_is_not_a_silent_loss() -> None:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+async def test_a_jump_in_live_seqs_is_resumed_over_not_skipped(
+    server: ChatServer, client: ChatClient
+) -> None:
+    """A message stored but never delivered live (here: appended behind the hub's back, as a
+    lost delivery would look) is noticed by the seq that skips it: the client resumes from its
+    last position and shows it, in order, exactly once."""
+    async with Collector(client.session("alice")) as alice:
+        first = (await client.send("bob", "one")).message
+        await alice.until(lambda: alice.has(first))
+        lost = await server.hub.store.append(
+            id="lost-1",
+            room="lobby",
+            sender="bob",
+            text="never delivered live",
+            sent_at=datetime.now(UTC),
+        )
+        last = (await client.send("bob", "three")).message
+        await alice.until(lambda: alice.has(last))
+        assert [m.seq for m in alice.messages()] == [first.seq, lost.message.seq, last.seq]
+        assert [m.text for m in alice.messages()] == ["one", "never delivered live", "three"]
+        [reconnecting] = [e for e in alice.events if isinstance(e, Reconnecting)]
+        assert "did not arrive" in reconnecting.reason
+        assert alice.count(HistoryGap) == 0

@@ -17,16 +17,14 @@ overflows, and only a lagging session whose writer makes no progress at all is c
 from __future__ import annotations
 
 import asyncio
-import heapq
-import time
 import uuid
 import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from grpcchat.core import listing
 from grpcchat.core.direct import DirectMessages
 from grpcchat.core.errors import (
     AlreadyJoined,
@@ -37,40 +35,23 @@ from grpcchat.core.errors import (
 )
 from grpcchat.core.history import DEDUP_WINDOW, Appended, HistoryStore
 from grpcchat.core.limits import Limits
+from grpcchat.core.listing import MembersPage
 from grpcchat.core.models import Envelope, Message, Position, RoomInfo, RoomJoined, RoomLeft
 from grpcchat.core.presence import DETAIL_LIMIT, PresenceNotices
+from grpcchat.core.pressure import BUSY_RETRY, STALL_TIMEOUT, Pressure
 from grpcchat.core.ratelimit import RateLimiter
 from grpcchat.core.replay import plan_replay
 from grpcchat.core.rooms import Room
 from grpcchat.core.session import Session
 from grpcchat.core.validation import (
-    MAX_NAME_LENGTH,
-    MAX_ROOM_LENGTH,
     check_epoch,
     check_key,
     check_name,
-    check_page_token,
     check_room,
     check_text,
 )
 
 MAX_HISTORY_PAGE = 1000
-MAX_LIST_PAGE = 1000
-DEFAULT_LIST_PAGE = 1000
-# Overload is a majority of a room's (or the server's) sessions lagging; below this many
-# sessions a lagging one is simply slow (it overflows and resumes), never a reason to push back.
-MIN_PUSHBACK_SESSIONS = 3
-# What a refused publisher is told to wait, and how often a held-back Chat stream looks again.
-BUSY_RETRY = 0.05
-# A lagging session whose writer has not finished a write for this long is stuck, not slow.
-STALL_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class MembersPage:
-    names: list[str]
-    total: int  # distinct names in the room
-    next_token: str  # "" when this was the last page
 
 
 class Hub:
@@ -87,9 +68,7 @@ class Hub:
         self._sessions: dict[int, Session] = {}
         self._by_name: defaultdict[str, dict[int, Session]] = defaultdict(dict)
         self._by_peer: defaultdict[str, int] = defaultdict(int)
-        # Sessions whose queue is more than half full, server-wide.
-        self._lagging = 0
-        self._stall_check = 0.0
+        self._anonymous = 0
         # Weak: a room's lock lives while someone holds or awaits it, so rooms that anyone can
         # create by posting do not accumulate locks forever.
         self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
@@ -101,6 +80,7 @@ class Hub:
             lambda name: list(self._by_name.get(name, {}).values()), dedup_window
         )
         self._presence = PresenceNotices(self._rooms.get)
+        self._pressure = Pressure(self._sessions, self._rooms)
         self._evicted: list[Session] = []
         self._settle_scheduled = False
         self._draining = False
@@ -138,6 +118,9 @@ class Hub:
         limit = self.limits.max_sessions_per_peer
         if limit and peer and self._by_peer.get(peer, 0) >= limit:
             raise LimitExceeded(f"{peer} already has {limit} sessions open")
+        limit = self.limits.max_anonymous_sessions
+        if limit and not name and self._anonymous >= limit:
+            raise LimitExceeded(f"{limit} anonymous streams are open; give a name or try later")
         session = Session(
             name,
             authenticated=authenticated,
@@ -147,13 +130,15 @@ class Hub:
             linger=self.limits.batch_linger,
             on_close=self._forget,
             on_evicted=self._evicted_during_fan_out,
-            on_lag=self._lag_changed,
+            on_lag=self._pressure.lag_changed,
         )
         self._sessions[session.id] = session
         if name:
             self._by_name[name][session.id] = session
         if peer:
             self._by_peer[peer] += 1
+        if not name:
+            self._anonymous += 1
         try:
             yield session
         finally:
@@ -169,13 +154,14 @@ class Hub:
                 self._remove_member(session, room)
         finally:
             session.rooms.clear()
-            if session.lagging:
-                self._lagging -= 1
+            self._pressure.forget(session)
             sessions = self._by_name.get(session.name)
             if sessions is not None:
                 sessions.pop(session.id, None)
                 if not sessions:
                     del self._by_name[session.name]
+            if not session.name:
+                self._anonymous -= 1
             if session.peer:
                 self._by_peer[session.peer] -= 1
                 if not self._by_peer[session.peer]:
@@ -192,16 +178,6 @@ class Hub:
         self._settle_scheduled = False
         while self._evicted:
             self._forget(self._evicted.pop())
-
-    def _lag_changed(self, session: Session) -> None:
-        if session.id not in self._sessions:
-            return
-        delta = 1 if session.lagging else -1
-        self._lagging += delta
-        for name in session.rooms:
-            room = self._rooms.get(name)
-            if room is not None and session.id in room.sessions:
-                room.lagging += delta
 
     # -- rooms ------------------------------------------------------------------------------
 
@@ -279,39 +255,16 @@ class Hub:
     def members_page(
         self, room: str = "", *, after: str = "", limit: int = 0, principal: str = ""
     ) -> MembersPage:
-        """One page of the room's sorted names after `after` (a page token: the last name of
-        the previous page)."""
-        check_page_token(after, MAX_NAME_LENGTH)
+        """One page of the room's sorted names after `after` (see `listing`)."""
         self._limit_requests(principal)
-        members = self._rooms.get(check_room(room))
-        if members is None:
-            return MembersPage([], 0, "")
-        size = _page_size(limit)
-        names = members.page(after, size + 1)
-        more = len(names) > size
-        names = names[:size]
-        return MembersPage(names, members.member_count, names[-1] if more else "")
+        return listing.members_page(self._rooms, check_room(room), after, limit)
 
     async def rooms(
         self, *, after: str = "", limit: int = 0, principal: str = ""
     ) -> tuple[list[RoomInfo], str]:
-        """One page of the rooms with members or history, by name, after `after` (a page
-        token: the last room of the previous page), and the token for the next page ("" when
-        this was the last). Stored rooms come from the store's own index, never a scan."""
-        check_page_token(after, MAX_ROOM_LENGTH)
+        """One page of the rooms with members or history, and the next page's token."""
         self._limit_requests(principal)
-        size = _page_size(limit)
-        stored = {r.name: r.messages for r in await self.store.rooms(after=after, limit=size + 1)}
-        live = heapq.nsmallest(size + 1, (name for name in self._rooms if name > after))
-        names = sorted(set(stored) | set(live))[: size + 1]
-        more = len(names) > size
-        names = names[:size]
-        page = [RoomInfo(n, self._member_count(n), stored.get(n, 0)) for n in names]
-        return page, names[-1] if more else ""
-
-    def _member_count(self, room: str) -> int:
-        members = self._rooms.get(room)
-        return members.member_count if members is not None else 0
+        return await listing.rooms_page(self.store, self._rooms, after, limit)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -381,20 +334,17 @@ class Hub:
 
     # -- overload ---------------------------------------------------------------------------
 
-    def _behind(self, room: Room | None) -> bool:
-        """Whether most sessions of the room, or of the server, lag behind."""
-        if room is not None and len(room) >= MIN_PUSHBACK_SESSIONS and room.lagging * 2 > len(room):
-            return True
-        total = len(self._sessions)
-        return total >= MIN_PUSHBACK_SESSIONS and self._lagging * 2 > total
+    @property
+    def lagging_sessions(self) -> int:
+        return self._pressure.lagging
 
     def _admit(self, room: str) -> None:
         """Refuse a post to a room that is behind (its readers catch up meanwhile)."""
         members = self._rooms.get(room)
-        if not self._behind(members):
+        if not self._pressure.behind(members):
             return
         self._evict_stalled(members)
-        if self._behind(members):
+        if self._pressure.behind(members):
             raise LimitExceeded(
                 f"#{room} is busy: its readers are catching up; retry shortly",
                 retry_after=BUSY_RETRY,
@@ -404,21 +354,13 @@ class Hub:
         """Wait while posting to `room` would be refused as busy (the Chat stream's pushback:
         it has no way to refuse one message, so it stops reading instead)."""
         room = check_room(room)
-        while self._behind(self._rooms.get(room)) and not self._draining:
+        while self._pressure.behind(self._rooms.get(room)) and not self._draining:
             self._evict_stalled(self._rooms.get(room))
             await asyncio.sleep(BUSY_RETRY)
 
     def _evict_stalled(self, room: Room | None) -> None:
-        """Cut off lagging sessions whose writer made no progress for STALL_TIMEOUT (a client
-        that stopped reading); checked at most once a second."""
-        now = time.monotonic()
-        if now - self._stall_check < 1.0:
-            return
-        self._stall_check = now
-        sessions = room.sessions.values() if room is not None else self._sessions.values()
-        stuck = [s for s in sessions if s.lagging and now - s.last_progress > STALL_TIMEOUT]
         try:
-            for session in stuck:
+            for session in self._pressure.stuck(room):
                 session.evict_stalled(STALL_TIMEOUT)
         finally:
             self._settle_evictions()
@@ -468,7 +410,3 @@ class Hub:
     def session_count(self, room: str = "") -> int:
         members = self._rooms.get(check_room(room))
         return len(members) if members is not None else 0
-
-
-def _page_size(limit: int) -> int:
-    return min(limit, MAX_LIST_PAGE) if limit > 0 else DEFAULT_LIST_PAGE

@@ -9,6 +9,7 @@ DEFAULT_RATE = 20.0
 DEFAULT_REQUEST_RATE = 50.0
 DEFAULT_MAX_SESSIONS = 20_000
 DEFAULT_MAX_SESSIONS_PER_PEER = 2_000
+DEFAULT_MAX_ANONYMOUS_SESSIONS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,9 @@ class Limits:
     # Sessions (streams) in total, and per client address.
     max_sessions: int = DEFAULT_MAX_SESSIONS
     max_sessions_per_peer: int = DEFAULT_MAX_SESSIONS_PER_PEER
+    # Anonymous streams (the article's Chat without auth, nameless Subscribe): nothing else
+    # bounds them per user, so they have a cap of their own.
+    max_anonymous_sessions: int = DEFAULT_MAX_ANONYMOUS_SESSIONS
     # Messages per second per user (or, without auth, per address), with bursts up to `burst`.
     rate: float = DEFAULT_RATE
     burst: float = DEFAULT_RATE * 3
@@ -46,6 +50,7 @@ class Limits:
             self.max_sessions_per_user,
             self.max_sessions,
             self.max_sessions_per_peer,
+            self.max_anonymous_sessions,
             self.max_replay,
         )
         if min(counts) < 0:

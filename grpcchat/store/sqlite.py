@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,56 +33,20 @@ from typing import TypeVar
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, Retention, RoomCount
 from grpcchat.core.models import Message
+from grpcchat.store.sqlite_file import (
+    Transaction,
+    check_is_history,
+    create_schema,
+    existing_epoch,
+    migrate,
+    unreadable,
+    unusable,
+)
 
 T = TypeVar("T")
 
 log = logging.getLogger("grpcchat.store")
 
-SCHEMA_VERSION = 2
-# The tables as schema 1 made them; a new file is made the same way, then migrated like an old
-# one, so every file of a version has exactly the same schema.
-_SCHEMA_1 = (
-    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    # A room's last seq outlives its messages, so seqs are never reused after pruning.
-    "CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID",
-    # Clustered by (room, seq): a page is one contiguous range of the b-tree.
-    """CREATE TABLE messages (
-        room TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        id TEXT NOT NULL,
-        sender TEXT NOT NULL,
-        text TEXT NOT NULL,
-        sent_at_us INTEGER NOT NULL,
-        action INTEGER NOT NULL,
-        PRIMARY KEY (room, seq)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX messages_by_time ON messages (sent_at_us)",
-    # A copy of the original, not a reference: the original may be pruned while its key lives.
-    """CREATE TABLE dedup (
-        sender TEXT NOT NULL,
-        key TEXT NOT NULL,
-        room TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        id TEXT NOT NULL,
-        text TEXT NOT NULL,
-        sent_at_us INTEGER NOT NULL,
-        action INTEGER NOT NULL,
-        PRIMARY KEY (sender, key)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX dedup_by_time ON dedup (sent_at_us)",
-)
-# The statements that bring a file from the version before each key to that version.
-_MIGRATIONS = {
-    2: (
-        # How many messages each room holds, so listing rooms never counts rows.
-        "ALTER TABLE rooms ADD COLUMN messages INTEGER NOT NULL DEFAULT 0",
-        "UPDATE rooms SET messages ="
-        " (SELECT COUNT(*) FROM messages AS held WHERE held.room = rooms.room)",
-        # Rooms whose messages all expired keep their row (and last_seq) but leave this index.
-        "CREATE INDEX rooms_holding_messages ON rooms (room, messages) WHERE messages > 0",
-    ),
-}
-_TABLES = frozenset({"meta", "rooms", "messages", "dedup"})
 # How often expired rows are deleted; in between, queries skip them.
 MAINTENANCE_INTERVAL = 60.0
 # Rows deleted per transaction by the maintenance job: appends wait at most for one batch.
@@ -108,44 +70,6 @@ def _now_us() -> int:
     return _to_us(datetime.now(UTC))
 
 
-def _unusable(path: Path, why: str) -> StoreError:
-    return StoreError(
-        f"cannot use the history file {path}: {why}. Move it away (a new, empty history will "
-        "start there), choose another path, or use --store memory://"
-    )
-
-
-def _unreadable(path: Path, exc: sqlite3.Error) -> str:
-    if not path.exists():
-        return f"cannot create it ({exc})"
-    if not os.access(path, os.R_OK | os.W_OK):
-        return f"no permission to read and write it ({exc})"
-    return f"it is not a readable SQLite database ({exc})"
-
-
-def _check_is_history(conn: sqlite3.Connection, path: Path) -> bool:
-    """Whether the file holds a history this version can use (False: it is empty); raises
-    StoreError for anything else. Only reads."""
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    if not tables:
-        return False
-    if "meta" not in tables:
-        raise _unusable(path, "it is a SQLite database, but not a grpcchat history")
-    if not tables >= _TABLES:
-        raise _unusable(path, f"tables are missing ({', '.join(sorted(_TABLES - tables))})")
-    meta: dict[str, str] = dict(conn.execute("SELECT name, value FROM meta"))
-    version = meta.get("schema_version", "")
-    if not version.isdigit() or "epoch" not in meta:
-        raise _unusable(path, "its grpcchat metadata is missing or damaged")
-    if int(version) > SCHEMA_VERSION:
-        raise _unusable(
-            path,
-            f"it was written by a newer grpcchat (history schema {version}; this version "
-            f"reads {SCHEMA_VERSION}): upgrade grpcchat to keep it",
-        )
-    return True
-
-
 class _Database:
     """The connection and every statement; lives on, and is only called from, one thread."""
 
@@ -157,8 +81,8 @@ class _Database:
         self._dedup_window_us = retention.dedup_window // _MICROSECOND
         # The `sent_at` of the latest append: dedup keys are judged on the appends' clock.
         self._appended_at_us: int | None = None
-        self.epoch = self._existing_epoch() or self._create_schema()
-        self._migrate()
+        self.epoch = existing_epoch(conn, path) or create_schema(conn, path)
+        migrate(conn)
         self._enforce_count_limit()
 
     @classmethod
@@ -167,70 +91,31 @@ class _Database:
         grpcchat history, rather than start over with an empty one. A refused file is left
         exactly as it was: it is the user's to rescue."""
         if path.is_dir():
-            raise _unusable(path, "it is a directory")
+            raise unusable(path, "it is a directory")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             why = f"cannot create its directory {path.parent} ({exc.strerror})"
-            raise _unusable(path, why) from exc
+            raise unusable(path, why) from exc
         try:
             conn = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
-            raise _unusable(path, _unreadable(path, exc)) from exc
+            raise unusable(path, unreadable(path, exc)) from exc
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
-                raise _unusable(path, f"it is damaged ({problems[0]})")
-            _check_is_history(conn, path)  # before anything below writes to the file
+                raise unusable(path, f"it is damaged ({problems[0]})")
+            check_is_history(conn, path)  # before anything below writes to the file
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             return cls(conn, path, retention)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise _unusable(path, _unreadable(path, exc)) from exc
+            raise unusable(path, unreadable(path, exc)) from exc
         except BaseException:
             conn.close()
             raise
-
-    def _existing_epoch(self) -> str | None:
-        if not _check_is_history(self._conn, self.path):
-            return None
-        return str(self._conn.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0])
-
-    def _create_schema(self) -> str:
-        """Create the tables of a new history and return its new epoch, or, if another process
-        created them first, the epoch it chose."""
-        with self._transaction():
-            if epoch := self._existing_epoch():
-                return epoch
-            for statement in _SCHEMA_1:
-                self._conn.execute(statement)
-            epoch = uuid.uuid4().hex
-            self._conn.executemany(
-                "INSERT INTO meta (name, value) VALUES (?, ?)",
-                [("epoch", epoch), ("schema_version", "1")],
-            )
-            return epoch
-
-    def _schema_version(self) -> int:
-        row = self._conn.execute("SELECT value FROM meta WHERE name = 'schema_version'")
-        return int(row.fetchone()[0])
-
-    def _migrate(self) -> None:
-        """Bring the file to SCHEMA_VERSION, one version per transaction, keeping its history
-        and epoch. Another process may be migrating it too: each step re-reads the version
-        under the write lock."""
-        while self._schema_version() < SCHEMA_VERSION:
-            with self._transaction():
-                version = self._schema_version() + 1
-                if version > SCHEMA_VERSION:
-                    return
-                for statement in _MIGRATIONS[version]:
-                    self._conn.execute(statement)
-                self._conn.execute(
-                    "UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(version),)
-                )
 
     def _enforce_count_limit(self) -> None:
         """Delete what lies beyond the count limit in every room: appends keep each room
@@ -242,8 +127,8 @@ class _Database:
             for room, last_seq in over:
                 self._prune_by_count(room, last_seq)
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._conn)
+    def _transaction(self) -> Transaction:
+        return Transaction(self._conn)
 
     def append(
         self,
@@ -405,37 +290,6 @@ class _Database:
             epoch=self.epoch,
             action=bool(action),
         )
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception.
-
-    IMMEDIATE takes the write lock up front, so another process on the same file waits (up to
-    busy_timeout) instead of failing halfway through a read-then-write.
-    """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        if self._conn.in_transaction:  # a ROLLBACK that failed last time: never build on it
-            self._conn.execute("ROLLBACK")
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            try:
-                self._conn.execute("COMMIT")
-                return
-            except BaseException:
-                self._rollback()
-                raise
-        self._rollback()
-
-    def _rollback(self) -> None:
-        # SQLite has already rolled back after some errors (a full disk, for one).
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
 
 
 class SqliteStore:

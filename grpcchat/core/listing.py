@@ -1,0 +1,59 @@
+"""Paged listings of who is in a room and which rooms exist. A page token is the last name of
+the previous page, so paging is stable while names come and go, and costs no scan: names come
+from each room's sorted index, stored rooms from the store's own index."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from grpcchat.core.history import HistoryStore
+from grpcchat.core.models import RoomInfo
+from grpcchat.core.rooms import Room
+from grpcchat.core.validation import MAX_NAME_LENGTH, MAX_ROOM_LENGTH, check_page_token
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MembersPage:
+    names: list[str]
+    total: int  # distinct names in the room
+    next_token: str  # "" when this was the last page
+
+
+def page_size(limit: int) -> int:
+    return min(limit, MAX_PAGE) if limit > 0 else DEFAULT_PAGE
+
+
+def members_page(rooms: Mapping[str, Room], room: str, after: str, limit: int) -> MembersPage:
+    """The room's sorted names after `after`, at most `limit` (0: the default page)."""
+    check_page_token(after, MAX_NAME_LENGTH)
+    members = rooms.get(room)
+    if members is None:
+        return MembersPage([], 0, "")
+    size = page_size(limit)
+    names = members.page(after, size + 1)
+    more = len(names) > size
+    names = names[:size]
+    return MembersPage(names, members.member_count, names[-1] if more else "")
+
+
+async def rooms_page(
+    store: HistoryStore, rooms: Mapping[str, Room], after: str, limit: int
+) -> tuple[list[RoomInfo], str]:
+    """Rooms with members or history, by name, after `after`, and the token for the next page
+    ("" when this was the last)."""
+    check_page_token(after, MAX_ROOM_LENGTH)
+    size = page_size(limit)
+    stored = {r.name: r.messages for r in await store.rooms(after=after, limit=size + 1)}
+    live = heapq.nsmallest(size + 1, (name for name in rooms if name > after))
+    names = sorted(set(stored) | set(live))[: size + 1]
+    more = len(names) > size
+    names = names[:size]
+    page = [
+        RoomInfo(n, rooms[n].member_count if n in rooms else 0, stored.get(n, 0)) for n in names
+    ]
+    return page, names[-1] if more else ""

@@ -1,0 +1,67 @@
+"""When the chat is behind: which sessions lag, whether a room (or the whole server) is behind,
+and which lagging sessions are stuck rather than slow.
+
+A session lags while more than half of its queue is waiting (see `Session`). A room is behind
+when a majority of its sessions lag, the server when a majority of all sessions do; then the
+hub pushes back on publishers instead of letting healthy readers overflow. Below
+MIN_PUSHBACK_SESSIONS sessions a lagging one is simply slow: it overflows and resumes, and is
+never a reason to hold publishers back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from grpcchat.core.rooms import Room
+from grpcchat.core.session import Session
+
+MIN_PUSHBACK_SESSIONS = 3
+# What a refused publisher is told to wait, and how often a held-back Chat stream looks again.
+BUSY_RETRY = 0.05
+# A lagging session whose writer has not finished a write for this long is stuck, not slow.
+STALL_TIMEOUT = 10.0
+# Looking for stuck sessions scans a room (or the server): at most this often.
+STALL_CHECK_INTERVAL = 1.0
+
+
+class Pressure:
+    def __init__(self, sessions: Mapping[int, Session], rooms: Mapping[str, Room]) -> None:
+        self._sessions = sessions
+        self._rooms = rooms
+        # Sessions whose queue is more than half full, server-wide.
+        self.lagging = 0
+        self._stall_check = 0.0
+
+    def lag_changed(self, session: Session) -> None:
+        """A registered session started or stopped lagging: count it in its rooms too."""
+        if session.id not in self._sessions:
+            return
+        delta = 1 if session.lagging else -1
+        self.lagging += delta
+        for name in session.rooms:
+            room = self._rooms.get(name)
+            if room is not None and session.id in room.sessions:
+                room.lagging += delta
+
+    def forget(self, session: Session) -> None:
+        """A lagging session is leaving the server (its rooms uncount it themselves)."""
+        if session.lagging:
+            self.lagging -= 1
+
+    def behind(self, room: Room | None) -> bool:
+        """Whether most sessions of the room, or of the server, lag behind."""
+        if room is not None and len(room) >= MIN_PUSHBACK_SESSIONS and room.lagging * 2 > len(room):
+            return True
+        total = len(self._sessions)
+        return total >= MIN_PUSHBACK_SESSIONS and self.lagging * 2 > total
+
+    def stuck(self, room: Room | None) -> list[Session]:
+        """Lagging sessions of the room (or the server) whose writer made no progress for
+        STALL_TIMEOUT: clients that stopped reading. Empty when asked again within a second."""
+        now = time.monotonic()
+        if now - self._stall_check < STALL_CHECK_INTERVAL:
+            return []
+        self._stall_check = now
+        sessions = room.sessions.values() if room is not None else self._sessions.values()
+        return [s for s in sessions if s.lagging and now - s.last_progress > STALL_TIMEOUT]

@@ -1,0 +1,168 @@
+"""The SQLite history file itself: its schema, the migrations between versions, the checks that
+refuse a file that is not a healthy grpcchat history, and the one transaction discipline every
+write uses. `sqlite.py` is the engine built on it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+
+from grpcchat.core.errors import StoreError
+
+SCHEMA_VERSION = 2
+# The tables as schema 1 made them; a new file is made the same way, then migrated like an old
+# one, so every file of a version has exactly the same schema.
+_SCHEMA_1 = (
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # A room's last seq outlives its messages, so seqs are never reused after pruning.
+    "CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID",
+    # Clustered by (room, seq): a page is one contiguous range of the b-tree.
+    """CREATE TABLE messages (
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        text TEXT NOT NULL,
+        sent_at_us INTEGER NOT NULL,
+        action INTEGER NOT NULL,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX messages_by_time ON messages (sent_at_us)",
+    # A copy of the original, not a reference: the original may be pruned while its key lives.
+    """CREATE TABLE dedup (
+        sender TEXT NOT NULL,
+        key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        sent_at_us INTEGER NOT NULL,
+        action INTEGER NOT NULL,
+        PRIMARY KEY (sender, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX dedup_by_time ON dedup (sent_at_us)",
+)
+# The statements that bring a file from the version before each key to that version.
+_MIGRATIONS = {
+    2: (
+        # How many messages each room holds, so listing rooms never counts rows.
+        "ALTER TABLE rooms ADD COLUMN messages INTEGER NOT NULL DEFAULT 0",
+        "UPDATE rooms SET messages ="
+        " (SELECT COUNT(*) FROM messages AS held WHERE held.room = rooms.room)",
+        # Rooms whose messages all expired keep their row (and last_seq) but leave this index.
+        "CREATE INDEX rooms_holding_messages ON rooms (room, messages) WHERE messages > 0",
+    ),
+}
+_TABLES = frozenset({"meta", "rooms", "messages", "dedup"})
+
+
+def unusable(path: Path, why: str) -> StoreError:
+    return StoreError(
+        f"cannot use the history file {path}: {why}. Move it away (a new, empty history will "
+        "start there), choose another path, or use --store memory://"
+    )
+
+
+def unreadable(path: Path, exc: sqlite3.Error) -> str:
+    if not path.exists():
+        return f"cannot create it ({exc})"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"no permission to read and write it ({exc})"
+    return f"it is not a readable SQLite database ({exc})"
+
+
+def check_is_history(conn: sqlite3.Connection, path: Path) -> bool:
+    """Whether the file holds a history this version can use (False: it is empty); raises
+    StoreError for anything else. Only reads."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    if not tables:
+        return False
+    if "meta" not in tables:
+        raise unusable(path, "it is a SQLite database, but not a grpcchat history")
+    if not tables >= _TABLES:
+        raise unusable(path, f"tables are missing ({', '.join(sorted(_TABLES - tables))})")
+    meta: dict[str, str] = dict(conn.execute("SELECT name, value FROM meta"))
+    version = meta.get("schema_version", "")
+    if not version.isdigit() or "epoch" not in meta:
+        raise unusable(path, "its grpcchat metadata is missing or damaged")
+    if int(version) > SCHEMA_VERSION:
+        raise unusable(
+            path,
+            f"it was written by a newer grpcchat (history schema {version}; this version "
+            f"reads {SCHEMA_VERSION}): upgrade grpcchat to keep it",
+        )
+    return True
+
+
+def existing_epoch(conn: sqlite3.Connection, path: Path) -> str | None:
+    if not check_is_history(conn, path):
+        return None
+    return str(conn.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0])
+
+
+def create_schema(conn: sqlite3.Connection, path: Path) -> str:
+    """Create the tables of a new history and return its new epoch, or, if another process
+    created them first, the epoch it chose."""
+    with Transaction(conn):
+        if epoch := existing_epoch(conn, path):
+            return epoch
+        for statement in _SCHEMA_1:
+            conn.execute(statement)
+        epoch = uuid.uuid4().hex
+        conn.executemany(
+            "INSERT INTO meta (name, value) VALUES (?, ?)",
+            [("epoch", epoch), ("schema_version", "1")],
+        )
+        return epoch
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'")
+    return int(row.fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the file to SCHEMA_VERSION, one version per transaction, keeping its history and
+    epoch. Another process may be migrating it too: each step re-reads the version under the
+    write lock."""
+    while _schema_version(conn) < SCHEMA_VERSION:
+        with Transaction(conn):
+            version = _schema_version(conn) + 1
+            if version > SCHEMA_VERSION:
+                return
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(version),))
+
+
+class Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception.
+
+    IMMEDIATE takes the write lock up front, so another process on the same file waits (up to
+    busy_timeout) instead of failing halfway through a read-then-write.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        if self._conn.in_transaction:  # a ROLLBACK that failed last time: never build on it
+            self._conn.execute("ROLLBACK")
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._conn.execute("COMMIT")
+                return
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (a full disk, for one).
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
