@@ -106,8 +106,29 @@ class RequestRefused:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SendAck:
+    """The answer to a message sent on a session stream, matched by the sender's key: the
+    message as accepted (the original, for a repeated key: `duplicate`), or a refusal with the
+    status code a unary Send would have got (`retry_after` seconds when waiting helps)."""
+
+    key: str
+    message: Message | None
+    duplicate: bool = False
+    code: str = ""
+    reason: str = ""
+    retry_after: float | None = None
+
+
 Event = (
-    Message | PresenceChange | PresenceSummary | HistoryGap | RoomJoined | RoomLeft | RequestRefused
+    Message
+    | PresenceChange
+    | PresenceSummary
+    | HistoryGap
+    | RoomJoined
+    | RoomLeft
+    | RequestRefused
+    | SendAck
 )
 
 

@@ -17,6 +17,7 @@ from grpcchat.core.models import (
     RequestRefused,
     RoomJoined,
     RoomLeft,
+    SendAck,
 )
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 
@@ -101,6 +102,13 @@ def event_to_proto(event: Event) -> pb.Event:
             return pb.Event(joined=done)
         case RoomLeft(room):
             return pb.Event(left=pb.RoomLeft(room=room))
+        case SendAck(key, message, duplicate, code, reason, retry_after):
+            ack = pb.SendAck(key=key, duplicate=duplicate, code=code, reason=reason)
+            if message is not None:
+                ack.message.CopyFrom(to_proto(message))
+            if retry_after is not None:
+                ack.retry_after_ms = int(retry_after * 1000) + 1
+            return pb.Event(ack=ack)
         case RequestRefused(room, code, reason):
             return pb.Event(refused=pb.RequestRefused(room=room, code=code, reason=reason))
 
@@ -126,6 +134,11 @@ def event_from_proto(event: pb.Event) -> Event | None:
         return RoomJoined(j.room, tuple(j.members), position_from_proto(j.position), count)
     if kind == "left":
         return RoomLeft(event.left.room)
+    if kind == "ack":
+        a = event.ack
+        message = from_proto(a.message) if a.HasField("message") else None
+        retry = a.retry_after_ms / 1000 if a.retry_after_ms else None
+        return SendAck(a.key, message, a.duplicate, a.code, a.reason, retry)
     if kind == "refused":
         r = event.refused
         return RequestRefused(r.room, r.code, r.reason)

@@ -264,6 +264,7 @@ class Event(_message.Message):
     LEFT_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___ChatMessage:
         """A chat message posted to the room (or a direct message)."""
@@ -292,6 +293,10 @@ class Event(_message.Message):
     def summary(self) -> Global___PresenceSummary:
         """Many people entered or left a big room in one tick: counts, not names."""
 
+    @_builtins.property
+    def ack(self) -> Global___SendAck:
+        """The answer to a message sent on the session stream (ConnectRequest.send)."""
+
     def __init__(
         self,
         *,
@@ -302,12 +307,13 @@ class Event(_message.Message):
         left: Global___RoomLeft | None = ...,
         refused: Global___RequestRefused | None = ...,
         summary: Global___PresenceSummary | None = ...,
+        ack: Global___SendAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "presence", "gap", "joined", "left", "refused", "summary"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "presence", "gap", "joined", "left", "refused", "summary", "ack"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -533,28 +539,79 @@ class ConnectRequest(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     JOIN_FIELD_NUMBER: _builtins.int
     LEAVE_FIELD_NUMBER: _builtins.int
+    SEND_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
     def join(self) -> Global___JoinRoom: ...
     @_builtins.property
     def leave(self) -> Global___LeaveRoom: ...
+    @_builtins.property
+    def send(self) -> Global___SendRequest:
+        """Post a message on the session stream: many may be in flight, each
+        answered by a SendAck event carrying the same key (the key is required).
+        The sender is the session's name. Sends are applied in the order written.
+        """
+
     def __init__(
         self,
         *,
         hello: Global___Hello | None = ...,
         join: Global___JoinRoom | None = ...,
         leave: Global___LeaveRoom | None = ...,
+        send: Global___SendRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "send", b"send"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "send", b"send"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["hello", "join", "leave"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["hello", "join", "leave", "send"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class SendAck(_message.Message):
+    """SendAck answers one ConnectRequest.send, matched by its key: the message
+    as accepted (or, for a repeated key, the original: duplicate), or a refusal
+    with the status code a unary Send would have ended with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    duplicate: _builtins.bool
+    code: _builtins.str
+    """Empty when accepted; else a status code name, e.g. "RESOURCE_EXHAUSTED"."""
+    reason: _builtins.str
+    retry_after_ms: _builtins.int
+    """With RESOURCE_EXHAUSTED: when a retry may succeed."""
+    @_builtins.property
+    def message(self) -> Global___ChatMessage: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        message: Global___ChatMessage | None = ...,
+        duplicate: _builtins.bool = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        retry_after_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "duplicate", b"duplicate", "key", b"key", "message", b"message", "reason", b"reason", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendAck: _TypeAlias = SendAck  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
