@@ -1,8 +1,16 @@
-"""The server's log output: Rich lines on stderr, chat messages in their senders' colours."""
+"""The server's log output: Rich lines on stderr, chat messages in their senders' colours.
+
+Formatting and writing happen on a listener thread, behind a bounded queue, so a log line never
+blocks the event loop; when the queue is full (a terminal slower than the chat), chat-message
+lines are skipped and counted, never anything else.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
+from logging.handlers import QueueHandler, QueueListener
 
 from rich.console import Console, ConsoleRenderable
 from rich.logging import RichHandler
@@ -28,6 +36,45 @@ class ChatLogHandler(RichHandler):
         return Text(message)
 
 
+# Records waiting for the listener thread.
+QUEUE_SIZE = 10_000
+
+
+class _SkippingQueueHandler(QueueHandler):
+    """Hands records to the listener; skips chat-message lines when it is behind."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(records)
+        self._records = records
+        self.skipped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The Rich handler renders message records from their args: keep the record as it is.
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        if record.name == "grpcchat.messages":
+            try:
+                self._records.put_nowait(record)
+            except queue.Full:
+                self.skipped += 1
+            return
+        if self.skipped:
+            note = logging.LogRecord(
+                "grpcchat.server",
+                logging.WARNING,
+                "",
+                0,
+                "%d message lines were not logged: the log could not keep up",
+                (self.skipped,),
+                None,
+            )
+            self.skipped = 0
+            self._records.put(note)
+        # Warnings and errors always get through (waiting, in the rare case the queue is full).
+        self._records.put(record)
+
+
 def configure_logging(level: int, console: Console | None = None) -> None:
     handler = ChatLogHandler(
         console=console or Console(stderr=True),
@@ -36,4 +83,10 @@ def configure_logging(level: int, console: Console | None = None) -> None:
         rich_tracebacks=False,
         log_time_format="[%X]",
     )
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
+    listener = QueueListener(records, handler, respect_handler_level=True)
+    listener.start()
+    atexit.register(listener.stop)  # flushes what is queued before the process exits
+    logging.basicConfig(
+        level=level, handlers=[_SkippingQueueHandler(records)], format="%(message)s", force=True
+    )

@@ -5,6 +5,7 @@ which has no `Connect`, the session hands over to `grpcchat.client.legacy`."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from grpcchat.client.backoff import Backoff
 from grpcchat.client.errors import RETRYABLE, raise_status
 from grpcchat.client.events import Connected, FeedEvent, Reconnecting, Sent
 from grpcchat.client.legacy import LegacyStream, require_lobby
+from grpcchat.client.outbox import Outbox
 from grpcchat.core.errors import RemoteError
 from grpcchat.core.models import (
     DEFAULT_ROOM,
@@ -24,8 +26,9 @@ from grpcchat.core.models import (
     Position,
     RequestRefused,
     RoomJoined,
+    SendAck,
 )
-from grpcchat.core.validation import check_room
+from grpcchat.core.validation import check_name, check_room, check_text
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.wire import codec
 
@@ -57,6 +60,10 @@ class ChatSession:
         self._legacy: LegacyStream | None = None
         self._closed = False
         self._rejoin_refusals: Counter[str] = Counter()
+        # Messages sent on the stream, waiting for their ack (written again after a reconnect).
+        self._outbox = Outbox()
+        # Whether events() is running: only then does a stream carry sends.
+        self._streaming = False
 
     @property
     def legacy(self) -> bool:
@@ -67,7 +74,15 @@ class ChatSession:
         """Events of the session's rooms, with Connected/Reconnecting in between, until
         `aclose()`. The first connection must succeed (else RemoteError); after that, lost
         streams are retried and only non-retryable failures are raised."""
-        backoff = Backoff()
+        self._streaming = True
+        try:
+            async for event in self._reconnecting(Backoff()):
+                yield event
+        finally:
+            self._streaming = False
+            self._outbox.fail_all(RemoteError("CANCELLED", "the session ended before an answer"))
+
+    async def _reconnecting(self, backoff: Backoff) -> AsyncIterator[FeedEvent]:
         connected_once = False
         while not self._closed:
             try:
@@ -123,12 +138,18 @@ class ChatSession:
             requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name=self.name)))
             for room in self.rooms:
                 requests.put_nowait(self._join_request(room))
+            # Sends still unanswered when the last stream was lost go out again, same keys.
+            for request in self._outbox.unanswered():
+                requests.put_nowait(request)
             self._requests = requests
             if not waiting:
                 yield Connected((), legacy=False)
             async for response in call:
                 for item in response.events:
                     decoded = codec.event_from_proto(item)
+                    if isinstance(decoded, SendAck):
+                        self._outbox.answer(decoded)
+                        continue
                     if decoded is None or not self._track(decoded):
                         continue
                     if isinstance(decoded, RequestRefused):
@@ -218,16 +239,55 @@ class ChatSession:
     async def send(
         self, text: str, room: str = "", *, recipient: str = "", action: bool = False
     ) -> Sent:
-        """Post as this session's user, to `room` (default: the session's first room)."""
+        """Post as this session's user, to `room` (default: the session's first room), and
+        return the message as accepted.
+
+        While `events()` runs, the message goes on the session's own stream: many sends may
+        be in flight at once, each answered on the stream, and one unanswered when the stream
+        is lost is written again (same key) once it is back. Otherwise it is a unary `Send`.
+        Either way rate limits are waited out until the client's timeout."""
         room = room or (self.rooms[0] if self.rooms else DEFAULT_ROOM)
         if self._legacy is not None:
             return await self._legacy.send(text, room, recipient)
-        return await self.client.send(self.name, text, room, recipient=recipient, action=action)
+        if not self._streaming:
+            return await self.client.send(self.name, text, room, recipient=recipient, action=action)
+        request = pb.SendRequest(
+            sender=self.name,
+            text=check_text(text),
+            room=check_room(room),
+            key=uuid.uuid4().hex,
+            recipient=check_name(recipient) if recipient else "",
+            action=action,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.client.config.timeout
+        while True:
+            framed, answer = self._outbox.add(request)
+            if self._requests is not None:
+                self._requests.put_nowait(framed)
+            try:
+                ack = await asyncio.wait_for(answer, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                self._outbox.forget(request.key)
+                raise RemoteError(
+                    "DEADLINE_EXCEEDED", f"no answer from {self.client.config.addr} in time"
+                ) from None
+            if not ack.code and ack.message is not None:
+                # The key is this call's own: a duplicate is its own earlier write, answered
+                # after a reconnect, so the message was posted by this call.
+                return Sent(ack.message, duplicate=False)
+            retry = ack.retry_after
+            if ack.code != "RESOURCE_EXHAUSTED" or retry is None:
+                raise RemoteError(ack.code or "UNKNOWN", ack.reason)
+            if loop.time() + retry >= deadline:
+                raise RemoteError(ack.code, ack.reason)
+            await asyncio.sleep(retry)
 
     async def aclose(self) -> None:
         """Leave for good (on the article's stream, without losing the last message)."""
         self._closed = True
         if self._requests is not None:
             self._requests.put_nowait(None)
+        self._outbox.fail_all(RemoteError("CANCELLED", "the session was closed"))
         if self._legacy is not None:
             await self._legacy.aclose()

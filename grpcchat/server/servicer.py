@@ -23,7 +23,7 @@ from grpcchat.core.errors import (
     Unauthenticated,
 )
 from grpcchat.core.hub import Hub
-from grpcchat.core.models import DEFAULT_ROOM, Envelope, Message, RequestRefused
+from grpcchat.core.models import DEFAULT_ROOM, Envelope, Message, RequestRefused, SendAck
 from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity, TokenAuthority
@@ -188,6 +188,9 @@ class ChatServicer:
             if session.closed.is_set():
                 break
             action = request.WhichOneof("action")
+            if action == "send":
+                await self._send_on_session(request.send, session)
+                continue
             room = ""
             try:
                 if action == "join":
@@ -207,6 +210,41 @@ class ChatServicer:
             except ChatError as error:
                 refused = RequestRefused(room, status_of(error).name, str(error))
                 session.offer(Envelope(refused))
+
+    async def _send_on_session(self, request: pb.SendRequest, session: Session) -> None:
+        """Post one message written on a session stream and queue its SendAck. While the room
+        is behind, the stream is not read (HTTP/2 flow control holds the client back), as for
+        the article's Chat stream; any refusal is an ack with the status code."""
+        if not request.key:
+            ack = SendAck(
+                "",
+                None,
+                code="INVALID_ARGUMENT",
+                reason="a message on a session stream needs a key: its SendAck carries it back",
+            )
+            session.offer(Envelope(ack))
+            return
+        try:
+            if not request.recipient:
+                await self._hub.until_accepting(request.room)
+            appended = await self._hub.post(
+                session.name,
+                request.text,
+                room=request.room,
+                key=request.key,
+                recipient=request.recipient,
+                action=request.action,
+                principal=session.principal,
+            )
+        except ChatError as error:
+            retry_after = error.retry_after if isinstance(error, LimitExceeded) else None
+            code = status_of(error).name
+            ack = SendAck(request.key, None, code=code, reason=str(error), retry_after=retry_after)
+        else:
+            if not appended.duplicate:
+                _log_message(appended.message)
+            ack = SendAck(request.key, appended.message, appended.duplicate)
+        session.offer(Envelope(ack))
 
     @maps_errors
     async def Chat(self, requests: AsyncIterator[pb.ChatMessage], context: Context) -> None:

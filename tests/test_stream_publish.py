@@ -1,0 +1,113 @@
+"""The streaming publish path: messages sent on a session's own `Connect` stream, many in
+flight, each answered by a SendAck matched by its key; refusals, rate limits, and retries over a
+reconnect that neither lose nor double a message."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from grpcchat.client import ChatClient
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import InvalidInput, RemoteError
+from grpcchat.core.limits import Limits
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
+from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
+from grpcchat.server import ChatServer
+from grpcchat.server.config import ServerConfig
+from tests.helpers import Follower
+
+
+async def test_many_sends_in_flight_are_acked_in_order(client: ChatClient) -> None:
+    async with (
+        Follower(client.session("bob")) as bob,
+        Follower(client.session("alice")) as alice,
+    ):
+        sent = await asyncio.gather(*(alice.session.send(f"m{i}") for i in range(200)))
+        seqs = [s.message.seq for s in sent]
+        assert seqs == list(range(seqs[0], seqs[0] + 200))  # written in order, numbered so
+        assert [s.message.text for s in sent] == [f"m{i}" for i in range(200)]
+        assert all(not s.duplicate and s.message.sender == "alice" for s in sent)
+        seen = await bob.messages(200)
+        assert [m.id for m in seen] == [s.message.id for s in sent]
+
+
+async def test_refusals_come_back_as_errors_and_the_session_goes_on(client: ChatClient) -> None:
+    async with Follower(client.session("alice")) as alice:
+        with pytest.raises(InvalidInput, match="room name"):  # checked before it is written
+            await alice.session.send("hi", "No Such Room!")
+        with pytest.raises(RemoteError) as nobody:
+            await alice.session.send("psst", recipient="nobody")
+        assert nobody.value.status == "NOT_FOUND"
+        sent = await alice.session.send("still here")
+        [echo] = await alice.messages(1)
+        assert echo.id == sent.message.id
+
+
+async def test_a_send_without_a_key_is_refused_on_the_stream(addr: str) -> None:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        requests: asyncio.Queue[pb.ConnectRequest] = asyncio.Queue()
+        requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name="raw")))
+        requests.put_nowait(pb.ConnectRequest(send=pb.SendRequest(text="no key")))
+
+        async def outgoing():  # type: ignore[no-untyped-def]
+            while True:
+                yield await requests.get()
+
+        call = pb_grpc.ChatServiceStub(channel).Connect(outgoing())
+        async with asyncio.timeout(5):
+            async for response in call:
+                acks = [e.ack for e in response.events if e.WhichOneof("kind") == "ack"]
+                if acks:
+                    break
+        call.cancel()
+    assert (acks[0].key, acks[0].code) == ("", "INVALID_ARGUMENT")
+    assert "needs a key" in acks[0].reason
+
+
+async def test_rate_limited_sends_wait_and_all_go_through() -> None:
+    config = ServerConfig(
+        port=0, store="memory://", limits=Limits(rate=40, burst=5, request_rate=0)
+    )
+    async with (
+        ChatServer(config) as server,
+        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=10)) as client,
+        Follower(client.session("alice")) as alice,
+    ):
+        sent = await asyncio.gather(*(alice.session.send(f"r{i}") for i in range(25)))
+        assert sorted(s.message.text for s in sent) == sorted(f"r{i}" for i in range(25))
+        stored = await client.history("lobby", limit=100)
+        assert len(stored) == 25  # each exactly once, though most were refused at first
+
+
+async def test_sends_in_flight_across_a_restart_are_neither_lost_nor_doubled(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite://{tmp_path / 'h.db'}"
+    limits = Limits(rate=0, request_rate=0)
+    first = ChatServer(ServerConfig(port=0, store=store, limits=limits, grace_period=0))
+    await first.start()
+    port = first.port
+    second: ChatServer | None = None
+    try:
+        async with (
+            ChatClient(ClientConfig(addr=f"127.0.0.1:{port}", timeout=20)) as client,
+            Follower(client.session("alice")) as alice,
+        ):
+            sending = [asyncio.create_task(alice.session.send(f"s{i}")) for i in range(40)]
+            await asyncio.sleep(0)  # some are written, most still waiting for an answer
+            await first.stop(0)
+            second = ChatServer(ServerConfig(port=port, store=store, limits=limits))
+            await second.start()
+            sent = await asyncio.wait_for(asyncio.gather(*sending), 20)
+            stored = await client.history("lobby", limit=100)
+            texts = [m.text for m in stored]
+            assert sorted(texts) == sorted(f"s{i}" for i in range(40))  # once each
+            assert len(set(texts)) == len(texts) == 40
+            assert {s.message.id for s in sent} == {m.id for m in stored}
+    finally:
+        if second is not None:
+            await second.stop(0)
