@@ -397,6 +397,32 @@ async def test_concurrent_appends_to_different_rooms(store: HistoryStore) -> Non
         assert seqs(await store.read(room)) == list(range(1, 21))
 
 
+async def test_concurrent_appends_to_one_room_are_numbered_in_call_order(
+    store: HistoryStore,
+) -> None:
+    # Each task calls `append` in its first step, in creation order; none waits for another.
+    tasks = [asyncio.create_task(append(store, "lobby", f"m{i}")) for i in range(200)]
+    tasks += [asyncio.create_task(append(store, "other", f"o{i}")) for i in range(50)]
+    results = await asyncio.gather(*tasks)
+    assert [r.message.seq for r in results] == list(range(1, 201)) + list(range(1, 51))
+    assert [m.text for m in await store.read("lobby", limit=500)] == [f"m{i}" for i in range(200)]
+    assert await listed(store) == [("lobby", 200), ("other", 50)]
+
+
+async def test_concurrent_repeats_of_a_key_store_one_message(store: HistoryStore) -> None:
+    t0 = now()
+    results = await asyncio.gather(
+        *(
+            append(store, text=f"try {i}", key="k", at=t0 + timedelta(milliseconds=i))
+            for i in range(20)
+        )
+    )
+    first = results[0]
+    assert not first.duplicate
+    assert results[1:] == [Appended(first.message, duplicate=True)] * 19
+    assert await store.read("lobby") == [first.message]
+
+
 # -- a model of history and resume ----------------------------------------------------------
 
 MODEL_RETENTION = Retention(

@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -369,6 +370,210 @@ async def test_a_failed_append_leaves_nothing_behind(tmp_path: Path, when: str) 
         await store.aclose()
 
 
+# -- group commit ---------------------------------------------------------------------------
+
+
+def hold_the_thread(store: SqliteStore) -> threading.Event:
+    """Keep the store's thread busy until the returned event is set, so that every append
+    called meanwhile waits in one queue: the next group."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    store._executor.submit(hold)
+    assert started.wait(10)
+    return release
+
+
+async def in_one_group(store: SqliteStore, calls: list[Awaitable[object]]) -> list[object]:
+    """Call each (in order) while the thread is held, then let the group run; the outcome of
+    each, an exception for a failed one."""
+    release = hold_the_thread(store)
+    try:
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        await asyncio.sleep(0)  # every task calls `append` now, in order
+    finally:
+        release.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def statements_of(store: SqliteStore, calls: list[Awaitable[object]]) -> list[str]:
+    """The statements the group of `calls` ran on the store's connection."""
+    conn = store._db._conn
+    statements: list[str] = []
+    await store._run(partial(conn.set_trace_callback, statements.append))
+    try:
+        await in_one_group(store, calls)
+    finally:
+        await store._run(partial(conn.set_trace_callback, None))
+    return statements
+
+
+async def test_waiting_appends_commit_as_one_transaction_in_call_order(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "history.db")
+    try:
+        at = datetime.now(UTC)
+        calls = [append(store, "a" if i % 3 else "b", key=f"k{i % 40}", at=at) for i in range(60)]
+        statements = await statements_of(store, calls)
+        # (The maintenance job may run a transaction of its own meanwhile.)
+        transactions = " ".join(statements).split("BEGIN IMMEDIATE")[1:]
+        storing = [t for t in transactions if "INSERT INTO messages" in t]
+        assert len(storing) == 1
+        assert storing[0].count("INSERT INTO messages") == 40
+        assert storing[0].count("COMMIT") == 1
+        a, b = await store.read("a", limit=100), await store.read("b", limit=100)
+        assert [m.seq for m in a] == list(range(1, len(a) + 1))
+        assert [m.seq for m in b] == list(range(1, len(b) + 1))
+        # Keys k0..k39 once each; the last 20 calls repeated k0..k19 within the group.
+        assert len(a) + len(b) == 40
+        assert await store.rooms() == [RoomCount("a", len(a)), RoomCount("b", len(b))]
+    finally:
+        await store.aclose()
+
+
+async def test_each_append_of_a_group_is_answered_with_its_own_message(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "history.db")
+    try:
+        at = datetime.now(UTC)
+        calls = [append(store, key=key, at=at) for key in ["x", "", "y", "x", "", "y"]]
+        results = await in_one_group(store, calls)
+        assert all(isinstance(r, Appended) for r in results)
+        got = [(r.message.seq, r.duplicate) for r in results if isinstance(r, Appended)]
+        assert got == [(1, False), (2, False), (3, False), (1, True), (4, False), (3, True)]
+        assert [m.seq for m in await store.read("lobby")] == [1, 2, 3, 4]
+    finally:
+        await store.aclose()
+
+
+FAILING_IN_A_GROUP = [
+    pytest.param("BEFORE INSERT ON messages WHEN NEW.text = 'in bad'", id="storing"),
+    pytest.param("BEFORE INSERT ON dedup WHEN NEW.key = 'bad'", id="remembering-the-key"),
+    pytest.param("BEFORE UPDATE ON rooms WHEN NEW.room = 'bad'", id="numbering"),
+]
+
+
+@pytest.mark.parametrize("when", FAILING_IN_A_GROUP)
+async def test_a_failing_append_fails_only_itself_within_its_group(
+    tmp_path: Path, when: str
+) -> None:
+    path = tmp_path / "history.db"
+    store = await open_sqlite(path)
+    try:
+        await append(store, "bad")  # the room exists: numbering it next is an UPDATE
+        query(path, f"CREATE TRIGGER fail {when} BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+        calls = [
+            append(store, key="k0"),
+            append(store, "bad", key="bad"),
+            append(store, key="k2"),
+            append(store, "other"),
+        ]
+        ok0, failed, ok2, other = await in_one_group(store, calls)
+        assert isinstance(failed, StoreError)
+        assert "disk I/O error" in str(failed)
+        assert isinstance(ok0, Appended)
+        assert isinstance(ok2, Appended)
+        assert isinstance(other, Appended)
+        assert [ok0.message.seq, ok2.message.seq, other.message.seq] == [1, 2, 1]
+        assert await store.read("lobby") == [ok0.message, ok2.message]
+        assert await store.last_seq("bad") == 1
+        assert await store.rooms() == [
+            RoomCount("bad", 1),
+            RoomCount("lobby", 2),
+            RoomCount("other", 1),
+        ]
+        assert count_rows(path, "dedup", "key = 'bad'") == 0
+
+        query(path, "DROP TRIGGER fail")
+        retried = await append(store, "bad", key="bad")
+        assert (retried.message.seq, retried.duplicate) == (2, False)
+    finally:
+        await store.aclose()
+
+
+async def test_a_failure_that_ends_the_groups_transaction_fails_only_its_append(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "history.db"
+    store = await open_sqlite(path)
+    try:
+        kept = await append(store)
+        # RAISE(ROLLBACK) ends the whole transaction, as SQLite does itself for a full disk:
+        # the group is rolled back and each append stored again on its own.
+        query(
+            path,
+            "CREATE TRIGGER full BEFORE INSERT ON messages WHEN NEW.text = 'in bad'"
+            " BEGIN SELECT RAISE(ROLLBACK, 'database or disk is full'); END",
+        )
+        calls = [append(store, key="k1"), append(store, "bad", key="k2"), append(store)]
+        first, failed, last = await in_one_group(store, calls)
+        assert isinstance(failed, StoreError)
+        assert "database or disk is full" in str(failed)
+        assert isinstance(first, Appended)
+        assert isinstance(last, Appended)
+        assert [first.message.seq, last.message.seq] == [2, 3]
+        assert await store.read("lobby") == [kept.message, first.message, last.message]
+        assert await store.rooms() == [RoomCount("lobby", 3)]
+        assert count_rows(path, "dedup", "key = 'k2'") == 0
+        assert await store.last_seq("bad") == 0
+
+        query(path, "DROP TRIGGER full")
+        assert (await append(store, "bad", key="k2")).message.seq == 1
+    finally:
+        await store.aclose()
+
+
+async def test_a_group_that_cannot_take_the_write_lock_fails_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "history.db"
+    store = await open_sqlite(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store._run(partial(store._db._conn.execute, "PRAGMA busy_timeout = 50"))
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        results = await in_one_group(store, [append(store, key=f"k{i}") for i in range(3)])
+        assert [type(r) for r in results] == [StoreError] * 3
+        assert all("locked" in str(r) for r in results)
+        other.execute("ROLLBACK")
+        assert (await append(store, key="k0")).message.seq == 1
+        assert count_rows(path, "messages") == 1
+    finally:
+        other.close()
+        await store.aclose()
+
+
+async def test_a_read_sees_every_append_called_before_it(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "history.db")
+    try:
+        calls: list[Awaitable[object]] = [append(store) for _ in range(10)]
+        calls += [store.read("lobby", limit=100), store.last_seq("lobby")]
+        outcomes = await in_one_group(store, calls)
+        page, last = outcomes[-2:]
+        assert isinstance(page, list)
+        assert [m.seq for m in page] == list(range(1, 11))
+        assert last == 10
+    finally:
+        await store.aclose()
+
+
+async def test_a_cancelled_append_is_still_stored(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "history.db")
+    try:
+        release = hold_the_thread(store)
+        task = asyncio.create_task(append(store))
+        await asyncio.sleep(0)
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await append(store)).message.seq == 2
+        assert [m.seq for m in await store.read("lobby")] == [1, 2]
+    finally:
+        await store.aclose()
+
+
 # -- listing rooms ----------------------------------------------------------------------------
 
 
@@ -548,5 +753,45 @@ asyncio.run(main())
     store = await open_store(url(path))
     try:
         assert [m.id for m in await store.read("lobby")] == ["0", "1", "2"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_group_of_acknowledged_appends_survives_the_process_dying(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    script = f"""
+import asyncio, os
+from datetime import UTC, datetime
+from grpcchat.server.engines import open_store
+
+async def main():
+    store = await open_store({url(path)!r})
+    half = asyncio.Event()
+    async def one(i):
+        now = datetime.now(UTC)
+        await store.append(id=str(i), room="lobby", sender="ann", text="hi", sent_at=now)
+        print(i, flush=True)  # acknowledged
+        if i == 999:
+            half.set()
+    tasks = [asyncio.create_task(one(i)) for i in range(2000)]
+    await half.wait()
+    os._exit(0)  # mid-stream: groups in flight, no aclose, no checkpoint
+
+asyncio.run(main())
+"""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    acknowledged = {int(line) for line in output.split()}
+    assert len(acknowledged) >= 1000
+    store = await open_store(url(path))
+    try:
+        stored = await store.read("lobby", limit=5000)
+        assert {int(m.id) for m in stored} >= acknowledged
+        # Stored in call order: ids follow seqs, with no gap.
+        assert [int(m.id) for m in stored] == list(range(len(stored)))
+        assert [m.seq for m in stored] == list(range(1, len(stored) + 1))
     finally:
         await store.aclose()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import sys
+import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from grpcchat.core import validation
 from grpcchat.core.errors import InvalidInput
 from grpcchat.core.models import Envelope, Message
 from grpcchat.core.validation import (
@@ -66,6 +70,84 @@ def test_text_is_accepted_exactly_when_it_follows_the_rules(text: str) -> None:
     else:
         with pytest.raises(InvalidInput):
             check_text(text)
+
+
+# -- the regex checks against the unicodedata definition they replaced -----------------------
+
+
+def _has_control(value: str, categories: tuple[str, ...], allowed: frozenset[str]) -> bool:
+    """The definition before the regex: each character's category, one at a time."""
+    return any(unicodedata.category(ch) in categories and ch not in allowed for ch in value)
+
+
+def reference_check_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InvalidInput("name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
+    if _has_control(name, ("Cc", "Cf"), frozenset()):
+        raise InvalidInput("name must not contain control characters")
+    return name
+
+
+def reference_check_text(text: str) -> str:
+    if not text.strip():
+        raise InvalidInput("message text must not be empty")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise InvalidInput(
+            f"message is {len(text)} characters long; the limit is {MAX_TEXT_LENGTH}"
+        )
+    if _has_control(text, ("Cc",), frozenset("\n\t")):
+        raise InvalidInput(
+            "message must not contain control characters (other than newline and tab)"
+        )
+    return text
+
+
+def outcome(check: Callable[[str], str], value: str) -> str | tuple[str, str]:
+    try:
+        return check(value)
+    except InvalidInput as error:
+        return ("refused", str(error))
+
+
+# Every control and format character, blanks, and characters from every plane (surrogates too).
+SPECIAL = [
+    chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in {"Cc", "Cf"}
+]
+any_character = st.one_of(
+    st.characters(blacklist_categories=()),
+    st.characters(min_codepoint=0x10000, blacklist_categories=()),
+    st.sampled_from(SPECIAL),
+    st.sampled_from(" \t\n\r\u00a0\u2028\u3000"),
+    st.characters(max_codepoint=0x7F),
+)
+mixed_text = st.text(any_character, max_size=MAX_TEXT_LENGTH + 2)
+
+
+@given(mixed_text)
+def test_text_check_matches_the_unicodedata_definition(text: str) -> None:
+    assert outcome(check_text, text) == outcome(reference_check_text, text)
+
+
+@given(st.text(any_character, max_size=MAX_NAME_LENGTH + 3))
+def test_name_check_matches_the_unicodedata_definition(name: str) -> None:
+    assert outcome(check_name, name) == outcome(reference_check_name, name)
+
+
+def test_the_character_classes_match_unicodedata_on_every_code_point() -> None:
+    wrong = [
+        hex(code)
+        for code in range(sys.maxunicode + 1)
+        if (
+            bool(validation._FORBIDDEN_IN_NAME.search(ch := chr(code)))
+            != (unicodedata.category(ch) in {"Cc", "Cf"})
+            or bool(validation._FORBIDDEN_IN_TEXT.search(ch))
+            != (unicodedata.category(ch) == "Cc" and ch not in "\n\t")
+        )
+    ]
+    assert wrong == []
 
 
 def test_text_length_limit() -> None:

@@ -95,8 +95,16 @@ class HistoryStore(Protocol):
       return or count an expired message, however long ago pruning last ran. Deleting what has
       expired is the engine's own job, apart from `append`: it never blocks the event loop, and
       its failures are logged and retried, never raised into an `append`.
-    - Callers serialize `append` per room (the hub holds a per-room lock); concurrent appends to
-      different rooms are allowed.
+    - Concurrent appends are allowed, to one room too, and are numbered in the order they were
+      called: an `append` takes its place in line before it first suspends, so a caller that
+      starts appends one after another (the hub's per-room chain) gets seqs in that order
+      without waiting for each to return. An append whose caller is cancelled while it waits
+      may still be stored (the hub shields its appends, so a stored message is delivered).
+    - Group commit: an engine may store several waiting appends in one transaction, returning
+      from each only after that transaction has committed. Each still ends exactly as it would
+      alone (one append failing fails only its caller, and leaves nothing of itself), except
+      that an engine unable to begin the shared transaction at all (its file locked by another
+      process) may fail every append of the group, each with StoreError, each leaving nothing.
     - No method blocks the event loop: engines doing I/O run it off the loop.
     """
 

@@ -2,11 +2,14 @@
 numbered and delivered (direct messages: `direct`; what a join replays: `replay`; join and
 leave notices: `presence`).
 
-Per room, storing and delivering happen under one lock, so every subscriber sees the order
-history returns. Delivery never waits on a session: it only offers to bounded queues (see
-`grpcchat.core.session`), and it is never re-entrant: a session that overflows during a fan-out
-is only marked, and the hub forgets it once the fan-out is over; the leave notices that causes
-are coalesced per room (see `presence`) and never evict anyone.
+Per room, posts form a chain: each hands its append to the store at once, in order (the store
+numbers a room's appends in the order they are called), without waiting for the post before it
+to be stored, and delivers only once the post before it has delivered, so every subscriber sees
+the order history returns while the store commits many appends together. Delivery never waits
+on a session: it only offers to bounded queues (see `grpcchat.core.session`), and it is never
+re-entrant: a session that overflows during a fan-out is only marked, and the hub forgets it
+once the fan-out is over; the leave notices that causes are coalesced per room (see `presence`)
+and never evict anyone.
 
 Overload slows the inbound side, it never evicts readers: when most sessions of a room (or of
 the whole server) lag behind, posting there is refused with a retry-after until they catch up,
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,11 +71,10 @@ class Hub:
         self._by_name: defaultdict[str, dict[int, Session]] = defaultdict(dict)
         self._by_peer: defaultdict[str, int] = defaultdict(int)
         self._anonymous = 0
-        # Weak: a room's lock lives while someone holds or awaits it, so rooms that anyone can
-        # create by posting do not accumulate locks forever.
-        self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        # Per room, the "delivered" future of its latest post still in flight (see
+        # `_store_and_deliver`); the entry goes with that post, so rooms that anyone can create
+        # by posting leave nothing behind.
+        self._last_post: dict[str, asyncio.Future[None]] = {}
         self._message_rate = RateLimiter(self.limits.rate, self.limits.burst)
         self._request_rate = RateLimiter(self.limits.request_rate, self.limits.request_burst)
         self._direct = DirectMessages(
@@ -302,10 +303,14 @@ class Hub:
     async def _store_and_deliver(
         self, sender: str, text: str, room: str, key: str, action: bool
     ) -> Appended:
-        lock = self._room_locks.get(room)
-        if lock is None:
-            lock = self._room_locks[room] = asyncio.Lock()
-        async with lock:
+        """Take the room's next place in line and hand the append to the store at once (no
+        suspension in between, so seqs follow the line); deliver once the post ahead has
+        delivered. The line never stalls: this post counts as delivered once it is over (stored
+        and delivered, or failed) and the post ahead has delivered."""
+        previous = self._last_post.get(room)
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_post[room] = delivered
+        try:
             appended = await self.store.append(
                 id=uuid.uuid4().hex,
                 room=room,
@@ -315,11 +320,25 @@ class Hub:
                 key=key,
                 action=action,
             )
+            if previous is not None and not previous.done():
+                # Shielded: were this task cancelled, the post ahead must stay in line.
+                await asyncio.shield(previous)
             if not appended.duplicate:
                 # Joins are announced before what the newcomers say.
                 self._presence.flush(room)
                 self._fan_out(room, Envelope(appended.message))
-        return appended
+            return appended
+        finally:
+            if previous is None or previous.done():
+                self._delivered(room, delivered)
+            else:  # failed before its turn: the posts behind still wait for the one ahead
+                previous.add_done_callback(lambda _: self._delivered(room, delivered))
+
+    def _delivered(self, room: str, delivered: asyncio.Future[None]) -> None:
+        if not delivered.done():
+            delivered.set_result(None)
+        if self._last_post.get(room) is delivered:
+            del self._last_post[room]
 
     def _fan_out(self, room: str, envelope: Envelope) -> None:
         members = self._rooms.get(room)

@@ -5,6 +5,18 @@ event loop never waits on the disk and statements never interleave; `SqliteStore
 calls to that thread. Times are stored as integer microseconds since the Unix epoch, UTC, so
 they sort and compare in SQL and come back exactly as appended.
 
+Group commit: `append` only queues its request (before it first suspends, so appends are
+numbered in the order they were called) and makes sure one drain is waiting on the thread; the
+drain takes every request queued by then and stores them, in queue order, in one transaction
+with one commit, then answers each caller (acks after the commit). Each append of a group still
+ends exactly as it would alone: if anything fails once the group holds the write lock (one
+append's statement, a full disk, the commit), the group is rolled back and its appends are
+stored again one transaction each, in the same order, so only the failing ones fail (failures
+are rare: the fast path pays nothing for them). Only when the write lock cannot be taken at all
+(another process holds it past busy_timeout) does every append of the group fail, storing
+nothing. Reads and the other calls are handed to the same thread, in the order they are
+called, so they see every append queued before them.
+
 Each room's row in `rooms` carries how many messages it holds, changed in the same transaction
 as every insert or delete of its messages, so a `rooms` page is a range of one small index.
 
@@ -20,15 +32,17 @@ on when the deletion last ran.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, Retention, RoomCount
@@ -54,6 +68,9 @@ MAINTENANCE_BATCH = 1_000
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _MAX_SEQ = 2**63 - 1  # SQLite's largest integer: an open bound
+
+# One queued append: id, room, sender, text, sent_at_us, key, action.
+_AppendRequest: TypeAlias = tuple[str, str, str, str, int, str, bool]
 
 
 def _to_us(moment: datetime) -> int:
@@ -130,7 +147,42 @@ class _Database:
     def _transaction(self) -> Transaction:
         return Transaction(self._conn)
 
-    def append(
+    def append_group(self, requests: Sequence[_AppendRequest]) -> list[Appended | sqlite3.Error]:
+        """Store the requests in order in one transaction: the outcome of each, in order, once
+        committed. If anything fails after the write lock is taken (one append's statement, a
+        full disk, the commit), that transaction is rolled back and each request is stored
+        again in a transaction of its own, so each ends exactly as it would have alone. Raises,
+        storing nothing, if the write lock cannot be taken."""
+        if len(requests) == 1:
+            return [self._append_alone(requests[0])]
+        began = False
+        try:
+            with self._transaction():
+                began = True
+                outcomes: list[Appended | sqlite3.Error] = [self._append(*r) for r in requests]
+        except sqlite3.Error:
+            if not began:
+                raise
+            return [self._append_alone(request) for request in requests]
+        for outcome, request in zip(outcomes, requests, strict=True):
+            self._appended(outcome, request)
+        return outcomes
+
+    def _append_alone(self, request: _AppendRequest) -> Appended | sqlite3.Error:
+        try:
+            with self._transaction():
+                appended = self._append(*request)
+        except sqlite3.Error as exc:
+            return exc
+        self._appended(appended, request)
+        return appended
+
+    def _appended(self, outcome: Appended | sqlite3.Error, request: _AppendRequest) -> None:
+        """Note a committed append: dedup keys are judged on the appends' clock."""
+        if isinstance(outcome, Appended) and not outcome.duplicate:
+            self._appended_at_us = request[4]
+
+    def _append(
         self,
         id: str,
         room: str,
@@ -140,45 +192,41 @@ class _Database:
         key: str,
         action: bool,
     ) -> Appended:
-        """Store one message, or return the original of a repeated key: all in one
-        transaction, and nothing after its commit."""
-        with self._transaction():
-            if key:
-                original = self._conn.execute(
-                    "SELECT room, seq, id, text, sent_at_us, action FROM dedup"
-                    " WHERE sender = ? AND key = ? AND sent_at_us > ?",
-                    (sender, key, sent_at_us - self._dedup_window_us),
-                ).fetchone()
-                if original is not None:
-                    o_room, o_seq, o_id, o_text, o_sent_at_us, o_action = original
-                    message = self._message(
-                        o_room, o_seq, o_id, sender, o_text, o_sent_at_us, o_action
-                    )
-                    return Appended(message, duplicate=True)
-            row = self._conn.execute("SELECT last_seq FROM rooms WHERE room = ?", (room,))
-            last = row.fetchone()
-            seq = (last[0] if last else 0) + 1
+        """Store one message, or return the original of a repeated key (inside the caller's
+        transaction)."""
+        if key:
+            original = self._conn.execute(
+                "SELECT room, seq, id, text, sent_at_us, action FROM dedup"
+                " WHERE sender = ? AND key = ? AND sent_at_us > ?",
+                (sender, key, sent_at_us - self._dedup_window_us),
+            ).fetchone()
+            if original is not None:
+                o_room, o_seq, o_id, o_text, o_sent_at_us, o_action = original
+                message = self._message(o_room, o_seq, o_id, sender, o_text, o_sent_at_us, o_action)
+                return Appended(message, duplicate=True)
+        row = self._conn.execute("SELECT last_seq FROM rooms WHERE room = ?", (room,))
+        last = row.fetchone()
+        seq = (last[0] if last else 0) + 1
+        self._conn.execute(
+            "INSERT INTO rooms (room, last_seq, messages) VALUES (?, ?, 1)"
+            " ON CONFLICT (room) DO UPDATE"
+            " SET last_seq = excluded.last_seq, messages = messages + 1",
+            (room, seq),
+        )
+        self._conn.execute(
+            "INSERT INTO messages (room, seq, id, sender, text, sent_at_us, action)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (room, seq, id, sender, text, sent_at_us, action),
+        )
+        if key:
             self._conn.execute(
-                "INSERT INTO rooms (room, last_seq, messages) VALUES (?, ?, 1)"
-                " ON CONFLICT (room) DO UPDATE"
-                " SET last_seq = excluded.last_seq, messages = messages + 1",
-                (room, seq),
+                "INSERT OR REPLACE INTO dedup"
+                " (sender, key, room, seq, id, text, sent_at_us, action)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (sender, key, room, seq, id, text, sent_at_us, action),
             )
-            self._conn.execute(
-                "INSERT INTO messages (room, seq, id, sender, text, sent_at_us, action)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (room, seq, id, sender, text, sent_at_us, action),
-            )
-            if key:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO dedup"
-                    " (sender, key, room, seq, id, text, sent_at_us, action)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (sender, key, room, seq, id, text, sent_at_us, action),
-                )
-            if seq > self._max_messages:
-                self._prune_by_count(room, seq)
-        self._appended_at_us = sent_at_us
+        if seq > self._max_messages:
+            self._prune_by_count(room, seq)
         message = self._message(room, seq, id, sender, text, sent_at_us, action)
         return Appended(message, duplicate=False)
 
@@ -299,7 +347,13 @@ class SqliteStore:
         self._db = database
         self._executor = executor
         self._closed = False
-        self._maintenance = asyncio.get_running_loop().create_task(
+        self._loop = asyncio.get_running_loop()
+        # Appends waiting for the next group, and whether a drain is handed to the thread and
+        # has not yet taken them; shared with the thread, under the lock.
+        self._queued: list[tuple[_AppendRequest, asyncio.Future[Appended]]] = []
+        self._queue_lock = threading.Lock()
+        self._drain_pending = False
+        self._maintenance = self._loop.create_task(
             self._maintain_forever(), name=f"grpcchat-store-maintenance {database.path}"
         )
 
@@ -335,10 +389,19 @@ class SqliteStore:
         key: str = "",
         action: bool = False,
     ) -> Appended:
-        sent_at_us = _to_us(sent_at)
-        return await self._run(
-            partial(self._db.append, id, room, sender, text, sent_at_us, key, action)
-        )
+        """Queue the append, now (before suspending: appends are numbered in the order they
+        were called), for the next group; return once the group has committed. A caller
+        cancelled meanwhile does not take its append back."""
+        if self._closed:
+            raise self._closed_error()
+        request = (id, room, sender, text, _to_us(sent_at), key, action)
+        answer: asyncio.Future[Appended] = self._loop.create_future()
+        with self._queue_lock:
+            self._queued.append((request, answer))
+            start_drain, self._drain_pending = not self._drain_pending, True
+        if start_drain:
+            self._executor.submit(self._drain)
+        return await answer
 
     async def read(
         self,
@@ -400,8 +463,47 @@ class SqliteStore:
     async def _run(self, call: Callable[[], T]) -> T:
         """Run `call` on the store's thread; any failure of SQLite becomes StoreError."""
         if self._closed:
-            raise StoreError(f"the history store {self._db.path} is closed")
+            raise self._closed_error()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            return await self._loop.run_in_executor(self._executor, call)
         except sqlite3.Error as exc:
-            raise StoreError(f"the history file {self._db.path} failed: {exc}") from exc
+            raise self._failed(exc) from exc
+
+    def _drain(self) -> None:
+        """On the store's thread: store every append queued so far as one group, then answer
+        each caller on the loop (all in one callback)."""
+        with self._queue_lock:
+            group, self._queued = self._queued, []
+            self._drain_pending = False
+        outcomes: list[Appended | BaseException]
+        try:
+            outcomes = [
+                self._failed(outcome) if isinstance(outcome, sqlite3.Error) else outcome
+                for outcome in self._db.append_group([request for request, _ in group])
+            ]
+        except sqlite3.Error as exc:
+            outcomes = [self._failed(exc) for _ in group]
+        except Exception as exc:
+            outcomes = [exc] * len(group)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(_answer, [answer for _, answer in group], outcomes)
+
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        error = StoreError(f"the history file {self._db.path} failed: {exc}")
+        error.__cause__ = exc
+        return error
+
+    def _closed_error(self) -> StoreError:
+        return StoreError(f"the history store {self._db.path} is closed")
+
+
+def _answer(
+    answers: list[asyncio.Future[Appended]], outcomes: list[Appended | BaseException]
+) -> None:
+    for answer, outcome in zip(answers, outcomes, strict=True):
+        if answer.done():  # its caller was cancelled; the append stands
+            continue
+        if isinstance(outcome, BaseException):
+            answer.set_exception(outcome)
+        else:
+            answer.set_result(outcome)

@@ -1,0 +1,170 @@
+"""Seq order is delivery order: many concurrent posters on one room, on every engine, and on a
+store whose appends return out of order (the hub's per-room chain, not the store's timing,
+orders delivery). Every reader receives exactly what History returns, in that order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from grpcchat.core.errors import StoreError
+from grpcchat.core.history import Appended, HistoryStore, Retention
+from grpcchat.core.hub import Hub
+from grpcchat.core.limits import Limits
+from grpcchat.core.models import Message, RoomJoined
+from grpcchat.core.session import Session
+from grpcchat.server.engines import open_store
+from grpcchat.store.memory import MemoryStore
+
+TIMEOUT = 20.0
+POSTERS, POSTS = 20, 50
+ROOM = "busy"
+
+
+class JitteryStore(MemoryStore):
+    """Numbers each append when called (as the contract says), then returns after a random
+    delay, so appends return out of order; texts ending in "!" fail instead, storing nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(Retention())
+        self._random = random.Random(7)
+
+    async def append(
+        self,
+        *,
+        id: str,
+        room: str,
+        sender: str,
+        text: str,
+        sent_at: datetime,
+        key: str = "",
+        action: bool = False,
+    ) -> Appended:
+        delay = self._random.random() * 0.003
+        if text.endswith("!"):
+            await asyncio.sleep(delay)
+            raise StoreError("the disk is full")
+        appended = await super().append(
+            id=id, room=room, sender=sender, text=text, sent_at=sent_at, key=key, action=action
+        )
+        await asyncio.sleep(delay)
+        return appended
+
+
+@pytest.fixture(params=["memory", "sqlite", "jittery"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HistoryStore]:
+    if request.param == "jittery":
+        opened: HistoryStore = JitteryStore()
+    else:
+        url = "memory://" if request.param == "memory" else f"sqlite://{tmp_path}/h.db"
+        opened = await open_store(url)
+    yield opened
+    await opened.aclose()
+
+
+def make_hub(store: HistoryStore) -> Hub:
+    return Hub(store, Limits(rate=0, request_rate=0, queue_size=10 * POSTERS * POSTS))
+
+
+class Reader:
+    """Every message a session receives in ROOM, in order."""
+
+    def __init__(self, session: Session) -> None:
+        self.messages: list[Message] = []
+        self.joined = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._run(session))
+
+    async def _run(self, session: Session) -> None:
+        async for batch in session.batches():
+            for envelope in batch:
+                event = envelope.event
+                if isinstance(event, Message) and event.room == ROOM:
+                    self.messages.append(event)
+                elif isinstance(event, RoomJoined):
+                    self.joined.set()
+            self._changed.set()
+
+    async def until(self, count: int) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while len(self.messages) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def post_concurrently(hub: Hub, *, failing_every: int = 0) -> int:
+    """POSTERS tasks of POSTS posts each, all at once; how many failed."""
+    failures = 0
+
+    async def poster(i: int) -> None:
+        nonlocal failures
+        for j in range(POSTS):
+            fail = failing_every and (i * POSTS + j) % failing_every == 0
+            try:
+                await hub.post(f"p{i}", f"{i}/{j}" + ("!" if fail else ""), room=ROOM)
+            except StoreError:
+                failures += 1
+
+    await asyncio.gather(*(poster(i) for i in range(POSTERS)))
+    return failures
+
+
+async def test_readers_see_seq_order_which_is_history_order(store: HistoryStore) -> None:
+    hub = make_hub(store)
+    failing_every = 7 if isinstance(store, JitteryStore) else 0
+    async with hub.connect("ann") as ann, hub.connect("bob") as bob:
+        readers = [Reader(ann), Reader(bob)]
+        try:
+            for session, reader in zip([ann, bob], readers, strict=True):
+                await hub.join(session, ROOM)
+                await asyncio.wait_for(reader.joined.wait(), TIMEOUT)
+            failures = await post_concurrently(hub, failing_every=failing_every)
+            stored = POSTERS * POSTS - failures
+            assert failures == (len(range(0, POSTERS * POSTS, 7)) if failing_every else 0)
+            history = await hub.history(ROOM, limit=POSTERS * POSTS)
+            assert [m.seq for m in history] == list(range(1, stored + 1))
+            for reader in readers:
+                await reader.until(stored)
+                assert reader.messages == history
+            # Each poster's messages are stored (and so delivered) in the order it sent them.
+            for i in range(POSTERS):
+                mine = [m.text for m in history if m.sender == f"p{i}"]
+                assert mine == sorted(mine, key=lambda text: int(text.split("/")[1]))
+        finally:
+            for reader in readers:
+                await reader.stop()
+
+
+async def test_a_cancelled_poster_still_delivers_what_was_stored(store: HistoryStore) -> None:
+    hub = make_hub(store)
+    async with hub.connect("ann") as ann:
+        reader = Reader(ann)
+        try:
+            await hub.join(ann, ROOM)
+            await asyncio.wait_for(reader.joined.wait(), TIMEOUT)
+            posts = [asyncio.create_task(hub.post("p", f"m{i}", room=ROOM)) for i in range(200)]
+            await asyncio.sleep(0)  # every post is under way: its append is in line
+            for task in posts[::2]:
+                task.cancel()
+            await asyncio.gather(*posts, return_exceptions=True)
+            history = await hub.history(ROOM, limit=1000)
+            assert [m.text for m in history] == [f"m{i}" for i in range(200)]
+            await reader.until(len(history))
+            assert reader.messages == history
+        finally:
+            await reader.stop()
+
+
+async def test_the_chain_leaves_nothing_behind(store: HistoryStore) -> None:
+    hub = make_hub(store)
+    await asyncio.gather(*(hub.post("p", f"m{i}", room=f"r{i % 30}") for i in range(300)))
+    assert hub._last_post == {}
