@@ -87,9 +87,11 @@ class Session:
         self._live_waiting = 0
         self._joins: dict[str, _PendingJoin] = {}
         # Joins whose replay is ready to page in, in the order they were asked for.
-        self._replays: deque[str] = deque()
-        self._ready = asyncio.Event()
+        self._replays: list[str] = []
+        # What the idle writer awaits; made only while it waits (an idle session is cheap).
+        self._waiter: asyncio.Future[None] | None = None
         self.closed = asyncio.Event()
+        self._closed_callbacks: list[Callable[[], None]] = []
         self.error: ChatError | None = None
         # Rooms at the moment the session closed (the hub empties `rooms` as it forgets it).
         self.rooms_at_close: tuple[str, ...] = ()
@@ -124,7 +126,7 @@ class Session:
         if not self.lagging and self._live_waiting > self._lag_high:
             self.lagging = True
             self._on_lag(self)
-        self._ready.set()
+        self._wake()
 
     def offer_optional(self, envelope: Envelope, room: str) -> None:
         """Queue an event of `room` that may be dropped but never evicts (presence notices).
@@ -141,7 +143,7 @@ class Session:
         if self._live_waiting < self._lag_high:
             self._queue.append((envelope, True))
             self._live_waiting += 1
-            self._ready.set()
+            self._wake()
 
     def _evict(self) -> None:
         self._end(
@@ -181,14 +183,14 @@ class Session:
             return
         pending.cursor, pending.done = cursor, done
         self._replays.append(room)
-        self._ready.set()
+        self._wake()
 
     async def _page_in(self) -> None:
         room = self._replays[0]
         pending = self._joins.get(room)
         cursor = pending.cursor if pending is not None else None
         if pending is None or cursor is None:
-            self._replays.popleft()
+            self._replays.pop(0)
             return
         page = await cursor.next_page(self._max_batch)
         if self.closed.is_set() or self._joins.get(room) is not pending:
@@ -196,7 +198,7 @@ class Session:
         self._queue.extend((envelope, False) for envelope in page)
         if not cursor.exhausted:
             return
-        self._replays.popleft()
+        self._replays.pop(0)
         del self._joins[room]
         if pending.done is not None:
             self._queue.append((pending.done, False))
@@ -219,7 +221,21 @@ class Session:
         self._joins.clear()
         self._replays.clear()
         self.closed.set()
-        self._ready.set()
+        self._wake()
+        callbacks, self._closed_callbacks = self._closed_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def on_closed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the session has ended (at once if it has)."""
+        if self.closed.is_set():
+            callback()
+        else:
+            self._closed_callbacks.append(callback)
 
     def close(self, error: ChatError | None = None) -> None:
         """End the session. A slow consumer's backlog is dropped at once (its client resumes
@@ -250,8 +266,11 @@ class Session:
                     if self.error is not None:
                         raise self.error
                     return
-                self._ready.clear()
-                await self._ready.wait()
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
                 continue
             # Busy: more was waiting after the last write, or this event came soon after it.
             busy = loop.time() - last_write < self._linger * BUSY_FACTOR

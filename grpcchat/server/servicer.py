@@ -305,8 +305,15 @@ class ChatServicer:
     ) -> None:
         """Be the session's writer until it ends; raises the error that ended it."""
         # A client that stops reading leaves our write pending forever (HTTP/2 flow control), so
-        # the write loop cannot notice its own eviction: a watchdog ends the call instead.
-        watchdog = asyncio.create_task(_abort_when_evicted(session, context))
+        # the write loop cannot notice its own eviction: a watchdog ends the call instead. It
+        # is started only when the session ends, so an idle session costs no task of its own.
+        watchdog: asyncio.Task[None] | None = None
+
+        def start_watchdog() -> None:
+            nonlocal watchdog
+            watchdog = asyncio.create_task(_abort_when_ended(session, context))
+
+        session.on_closed(start_watchdog)
         expiry = None
         if identity is not None:
             delay = (identity.expires_at - datetime.now(UTC)).total_seconds()
@@ -321,9 +328,11 @@ class ChatServicer:
                 for payload in encode(batch):
                     await context.write(payload)
         except SlowConsumer:
-            await watchdog
+            if watchdog is not None:
+                await watchdog
         finally:
-            watchdog.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
             if expiry is not None:
                 expiry.cancel()
 
@@ -351,11 +360,10 @@ def _log_message(message: Message) -> None:
     message_log.info('🟢 [%s]: "%s"', message.sender, message.text, extra={"where": where})
 
 
-async def _abort_when_evicted(session: Session, context: Context) -> None:
+async def _abort_when_ended(session: Session, context: Context) -> None:
     """End the call of a session that ended, even while its writer is stuck behind a client
     that stopped reading: a slow consumer at once, any other within CLOSE_FLUSH_GRACE (the
     time its writer has to flush what was queued)."""
-    await session.closed.wait()
     if isinstance(session.error, SlowConsumer):
         rooms = ", ".join(f"#{room}" for room in session.rooms_at_close) or "no rooms"
         log.warning("disconnecting slow consumer %r (%s)", session.name or session.peer, rooms)
