@@ -31,6 +31,8 @@ app.command("gen-proto")(gen_proto)
 
 
 def main() -> None:
+    """The Typer app alone, without `grpcchat.cli.fast`'s fast path for `send` (the console
+    script is `grpcchat.cli.main`, which is that fast path)."""
     # gRPC core logs connection details (TLS handshakes, GOAWAYs) to stderr at INFO; a
     # command's stderr is for its own one-line errors. The commands import grpc lazily, so
     # this is in time.

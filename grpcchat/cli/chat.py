@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import getpass
-import json
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from grpcchat.cli import render
-from grpcchat.cli.consoles import console, err_console
+from grpcchat.cli.consoles import console
 from grpcchat.cli.exits import fail, run
-from grpcchat.cli.jsonout import message_as_json
 from grpcchat.cli.options import Room, connection, json_option, name_option, room_option
+from grpcchat.cli.posting import post, token_name
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.models import DEFAULT_ROOM
-
-if TYPE_CHECKING:
-    from grpcchat.client import Sent
 
 
 @connection
@@ -47,7 +41,7 @@ def join(
 
     interactive = sys.stdin.isatty()
     if name is None and client.token:
-        name = _token_name(client.token)
+        name = token_name(client.token)
     if name is None:
         if not interactive:
             fail("--name is required when stdin is not a terminal")
@@ -89,39 +83,11 @@ def send(
 
     Examples: grpcchat send --name bot "deploy done"; make 2>&1 | grpcchat send --room ci --json
     """
-    from grpcchat.client.oneshot import send_lines
-
-    lines = [text] if text not in (None, "-") else _stdin_lines()
-    if key and len(lines) > 1:
-        fail("--key applies to a single message; stdin has several")
-    sender = name if name is not None else _token_name(client.token) or getpass.getuser()
-
-    def accepted(sent: Sent) -> None:
-        if as_json:
-            print(json.dumps(message_as_json(sent.message, sent.duplicate)), flush=True)
-        else:
-            console.print(render.render_sent(sent.message, sent.duplicate), soft_wrap=True)
-
-    run(send_lines(client, sender, lines, accepted, room=room, to=to, action=action, key=key))
-
-
-def _token_name(token: str) -> str | None:
-    """The user name inside a token, read without verifying it (the server verifies)."""
-    import jwt
-
-    try:
-        name = jwt.decode(token, options={"verify_signature": False}).get("sub")
-    except jwt.InvalidTokenError:
-        return None
-    return name if isinstance(name, str) else None
+    # The fast path (`grpcchat.cli.fast`) parses these same options without Typer for a
+    # plain `grpcchat send`; both end here.
+    post(client, text, name=name, room=room, to=to, action=action, key=key, as_json=as_json)
 
 
 def _rooms(values: list[str] | None) -> tuple[str, ...]:
     rooms = [r.strip().lstrip("#") for v in values or [] for r in v.split(",") if r.strip()]
     return tuple(dict.fromkeys(rooms)) or (DEFAULT_ROOM,)
-
-
-def _stdin_lines() -> list[str]:
-    if sys.stdin.isatty():
-        err_console.print("[dim]reading messages from stdin, one per line; Ctrl-D ends[/]")
-    return [line.rstrip("\n") for line in sys.stdin if line.strip()]

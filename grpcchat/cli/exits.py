@@ -1,4 +1,9 @@
-"""Exit codes, and the one place library errors become a red line on stderr and an exit code."""
+"""Exit codes, and the one place library errors become a red line on stderr and an exit code.
+
+Neither Typer nor Rich is imported here: `grpcchat send`'s fast path (`grpcchat.cli.fast`)
+fails through these too. `fail` raises `SystemExit`, which ends a Typer command exactly as
+`typer.Exit` does (same exit code, nothing else printed).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, NoReturn, TypeVar
 
-import typer
-
-from grpcchat.cli import render
-from grpcchat.cli.consoles import err_console
+from grpcchat.cli.output import emit_error
 from grpcchat.core.errors import ChatError, ConfigError, RemoteError
 
 T = TypeVar("T")
@@ -36,8 +38,8 @@ def exit_code(status: str) -> int:
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    err_console.print(render.render_error(message), soft_wrap=True)
-    raise typer.Exit(code)
+    emit_error(message)
+    raise SystemExit(code)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -52,4 +54,4 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     except ChatError as error:
         fail(str(error), EXIT_REJECTED)
     except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise SystemExit(EXIT_INTERRUPTED) from None

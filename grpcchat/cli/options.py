@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from grpcchat.cli.exits import fail
+from grpcchat.cli.posting import build_config
 from grpcchat.client.config import DEFAULT_ADDR, DEFAULT_TIMEOUT, ClientConfig
 
 CONNECTION_HELP = "Connection"
@@ -126,19 +126,17 @@ def client_config(
     tls_cert: TlsCert = "",
     tls_key: TlsKey = "",
 ) -> ClientConfig:
-    """The connection options, declared once: their values as one validated `ClientConfig`."""
-    try:
-        return ClientConfig(
-            addr=addr,
-            timeout=timeout,
-            token=token,
-            tls=tls,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-        )
-    except ValueError as error:
-        fail(str(error))
+    """The connection options, declared once: their values as one validated `ClientConfig`.
+    (`grpcchat.cli.fast` parses the same options for a plain `grpcchat send`: keep it in step.)"""
+    return build_config(
+        addr=addr,
+        timeout=timeout,
+        token=token,
+        tls=tls,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
 
 
 _CONNECTION = inspect.signature(client_config, eval_str=True).parameters

@@ -5,12 +5,13 @@ prints literally. (The server's log handler is in `serverlog`.)"""
 from __future__ import annotations
 
 import zlib
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rich import box
 from rich.table import Table
 from rich.text import Text
+
+from grpcchat.cli.lines import StyledLine, error_line, local_time, sent_line
 
 if TYPE_CHECKING:
     from grpcchat.core.models import HistoryGap, Message, PresenceChange, RoomInfo, RoomJoined
@@ -34,10 +35,6 @@ _SENDER_COLOURS = (
 
 def sender_style(name: str) -> str:
     return "bold " + _SENDER_COLOURS[zlib.crc32(name.encode()) % len(_SENDER_COLOURS)]
-
-
-def local_time(moment: datetime) -> str:
-    return moment.astimezone().strftime("%H:%M:%S")
 
 
 def render_message(message: Message, *, show_room: bool = False, replayed: bool = False) -> Text:
@@ -128,18 +125,13 @@ def render_started(address: str, extras: list[str]) -> Text:
 
 
 def render_error(text: str) -> Text:
-    return Text(f"error: {text}", style="bold red")
+    return styled(error_line(text))
 
 
 def render_sent(message: Message, duplicate: bool = False) -> Text:
     """What `grpcchat send` prints for an accepted message."""
-    line = Text("✓ ", style="green")
-    line.append(f"@{message.recipient}" if message.recipient else f"#{message.room}", style="cyan")
-    if message.seq:
-        line.append(f" seq {message.seq}", style="dim")
-    line.append(f" {local_time(message.sent_at)}", style="dim")
-    if message.id:
-        line.append(f" id {message.id}", style="dim")
-    if duplicate:
-        line.append(" (already sent: not posted again)", style="yellow")
-    return line
+    return styled(sent_line(message, duplicate))
+
+
+def styled(line: StyledLine) -> Text:
+    return Text.assemble(*line.pieces, style=line.style)

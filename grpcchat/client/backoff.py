@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 
@@ -18,6 +17,8 @@ class Backoff:
     def next_delay(self) -> float:
         ceiling = min(self.maximum, self.initial * 2**self._attempt)
         self._attempt += 1
+        import random
+
         return random.uniform(ceiling / 2, ceiling)
 
     def reset(self) -> None:

@@ -4,15 +4,12 @@ is that channel with its stub, shared by a client and its sessions."""
 
 from __future__ import annotations
 
-import ipaddress
-
 import grpc
 from grpc import aio
 
 from grpcchat.client.config import ClientConfig
 from grpcchat.client.errors import remote_error
 from grpcchat.core.errors import ConfigError, RemoteError
-from grpcchat.core.files import read_pem
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 
 _CHANNEL_OPTIONS = [
@@ -41,6 +38,8 @@ def is_loopback(addr: str) -> bool:
     host = _host(addr)
     if host == "localhost":
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -57,6 +56,8 @@ def open_channel(config: ClientConfig) -> tuple[aio.Channel, Metadata]:
                 "use --tls (system roots) or --tls-ca FILE"
             )
         return aio.insecure_channel(config.addr, options=_CHANNEL_OPTIONS), metadata
+
+    from grpcchat.core.files import read_pem
 
     def optional(path: str, what: str) -> bytes | None:
         return read_pem(path, what) if path else None

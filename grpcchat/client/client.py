@@ -13,21 +13,22 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from grpcchat.client import legacy
 from grpcchat.client.backoff import Backoff
 from grpcchat.client.channel import Connection
 from grpcchat.client.config import ClientConfig
 from grpcchat.client.errors import retry_after
 from grpcchat.client.events import Sent
-from grpcchat.client.session import ChatSession
 from grpcchat.core.models import DEFAULT_ROOM, Message, RoomInfo
 from grpcchat.core.validation import check_name, check_room, check_text
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.wire import codec
+
+if TYPE_CHECKING:
+    from grpcchat.client.session import ChatSession
 
 
 class ChatClient:
@@ -101,6 +102,8 @@ class ChatClient:
             except grpc.RpcError as error:
                 code = error.code()
                 if code == grpc.StatusCode.UNIMPLEMENTED:
+                    from grpcchat.client import legacy
+
                     return await legacy.send_over_chat(self.connection, request)
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     delay = retry_after(error)
@@ -172,6 +175,8 @@ class ChatClient:
             yield
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                from grpcchat.client import legacy
+
                 raise legacy.no_history() from None
             raise self.connection.error(error) from None
 
@@ -182,6 +187,8 @@ class ChatClient:
     ) -> ChatSession:
         """A live session as `name` in `rooms`, replaying up to `history` recent messages of
         each room on first join."""
+        from grpcchat.client.session import ChatSession
+
         wanted = [rooms] if isinstance(rooms, str) else list(rooms)
         return ChatSession(self, check_name(name), [check_room(r) for r in wanted], history)
 

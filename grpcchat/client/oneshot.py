@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from grpcchat.client.client import ChatClient
 from grpcchat.client.config import ClientConfig
 from grpcchat.client.events import Connected, Sent
-from grpcchat.client.session import ChatSession
+
+if TYPE_CHECKING:
+    from grpcchat.client.session import ChatSession
 
 DEFAULT_WINDOW = 64
 

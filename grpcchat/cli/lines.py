@@ -1,0 +1,47 @@
+"""The lines a one-shot command prints, as text with styles but without Rich: `render` turns
+them into `rich.text.Text` for a terminal, `output` prints them plain anywhere else. So a
+script's `grpcchat send` never imports Rich, and both print the same characters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from grpcchat.core.models import Message
+
+
+class StyledLine(NamedTuple):
+    """`style` for the whole line, and its pieces, each `(text, style)` ("": the line's)."""
+
+    style: str
+    pieces: tuple[tuple[str, str], ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(text for text, _ in self.pieces)
+
+
+def local_time(moment: datetime) -> str:
+    return moment.astimezone().strftime("%H:%M:%S")
+
+
+def error_line(text: str) -> StyledLine:
+    return StyledLine("bold red", ((f"error: {text}", ""),))
+
+
+def sent_line(message: Message, duplicate: bool = False) -> StyledLine:
+    """What `grpcchat send` prints for an accepted message."""
+    pieces = [
+        ("✓ ", ""),
+        (f"@{message.recipient}" if message.recipient else f"#{message.room}", "cyan"),
+    ]
+    if message.seq:
+        pieces.append((f" seq {message.seq}", "dim"))
+    pieces.append((f" {local_time(message.sent_at)}", "dim"))
+    if message.id:
+        pieces.append((f" id {message.id}", "dim"))
+    if duplicate:
+        pieces.append((" (already sent: not posted again)", "yellow"))
+    return StyledLine("green", tuple(pieces))
