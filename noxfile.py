@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nox
@@ -16,6 +21,8 @@ ROOT = Path(__file__).parent
 BUF_VERSION = "1.75.0"
 # The article's contract: our protos must stay wire- and API-compatible with it.
 ARTICLE_CONTRACT = "../tests/contract/article"
+# The workspace's shared folder, beside the repository: the article's Go programs (peers/).
+SHARED = ROOT.parent / "shared"
 
 
 @nox.session
@@ -102,3 +109,108 @@ def proto(session: nox.Session) -> None:
                 external=True,
             )
     session.run("grpcchat", "gen-proto", "--check")
+
+
+# `nox -s bench`: the issue's standard scenarios, each against the article's Go server (v1, the
+# only protocol it has) and a fresh grpcchat (native and v1), one run at a time.
+BENCH_SCENARIOS = (
+    ("(a) 50 subscribers, 2 publishers, unpaced, 64 in flight", "-s 50 -p 2 --rate 0 -w 64"),
+    ("(b) 200 subscribers, 4 publishers, 1000 msg/s in all", "-s 200 -p 4 --rate 250"),
+    (
+        "(c) (a) + 1 never-reading session, 4 KB messages, 200 msg/s in all",
+        "-s 50 -p 2 --rate 100 -w 64 --size 4096 --slow 1",
+    ),
+)
+BENCH_FLAGS = ("--duration", "5", "--drain", "10", "--json")
+BENCH_TIMEOUT = 180  # seconds for one run, whatever happens
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _seed_server(binary: Path) -> Iterator[tuple[str, int]]:
+    """The article's Go server on a free loopback port (its per-message log discarded)."""
+    addr = f"127.0.0.1:{_free_port()}"
+    process = subprocess.Popen(
+        [str(binary), "-addr", addr], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", int(addr.rsplit(":", 1)[1])), 1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Go seed server did not start on {addr}") from None
+                time.sleep(0.05)
+        yield addr, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def _run_bench(session: nox.Session, *args: str) -> dict[str, object]:
+    """One `grpcchat bench ... --json` run: its JSON, or {"error": why}. Exit 1 (something lost)
+    still has a result."""
+    command = [str(Path(session.bin) / "grpcchat"), "bench", *args, *BENCH_FLAGS, *session.posargs]
+    session.log(" ".join(command[1:]))
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=BENCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {BENCH_TIMEOUT}s"}
+    lines = done.stdout.strip().splitlines()
+    if lines:
+        with contextlib.suppress(ValueError):
+            result: dict[str, object] = json.loads(lines[-1])
+            return result
+    return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+
+
+def _build_peers(session: nox.Session) -> Path | None:
+    """The article's Go server, built into .nox/peers (Debian's Go installed when missing)."""
+    script = SHARED / "peers" / "build.sh"
+    if not script.exists():
+        session.warn(f"no {script}: skipping the Go seed column")
+        return None
+    out = ROOT / ".nox" / "peers"
+    try:
+        session.run("bash", str(script), str(out), external=True)
+    except Exception as error:  # nox's CommandFailed: the table goes on without the Go column
+        session.warn(f"building the Go peers failed ({error}): skipping the Go seed column")
+        return None
+    return out / "seed-server"
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The standard scenarios, Go seed vs grpcchat native vs grpcchat v1, as a table with the
+    ratios (a few minutes; extra `grpcchat bench` flags after --, e.g. `-- --duration 3`).
+    Not in the default run."""
+    session.install("-e", ".")
+    seed = _build_peers(session)
+    scenarios = []
+    for name, flags in BENCH_SCENARIOS:
+        runs: dict[str, object] = {}
+        if seed is not None:
+            with _seed_server(seed) as (addr, pid):
+                runs["go"] = _run_bench(
+                    session, "--addr", addr, "--server-pid", str(pid), "--protocol", "v1",
+                    *flags.split(),
+                )  # fmt: skip
+        runs["native"] = _run_bench(session, "--protocol", "native", *flags.split())
+        runs["v1"] = _run_bench(session, "--protocol", "v1", *flags.split())
+        scenarios.append({"name": name, "flags": flags, "runs": runs})
+    results = ROOT / ".nox" / "bench-results.json"
+    results.write_text(json.dumps({"scenarios": scenarios}, indent=2, default=str))
+    session.log(f"raw results: {results}")
+    session.run("python", "-m", "grpcchat.cli.bench_report", str(results))

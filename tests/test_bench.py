@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import re
 import socket
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 from rich.console import Console
 
@@ -16,10 +23,15 @@ from grpcchat.bench import (
     PHASE_SERVER,
     BenchConfig,
     BenchResult,
+    frames,
+    h2,
     run_bench,
 )
-from grpcchat.cli.bench_report import render_result
+from grpcchat.bench.messages import WorkerSpec
+from grpcchat.bench.worker import Subscriber, _Worker
+from grpcchat.cli.bench_report import comparison_markdown, comparison_rows, render_result
 from grpcchat.core.errors import RemoteError
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 
 
 def _check_exact(result: BenchResult, subscribers: int) -> None:
@@ -107,6 +119,14 @@ async def test_unreachable_server_is_an_error_not_a_hang() -> None:
         {"send_timeout": 0},
         {"addr": " "},
         {"addr": "127.0.0.1:4000", "server_args": ("--rate", "0")},
+        {"message_size": frames.MIN_MESSAGE_SIZE - 1},
+        {"protocol": "v2"},
+        {"protocol": "v1", "publish": "unary"},
+        {"protocol": "v1", "room": "bench"},
+        {"publish": "sometimes"},
+        {"reader": "telepathy"},
+        {"slow": -1},
+        {"server_pid": 123},
     ],
 )
 def test_config_refuses_nonsense(bad: dict[str, Any]) -> None:
@@ -122,3 +142,227 @@ def test_config_defaults_and_worker_count() -> None:
     assert BenchConfig(subscribers=1).worker_processes == 1
     assert BenchConfig(subscribers=10, processes=3).worker_processes == 3
     assert BenchConfig(rate=0).rate == 0  # as fast as possible
+
+
+# -- what the bench puts on the wire -------------------------------------------------------------
+
+
+def test_hand_encoded_requests_match_the_generated_classes() -> None:
+    text = frames.message_text("abc123", 7, 42, 64)
+    assert len(text) == 64
+    assert frames.marker_pattern("abc123").findall(text)[0][:2] == (b"7", b"42")
+
+    message = pb.ChatMessage.FromString(frames.chat_message("bob", text))
+    assert (message.sender, message.text.encode()) == ("bob", text)
+    assert abs(message.sent_at.ToNanoseconds() - time.time_ns()) < 5e9
+
+    send = pb.SendRequest(sender="bob", text="hi", room="r", key="k1")
+    assert frames.send_request(b"hi", "r", "k1", "bob") == send.SerializeToString()
+    subscribe = pb.SubscribeRequest(name="s0", room="bench")
+    assert frames.subscribe_request("s0", "bench") == subscribe.SerializeToString()
+    hello = pb.ConnectRequest(hello=pb.Hello(name="p0"))
+    assert frames.hello("p0") == hello.SerializeToString()
+    on_session = pb.ConnectRequest(send=pb.SendRequest(text="hi", room="r", key="3"))
+    assert frames.send_on_session(b"hi", "r", "3") == on_session.SerializeToString()
+    probe = pb.ConnectRequest(send=pb.SendRequest())
+    assert frames.send_on_session(b"", "", "") == probe.SerializeToString()
+
+
+def test_acks_and_refusals_are_read_from_a_connect_response() -> None:
+    response = pb.ConnectResponse(
+        events=[
+            pb.Event(message=pb.ChatMessage(text="not an ack")),
+            pb.Event(ack=pb.SendAck(key="1", message=pb.ChatMessage(text="x"))),
+            pb.Event(ack=pb.SendAck(key="2", code="RESOURCE_EXHAUSTED", retry_after_ms=250)),
+            pb.Event(refused=pb.RequestRefused(room="r", code="INVALID_ARGUMENT", reason="no")),
+        ]
+    )
+    assert list(frames.session_events(response.SerializeToString())) == [
+        frames.Ack("1", "", "", 0),
+        frames.Ack("2", "RESOURCE_EXHAUSTED", "", 250),
+        frames.Refused("r", "INVALID_ARGUMENT", "no"),
+    ]
+
+
+def test_a_marker_split_across_chunks_is_counted_once() -> None:
+    """Data arrives in chunks cut anywhere (HTTP/2 frames, socket reads): every cut position
+    through two messages counts each of them exactly once."""
+    run = "d00d00"
+    data = b"".join(
+        h2.grpc_message(frames.chat_message("p", frames.message_text(run, 0, seq, 64)))
+        for seq in range(2)
+    )
+    spec = WorkerSpec(0, "127.0.0.1:1", "v1", "lobby", ("s",), (), run, "h2", 1.0)
+    for cut in range(1, len(data)):
+        worker = _Worker(spec, None, None)  # type: ignore[arg-type]  # queues are not used
+        subscriber = Subscriber("s")
+        scan = worker._scanner(subscriber, None)
+        scan(data[:cut])
+        scan(data[cut:])
+        assert (subscriber.delivered, subscriber.duplicates) == (2, 0), cut
+
+
+# -- counting against servers that get it wrong -------------------------------------------------
+
+
+class _FaultyV1Server:
+    """The article's server (Chat only, broadcast to every stream, sender included), except that
+    it drops every `drop_every`-th message or sends message number `duplicate` twice. Pings of
+    the bench always go through; only data messages are numbered."""
+
+    def __init__(self, *, drop_every: int = 0, duplicate: int = 0) -> None:
+        self.drop_every = drop_every
+        self.duplicate = duplicate
+        self.received = 0
+        self._streams: dict[int, Any] = {}
+        self._lock = asyncio.Lock()
+
+    async def chat(self, requests: AsyncIterator[bytes], context: Any) -> None:
+        key = id(context)
+        self._streams[key] = context
+        try:
+            async for data in requests:
+                text = pb.ChatMessage.FromString(data).text
+                copies = 1
+                if "/ping>" not in text:
+                    self.received += 1
+                    if self.drop_every and self.received % self.drop_every == 0:
+                        copies = 0
+                    elif self.received == self.duplicate:
+                        copies = 2
+                async with self._lock:
+                    for stream in list(self._streams.values()):
+                        for _ in range(copies):
+                            with contextlib.suppress(Exception):
+                                await stream.write(data)
+        finally:
+            del self._streams[key]
+
+
+@contextlib.asynccontextmanager
+async def _faulty_server(**faults: int) -> AsyncIterator[tuple[str, _FaultyV1Server]]:
+    servicer = _FaultyV1Server(**faults)
+    handler = grpc.stream_stream_rpc_method_handler(servicer.chat)  # raw bytes both ways
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("chat.v1.ChatService", {"Chat": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        await server.stop(0)
+
+
+def _v1_config(addr: str, reader: str) -> BenchConfig:
+    return BenchConfig(
+        addr=addr,
+        protocol="v1",
+        reader=reader,
+        subscribers=3,
+        publishers=2,
+        rate=40,
+        duration=1.0,
+        processes=1,
+        drain_timeout=3.0,
+    )
+
+
+@pytest.mark.parametrize("reader", ["h2", "grpc"])
+async def test_counts_exactly_what_a_lossy_server_drops(reader: str) -> None:
+    async with _faulty_server(drop_every=10) as (addr, servicer):
+        result = await run_bench(_v1_config(addr, reader))
+
+    assert result.sent == servicer.received  # every write reached the server
+    assert result.sent >= 70
+    dropped = result.sent // 10
+    assert result.lost == 3 * dropped
+    assert result.delivered == 3 * (result.sent - dropped)
+    assert result.expected == 3 * result.sent
+    assert result.duplicates == 0
+    assert not result.ok
+
+
+@pytest.mark.parametrize("reader", ["h2", "grpc"])
+async def test_counts_exactly_what_a_server_sends_twice(reader: str) -> None:
+    async with _faulty_server(duplicate=5) as (addr, servicer):
+        result = await run_bench(_v1_config(addr, reader))
+
+    assert result.sent == servicer.received
+    assert result.duplicates == 3  # message 5, once more to each subscriber
+    assert result.lost == 0
+    assert result.delivered == result.expected == 3 * result.sent
+    assert not result.ok
+
+
+# -- the protocols against grpcchat ---------------------------------------------------------------
+
+
+async def test_v1_against_grpcchat(addr: str) -> None:
+    config = BenchConfig(
+        addr=addr, protocol="v1", subscribers=3, publishers=2, rate=30, duration=1, processes=1
+    )
+    result = await run_bench(config)
+
+    _check_exact(result, subscribers=3)
+    assert result.publish_mode == "v1 stream"
+    summary = json.loads(json.dumps(result.as_json(), default=str))
+    for key in ("deliveries_per_s", "lost", "duplicates", "sent", "subscribers", "slow"):
+        assert key in summary
+    assert set(summary["latency_ms"]) == {"p50", "p90", "p99", "max"}
+    assert (summary["protocol"], summary["target"]) == ("v1", addr)
+
+
+async def test_native_stream_publishing_and_a_never_reading_session(addr: str) -> None:
+    config = BenchConfig(addr=addr, subscribers=2, rate=30, duration=1, processes=1, slow=1)
+    result = await run_bench(config)
+
+    _check_exact(result, subscribers=2)
+    assert result.publish_mode == "stream"  # the server answers SendAck
+    assert result.slow_connected == 1
+    assert result.as_json()["slow"] == 1
+
+
+async def test_native_unary_publishing_with_grpc_readers(addr: str) -> None:
+    config = BenchConfig(
+        addr=addr, subscribers=2, rate=30, duration=1, processes=1, publish="unary", reader="grpc"
+    )
+    result = await run_bench(config)
+
+    _check_exact(result, subscribers=2)
+    assert result.publish_mode == "unary"
+
+
+async def test_native_against_a_v1_only_server_says_so() -> None:
+    async with _faulty_server() as (addr, _):
+        with pytest.raises(RemoteError) as caught:
+            await run_bench(BenchConfig(addr=addr, subscribers=1, duration=1, processes=1))
+    assert caught.value.status == "UNIMPLEMENTED"
+    assert "--protocol v1" in str(caught.value)
+
+
+def test_the_nox_comparison_table_shows_ratios_and_failures() -> None:
+    def run(dps: float, **extra: Any) -> dict[str, Any]:
+        return {"deliveries_per_s": dps, "latency_ms": {"p99": 12.0}, "lost": 0, **extra}
+
+    report = {
+        "machine": "test box",
+        "scenarios": [
+            {"name": "(a)", "runs": {"go": run(1000), "native": run(500), "v1": run(2000, lost=3)}},
+            {"name": "(b)", "runs": {"native": run(10), "v1": {"error": "boom"}}},
+        ],
+    }
+    rows = comparison_rows(report["scenarios"])
+    assert rows[0] == [
+        "(a)",
+        "1,000/s, p99 12 ms (1.00x)",
+        "500/s, p99 12 ms (0.50x)",
+        "2,000/s, p99 12 ms (2.00x); lost 3",
+    ]
+    assert rows[1] == ["(b)", "-", "10/s, p99 12 ms", "failed: boom"]
+    markdown = comparison_markdown(report)
+    assert markdown.splitlines()[0] == (
+        "| scenario | Go seed (v1) | grpcchat native | grpcchat v1 |"
+    )
+    assert "Measured on: test box." in markdown

@@ -5,12 +5,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from grpcchat.bench.frames import MIN_MESSAGE_SIZE
 from grpcchat.core.errors import ChatError, InvalidInput
+from grpcchat.core.models import DEFAULT_ROOM
 from grpcchat.core.validation import MAX_TEXT_LENGTH, check_room
 
 # Seconds a worker, a publisher or the server gets to stop before it is cancelled or killed: every
 # part of a run shares it, so no part outlives an exit for long.
 STOP_GRACE = 3.0
+
+# What the load speaks. native: grpcchat's own API (subscribers on `Subscribe`, publishers on
+# the `Connect` session stream or unary `Send`); v1: only the article's `Chat` stream, so it runs
+# against the article's Go server as well (lobby only).
+PROTOCOLS = ("native", "v1")
+# How native publishers post: stream (`ConnectRequest.send`, answered by `SendAck` events),
+# unary (`Send` calls), or auto: stream when the server answers acks, else unary.
+PUBLISH_MODES = ("auto", "stream", "unary")
+# How subscribers read: h2, each call on an HTTP/2 connection of its own read straight off the
+# socket (about a microsecond of Python per delivery); grpc, gRPC's own reads on one channel per
+# process (tens of microseconds each: the bench then saturates before a fast server does).
+READERS = ("h2", "grpc")
 
 
 class BenchError(ChatError):
@@ -32,20 +46,30 @@ class BenchConfig:
 
     # Server to load, host:port; None starts `grpcchat serve` in a process of its own.
     addr: str | None = None
+    # Subscribers that read everything (the ones measured and checked for loss).
     subscribers: int = 50
     publishers: int = 1
-    # Messages per second per publisher; 0 sends as fast as the server answers (each publisher
-    # keeping `max_in_flight` sends outstanding).
+    # Messages per second per publisher; 0 sends as fast as the server takes them (each native
+    # publisher keeping `max_in_flight` sends unanswered; a v1 stream as fast as flow control
+    # lets it write).
     rate: float = 200.0
     # Seconds of publishing.
     duration: float = 10.0
-    room: str = "bench"
+    # Room of the native protocol; v1 has only the lobby (empty: "bench" native, "lobby" v1).
+    room: str = ""
+    protocol: str = "native"
+    publish: str = "auto"
+    # Extra sessions that open their stream and never read a byte: not counted as subscribers,
+    # not checked for loss (the server should cut them off, or stalls), reported apart.
+    slow: int = 0
+    reader: str = "h2"
     # Worker processes hosting the subscribers; None: one per CPU, at most one per subscriber.
     processes: int | None = None
     # Length of each message's text, in characters (ASCII, so also bytes).
     message_size: int = 64
-    # Sends each publisher may have waiting for an answer; 1 makes each wait for the previous.
-    max_in_flight: int = 16
+    # Sends each native publisher may have waiting for an answer (--window); 1 makes each wait
+    # for the previous. A v1 stream has no answers: gRPC flow control is its window.
+    max_in_flight: int = 64
     # Seconds for every subscriber to connect before publishing starts.
     connect_timeout: float = 30.0
     # Seconds to wait, after the last send, for messages still on their way.
@@ -55,6 +79,8 @@ class BenchConfig:
     # Extra `grpcchat serve` flags for the server started when addr is None; they come after
     # SERVER_FLAGS, so they override them (e.g. ("--store", "sqlite:///tmp/bench.db")).
     server_args: tuple[str, ...] = ()
+    # Process id of the server at `addr`, on this machine: its CPU is then measured too.
+    server_pid: int | None = None
 
     def __post_init__(self) -> None:
         if self.addr is not None and not self.addr.strip():
@@ -63,6 +89,18 @@ class BenchConfig:
             raise ValueError("subscribers must be at least 1")
         if self.publishers < 1:
             raise ValueError("publishers must be at least 1")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        if self.publish not in PUBLISH_MODES:
+            raise ValueError(f"publish must be one of {', '.join(PUBLISH_MODES)}")
+        if self.protocol == "v1" and self.publish == "unary":
+            raise ValueError("the v1 protocol posts on its Chat stream only (no unary Send)")
+        if self.reader not in READERS:
+            raise ValueError(f"reader must be one of {', '.join(READERS)}")
+        if self.slow < 0:
+            raise ValueError("slow must be 0 or more never-reading sessions")
+        if self.publishers > 999:
+            raise ValueError("at most 999 publishers")
         if not self.rate >= 0:  # also refuses NaN
             raise ValueError("rate must be 0 (as fast as possible) or more messages per second")
         if not 0 < self.duration < float("inf"):
@@ -71,12 +109,17 @@ class BenchConfig:
             check_room(self.room)
         except InvalidInput as error:
             raise ValueError(str(error)) from None
+        if self.protocol == "v1" and self.room not in ("", DEFAULT_ROOM):
+            raise ValueError(f"the v1 protocol has only the room {DEFAULT_ROOM!r}")
         if self.processes is not None and not 1 <= self.processes <= self.subscribers:
             raise ValueError("processes must be between 1 and the number of subscribers")
         if self.max_in_flight < 1:
             raise ValueError("max in flight must be at least 1")
-        if not 1 <= self.message_size <= MAX_TEXT_LENGTH:
-            raise ValueError(f"message size must be between 1 and {MAX_TEXT_LENGTH}")
+        if not MIN_MESSAGE_SIZE <= self.message_size <= MAX_TEXT_LENGTH:
+            raise ValueError(
+                f"message size must be between {MIN_MESSAGE_SIZE} (the marker each message "
+                f"carries) and {MAX_TEXT_LENGTH}"
+            )
         for name in ("connect_timeout", "send_timeout"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ValueError(f"{name.replace('_', ' ')} must be a positive number of seconds")
@@ -84,8 +127,22 @@ class BenchConfig:
             raise ValueError("drain timeout must not be negative")
         if self.server_args and self.addr is not None:
             raise ValueError("server flags only apply to a server the benchmark starts (no addr)")
+        if self.server_pid is not None and (self.addr is None or self.server_pid < 1):
+            raise ValueError("a server pid is for a server at addr, on this machine")
         if not all(isinstance(arg, str) for arg in self.server_args):
             raise ValueError("server flags must be strings")
+
+    @property
+    def target_room(self) -> str:
+        """The room the load uses."""
+        if self.protocol == "v1":
+            return DEFAULT_ROOM
+        return self.room or "bench"
+
+    @property
+    def target(self) -> str:
+        """What is measured: the address given, or "spawned grpcchat"."""
+        return self.addr if self.addr is not None else "spawned grpcchat"
 
     @property
     def worker_processes(self) -> int:

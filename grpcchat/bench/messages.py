@@ -17,9 +17,12 @@ POLL = 0.02  # seconds between either side's looks at its queue
 class WorkerSpec:
     index: int
     addr: str
+    protocol: str  # "native" (Subscribe streams) or "v1" (Chat streams)
     room: str
-    names: tuple[str, ...]
-    sender_prefix: str  # only messages from this run's publishers count
+    names: tuple[str, ...]  # subscribers that read (counted)
+    slow_names: tuple[str, ...]  # sessions that never read (not counted)
+    run: str  # this run's id: only messages carrying its marker count (see frames)
+    reader: str  # "h2" (straight off the socket, see h2) or "grpc" (gRPC reads)
     timeout: float
 
 
@@ -33,9 +36,16 @@ class Progress:
 @dataclass(frozen=True, slots=True)
 class WorkerResult:
     worker: int
-    delivered: int
-    duplicates: int
-    disconnects: int
+    expected: int  # messages this worker's subscribers should have got, all together
+    delivered: int  # distinct expected (subscriber, message) deliveries
+    lost: int  # expected - delivered
+    duplicates: int  # a subscriber got a (publisher, seq) it already had
+    # Deliveries of messages whose send was not confirmed (it failed or timed out, yet the
+    # message got through): neither expected nor lost.
+    unconfirmed: int
+    disconnects: int  # subscribers whose stream ended (cut off or lost) before the end
+    slow_connected: int  # never-reading sessions that were registered
+    slow_cut_off: int  # never-reading sessions the server ended
     last_delivery: float  # time.time() of the last new delivery, 0.0 if none
     histogram: bytes  # see latency.encode
 
@@ -49,10 +59,18 @@ class WorkerFailed:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """Publishing is over: wait for `expected` messages per subscriber, then report."""
+    """Publishing is over: publisher i tried seqs 0..issued[i]-1, of which `failed` (publisher,
+    seq) pairs were not confirmed; every subscriber should have every other one. Wait for them
+    (at most `drain_timeout`), then report."""
 
-    expected: int
+    issued: tuple[int, ...]
+    failed: frozenset[tuple[int, int]]
     drain_timeout: float
+
+    @property
+    def expected(self) -> int:
+        """Messages each subscriber should get."""
+        return sum(self.issued) - len(self.failed)
 
 
 @dataclass(frozen=True, slots=True)

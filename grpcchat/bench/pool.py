@@ -75,9 +75,9 @@ class WorkerPool:
         for process in self._processes:
             process.start()
 
-    def finish(self, expected: int, drain_timeout: float) -> None:
+    def finish(self, finish: Finish) -> None:
         for commands in self._commands:
-            commands.put(Finish(expected, drain_timeout))
+            commands.put(finish)
 
     def poll(self) -> None:
         """Take in every report waiting; raise if a worker failed or died."""

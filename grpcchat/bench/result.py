@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from grpcchat.bench.config import BenchConfig
 
@@ -33,16 +34,24 @@ class BenchResult:
 
     config: BenchConfig
     addr: str  # the server that was measured
-    sent: int  # messages the server accepted
-    send_errors: int  # sends that failed (not counted in `sent`)
-    expected: int  # sent x subscribers
-    delivered: int  # distinct (subscriber, message) deliveries
+    # How publishers posted: "v1 stream" (Chat), "stream" (Connect + SendAck) or "unary" (Send).
+    publish_mode: str
+    sent: int  # messages the server accepted (v1: writes completed)
+    send_errors: int  # sends that failed or stayed unanswered (not counted in `sent`)
+    send_retries: int  # sends repeated after a pushback (RESOURCE_EXHAUSTED, retry-after)
+    expected: int  # sent x subscribers (the never-reading sessions excluded)
+    delivered: int  # distinct (subscriber, message) deliveries of what was expected
     lost: int  # expected - delivered
-    duplicates: int  # a subscriber got a message it already had
-    # Reconnecting events seen by subscribers: streams the server cut (a slow consumer) or lost.
+    duplicates: int  # a subscriber got a (publisher, seq) it already had
+    # Deliveries of messages whose send failed or was not answered in time: they got through
+    # anyway (not lost, not expected).
+    unconfirmed: int
+    # Subscribers whose stream ended before the end (cut off or lost); they are not reconnected.
     disconnects: int
+    slow_connected: int  # never-reading sessions registered before publishing
+    slow_cut_off: int  # never-reading sessions the server ended during the run
     publish_elapsed: float  # seconds from the first send to the last one's answer
-    elapsed: float  # seconds from the first send to the last delivery
+    elapsed: float  # seconds from the first send to the last delivery (at least publish_elapsed)
     sent_per_second: float
     deliveries_per_second: float  # delivered / elapsed
     latency: Latency | None  # None when nothing was delivered
@@ -52,3 +61,24 @@ class BenchResult:
     def ok(self) -> bool:
         """Everything sent reached every subscriber exactly once."""
         return self.lost == 0 and self.duplicates == 0 and self.send_errors == 0
+
+    def as_json(self) -> dict[str, Any]:
+        """Every field (config included), plus the summary keys scripts read: `protocol`,
+        `target`, `subscribers`, `slow`, `deliveries_per_s`, `latency_ms` and `ok`."""
+        data = asdict(self)
+        config = self.config
+        latency = self.latency
+        data.update(
+            protocol=config.protocol,
+            target=config.target,
+            subscribers=config.subscribers,
+            publishers=config.publishers,
+            slow=config.slow,
+            window=config.max_in_flight,
+            rate=config.rate,
+            message_size=config.message_size,
+            deliveries_per_s=self.deliveries_per_second,
+            latency_ms=None if latency is None else asdict(latency),
+            ok=self.ok,
+        )
+        return data

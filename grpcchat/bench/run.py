@@ -3,6 +3,7 @@ every process it started stopped on any exit."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -10,10 +11,11 @@ from collections.abc import Callable
 
 from grpcchat.bench import cpu, latency
 from grpcchat.bench.config import STOP_GRACE, BenchConfig, BenchError
-from grpcchat.bench.messages import WorkerSpec
+from grpcchat.bench.messages import Finish, WorkerSpec
 from grpcchat.bench.pool import WorkerPool
-from grpcchat.bench.publish import publish
+from grpcchat.bench.publish import Pinger, answers_acks, publish
 from grpcchat.bench.result import BenchResult
+from grpcchat.bench.rpc import Raw, check_protocol
 from grpcchat.bench.server import SERVER_FLAGS, ServerProcess
 
 # Progress phases, in order. `done` goes from 0.0 to 1.0 within each.
@@ -36,9 +38,11 @@ async def run_bench(
     it (e.g. unreachable: status "UNAVAILABLE").
     """
     progress: ProgressCallback = on_progress or (lambda _phase, _done: None)
-    # Names unique to this run: subscribers count only this run's publishers' messages.
-    prefix = f"bench-{secrets.token_hex(3)}-"
-    senders = f"{prefix}p"
+    # This run's id: its markers (and names) are unique to it, so only its own messages count.
+    run = secrets.token_hex(3)
+    prefix = f"bench-{run}-"
+    v1 = config.protocol == "v1"
+    room = config.target_room
     async with contextlib.AsyncExitStack() as stack:
         server: ServerProcess | None = None
         if config.addr is None:
@@ -55,15 +59,23 @@ async def run_bench(
             if server is not None:
                 server.check()
 
+        # Subscribers see no gRPC statuses (they read raw HTTP/2): an unreachable server or one
+        # without the protocol is told here, in the server's words.
+        await check_protocol(addr, config.protocol, f"{prefix}check", room, config.connect_timeout)
         names = [f"{prefix}s{i}" for i in range(config.subscribers)]
+        slow_names = [f"{prefix}z{i}" for i in range(config.slow)]
         count = config.worker_processes
         specs = [
             WorkerSpec(
                 index=i,
                 addr=addr,
-                room=config.room,
+                protocol=config.protocol,
+                room=room,
                 names=tuple(names[i::count]),
-                sender_prefix=senders,
+                # The never-reading sessions share the last process (they cost it nothing).
+                slow_names=tuple(slow_names) if i == count - 1 else (),
+                run=run,
+                reader=config.reader,
                 timeout=config.connect_timeout,
             )
             for i in range(count)
@@ -71,42 +83,68 @@ async def run_bench(
         pool = WorkerPool(specs)
         stack.push_async_callback(pool.close)
         pool.start()
+        everyone = config.subscribers + config.slow
 
         def cpu_now() -> cpu.CpuSnapshot:
-            return cpu.snapshot(server.pid if server is not None else None, pool.pids)
+            return cpu.snapshot(server.pid if server is not None else config.server_pid, pool.pids)
 
         def connecting() -> None:
             check_server()
-            progress(PHASE_CONNECT, pool.connected / config.subscribers)
+            progress(PHASE_CONNECT, pool.connected / everyone)
 
         progress(PHASE_CONNECT, 0.0)
+        pinger = None
+        if v1:
+            # The article's server sends nothing before a broadcast: pings tell subscribers
+            # they are registered.
+            pinger = Pinger(addr, run, f"{prefix}ping")
+            stack.push_async_callback(pinger.aclose)
+            pinger.start()
         await pool.wait(
-            lambda: pool.connected >= config.subscribers,
+            lambda: pool.connected >= everyone,
             config.connect_timeout,
             connecting,
             lambda: BenchError(
-                f"only {pool.connected} of {config.subscribers} subscribers connected to "
+                f"only {pool.connected} of {everyone} subscribers connected to "
                 f"{addr} within {config.connect_timeout:g}s"
             ),
         )
+        if pinger is not None:
+            await pinger.aclose()
+            # Pings still on their way are ignored by subscribers; let them land first.
+            await asyncio.sleep(0.2)
         progress(PHASE_CONNECT, 1.0)
+
+        if v1:
+            mode = "v1 stream"
+        elif config.publish != "auto":
+            mode = config.publish
+        else:
+            raw = Raw(addr, config.send_timeout)
+            try:
+                acks = await answers_acks(raw, f"{prefix}probe", room, config.send_timeout)
+            finally:
+                await raw.aclose()
+            mode = "stream" if acks else "unary"
 
         cpu_before = cpu_now()
         progress(PHASE_PUBLISH, 0.0)
-        started = time.time()
 
         def publishing(done: float) -> None:
             check_server()
             pool.poll()  # a subscriber process that fails ends the run now
             progress(PHASE_PUBLISH, done)
 
-        tally = await publish(config, addr, senders, publishing)
-        publish_elapsed = time.time() - started
+        publishers = [f"{prefix}p{i}" for i in range(config.publishers)]
+        tally = await publish(config, addr, run, publishers, mode, publishing, stack)
+        started = tally.started
+        publish_elapsed = tally.elapsed
         progress(PHASE_PUBLISH, 1.0)
         if tally.sent == 0 and tally.first_error is not None:
             raise tally.first_error
 
-        expected = tally.sent * config.subscribers
+        finish = Finish(tuple(tally.issued), frozenset(tally.failed), config.drain_timeout)
+        expected = finish.expected * config.subscribers
         # CPU is counted up to the last delivery (seen here within a report interval), not over
         # the idle end of a drain that waits for lost messages.
         cpu_after: cpu.CpuSnapshot | None = None
@@ -120,7 +158,7 @@ async def run_bench(
                 cpu_after = cpu_now()
                 window = time.time() - started
 
-        pool.finish(tally.sent, config.drain_timeout)
+        pool.finish(finish)
         progress(PHASE_DRAIN, 0.0)
         await pool.wait(
             lambda: pool.finished,
@@ -134,18 +172,24 @@ async def run_bench(
     reports = pool.results
     delivered = sum(r.delivered for r in reports)
     last_delivery = max((r.last_delivery for r in reports), default=0.0)
-    elapsed = last_delivery - started if delivered else publish_elapsed
-    elapsed = max(elapsed, 1e-9)
+    # From the first send to the last delivery, and never shorter than the publishing: a server
+    # that stalls early is measured over the whole time it was given.
+    elapsed = max(last_delivery - started if delivered else 0.0, publish_elapsed, 1e-9)
     return BenchResult(
         config=config,
         addr=addr,
+        publish_mode=mode,
         sent=tally.sent,
         send_errors=tally.errors,
-        expected=expected,
+        send_retries=tally.retries,
+        expected=sum(r.expected for r in reports),
         delivered=delivered,
-        lost=max(0, expected - delivered),
+        lost=sum(r.lost for r in reports),
         duplicates=sum(r.duplicates for r in reports),
+        unconfirmed=sum(r.unconfirmed for r in reports),
         disconnects=sum(r.disconnects for r in reports),
+        slow_connected=sum(r.slow_connected for r in reports),
+        slow_cut_off=sum(r.slow_cut_off for r in reports),
         publish_elapsed=publish_elapsed,
         elapsed=elapsed,
         sent_per_second=tally.sent / max(publish_elapsed, 1e-9),
