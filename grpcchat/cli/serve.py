@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from datetime import timedelta
@@ -190,7 +189,7 @@ def serve(
 def run_server(config: ServerConfig) -> None:
     """Log to stderr, serve until stopped, and print the startup line once listening."""
     configure_logging(config.log_level, err_console)
-    from grpcchat.server import serve as serve_until_stopped
+    from grpcchat.server import run as serve_until_stopped
 
     def started(server: ChatServer) -> None:
         console.print(render.render_started(server.address, _extras(config)), soft_wrap=True)
@@ -198,7 +197,7 @@ def run_server(config: ServerConfig) -> None:
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve_until_stopped(config, started))
+        serve_until_stopped(config, started)
     except (OSError, ChatError) as error:
         fail(str(error))
 

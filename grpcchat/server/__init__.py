@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from grpcchat.server.lifecycle import ChatServer, serve
+    from grpcchat.server.lifecycle import ChatServer, run, serve
 
-__all__ = ["ChatServer", "serve"]
+__all__ = ["ChatServer", "run", "serve"]
 
 
 def __getattr__(name: str) -> Any:

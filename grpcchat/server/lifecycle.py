@@ -196,3 +196,19 @@ async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) 
         for sig in signals:
             loop.remove_signal_handler(sig)
     log.info("server stopped")
+
+
+def run(config: ServerConfig, on_started: Callable[[ChatServer], None]) -> None:
+    """`serve` on the fastest event loop available: uvloop when it is installed (measured
+    here: more deliveries per second for less CPU), asyncio's own otherwise."""
+    with asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
+        runner.run(serve(config, on_started))
+
+
+def _fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -35,6 +35,8 @@ from grpcchat.wire import codec
 HELLO_TIMEOUT = 10.0
 # How long a refused session waits for its client to hang up before the call is ended.
 HELLO_REFUSAL_GRACE = 2.0
+# Sends of one session being posted at once; past it the stream is not read until one is done.
+MAX_SENDS_IN_FLIGHT = 256
 # How long a session that ended (half-close, expired token, drain) may take to flush what it
 # had queued before its call is ended anyway: its client may have stopped reading.
 CLOSE_FLUSH_GRACE = 10.0
@@ -184,37 +186,59 @@ class ChatServicer:
     async def _apply_requests(
         self, requests: AsyncIterator[pb.ConnectRequest], session: Session
     ) -> None:
-        async for request in requests:
-            if session.closed.is_set():
-                break
-            action = request.WhichOneof("action")
-            if action == "send":
-                await self._send_on_session(request.send, session)
-                continue
-            room = ""
-            try:
-                if action == "join":
-                    room = request.join.room
-                    after = request.join.after if request.join.HasField("after") else None
-                    await self._hub.join(
-                        session,
-                        room,
-                        after=codec.position_from_proto(after) if after else None,
-                        history=request.join.history,
-                    )
-                elif action == "leave":
-                    room = request.leave.room
-                    await self._hub.leave(session, room)
-                else:
-                    raise InvalidInput("hello may only open a session")
-            except ChatError as error:
-                refused = RequestRefused(room, status_of(error).name, str(error))
-                session.offer(Envelope(refused))
+        # Sends are posted concurrently, so reading the stream never waits for one post to
+        # finish: a task each, started in the order written (so numbered in that order), at
+        # most MAX_SENDS_IN_FLIGHT at once. Joins and leaves are applied in line.
+        posting: set[asyncio.Task[None]] = set()
+        try:
+            async for request in requests:
+                if session.closed.is_set():
+                    break
+                if request.WhichOneof("action") != "send":
+                    await self._apply(request, session)
+                    continue
+                send = request.send
+                if not send.recipient:
+                    # While the room is behind, stop reading (flow control holds the client);
+                    # a bad room name is refused by the post itself.
+                    with contextlib.suppress(ChatError):
+                        await self._hub.until_accepting(send.room)
+                while len(posting) >= MAX_SENDS_IN_FLIGHT:
+                    await asyncio.wait(posting, return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.create_task(self._send_on_session(send, session))
+                posting.add(task)
+                task.add_done_callback(posting.discard)
+        finally:
+            # Their acks are queued before the session ends, so they are flushed with it.
+            if posting:
+                await asyncio.wait(posting)
+
+    async def _apply(self, request: pb.ConnectRequest, session: Session) -> None:
+        """One join or leave; a refusal is queued as a RequestRefused event."""
+        action = request.WhichOneof("action")
+        room = ""
+        try:
+            if action == "join":
+                room = request.join.room
+                after = request.join.after if request.join.HasField("after") else None
+                await self._hub.join(
+                    session,
+                    room,
+                    after=codec.position_from_proto(after) if after else None,
+                    history=request.join.history,
+                )
+            elif action == "leave":
+                room = request.leave.room
+                await self._hub.leave(session, room)
+            else:
+                raise InvalidInput("hello may only open a session")
+        except ChatError as error:
+            refused = RequestRefused(room, status_of(error).name, str(error))
+            session.offer(Envelope(refused))
 
     async def _send_on_session(self, request: pb.SendRequest, session: Session) -> None:
-        """Post one message written on a session stream and queue its SendAck. While the room
-        is behind, the stream is not read (HTTP/2 flow control holds the client back), as for
-        the article's Chat stream; any refusal is an ack with the status code."""
+        """Post one message written on a session stream and queue its SendAck; any refusal is
+        an ack with the status code."""
         if not request.key:
             ack = SendAck(
                 "",
@@ -225,8 +249,6 @@ class ChatServicer:
             session.offer(Envelope(ack))
             return
         try:
-            if not request.recipient:
-                await self._hub.until_accepting(request.room)
             appended = await self._hub.post(
                 session.name,
                 request.text,
