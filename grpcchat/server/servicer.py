@@ -298,22 +298,53 @@ class ChatServicer:
 
         The article's stream has no way to refuse one message, so over the rate limit, or while
         the lobby's readers are behind, it is throttled (we stop reading until the message may
-        be posted; HTTP/2 flow control holds the client back) instead of being ended."""
+        be posted; HTTP/2 flow control holds the client back) instead of being ended. Messages
+        are posted concurrently, started in the order read, at most MAX_SENDS_IN_FLIGHT at
+        once; a refused one (a bad text) ends the call with its status, as before."""
+        posting: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        throttled_until = 0.0
+
+        async def post(send: pb.SendRequest) -> None:
+            nonlocal throttled_until
+            while True:
+                try:
+                    await self._post(send, identity, principal)
+                    return
+                except LimitExceeded as error:
+                    if error.retry_after is None:
+                        raise
+                    throttled_until = max(throttled_until, loop.time() + error.retry_after)
+                    await asyncio.sleep(error.retry_after)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            posting.discard(task)
+            error = None if task.cancelled() else task.exception()
+            if isinstance(error, ChatError):
+                session.close(error)
+            elif error is not None:
+                log.error("posting from a Chat stream failed", exc_info=error)
+                session.close(ServerDraining("internal error; reconnect"))
+
         try:
             async for request in requests:
+                if session.closed.is_set():
+                    return
+                if (pause := throttled_until - loop.time()) > 0:
+                    await asyncio.sleep(pause)
+                await self._hub.until_accepting(DEFAULT_ROOM)
+                while len(posting) >= MAX_SENDS_IN_FLIGHT:
+                    await asyncio.wait(posting, return_when=asyncio.FIRST_COMPLETED)
                 send = pb.SendRequest(sender=request.sender, text=request.text)
-                while True:
-                    await self._hub.until_accepting(DEFAULT_ROOM)
-                    try:
-                        await self._post(send, identity, principal)
-                        break
-                    except LimitExceeded as error:
-                        if error.retry_after is None:
-                            raise
-                        await asyncio.sleep(error.retry_after)
+                task = asyncio.create_task(post(send))
+                posting.add(task)
+                task.add_done_callback(finished)
         except ChatError as error:
             session.close(error)
             return
+        finally:
+            if posting:
+                await asyncio.wait(posting)
         session.close()
 
     async def _pump(
