@@ -26,6 +26,7 @@ from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, HistoryStore, Retention, RoomCount
 from grpcchat.server.engines import open_store
 from grpcchat.store import sqlite as engine
+from grpcchat.store import sqlite_database
 from grpcchat.store.sqlite import SqliteStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -258,7 +259,7 @@ async def test_the_maintenance_job_runs_every_interval_in_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engine, "MAINTENANCE_INTERVAL", 0.01)
-    monkeypatch.setattr(engine, "MAINTENANCE_BATCH", 3)
+    monkeypatch.setattr(sqlite_database, "MAINTENANCE_BATCH", 3)
     path = tmp_path / "history.db"
     store = await open_store(url(path), Retention(max_age=timedelta(hours=1)))
     try:
@@ -684,7 +685,7 @@ async def test_a_schema_1_history_is_upgraded_keeping_its_history_and_epoch(
 ) -> None:
     path = tmp_path / "history.db"
     sent_at = datetime.now(UTC).replace(microsecond=0)
-    schema_1_history(path, "e" * 32, engine._to_us(sent_at))
+    schema_1_history(path, "e" * 32, sqlite_database.to_us(sent_at))
 
     store = await open_sqlite(path)
     try:

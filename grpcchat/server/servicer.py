@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -18,9 +17,7 @@ from grpcchat.core.errors import (
     InvalidInput,
     LimitExceeded,
     ServerDraining,
-    SlowConsumer,
     TimedOut,
-    Unauthenticated,
 )
 from grpcchat.core.hub import Hub
 from grpcchat.core.models import DEFAULT_ROOM, Envelope, Message, RequestRefused, SendAck
@@ -28,7 +25,8 @@ from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity, TokenAuthority
 from grpcchat.server.framing import each_chat_message, frame_events
-from grpcchat.server.status import Context, abort, maps_errors, status_of
+from grpcchat.server.status import Context, maps_errors, status_of
+from grpcchat.server.writer import write_session
 from grpcchat.wire import codec
 
 # How long a session may take to say hello.
@@ -37,9 +35,7 @@ HELLO_TIMEOUT = 10.0
 HELLO_REFUSAL_GRACE = 2.0
 # Sends of one session being posted at once; past it the stream is not read until one is done.
 MAX_SENDS_IN_FLIGHT = 256
-# How long a session that ended (half-close, expired token, drain) may take to flush what it
-# had queued before its call is ended anyway: its client may have stopped reading.
-CLOSE_FLUSH_GRACE = 10.0
+
 
 message_log = logging.getLogger("grpcchat.messages")
 direct_log = logging.getLogger("grpcchat.direct")
@@ -139,7 +135,7 @@ class ChatServicer:
         ) as session:
             after = codec.position_from_proto(request.after) if request.HasField("after") else None
             await self._hub.join(session, request.room, after=after, history=request.history)
-            await self._pump(session, context, identity, frame_events)
+            await write_session(session, context, identity, frame_events)
 
     @maps_errors
     async def Connect(self, requests: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
@@ -165,7 +161,7 @@ class ChatServicer:
                 raise
             steering = asyncio.create_task(self._steer(requests, session))
             try:
-                await self._pump(session, context, identity, frame_events, headers_sent=True)
+                await write_session(session, context, identity, frame_events, headers_sent=True)
             finally:
                 await _cancel(steering)
 
@@ -283,7 +279,7 @@ class ChatServicer:
             principal = identity.name if identity else peer
             reader = asyncio.create_task(self._read_legacy(requests, session, identity, principal))
             try:
-                await self._pump(session, context, identity, each_chat_message)
+                await write_session(session, context, identity, each_chat_message)
             finally:
                 await _cancel(reader)
 
@@ -347,48 +343,6 @@ class ChatServicer:
                 await asyncio.wait(posting)
         session.close()
 
-    async def _pump(
-        self,
-        session: Session,
-        context: Context,
-        identity: Identity | None,
-        encode: Callable[[list[Envelope]], list[bytes]],
-        *,
-        headers_sent: bool = False,
-    ) -> None:
-        """Be the session's writer until it ends; raises the error that ended it."""
-        # A client that stops reading leaves our write pending forever (HTTP/2 flow control), so
-        # the write loop cannot notice its own eviction: a watchdog ends the call instead. It
-        # is started only when the session ends, so an idle session costs no task of its own.
-        watchdog: asyncio.Task[None] | None = None
-
-        def start_watchdog() -> None:
-            nonlocal watchdog
-            watchdog = asyncio.create_task(_abort_when_ended(session, context))
-
-        session.on_closed(start_watchdog)
-        expiry = None
-        if identity is not None:
-            delay = (identity.expires_at - datetime.now(UTC)).total_seconds()
-            expired = Unauthenticated("token expired; mint a new one with `grpcchat token`")
-            expiry = asyncio.get_running_loop().call_later(delay, session.close, expired)
-        try:
-            if not headers_sent:
-                # Headers now, not with the first event: they tell the client the session is
-                # registered, so everything posted from here on will reach it.
-                await context.send_initial_metadata(())
-            async for batch in session.batches():
-                for payload in encode(batch):
-                    await context.write(payload)
-        except SlowConsumer:
-            if watchdog is not None:
-                await watchdog
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
-            if expiry is not None:
-                expiry.cancel()
-
 
 async def _refuse_hello(
     requests: AsyncIterator[pb.ConnectRequest], context: Context, error: ChatError
@@ -411,19 +365,6 @@ def _log_message(message: Message) -> None:
         return
     where = f"#{message.room}"
     message_log.info('🟢 [%s]: "%s"', message.sender, message.text, extra={"where": where})
-
-
-async def _abort_when_ended(session: Session, context: Context) -> None:
-    """End the call of a session that ended, even while its writer is stuck behind a client
-    that stopped reading: a slow consumer at once, any other within CLOSE_FLUSH_GRACE (the
-    time its writer has to flush what was queued)."""
-    if isinstance(session.error, SlowConsumer):
-        rooms = ", ".join(f"#{room}" for room in session.rooms_at_close) or "no rooms"
-        log.warning("disconnecting slow consumer %r (%s)", session.name or session.peer, rooms)
-        await abort(context, session.error)
-        return
-    await asyncio.sleep(CLOSE_FLUSH_GRACE)
-    await abort(context, session.error or SlowConsumer("the session ended but was not read"))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -1,0 +1,77 @@
+"""A session's writer: drains its queue into its gRPC call, encoded by `encode`, until it ends,
+and makes sure the call ends even when the client stopped reading."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from grpcchat.core.errors import SlowConsumer, Unauthenticated
+from grpcchat.core.models import Envelope
+from grpcchat.core.session import Session
+from grpcchat.server.auth import Identity
+from grpcchat.server.status import Context, abort
+
+# How long a session that ended (half-close, expired token, drain) may take to flush what it
+# had queued before its call is ended anyway: its client may have stopped reading.
+CLOSE_FLUSH_GRACE = 10.0
+
+log = logging.getLogger("grpcchat.server.writer")
+
+
+async def write_session(
+    session: Session,
+    context: Context,
+    identity: Identity | None,
+    encode: Callable[[list[Envelope]], list[bytes]],
+    *,
+    headers_sent: bool = False,
+) -> None:
+    """Be the session's writer until it ends; raises the error that ended it. With an
+    identity, the session ends when its token expires."""
+    # A client that stops reading leaves our write pending forever (HTTP/2 flow control), so
+    # the write loop cannot notice its own eviction: a watchdog ends the call instead. It
+    # is started only when the session ends, so an idle session costs no task of its own.
+    watchdog: asyncio.Task[None] | None = None
+
+    def start_watchdog() -> None:
+        nonlocal watchdog
+        watchdog = asyncio.create_task(_abort_when_ended(session, context))
+
+    session.on_closed(start_watchdog)
+    expiry = None
+    if identity is not None:
+        delay = (identity.expires_at - datetime.now(UTC)).total_seconds()
+        expired = Unauthenticated("token expired; mint a new one with `grpcchat token`")
+        expiry = asyncio.get_running_loop().call_later(delay, session.close, expired)
+    try:
+        if not headers_sent:
+            # Headers now, not with the first event: they tell the client the session is
+            # registered, so everything posted from here on will reach it.
+            await context.send_initial_metadata(())
+        async for batch in session.batches():
+            for payload in encode(batch):
+                await context.write(payload)
+    except SlowConsumer:
+        if watchdog is not None:
+            await watchdog
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        if expiry is not None:
+            expiry.cancel()
+
+
+async def _abort_when_ended(session: Session, context: Context) -> None:
+    """End the call of a session that ended, even while its writer is stuck behind a client
+    that stopped reading: a slow consumer at once, any other within CLOSE_FLUSH_GRACE (the
+    time its writer has to flush what was queued)."""
+    if isinstance(session.error, SlowConsumer):
+        rooms = ", ".join(f"#{room}" for room in session.rooms_at_close) or "no rooms"
+        log.warning("disconnecting slow consumer %r (%s)", session.name or session.peer, rooms)
+        await abort(context, session.error)
+        return
+    await asyncio.sleep(CLOSE_FLUSH_GRACE)
+    await abort(context, session.error or SlowConsumer("the session ended but was not read"))
