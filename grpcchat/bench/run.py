@@ -13,7 +13,8 @@ from grpcchat.bench import cpu, latency
 from grpcchat.bench.config import STOP_GRACE, BenchConfig, BenchError
 from grpcchat.bench.messages import Finish, WorkerSpec
 from grpcchat.bench.pool import WorkerPool
-from grpcchat.bench.publish import Pinger, answers_acks, publish
+from grpcchat.bench.publish import Pinger, publish
+from grpcchat.bench.publish_native import answers_acks
 from grpcchat.bench.result import BenchResult
 from grpcchat.bench.rpc import Raw, check_protocol
 from grpcchat.bench.server import SERVER_FLAGS, ServerProcess
