@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -141,29 +141,27 @@ class ChatClient:
 
     async def rooms(self, *, limit: int = 0) -> list[RoomInfo]:
         """Rooms with members or history, by name: every page (or the first `limit` rooms)."""
-        found: list[RoomInfo] = []
-        token = ""
-        while True:
+
+        async def page(token: str) -> tuple[list[RoomInfo], str]:
             request = pb.ListRoomsRequest(page_token=token)
             async with self._calling():
                 response = await self.connection.stub.ListRooms(request, **self._call_options())
-            found += [RoomInfo(r.name, r.members, r.messages) for r in response.rooms]
-            token = response.next_page_token
-            if not token or (limit and len(found) >= limit):
-                return found[:limit] if limit else found
+            rooms = [RoomInfo(r.name, r.members, r.messages) for r in response.rooms]
+            return rooms, response.next_page_token
+
+        return await _every_page(page, limit)
 
     async def members(self, room: str = "", *, limit: int = 0) -> list[str]:
         """The room's members, sorted: every page (or the first `limit` names)."""
-        found: list[str] = []
-        token = ""
-        while True:
-            request = pb.ListMembersRequest(room=check_room(room), page_token=token)
+        room = check_room(room)
+
+        async def page(token: str) -> tuple[list[str], str]:
+            request = pb.ListMembersRequest(room=room, page_token=token)
             async with self._calling():
                 response = await self.connection.stub.ListMembers(request, **self._call_options())
-            found += response.members
-            token = response.next_page_token
-            if not token or (limit and len(found) >= limit):
-                return found[:limit] if limit else found
+            return list(response.members), response.next_page_token
+
+        return await _every_page(page, limit)
 
     def _call_options(self) -> dict[str, Any]:
         return {"timeout": self.config.timeout, "metadata": self.connection.metadata}
@@ -191,6 +189,22 @@ class ChatClient:
 
         wanted = [rooms] if isinstance(rooms, str) else list(rooms)
         return ChatSession(self, check_name(name), [check_room(r) for r in wanted], history)
+
+
+_Item = TypeVar("_Item")
+
+
+async def _every_page(
+    page: Callable[[str], Awaitable[tuple[list[_Item], str]]], limit: int
+) -> list[_Item]:
+    """Follow page tokens from the first page until the last (or until `limit` items)."""
+    found: list[_Item] = []
+    token = ""
+    while True:
+        items, token = await page(token)
+        found += items
+        if not token or (limit and len(found) >= limit):
+            return found[:limit] if limit else found
 
 
 __all__ = ["ChatClient"]
