@@ -248,11 +248,6 @@ class Hub:
         if not members.sessions:
             del self._rooms[room]
 
-    def members(self, room: str = "") -> list[str]:
-        """Names in the room now, each once, sorted."""
-        members = self._rooms.get(check_room(room))
-        return list(members.sorted_names()) if members is not None else []
-
     def members_page(
         self, room: str = "", *, after: str = "", limit: int = 0, principal: str = ""
     ) -> MembersPage:

@@ -3,7 +3,6 @@ many of its sessions lag behind, and a sorted member list rebuilt only after it 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from bisect import bisect_right
 
@@ -11,7 +10,7 @@ from grpcchat.core.session import Session
 
 
 class Room:
-    __slots__ = ("_sorted", "lagging", "name", "names", "not_behind", "sessions", "stall_check")
+    __slots__ = ("_sorted", "lagging", "name", "names", "sessions")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -20,11 +19,6 @@ class Room:
         self.names: dict[str, dict[int, Session]] = {}
         # Sessions of this room whose queue is more than half full.
         self.lagging = 0
-        # Set while the room is not behind: publishers held back by the overload rule wait on it.
-        self.not_behind = asyncio.Event()
-        self.not_behind.set()
-        # When the room last looked for stuck members (monotonic seconds).
-        self.stall_check = 0.0
         self._sorted: list[str] | None = None
 
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -25,6 +26,7 @@ from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity, TokenAuthority
 from grpcchat.server.framing import each_chat_message, frame_events
+from grpcchat.server.inflight import InFlight
 from grpcchat.server.status import Context, maps_errors, status_of
 from grpcchat.server.writer import write_session
 from grpcchat.wire import codec
@@ -33,8 +35,6 @@ from grpcchat.wire import codec
 HELLO_TIMEOUT = 10.0
 # How long a refused session waits for its client to hang up before the call is ended.
 HELLO_REFUSAL_GRACE = 2.0
-# Sends of one session being posted at once; past it the stream is not read until one is done.
-MAX_SENDS_IN_FLIGHT = 256
 
 
 message_log = logging.getLogger("grpcchat.messages")
@@ -182,10 +182,8 @@ class ChatServicer:
     async def _apply_requests(
         self, requests: AsyncIterator[pb.ConnectRequest], session: Session
     ) -> None:
-        # Sends are posted concurrently, so reading the stream never waits for one post to
-        # finish: a task each, started in the order written (so numbered in that order), at
-        # most MAX_SENDS_IN_FLIGHT at once. Joins and leaves are applied in line.
-        posting: set[asyncio.Task[None]] = set()
+        # Sends are posted concurrently (see InFlight); joins and leaves are applied in line.
+        posting = InFlight(lambda error: _failed(session, error))
         try:
             async for request in requests:
                 if session.closed.is_set():
@@ -199,15 +197,10 @@ class ChatServicer:
                     # a bad room name is refused by the post itself.
                     with contextlib.suppress(ChatError):
                         await self._hub.until_accepting(send.room)
-                while len(posting) >= MAX_SENDS_IN_FLIGHT:
-                    await asyncio.wait(posting, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(self._send_on_session(send, session))
-                posting.add(task)
-                task.add_done_callback(posting.discard)
+                await posting.start(functools.partial(self._send_on_session, send, session))
         finally:
             # Their acks are queued before the session ends, so they are flushed with it.
-            if posting:
-                await asyncio.wait(posting)
+            await posting.drain()
 
     async def _apply(self, request: pb.ConnectRequest, session: Session) -> None:
         """One join or leave; a refusal is queued as a RequestRefused event."""
@@ -295,9 +288,9 @@ class ChatServicer:
         The article's stream has no way to refuse one message, so over the rate limit, or while
         the lobby's readers are behind, it is throttled (we stop reading until the message may
         be posted; HTTP/2 flow control holds the client back) instead of being ended. Messages
-        are posted concurrently, started in the order read, at most MAX_SENDS_IN_FLIGHT at
-        once; a refused one (a bad text) ends the call with its status, as before."""
-        posting: set[asyncio.Task[None]] = set()
+        are posted concurrently (see InFlight); a refused one (a bad text) ends the call with
+        its status, as before."""
+        posting = InFlight(lambda error: _failed(session, error))
         loop = asyncio.get_running_loop()
         throttled_until = 0.0
 
@@ -313,15 +306,6 @@ class ChatServicer:
                     throttled_until = max(throttled_until, loop.time() + error.retry_after)
                     await asyncio.sleep(error.retry_after)
 
-        def finished(task: asyncio.Task[None]) -> None:
-            posting.discard(task)
-            error = None if task.cancelled() else task.exception()
-            if isinstance(error, ChatError):
-                session.close(error)
-            elif error is not None:
-                log.error("posting from a Chat stream failed", exc_info=error)
-                session.close(ServerDraining("internal error; reconnect"))
-
         try:
             async for request in requests:
                 if session.closed.is_set():
@@ -329,18 +313,13 @@ class ChatServicer:
                 if (pause := throttled_until - loop.time()) > 0:
                     await asyncio.sleep(pause)
                 await self._hub.until_accepting(DEFAULT_ROOM)
-                while len(posting) >= MAX_SENDS_IN_FLIGHT:
-                    await asyncio.wait(posting, return_when=asyncio.FIRST_COMPLETED)
                 send = pb.SendRequest(sender=request.sender, text=request.text)
-                task = asyncio.create_task(post(send))
-                posting.add(task)
-                task.add_done_callback(finished)
+                await posting.start(functools.partial(post, send))
         except ChatError as error:
             session.close(error)
             return
         finally:
-            if posting:
-                await asyncio.wait(posting)
+            await posting.drain()
         session.close()
 
 
@@ -372,6 +351,16 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _failed(session: Session, error: BaseException) -> None:
+    """A post of the session's stream failed: a refusal ends the call with its status, anything
+    else is a bug, logged, and the client is told to reconnect."""
+    if isinstance(error, ChatError):
+        session.close(error)
+        return
+    log.error("posting from session %r failed", session.name, exc_info=error)
+    session.close(ServerDraining("internal error; reconnect"))
 
 
 def _peer(context: Context) -> str:
