@@ -28,6 +28,7 @@ from grpcchat.bench import (
     run_bench,
 )
 from grpcchat.bench.messages import WorkerSpec
+from grpcchat.bench.publish_v1 import Echoes
 from grpcchat.bench.worker import Subscriber, _Worker
 from grpcchat.cli.bench_report import comparison_markdown, comparison_rows, render_result
 from grpcchat.core.errors import RemoteError
@@ -202,6 +203,24 @@ def test_a_marker_split_across_chunks_is_counted_once() -> None:
         assert (subscriber.delivered, subscriber.duplicates) == (2, 0), cut
 
 
+async def test_a_v1_publisher_counts_its_own_echoes_even_split_across_chunks() -> None:
+    mine = frames.message_text("r1", 3, 0, 40) + frames.message_text("r1", 3, 1, 40)
+    others = frames.message_text("r1", 13, 0, 40) + frames.message_text("r1", 4, 0, 40)
+    data = others + mine
+    for cut in range(1, len(data)):
+        window = asyncio.Semaphore(2)
+        echoes = Echoes("r1", 3, window)
+        await echoes.sent()
+        await echoes.sent()
+        assert window.locked()  # two in flight: the window is full
+        echoes.scan(data[:cut])
+        echoes.scan(data[cut:])
+        assert echoes.unanswered == 0, cut
+        echoes.scan(mine)  # more echoes than were sent (a server that duplicates)
+        assert echoes.unanswered == 0
+        assert window._value == 2, cut  # each place freed exactly once
+
+
 # -- counting against servers that get it wrong -------------------------------------------------
 
 
@@ -266,6 +285,7 @@ def _v1_config(addr: str, reader: str) -> BenchConfig:
         duration=1.0,
         processes=1,
         drain_timeout=3.0,
+        send_timeout=2.0,  # how long a publisher waits for echoes the server dropped
     )
 
 

@@ -8,8 +8,9 @@ on a `Connect` session (`ConnectRequest.send`, up to `max_in_flight` unanswered,
 by a `SendAck`) or, when the server does not answer acks (or `publish="unary"`), with up to
 `max_in_flight` concurrent unary `Send` calls. v1: everything is the article's `Chat` stream, so
 it runs against the article's Go server as well: a subscriber is a Chat stream that only reads,
-a publisher one that writes as fast as flow control lets it (paced by `rate` if set) and reads
-and discards what comes back, as the Go client does. v1 has only the lobby.
+a publisher one that writes (paced by `rate` if set) with up to `max_in_flight` messages not yet
+echoed back to it (the article's server broadcasts to the sender too), reading what comes back
+as the Go client does. v1 has only the lobby.
 
 Every message's text carries a marker: run id, publisher, per-publisher seq and the send time
 (`time.time_ns()`, the wall clock every process on the machine shares: run the bench on the

@@ -49,9 +49,8 @@ class BenchConfig:
     # Subscribers that read everything (the ones measured and checked for loss).
     subscribers: int = 50
     publishers: int = 1
-    # Messages per second per publisher; 0 sends as fast as the server takes them (each native
-    # publisher keeping `max_in_flight` sends unanswered; a v1 stream as fast as flow control
-    # lets it write).
+    # Messages per second per publisher; 0 sends as fast as the server takes them (each
+    # publisher keeping `max_in_flight` sends unanswered).
     rate: float = 200.0
     # Seconds of publishing.
     duration: float = 10.0
@@ -67,8 +66,8 @@ class BenchConfig:
     processes: int | None = None
     # Length of each message's text, in characters (ASCII, so also bytes).
     message_size: int = 64
-    # Sends each native publisher may have waiting for an answer (--window); 1 makes each wait
-    # for the previous. A v1 stream has no answers: gRPC flow control is its window.
+    # Sends each publisher may have waiting for an answer (--window): its SendAck (native), its
+    # echo on the publisher's own stream (v1); 1 makes each wait for the previous.
     max_in_flight: int = 64
     # Seconds for every subscriber to connect before publishing starts.
     connect_timeout: float = 30.0

@@ -2,10 +2,10 @@
 a pluggable way to put a message on the wire.
 
 - `ChatStream` (protocol v1): one `Chat` stream per publisher, as the article's Go client uses it.
-  A stream has no answers, so there is no window: each message is `await call.write(...)`, and
-  gRPC's flow control holds the publisher back when the server stops reading. It also reads
-  everything the server sends back (the article's server broadcasts to the sender too, and a
-  stream that never reads would stall it, or be cut off by grpcchat) and throws it away.
+  A stream has no answers, but the article's server broadcasts to the sender too: up to `window`
+  messages written and not yet back on the publisher's own stream (see publish_v1.Echoes). It
+  reads everything the server sends back (a stream that never reads would stall the article's
+  server, or be cut off by grpcchat), looking only for its own markers.
   A message counts as sent once its write completed.
 - `SessionStream` (native, `--publish stream`): one `Connect` session per publisher posting with
   `ConnectRequest.send`; up to `window` messages written and not yet answered by their `SendAck`.

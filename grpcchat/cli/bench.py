@@ -56,7 +56,7 @@ def bench(
             "--window",
             "-w",
             min=1,
-            help="Native sends each publisher keeps unanswered (v1: gRPC flow control).",
+            help="Messages in flight per publisher: unacked (native), not echoed back (v1).",
         ),
     ] = 64,
     publish: Annotated[

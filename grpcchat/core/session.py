@@ -266,7 +266,7 @@ class Session:
                     if self.error is not None:
                         raise self.error
                     return
-                self._waiter = asyncio.get_running_loop().create_future()
+                self._waiter = loop.create_future()
                 try:
                     await self._waiter
                 finally:

@@ -27,13 +27,14 @@ from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 _EVENTS_FIELD_TAG = b"\x0a"
 # Trailing metadata of a rate-limited call: milliseconds until a retry may succeed.
 RETRY_AFTER_KEY = "retry-after-ms"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _JOINED, _LEFT = pb.PresenceChange.CHANGE_JOINED, pb.PresenceChange.CHANGE_LEFT
 
 
 def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    # Timestamp.FromDatetime goes through a struct_time (~3 µs): this is once per message sent.
+    since = moment.replace(tzinfo=UTC) - _EPOCH if moment.tzinfo is None else moment - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000)
 
 
 def _datetime(stamp: Timestamp, present: bool) -> datetime:
