@@ -7,27 +7,53 @@ server, the client) happen inside the commands, so `grpcchat --help` starts quic
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 import typer
 
 from grpcchat.cli.bench import bench
 from grpcchat.cli.chat import join, send
+from grpcchat.cli.health import health
 from grpcchat.cli.proto import gen_proto
 from grpcchat.cli.reading import history, rooms, who
 from grpcchat.cli.serve import serve
 from grpcchat.cli.token import token
+from grpcchat.cli.version import VERSION_OPTIONS, version_line
 
 app = typer.Typer(
     name="grpcchat",
     help="Session-based real-time chat over gRPC: run a server, join rooms, script messages.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion; the fast path leaves completion to Typer.
+    add_completion=True,
     rich_markup_mode="rich",
 )
 # In the order `grpcchat --help` lists them.
-for _command in (serve, join, send, history, rooms, who, token, bench):
+for _command in (serve, join, send, history, rooms, who, health, token, bench):
     app.command()(_command)
 app.command("gen-proto")(gen_proto)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            *VERSION_OPTIONS,
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    # `grpcchat --version` without a command (a plain one skips Typer: `grpcchat.cli.fast`).
+    pass
 
 
 def main() -> None:

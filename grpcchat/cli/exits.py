@@ -18,6 +18,7 @@ T = TypeVar("T")
 
 # Exit codes, by what went wrong, so scripts can tell a retryable failure from a refusal.
 EXIT_FAILURE = 1
+EXIT_USAGE = 2  # a bad option, as Click exits for one
 EXIT_UNAVAILABLE = 3  # server unreachable or going away: retrying later can help
 EXIT_REJECTED = 4  # the server refused the input: retrying the same thing will not help
 EXIT_TIMEOUT = 5

@@ -3,7 +3,8 @@
 Building the Typer app imports Typer, Rich and every command's module, and Typer 0.29 coerces
 each parameter through pydantic: together some 200 ms, more than the send itself. So `main`
 first reads `send`'s own options the way Click would, and when it can read them all it sends
-without Typer (`grpcchat.cli.posting` is the command's body for both paths). Anything else
+without Typer (`grpcchat.cli.posting` is the command's body for both paths); a lone
+`grpcchat --version` (or `-V`) is printed here too. Anything else
 goes to the Typer app: another command, `--help`, or whatever this parser does not reproduce
 exactly (an unknown option, a missing value, an extra argument, a value Typer would refuse or
 coerce otherwise, shell completion), so usage errors are always Click's own.
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, NoReturn
 
+from grpcchat.cli.version import VERSION_OPTIONS, version_line
 from grpcchat.client.config import DEFAULT_ADDR, DEFAULT_TIMEOUT
 
 COMMAND = "send"
@@ -86,6 +88,9 @@ def main() -> None:
     # command's stderr is for its own one-line errors. grpc is imported later, so this is
     # in time.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if len(sys.argv) == 2 and sys.argv[1] in VERSION_OPTIONS:  # as the Typer app's --version
+        print(version_line())
+        return
     command = parse_send(sys.argv[1:], os.environ)
     if command is None:
         from grpcchat.cli.app import app

@@ -11,9 +11,9 @@ import typer
 
 from grpcchat.cli import render
 from grpcchat.cli.consoles import console, err_console
-from grpcchat.cli.exits import fail
+from grpcchat.cli.exits import EXIT_USAGE, fail
 from grpcchat.cli.options import SECURITY_HELP, auth_secret_option, tls_cert_option, tls_key_option
-from grpcchat.cli.serverlog import configure_logging
+from grpcchat.cli.serverlog import LOG_FORMATS, configure_logging
 from grpcchat.core.errors import ChatError
 from grpcchat.core.history import MAX_AGE, MAX_MESSAGES_PER_ROOM, Retention
 from grpcchat.core.limits import (
@@ -25,12 +25,18 @@ from grpcchat.core.limits import (
     Limits,
 )
 from grpcchat.server.config import DEFAULT_GRACE_PERIOD, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
+from grpcchat.server.connections import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_CONNECTION_AGE,
+    DEFAULT_MAX_CONNECTION_AGE_GRACE,
+)
 
 if TYPE_CHECKING:
     from grpcchat.server import ChatServer
 
 HISTORY_HELP = "History"
 LIMITS_HELP = "Limits"
+CONNECTIONS_HELP = "Connections"
 
 
 def serve(
@@ -139,21 +145,86 @@ def serve(
             help="Sessions per client address; 0 for no limit.",
         ),
     ] = DEFAULT_MAX_SESSIONS_PER_PEER,
+    check_config: Annotated[
+        bool,
+        typer.Option(
+            "--check-config",
+            help="Print the effective configuration (flags and GRPCCHAT_* variables; secrets "
+            "masked), check it as serving would, and exit without binding or opening the store.",
+        ),
+    ] = False,
     log_level: Annotated[
         str, typer.Option(envvar="GRPCCHAT_LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_LOG_FORMAT",
+            help="text (Rich on a terminal, plain lines otherwise) or json (one object a line).",
+        ),
+    ] = "text",
+    log_messages: Annotated[
+        bool,
+        typer.Option(
+            "--log-messages",
+            envvar="GRPCCHAT_LOG_MESSAGES",
+            help="Put message and direct-message text in json logs (never there otherwise).",
+        ),
+    ] = False,
     grace: Annotated[
         float,
         typer.Option(envvar="GRPCCHAT_GRACE", min=0, help="Seconds to drain on shutdown."),
     ] = DEFAULT_GRACE_PERIOD,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            envvar="GRPCCHAT_HEARTBEAT",
+            min=0,
+            rich_help_panel=CONNECTIONS_HELP,
+            help="Seconds a session stream may stay quiet before the server writes an empty "
+            "response (keeps proxies such as AWS ALB, 60 s idle, from closing it); 0 = off.",
+        ),
+    ] = DEFAULT_HEARTBEAT,
+    max_connection_age: Annotated[
+        float,
+        typer.Option(
+            envvar="GRPCCHAT_MAX_CONNECTION_AGE",
+            min=0,
+            rich_help_panel=CONNECTIONS_HELP,
+            help="Seconds after which a connection is asked to reconnect (GOAWAY, ±10% "
+            "jitter), so streams rebalance across nodes behind a load balancer; 0 = never.",
+        ),
+    ] = DEFAULT_MAX_CONNECTION_AGE,
+    max_connection_age_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="GRPCCHAT_MAX_CONNECTION_AGE_GRACE",
+            min=0,
+            rich_help_panel=CONNECTIONS_HELP,
+            help="Seconds a connection's streams have after that GOAWAY before it is closed "
+            "(clients resume where they were).",
+        ),
+    ] = DEFAULT_MAX_CONNECTION_AGE_GRACE,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar="GRPCCHAT_METRICS_PORT",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics, on the --host interface "
+            "(e.g. 9464); 0 turns them off. Labels never carry room or user names.",
+        ),
+    ] = 0,
 ) -> None:
     """Run a chat server. Ctrl-C drains gracefully; a second Ctrl-C stops at once."""
     level = logging.WARNING if quiet else logging.getLevelNamesMapping().get(log_level.upper())
     if level is None:
         fail(f"unknown log level {log_level!r}; use debug, info, warning or error")
+    if log_format.lower() not in LOG_FORMATS:
+        fail(f"unknown log format {log_format!r}; use text or json", EXIT_USAGE)
     try:
         config = ServerConfig(
             host=host,
@@ -175,7 +246,11 @@ def serve(
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
             grace_period=grace,
+            heartbeat=heartbeat,
+            max_connection_age=max_connection_age,
+            max_connection_age_grace=max_connection_age_grace,
             log_level=level,
+            metrics_port=metrics_port,
         )
         if auth_secret:
             from grpcchat.server.auth import TokenAuthority
@@ -183,12 +258,21 @@ def serve(
             TokenAuthority(auth_secret)  # validates the secret before anything starts
     except ValueError as error:
         fail(str(error))
-    run_server(config)
+    if check_config:
+        from grpcchat.cli.settings import check_and_print
+
+        check_and_print(config, console, log_format=log_format.lower(), log_messages=log_messages)
+        return
+    run_server(config, log_format=log_format.lower(), log_messages=log_messages)
 
 
-def run_server(config: ServerConfig) -> None:
+def run_server(
+    config: ServerConfig, *, log_format: str = "text", log_messages: bool = False
+) -> None:
     """Log to stderr, serve until stopped, and print the startup line once listening."""
-    configure_logging(config.log_level, err_console)
+    configure_logging(
+        config.log_level, err_console, log_format=log_format, log_messages=log_messages
+    )
     from grpcchat.server import run as serve_until_stopped
 
     def started(server: ChatServer) -> None:
@@ -209,6 +293,8 @@ def _extras(config: ServerConfig) -> list[str]:
     if config.auth_secret:
         extras.append("auth on")
     extras.append(f"history {config.store_url}")
+    if config.metrics_port:
+        extras.append(f"metrics :{config.metrics_port}")
     return extras
 
 

@@ -1,8 +1,9 @@
-"""The server's log output: Rich lines on stderr, chat messages in their senders' colours.
+"""The server's log output on stderr: Rich lines on a terminal (chat messages in their senders'
+colours), plain lines in a pipe or a file, or JSON lines (`--log-format json`, see `logformat`).
 
 Formatting and writing happen on a listener thread, behind a bounded queue, so a log line never
-blocks the event loop; when the queue is full (a terminal slower than the chat), chat-message
-lines are skipped and counted, never anything else.
+blocks the event loop; when the queue is full (a terminal or a shipper slower than the chat),
+chat-message lines are skipped and counted, never anything else.
 """
 
 from __future__ import annotations
@@ -29,15 +30,24 @@ class ChatLogHandler(RichHandler):
             line = Text("🟢 [")
             line.append(sender, style=sender_style(sender))
             line.append(f']: "{text}"')
-            where = getattr(record, "where", "")
-            if where:
-                line.append(f"  {where}", style="dim")
+            room = getattr(record, "room", "")
+            if room:
+                line.append(f"  #{room}", style="dim")
             return line
         return Text(message)
 
 
+def _not_on_terminal(record: logging.LogRecord) -> bool:
+    """The startup line on stdout already says where the server listens."""
+    return getattr(record, "event", "") != "server_started"
+
+
+# `--log-format`: Rich or plain lines (by whether stderr is a terminal), or JSON lines.
+LOG_FORMATS = ("text", "json")
 # Records waiting for the listener thread.
 QUEUE_SIZE = 10_000
+# Chat-volume lines: skipped (and counted) rather than waited for when the queue is full.
+CHAT_LOGGERS = frozenset({"grpcchat.messages", "grpcchat.direct"})
 
 
 class _SkippingQueueHandler(QueueHandler):
@@ -53,7 +63,7 @@ class _SkippingQueueHandler(QueueHandler):
         return record
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        if record.name == "grpcchat.messages":
+        if record.name in CHAT_LOGGERS:
             try:
                 self._records.put_nowait(record)
             except queue.Full:
@@ -69,20 +79,25 @@ class _SkippingQueueHandler(QueueHandler):
                 (self.skipped,),
                 None,
             )
+            note.event = "log_lines_skipped"
+            note.skipped = self.skipped
             self.skipped = 0
             self._records.put(note)
         # Warnings and errors always get through (waiting, in the rare case the queue is full).
         self._records.put(record)
 
 
-def configure_logging(level: int, console: Console | None = None) -> None:
-    handler = ChatLogHandler(
-        console=console or Console(stderr=True),
-        show_path=False,
-        markup=False,
-        rich_tracebacks=False,
-        log_time_format="[%X]",
-    )
+def configure_logging(
+    level: int,
+    console: Console | None = None,
+    *,
+    log_format: str = "text",
+    log_messages: bool = False,
+) -> None:
+    """Log at `level` to `console`'s file (stderr): `text` is Rich on a terminal and plain lines
+    elsewhere, `json` one object per line; message text reaches JSON only with `log_messages`."""
+    console = console or Console(stderr=True)
+    handler = _handler(console, log_format, log_messages)
     records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
     listener = QueueListener(records, handler, respect_handler_level=True)
     listener.start()
@@ -90,3 +105,24 @@ def configure_logging(level: int, console: Console | None = None) -> None:
     logging.basicConfig(
         level=level, handlers=[_SkippingQueueHandler(records)], format="%(message)s", force=True
     )
+
+
+def _handler(console: Console, log_format: str, log_messages: bool) -> logging.Handler:
+    if log_format == "text" and console.is_terminal:
+        rich = ChatLogHandler(
+            console=console,
+            show_path=False,
+            markup=False,
+            rich_tracebacks=False,
+            log_time_format="[%X]",
+        )
+        rich.addFilter(_not_on_terminal)
+        return rich
+    # structlog is imported only by the servers that write plain or JSON lines.
+    from grpcchat.cli.logformat import json_formatter, plain_formatter
+
+    stream = logging.StreamHandler(console.file)
+    stream.setFormatter(
+        json_formatter(log_messages=log_messages) if log_format == "json" else plain_formatter()
+    )
+    return stream

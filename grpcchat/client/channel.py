@@ -12,12 +12,30 @@ from grpcchat.client.errors import remote_error
 from grpcchat.core.errors import ConfigError, RemoteError
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 
+# Keepalive, agreeing with what the server permits (`grpcchat.server.connections.Keepalive`):
+# it allows a ping every 10 s at most and none on a connection without calls; a client that
+# pings more often is sent GOAWAY too_many_pings. Pinging every 20 s (twice the permitted
+# interval, so timer jitter never makes a ping "too soon") finds a dead server or a silently
+# dropped NAT mapping within ~30 s instead of TCP's minutes.
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+# No pings without a call: the server counts them as abuse, and an idle client has nothing
+# to keep alive.
+KEEPALIVE_PERMIT_WITHOUT_CALLS = 0
+# gRPC stops pinging after two pings without sending data; a session stream that only reads
+# (Subscribe, or Connect between sends) would then lose dead-server detection. 0: no limit.
+MAX_PINGS_WITHOUT_DATA = 0
+
 _CHANNEL_OPTIONS = [
     # gRPC's own reconnect backoff grows to two minutes; a chat client wants the server back
     # within seconds of it returning.
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", KEEPALIVE_PERMIT_WITHOUT_CALLS),
+    ("grpc.http2.max_pings_without_data", MAX_PINGS_WITHOUT_DATA),
 ]
 
 Metadata = tuple[tuple[str, str], ...]

@@ -20,6 +20,7 @@ overflows, and only a lagging session whose writer makes no progress at all is c
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -45,6 +46,7 @@ from grpcchat.core.ratelimit import RateLimiter
 from grpcchat.core.replay import plan_replay
 from grpcchat.core.rooms import Room
 from grpcchat.core.session import Session
+from grpcchat.core.stats import HubStats, Load
 from grpcchat.core.validation import (
     check_epoch,
     check_key,
@@ -54,6 +56,8 @@ from grpcchat.core.validation import (
 )
 
 MAX_HISTORY_PAGE = 1000
+# `load()` from another thread retries this often before it settles for the plain sizes.
+_LOAD_ATTEMPTS = 5
 
 
 class Hub:
@@ -66,6 +70,8 @@ class Hub:
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
+        # Counters only (read by the metrics endpoint, if any): bumping them costs next to nothing.
+        self.stats = HubStats()
         self._rooms: dict[str, Room] = {}
         self._sessions: dict[int, Session] = {}
         self._by_name: defaultdict[str, dict[int, Session]] = defaultdict(dict)
@@ -170,6 +176,7 @@ class Hub:
 
     def _evicted_during_fan_out(self, session: Session) -> None:
         """Called by a session that overflowed: forgotten once the current fan-out is over."""
+        self.stats.slow_consumers += 1
         self._evicted.append(session)
         if not self._settle_scheduled:
             self._settle_scheduled = True
@@ -210,8 +217,12 @@ class Hub:
         session.begin_join(room)
         if members.add(session):
             self._presence.changed(room, session.name, joined=True)
+        if after is not None:
+            self.stats.resumes += 1
         try:
-            cursor = await plan_replay(self.store, room, after, history, self.limits.max_replay)
+            cursor = await plan_replay(
+                self.store, room, after, history, self.limits.max_replay, stats=self.stats
+            )
         except BaseException:
             session.cancel_join(room)
             self._remove_member(session, room)
@@ -283,17 +294,24 @@ class Hub:
         room, key = check_room(room), check_key(key)
         wait = self._message_rate.wait_time(principal or sender)
         if wait:
+            self.stats.rate_limited_messages += 1
             raise LimitExceeded(
                 f"slow down: {sender!r} may send {self.limits.rate:g} messages a second; "
                 f"retry in {wait:.1f}s",
                 retry_after=wait,
             )
         if recipient:
-            return self._direct.send(sender, check_name(recipient), text, action, key)
-        self._admit(room)
-        # Shielded: a caller that gives up (a cancelled Send) must not leave a message stored
-        # but never delivered to the room's live members.
-        return await asyncio.shield(self._store_and_deliver(sender, text, room, key, action))
+            appended = self._direct.send(sender, check_name(recipient), text, action, key)
+        else:
+            self._admit(room)
+            # Shielded: a caller that gives up (a cancelled Send) must not leave a message
+            # stored but never delivered to the room's live members.
+            appended = await asyncio.shield(
+                self._store_and_deliver(sender, text, room, key, action)
+            )
+        if not appended.duplicate:
+            self.stats.accepted += 1
+        return appended
 
     async def _store_and_deliver(
         self, sender: str, text: str, room: str, key: str, action: bool
@@ -305,6 +323,7 @@ class Hub:
         previous = self._last_post.get(room)
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._last_post[room] = delivered
+        accepted_at = time.monotonic()
         try:
             appended = await self.store.append(
                 id=uuid.uuid4().hex,
@@ -315,13 +334,14 @@ class Hub:
                 key=key,
                 action=action,
             )
+            self.stats.store_append.observe(time.monotonic() - accepted_at)
             if previous is not None and not previous.done():
                 # Shielded: were this task cancelled, the post ahead must stay in line.
                 await asyncio.shield(previous)
             if not appended.duplicate:
                 # Joins are announced before what the newcomers say.
                 self._presence.flush(room)
-                self._fan_out(room, Envelope(appended.message))
+                self._fan_out(room, Envelope(appended.message, accepted_at))
             return appended
         finally:
             if previous is None or previous.done():
@@ -402,6 +422,7 @@ class Hub:
         """Joins, leaves and reads have their own rate, per principal."""
         wait = self._request_rate.wait_time(principal) if principal else 0.0
         if wait:
+            self.stats.rate_limited_requests += 1
             raise LimitExceeded(
                 f"slow down: at most {self.limits.request_rate:g} joins, leaves and reads a "
                 f"second; retry in {wait:.1f}s",
@@ -413,6 +434,32 @@ class Hub:
     def _refuse_if_draining(self) -> None:
         if self._draining:
             raise ServerDraining("server is shutting down; try again shortly")
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def load(self) -> Load:
+        """Sessions, rooms, memberships and queued events right now. Safe to call from another
+        thread (the metrics endpoint's): it copies what it iterates, again if the event loop
+        changed it meanwhile, and reads nothing but ints and sizes."""
+        for _ in range(_LOAD_ATTEMPTS):
+            try:
+                sessions = list(self._sessions.values())
+                rooms = list(self._rooms.values())
+                queued = [session.queued for session in sessions]
+                memberships = sum(len(room) for room in rooms)
+            except RuntimeError:  # "dictionary changed size during iteration"
+                continue
+            return Load(
+                sessions=len(sessions),
+                rooms=len(rooms),
+                memberships=memberships,
+                queued=sum(queued),
+                max_queued=max(queued, default=0),
+                lagging=self._pressure.lagging,
+            )
+        return Load(len(self._sessions), len(self._rooms), 0, 0, 0, self._pressure.lagging)
 
     def drain(self) -> None:
         """Refuse new work and ask every session to flush and end (UNAVAILABLE)."""

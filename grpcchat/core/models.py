@@ -143,13 +143,16 @@ class Envelope:
     """An event on its way to many sessions.
 
     Fan-out hands the same envelope to every session concerned; each wire format encodes the
-    event once, on first use, and every other session reuses the bytes.
+    event once, on first use, and every other session reuses the bytes. `accepted_at` is when
+    the hub accepted a live message (`time.monotonic()`; 0 for anything else, replays included):
+    the writer measures fan-out latency from it.
     """
 
-    __slots__ = ("_encoded", "event")
+    __slots__ = ("_encoded", "accepted_at", "event")
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Event, accepted_at: float = 0.0) -> None:
         self.event = event
+        self.accepted_at = accepted_at
         self._encoded: dict[Callable[[Event], bytes], bytes] = {}
 
     def encoded(self, codec: Callable[[Event], bytes]) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from grpcchat.core.history import HistoryStore
 from grpcchat.core.models import Envelope, HistoryGap, Position
+from grpcchat.core.stats import HubStats
 
 
 class ReplayCursor:
@@ -26,6 +27,7 @@ class ReplayCursor:
         gap: HistoryGap | None = None,
         resumed_from: int | None = None,
         cut_reason: str = "",
+        stats: HubStats | None = None,
     ) -> None:
         self.room = room
         self._store = store
@@ -37,6 +39,7 @@ class ReplayCursor:
         # messages lost to retention (or cut by max_replay: `cut_reason`).
         self._resumed_from = resumed_from
         self._cut_reason = cut_reason
+        self._stats = stats
         self.last_replayed = 0
 
     @property
@@ -49,6 +52,7 @@ class ReplayCursor:
         if self._gap is not None:
             page.append(Envelope(self._gap))
             self._gap = None
+            self._count_gap()
         if self._after >= self.until:
             return page
         messages = await self._store.read(
@@ -61,6 +65,7 @@ class ReplayCursor:
                 page.append(
                     Envelope(HistoryGap(self.room, self._resumed_from + 1, first - 1, reason))
                 )
+                self._count_gap()
             self._resumed_from = None
         if not messages:
             self._after = self.until  # the rest was pruned meanwhile
@@ -69,13 +74,23 @@ class ReplayCursor:
         self._after = self.last_replayed = messages[-1].seq
         return page
 
+    def _count_gap(self) -> None:
+        if self._stats is not None:
+            self._stats.gaps += 1
+
 
 async def plan_replay(
-    store: HistoryStore, room: str, after: Position | None, history: int, max_replay: int
+    store: HistoryStore,
+    room: str,
+    after: Position | None,
+    history: int,
+    max_replay: int,
+    *,
+    stats: HubStats | None = None,
 ) -> ReplayCursor:
     """The cursor for a join: everything after a resume position (at most the newest
     `max_replay`; 0: no limit), or the latest `history` messages; reads nothing but the room's
-    last seq."""
+    last seq. The gaps it reports are counted in `stats`."""
     epoch = store.epoch
     last_seq = await store.last_seq(room)
     # A position past the end of this epoch's history means the history was rewound (a
@@ -88,7 +103,9 @@ async def plan_replay(
             gap = HistoryGap(room, 0, 0, f"the server's history was {reason} since you left")
         # Seqs are contiguous within an epoch, so the latest N messages are the last N seqs.
         count = min(history, max_replay) if max_replay else history
-        return ReplayCursor(store, room, after=max(0, last_seq - count), until=last_seq, gap=gap)
+        return ReplayCursor(
+            store, room, after=max(0, last_seq - count), until=last_seq, gap=gap, stats=stats
+        )
     start = max(after.seq, last_seq - max_replay) if max_replay else after.seq
     cut = f"more than {max_replay} messages were missed" if start > after.seq else ""
     return ReplayCursor(
@@ -98,4 +115,5 @@ async def plan_replay(
         until=last_seq,
         resumed_from=after.seq,
         cut_reason=cut,
+        stats=stats,
     )

@@ -90,6 +90,11 @@ class Session:
         self._replays: list[str] = []
         # What the idle writer awaits; made only while it waits (an idle session is cheap).
         self._waiter: asyncio.Future[None] | None = None
+        # The heartbeat (see `batches`): when the stream last carried anything, the one timer
+        # that may be armed, and whether it found the stream quiet for a whole heartbeat.
+        self._written_at = 0.0
+        self._beat: asyncio.TimerHandle | None = None
+        self._beat_owed = False
         self.closed = asyncio.Event()
         self._closed_callbacks: list[Callable[[], None]] = []
         self.error: ChatError | None = None
@@ -246,7 +251,7 @@ class Session:
         self._end(error)
         self._on_close(self)
 
-    async def batches(self) -> AsyncIterator[list[Envelope]]:
+    async def batches(self, heartbeat: float = 0) -> AsyncIterator[list[Envelope]]:
         """Yield queued envelopes in order, several at a time under load.
 
         When idle, an event is written as soon as it arrives. When the previous write was only
@@ -254,36 +259,72 @@ class Session:
         carries a full batch: fewer, larger writes are what lets one process fan out far more
         deliveries a second than one write per event allows. Raises the closing error once the
         queue is empty.
+
+        With a `heartbeat` (seconds), a stream that carried nothing for that long yields an
+        empty batch, which its writer sends as an empty response: a proxy that closes idle
+        connections (AWS ALB after 60 s; it ignores HTTP/2 pings) sees traffic. It costs one
+        timer per session at most, armed only when the writer goes idle and re-armed at most
+        once a heartbeat on a stream that keeps writing, never one per write.
         """
         loop = asyncio.get_running_loop()
         last_write = -1e9
-        while True:
-            if self._replays and len(self._queue) < self._max_batch:
-                await self._page_in()
-                continue
-            if not self._queue:
-                if self.closed.is_set():
-                    if self.error is not None:
-                        raise self.error
-                    return
-                self._waiter = loop.create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-                continue
-            # Busy: more was waiting after the last write, or this event came soon after it.
-            busy = loop.time() - last_write < self._linger * BUSY_FACTOR
-            if busy and not self.closed.is_set():
-                await asyncio.sleep(self._linger)
-            batch = []
-            for _ in range(min(len(self._queue), self._max_batch)):
-                envelope, live = self._queue.popleft()
-                self._live_waiting -= live
-                batch.append(envelope)
-            yield batch
-            last_write = loop.time()
-            self.last_progress = time.monotonic()
-            if self.lagging and self._live_waiting <= self._lag_low:
-                self.lagging = False
-                self._on_lag(self)
+        self._written_at = loop.time()
+        try:
+            while True:
+                if self._replays and len(self._queue) < self._max_batch:
+                    await self._page_in()
+                    continue
+                if not self._queue:
+                    if self.closed.is_set():
+                        if self.error is not None:
+                            raise self.error
+                        return
+                    if heartbeat > 0 and self._beat is None:
+                        self._arm_beat(loop, heartbeat)
+                    self._waiter = loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+                    if self._beat_owed and not self._queue and not self.closed.is_set():
+                        self._beat_owed = False
+                        yield []
+                        self._written_at = loop.time()
+                    continue
+                # Busy: more was waiting after the last write, or this event came soon after it.
+                busy = loop.time() - last_write < self._linger * BUSY_FACTOR
+                if busy and not self.closed.is_set():
+                    await asyncio.sleep(self._linger)
+                batch = []
+                for _ in range(min(len(self._queue), self._max_batch)):
+                    envelope, live = self._queue.popleft()
+                    self._live_waiting -= live
+                    batch.append(envelope)
+                yield batch
+                last_write = self._written_at = loop.time()
+                self._beat_owed = False
+                self.last_progress = time.monotonic()
+                if self.lagging and self._live_waiting <= self._lag_low:
+                    self.lagging = False
+                    self._on_lag(self)
+        finally:
+            if self._beat is not None:
+                self._beat.cancel()
+                self._beat = None
+
+    def _arm_beat(self, loop: asyncio.AbstractEventLoop, heartbeat: float) -> None:
+        self._beat = loop.call_at(self._written_at + heartbeat, self._on_beat, loop, heartbeat)
+
+    def _on_beat(self, loop: asyncio.AbstractEventLoop, heartbeat: float) -> None:
+        """The heartbeat timer: owe an empty batch if the idle stream carried nothing for a
+        whole heartbeat; if it wrote meanwhile, wait for the rest of the heartbeat since its
+        last write. A writer busy writing (not waiting) re-arms when it next goes idle."""
+        self._beat = None
+        if self._waiter is None:
+            return
+        # Timers may fire up to the clock's resolution early: allow for it.
+        if loop.time() - self._written_at >= heartbeat * 0.99:
+            self._beat_owed = True
+            self._wake()
+        else:
+            self._arm_beat(loop, heartbeat)

@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc import aio
@@ -18,9 +19,13 @@ from grpcchat.core.history import HistoryStore
 from grpcchat.core.hub import Hub
 from grpcchat.server.auth import TokenAuthority
 from grpcchat.server.config import ServerConfig, host_port
+from grpcchat.server.connections import connection_options
 from grpcchat.server.engines import open_store
 from grpcchat.server.registration import SERVICE_NAME, add_to_server
 from grpcchat.server.servicer import ChatServicer
+
+if TYPE_CHECKING:
+    from grpcchat.server.metrics import MetricsEndpoint
 
 log = logging.getLogger("grpcchat.server")
 
@@ -46,10 +51,7 @@ _GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),
     # Opening thousands of streams in one burst otherwise leaves some unregistered (CANCELLED).
     ("grpc.server.max_pending_requests", 10000),
-    # Find dead peers, so their subscriptions do not linger.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Keepalive and connection age come from the config: see `connections`.
     # Every input is bounded: the largest legal request (a 4,096-character message, 4 bytes a
     # character at worst, plus its other bounded fields) is far below this; anything bigger is
     # refused by gRPC with RESOURCE_EXHAUSTED before it is parsed.
@@ -79,7 +81,10 @@ class ChatServer:
         # RESOURCE_EXHAUSTED, so a flood of calls cannot pile up without bound.
         max_sessions = config.limits.max_sessions
         self._server = aio.server(
-            options=_GRPC_OPTIONS,
+            options=_GRPC_OPTIONS
+            + connection_options(
+                config.keepalive, config.max_connection_age, config.max_connection_age_grace
+            ),
             maximum_concurrent_rpcs=max_sessions + UNARY_HEADROOM if max_sessions else None,
         )
         # grpc-stubs does not know the aio health servicer.
@@ -87,6 +92,7 @@ class ChatServer:
         self.port = 0
         self._store: HistoryStore | None = None
         self._hub: Hub | None = None
+        self._metrics: MetricsEndpoint | None = None
 
     @property
     def hub(self) -> Hub:
@@ -101,17 +107,24 @@ class ChatServer:
         credentials = _server_credentials(self.config)
         self._store = store = await open_store(self.config.store_url, self.config.retention)
         self._hub = Hub(store, self.config.limits, dedup_window=self.config.retention.dedup_window)
-        add_to_server(ChatServicer(self._hub, auth), self._server)
+        servicer = ChatServicer(self._hub, auth, heartbeat=self.config.heartbeat)
+        add_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
+        try:
+            self._start_metrics(servicer)
+        except OSError:
+            await store.aclose()
+            raise
         try:
             if credentials is None:
                 self.port = self._server.add_insecure_port(self.config.bind_address)
             else:
                 self.port = self._server.add_secure_port(self.config.bind_address, credentials)
         except RuntimeError as error:
+            await self._stop_metrics()
             await store.aclose()
             raise OSError(
                 f"cannot listen on {self.config.bind_address}: the address is in use or invalid"
@@ -122,6 +135,27 @@ class ChatServer:
     @property
     def address(self) -> str:
         return host_port(self.config.host, self.port)
+
+    @property
+    def metrics_port(self) -> int:
+        """The port /metrics is served on; 0 when metrics are off."""
+        return self._metrics.port if self._metrics is not None else 0
+
+    def _start_metrics(self, servicer: ChatServicer) -> None:
+        """Serve /metrics on the side port, if one is set (prometheus_client is loaded only
+        then). An engine's own collector would be added here (see `metrics`)."""
+        if not self.config.metrics_port:
+            return
+        from grpcchat.server.metrics import ChatCollector, MetricsEndpoint
+
+        metrics = MetricsEndpoint(ChatCollector(self.hub, servicer.stats))
+        metrics.start(self.config.host, self.config.metrics_port)
+        self._metrics = metrics
+
+    async def _stop_metrics(self) -> None:
+        if self._metrics is not None:
+            metrics, self._metrics = self._metrics, None
+            await asyncio.to_thread(metrics.stop)
 
     async def _set_serving(self, serving: bool) -> None:
         status = (
@@ -143,6 +177,7 @@ class ChatServer:
         if self._store is not None:
             store, self._store = self._store, None
             await store.aclose()
+        await self._stop_metrics()  # last: the drain stays visible to a scrape until the end
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
@@ -169,7 +204,7 @@ async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) 
 
     def on_signal() -> None:
         if drain is not None:
-            log.warning("second signal: stopping now")
+            log.warning("second signal: stopping now", extra={"event": "forced_stop"})
             drain.cancel()
         stop_requested.set()
 
@@ -179,9 +214,12 @@ async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) 
         for sig in signals:
             loop.add_signal_handler(sig, on_signal)
         on_started(server)
+        log.info("listening on %s", server.address, extra=_started_fields(server))
         await stop_requested.wait()
         log.info(
-            "shutting down: draining for up to %.1fs (Ctrl-C again to force)", config.grace_period
+            "shutting down: draining for up to %.1fs (Ctrl-C again to force)",
+            config.grace_period,
+            extra={"event": "draining", "grace_seconds": config.grace_period},
         )
         drain = asyncio.ensure_future(server.stop())
         await drain
@@ -195,7 +233,20 @@ async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) 
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-    log.info("server stopped")
+    log.info("server stopped", extra={"event": "server_stopped"})
+
+
+def _started_fields(server: ChatServer) -> dict[str, object]:
+    config = server.config
+    return {
+        "event": "server_started",
+        "address": server.address,
+        "port": server.port,
+        "store": config.store_url,
+        "tls": bool(config.tls_cert),
+        "mutual_tls": bool(config.tls_client_ca),
+        "auth": bool(config.auth_secret),
+    }
 
 
 def run(config: ServerConfig, on_started: Callable[[ChatServer], None]) -> None:

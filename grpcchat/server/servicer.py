@@ -25,6 +25,7 @@ from grpcchat.core.models import DEFAULT_ROOM, Envelope, Message, RequestRefused
 from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity, TokenAuthority
+from grpcchat.server.counters import ServerStats
 from grpcchat.server.framing import each_chat_message, frame_events
 from grpcchat.server.inflight import InFlight
 from grpcchat.server.status import Context, maps_errors, status_of
@@ -45,9 +46,26 @@ log = logging.getLogger("grpcchat.server.servicer")
 class ChatServicer:
     """Implements chat.v1.ChatService on top of the hub."""
 
-    def __init__(self, hub: Hub, auth: TokenAuthority | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        auth: TokenAuthority | None = None,
+        stats: ServerStats | None = None,
+        *,
+        heartbeat: float = 0,
+    ) -> None:
         self._hub = hub
         self._auth = auth
+        # Seconds a session stream (Connect, Subscribe) may stay quiet before it gets an empty
+        # response; 0: never. The article's Chat stream can carry only ChatMessages: none.
+        self._heartbeat = heartbeat
+        self.stats = stats or ServerStats()
+
+    def _refused(self, error: ChatError) -> str:
+        """Count a refused message under its status code; the code's name."""
+        code = status_of(error).name
+        self.stats.refuse(code)
+        return code
 
     def _identify(self, context: Context) -> Identity | None:
         """The caller's verified identity with auth on; None with auth off."""
@@ -78,8 +96,12 @@ class ChatServicer:
 
     @maps_errors
     async def Send(self, request: pb.SendRequest, context: Context) -> pb.SendResponse:
-        identity = self._identify(context)
-        return await self._post(request, identity, _principal(identity, context))
+        try:
+            identity = self._identify(context)
+            return await self._post(request, identity, _principal(identity, context))
+        except ChatError as error:
+            self._refused(error)
+            raise
 
     @maps_errors
     async def History(self, request: pb.HistoryRequest, context: Context) -> pb.HistoryResponse:
@@ -133,9 +155,22 @@ class ChatServicer:
         async with self._hub.connect(
             name, authenticated=identity is not None, peer=_peer(context)
         ) as session:
-            after = codec.position_from_proto(request.after) if request.HasField("after") else None
-            await self._hub.join(session, request.room, after=after, history=request.history)
-            await write_session(session, context, identity, frame_events)
+            with self.stats.session_open("subscribe"):
+                after = request.after if request.HasField("after") else None
+                await self._hub.join(
+                    session,
+                    request.room,
+                    after=codec.position_from_proto(after) if after is not None else None,
+                    history=request.history,
+                )
+                await write_session(
+                    session,
+                    context,
+                    identity,
+                    frame_events,
+                    stats=self.stats,
+                    heartbeat=self._heartbeat,
+                )
 
     @maps_errors
     async def Connect(self, requests: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
@@ -159,9 +194,18 @@ class ChatServicer:
             except ChatError as error:
                 await _refuse_hello(requests, context, error)
                 raise
+            stack.enter_context(self.stats.session_open("connect"))
             steering = asyncio.create_task(self._steer(requests, session))
             try:
-                await write_session(session, context, identity, frame_events, headers_sent=True)
+                await write_session(
+                    session,
+                    context,
+                    identity,
+                    frame_events,
+                    headers_sent=True,
+                    stats=self.stats,
+                    heartbeat=self._heartbeat,
+                )
             finally:
                 await _cancel(steering)
 
@@ -174,7 +218,9 @@ class ChatServicer:
         except Exception:
             if session.closed.is_set():
                 return  # the call was ended (a cut-off, a drain): reading it fails, as expected
-            log.exception("session %r failed", session.name)
+            log.exception(
+                "session %r failed", session.name, extra=_fields("session_failed", session)
+            )
             session.close(ServerDraining("internal error; reconnect"))
             return
         session.close()
@@ -229,6 +275,7 @@ class ChatServicer:
         """Post one message written on a session stream and queue its SendAck; any refusal is
         an ack with the status code."""
         if not request.key:
+            self.stats.refuse("INVALID_ARGUMENT")
             ack = SendAck(
                 "",
                 None,
@@ -249,7 +296,7 @@ class ChatServicer:
             )
         except ChatError as error:
             retry_after = error.retry_after if isinstance(error, LimitExceeded) else None
-            code = status_of(error).name
+            code = self._refused(error)
             ack = SendAck(request.key, None, code=code, reason=str(error), retry_after=retry_after)
         else:
             if not appended.duplicate:
@@ -268,13 +315,18 @@ class ChatServicer:
         async with self._hub.connect(
             name, authenticated=identity is not None, peer=peer
         ) as session:
-            await self._hub.join(session, DEFAULT_ROOM)
-            principal = identity.name if identity else peer
-            reader = asyncio.create_task(self._read_legacy(requests, session, identity, principal))
-            try:
-                await write_session(session, context, identity, each_chat_message)
-            finally:
-                await _cancel(reader)
+            with self.stats.session_open("chat"):
+                await self._hub.join(session, DEFAULT_ROOM)
+                principal = identity.name if identity else peer
+                reader = asyncio.create_task(
+                    self._read_legacy(requests, session, identity, principal)
+                )
+                try:
+                    await write_session(
+                        session, context, identity, each_chat_message, stats=self.stats
+                    )
+                finally:
+                    await _cancel(reader)
 
     async def _read_legacy(
         self,
@@ -302,9 +354,14 @@ class ChatServicer:
                     return
                 except LimitExceeded as error:
                     if error.retry_after is None:
+                        self._refused(error)
                         raise
+                    # Throttled, not refused (a rate-limited try counts as rate-limited).
                     throttled_until = max(throttled_until, loop.time() + error.retry_after)
                     await asyncio.sleep(error.retry_after)
+                except ChatError as error:
+                    self._refused(error)
+                    raise
 
         try:
             async for request in requests:
@@ -338,12 +395,28 @@ async def _refuse_hello(
 
 
 def _log_message(message: Message) -> None:
+    """Log an accepted message. Its `text` field is private: log formats leave it out unless
+    asked (`--log-messages`); a direct message's line never shows it."""
+    fields = {"sender": message.sender, "id": message.id, "text": message.text}
     if message.recipient:
-        # Direct messages are private to a name: their text is never logged.
-        direct_log.info("direct message %s -> %s", message.sender, message.recipient)
+        direct_log.info(
+            "direct message %s -> %s",
+            message.sender,
+            message.recipient,
+            extra={"event": "direct_message", "recipient": message.recipient, **fields},
+        )
         return
-    where = f"#{message.room}"
-    message_log.info('🟢 [%s]: "%s"', message.sender, message.text, extra={"where": where})
+    message_log.info(
+        '🟢 [%s]: "%s"',
+        message.sender,
+        message.text,
+        extra={"event": "message", "room": message.room, "seq": message.seq, **fields},
+    )
+
+
+def _fields(event: str, session: Session) -> dict[str, object]:
+    """A log record's event and the session it is about."""
+    return {"event": event, "session": session.name, "peer": session.peer}
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -359,7 +432,8 @@ def _failed(session: Session, error: BaseException) -> None:
     if isinstance(error, ChatError):
         session.close(error)
         return
-    log.error("posting from session %r failed", session.name, exc_info=error)
+    fields = _fields("post_failed", session)
+    log.error("posting from session %r failed", session.name, exc_info=error, extra=fields)
     session.close(ServerDraining("internal error; reconnect"))
 
 

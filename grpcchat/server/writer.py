@@ -12,6 +12,7 @@ from grpcchat.core.errors import SlowConsumer, Unauthenticated
 from grpcchat.core.models import Envelope
 from grpcchat.core.session import Session
 from grpcchat.server.auth import Identity
+from grpcchat.server.counters import ServerStats
 from grpcchat.server.status import Context, abort
 
 # How long a session that ended (half-close, expired token, drain) may take to flush what it
@@ -28,9 +29,14 @@ async def write_session(
     encode: Callable[[list[Envelope]], list[bytes]],
     *,
     headers_sent: bool = False,
+    stats: ServerStats | None = None,
+    heartbeat: float = 0,
 ) -> None:
     """Be the session's writer until it ends; raises the error that ended it. With an
-    identity, the session ends when its token expires."""
+    identity, the session ends when its token expires. Each batch written is counted in
+    `stats`. With a `heartbeat` (seconds), a stream quiet for that long gets an empty response
+    (only for response types that are a list of events: an empty one is a real message that
+    carries nothing)."""
     # A client that stops reading leaves our write pending forever (HTTP/2 flow control), so
     # the write loop cannot notice its own eviction: a watchdog ends the call instead. It
     # is started only when the session ends, so an idle session costs no task of its own.
@@ -51,9 +57,14 @@ async def write_session(
             # Headers now, not with the first event: they tell the client the session is
             # registered, so everything posted from here on will reach it.
             await context.send_initial_metadata(())
-        async for batch in session.batches():
+        async for batch in session.batches(heartbeat):
+            if not batch:
+                await context.write(b"")  # a heartbeat: an empty SubscribeResponse/ConnectResponse
+                continue
             for payload in encode(batch):
                 await context.write(payload)
+            if stats is not None:
+                stats.wrote(batch)
     except SlowConsumer:
         if watchdog is not None:
             await watchdog
@@ -70,7 +81,17 @@ async def _abort_when_ended(session: Session, context: Context) -> None:
     time its writer has to flush what was queued)."""
     if isinstance(session.error, SlowConsumer):
         rooms = ", ".join(f"#{room}" for room in session.rooms_at_close) or "no rooms"
-        log.warning("disconnecting slow consumer %r (%s)", session.name or session.peer, rooms)
+        log.warning(
+            "disconnecting slow consumer %r (%s)",
+            session.name or session.peer,
+            rooms,
+            extra={
+                "event": "slow_consumer_disconnected",
+                "session": session.name,
+                "peer": session.peer,
+                "rooms": list(session.rooms_at_close),
+            },
+        )
         await abort(context, session.error)
         return
     await asyncio.sleep(CLOSE_FLUSH_GRACE)

@@ -54,6 +54,10 @@ log = logging.getLogger("grpcchat.store")
 
 # How often expired rows are deleted; in between, queries skip them.
 MAINTENANCE_INTERVAL = 60.0
+_MAINTENANCE_FAILED = {
+    "event": "history_maintenance_failed",
+    "retry_seconds": MAINTENANCE_INTERVAL,
+}
 
 
 class SqliteStore:
@@ -169,10 +173,13 @@ class SqliteStore:
                     "deleting expired history failed (retrying in %gs): %s",
                     MAINTENANCE_INTERVAL,
                     exc,
+                    extra=_MAINTENANCE_FAILED,
                 )
             except Exception:
                 log.exception(
-                    "deleting expired history failed (retrying in %gs)", MAINTENANCE_INTERVAL
+                    "deleting expired history failed (retrying in %gs)",
+                    MAINTENANCE_INTERVAL,
+                    extra=_MAINTENANCE_FAILED,
                 )
             await asyncio.sleep(MAINTENANCE_INTERVAL)
 

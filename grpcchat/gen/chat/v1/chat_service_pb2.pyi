@@ -229,8 +229,11 @@ Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
 
 @_typing.final
 class SubscribeResponse(_message.Message):
-    """SubscribeResponse carries one or more events in delivery order. Under load
-    the server batches several events into one response.
+    """SubscribeResponse carries events in delivery order. Under load the server
+    batches several events into one response. A response with no events is a
+    heartbeat: the server writes one when the stream has been quiet for its
+    heartbeat interval (`grpcchat serve --heartbeat`, 30 s by default), so proxies
+    that close idle connections see traffic. Clients ignore it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -689,7 +692,9 @@ Global___LeaveRoom: _TypeAlias = LeaveRoom  # noqa: Y015
 
 @_typing.final
 class ConnectResponse(_message.Message):
-    """ConnectResponse carries one or more events in delivery order."""
+    """ConnectResponse carries events in delivery order. A response with no events
+    is a heartbeat, as on Subscribe: clients ignore it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -1,0 +1,96 @@
+"""The server's log lines off a terminal: plain text for a pipe or a file, or one JSON object
+per line for log shippers. Both are structlog `ProcessorFormatter`s over the stdlib records the
+server library writes (`logging.getLogger(...)` with `extra={"event": ..., field: ...}`).
+
+A record that carries a `text` field (a chat message, a direct message) is private: its
+rendered message never reaches a JSON line, and its `text` only with `--log-messages`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+# The event of a record that names none (a library's own warning, say).
+DEFAULT_EVENT = "log"
+# What every LogRecord has: everything else on a record is a field its caller gave in `extra`.
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def record_fields(record: logging.LogRecord, message: str, *, log_messages: bool) -> dict[str, Any]:
+    """`ts`, `level`, `logger`, `event`, the rendered `message` unless the record is private,
+    then the fields of the event (`text` only with `log_messages`)."""
+    fields: dict[str, Any] = {
+        "ts": iso_utc(record.created, timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "event": getattr(record, "event", None) or DEFAULT_EVENT,
+    }
+    if not hasattr(record, "text"):
+        fields["message"] = message
+    for key, value in record.__dict__.items():
+        if key in _STANDARD_ATTRS or key.startswith("_") or key in fields:
+            continue
+        if key == "text" and not log_messages:
+            continue
+        fields[key] = value
+    return fields
+
+
+def iso_utc(created: float, timespec: str = "seconds") -> str:
+    """`2026-12-01T21:00:00Z`: a record's time, ISO-8601 in UTC."""
+    stamp = datetime.fromtimestamp(created, UTC).isoformat(timespec=timespec)
+    return stamp.removesuffix("+00:00") + "Z"
+
+
+def json_formatter(*, log_messages: bool = False) -> logging.Formatter:
+    """One JSON object per record, on one line."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[_fields(log_messages), structlog.processors.format_exc_info],
+        processors=[structlog.processors.JSONRenderer(ensure_ascii=False)],
+    )
+
+
+def plain_formatter() -> logging.Formatter:
+    """`2026-12-01T21:00:00Z INFO 🟢 [alice]: "hi"  #lobby`: one line per record (a traceback
+    follows its line), no colour, no layout."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[_plain_line, structlog.processors.format_exc_info],
+        processors=[_render_plain],
+    )
+
+
+def _fields(log_messages: bool) -> Callable[[WrappedLogger, str, EventDict], EventDict]:
+    def processor(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        # ProcessorFormatter rendered the record's message as the `event` of its dict.
+        message = str(event_dict["event"])
+        fields = record_fields(event_dict["_record"], message, log_messages=log_messages)
+        if "exc_info" in event_dict:
+            fields["exc_info"] = event_dict["exc_info"]
+        return fields
+
+    return processor
+
+
+def _plain_line(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    record: logging.LogRecord = event_dict["_record"]
+    # A line break in user text must not start what looks like a log line of its own.
+    line = str(event_dict["event"]).replace("\r", "\\r").replace("\n", "\\n")
+    room = getattr(record, "room", "")
+    if getattr(record, "event", "") == "message" and room:
+        line += f"  #{room}"
+    plain = {"line": f"{iso_utc(record.created)} {record.levelname} {line}"}
+    if "exc_info" in event_dict:
+        plain["exc_info"] = event_dict["exc_info"]
+    return plain
+
+
+def _render_plain(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> str:
+    line = str(event_dict["line"])
+    exception = event_dict.get("exception")
+    return f"{line}\n{exception}" if exception else line

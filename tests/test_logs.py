@@ -1,0 +1,240 @@
+"""`grpcchat serve` logs: JSON lines for shippers (message text only when asked), plain lines in
+a pipe, Rich on a terminal; a real server in a subprocess, real clients chatting with it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import queue
+import re
+import signal
+import sys
+from datetime import datetime
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from grpcchat.cli.logformat import json_formatter, plain_formatter
+from grpcchat.cli.serverlog import ChatLogHandler, _not_on_terminal, _SkippingQueueHandler
+from grpcchat.client import ChatClient
+from grpcchat.client.config import ClientConfig
+from tests.conftest import ServerProcess, cli_env, run_cli, run_cli_async
+from tests.helpers import Follower
+
+ROOM_TEXT = "room-secret-4711"
+DM_TEXT = "dm-secret-0815"
+PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def stop(server: ServerProcess, sig: signal.Signals = signal.SIGINT) -> str:
+    """Signal the server, wait for it to drain and exit; its whole stderr."""
+    try:
+        server.process.send_signal(sig)
+        _, err = server.process.communicate(timeout=15)
+    finally:
+        server.stop()
+    assert server.process.returncode == 0, err
+    return err
+
+
+async def chat(addr: str) -> None:
+    """bob posts in #lobby and DMs alice, who is connected and receives both."""
+    async with (
+        ChatClient(ClientConfig(addr=addr, timeout=5.0)) as client,
+        Follower(client.session("alice")) as alice,
+    ):
+        sent = await run_cli_async("send", "--addr", addr, "--name", "bob", ROOM_TEXT, timeout=10)
+        assert sent.returncode == 0, sent.stderr
+        dm = await run_cli_async(
+            "send", "--addr", addr, "--name", "bob", "--to", "alice", DM_TEXT, timeout=10
+        )
+        assert dm.returncode == 0, dm.stderr
+        got = await alice.messages(2)
+        assert sorted(m.text for m in got) == sorted([ROOM_TEXT, DM_TEXT])
+
+
+def json_lines(err: str) -> list[dict[str, Any]]:
+    """Every stderr line, each parsed on its own."""
+    lines = err.splitlines()
+    assert lines
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        assert {"ts", "level", "logger", "event"} <= record.keys(), record
+        assert record["ts"].endswith("Z")
+        assert datetime.fromisoformat(record["ts"]).utcoffset().total_seconds() == 0
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", record["event"]), record
+    return records
+
+
+def by_event(records: list[dict[str, Any]], event: str) -> dict[str, Any]:
+    found = [r for r in records if r["event"] == event]
+    assert len(found) == 1, (event, records)
+    return found[0]
+
+
+def serve_chat_and_stop(*args: str) -> tuple[ServerProcess, str]:
+    server = ServerProcess("--log-format", "json", "--rate", "0", *args)
+    try:
+        asyncio.run(chat(server.addr))
+    except BaseException:
+        server.stop()
+        raise
+    return server, stop(server)
+
+
+def test_json_logs_parse_line_by_line_and_keep_message_text_out() -> None:
+    server, err = serve_chat_and_stop()
+    records = json_lines(err)
+    assert ROOM_TEXT not in err
+    assert DM_TEXT not in err
+    assert not [r for r in records if "text" in r]
+
+    events = [r["event"] for r in records]
+    assert events[0] == "server_started"
+    assert events[-1] == "server_stopped"
+    started = by_event(records, "server_started")
+    assert started["port"] == server.port
+    assert started["address"] == f"127.0.0.1:{server.port}"
+    assert (started["store"], started["tls"], started["auth"]) == ("memory://", False, False)
+    assert started["logger"] == "grpcchat.server"
+    assert started["level"] == "info"
+
+    message = by_event(records, "message")
+    assert message["logger"] == "grpcchat.messages"
+    assert (message["room"], message["sender"], message["seq"]) == ("lobby", "bob", 1)
+    assert re.fullmatch(r"[0-9a-f]{32}", message["id"])
+    assert "message" not in message  # the rendered line carries the text
+
+    direct = by_event(records, "direct_message")
+    assert (direct["sender"], direct["recipient"]) == ("bob", "alice")
+    assert "message" not in direct
+
+    draining = by_event(records, "draining")
+    assert draining["grace_seconds"] == 5.0
+    assert draining["message"].startswith("shutting down: draining for up to 5.0s")
+    assert by_event(records, "server_stopped")["message"] == "server stopped"
+
+
+def test_json_logs_carry_the_text_with_log_messages() -> None:
+    _, err = serve_chat_and_stop("--log-messages")
+    records = json_lines(err)
+    assert by_event(records, "message")["text"] == ROOM_TEXT
+    assert by_event(records, "direct_message")["text"] == DM_TEXT
+
+
+def test_text_logs_in_a_pipe_are_plain_lines() -> None:
+    server = ServerProcess("--log-messages")  # changes nothing in text mode
+    long_text = "x" * 120
+    for text in ("hi [bold]there", long_text, "two\nlines"):
+        done = run_cli("send", "--addr", server.addr, "--name", "alice", text, timeout=10)
+        assert done.returncode == 0, done.stderr
+    err = stop(server, signal.SIGTERM)
+
+    assert "\x1b" not in err
+    lines = err.splitlines()
+    assert all(PLAIN_LINE.match(line) for line in lines), lines
+    said = [line.split(" ", 2)[2] for line in lines]
+    assert said[0] == f"listening on {server.addr}"
+    assert '🟢 [alice]: "hi [bold]there"  #lobby' in said
+    assert f'🟢 [alice]: "{long_text}"  #lobby' in said  # no wrapping at 80 columns
+    assert '🟢 [alice]: "two\\nlines"  #lobby' in said  # a line break cannot forge a line
+    assert said[-1] == "server stopped"
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--log-format", "xml"], {}), ([], {"GRPCCHAT_LOG_FORMAT": "xml"})],
+)
+def test_a_bad_log_format_is_one_line_and_exit_2(args: list[str], env: dict[str, str]) -> None:
+    done = run_cli("serve", "--port", "0", "--store", "memory://", *args, env=cli_env(**env))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: unknown log format 'xml'; use text or json"]
+    assert done.stdout == ""
+
+
+# The formatters and handlers alone, on records made as the server library makes them.
+
+
+def message_record(text: str = "hi") -> logging.LogRecord:
+    return logging.makeLogRecord(
+        {
+            "name": "grpcchat.messages",
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": '🟢 [%s]: "%s"',
+            "args": ("alice", text),
+            "event": "message",
+            "room": "lobby",
+            "sender": "alice",
+            "seq": 3,
+            "id": "abc",
+            "text": text,
+            "created": 1796158800.25,  # 2026-12-01T21:00:00.250Z
+        }
+    )
+
+
+def test_json_formatter_fields_and_privacy() -> None:
+    line = json_formatter().format(message_record("secret"))
+    assert json.loads(line) == {
+        "ts": "2026-12-01T21:00:00.250Z",
+        "level": "info",
+        "logger": "grpcchat.messages",
+        "event": "message",
+        "room": "lobby",
+        "sender": "alice",
+        "seq": 3,
+        "id": "abc",
+    }
+    assert "secret" not in line
+    shown = json.loads(json_formatter(log_messages=True).format(message_record("secret")))
+    assert shown["text"] == "secret"
+    assert "message" not in shown
+
+
+def test_json_formatter_renders_any_record_and_its_traceback_on_one_line() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("grpc.aio", logging.ERROR, "", 0, "it broke: %s", ("x",), exc_info)
+    line = json_formatter().format(record)
+    assert "\n" not in line
+    fields = json.loads(line)
+    assert (fields["event"], fields["level"], fields["message"]) == ("log", "error", "it broke: x")
+    assert "RuntimeError: boom" in fields["exception"]
+
+
+def test_plain_formatter_line() -> None:
+    assert plain_formatter().format(message_record()) == (
+        '2026-12-01T21:00:00Z INFO 🟢 [alice]: "hi"  #lobby'
+    )
+
+
+def test_rich_handler_on_a_terminal_keeps_the_article_line() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200, no_color=True)
+    handler = ChatLogHandler(console=console, show_path=False, markup=False)
+    handler.addFilter(_not_on_terminal)
+    handler.handle(message_record("hello [bold]world"))
+    started = logging.makeLogRecord({"msg": "listening on x", "event": "server_started"})
+    handler.handle(started)  # the startup line on stdout says it already
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # the sender's colour, the dim room
+    assert '🟢 [alice]: "hello [bold]world"  #lobby' in shown
+    assert "listening on" not in shown
+
+
+def test_a_full_queue_skips_chat_lines_and_says_so_with_an_event() -> None:
+    records: queue.Queue[logging.LogRecord] = queue.Queue(2)
+    handler = _SkippingQueueHandler(records)
+    for _ in range(3):
+        handler.enqueue(message_record())  # the third finds the queue full: skipped
+    assert handler.skipped == 1
+    records.get_nowait()
+    records.get_nowait()
+    handler.enqueue(logging.makeLogRecord({"msg": "server stopped", "event": "server_stopped"}))
+    note = json.loads(json_formatter().format(records.get_nowait()))
+    assert (note["event"], note["skipped"], note["level"]) == ("log_lines_skipped", 1, "warning")
