@@ -21,6 +21,9 @@ from grpcchat.server.config import ServerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# `nats_url`: a real nats-server for the session, started only by tests that ask for it.
+pytest_plugins = ["tests.natsfixture"]
+
 
 @pytest.fixture
 def server_config() -> ServerConfig:

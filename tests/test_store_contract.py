@@ -27,7 +27,14 @@ from grpcchat.core.history import Appended, HistoryStore, Retention, RoomCount
 from grpcchat.core.models import Message
 from grpcchat.server.engines import open_store
 
-ENGINES = ["memory", "sqlite"]
+try:
+    import nats  # noqa: F401  (only to know whether the NATS engine can run)
+
+    NATS = pytest.param("nats")
+except ImportError:
+    NATS = pytest.param("nats", marks=pytest.mark.skip(reason="nats-py is not installed"))
+
+ENGINES = ["memory", "sqlite", NATS]
 
 
 class OpenHistory(Protocol):
@@ -42,6 +49,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], st
     if request.param == "sqlite":
         numbers = itertools.count()
         return lambda: f"sqlite://{tmp_path}/history-{next(numbers)}.db"
+    if request.param == "nats":
+        nats_url = request.getfixturevalue("nats_url")
+        return lambda: f"{nats_url}?stream=CHAT_{uuid.uuid4().hex}"
     raise AssertionError(f"no URL factory for engine {request.param!r}")
 
 

@@ -15,7 +15,9 @@ async def open_store(url: str, retention: Retention | None = None) -> HistorySto
 
     `memory://` keeps history in this process only (a new epoch per start);
     `sqlite:///absolute/path.db` (or `sqlite://relative.db`) keeps it in a SQLite file, created
-    if missing. Raises StoreError for an unknown scheme or an unusable file.
+    if missing; `nats://host:4222[?stream=NAME&replicas=N]` keeps it in a JetStream stream
+    (`grpcchat[nats]`), shared by every server using that stream. Raises StoreError for an
+    unknown scheme, an unusable file or an unreachable NATS.
     """
     retention = retention or Retention()
     scheme, _, path = url.partition("://")
@@ -29,4 +31,14 @@ async def open_store(url: str, retention: Retention | None = None) -> HistorySto
         if not path:
             raise StoreError("the sqlite store needs a path: sqlite:///path/to/history.db")
         return await SqliteStore.open(path, retention)
-    raise StoreError(f"unknown store {url!r}: use memory:// or sqlite:///path/to/history.db")
+    if scheme == "nats":
+        try:
+            from grpcchat.store.nats import NatsStore
+        except ImportError as exc:
+            raise StoreError(
+                f"the nats store needs nats-py ({exc}): pip install 'grpcchat[nats]'"
+            ) from None
+        return await NatsStore.open(url, retention)
+    raise StoreError(
+        f"unknown store {url!r}: use memory://, sqlite:///path/to/history.db or nats://host:4222"
+    )

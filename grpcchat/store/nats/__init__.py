@@ -1,0 +1,50 @@
+"""History in a NATS JetStream stream (`NatsStore`): several servers sharing one chat.
+
+URL: `nats://host:4222[,host2:4222...][?stream=CHAT][&replicas=1]`. `stream` names the stream
+(and the prefix of its subjects; default CHAT), `replicas` how many copies a NATS cluster keeps
+(1 to 5). The stream is created if missing; its epoch is a random id kept in the stream's
+metadata, so it is the same for every server and every reopening of that stream.
+
+Layout (`codec`): one stream, one subject per room, one JetStream message
+per chat message, its seq in the `Chat-Seq` header.
+
+Contiguous seqs across servers: an append publishes seq = the room's last `Chat-Seq` + 1 with
+`Nats-Expected-Last-Subject-Sequence` = that last message's stream seq, so JetStream stores it
+only if nothing was appended to the room meanwhile (by this process or another); otherwise it
+re-reads the room's last message and tries again (at most PUBLISH_ATTEMPTS times). In this
+process, appends of one room run one after another, in the order they were called (each is a
+task waiting for the one before it), so they never race each other.
+
+Idempotency: a keyed append carries `Nats-Msg-Id` = a hash of (sender, key), and the stream's
+`duplicate_window` is the dedup window. JetStream judges repeats by its own clock; the contract
+judges them by `sent_at`, so a repeat JetStream reports is checked against the original's
+`sent_at`: outside the window it is published again under `<id>#<original's stream seq>`,
+which chains each new message to the one before it. A repeat is recognised while JetStream
+remembers the id: for `dedup_window` of its clock after the original, the same span as
+`sent_at` in normal use (the server dates messages itself).
+
+Retention is the engine's own, never JetStream's limits, for two reasons: a room's latest
+message is kept even when expired or beyond the count (it carries `last_seq`), and a keyed
+message is kept while its key may still be repeated (the original is what a repeat returns).
+`read` and `rooms` skip what is out of the count window or expired by `sent_at`; a background
+job purges each room's prefix that nothing needs any more (shortly after appends push a room
+past its count, and every MAINTENANCE_INTERVAL for age). Only prefixes are purged, so the
+messages a room holds always have contiguous seqs, and counting is arithmetic plus the few
+expired ones listed in the last message's `Chat-Lates` header.
+
+Durability: an append returns once JetStream has acknowledged the message, which means stored
+by the stream's replicas, not fsynced: by default JetStream syncs to disk every two minutes,
+so an OS crash or power loss can lose acknowledged messages (a process crash cannot). Run
+nats-server with `sync_interval: always` (jetstream block) to fsync every write.
+
+Modules: `codec` (URL, subjects, headers, payloads; no I/O), `reader` (lookups in the
+stream), `store` (the contract: appends, retention, errors).
+
+Limits: `rooms` asks JetStream for the stream's subjects, so a page costs in proportion to the
+number of rooms, not to the page; a read costs a request per message plus a binary search to
+its first one.
+"""
+
+from grpcchat.store.nats.store import NatsStore
+
+__all__ = ["NatsStore"]

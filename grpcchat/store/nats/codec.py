@@ -1,0 +1,190 @@
+"""How the JetStream engine lays history out: its URL, subjects, headers and payloads.
+
+Pure functions and values, no I/O and no `nats` import, so the layout is readable (and
+testable) on its own; `grpcchat.store.nats.store` does the talking.
+
+- A room's messages are the subject `<stream>.room.<token>`; the token is the room name
+  percent-encoded so `.`, `*`, `>`, `%`, spaces and non-ASCII never reach a subject (room names
+  are validated narrower than that, but the store takes any str).
+- The payload is compact JSON of the message itself (`id`, `room`, `sender`, `text`, `at` in
+  microseconds since the Unix epoch, UTC, `action`, and `keyed` when it was sent with a key).
+- Headers carry what the store looks up without decoding payloads: `Chat-Seq` (the room's
+  contiguous seq), `Chat-Latest` (the greatest `at` of the room's messages up to this one) and,
+  when there are any, `Chat-Lates`: `<unknown_upto>;<seq>:<at>,...`, the messages still in the
+  count window that were appended with an earlier time than some message before them (the
+  clock stepped back), listed so `rooms` can count them out when they expire without reading
+  the room; at most LATES_LIMIT are listed, and `unknown_upto` is the highest seq whose
+  lateness is no longer listed (those are read one by one, rare as they are).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from grpcchat.core.errors import StoreError
+from grpcchat.core.models import Message
+
+DEFAULT_STREAM = "CHAT"
+LATES_LIMIT = 32
+SEQ = "Chat-Seq"
+LATEST = "Chat-Latest"
+LATES = "Chat-Lates"
+_EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What a `nats://` URL names: the servers, the stream, its replicas."""
+
+    servers: list[str]
+    stream: str
+    replicas: int
+
+    @property
+    def prefix(self) -> str:
+        """The subjects of the stream's rooms start with this."""
+        return f"{self.stream}.room."
+
+
+def parse_url(url: str) -> Options:
+    """`nats://host:port[,host:port...][?stream=NAME][&replicas=N]`; StoreError if malformed."""
+    parts = urlsplit(url)
+    if parts.scheme != "nats" or not parts.netloc:
+        raise StoreError(f"not a NATS URL: {url!r} (use nats://host:4222)")
+    try:
+        query = parse_qs(parts.query, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise StoreError(f"unreadable options in {url!r}") from None
+    unknown = set(query) - {"stream", "replicas"}
+    if unknown:
+        raise StoreError(f"unknown NATS store option(s) {sorted(unknown)}: use stream, replicas")
+    stream = query.get("stream", [DEFAULT_STREAM])[-1]
+    if not _STREAM_NAME.fullmatch(stream):
+        raise StoreError(f"stream name {stream!r}: use 1-64 letters, digits, '_' or '-'")
+    replicas_text = query.get("replicas", ["1"])[-1]
+    if not replicas_text.isdigit() or not 1 <= int(replicas_text) <= 5:
+        raise StoreError(f"replicas {replicas_text!r}: use 1 to 5")
+    servers = [f"nats://{host}" for host in parts.netloc.split(",") if host]
+    return Options(servers=servers, stream=stream, replicas=int(replicas_text))
+
+
+def room_token(room: str) -> str:
+    return quote(room, safe="").replace(".", "%2E")
+
+
+def room_of(subject: str, prefix: str) -> str:
+    return unquote(subject.removeprefix(prefix))
+
+
+def to_us(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("sent_at must be timezone-aware")
+    return (moment - _EPOCH_START) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH_START + timedelta(microseconds=us)
+
+
+@dataclass(frozen=True, slots=True)
+class Lates:
+    """The late messages of a room's count window (see the module docstring)."""
+
+    unknown_upto: int = 0
+    listed: tuple[tuple[int, int], ...] = ()
+
+    def after(self, seq: int, sent_us: int, late: bool, window_start: int) -> Lates:
+        """The lates once message `seq` is appended and the window starts at `window_start`."""
+        listed = [entry for entry in self.listed if entry[0] >= window_start]
+        if late:
+            listed.append((seq, sent_us))
+        unknown_upto = self.unknown_upto if self.unknown_upto >= window_start else 0
+        if len(listed) > LATES_LIMIT:
+            unknown_upto = max(unknown_upto, listed[-LATES_LIMIT - 1][0])
+            listed = listed[-LATES_LIMIT:]
+        return Lates(unknown_upto, tuple(listed))
+
+    def encode(self) -> str:
+        return f"{self.unknown_upto};" + ",".join(f"{seq}:{us}" for seq, us in self.listed)
+
+    @classmethod
+    def decode(cls, text: str | None) -> Lates:
+        if not text:
+            return cls()
+        unknown_upto, _, listed = text.partition(";")
+        entries = (entry.partition(":") for entry in listed.split(",") if entry)
+        return cls(int(unknown_upto), tuple((int(seq), int(us)) for seq, _, us in entries))
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One message as the stream holds it: the message, where it sits, and its index headers."""
+
+    message: Message
+    stream_seq: int
+    stored_us: int  # when JetStream stored it (its clock, for its own dedup window)
+    sent_us: int
+    latest_us: int
+    lates: Lates
+    keyed: bool
+
+    @property
+    def seq(self) -> int:
+        return self.message.seq
+
+
+def encode(
+    message: Message, sent_us: int, latest_us: int, lates: Lates, keyed: bool
+) -> tuple[bytes, dict[str, str]]:
+    """The payload and headers of a message to publish."""
+    body: dict[str, object] = {
+        "id": message.id,
+        "room": message.room,
+        "sender": message.sender,
+        "text": message.text,
+        "at": sent_us,
+    }
+    if message.action:
+        body["action"] = True
+    if keyed:
+        body["keyed"] = True
+    headers = {SEQ: str(message.seq), LATEST: str(latest_us)}
+    if lates.listed or lates.unknown_upto:
+        headers[LATES] = lates.encode()
+    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return payload, headers
+
+
+def decode(
+    data: bytes, headers: dict[str, str], stream_seq: int, stored: datetime | None, epoch: str
+) -> Stored:
+    """A message read back from the stream; StoreError if it is not one of ours."""
+    try:
+        body = json.loads(data)
+        sent_us = int(body["at"])
+        message = Message(
+            id=str(body["id"]),
+            room=str(body["room"]),
+            sender=str(body["sender"]),
+            text=str(body["text"]),
+            sent_at=from_us(sent_us),
+            seq=int(headers[SEQ]),
+            epoch=epoch,
+            action=bool(body.get("action", False)),
+        )
+        return Stored(
+            message=message,
+            stream_seq=stream_seq,
+            stored_us=to_us(stored) if stored else sent_us,
+            sent_us=sent_us,
+            latest_us=int(headers[LATEST]),
+            lates=Lates.decode(headers.get(LATES)),
+            keyed=bool(body.get("keyed", False)),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"stream message {stream_seq} is not a grpcchat message: {exc}") from None

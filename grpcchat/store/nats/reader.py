@@ -1,0 +1,130 @@
+"""Reading one JetStream stream of history: a room's last message, the next one after a
+stream seq, a room's message by seq (a binary search), a range, a count.
+
+Every method may raise nats-py's errors; `grpcchat.store.nats.store` turns them into StoreError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+
+from grpcchat.core.errors import StoreError
+from grpcchat.store.nats import codec
+from grpcchat.store.nats.codec import Stored
+
+
+class Reader:
+    """Lookups in the stream `stream`, whose rooms' subjects start with `prefix`."""
+
+    def __init__(
+        self, js: JetStreamContext, stream: str, prefix: str, epoch: str, max_messages: int
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._prefix = prefix
+        self._epoch = epoch
+        self._max_messages = max_messages
+
+    def subject(self, room: str) -> str:
+        return self._prefix + codec.room_token(room)
+
+    def decode(self, raw: RawStreamMsg) -> Stored:
+        return codec.decode(
+            raw.data or b"", dict(raw.headers or {}), raw.seq or 0, raw.time, self._epoch
+        )
+
+    async def get(self, stream_seq: int) -> Stored | None:
+        try:
+            raw = await self._js.get_msg(self._stream, seq=stream_seq, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return self.decode(raw)
+
+    async def last(self, subject: str) -> Stored | None:
+        try:
+            raw = await self._js.get_last_msg(self._stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return self.decode(raw)
+
+    async def next(self, subject: str, stream_seq: int) -> Stored | None:
+        """The room's first message at or after `stream_seq`."""
+        try:
+            raw = await self._js.get_msg(
+                self._stream, seq=max(stream_seq, 1), subject=subject, next=True, direct=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return self.decode(raw)
+
+    async def seek(self, subject: str, seq: int, last: Stored) -> Stored:
+        """The room's first message held with a seq of at least `seq` (at most `last.seq`):
+        a binary search over stream seqs, since a room's seqs grow with them."""
+        if seq >= last.seq:
+            return last
+        best = await self.next(subject, 1)
+        if best is None or best.seq >= seq:
+            return best or last
+        low, high, best = best.stream_seq + 1, last.stream_seq, last
+        while low <= high:
+            middle = (low + high) // 2
+            found = await self.next(subject, middle)
+            if found is None or found.stream_seq > last.stream_seq:
+                high = middle - 1
+            elif found.seq >= seq:
+                best = found if found.seq < best.seq else best
+                if found.seq == seq:
+                    return found
+                high = middle - 1
+            else:
+                low = found.stream_seq + 1
+        return best
+
+    async def between(
+        self, subject: str, last: Stored, low: int, high: int
+    ) -> AsyncIterator[Stored]:
+        """The room's messages held with `low < seq < high`, oldest first, up to `last`."""
+        if high - low <= 1:
+            return
+        current: Stored | None = await self.seek(subject, low + 1, last)
+        while current is not None and current.seq < high:
+            yield current
+            if current.stream_seq >= last.stream_seq:
+                return
+            current = await self.next(subject, current.stream_seq + 1)
+
+    async def count(self, room: str, oldest_kept: int) -> int:
+        """How many messages `read` would return for the room, given the oldest time kept."""
+        subject = self.subject(room)
+        last = await self.last(subject)
+        if last is None or last.latest_us < oldest_kept:
+            return 0  # every message is older than the newest, which has expired
+        window_start = max(last.seq - self._max_messages + 1, 1)
+        current = await self.seek(subject, window_start, last)
+        held = last.seq - current.seq + 1
+        # The expired prefix: nothing up to the first message with a fresh `latest` is fresh.
+        expired = 0
+        while current.latest_us < oldest_kept:
+            expired += 1
+            following = await self.next(subject, current.stream_seq + 1)
+            if following is None:
+                raise StoreError(f"the history of {room!r} changed while being counted")
+            current = following
+        fresh_from = current.seq
+        lates = last.lates
+        expired += sum(
+            1
+            for seq, sent_us in lates.listed
+            if seq >= fresh_from and seq > lates.unknown_upto and sent_us < oldest_kept
+        )
+        while current.seq <= lates.unknown_upto:  # lates no longer listed: read them
+            expired += current.sent_us < oldest_kept
+            following = await self.next(subject, current.stream_seq + 1)
+            if following is None:
+                break
+            current = following
+        return held - expired
