@@ -103,14 +103,19 @@ class _Chatroom:
                         if event.legacy:
                             where += " (the article's v1 server: lobby only, no history)"
                         self.show(
-                            render.render_notice(f"connected as {self.session.name} in {where}")
+                            render.render_notice(
+                                f"connected as {self.session.name} in {where} at {event.addr}"
+                            )
                         )
                     self.connected.set()
                 case Reconnecting():
                     self.connected.clear()
+                    # With several addresses the next attempt is at another: say which.
+                    where = f"; next: {event.addr}" if self.client.connection.several else ""
                     self.show(
                         render.render_notice(
-                            f"reconnecting in {event.delay:.1f}s... ({event.reason})", "yellow"
+                            f"reconnecting in {event.delay:.1f}s... ({event.reason}){where}",
+                            "yellow",
                         )
                     )
 

@@ -70,7 +70,7 @@ Addr = Annotated[
         "--addr",
         "-a",
         envvar="GRPCCHAT_ADDR",
-        help="Server address, host:port.",
+        help="Server address, host:port; several, comma-separated, to fail over in turn.",
         rich_help_panel=CONNECTION_HELP,
     ),
 ]

@@ -7,11 +7,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from grpcchat.cli.exits import fail, run
+from grpcchat.cli.exits import EXIT_USAGE, fail, run
 from grpcchat.cli.jsonout import message_as_json
 from grpcchat.cli.lines import sent_line
 from grpcchat.cli.output import emit
-from grpcchat.client.config import ClientConfig
+from grpcchat.client.config import AddressError, ClientConfig
 
 if TYPE_CHECKING:
     from grpcchat.client.events import Sent
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def build_config(
     *, addr: str, timeout: float, token: str, tls: bool, tls_ca: str, tls_cert: str, tls_key: str
 ) -> ClientConfig:
-    """The connection options as one validated `ClientConfig` (or exit 1 saying what is wrong)."""
+    """The connection options as one validated `ClientConfig` (or exit saying what is wrong:
+    2 for a bad --addr list, as for any bad option; 1 otherwise)."""
     try:
         return ClientConfig(
             addr=addr,
@@ -31,6 +32,8 @@ def build_config(
             tls_cert=tls_cert,
             tls_key=tls_key,
         )
+    except AddressError as error:
+        fail(str(error), EXIT_USAGE)
     except ValueError as error:
         fail(str(error))
 

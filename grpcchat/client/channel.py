@@ -1,14 +1,23 @@
 """Opening a channel as the client config says: plaintext or TLS (optionally mutual), and the
 bearer token as call metadata — never sent in the clear beyond this machine. A `Connection`
-is that channel with its stub, shared by a client and its sessions."""
+is that channel with its stub, shared by a client and its sessions.
+
+Several addresses (`--addr a:1,b:2`) are the client's own choice, not gRPC's load balancing:
+one channel per address (so TLS checks each server under its own name), the one in use
+chosen here, moving on to the next (round-robin) when the one in use cannot be reached —
+deterministic, and every error names the address it is about."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 from grpc import aio
 
 from grpcchat.client.config import ClientConfig
-from grpcchat.client.errors import remote_error
+from grpcchat.client.errors import NOT_CONNECTED, remote_error
 from grpcchat.core.errors import ConfigError, RemoteError
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 
@@ -64,16 +73,26 @@ def is_loopback(addr: str) -> bool:
         return False
 
 
-def open_channel(config: ClientConfig) -> tuple[aio.Channel, Metadata]:
-    """The channel and the metadata every call must carry."""
-    metadata: Metadata = (("authorization", f"Bearer {config.token}"),) if config.token else ()
+def _metadata(config: ClientConfig) -> Metadata:
+    return (("authorization", f"Bearer {config.token}"),) if config.token else ()
+
+
+def _check_token_safe(config: ClientConfig, addr: str) -> None:
+    if not config.uses_tls and config.token and not is_loopback(addr):
+        raise InsecureTokenError(
+            f"refusing to send a token in plaintext to {addr}; "
+            "use --tls (system roots) or --tls-ca FILE"
+        )
+
+
+def open_channel(config: ClientConfig, addr: str | None = None) -> tuple[aio.Channel, Metadata]:
+    """The channel to `addr` (default: the config's first address) and the metadata every
+    call must carry."""
+    addr = addr if addr is not None else config.addrs[0]
+    metadata = _metadata(config)
+    _check_token_safe(config, addr)
     if not config.uses_tls:
-        if config.token and not is_loopback(config.addr):
-            raise InsecureTokenError(
-                f"refusing to send a token in plaintext to {config.addr}; "
-                "use --tls (system roots) or --tls-ca FILE"
-            )
-        return aio.insecure_channel(config.addr, options=_CHANNEL_OPTIONS), metadata
+        return aio.insecure_channel(addr, options=_CHANNEL_OPTIONS), metadata
 
     from grpcchat.core.files import read_pem
 
@@ -85,25 +104,92 @@ def open_channel(config: ClientConfig) -> tuple[aio.Channel, Metadata]:
         private_key=optional(config.tls_key, "client key"),
         certificate_chain=optional(config.tls_cert, "client certificate"),
     )
-    return aio.secure_channel(config.addr, credentials, options=_CHANNEL_OPTIONS), metadata
+    return aio.secure_channel(addr, credentials, options=_CHANNEL_OPTIONS), metadata
+
+
+_T = TypeVar("_T")
+
+
+def fails_over(error: grpc.RpcError, state: grpc.ChannelConnectivity) -> bool:
+    """Whether a failed call is worth trying at the next address: the server could not be
+    reached or is going away (UNAVAILABLE), or gave no answer without ever being connected."""
+    code = error.code()
+    return code == grpc.StatusCode.UNAVAILABLE or (
+        code == grpc.StatusCode.DEADLINE_EXCEEDED and state in NOT_CONNECTED
+    )
 
 
 class Connection:
-    """One channel to one server: the stub every call goes through and the metadata every
-    call carries. `error()` explains a failed call with what the channel knows."""
+    """The channel to the server in use: the stub every call goes through and the metadata
+    every call carries. `error()` explains a failed call with what the channel knows.
+
+    With several addresses, `channel`/`stub`/`addr` are those of the one in use and
+    `next_address()` moves on; channels are opened on first use and kept until `aclose()`,
+    so a call still running on the previous one is not cut off."""
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
-        self.channel, self.metadata = open_channel(config)
-        self.stub = pb_grpc.ChatServiceStub(self.channel)
+        self.addrs = config.addrs
+        for addr in self.addrs:  # refuse before anything is sent anywhere
+            _check_token_safe(config, addr)
+        self.metadata = _metadata(config)
+        self._channels: dict[str, tuple[aio.Channel, pb_grpc.ChatServiceAsyncStub]] = {}
+        self._index = 0
+        self.channel, self.stub = self._open(self.addrs[0])
         # Learned on the first UNIMPLEMENTED: the peer is the article's server.
         self.legacy_server = False
 
-    def error(self, error: grpc.RpcError) -> RemoteError:
+    @property
+    def addr(self) -> str:
+        """The address in use."""
+        return self.addrs[self._index]
+
+    @property
+    def several(self) -> bool:
+        return len(self.addrs) > 1
+
+    def _open(self, addr: str) -> tuple[aio.Channel, pb_grpc.ChatServiceAsyncStub]:
+        if addr not in self._channels:
+            channel, _ = open_channel(self.config, addr)
+            self._channels[addr] = (channel, pb_grpc.ChatServiceStub(channel))
+        return self._channels[addr]
+
+    def next_address(self) -> str:
+        """Move on to the next address (round-robin) and return it; one address: itself."""
+        self._index = (self._index + 1) % len(self.addrs)
+        self.channel, self.stub = self._open(self.addr)
+        return self.addr
+
+    def error(self, error: grpc.RpcError, tried: Sequence[str] = ()) -> RemoteError:
         """`error` as a RemoteError; call it as soon as the call fails, so the channel's
-        state is the one the call failed in."""
+        state is the one the call failed in. `tried`: every address the call was tried at,
+        when more than the one in use (the message names them all)."""
         state = self.channel.get_state(try_to_connect=False)
-        return remote_error(error, self.config.addr, state=state, tls=self.config.uses_tls)
+        where = " or ".join(tried) if len(tried) > 1 else self.addr
+        return remote_error(error, where, state=state, tls=self.config.uses_tls)
+
+    async def unary(self, invoke: Callable[[float], Awaitable[_T]], timeout: float) -> _T:  # noqa: ASYNC109
+        """`invoke(timeout)` (one call on `self.stub`/`self.channel`) at the address in use,
+        then at each other address once if it cannot be reached, all within `timeout`.
+
+        A server not yet connected gets its share of the time left, so one that never
+        answers leaves time for the rest; a connected one gets all of it."""
+        deadline = time.monotonic() + timeout
+        tried: list[str] = []
+        while True:
+            remaining = max(0.05, deadline - time.monotonic())
+            untried = len(self.addrs) - len(tried)
+            ready = self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
+            try:
+                return await invoke(remaining if ready or untried <= 1 else remaining / untried)
+            except grpc.RpcError as error:
+                tried.append(self.addr)
+                state = self.channel.get_state(try_to_connect=False)
+                last = len(tried) >= len(self.addrs) or time.monotonic() >= deadline
+                if last or not fails_over(error, state):
+                    raise self.error(error, tried) from None
+                self.next_address()
 
     async def aclose(self) -> None:
-        await self.channel.close(None)
+        for channel, _ in self._channels.values():
+            await channel.close(None)

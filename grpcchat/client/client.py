@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +21,7 @@ from grpcchat.client.channel import Connection
 from grpcchat.client.config import ClientConfig
 from grpcchat.client.errors import retry_after
 from grpcchat.client.events import Sent
+from grpcchat.core.errors import RemoteError
 from grpcchat.core.models import DEFAULT_ROOM, Message, RoomInfo
 from grpcchat.core.validation import check_name, check_room, check_text
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
@@ -29,6 +29,8 @@ from grpcchat.wire import codec
 
 if TYPE_CHECKING:
     from grpcchat.client.session import ChatSession
+
+_Reply = TypeVar("_Reply")
 
 
 class ChatClient:
@@ -89,13 +91,17 @@ class ChatClient:
         )
         deadline = time.monotonic() + self.config.timeout
         backoff = Backoff(initial=0.1, maximum=2.0)
+        connection = self.connection
+        # Addresses that could not be reached since the last answer: with several, the next
+        # one is tried at once; once all have failed, a backoff, and round again.
+        unreachable: list[str] = []
         while True:
             remaining = deadline - time.monotonic()
             try:
-                response: pb.SendResponse = await self.connection.stub.Send(
+                response: pb.SendResponse = await connection.stub.Send(
                     request,
                     timeout=max(0.05, min(remaining, max(1.0, self.config.timeout / 3))),
-                    metadata=self.connection.metadata,
+                    metadata=connection.metadata,
                 )
                 duplicate = response.duplicate and not own_key
                 return Sent(codec.from_proto(response.message), duplicate)
@@ -104,17 +110,28 @@ class ChatClient:
                 if code == grpc.StatusCode.UNIMPLEMENTED:
                     from grpcchat.client import legacy
 
-                    return await legacy.send_over_chat(self.connection, request)
+                    return await legacy.send_over_chat(connection, request)
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     delay = retry_after(error)
                     if delay is None:
-                        raise self.connection.error(error) from None
+                        raise connection.error(error) from None
                 elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    delay = backoff.next_delay()
+                    if connection.addr not in unreachable:
+                        unreachable.append(connection.addr)
+                    failure = connection.error(error, unreachable)
+                    delay = 0.0
+                    if len(unreachable) >= len(connection.addrs):
+                        delay = backoff.next_delay()
+                    if time.monotonic() + delay >= deadline:
+                        raise failure from None
+                    if connection.several:
+                        connection.next_address()
+                    await asyncio.sleep(delay)
+                    continue
                 else:
-                    raise self.connection.error(error) from None
+                    raise connection.error(error) from None
                 if time.monotonic() + delay >= deadline:
-                    raise self.connection.error(error) from None
+                    raise connection.error(error) from None
                 await asyncio.sleep(delay)
 
     # -- reading ----------------------------------------------------------------------------
@@ -135,8 +152,9 @@ class ChatClient:
             after_seq=after,
             newest_first=newest_first,
         )
-        async with self._calling():
-            response = await self.connection.stub.History(request, **self._call_options())
+        response = await self._unary(
+            lambda timeout: self.connection.stub.History(request, **self._call_options(timeout))
+        )
         return [codec.from_proto(m) for m in response.messages]
 
     async def rooms(self, *, limit: int = 0) -> list[RoomInfo]:
@@ -144,8 +162,11 @@ class ChatClient:
 
         async def page(token: str) -> tuple[list[RoomInfo], str]:
             request = pb.ListRoomsRequest(page_token=token)
-            async with self._calling():
-                response = await self.connection.stub.ListRooms(request, **self._call_options())
+            response = await self._unary(
+                lambda timeout: self.connection.stub.ListRooms(
+                    request, **self._call_options(timeout)
+                )
+            )
             rooms = [RoomInfo(r.name, r.members, r.messages) for r in response.rooms]
             return rooms, response.next_page_token
 
@@ -157,26 +178,29 @@ class ChatClient:
 
         async def page(token: str) -> tuple[list[str], str]:
             request = pb.ListMembersRequest(room=room, page_token=token)
-            async with self._calling():
-                response = await self.connection.stub.ListMembers(request, **self._call_options())
+            response = await self._unary(
+                lambda timeout: self.connection.stub.ListMembers(
+                    request, **self._call_options(timeout)
+                )
+            )
             return list(response.members), response.next_page_token
 
         return await _every_page(page, limit)
 
-    def _call_options(self) -> dict[str, Any]:
-        return {"timeout": self.config.timeout, "metadata": self.connection.metadata}
+    def _call_options(self, timeout: float) -> dict[str, Any]:
+        return {"timeout": timeout, "metadata": self.connection.metadata}
 
-    @asynccontextmanager
-    async def _calling(self) -> AsyncIterator[None]:
-        """Turn a failed call into a RemoteError (UNIMPLEMENTED: the article's server)."""
+    async def _unary(self, invoke: Callable[[float], Awaitable[_Reply]]) -> _Reply:
+        """One call, at each address in turn if it cannot be reached, within the timeout
+        (UNIMPLEMENTED: the article's server)."""
         try:
-            yield
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return await self.connection.unary(invoke, self.config.timeout)
+        except RemoteError as error:
+            if error.status == "UNIMPLEMENTED":
                 from grpcchat.client import legacy
 
                 raise legacy.no_history() from None
-            raise self.connection.error(error) from None
+            raise
 
     # -- live sessions ----------------------------------------------------------------------
 

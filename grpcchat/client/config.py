@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_ADDR = "localhost:4000"
 DEFAULT_TIMEOUT = 10.0
 
 
+# A host name or IPv4 address, or an IPv6 address in brackets; then a port.
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+
+
+class AddressError(ValueError):
+    """`--addr` is not a list of distinct `host:port` addresses (a usage error)."""
+
+
+def parse_addrs(addr: str) -> tuple[str, ...]:
+    """`host1:4001,host2:4002` as its addresses, in order; AddressError naming what is wrong.
+    A `unix:PATH` entry is taken as it is (gRPC's own target for a local socket)."""
+    entries = [entry.strip() for entry in addr.split(",")]
+    if any(not entry for entry in entries):
+        raise AddressError(f"--addr {addr!r} has an empty entry; give host:port[,host:port...]")
+    for entry in entries:
+        if entry.startswith("unix:"):
+            continue
+        match = _HOST_PORT.fullmatch(entry)
+        if match is None or not 1 <= int(match.group(1)) <= 65535:
+            raise AddressError(f"--addr: {entry!r} is not host:port (port 1-65535)")
+    duplicates = sorted({entry for entry in entries if entries.count(entry) > 1})
+    if duplicates:
+        raise AddressError(f"--addr names {', '.join(duplicates)} more than once")
+    return tuple(entries)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """Where and how a client connects."""
 
+    # One server `host:port`, or several separated by commas: the client starts with the
+    # first and moves on to the next (round-robin) when it cannot reach the one in use.
     addr: str = DEFAULT_ADDR
     # Deadline for one unary call (send) including retries, in seconds.
     timeout: float = DEFAULT_TIMEOUT
@@ -25,10 +54,16 @@ class ClientConfig:
     tls_key: str = ""
 
     def __post_init__(self) -> None:
+        parse_addrs(self.addr)
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+
+    @property
+    def addrs(self) -> tuple[str, ...]:
+        """The addresses `addr` lists, in order (validated when the config was made)."""
+        return parse_addrs(self.addr)
 
     @property
     def uses_tls(self) -> bool:

@@ -30,7 +30,7 @@ TLS_HINT = (
 # lookup, TCP connect, TLS and HTTP/2 handshakes) has failed, or it is still trying. A channel
 # that is READY or IDLE had one, so an UNAVAILABLE from it is the server's answer or a
 # connection that was lost, not an unreachable server.
-_NOT_CONNECTED = frozenset(
+NOT_CONNECTED = frozenset(
     {grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.CONNECTING}
 )
 
@@ -48,9 +48,9 @@ def remote_error(
     """
     code: grpc.StatusCode = error.code()
     details = error.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE and (state in _NOT_CONNECTED or not details):
+    if code == grpc.StatusCode.UNAVAILABLE and (state in NOT_CONNECTED or not details):
         message = f"cannot reach a chat server at {addr} ({details or 'no response'})"
-        if tls and state in _NOT_CONNECTED:
+        if tls and state in NOT_CONNECTED:
             message = f"{message}. {TLS_HINT}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"no answer from {addr} in time"

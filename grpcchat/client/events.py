@@ -3,7 +3,7 @@ session besides the domain's own (messages, joins, gaps, refusals)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from grpcchat.core.models import DEFAULT_ROOM, Event, Message
 
@@ -14,6 +14,8 @@ class Connected:
 
     rooms: tuple[str, ...]
     legacy: bool  # the server speaks only the article's Chat stream
+    # The server's address (of the client's --addr list); not part of equality.
+    addr: str = field(default="", compare=False)
 
     @property
     def room(self) -> str:
@@ -22,10 +24,12 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class Reconnecting:
-    """The session lost its stream and retries after `delay` seconds."""
+    """The session lost its stream and retries after `delay` seconds, at `addr` (the next
+    address of the client's list, or the same one when it has one)."""
 
     reason: str
     delay: float
+    addr: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

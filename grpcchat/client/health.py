@@ -3,7 +3,6 @@ it is, once, for scripts and container probes (`grpcchat health`)."""
 
 from __future__ import annotations
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpcchat.client.channel import Connection
@@ -18,25 +17,27 @@ async def check_health(config: ClientConfig, service: str = "") -> str:
     full name such as `chat.v1.ChatService`): `SERVING`, or `NOT_SERVING` (a draining server
     says so), or another status name of the health protocol.
 
-    One call, not waiting for the server to come up, bounded by the config's timeout. Raises
+    One call, not waiting for the server to come up, bounded by the config's timeout; with
+    several addresses, the first that answers (each is tried once). Raises
     RemoteError when there is no answer: unreachable, timed out, a service the server does not
     know (`NOT_FOUND`), a server without the health service (`UNIMPLEMENTED`).
     """
     connection = Connection(config)
     try:
-        stub = health_pb2_grpc.HealthStub(connection.channel)
-        try:
-            response = await stub.Check(
+        response = await connection.unary(
+            lambda timeout: health_pb2_grpc.HealthStub(connection.channel).Check(
                 health_pb2.HealthCheckRequest(service=service),
-                timeout=config.timeout,
+                timeout=timeout,
                 metadata=connection.metadata,
-            )
-        except grpc.RpcError as error:
-            raise _explained(connection.error(error), config.addr, service) from None
-        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-        return name
+            ),
+            config.timeout,
+        )
+    except RemoteError as error:
+        raise _explained(error, connection.addr, service) from None
     finally:
         await connection.aclose()
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return name
 
 
 def _explained(error: RemoteError, addr: str, service: str) -> RemoteError:

@@ -80,7 +80,7 @@ class LegacyStream:
             await asyncio.wait_for(connection.channel.channel_ready(), config.timeout)
         except TimeoutError:
             raise RemoteError(
-                "UNAVAILABLE", f"cannot reach a chat server at {config.addr}"
+                "UNAVAILABLE", f"cannot reach a chat server at {connection.addr}"
             ) from None
         call = connection.stub.Chat(metadata=connection.metadata)  # type: ignore[call-arg]
         self._call = call
@@ -88,7 +88,7 @@ class LegacyStream:
             # The article's server sends no headers until it has something to say, so this
             # is the closest to "registered" the v1 protocol can tell.
             await call.wait_for_connection()
-            yield Connected((DEFAULT_ROOM,), legacy=True)
+            yield Connected((DEFAULT_ROOM,), legacy=True, addr=connection.addr)
             async for message in call:
                 yield codec.from_proto(message, DEFAULT_ROOM)
         except grpc.RpcError as error:

@@ -84,6 +84,8 @@ class ChatSession:
 
     async def _reconnecting(self, backoff: Backoff) -> AsyncIterator[FeedEvent]:
         connected_once = False
+        # Before the first connection, each other address may be tried once.
+        spare = len(self._connection.addrs) - 1
         while not self._closed:
             try:
                 async for event in self._attempt(first=not connected_once):
@@ -93,13 +95,17 @@ class ChatSession:
                     yield event
                 reason = "the server ended the stream"
             except RemoteError as error:
-                if not connected_once or error.status not in RETRYABLE:
+                if error.status not in RETRYABLE or (not connected_once and spare <= 0):
                     raise
+                if not connected_once:
+                    spare -= 1
                 reason = str(error)
             if self._closed:
                 return
             delay = backoff.next_delay()
-            yield Reconnecting(reason, delay)
+            # A lost stream moves on to the next address (round-robin), resuming there.
+            addr = self._connection.next_address()
+            yield Reconnecting(reason, delay, addr)
             await asyncio.sleep(delay)
 
     async def _attempt(self, first: bool) -> AsyncIterator[FeedEvent]:
@@ -143,7 +149,7 @@ class ChatSession:
                 requests.put_nowait(request)
             self._requests = requests
             if not waiting:
-                yield Connected((), legacy=False)
+                yield Connected((), legacy=False, addr=self._connection.addr)
             async for response in call:
                 for item in response.events:
                     decoded = codec.event_from_proto(item)
@@ -158,7 +164,9 @@ class ChatSession:
                     if isinstance(decoded, RoomJoined | RequestRefused) and decoded.room in waiting:
                         waiting.discard(decoded.room)
                         if not waiting:
-                            yield Connected(tuple(self.rooms), legacy=False)
+                            yield Connected(
+                                tuple(self.rooms), legacy=False, addr=self._connection.addr
+                            )
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise self._connection.error(error) from None
@@ -270,7 +278,7 @@ class ChatSession:
             except TimeoutError:
                 self._outbox.forget(request.key)
                 raise RemoteError(
-                    "DEADLINE_EXCEEDED", f"no answer from {self.client.config.addr} in time"
+                    "DEADLINE_EXCEEDED", f"no answer from {self._connection.addr} in time"
                 ) from None
             if not ack.code and ack.message is not None:
                 # The key is this call's own: a duplicate is its own earlier write, answered
