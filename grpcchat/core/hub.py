@@ -11,6 +11,11 @@ re-entrant: a session that overflows during a fan-out is only marked, and the hu
 once the fan-out is over; the leave notices that causes are coalesced per room (see `presence`)
 and never evict anyone.
 
+Across processes (a store that is also a `RoomFeed`, see `feed`): every room with local members
+has a `Gate`, and both the hub's own appends and those of other processes (from the feed, which
+brings this process's own too) pass through it, so each is delivered once, in seq order; a gap
+the feed does not fill soon is read from history.
+
 Overload slows the inbound side, it never evicts readers: when most sessions of a room (or of
 the whole server) lag behind, posting there is refused with a retry-after until they catch up,
 and the article's Chat streams are not read meanwhile. Only a session slower than the others
@@ -35,7 +40,9 @@ from grpcchat.core.errors import (
     NameTaken,
     NotFound,
     ServerDraining,
+    StoreError,
 )
+from grpcchat.core.feed import Gate, RoomFeed
 from grpcchat.core.history import DEDUP_WINDOW, Appended, HistoryStore
 from grpcchat.core.limits import Limits
 from grpcchat.core.listing import MembersPage
@@ -58,6 +65,11 @@ from grpcchat.core.validation import (
 MAX_HISTORY_PAGE = 1000
 # `load()` from another thread retries this often before it settles for the plain sizes.
 _LOAD_ATTEMPTS = 5
+# How long a gap before a held message may wait for the feed before it is read from history,
+# how many messages one such read asks for, and how long it waits after a failed read.
+GAP_WAIT = 0.05
+GAP_PAGE = 100
+GAP_RETRY = 1.0
 
 
 class Hub:
@@ -91,6 +103,10 @@ class Hub:
         self._evicted: list[Session] = []
         self._settle_scheduled = False
         self._draining = False
+        # Per room with members, its delivery gate, when other processes append too (else None:
+        # the chain's order is the whole order).
+        self._gates: dict[str, Gate] | None = {} if isinstance(store, RoomFeed) else None
+        self._gap_fills: set[asyncio.Task[None]] = set()
 
     @property
     def epoch(self) -> str:
@@ -212,6 +228,8 @@ class Hub:
         members = self._rooms.get(room)
         if members is None:
             members = self._rooms[room] = Room(room)
+            if self._gates is not None:
+                self._gates[room] = Gate()
         self._check_name_free(session, members)
         session.rooms.add(room)
         session.begin_join(room)
@@ -227,6 +245,12 @@ class Hub:
             session.cancel_join(room)
             self._remove_member(session, room)
             raise
+        gate = self._gates.get(room) if self._gates is not None else None
+        if gate is not None:
+            # Live delivery starts after the first joiner's replay; every joiner replays up to
+            # where it is now (what it delivered is stored), and gets the rest live.
+            self._deliver_due(room, gate.start(cursor.until + 1))
+            cursor.extend(gate.next_seq - 1)
         if session.closed.is_set() or room not in session.rooms:
             return
         position = Position(cursor.until, self.store.epoch)
@@ -258,6 +282,8 @@ class Hub:
             self._presence.changed(room, session.name, joined=False)
         if not members.sessions:
             del self._rooms[room]
+            if self._gates is not None:
+                self._gates.pop(room, None)
 
     def members_page(
         self, room: str = "", *, after: str = "", limit: int = 0, principal: str = ""
@@ -341,7 +367,7 @@ class Hub:
             if not appended.duplicate:
                 # Joins are announced before what the newcomers say.
                 self._presence.flush(room)
-                self._fan_out(room, Envelope(appended.message, accepted_at))
+                self._deliver(room, Envelope(appended.message, accepted_at))
             return appended
         finally:
             if previous is None or previous.done():
@@ -354,6 +380,60 @@ class Hub:
             delivered.set_result(None)
         if self._last_post.get(room) is delivered:
             del self._last_post[room]
+
+    def receive(self, message: Message) -> None:
+        """A room message from the store's feed (appended by any process, this one included):
+        delivered unless it was already; for a room without members here, nothing to do."""
+        gate = self._gates.get(message.room) if self._gates is not None else None
+        if gate is None or message.seq < gate.next_seq:
+            return
+        self._presence.flush(message.room)
+        self._deliver(message.room, Envelope(message))
+
+    def _deliver(self, room: str, envelope: Envelope) -> None:
+        if self._gates is None:
+            self._fan_out(room, envelope)
+            return
+        gate = self._gates.get(room)
+        if gate is None:
+            return
+        self._deliver_due(room, gate.offer(envelope))
+        if gate.gap is not None and not gate.filling:
+            gate.filling = True
+            task = asyncio.get_running_loop().create_task(self._fill_gap(room, gate))
+            self._gap_fills.add(task)
+            task.add_done_callback(self._gap_fills.discard)
+
+    def _deliver_due(self, room: str, due: list[Envelope]) -> None:
+        for envelope in due:
+            self._fan_out(room, envelope)
+
+    async def _fill_gap(self, room: str, gate: Gate) -> None:
+        """Read the messages missing before the gate's earliest held one from history, unless
+        the feed brings them first. Stops when the room has no members here any more."""
+        try:
+            await asyncio.sleep(GAP_WAIT)
+            while self._gates is not None and self._gates.get(room) is gate:
+                gap = gate.gap
+                if gap is None:
+                    return
+                first, end = gap
+                try:
+                    found = await self.store.read(
+                        room, after=first - 1, before=end, limit=min(end - first, GAP_PAGE)
+                    )
+                except StoreError:
+                    await asyncio.sleep(GAP_RETRY)
+                    continue
+                if self._gates.get(room) is not gate:
+                    return
+                if not found or found[0].seq > first:
+                    # Gone from history (retention): a jump the clients see, and resume over.
+                    self._deliver_due(room, gate.skip_to(found[0].seq if found else end))
+                for message in found:
+                    self._deliver_due(room, gate.offer(Envelope(message)))
+        finally:
+            gate.filling = False
 
     def _fan_out(self, room: str, envelope: Envelope) -> None:
         members = self._rooms.get(room)
@@ -464,6 +544,8 @@ class Hub:
     def drain(self) -> None:
         """Refuse new work and ask every session to flush and end (UNAVAILABLE)."""
         self._draining = True
+        for task in self._gap_fills:
+            task.cancel()
         for session in list(self._sessions.values()):
             session.close(ServerDraining("server is shutting down; reconnect shortly"))
         self._presence.close()

@@ -42,6 +42,10 @@ class ReplayCursor:
         self._stats = stats
         self.last_replayed = 0
 
+    def extend(self, until: int) -> None:
+        """Replay up to `until` if that is further (messages stored since the join began)."""
+        self.until = max(self.until, until)
+
     @property
     def exhausted(self) -> bool:
         return self._gap is None and self._after >= self.until

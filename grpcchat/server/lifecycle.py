@@ -14,6 +14,8 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpcchat.core.errors import StoreError
+from grpcchat.core.feed import RoomFeed
 from grpcchat.core.files import read_pem
 from grpcchat.core.history import HistoryStore
 from grpcchat.core.hub import Hub
@@ -44,6 +46,10 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 16 * 1024
 # Unary calls that may run beside the streams a full server holds.
 UNARY_HEADROOM = 1_000
+# The room feed (several processes on one history) is retried after failing, waiting this long
+# at first, doubling up to the second.
+FEED_RETRY = 0.5
+FEED_RETRY_MAX = 10.0
 
 _GRPC_OPTIONS = [
     # gRPC shares ports by default (SO_REUSEPORT): a second server on a busy port would start
@@ -93,6 +99,7 @@ class ChatServer:
         self._store: HistoryStore | None = None
         self._hub: Hub | None = None
         self._metrics: MetricsEndpoint | None = None
+        self._feed: asyncio.Task[None] | None = None
 
     @property
     def hub(self) -> Hub:
@@ -131,6 +138,40 @@ class ChatServer:
             ) from error
         await self._server.start()
         await self._set_serving(True)
+        if isinstance(store, RoomFeed):
+            self._feed = asyncio.get_running_loop().create_task(
+                self._follow(store, self._hub), name="grpcchat-room-feed"
+            )
+
+    async def _follow(self, feed: RoomFeed, hub: Hub) -> None:
+        """Deliver the rooms' messages appended by other processes, for as long as the server
+        runs: while the feed is down (logged), health says NOT_SERVING and it is retried."""
+        delay = FEED_RETRY
+        while True:
+            try:
+                await feed.follow(hub.receive)
+                return  # the store closed
+            except StoreError as exc:
+                log.warning(
+                    "the room feed failed (retrying in %.1fs): %s",
+                    delay,
+                    exc,
+                    extra={"event": "feed_failed", "retry_seconds": delay},
+                )
+            except Exception:
+                log.exception(
+                    "the room feed failed (retrying in %.1fs)",
+                    delay,
+                    extra={"event": "feed_failed", "retry_seconds": delay},
+                )
+            if hub.draining:
+                return
+            await self._set_serving(False)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FEED_RETRY_MAX)
+            if hub.draining:
+                return
+            await self._set_serving(True)
 
     @property
     def address(self) -> str:
@@ -174,6 +215,10 @@ class ChatServer:
         if self._hub is not None:
             self._hub.drain()
         await self._server.stop(grace)
+        if self._feed is not None:
+            feed, self._feed = self._feed, None
+            feed.cancel()
+            await asyncio.wait([feed], timeout=grace + 1.0)  # closing the store ends it too
         if self._store is not None:
             store, self._store = self._store, None
             await store.aclose()

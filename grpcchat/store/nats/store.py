@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -17,7 +17,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, Retention, RoomCount
@@ -38,6 +38,9 @@ MAINTENANCE_INTERVAL = 60.0
 PRUNE_DELAY = 1.0
 EPOCH_KEY = "grpcchat-epoch"
 WRONG_LAST_SEQUENCE = 10071
+# The feed's consumer sends a heartbeat this often when idle; nats-py recreates it (from the
+# last stream seq delivered) after two missed ones, or when a delivery is missing.
+FEED_HEARTBEAT = 2.0
 NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
 
@@ -74,6 +77,8 @@ class NatsStore:
         # Each room's last message as this process last saw it (a hint: JetStream checks it).
         self._heads: dict[str, Stored | None] = {}
         self._dirty: set[str] = set()
+        # The stream seq the feed continues from (set by its first `follow`).
+        self._feed_from = 0
         self._wake = asyncio.Event()
         self._maintenance = asyncio.get_running_loop().create_task(
             self._maintain_forever(), name=f"grpcchat-store-maintenance {self._stream}"
@@ -218,6 +223,51 @@ class NatsStore:
                 await self._nc.drain()
         if not self._nc.is_closed:
             await self._nc.close()
+
+    async def follow(self, deliver: Callable[[Message], None]) -> None:
+        """The `RoomFeed`: one ordered JetStream consumer over every room's subject (one per
+        process, never one per client or room), from the stream's end at the first call, and
+        from the last message delivered at the next. nats-py's ordered consumer recreates
+        itself after a missed delivery or two missed heartbeats; its messages are only ever
+        those JetStream stored (a core subscription would also see refused publishes)."""
+        self._check_open()
+        with _errors("follow the rooms"):
+            if not self._feed_from:
+                info = await self._js.stream_info(self._stream)
+                self._feed_from = info.state.last_seq + 1
+            subscription = await self._js.subscribe(
+                f"{self._prefix}>",
+                stream=self._stream,
+                ordered_consumer=True,
+                idle_heartbeat=FEED_HEARTBEAT,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=self._feed_from,
+                ),
+            )
+        try:
+            with _errors("follow the rooms"):
+                async for msg in subscription.messages:
+                    metadata = msg.metadata
+                    stream_seq = metadata.sequence.stream
+                    if stream_seq < self._feed_from:
+                        continue  # replayed by a recreated consumer: delivered already
+                    self._feed_from = stream_seq + 1
+                    try:
+                        stored = codec.decode(
+                            msg.data,
+                            dict(msg.headers or {}),
+                            stream_seq,
+                            metadata.timestamp,
+                            self._epoch,
+                        )
+                    except StoreError:
+                        log.warning("skipping a message that is not grpcchat's: %s", msg.subject)
+                        continue
+                    deliver(stored.message)
+        finally:
+            with contextlib.suppress(*NATS_ERRORS):
+                await subscription.unsubscribe()
 
     # -- appends ------------------------------------------------------------------------------
 
