@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -260,3 +261,26 @@ def test_serve_metrics_port_from_the_command_line() -> None:
     assert running.process.returncode == 0
     with pytest.raises(urllib.error.URLError):
         scrape_now(port)
+
+
+async def test_a_shared_history_reports_its_feed_and_connection(nats_url: str) -> None:
+    config = ServerConfig(
+        port=0,
+        store=f"{nats_url}?stream=CHAT_{uuid.uuid4().hex}",
+        limits=Limits(rate=0, request_rate=0),
+        grace_period=0.5,
+        metrics_port=free_port(),
+    )
+    async with ChatServer(config) as server:
+        samples = await until(
+            server.metrics_port, lambda s: s.get_value("grpcchat_room_feed_up") == 1
+        )
+        assert samples.get_value("grpcchat_store_connected") == 1
+
+
+async def test_an_embedded_history_has_no_feed_metrics() -> None:
+    async with metrics_server() as server:
+        samples = await scrape(server.metrics_port)
+        assert samples.get_value("grpcchat_rooms") == 0
+        with pytest.raises(KeyError):
+            samples.get_value("grpcchat_room_feed_up")

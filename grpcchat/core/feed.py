@@ -26,6 +26,14 @@ class RoomFeed(Protocol):
         ...
 
 
+@runtime_checkable
+class Connected(Protocol):
+    """An engine with a connection of its own (NATS), which may be down while the server runs."""
+
+    @property
+    def connected(self) -> bool: ...
+
+
 class Gate:
     """One room's delivery in seq order: deliver the next seq, drop what was delivered, hold
     what comes early until the gap before it is filled (by the feed, or from history).

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from grpcchat.core.errors import StoreError
-from grpcchat.core.feed import RoomFeed
+from grpcchat.core.feed import Connected, RoomFeed
 from grpcchat.core.files import read_pem
 from grpcchat.core.history import HistoryStore
 from grpcchat.core.hub import Hub
@@ -100,6 +100,8 @@ class ChatServer:
         self._hub: Hub | None = None
         self._metrics: MetricsEndpoint | None = None
         self._feed: asyncio.Task[None] | None = None
+        # Whether the room feed is being followed (a metric; False while it is retried).
+        self.feed_up = False
 
     @property
     def hub(self) -> Hub:
@@ -148,6 +150,7 @@ class ChatServer:
         runs: while the feed is down (logged), health says NOT_SERVING and it is retried."""
         delay = FEED_RETRY
         while True:
+            self.feed_up = True
             try:
                 await feed.follow(hub.receive)
                 return  # the store closed
@@ -164,6 +167,7 @@ class ChatServer:
                     delay,
                     extra={"event": "feed_failed", "retry_seconds": delay},
                 )
+            self.feed_up = False
             if hub.draining:
                 return
             await self._set_serving(False)
@@ -187,9 +191,14 @@ class ChatServer:
         then). An engine's own collector would be added here (see `metrics`)."""
         if not self.config.metrics_port:
             return
-        from grpcchat.server.metrics import ChatCollector, MetricsEndpoint
+        from grpcchat.server.metrics import ChatCollector, EngineCollector, MetricsEndpoint
 
         metrics = MetricsEndpoint(ChatCollector(self.hub, servicer.stats))
+        store = self.hub.store
+        if isinstance(store, RoomFeed):
+            engine: Connected | None = store if isinstance(store, Connected) else None
+            connected = (lambda: engine.connected) if engine is not None else None
+            metrics.add(EngineCollector(lambda: self.feed_up, connected))
         metrics.start(self.config.host, self.config.metrics_port)
         self._metrics = metrics
 

@@ -10,15 +10,16 @@ Every server has a registry of its own (several servers in one process do not co
 label carries a room, a user name or anything else a client chooses: labels are the stream kind,
 the status code and the limit, a handful of values each.
 
-Extension point: an engine with metrics of its own (NATS, when it lands: connection state,
-lag) gives the composition root a collector (`prometheus_client.registry.Collector`: a
-`collect()` yielding metric families, read from the HTTP thread) and it is added with
-`MetricsEndpoint.add`; the engine itself keeps plain numbers, as the hub does.
+Extension point: an engine with metrics of its own gives the composition root a collector
+(`prometheus_client.registry.Collector`: a `collect()` yielding metric families, read from the
+HTTP thread), added with `MetricsEndpoint.add`; the engine itself keeps plain numbers, as the
+hub does. `EngineCollector` is the first: a history shared by several servers (NATS) reports
+whether its room feed is followed and its connection is up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from threading import Thread
 from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
@@ -47,6 +48,28 @@ REFUSAL_CODES = (
     "UNAUTHENTICATED",
     "UNAVAILABLE",
 )
+
+
+class EngineCollector:
+    """A history shared by several servers: whether this one follows the others' messages (its
+    room feed), and whether the engine's connection is up (both 1 or 0)."""
+
+    def __init__(self, feed_up: Callable[[], bool], connected: Callable[[], bool] | None) -> None:
+        self._feed_up = feed_up
+        self._connected = connected
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "grpcchat_room_feed_up",
+            "1 while this server follows the room messages other servers append, else 0.",
+            value=float(self._feed_up()),
+        )
+        if self._connected is not None:
+            yield GaugeMetricFamily(
+                "grpcchat_store_connected",
+                "1 while the history engine's connection (NATS) is up, else 0.",
+                value=float(self._connected()),
+            )
 
 
 class ChatCollector:

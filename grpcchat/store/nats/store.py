@@ -118,6 +118,11 @@ class NatsStore:
         return cls(nc, options, retention, epoch)
 
     @property
+    def connected(self) -> bool:
+        """Whether the connection to NATS is up right now (it reconnects by itself)."""
+        return bool(self._nc.is_connected)
+
+    @property
     def epoch(self) -> str:
         return self._epoch
 
