@@ -16,11 +16,12 @@ the server did to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import queue
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from multiprocessing.queues import Queue
 
 from grpcchat.bench import frames, h2, latency
@@ -182,12 +183,30 @@ class _Worker:
             return RemoteError(error.status, _NO_SUBSCRIBE.format(addr=self._spec.addr))
         return error
 
+    @contextlib.asynccontextmanager
+    async def _stream(
+        self, call: ReadCall, name: str, opened: Callable[[], bool]
+    ) -> AsyncIterator[None]:
+        """Run the block on `call` until its stream ends, then cancel the call; raise why it
+        ended if it never opened (`opened()` still false). A failure of the block while the
+        call is still running is raised as it is."""
+        try:
+            yield
+        except Exception:
+            if not call.done():
+                raise
+        finally:
+            call.cancel()
+        error = await self._ended(call)
+        if not opened():
+            raise error or BenchError(f"the server ended {name}'s stream at once")
+
     async def _follow(self, raw: Raw, subscriber: Subscriber) -> None:
         call = self._open(raw, subscriber.name)
         pattern = self._pattern
         ping = self._ping
         us = self._latency_us
-        try:
+        async with self._stream(call, subscriber.name, lambda: subscriber.connected):
             if self._spec.protocol != "v1":
                 await call.initial_metadata()  # sent once the join is done
                 subscriber.connected = not call.done()
@@ -198,36 +217,16 @@ class _Worker:
                 found = pattern.findall(data)
                 if found and subscriber.count(found, now_ns, us):
                     self._last_delivery_ns = now_ns
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            if not call.done():
-                raise
-        finally:
-            call.cancel()
-        error = await self._ended(call)
-        if not subscriber.connected:
-            raise error or BenchError(f"the server ended {subscriber.name}'s stream at once")
         subscriber.ended = True
 
     async def _hold(self, raw: Raw, slow: _Slow) -> None:
         """A session that never reads: registered once its headers arrive (on the article's
         server, with the first ping), then left alone until the server ends it or we leave."""
         call = self._open(raw, slow.name)
-        try:
+        async with self._stream(call, slow.name, lambda: slow.connected):
             await call.initial_metadata()
             slow.connected = not call.done()
             await call.code()  # the server cutting it off ends the call
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            if not call.done():
-                raise
-        finally:
-            call.cancel()
-        error = await self._ended(call)
-        if not slow.connected:
-            raise error or BenchError(f"the server ended {slow.name}'s stream at once")
         slow.cut_off = True
 
     # -- reading straight off the socket (h2) ----------------------------------------------------
