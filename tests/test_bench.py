@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,12 +29,17 @@ from grpcchat.bench import (
     h2,
     run_bench,
 )
+from grpcchat.bench.config import parse_pids, round_robin
 from grpcchat.bench.messages import WorkerSpec
 from grpcchat.bench.publish_v1 import Echoes
 from grpcchat.bench.worker import Subscriber, _Worker
 from grpcchat.cli.bench_report import comparison_markdown, comparison_rows, render_result
+from grpcchat.client.config import AddressError
 from grpcchat.core.errors import RemoteError
+from grpcchat.core.limits import Limits
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
+from grpcchat.server import ChatServer
+from grpcchat.server.config import ServerConfig
 
 
 def _check_exact(result: BenchResult, subscribers: int) -> None:
@@ -72,6 +79,79 @@ async def test_every_subscriber_gets_every_message_once(addr: str) -> None:
     text = console.export_text()
     assert f"{result.delivered:,}" in text
     assert "p99" in text
+
+
+@contextlib.asynccontextmanager
+async def _two_nodes(nats_url: str) -> AsyncIterator[tuple[ChatServer, ChatServer]]:
+    """Two servers on one NATS JetStream history: one chat (as tests/test_cross_node.py)."""
+    store = f"{nats_url}?stream=CHAT_{uuid.uuid4().hex}"
+    config = ServerConfig(
+        port=0, store=store, limits=Limits(rate=0, request_rate=0), grace_period=1.0
+    )
+    async with ChatServer(config) as a, ChatServer(config) as b:
+        yield a, b
+
+
+async def test_several_nodes_measured_as_one_chat(nats_url: str) -> None:
+    async with _two_nodes(nats_url) as (a, b):
+        addrs = (f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}")
+        # Each node's peak of registered sessions during the run: the load reached both.
+        peaks = [0, 0]
+
+        async def watch() -> None:
+            while True:
+                for n, node in enumerate((a, b)):
+                    peaks[n] = max(peaks[n], node.hub.registered_sessions)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        config = BenchConfig(
+            addr=",".join(addrs), subscribers=4, publishers=2, rate=30, duration=1.0, processes=1
+        )
+        try:
+            result = await run_bench(config)
+        finally:
+            watcher.cancel()
+        history = await a.hub.history("bench", limit=1000)
+
+    # Every subscriber got every message accepted by either node, once.
+    _check_exact(result, subscribers=4)
+    assert result.addr == ",".join(addrs)
+    assert result.addrs == addrs
+    # Two subscribers (s0, s2) and one publisher (p0) on the first node, the rest on the second.
+    assert [(n.addr, n.subscribers, n.publishers) for n in result.nodes] == [
+        (addrs[0], 2, 1),
+        (addrs[1], 2, 1),
+    ]
+    assert all(n.accepted > 0 and n.lost == 0 for n in result.nodes)
+    assert sum(n.accepted for n in result.nodes) == result.sent
+    for node in result.nodes:
+        assert node.delivered == node.subscribers * result.sent
+    assert min(peaks) >= 2, peaks  # both nodes had sessions
+    senders = {m.sender for m in history if m.sender.startswith("bench-")}
+    assert {sender.rsplit("-", 1)[1] for sender in senders} >= {"p0", "p1"}
+
+    summary = json.loads(json.dumps(result.as_json(), default=str))
+    assert summary["addr"] == summary["target"] == ",".join(addrs)
+    assert summary["addrs"] == list(addrs)
+    assert [n["addr"] for n in summary["nodes"]] == list(addrs)
+
+    console = Console(record=True, width=140, color_system=None)
+    console.print(render_result(result))
+    text = console.export_text()
+    assert "2 nodes" in text
+    assert all(addr in text for addr in addrs)
+    assert "2 subscribers: " in text
+
+    # One pid per node: the server's CPU is their sum, each named by its node's address.
+    measured = dataclasses.replace(
+        result,
+        config=dataclasses.replace(config, server_pid=(11, 22)),
+        cpu=dataclasses.replace(result.cpu, server=70.0, servers=(30.0, 40.0)),
+    )
+    console.print(render_result(measured))
+    text = console.export_text()
+    assert f"70% │ sum of 2 processes: {addrs[0]} 30%, {addrs[1]} 40%" in text
 
 
 async def test_starts_its_own_server_and_stops_it() -> None:
@@ -128,6 +208,12 @@ async def test_unreachable_server_is_an_error_not_a_hang() -> None:
         {"reader": "telepathy"},
         {"slow": -1},
         {"server_pid": 123},
+        {"addr": "127.0.0.1:4000,,127.0.0.1:4001"},
+        {"addr": "127.0.0.1:4000,127.0.0.1:4000"},
+        {"addr": "127.0.0.1:4000,nope"},
+        {"addr": "127.0.0.1:4000", "server_pid": ()},
+        {"addr": "127.0.0.1:4000", "server_pid": (12, 0)},
+        {"addr": "127.0.0.1:4000", "server_pid": (12, 12)},
     ],
 )
 def test_config_refuses_nonsense(bad: dict[str, Any]) -> None:
@@ -143,6 +229,44 @@ def test_config_defaults_and_worker_count() -> None:
     assert BenchConfig(subscribers=1).worker_processes == 1
     assert BenchConfig(subscribers=10, processes=3).worker_processes == 3
     assert BenchConfig(rate=0).rate == 0  # as fast as possible
+    assert (config.addrs, config.target, config.server_pids) == ((), "spawned grpcchat", ())
+
+
+def test_several_addresses_share_the_load_round_robin() -> None:
+    config = BenchConfig(addr="127.0.0.1:4000, 127.0.0.1:4001", server_pid=(12, 34))
+    assert config.addrs == ("127.0.0.1:4000", "127.0.0.1:4001")
+    assert config.target == "127.0.0.1:4000,127.0.0.1:4001"
+    assert config.server_pids == (12, 34)
+    assert BenchConfig(addr="127.0.0.1:4000", server_pid=12).server_pids == (12,)
+    a, b, c = "a:1", "b:2", "c:3"
+    assert round_robin(5, (a, b)) == (a, b, a, b, a)
+    assert round_robin(4, (a, b, c)) == (a, b, c, a)
+    assert round_robin(2, (a,)) == (a, a)
+    assert round_robin(0, (a, b)) == ()
+    assert parse_pids("123") == 123
+    assert parse_pids("123, 456") == (123, 456)
+    for bad in ("", "12,", "x", "0", "-3"):
+        with pytest.raises(ValueError, match="--server-pid"):
+            parse_pids(bad)
+    with pytest.raises(AddressError, match="empty entry"):
+        BenchConfig(addr="127.0.0.1:4000,")
+
+
+def test_a_malformed_address_list_is_a_one_line_usage_error() -> None:
+    from typer.testing import CliRunner
+
+    from grpcchat.cli.app import app
+
+    cases = (
+        (["--addr", "127.0.0.1:4000,,127.0.0.1:4001"], "empty entry"),
+        (["--addr", "127.0.0.1:4000,localhost"], "'localhost' is not host:port"),
+        (["--addr", "127.0.0.1:4000,127.0.0.1:4001", "--server-pid", "1,x"], "--server-pid"),
+    )
+    for args, says in cases:
+        result = CliRunner().invoke(app, ["bench", *args])
+        assert result.exit_code == 2, result.output
+        assert says in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 # -- what the bench puts on the wire -------------------------------------------------------------
@@ -193,7 +317,7 @@ def test_a_marker_split_across_chunks_is_counted_once() -> None:
         h2.grpc_message(frames.chat_message("p", frames.message_text(run, 0, seq, 64)))
         for seq in range(2)
     )
-    spec = WorkerSpec(0, "127.0.0.1:1", "v1", "lobby", ("s",), (), run, "h2", 1.0)
+    spec = WorkerSpec(0, "v1", "lobby", ("s",), ("127.0.0.1:1",), (), (), run, "h2", 1.0)
     for cut in range(1, len(data)):
         worker = _Worker(spec, None, None)  # type: ignore[arg-type]  # queues are not used
         subscriber = Subscriber("s")
@@ -366,7 +490,7 @@ def test_the_nox_comparison_table_shows_ratios_and_failures() -> None:
     def run(dps: float, **extra: Any) -> dict[str, Any]:
         return {"deliveries_per_s": dps, "latency_ms": {"p99": 12.0}, "lost": 0, **extra}
 
-    report = {
+    report: dict[str, Any] = {
         "machine": "test box",
         "scenarios": [
             {"name": "(a)", "runs": {"go": run(1000), "native": run(500), "v1": run(2000, lost=3)}},

@@ -22,7 +22,10 @@ The load does not share a process with what it measures:
 
 - the server runs in its own process: the one at `addr`, or, with `addr=None`,
   `python -m grpcchat serve` with SERVER_FLAGS (a free port, history in memory, no rate limit),
-  started here and stopped at the end;
+  started here and stopped at the end. `addr` may name several nodes of one chat
+  ("a:1,b:2", e.g. `grpcchat serve` processes on one NATS history): subscriber i, never-reading
+  session i and publisher j go to address i % n (j % n), every subscriber still expects every
+  message wherever it was sent, and the result has each address's share (`BenchResult.nodes`);
 - subscribers are spread over `processes` worker processes (spawned: a script calling run_bench
   needs the usual `if __name__ == "__main__":` guard), one event loop each; with the default
   reader ("h2") each subscriber is one call on an HTTP/2 connection of its own read straight off
@@ -52,7 +55,7 @@ cpu (turning raw measurements into results). The table is drawn by the CLI
 """
 
 from grpcchat.bench.config import BenchConfig, BenchError
-from grpcchat.bench.result import BenchResult, CpuUsage, Latency
+from grpcchat.bench.result import BenchResult, CpuUsage, Latency, NodeShare
 from grpcchat.bench.run import (
     PHASE_CONNECT,
     PHASE_DRAIN,
@@ -76,6 +79,7 @@ __all__ = [
     "BenchResult",
     "CpuUsage",
     "Latency",
+    "NodeShare",
     "ProgressCallback",
     "run_bench",
 ]

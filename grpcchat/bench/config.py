@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from grpcchat.bench.frames import MIN_MESSAGE_SIZE
+from grpcchat.client.config import parse_addrs
 from grpcchat.core.errors import ChatError, InvalidInput
 from grpcchat.core.models import DEFAULT_ROOM
 from grpcchat.core.validation import MAX_TEXT_LENGTH, check_room
@@ -32,6 +34,23 @@ class BenchError(ChatError):
     worker process failed."""
 
 
+def parse_pids(text: str) -> int | tuple[int, ...]:
+    """`--server-pid 123` or `123,456` (one per node): a pid, or several in order; ValueError
+    naming what is wrong."""
+    entries = [entry.strip() for entry in text.split(",")]
+    if not all(entry.isdigit() and int(entry) >= 1 for entry in entries):
+        raise ValueError(
+            f"--server-pid {text!r} is not a process id, or several separated by commas"
+        )
+    pids = tuple(int(entry) for entry in entries)
+    return pids[0] if len(pids) == 1 else pids
+
+
+def round_robin(count: int, addrs: Sequence[str]) -> tuple[str, ...]:
+    """The address of each of `count` sessions: session i at addrs[i % len(addrs)]."""
+    return tuple(addrs[i % len(addrs)] for i in range(count))
+
+
 def available_cpus() -> int:
     """CPUs this process may run on: the affinity mask (a container's or taskset's limit) where
     the platform has one, else every CPU of the machine."""
@@ -44,7 +63,9 @@ def available_cpus() -> int:
 class BenchConfig:
     """What to run. Invalid values raise ValueError."""
 
-    # Server to load, host:port; None starts `grpcchat serve` in a process of its own.
+    # Server to load, host:port, or several nodes of one chat as host:port,host:port (the load
+    # spread round-robin over them, see `addrs`); None starts `grpcchat serve` in a process of
+    # its own.
     addr: str | None = None
     # Subscribers that read everything (the ones measured and checked for loss).
     subscribers: int = 50
@@ -78,12 +99,15 @@ class BenchConfig:
     # Extra `grpcchat serve` flags for the server started when addr is None; they come after
     # SERVER_FLAGS, so they override them (e.g. ("--store", "sqlite:///tmp/bench.db")).
     server_args: tuple[str, ...] = ()
-    # Process id of the server at `addr`, on this machine: its CPU is then measured too.
-    server_pid: int | None = None
+    # Process id of the server at `addr`, on this machine: its CPU is then measured too. Several
+    # (a tuple, e.g. one per node of `addr`): each is measured, and the server's CPU is their sum.
+    server_pid: int | tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.addr is not None and not self.addr.strip():
             raise ValueError("addr must be host:port, or None to start a server")
+        if self.addr is not None:
+            parse_addrs(self.addr)  # AddressError (a ValueError) naming the bad entry
         if self.subscribers < 1:
             raise ValueError("subscribers must be at least 1")
         if self.publishers < 1:
@@ -126,8 +150,16 @@ class BenchConfig:
             raise ValueError("drain timeout must not be negative")
         if self.server_args and self.addr is not None:
             raise ValueError("server flags only apply to a server the benchmark starts (no addr)")
-        if self.server_pid is not None and (self.addr is None or self.server_pid < 1):
-            raise ValueError("a server pid is for a server at addr, on this machine")
+        if self.server_pid is not None:
+            pids = self.server_pids
+            if (
+                self.addr is None
+                or not pids
+                or not all(isinstance(pid, int) and pid >= 1 for pid in pids)
+            ):
+                raise ValueError("a server pid is for a server at addr, on this machine")
+            if len(set(pids)) != len(pids):
+                raise ValueError("a server pid is given more than once")
         if not all(isinstance(arg, str) for arg in self.server_args):
             raise ValueError("server flags must be strings")
 
@@ -139,9 +171,25 @@ class BenchConfig:
         return self.room or "bench"
 
     @property
+    def addrs(self) -> tuple[str, ...]:
+        """The addresses given, in order (empty when the bench starts its own server).
+        Subscriber i, never-reading session i and publisher j go to addrs[i % n] / addrs[j % n]."""
+        return () if self.addr is None else parse_addrs(self.addr)
+
+    @property
+    def server_pids(self) -> tuple[int, ...]:
+        """The server pids given, in order (empty: none)."""
+        if self.server_pid is None:
+            return ()
+        if isinstance(self.server_pid, int):
+            return (self.server_pid,)
+        return tuple(self.server_pid)
+
+    @property
     def target(self) -> str:
-        """What is measured: the address given, or "spawned grpcchat"."""
-        return self.addr if self.addr is not None else "spawned grpcchat"
+        """What is measured: the address(es) given, as given ("a:1,b:2" normalised to no
+        spaces), or "spawned grpcchat"."""
+        return ",".join(self.addrs) if self.addr is not None else "spawned grpcchat"
 
     @property
     def worker_processes(self) -> int:

@@ -15,9 +15,10 @@ from grpcchat.bench.result import CpuUsage
 
 @dataclass(frozen=True, slots=True)
 class CpuSnapshot:
-    """CPU seconds used so far: by the server, by all workers together, by this process."""
+    """CPU seconds used so far: by each server process, by all workers together, by this
+    process."""
 
-    server: float | None
+    servers: tuple[float | None, ...]
     workers: float | None
     publishers: float
 
@@ -33,12 +34,17 @@ def _process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def snapshot(server_pid: int | None, worker_pids: list[int]) -> CpuSnapshot:
+def _total(parts: list[float | None] | tuple[float | None, ...]) -> float | None:
+    """The sum, None unless there is something to sum and every part could be read."""
+    return None if not parts or None in parts else sum(p or 0.0 for p in parts)
+
+
+def snapshot(server_pids: tuple[int, ...], worker_pids: list[int]) -> CpuSnapshot:
     """CPU seconds now. The workers' total is None unless every one of them could be read."""
     workers = [_process_cpu_seconds(pid) for pid in worker_pids]
     return CpuSnapshot(
-        server=None if server_pid is None else _process_cpu_seconds(server_pid),
-        workers=None if not workers or None in workers else sum(w or 0.0 for w in workers),
+        servers=tuple(_process_cpu_seconds(pid) for pid in server_pids),
+        workers=_total(workers),
         publishers=time.process_time(),
     )
 
@@ -51,8 +57,12 @@ def usage(before: CpuSnapshot, after: CpuSnapshot, wall: float) -> CpuUsage:
             return None
         return 100.0 * (end - start) / wall
 
+    servers = tuple(
+        percent(start, end) for start, end in zip(before.servers, after.servers, strict=True)
+    )
     return CpuUsage(
-        server=percent(before.server, after.server),
+        server=_total(servers),
         workers=percent(before.workers, after.workers),
         publishers=percent(before.publishers, after.publishers) or 0.0,
+        servers=servers,
     )

@@ -16,11 +16,12 @@ POLL = 0.02  # seconds between either side's looks at its queue
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     index: int
-    addr: str
     protocol: str  # "native" (Subscribe streams) or "v1" (Chat streams)
     room: str
     names: tuple[str, ...]  # subscribers that read (counted)
+    addrs: tuple[str, ...]  # the server of each subscriber (names[i] at addrs[i])
     slow_names: tuple[str, ...]  # sessions that never read (not counted)
+    slow_addrs: tuple[str, ...]  # the server of each of them
     run: str  # this run's id: only messages carrying its marker count (see frames)
     reader: str  # "h2" (straight off the socket, see h2) or "grpc" (gRPC reads)
     timeout: float
@@ -48,6 +49,8 @@ class WorkerResult:
     slow_cut_off: int  # never-reading sessions the server ended
     last_delivery: float  # time.time() of the last new delivery, 0.0 if none
     histogram: bytes  # see latency.encode
+    # Server address -> (subscribers, delivered, lost) of this worker's subscribers there.
+    by_addr: dict[str, tuple[int, int, int]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from grpcchat.bench import frames
-from grpcchat.bench.config import STOP_GRACE, BenchConfig
+from grpcchat.bench.config import STOP_GRACE, BenchConfig, round_robin
 from grpcchat.bench.publish_native import SessionStream, Unary
 from grpcchat.bench.publish_v1 import ChatStream, H2ChatStream
 from grpcchat.bench.publishers import Publisher, Publishing, Stopped, discard, half_close
@@ -41,14 +41,15 @@ _LATE = 1.0
 
 async def publish(
     config: BenchConfig,
-    addr: str,
+    addrs: Sequence[str],
     run: str,
     names: list[str],
     mode: str,
     tick: Callable[[float], None],
     stack: contextlib.AsyncExitStack,
 ) -> Publishing:
-    """Run every publisher (publisher i is `names[i]`) for `config.duration` seconds with `mode`
+    """Run every publisher (publisher i is `names[i]`, at `addrs[i % len(addrs)]`: several nodes
+    share the load round-robin) for `config.duration` seconds with `mode`
     ("v1 stream", "stream" or "unary"); returns what they sent. `tick(done)` gets the fraction of
     the duration elapsed every tenth of a second, and may raise to abort.
 
@@ -58,9 +59,12 @@ async def publish(
     loop = asyncio.get_running_loop()
     tally = Publishing(mode=mode, issued=[0] * config.publishers)
     interval = 1.0 / config.rate if config.rate else 0.0
-    # One channel: gRPC puts every publisher's streams or calls on one connection.
-    raw = Raw(addr, config.send_timeout)
-    stack.push_async_callback(raw.aclose)
+    # One channel per address: gRPC puts every publisher's streams or calls to it on one
+    # connection.
+    raws = {addr: Raw(addr, config.send_timeout) for addr in dict.fromkeys(addrs)}
+    for raw in raws.values():
+        stack.push_async_callback(raw.aclose)
+    where = round_robin(config.publishers, addrs)
     kinds: dict[str, type[ChatStream | H2ChatStream | SessionStream | Unary]] = {
         "v1 stream": H2ChatStream if config.reader == "h2" else ChatStream,
         "stream": SessionStream,
@@ -68,7 +72,7 @@ async def publish(
     }
 
     def make(index: int) -> Publisher:
-        return kinds[mode](raw, config, run, index, names[index], tally)
+        return kinds[mode](raws[where[index]], config, run, index, names[index], tally)
 
     publishers = [make(index) for index in range(config.publishers)]
 

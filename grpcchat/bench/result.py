@@ -23,9 +23,24 @@ class CpuUsage:
     """CPU used while publishing and draining, in percent of one core (200.0 = two cores busy).
     None where it cannot be measured (not Linux, or a server this run did not start)."""
 
-    server: float | None
+    server: float | None  # every server pid together (None unless each could be read)
     workers: float | None  # all subscriber processes together
     publishers: float  # the calling process
+    # Each server pid's share, in the order given (`BenchConfig.server_pids`; the spawned
+    # server's alone when the bench started it); empty when no server was measured.
+    servers: tuple[float | None, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeShare:
+    """The part of the load at one server address (one node of the chat)."""
+
+    addr: str
+    subscribers: int  # subscribers following the room there
+    publishers: int  # publishers posting there
+    accepted: int  # messages its publishers had accepted (every subscriber expects them)
+    delivered: int  # distinct expected deliveries to its subscribers, whichever node sent them
+    lost: int  # expected deliveries its subscribers did not get
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +48,8 @@ class BenchResult:
     """One run's counts, rates, latency and CPU, with the config that produced them."""
 
     config: BenchConfig
-    addr: str  # the server that was measured
+    # The server that was measured: host:port, or several nodes' "a:1,b:2" (see `nodes`).
+    addr: str
     # How publishers posted: "v1 stream" (Chat), "stream" (Connect + SendAck) or "unary" (Send).
     publish_mode: str
     sent: int  # messages the server accepted (v1: writes completed)
@@ -56,6 +72,13 @@ class BenchResult:
     deliveries_per_second: float  # delivered / elapsed
     latency: Latency | None  # None when nothing was delivered
     cpu: CpuUsage
+    # The load at each address, in the order given (one entry for a single server).
+    nodes: tuple[NodeShare, ...] = ()
+
+    @property
+    def addrs(self) -> tuple[str, ...]:
+        """Every address measured, in order."""
+        return tuple(node.addr for node in self.nodes) or (self.addr,)
 
     @property
     def ok(self) -> bool:
@@ -64,13 +87,15 @@ class BenchResult:
 
     def as_json(self) -> dict[str, Any]:
         """Every field (config included), plus the summary keys scripts read: `protocol`,
-        `target`, `subscribers`, `slow`, `deliveries_per_s`, `latency_ms` and `ok`."""
+        `target`, `addrs` (every address measured, a list), `subscribers`, `slow`,
+        `deliveries_per_s`, `latency_ms` and `ok`."""
         data = asdict(self)
         config = self.config
         latency = self.latency
         data.update(
             protocol=config.protocol,
             target=config.target,
+            addrs=list(self.addrs),
             subscribers=config.subscribers,
             publishers=config.publishers,
             slow=config.slow,

@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable
 
 from grpcchat.bench import cpu, latency
-from grpcchat.bench.config import STOP_GRACE, BenchConfig, BenchError
+from grpcchat.bench.config import STOP_GRACE, BenchConfig, BenchError, round_robin
 from grpcchat.bench.messages import Finish, WorkerSpec
 from grpcchat.bench.pool import WorkerPool
 from grpcchat.bench.publish import Pinger, publish
 from grpcchat.bench.publish_native import answers_acks
-from grpcchat.bench.result import BenchResult
+from grpcchat.bench.result import BenchResult, NodeShare
 from grpcchat.bench.rpc import Raw, check_protocol
 from grpcchat.bench.server import SERVER_FLAGS, ServerProcess
 
@@ -52,29 +52,37 @@ async def run_bench(
             stack.push_async_callback(server.stop)
             await server.start()
             progress(PHASE_SERVER, 1.0)
-            addr = server.addr
+            addrs: tuple[str, ...] = (server.addr,)
         else:
-            addr = config.addr
+            addrs = config.addrs
+        where = ", ".join(addrs)
 
         def check_server() -> None:
             if server is not None:
                 server.check()
 
         # Subscribers see no gRPC statuses (they read raw HTTP/2): an unreachable server or one
-        # without the protocol is told here, in the server's words.
-        await check_protocol(addr, config.protocol, f"{prefix}check", room, config.connect_timeout)
+        # without the protocol is told here, in the server's words (each node's, in turn).
+        for n, addr in enumerate(addrs):
+            name = f"{prefix}check{n or ''}"
+            await check_protocol(addr, config.protocol, name, room, config.connect_timeout)
+        # Several nodes: subscriber i (and never-reading session i) follows the room at
+        # addrs[i % n]; every one of them still expects every message, wherever it was sent.
         names = [f"{prefix}s{i}" for i in range(config.subscribers)]
+        sub_addrs = round_robin(config.subscribers, addrs)
         slow_names = [f"{prefix}z{i}" for i in range(config.slow)]
+        slow_addrs = round_robin(config.slow, addrs)
         count = config.worker_processes
         specs = [
             WorkerSpec(
                 index=i,
-                addr=addr,
                 protocol=config.protocol,
                 room=room,
                 names=tuple(names[i::count]),
+                addrs=sub_addrs[i::count],
                 # The never-reading sessions share the last process (they cost it nothing).
                 slow_names=tuple(slow_names) if i == count - 1 else (),
+                slow_addrs=slow_addrs if i == count - 1 else (),
                 run=run,
                 reader=config.reader,
                 timeout=config.connect_timeout,
@@ -86,32 +94,38 @@ async def run_bench(
         pool.start()
         everyone = config.subscribers + config.slow
 
+        spawned = server.pid if server is not None else None
+        server_pids = (spawned,) if spawned is not None else config.server_pids
+
         def cpu_now() -> cpu.CpuSnapshot:
-            return cpu.snapshot(server.pid if server is not None else config.server_pid, pool.pids)
+            return cpu.snapshot(server_pids, pool.pids)
 
         def connecting() -> None:
             check_server()
             progress(PHASE_CONNECT, pool.connected / everyone)
 
         progress(PHASE_CONNECT, 0.0)
-        pinger = None
+        pingers: list[Pinger] = []
         if v1:
             # The article's server sends nothing before a broadcast: pings tell subscribers
-            # they are registered.
-            pinger = Pinger(addr, run, f"{prefix}ping")
-            stack.push_async_callback(pinger.aclose)
-            pinger.start()
+            # they are registered (on each node, for its own subscribers).
+            for n, addr in enumerate(addrs):
+                pinger = Pinger(addr, run, f"{prefix}ping{n or ''}")
+                stack.push_async_callback(pinger.aclose)
+                pinger.start()
+                pingers.append(pinger)
         await pool.wait(
             lambda: pool.connected >= everyone,
             config.connect_timeout,
             connecting,
             lambda: BenchError(
                 f"only {pool.connected} of {everyone} subscribers connected to "
-                f"{addr} within {config.connect_timeout:g}s"
+                f"{where} within {config.connect_timeout:g}s"
             ),
         )
-        if pinger is not None:
-            await pinger.aclose()
+        if pingers:
+            for pinger in pingers:
+                await pinger.aclose()
             # Pings still on their way are ignored by subscribers; let them land first.
             await asyncio.sleep(0.2)
         progress(PHASE_CONNECT, 1.0)
@@ -121,11 +135,17 @@ async def run_bench(
         elif config.publish != "auto":
             mode = config.publish
         else:
-            raw = Raw(addr, config.send_timeout)
-            try:
-                acks = await answers_acks(raw, f"{prefix}probe", room, config.send_timeout)
-            finally:
-                await raw.aclose()
+            # Stream only if every node answers acks.
+            acks = True
+            for n, addr in enumerate(addrs):
+                raw = Raw(addr, config.send_timeout)
+                try:
+                    name = f"{prefix}probe{n or ''}"
+                    acks = await answers_acks(raw, name, room, config.send_timeout)
+                finally:
+                    await raw.aclose()
+                if not acks:
+                    break
             mode = "stream" if acks else "unary"
 
         cpu_before = cpu_now()
@@ -137,7 +157,7 @@ async def run_bench(
             progress(PHASE_PUBLISH, done)
 
         publishers = [f"{prefix}p{i}" for i in range(config.publishers)]
-        tally = await publish(config, addr, run, publishers, mode, publishing, stack)
+        tally = await publish(config, addrs, run, publishers, mode, publishing, stack)
         started = tally.started
         publish_elapsed = tally.elapsed
         progress(PHASE_PUBLISH, 1.0)
@@ -172,13 +192,29 @@ async def run_bench(
 
     reports = pool.results
     delivered = sum(r.delivered for r in reports)
+    pub_addrs = round_robin(config.publishers, addrs)
+    nodes = []
+    for addr in addrs:
+        mine = [j for j, at in enumerate(pub_addrs) if at == addr]
+        failed = sum(1 for j, _ in finish.failed if pub_addrs[j] == addr)
+        shares = [r.by_addr.get(addr, (0, 0, 0)) for r in reports]
+        nodes.append(
+            NodeShare(
+                addr=addr,
+                subscribers=sum(s[0] for s in shares),
+                publishers=len(mine),
+                accepted=sum(finish.issued[j] for j in mine) - failed,
+                delivered=sum(s[1] for s in shares),
+                lost=sum(s[2] for s in shares),
+            )
+        )
     last_delivery = max((r.last_delivery for r in reports), default=0.0)
     # From the first send to the last delivery, and never shorter than the publishing: a server
     # that stalls early is measured over the whole time it was given.
     elapsed = max(last_delivery - started if delivered else 0.0, publish_elapsed, 1e-9)
     return BenchResult(
         config=config,
-        addr=addr,
+        addr=",".join(addrs),
         publish_mode=mode,
         sent=tally.sent,
         send_errors=tally.errors,
@@ -197,4 +233,5 @@ async def run_bench(
         deliveries_per_second=delivered / elapsed,
         latency=latency.merge([r.histogram for r in reports]),
         cpu=cpu.usage(cpu_before, cpu_after, window),
+        nodes=tuple(nodes),
     )

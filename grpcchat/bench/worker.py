@@ -1,5 +1,6 @@
 """A subscriber process: its share of the subscribers (and of the never-reading sessions) on one
-event loop, over one connection to the server.
+event loop, each at its own server address (several nodes of one chat: spread round-robin by the
+calling process), over one connection per server (reader grpc) or one per call (h2).
 
 A native subscriber is a raw grpcchat `Subscribe` stream of the room, registered once its headers
 arrive (the server sends them after the join). A v1 subscriber is a raw `Chat` stream, exactly as
@@ -65,10 +66,11 @@ def worker_main(spec: WorkerSpec, commands: Queue[Command], reports: Queue[Repor
 class Subscriber:
     """One subscriber's counts: which (publisher, seq) it has seen, and how often twice."""
 
-    __slots__ = ("connected", "delivered", "duplicates", "ended", "name", "seen")
+    __slots__ = ("addr", "connected", "delivered", "duplicates", "ended", "name", "seen")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, addr: str = "") -> None:
         self.name = name
+        self.addr = addr  # the server it follows the room on
         self.connected = False
         self.ended = False  # its stream ended before the worker left
         self.delivered = 0  # distinct (publisher, seq) seen
@@ -117,10 +119,11 @@ class Subscriber:
 
 
 class _Slow:
-    __slots__ = ("connected", "cut_off", "name")
+    __slots__ = ("addr", "connected", "cut_off", "name")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, addr: str) -> None:
         self.name = name
+        self.addr = addr
         self.connected = False
         self.cut_off = False
 
@@ -132,8 +135,12 @@ class _Worker:
         self._spec = spec
         self._commands = commands
         self._reports = reports
-        self._subscribers = [Subscriber(name) for name in spec.names]
-        self._slow = [_Slow(name) for name in spec.slow_names]
+        self._subscribers = [
+            Subscriber(name, addr) for name, addr in zip(spec.names, spec.addrs, strict=True)
+        ]
+        self._slow = [
+            _Slow(name, addr) for name, addr in zip(spec.slow_names, spec.slow_addrs, strict=True)
+        ]
         self._pattern = frames.marker_pattern(spec.run)
         self._ping = frames.ping_marker(spec.run)
         # Latency in whole microseconds -> count. Counting here is a dict update per message;
@@ -142,16 +149,25 @@ class _Worker:
         self._last_delivery_ns = 0
         self._last_report: tuple[int, int] = (-1, -1)
         self._tasks: list[asyncio.Task[None]] = []
-        self._raw: Raw | None = None
+        # Reader grpc: one channel per server address.
+        self._raws: dict[str, Raw] = {}
+
+    def _raw(self, addr: str) -> Raw:
+        if addr not in self._raws:
+            self._raws[addr] = Raw(addr, self._spec.timeout)
+        return self._raws[addr]
 
     async def run(self) -> None:
-        self._raw = raw = Raw(self._spec.addr, self._spec.timeout)
         if self._spec.reader == "h2":
             self._tasks = [asyncio.create_task(self._follow_h2(s)) for s in self._subscribers]
             self._tasks += [asyncio.create_task(self._hold_h2(s)) for s in self._slow]
         else:
-            self._tasks = [asyncio.create_task(self._follow(raw, s)) for s in self._subscribers]
-            self._tasks += [asyncio.create_task(self._hold(raw, s)) for s in self._slow]
+            self._tasks = [
+                asyncio.create_task(self._follow(self._raw(s.addr), s)) for s in self._subscribers
+            ]
+            self._tasks += [
+                asyncio.create_task(self._hold(self._raw(s.addr), s)) for s in self._slow
+            ]
         try:
             command = await self._next_command()
             if isinstance(command, Stop):
@@ -163,7 +179,8 @@ class _Worker:
             await self._next_command()
         finally:
             await self._leave()
-            await raw.aclose()
+            for raw in self._raws.values():
+                await raw.aclose()
 
     async def _leave(self) -> None:
         for task in self._tasks:
@@ -177,15 +194,15 @@ class _Worker:
             return raw.chat()  # never written to: a half-close would end it
         return raw.subscribe(frames.subscribe_request(name, self._spec.room))
 
-    async def _ended(self, call: ReadCall) -> RemoteError | None:
-        error = await status(call, self._spec.addr)
+    async def _ended(self, call: ReadCall, addr: str) -> RemoteError | None:
+        error = await status(call, addr)
         if error is not None and error.status == "UNIMPLEMENTED" and self._spec.protocol != "v1":
-            return RemoteError(error.status, _NO_SUBSCRIBE.format(addr=self._spec.addr))
+            return RemoteError(error.status, _NO_SUBSCRIBE.format(addr=addr))
         return error
 
     @contextlib.asynccontextmanager
     async def _stream(
-        self, call: ReadCall, name: str, opened: Callable[[], bool]
+        self, call: ReadCall, name: str, addr: str, opened: Callable[[], bool]
     ) -> AsyncIterator[None]:
         """Run the block on `call` until its stream ends, then cancel the call; raise why it
         ended if it never opened (`opened()` still false). A failure of the block while the
@@ -197,7 +214,7 @@ class _Worker:
                 raise
         finally:
             call.cancel()
-        error = await self._ended(call)
+        error = await self._ended(call, addr)
         if not opened():
             raise error or BenchError(f"the server ended {name}'s stream at once")
 
@@ -206,7 +223,9 @@ class _Worker:
         pattern = self._pattern
         ping = self._ping
         us = self._latency_us
-        async with self._stream(call, subscriber.name, lambda: subscriber.connected):
+        async with self._stream(
+            call, subscriber.name, subscriber.addr, lambda: subscriber.connected
+        ):
             if self._spec.protocol != "v1":
                 await call.initial_metadata()  # sent once the join is done
                 subscriber.connected = not call.done()
@@ -223,7 +242,7 @@ class _Worker:
         """A session that never reads: registered once its headers arrive (on the article's
         server, with the first ping), then left alone until the server ends it or we leave."""
         call = self._open(raw, slow.name)
-        async with self._stream(call, slow.name, lambda: slow.connected):
+        async with self._stream(call, slow.name, slow.addr, lambda: slow.connected):
             await call.initial_metadata()
             slow.connected = not call.done()
             await call.code()  # the server cutting it off ends the call
@@ -232,7 +251,7 @@ class _Worker:
     # -- reading straight off the socket (h2) ----------------------------------------------------
 
     async def _open_h2(
-        self, name: str, on_data: Callable[[bytes], None], reading: bool
+        self, name: str, addr: str, on_data: Callable[[bytes], None], reading: bool
     ) -> h2.H2Call:
         spec = self._spec
         if spec.protocol == "v1":
@@ -240,10 +259,10 @@ class _Worker:
         else:
             path, request = SERVICE + "Subscribe", frames.subscribe_request(name, spec.room)
         try:
-            return await h2.open_call(spec.addr, path, request, on_data, reading=reading)
+            return await h2.open_call(addr, path, request, on_data, reading=reading)
         except OSError as error:
             raise RemoteError(
-                "UNAVAILABLE", f"cannot reach a chat server at {spec.addr} ({error})"
+                "UNAVAILABLE", f"cannot reach a chat server at {addr} ({error})"
             ) from None
 
     async def _registered(self, call: h2.H2Call, name: str, connected: Callable[[], bool]) -> None:
@@ -291,7 +310,9 @@ class _Worker:
         return scan
 
     async def _follow_h2(self, subscriber: Subscriber) -> None:
-        call = await self._open_h2(subscriber.name, self._scanner(subscriber, None), True)
+        call = await self._open_h2(
+            subscriber.name, subscriber.addr, self._scanner(subscriber, None), True
+        )
         try:
             await self._registered(call, subscriber.name, lambda: subscriber.connected)
             subscriber.connected = True
@@ -301,7 +322,7 @@ class _Worker:
         subscriber.ended = True
 
     async def _hold_h2(self, slow: _Slow) -> None:
-        call = await self._open_h2(slow.name, self._scanner(None, slow), False)
+        call = await self._open_h2(slow.name, slow.addr, self._scanner(None, slow), False)
         try:
             await self._registered(call, slow.name, lambda: slow.connected)
             slow.connected = True
@@ -368,10 +389,13 @@ class _Worker:
     def _result(self, finish: Finish) -> WorkerResult:
         expected = finish.expected * len(self._subscribers)
         delivered = unconfirmed = 0
+        by_addr: dict[str, tuple[int, int, int]] = {}
         for subscriber in self._subscribers:
             got, extra = subscriber.tally(finish)
             delivered += got
             unconfirmed += extra
+            count, there, lost = by_addr.get(subscriber.addr, (0, 0, 0))
+            by_addr[subscriber.addr] = (count + 1, there + got, lost + finish.expected - got)
         return WorkerResult(
             worker=self._spec.index,
             expected=expected,
@@ -384,4 +408,5 @@ class _Worker:
             slow_cut_off=sum(s.cut_off for s in self._slow),
             last_delivery=self._last_delivery_ns / 1e9,
             histogram=latency.encode(self._latency_us),
+            by_addr=by_addr,
         )

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from grpcchat.cli.consoles import console, err_console
-from grpcchat.cli.exits import EXIT_FAILURE, fail, run
+from grpcchat.cli.exits import EXIT_FAILURE, EXIT_USAGE, fail, run
 from grpcchat.cli.options import Json
 
 
@@ -35,7 +35,9 @@ def bench(
         typer.Option(
             "--addr",
             "-a",
-            help="Server to load (default: start one in its own process, history in memory).",
+            help="Server to load (default: start one in its own process, history in memory); "
+            "host:port,host:port loads several nodes of one chat, subscribers and publishers "
+            "spread round-robin over them.",
         ),
     ] = None,
     protocol: Annotated[
@@ -91,8 +93,11 @@ def bench(
         float, typer.Option(min=0, help="Seconds to wait for deliveries after the last send.")
     ] = 10.0,
     server_pid: Annotated[
-        int | None,
-        typer.Option(min=1, help="PID of the server at --addr (same machine): measure its CPU."),
+        str | None,
+        typer.Option(
+            help="PID of the server at --addr (same machine): measure its CPU; several nodes: "
+            "their PIDs, comma-separated (e.g. 123,456).",
+        ),
     ] = None,
     as_json: Json = False,
 ) -> None:
@@ -107,6 +112,7 @@ def bench(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from grpcchat.bench import PHASES, BenchConfig, run_bench
+    from grpcchat.bench.config import parse_pids
     from grpcchat.cli.bench_report import render_result
 
     try:
@@ -125,10 +131,10 @@ def bench(
             processes=processes,
             message_size=size,
             drain_timeout=drain,
-            server_pid=server_pid,
+            server_pid=None if server_pid is None else parse_pids(server_pid),
         )
-    except ValueError as error:
-        fail(str(error))
+    except ValueError as error:  # AddressError (a bad --addr list) included
+        fail(str(error), EXIT_USAGE)
     columns = (TextColumn("{task.description:<8}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, disable=as_json) as progress:
         tasks = {phase: progress.add_task(phase, total=1.0, visible=False) for phase in PHASES}

@@ -37,7 +37,22 @@ def render_result(result: BenchResult) -> Table:
     def flag(value: int, bad: str) -> Text:
         return Text(f"{value:,}", style=bad if value else "green")
 
-    table.add_row("server", result.addr, "started for this run" if config.addr is None else "")
+    nodes = result.nodes
+    if len(nodes) > 1:
+        table.add_row("servers", f"{len(nodes)} nodes", "one chat, load spread round-robin")
+        for number, node in enumerate(nodes, 1):
+            publishers = f"{node.publishers} publisher{'s' if node.publishers != 1 else ''}"
+            table.add_row(
+                f"node {number}",
+                node.addr,
+                Text(
+                    f"{node.subscribers} subscribers: {node.delivered:,} delivered, "
+                    f"{node.lost:,} lost; {publishers}: {node.accepted:,} accepted",
+                    style="bold red" if node.lost else "",
+                ),
+            )
+    else:
+        table.add_row("server", result.addr, "started for this run" if config.addr is None else "")
     window = f", {config.max_in_flight} in flight" if result.publish_mode != "v1 stream" else ""
     table.add_row("publishing", result.publish_mode, f"{config.reader} readers{window}")
     sent_note = f"{result.sent_per_second:,.0f} msg/s over {result.publish_elapsed:.1f}s"
@@ -85,13 +100,30 @@ def render_result(result: BenchResult) -> Table:
     cpu = result.cpu
     workers = config.worker_processes
     cpu_rows: tuple[tuple[str, float | None, str], ...] = (
-        ("CPU server", cpu.server, "% of one core" if cpu.server is not None else "not measured"),
+        ("CPU server", cpu.server, _server_cpu_note(result)),
         ("CPU subscribers", cpu.workers, f"{workers} process{'es' if workers != 1 else ''}"),
         ("CPU publishers", cpu.publishers, f"this process; {available_cpus()} cores in all"),
     )
     for label, share, note in cpu_rows:
         table.add_row(label, "-" if share is None else f"{share:.0f}%", note)
     return table
+
+
+def _server_cpu_note(result: BenchResult) -> str:
+    """What the server's CPU figure is: one process, or the sum of each node's (named by its
+    address when there is one pid per address, else by its pid)."""
+    cpu = result.cpu
+    if len(cpu.servers) <= 1:
+        return "% of one core" if cpu.server is not None else "not measured"
+    pids = result.config.server_pids
+    addrs = result.addrs
+    labels = addrs if len(addrs) == len(pids) else tuple(f"pid {pid}" for pid in pids)
+    shares = ", ".join(
+        f"{label} {'-' if share is None else f'{share:.0f}%'}"
+        for label, share in zip(labels, cpu.servers, strict=True)
+    )
+    total = "sum" if cpu.server is not None else "not all measured"
+    return f"{total} of {len(pids)} processes: {shares}"
 
 
 # -- `nox -s bench`: the standard scenarios side by side ------------------------------------------
