@@ -24,7 +24,15 @@ from grpcchat.core.limits import (
     DEFAULT_REQUEST_RATE,
     Limits,
 )
-from grpcchat.server.config import DEFAULT_GRACE_PERIOD, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
+from grpcchat.server.config import (
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    MAX_NATS_REPLICAS,
+    MAX_WORKERS,
+    ServerConfig,
+    redacted_url,
+)
 from grpcchat.server.connections import (
     DEFAULT_HEARTBEAT,
     DEFAULT_MAX_CONNECTION_AGE,
@@ -33,13 +41,16 @@ from grpcchat.server.connections import (
 
 if TYPE_CHECKING:
     from grpcchat.server import ChatServer
+    from grpcchat.server.workers import Started, WorkerCommand
 
 HISTORY_HELP = "History"
 LIMITS_HELP = "Limits"
 CONNECTIONS_HELP = "Connections"
+SCALE_HELP = "Scale-out"
 
 
 def serve(
+    ctx: typer.Context,
     host: Annotated[
         str, typer.Option(envvar="GRPCCHAT_HOST", help="Interface to listen on.")
     ] = DEFAULT_HOST,
@@ -52,7 +63,7 @@ def serve(
         typer.Option(
             envvar="GRPCCHAT_STORE",
             help="History: sqlite:///path/history.db, or memory:// to keep nothing "
-            "(default: history.db in --data-dir).",
+            "(default: history.db in --data-dir); a nats:// URL is the same as --broker.",
             show_default=False,
         ),
     ] = "",
@@ -60,7 +71,8 @@ def serve(
         str,
         typer.Option(
             envvar="GRPCCHAT_DATA_DIR",
-            help="Where the default history database lives (default: your user data dir).",
+            help="Where the default history database lives, and the local nats-server's files "
+            "with --workers (default: your user data dir).",
             show_default=False,
         ),
     ] = "",
@@ -215,9 +227,50 @@ def serve(
             min=0,
             max=65535,
             help="Serve Prometheus metrics at http://HOST:PORT/metrics, on the --host interface "
-            "(e.g. 9464); 0 turns them off. Labels never carry room or user names.",
+            "(e.g. 9464); 0 turns them off. With --workers, worker i serves them on PORT+i. "
+            "Labels never carry room or user names.",
         ),
     ] = 0,
+    broker: Annotated[
+        str,
+        typer.Option(
+            envvar="GRPCCHAT_BROKER",
+            rich_help_panel=SCALE_HELP,
+            help="Share history, live messages and presence with every server on this NATS "
+            "JetStream: nats://host:4222[,host2:4222][?stream=NAME] (grpcchat\\[nats]; start one "
+            "with `nats-server -js -sd ./js-data`). Default: none, this server alone.",
+            show_default=False,
+        ),
+    ] = "",
+    nats_replicas: Annotated[
+        int | None,
+        typer.Option(
+            envvar="GRPCCHAT_NATS_REPLICAS",
+            min=1,
+            max=MAX_NATS_REPLICAS,
+            rich_help_panel=SCALE_HELP,
+            help="Copies of the history stream a NATS cluster keeps (e.g. 3 on a 3-node "
+            "cluster; default: the URL's replicas=, else 1). Needs --broker.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="GRPCCHAT_WORKERS",
+            min=1,
+            max=MAX_WORKERS,
+            rich_help_panel=SCALE_HELP,
+            help="Server processes sharing this one port, e.g. one per core. They share "
+            "--broker; without one, a nats-server (grpcchat\\[nats]) is started for them, with "
+            "its files in --data-dir/nats, and stopped on exit. A worker that dies is restarted.",
+        ),
+    ] = 1,
+    reuse_port: Annotated[
+        bool,
+        # Internal: how `--workers` starts its workers on one port (SO_REUSEPORT).
+        typer.Option("--reuse-port", hidden=True),
+    ] = False,
 ) -> None:
     """Run a chat server. Ctrl-C drains gracefully; a second Ctrl-C stops at once."""
     level = logging.WARNING if quiet else logging.getLevelNamesMapping().get(log_level.upper())
@@ -251,6 +304,10 @@ def serve(
             max_connection_age_grace=max_connection_age_grace,
             log_level=level,
             metrics_port=metrics_port,
+            broker=broker,
+            nats_replicas=nats_replicas or 0,
+            workers=workers,
+            reuse_port=reuse_port,
         )
         if auth_secret:
             from grpcchat.server.auth import TokenAuthority
@@ -262,6 +319,9 @@ def serve(
         from grpcchat.cli.settings import check_and_print
 
         check_and_print(config, console, log_format=log_format.lower(), log_messages=log_messages)
+        return
+    if config.workers > 1:
+        run_workers(config, _worker_command(ctx), log_format=log_format.lower())
         return
     run_server(config, log_format=log_format.lower(), log_messages=log_messages)
 
@@ -286,14 +346,54 @@ def run_server(
         fail(str(error))
 
 
+def run_workers(config: ServerConfig, command: WorkerCommand, *, log_format: str = "text") -> None:
+    """Supervise `config.workers` workers; print one startup line once they all listen."""
+    configure_logging(config.log_level, err_console, log_format=log_format)
+    from grpcchat.server import workers
+
+    def started(running: Started) -> None:
+        extras = [f"{config.workers} workers", *_extras(running.config)]
+        console.print(render.render_started(running.address, extras), soft_wrap=True)
+        sys.stdout.flush()
+
+    try:
+        workers.run(config, command, started)
+    except (OSError, ChatError) as error:
+        fail(str(error))
+
+
+def _worker_command(ctx: typer.Context) -> WorkerCommand:
+    """The options given on this command line, for `--workers` to start each worker with."""
+    from grpcchat.server.workers import WorkerCommand
+
+    args: list[str] = []
+    env: dict[str, str] = {}
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name else None
+        if source is None or source.name != "COMMANDLINE":
+            continue  # the default, or a GRPCCHAT_* variable the workers inherit
+        value = ctx.params[param.name]
+        if isinstance(param.envvar, str):
+            env[param.envvar] = str(value).lower() if isinstance(value, bool) else str(value)
+        elif isinstance(value, bool):
+            args += [param.opts[0]] if value else []
+        else:
+            args += [param.opts[0], str(value)]
+    return WorkerCommand(tuple(args), env)
+
+
 def _extras(config: ServerConfig) -> list[str]:
     extras = []
     if config.tls_cert:
         extras.append("mutual TLS" if config.tls_client_ca else "TLS")
     if config.auth_secret:
         extras.append("auth on")
-    extras.append(f"history {config.store_url}")
-    if config.metrics_port:
+    shared = "broker" if config.broker else "history"
+    extras.append(f"{shared} {redacted_url(config.store_url)}")
+    if config.metrics_port and config.workers > 1:
+        last = config.metrics_port + config.workers - 1
+        extras.append(f"metrics :{config.metrics_port}-{last}")
+    elif config.metrics_port:
         extras.append(f"metrics :{config.metrics_port}")
     return extras
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from grpcchat.core.files import read_pem
+from grpcchat.server.config import redacted_url
 
 MASK = "****"
 NOT_SET = "not set"
@@ -62,7 +63,7 @@ def shown(name: str, value: object) -> str:
     if isinstance(value, timedelta):
         return _duration(value)
     if isinstance(value, str):
-        return value or '""'
+        return redacted_url(value) if "://" in value else value or '""'
     if isinstance(value, (tuple, list, frozenset, set)):
         return ", ".join(shown(name, v) for v in value) or '""'
     return str(value)

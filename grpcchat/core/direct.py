@@ -1,6 +1,10 @@
 """Direct messages: delivered live to the recipient's sessions and the sender's own, never
 stored. Because they are not stored, their idempotency keys are remembered here, for the same
-dedup window as room messages and at most `capacity` of them."""
+dedup window as room messages and at most `capacity` of them.
+
+Across nodes (see `cluster`), a message is also forwarded to the other nodes, which deliver it
+to their sessions of either name and remember its key too, so a retry on another node (a client
+that failed over) is still recognised."""
 
 from __future__ import annotations
 
@@ -23,8 +27,14 @@ class DirectMessages:
         sessions_of: Callable[[str], Iterable[Session]],
         dedup_window: timedelta,
         capacity: int = DEFAULT_CAPACITY,
+        *,
+        elsewhere: Callable[[str], bool] = lambda name: False,
+        forward: Callable[[Message, str], None] | None = None,
     ) -> None:
         self._sessions_of = sessions_of
+        # Whether a name has sessions on another node, and how a message reaches those.
+        self._elsewhere = elsewhere
+        self._forward = forward
         self._window = dedup_window
         self._capacity = capacity
         self._keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
@@ -35,10 +45,8 @@ class DirectMessages:
         original = self._recent(sender, key) if key else None
         if original is not None:
             return Appended(original, True)
-        targets = {session.id: session for session in self._sessions_of(recipient)}
-        if not targets:
+        if not any(True for _ in self._sessions_of(recipient)) and not self._elsewhere(recipient):
             raise NotFound(f"{recipient!r} is not connected")
-        targets.update((session.id, session) for session in self._sessions_of(sender))
         message = Message(
             id=uuid.uuid4().hex,
             room="",
@@ -49,14 +57,23 @@ class DirectMessages:
             recipient=recipient,
             action=action,
         )
+        self.receive(message, key)
+        if self._forward is not None:
+            self._forward(message, key)
+        return Appended(message, False)
+
+    def receive(self, message: Message, key: str) -> None:
+        """Deliver a message (sent here or on another node) to the sessions here of its
+        recipient and its sender, once each, and remember its key."""
+        targets = {session.id: session for session in self._sessions_of(message.recipient)}
+        targets.update((session.id, session) for session in self._sessions_of(message.sender))
         envelope = Envelope(message)
         for session in targets.values():
             session.offer(envelope)
         if key:
-            self._keys[(sender, key)] = message
+            self._keys[(message.sender, key)] = message
             if len(self._keys) > self._capacity:
                 self._keys.popitem(last=False)
-        return Appended(message, False)
 
     def _recent(self, sender: str, key: str) -> Message | None:
         expired_before = datetime.now(UTC) - self._window

@@ -8,7 +8,7 @@ SQLite) do not, and the hub then delivers its own appends directly, as it always
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from grpcchat.core.models import Envelope, Message
@@ -18,11 +18,16 @@ from grpcchat.core.models import Envelope, Message
 class RoomFeed(Protocol):
     """Every room message appended by any process sharing the history, live."""
 
-    async def follow(self, deliver: Callable[[Message], None]) -> None:
+    async def follow(
+        self,
+        deliver: Callable[[Message], None],
+        following: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Call `deliver` for every room message appended from now on by any process (this one
-        included), in seq order per room, until the store closes (then return). Raises
-        StoreError when the feed breaks; called again, it continues where it stopped, so a
-        retry loses nothing the engine still holds."""
+        included), in seq order per room, until the store closes (then return); `following`
+        is awaited once nothing appended from then on can be missed. Raises StoreError when
+        the feed breaks (its engine's connection lost, too); called again, it continues where
+        it stopped, so a retry loses nothing the engine still holds."""
         ...
 
 

@@ -11,10 +11,9 @@ re-entrant: a session that overflows during a fan-out is only marked, and the hu
 once the fan-out is over; the leave notices that causes are coalesced per room (see `presence`)
 and never evict anyone.
 
-Across processes (a store that is also a `RoomFeed`, see `feed`): every room with local members
-has a `Gate`, and both the hub's own appends and those of other processes (from the feed, which
-brings this process's own too) pass through it, so each is delivered once, in seq order; a gap
-the feed does not fill soon is read from history.
+Across processes (a store that is also a `RoomFeed`, see `feed`), room messages are delivered
+through `gated`: once each, in seq order, whichever process appended them. Who is where, and
+direct messages, cross nodes through a store that is also a `Cluster` (see `cluster`).
 
 Overload slows the inbound side, it never evicts readers: when most sessions of a room (or of
 the whole server) lag behind, posting there is refused with a retry-after until they catch up,
@@ -27,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from grpcchat.core import listing
+from grpcchat.core.cluster import CONNECTED, Cluster, MemberChange, Roster
 from grpcchat.core.direct import DirectMessages
 from grpcchat.core.errors import (
     AlreadyJoined,
@@ -42,7 +42,8 @@ from grpcchat.core.errors import (
     ServerDraining,
     StoreError,
 )
-from grpcchat.core.feed import Gate, RoomFeed
+from grpcchat.core.feed import RoomFeed
+from grpcchat.core.gated import GatedDelivery
 from grpcchat.core.history import DEDUP_WINDOW, Appended, HistoryStore
 from grpcchat.core.limits import Limits
 from grpcchat.core.listing import MembersPage
@@ -65,11 +66,8 @@ from grpcchat.core.validation import (
 MAX_HISTORY_PAGE = 1000
 # `load()` from another thread retries this often before it settles for the plain sizes.
 _LOAD_ATTEMPTS = 5
-# How long a gap before a held message may wait for the feed before it is read from history,
-# how many messages one such read asks for, and how long it waits after a failed read.
-GAP_WAIT = 0.05
-GAP_PAGE = 100
-GAP_RETRY = 1.0
+# This process's posts whose feed echo is still due, remembered at most this many.
+OWN_POSTS = 10_000
 
 
 class Hub:
@@ -95,18 +93,31 @@ class Hub:
         self._last_post: dict[str, asyncio.Future[None]] = {}
         self._message_rate = RateLimiter(self.limits.rate, self.limits.burst)
         self._request_rate = RateLimiter(self.limits.request_rate, self.limits.request_burst)
+        # Who is where on the other nodes, when the store shares presence (see `cluster`).
+        self._cluster = store if isinstance(store, Cluster) else None
+        self.roster = Roster()
         self._direct = DirectMessages(
-            lambda name: list(self._by_name.get(name, {}).values()), dedup_window
+            lambda name: list(self._by_name.get(name, {}).values()),
+            dedup_window,
+            elsewhere=lambda name: self.roster.has(CONNECTED, name),
+            forward=self._cluster.send_direct if self._cluster is not None else None,
         )
-        self._presence = PresenceNotices(self._rooms.get)
+        self._presence = PresenceNotices(self._rooms.get, self._member_total)
         self._pressure = Pressure(self._sessions, self._rooms)
         self._evicted: list[Session] = []
         self._settle_scheduled = False
         self._draining = False
-        # Per room with members, its delivery gate, when other processes append too (else None:
-        # the chain's order is the whole order).
-        self._gates: dict[str, Gate] | None = {} if isinstance(store, RoomFeed) else None
-        self._gap_fills: set[asyncio.Task[None]] = set()
+        # Why the hub refuses work while an engine it shares with other nodes is unreachable.
+        self._unavailable = ""
+        # When other processes append too (else None: the chain's order is the whole order).
+        self._gated = (
+            GatedDelivery(store, self._fan_out, self._presence.flush)
+            if isinstance(store, RoomFeed)
+            else None
+        )
+        # Ids of this process's posts not yet back from the feed: every other post the feed
+        # brings counts against its sender's rate here too, so a rate is per user, not per node.
+        self._own_posts: OrderedDict[str, None] = OrderedDict()
 
     @property
     def epoch(self) -> str:
@@ -157,6 +168,8 @@ class Hub:
         )
         self._sessions[session.id] = session
         if name:
+            if name not in self._by_name:
+                self._announce(CONNECTED, name, joined=True)
             self._by_name[name][session.id] = session
         if peer:
             self._by_peer[peer] += 1
@@ -183,6 +196,7 @@ class Hub:
                 sessions.pop(session.id, None)
                 if not sessions:
                     del self._by_name[session.name]
+                    self._announce(CONNECTED, session.name, joined=False)
             if not session.name:
                 self._anonymous -= 1
             if session.peer:
@@ -228,13 +242,13 @@ class Hub:
         members = self._rooms.get(room)
         if members is None:
             members = self._rooms[room] = Room(room)
-            if self._gates is not None:
-                self._gates[room] = Gate()
+            if self._gated is not None:
+                self._gated.open(room)
         self._check_name_free(session, members)
         session.rooms.add(room)
         session.begin_join(room)
         if members.add(session):
-            self._presence.changed(room, session.name, joined=True)
+            self._name_changed(members, session.name, joined=True)
         if after is not None:
             self.stats.resumes += 1
         try:
@@ -245,16 +259,15 @@ class Hub:
             session.cancel_join(room)
             self._remove_member(session, room)
             raise
-        gate = self._gates.get(room) if self._gates is not None else None
-        if gate is not None:
+        if self._gated is not None and room in session.rooms:
             # Live delivery starts after the first joiner's replay; every joiner replays up to
             # where it is now (what it delivered is stored), and gets the rest live.
-            self._deliver_due(room, gate.start(cursor.until + 1))
-            cursor.extend(gate.next_seq - 1)
+            cursor.extend(self._gated.start(room, cursor.until + 1))
         if session.closed.is_set() or room not in session.rooms:
             return
         position = Position(cursor.until, self.store.epoch)
-        joined = RoomJoined(room, members.sample(DETAIL_LIMIT), position, members.member_count)
+        sample = listing.members_page(self._rooms, self.roster, room, "", DETAIL_LIMIT).names
+        joined = RoomJoined(room, tuple(sample), position, self._member_total(room))
         session.start_replay(room, cursor, Envelope(joined))
 
     def _check_name_free(self, session: Session, room: Room) -> None:
@@ -279,25 +292,72 @@ class Hub:
         if members is None:
             return
         if members.remove(session):
-            self._presence.changed(room, session.name, joined=False)
+            self._name_changed(members, session.name, joined=False)
         if not members.sessions:
             del self._rooms[room]
-            if self._gates is not None:
-                self._gates.pop(room, None)
+            if self._gated is not None:
+                self._gated.close(room)
 
     def members_page(
         self, room: str = "", *, after: str = "", limit: int = 0, principal: str = ""
     ) -> MembersPage:
         """One page of the room's sorted names after `after` (see `listing`)."""
         self._limit_requests(principal)
-        return listing.members_page(self._rooms, check_room(room), after, limit)
+        return listing.members_page(self._rooms, self.roster, check_room(room), after, limit)
 
     async def rooms(
         self, *, after: str = "", limit: int = 0, principal: str = ""
     ) -> tuple[list[RoomInfo], str]:
         """One page of the rooms with members or history, and the next page's token."""
         self._limit_requests(principal)
-        return await listing.rooms_page(self.store, self._rooms, after, limit)
+        live = [*self._rooms, *self.roster.rooms()]
+        return await listing.rooms_page(self.store, live, self._member_total, after, limit)
+
+    def _member_total(self, room: str) -> int:
+        """Distinct names in the room on every node."""
+        members = self._rooms.get(room)
+        if members is None:
+            return self.roster.count(room)
+        return members.member_count + self.roster.count(room) - members.shared
+
+    # -- other nodes (see `cluster`) --------------------------------------------------------
+
+    def _name_changed(self, members: Room, name: str, *, joined: bool) -> None:
+        """A name's first session here entered the room, or its last left: told to this
+        node's members unless another node has the name there (then nothing changed for
+        them), and to the other nodes."""
+        self._announce(members.name, name, joined=joined)
+        if self.roster.has(members.name, name):
+            members.shared += 1 if joined else -1
+        else:
+            self._presence.changed(members.name, name, joined)
+
+    def _announce(self, room: str, name: str, *, joined: bool) -> None:
+        if self._cluster is not None and name:
+            self._cluster.announce([MemberChange(room, name, joined)])
+
+    def members(self) -> dict[str, list[str]]:
+        """This node's names by room, CONNECTED included (see `cluster.LocalNode`)."""
+        rooms = {name: list(room.names) for name, room in self._rooms.items() if room.names}
+        rooms[CONNECTED] = list(self._by_name)
+        return rooms
+
+    def remote_changed(self, changes: list[MemberChange]) -> None:
+        """Names entered or left rooms on other nodes: a change for this node's members of a
+        room only where this node has no session of that name there."""
+        for change in changes:
+            members = self._rooms.get(change.room) if change.room != CONNECTED else None
+            if members is None:
+                continue
+            if change.name in members.names:
+                members.shared += 1 if change.joined else -1
+            else:
+                self._presence.changed(change.room, change.name, change.joined)
+
+    def remote_direct(self, message: Message, key: str) -> None:
+        """A direct message sent on another node: to this node's sessions of either name."""
+        self._message_rate.charge(message.sender)
+        self._direct.receive(message, key)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -350,9 +410,15 @@ class Hub:
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._last_post[room] = delivered
         accepted_at = time.monotonic()
+        message_id = uuid.uuid4().hex
+        if self._gated is not None:
+            self._own_posts[message_id] = None
+            if len(self._own_posts) > OWN_POSTS:
+                self._own_posts.popitem(last=False)
+        appended: Appended | None = None
         try:
             appended = await self.store.append(
-                id=uuid.uuid4().hex,
+                id=message_id,
                 room=room,
                 sender=sender,
                 text=text,
@@ -370,6 +436,8 @@ class Hub:
                 self._deliver(room, Envelope(appended.message, accepted_at))
             return appended
         finally:
+            if appended is None or appended.duplicate:  # nothing of this id will come back
+                self._own_posts.pop(message_id, None)
             if previous is None or previous.done():
                 self._delivered(room, delivered)
             else:  # failed before its turn: the posts behind still wait for the one ahead
@@ -384,56 +452,18 @@ class Hub:
     def receive(self, message: Message) -> None:
         """A room message from the store's feed (appended by any process, this one included):
         delivered unless it was already; for a room without members here, nothing to do."""
-        gate = self._gates.get(message.room) if self._gates is not None else None
-        if gate is None or message.seq < gate.next_seq:
-            return
-        self._presence.flush(message.room)
-        self._deliver(message.room, Envelope(message))
+        if message.id in self._own_posts:
+            del self._own_posts[message.id]
+        else:
+            self._message_rate.charge(message.sender)
+        if self._gated is not None:
+            self._gated.receive(message)
 
     def _deliver(self, room: str, envelope: Envelope) -> None:
-        if self._gates is None:
+        if self._gated is None:
             self._fan_out(room, envelope)
-            return
-        gate = self._gates.get(room)
-        if gate is None:
-            return
-        self._deliver_due(room, gate.offer(envelope))
-        if gate.gap is not None and not gate.filling:
-            gate.filling = True
-            task = asyncio.get_running_loop().create_task(self._fill_gap(room, gate))
-            self._gap_fills.add(task)
-            task.add_done_callback(self._gap_fills.discard)
-
-    def _deliver_due(self, room: str, due: list[Envelope]) -> None:
-        for envelope in due:
-            self._fan_out(room, envelope)
-
-    async def _fill_gap(self, room: str, gate: Gate) -> None:
-        """Read the messages missing before the gate's earliest held one from history, unless
-        the feed brings them first. Stops when the room has no members here any more."""
-        try:
-            await asyncio.sleep(GAP_WAIT)
-            while self._gates is not None and self._gates.get(room) is gate:
-                gap = gate.gap
-                if gap is None:
-                    return
-                first, end = gap
-                try:
-                    found = await self.store.read(
-                        room, after=first - 1, before=end, limit=min(end - first, GAP_PAGE)
-                    )
-                except StoreError:
-                    await asyncio.sleep(GAP_RETRY)
-                    continue
-                if self._gates.get(room) is not gate:
-                    return
-                if not found or found[0].seq > first:
-                    # Gone from history (retention): a jump the clients see, and resume over.
-                    self._deliver_due(room, gate.skip_to(found[0].seq if found else end))
-                for message in found:
-                    self._deliver_due(room, gate.offer(Envelope(message)))
-        finally:
-            gate.filling = False
+        else:
+            self._gated.deliver(room, envelope)
 
     def _fan_out(self, room: str, envelope: Envelope) -> None:
         members = self._rooms.get(room)
@@ -514,6 +544,23 @@ class Hub:
     def _refuse_if_draining(self) -> None:
         if self._draining:
             raise ServerDraining("server is shutting down; try again shortly")
+        if self._unavailable:
+            raise StoreError(self._unavailable)
+
+    def suspend(self, reason: str) -> None:
+        """An engine shared with other nodes (NATS) is unreachable: refuse new work with
+        `reason` (UNAVAILABLE) and end every session, so its client fails over to a node that
+        can serve it. `resume` undoes it."""
+        self._unavailable = reason
+        for session in list(self._sessions.values()):
+            session.close(StoreError(reason))
+
+    def resume(self) -> None:
+        self._unavailable = ""
+
+    @property
+    def suspended(self) -> bool:
+        return bool(self._unavailable)
 
     @property
     def draining(self) -> bool:
@@ -544,8 +591,8 @@ class Hub:
     def drain(self) -> None:
         """Refuse new work and ask every session to flush and end (UNAVAILABLE)."""
         self._draining = True
-        for task in self._gap_fills:
-            task.cancel()
+        if self._gated is not None:
+            self._gated.cancel()
         for session in list(self._sessions.values()):
             session.close(ServerDraining("server is shutting down; reconnect shortly"))
         self._presence.close()

@@ -5,9 +5,10 @@ from each room's sorted index, stored rooms from the store's own index."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from grpcchat.core.cluster import Roster
 from grpcchat.core.history import HistoryStore
 from grpcchat.core.models import RoomInfo
 from grpcchat.core.rooms import Room
@@ -28,32 +29,40 @@ def page_size(limit: int) -> int:
     return min(limit, MAX_PAGE) if limit > 0 else DEFAULT_PAGE
 
 
-def members_page(rooms: Mapping[str, Room], room: str, after: str, limit: int) -> MembersPage:
-    """The room's sorted names after `after`, at most `limit` (0: the default page)."""
+def members_page(
+    rooms: Mapping[str, Room], roster: Roster, room: str, after: str, limit: int
+) -> MembersPage:
+    """The room's sorted names after `after` on every node, at most `limit` (0: the default
+    page): the next names of this node's and of the others', merged."""
     check_page_token(after, MAX_NAME_LENGTH)
     members = rooms.get(room)
-    if members is None:
-        return MembersPage([], 0, "")
     size = page_size(limit)
-    names = members.page(after, size + 1)
+    local = members.page(after, size + 1) if members is not None else []
+    remote = roster.page(room, after, size + 1) if roster.count(room) else []
+    names = sorted({*local, *remote})[: size + 1] if remote else local
     more = len(names) > size
     names = names[:size]
-    return MembersPage(names, members.member_count, names[-1] if more else "")
+    total = roster.count(room)
+    if members is not None:
+        total += members.member_count - members.shared
+    return MembersPage(names, total, names[-1] if more else "")
 
 
 async def rooms_page(
-    store: HistoryStore, rooms: Mapping[str, Room], after: str, limit: int
+    store: HistoryStore,
+    rooms: Iterable[str],
+    member_count: Callable[[str], int],
+    after: str,
+    limit: int,
 ) -> tuple[list[RoomInfo], str]:
-    """Rooms with members or history, by name, after `after`, and the token for the next page
-    ("" when this was the last)."""
+    """Rooms with members (`rooms`, each with `member_count` names) or history, by name,
+    after `after`, and the token for the next page ("" when this was the last)."""
     check_page_token(after, MAX_ROOM_LENGTH)
     size = page_size(limit)
     stored = {r.name: r.messages for r in await store.rooms(after=after, limit=size + 1)}
-    live = heapq.nsmallest(size + 1, (name for name in rooms if name > after))
+    live = heapq.nsmallest(size + 1, {name for name in rooms if name > after})
     names = sorted(set(stored) | set(live))[: size + 1]
     more = len(names) > size
     names = names[:size]
-    page = [
-        RoomInfo(n, rooms[n].member_count if n in rooms else 0, stored.get(n, 0)) for n in names
-    ]
+    page = [RoomInfo(n, member_count(n), stored.get(n, 0)) for n in names]
     return page, names[-1] if more else ""

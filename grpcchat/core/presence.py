@@ -34,9 +34,14 @@ def tick_for(members: int) -> float:
 
 class PresenceNotices:
     def __init__(
-        self, room_of: Callable[[str], Room | None], detail_limit: int = DETAIL_LIMIT
+        self,
+        room_of: Callable[[str], Room | None],
+        count_of: Callable[[str], int] | None = None,
+        detail_limit: int = DETAIL_LIMIT,
     ) -> None:
         self._room_of = room_of
+        # Distinct names in a room: this node's by default, every node's across several.
+        self._count_of = count_of or self._local_count
         self._detail_limit = detail_limit
         # room -> the (name, joined) changes since the room's last tick, in order.
         self._pending: dict[str, list[tuple[str, bool]]] = {}
@@ -45,8 +50,7 @@ class PresenceNotices:
     def changed(self, room: str, name: str, joined: bool) -> None:
         self._pending.setdefault(room, []).append((name, joined))
         if room not in self._timers:
-            members = self._room_of(room)
-            delay = tick_for(members.member_count if members is not None else 0)
+            delay = tick_for(self._count_of(room))
             loop = asyncio.get_running_loop()
             self._timers[room] = loop.call_later(delay, self.flush, room)
 
@@ -63,13 +67,14 @@ class PresenceNotices:
         now = datetime.now(UTC)
         # Counts when the room is big, or when this tick changed it a lot (a mass eviction, a
         # reconnect storm): one event per member either way, never one per change.
-        if max(members.member_count, len(changes)) > self._detail_limit:
+        total = self._count_of(room)
+        if max(total, len(changes)) > self._detail_limit:
             net: dict[str, int] = {}
             for name, entered in changes:
                 net[name] = net.get(name, 0) + (1 if entered else -1)
             joined = sum(1 for n in net.values() if n > 0)
             left = sum(1 for n in net.values() if n < 0)
-            envelope = Envelope(PresenceSummary(room, joined, left, members.member_count, now))
+            envelope = Envelope(PresenceSummary(room, joined, left, total, now))
             for session in members.sessions.values():
                 session.offer_optional(envelope, room)
             return
@@ -81,6 +86,10 @@ class PresenceNotices:
                 # Nobody is told of their own arrival: their RoomJoined lists the room.
                 if session.name != name:
                     session.offer_optional(envelope, room)
+
+    def _local_count(self, room: str) -> int:
+        members = self._room_of(room)
+        return members.member_count if members is not None else 0
 
     def close(self) -> None:
         for timer in self._timers.values():

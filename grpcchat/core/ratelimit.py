@@ -26,13 +26,21 @@ class TokenBucket:
 
     def take(self) -> float:
         """Spend a token and return 0, or return how many seconds until one is available."""
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
+        self._refill()
         if self._tokens >= 1:
             self._tokens -= 1
             return 0.0
         return (1 - self._tokens) / self.rate
+
+    def spend(self) -> None:
+        """Spend a token if there is one, without asking (one used on another node)."""
+        self._refill()
+        self._tokens = max(0.0, self._tokens - 1)
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
 
 
 class RateLimiter:
@@ -55,6 +63,13 @@ class RateLimiter:
         else:
             self._buckets.move_to_end(principal)
         return bucket.take()
+
+    def charge(self, principal: str) -> None:
+        """Count a request made elsewhere (another node) against `principal`, if it has been
+        active here lately: its rate is then what it may spend across nodes."""
+        bucket = self._buckets.get(principal)
+        if bucket is not None:
+            bucket.spend()
 
     def __len__(self) -> int:
         return len(self._buckets)

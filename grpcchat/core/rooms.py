@@ -10,7 +10,7 @@ from grpcchat.core.session import Session
 
 
 class Room:
-    __slots__ = ("_sorted", "lagging", "name", "names", "sessions")
+    __slots__ = ("_sorted", "lagging", "name", "names", "sessions", "shared")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -19,6 +19,8 @@ class Room:
         self.names: dict[str, dict[int, Session]] = {}
         # Sessions of this room whose queue is more than half full.
         self.lagging = 0
+        # Names here that other nodes have in the room too (kept by the hub: see `cluster`).
+        self.shared = 0
         self._sorted: list[str] | None = None
 
     def __len__(self) -> int:

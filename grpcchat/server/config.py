@@ -6,6 +6,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import platformdirs
 
@@ -23,12 +24,34 @@ DEFAULT_PORT = 4000
 DEFAULT_GRACE_PERIOD = 5.0
 # Field metadata of a setting never to be shown (`grpcchat serve --check-config` masks it).
 SECRET = {"secret": True}
+# `--workers`: processes on one port; `--nats-replicas`: JetStream's own limit.
+MAX_WORKERS = 64
+MAX_NATS_REPLICAS = 5
 
 
 def host_port(host: str, port: int) -> str:
     """`host:port`, with an IPv6 host in brackets."""
     bare = host.strip("[]")
     return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+
+
+def redacted_url(url: str) -> str:
+    """`url` with any password masked, fit to print or log: `nats://user:****@host:4222`, and
+    `nats://****@host:4222` for a token (a user without a password)."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    masked = f"{user}:****" if colon else "****"
+    return urlunsplit(parts._replace(netloc=f"{masked}@{hosts}"))
+
+
+def with_replicas(url: str, replicas: int) -> str:
+    """A `nats://` URL whose `replicas=` option is `replicas` (replacing one it had)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "replicas"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("replicas", str(replicas))])))
 
 
 def default_data_dir() -> Path:
@@ -65,7 +88,18 @@ class ServerConfig:
     max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE
     keepalive: Keepalive = field(default_factory=Keepalive)
     # Prometheus metrics at http://host:metrics_port/metrics (same interface as gRPC); 0: off.
+    # With workers, worker i serves them on metrics_port + i.
     metrics_port: int = 0
+    # nats://host:4222[,host:4222][?stream=NAME]: history, fan-out and presence shared with
+    # every server on that broker (the same as a nats:// store, which it replaces).
+    broker: str = ""
+    # The JetStream stream's replicas (overrides the URL's replicas=); 0: as the URL says (1).
+    nats_replicas: int = 0
+    # `grpcchat serve --workers N` (`grpcchat.server.workers`): N processes on one port.
+    workers: int = 1
+    # Share the port with other processes that ask for it too (SO_REUSEPORT): only the
+    # workers do, so that a second server on a busy port fails instead of splitting clients.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -87,11 +121,48 @@ class ServerConfig:
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        self._check_scale_out()
+
+    def _check_scale_out(self) -> None:
+        """--broker, --nats-replicas and --workers: each needs a history processes can share."""
+        if self.broker:
+            broker = urlsplit(self.broker)
+            if broker.scheme != "nats" or not broker.netloc:
+                raise ValueError(
+                    f"--broker takes a NATS URL such as nats://127.0.0.1:4222, "
+                    f"not {redacted_url(self.broker)!r}"
+                )
+            if self.store and self.store != self.broker:
+                raise ValueError(
+                    f"--broker {redacted_url(self.broker)} keeps history on the broker: "
+                    f"drop --store {redacted_url(self.store)} (or give the same URL)"
+                )
+        shared = self.broker or self.store
+        on_nats = shared.startswith("nats://")
+        if not 0 <= self.nats_replicas <= MAX_NATS_REPLICAS:
+            raise ValueError(f"--nats-replicas must be 1 to {MAX_NATS_REPLICAS}")
+        if self.nats_replicas and not on_nats:
+            raise ValueError(
+                "--nats-replicas sets how many copies of the stream NATS keeps: it needs --broker"
+            )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"--workers must be 1 to {MAX_WORKERS}, not {self.workers}")
+        if self.workers > 1 and shared and not on_nats:
+            raise ValueError(
+                f"--workers {self.workers} runs {self.workers} processes on one history, and "
+                f"{redacted_url(shared)} cannot be shared between processes: use --broker "
+                "nats://host:4222, or leave --store out to start a local nats-server"
+            )
+        if self.metrics_port and self.metrics_port + self.workers - 1 > 65535:
+            raise ValueError(
+                f"--metrics-port {self.metrics_port} + {self.workers} workers passes 65535"
+            )
 
     @property
     def store_url(self) -> str:
-        if self.store:
-            return self.store
+        shared = self.broker or self.store
+        if shared:
+            return with_replicas(shared, self.nats_replicas) if self.nats_replicas else shared
         data_dir = Path(self.data_dir) if self.data_dir else default_data_dir()
         return f"sqlite://{data_dir / 'history.db'}"
 

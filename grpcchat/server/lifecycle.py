@@ -14,13 +14,14 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpcchat.core.cluster import Cluster
 from grpcchat.core.errors import StoreError
 from grpcchat.core.feed import Connected, RoomFeed
 from grpcchat.core.files import read_pem
 from grpcchat.core.history import HistoryStore
 from grpcchat.core.hub import Hub
 from grpcchat.server.auth import TokenAuthority
-from grpcchat.server.config import ServerConfig, host_port
+from grpcchat.server.config import ServerConfig, host_port, redacted_url
 from grpcchat.server.connections import connection_options
 from grpcchat.server.engines import open_store
 from grpcchat.server.registration import SERVICE_NAME, add_to_server
@@ -50,11 +51,13 @@ UNARY_HEADROOM = 1_000
 # at first, doubling up to the second.
 FEED_RETRY = 0.5
 FEED_RETRY_MAX = 10.0
+# How long `start` waits for the room feed to be subscribed (health says SERVING only then).
+FEED_START_TIMEOUT = 10.0
 
 _GRPC_OPTIONS = [
     # gRPC shares ports by default (SO_REUSEPORT): a second server on a busy port would start
-    # "successfully" and split the clients with the first.
-    ("grpc.so_reuseport", 0),
+    # "successfully" and split the clients with the first. So the port is shared only when the
+    # config says so (`reuse_port`: the workers of `grpcchat serve --workers N`); see __init__.
     # Opening thousands of streams in one burst otherwise leaves some unregistered (CANCELLED).
     ("grpc.server.max_pending_requests", 10000),
     # Keepalive and connection age come from the config: see `connections`.
@@ -87,10 +90,13 @@ class ChatServer:
         # RESOURCE_EXHAUSTED, so a flood of calls cannot pile up without bound.
         max_sessions = config.limits.max_sessions
         self._server = aio.server(
-            options=_GRPC_OPTIONS
-            + connection_options(
-                config.keepalive, config.max_connection_age, config.max_connection_age_grace
-            ),
+            options=[
+                *_GRPC_OPTIONS,
+                ("grpc.so_reuseport", int(config.reuse_port)),
+                *connection_options(
+                    config.keepalive, config.max_connection_age, config.max_connection_age_grace
+                ),
+            ],
             maximum_concurrent_rpcs=max_sessions + UNARY_HEADROOM if max_sessions else None,
         )
         # grpc-stubs does not know the aio health servicer.
@@ -100,6 +106,7 @@ class ChatServer:
         self._hub: Hub | None = None
         self._metrics: MetricsEndpoint | None = None
         self._feed: asyncio.Task[None] | None = None
+        self._sharing: asyncio.Task[None] | None = None
         # Whether the room feed is being followed (a metric; False while it is retried).
         self.feed_up = False
 
@@ -138,21 +145,46 @@ class ChatServer:
             raise OSError(
                 f"cannot listen on {self.config.bind_address}: the address is in use or invalid"
             ) from error
+        await self._set_serving(False)  # the health service's default is SERVING
         await self._server.start()
-        await self._set_serving(True)
-        if isinstance(store, RoomFeed):
-            self._feed = asyncio.get_running_loop().create_task(
-                self._follow(store, self._hub), name="grpcchat-room-feed"
+        if isinstance(store, Cluster):
+            self._sharing = asyncio.get_running_loop().create_task(
+                self._share(store, self._hub), name="grpcchat-presence"
             )
+        if not isinstance(store, RoomFeed):
+            await self._set_serving(True)
+            return
+        following = asyncio.Event()
+        self._feed = feed = asyncio.get_running_loop().create_task(
+            self._follow(store, self._hub, following), name="grpcchat-room-feed"
+        )
+        waiting = asyncio.ensure_future(following.wait())
+        await asyncio.wait(
+            [waiting, feed], timeout=FEED_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        waiting.cancel()
 
-    async def _follow(self, feed: RoomFeed, hub: Hub) -> None:
+    async def _follow(self, feed: RoomFeed, hub: Hub, following: asyncio.Event) -> None:
         """Deliver the rooms' messages appended by other processes, for as long as the server
-        runs: while the feed is down (logged), health says NOT_SERVING and it is retried."""
+        runs. Health says SERVING once the feed is subscribed. While it is down (logged; losing
+        the engine's connection ends it too), health says NOT_SERVING and the hub is
+        suspended: new work is refused with UNAVAILABLE and the sessions end, so their
+        clients fail over to a node that can serve them; it is retried, and resumes where it
+        stopped."""
         delay = FEED_RETRY
-        while True:
+
+        async def on_following() -> None:
+            nonlocal delay
+            delay = FEED_RETRY
             self.feed_up = True
+            hub.resume()
+            if not hub.draining:
+                await self._set_serving(True)
+            following.set()
+
+        while True:
             try:
-                await feed.follow(hub.receive)
+                await feed.follow(hub.receive, on_following)
                 return  # the store closed
             except StoreError as exc:
                 log.warning(
@@ -170,12 +202,30 @@ class ChatServer:
             self.feed_up = False
             if hub.draining:
                 return
+            hub.suspend("this server lost its shared history (NATS); try another server")
             await self._set_serving(False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, FEED_RETRY_MAX)
             if hub.draining:
                 return
-            await self._set_serving(True)
+
+    async def _share(self, cluster: Cluster, hub: Hub) -> None:
+        """Share who is here, and direct messages, with the other nodes while the server runs;
+        after a failure (logged) it starts over."""
+        delay = FEED_RETRY
+        while not hub.draining:
+            try:
+                await cluster.share(hub)
+                return  # the store closed
+            except StoreError as exc:
+                log.warning(
+                    "presence across nodes failed (retrying in %.1fs): %s",
+                    delay,
+                    exc,
+                    extra={"event": "presence_failed", "retry_seconds": delay},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FEED_RETRY_MAX)
 
     @property
     def address(self) -> str:
@@ -230,7 +280,11 @@ class ChatServer:
             await asyncio.wait([feed], timeout=grace + 1.0)  # closing the store ends it too
         if self._store is not None:
             store, self._store = self._store, None
-            await store.aclose()
+            await store.aclose()  # says goodbye to the other nodes, which ends the sharing
+        if self._sharing is not None:
+            sharing, self._sharing = self._sharing, None
+            sharing.cancel()
+            await asyncio.wait([sharing], timeout=1.0)
         await self._stop_metrics()  # last: the drain stays visible to a scrape until the end
 
     async def wait(self) -> None:
@@ -296,7 +350,7 @@ def _started_fields(server: ChatServer) -> dict[str, object]:
         "event": "server_started",
         "address": server.address,
         "port": server.port,
-        "store": config.store_url,
+        "store": redacted_url(config.store_url),
         "tls": bool(config.tls_cert),
         "mutual_tls": bool(config.tls_client_ca),
         "auth": bool(config.auth_secret),

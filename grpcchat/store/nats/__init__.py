@@ -37,6 +37,15 @@ by the stream's replicas, not fsynced: by default JetStream syncs to disk every 
 so an OS crash or power loss can lose acknowledged messages (a process crash cannot). Run
 nats-server with `sync_interval: always` (jetstream block) to fsync every write.
 
+Connection loss: nats-py reconnects by itself (to any server of the cluster it knows), but
+the store does not wait for it: while the connection is down, an append fails at once with
+StoreError (one already under way within REQUEST_TIMEOUT), and `follow` ends with StoreError,
+so the server reports NOT_SERVING and ends its sessions (`grpcchat.server.lifecycle`). Called
+again, `follow` waits for the connection (at most REQUEST_TIMEOUT) and makes a new consumer
+from the last stream seq it delivered, rather than trusting nats-py's ordered consumer to find
+its way back (it may not after missed heartbeats, nats.py#510). A connection that goes silent
+without closing is noticed by its pings (PING_INTERVAL, two missed).
+
 Modules: `codec` (URL, subjects, headers, payloads; no I/O), `reader` (lookups in the
 stream), `store` (the contract: appends, retention, errors).
 

