@@ -322,9 +322,11 @@ async def _chat_through_a_leader_kill(
         probe = asyncio.create_task(probe_sends(addr_b, probing))
         killed = time.monotonic()
         await asyncio.to_thread(cluster.kill, leader)
-        # A lost its connection: NOT_SERVING, and it refuses new work at once.
-        noticed = await until_health(addr_a, NOT_SERVING, timeout=5)
-        assert await raw_send(addr_a, "during") == grpc.StatusCode.UNAVAILABLE
+        # A lost its connection; nats-py reconnects it to another node within the grace, so A
+        # may stay SERVING (only its feed restarts). Either way a send is answered, accepted
+        # or refused as UNAVAILABLE while the stream elects a leader: never hung, never INTERNAL.
+        during = await raw_send(addr_a, "during")
+        assert during in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
         new_leader = await cluster.stream_leader(stream, timeout=20)
         elected = time.monotonic() - killed
         await until_health(addr_a, SERVING, timeout=20)
@@ -335,7 +337,7 @@ async def _chat_through_a_leader_kill(
         first_ok = next((t - killed for t, s in probes if s.startswith("OK")), None)
         refusals = [s for t, s in probes if not s.startswith("OK")]
         print(
-            f"\nleader node{leader} killed: A NOT_SERVING after {noticed:.2f}s; "
+            f"\nleader node{leader} killed: a send on A {during.name}; "
             f"node{new_leader} leads after {elected:.2f}s; "
             f"node A SERVING again {a_back:.2f}s after the kill; "
             f"probe sends on B: {len(refusals)} refused {sorted(set(refusals))[:6]}, first OK "

@@ -26,6 +26,7 @@ from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
 from grpcchat.store.nats.cluster import TTL
 from tests.conftest import ServerProcess
+from tests.v1_peer import V1Client
 
 TIMEOUT = 20.0
 ROOM = "lobby"
@@ -225,6 +226,7 @@ async def test_a_stopped_node_says_goodbye_and_a_killed_one_is_forgotten(
                 finally:
                     reading.cancel()
                     await asyncio.gather(reading, return_exceptions=True)
+            print(f"\nthe killed node's members left after {gone_after:.1f}s")
             assert gone_after <= TTL + 3.0, gone_after
             async with ChatServer(config) as leaving, leaving.hub.connect("lou") as lou:
                 events = Events(lou)
@@ -249,3 +251,19 @@ async def _equals(names: Any, expected: list[str]) -> bool:
 
 async def _known(hub: Hub, *names: str) -> bool:
     return all(hub.roster.has(CONNECTED, name) for name in names)
+
+
+async def test_article_clients_on_different_nodes_chat(three_nodes: tuple[ChatServer, ...]) -> None:
+    """The article's Chat stream (emulated by `tests.v1_peer`) works against any node."""
+    a, b, _ = three_nodes
+    async with V1Client(a.address) as grace, V1Client(b.address) as adrian:
+        await grace.join("grace")
+        await adrian.join("adrian")
+        await grace.send("grace", "from node a")
+        assert ("grace", "from node a") in [
+            (m.sender, m.text) for m in await adrian.recv_until("grace", "from node a")
+        ]
+        await adrian.send("adrian", "from node b")
+        assert ("adrian", "from node b") in [
+            (m.sender, m.text) for m in await grace.recv_until("adrian", "from node b")
+        ]

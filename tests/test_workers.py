@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from grpcchat.server.config import ServerConfig, redacted_url, with_replicas
+from grpcchat.core.urls import redacted_url
+from grpcchat.server.config import ServerConfig, with_replicas
 from tests.conftest import ServerProcess, cli_env, grpcchat_command, run_cli
 
 pytestmark = pytest.mark.timeout(120)

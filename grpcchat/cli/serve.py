@@ -24,6 +24,7 @@ from grpcchat.core.limits import (
     DEFAULT_REQUEST_RATE,
     Limits,
 )
+from grpcchat.core.urls import redacted_url
 from grpcchat.server.config import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HOST,
@@ -31,7 +32,6 @@ from grpcchat.server.config import (
     MAX_NATS_REPLICAS,
     MAX_WORKERS,
     ServerConfig,
-    redacted_url,
 )
 from grpcchat.server.connections import (
     DEFAULT_HEARTBEAT,

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from grpcchat.core.files import read_pem
-from grpcchat.server.config import redacted_url
+from grpcchat.core.urls import redacted_url
 
 MASK = "****"
 NOT_SET = "not set"

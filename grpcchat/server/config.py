@@ -12,6 +12,7 @@ import platformdirs
 
 from grpcchat.core.history import Retention
 from grpcchat.core.limits import Limits
+from grpcchat.core.urls import redacted_url
 from grpcchat.server.connections import (
     DEFAULT_HEARTBEAT,
     DEFAULT_MAX_CONNECTION_AGE,
@@ -33,18 +34,6 @@ def host_port(host: str, port: int) -> str:
     """`host:port`, with an IPv6 host in brackets."""
     bare = host.strip("[]")
     return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
-
-
-def redacted_url(url: str) -> str:
-    """`url` with any password masked, fit to print or log: `nats://user:****@host:4222`, and
-    `nats://****@host:4222` for a token (a user without a password)."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    masked = f"{user}:****" if colon else "****"
-    return urlunsplit(parts._replace(netloc=f"{masked}@{hosts}"))
 
 
 def with_replicas(url: str, replicas: int) -> str:

@@ -20,8 +20,9 @@ from grpcchat.core.feed import Connected, RoomFeed
 from grpcchat.core.files import read_pem
 from grpcchat.core.history import HistoryStore
 from grpcchat.core.hub import Hub
+from grpcchat.core.urls import redacted_url
 from grpcchat.server.auth import TokenAuthority
-from grpcchat.server.config import ServerConfig, host_port, redacted_url
+from grpcchat.server.config import ServerConfig, host_port
 from grpcchat.server.connections import connection_options
 from grpcchat.server.engines import open_store
 from grpcchat.server.registration import SERVICE_NAME, add_to_server
@@ -51,6 +52,9 @@ UNARY_HEADROOM = 1_000
 # at first, doubling up to the second.
 FEED_RETRY = 0.5
 FEED_RETRY_MAX = 10.0
+# A lost engine connection back within this long (nats-py reconnecting, perhaps to another
+# node of a NATS cluster) restarts the feed only; past it, the node is suspended.
+RECONNECT_GRACE = 2.0
 # How long `start` waits for the room feed to be subscribed (health says SERVING only then).
 FEED_START_TIMEOUT = 10.0
 
@@ -183,6 +187,7 @@ class ChatServer:
             following.set()
 
         while True:
+            was_down = _disconnected(feed)
             try:
                 await feed.follow(hub.receive, on_following)
                 return  # the store closed
@@ -202,6 +207,8 @@ class ChatServer:
             self.feed_up = False
             if hub.draining:
                 return
+            if _disconnected(feed) and not was_down and await _reconnects(feed, RECONNECT_GRACE):
+                continue  # a blip, or a hop to another NATS node: only the feed restarts
             hub.suspend("this server lost its shared history (NATS); try another server")
             await self._set_serving(False)
             await asyncio.sleep(delay)
@@ -342,6 +349,22 @@ async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) 
         for sig in signals:
             loop.remove_signal_handler(sig)
     log.info("server stopped", extra={"event": "server_stopped"})
+
+
+async def _reconnects(engine: object, within: float) -> bool:
+    """Whether an engine with a connection of its own has it (back) within `within` seconds."""
+    if not isinstance(engine, Connected):
+        return False
+    deadline = asyncio.get_running_loop().time() + within
+    while not engine.connected:
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _disconnected(engine: object) -> bool:
+    return isinstance(engine, Connected) and not engine.connected
 
 
 def _started_fields(server: ChatServer) -> dict[str, object]:

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from grpcchat.core.errors import StoreError
 from grpcchat.core.models import Message
+from grpcchat.core.urls import redacted_url
 
 DEFAULT_STREAM = "CHAT"
 LATES_LIMIT = 32
@@ -55,11 +56,11 @@ def parse_url(url: str) -> Options:
     """`nats://host:port[,host:port...][?stream=NAME][&replicas=N]`; StoreError if malformed."""
     parts = urlsplit(url)
     if parts.scheme != "nats" or not parts.netloc:
-        raise StoreError(f"not a NATS URL: {url!r} (use nats://host:4222)")
+        raise StoreError(f"not a NATS URL: {redacted_url(url)!r} (use nats://host:4222)")
     try:
         query = parse_qs(parts.query, strict_parsing=bool(parts.query))
     except ValueError:
-        raise StoreError(f"unreadable options in {url!r}") from None
+        raise StoreError(f"unreadable options in {redacted_url(url)!r}") from None
     unknown = set(query) - {"stream", "replicas"}
     if unknown:
         raise StoreError(f"unknown NATS store option(s) {sorted(unknown)}: use stream, replicas")

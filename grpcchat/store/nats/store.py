@@ -23,6 +23,7 @@ from grpcchat.core.cluster import LocalNode, MemberChange
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, Retention, RoomCount
 from grpcchat.core.models import Message
+from grpcchat.core.urls import redacted_url
 from grpcchat.store.nats import codec
 from grpcchat.store.nats.cluster import NatsCluster
 from grpcchat.store.nats.codec import Lates, Options, Stored
@@ -69,6 +70,8 @@ class _Link:
         self.where = where
         self.up = asyncio.Event()
         self.down = asyncio.Event()
+        # Set by `aclose`: the connection ending then is no news worth a warning.
+        self.closing = False
 
     async def connected(self) -> None:
         self.down.clear()
@@ -79,7 +82,7 @@ class _Link:
         await self.connected()
 
     async def disconnected(self) -> None:
-        if self.up.is_set():
+        if self.up.is_set() and not self.closing:
             log.warning(
                 "lost the connection to NATS (%s): reconnecting",
                 self.where,
@@ -102,7 +105,7 @@ class NatsStore:
     ) -> None:
         self._nc = nc
         if link is None:
-            link = _Link(", ".join(options.servers))
+            link = _Link(", ".join(redacted_url(server) for server in options.servers))
             link.up.set()
         self._link = link
         self._js: JetStreamContext = nc.jetstream(timeout=REQUEST_TIMEOUT)
@@ -134,7 +137,7 @@ class NatsStore:
         """Connect to the NATS servers of `url` and open (creating it if missing) its stream.
         Raises StoreError, naming the servers, if NATS cannot be reached or refuses."""
         options = codec.parse_url(url)
-        where = ", ".join(options.servers)
+        where = ", ".join(redacted_url(server) for server in options.servers)
 
         link = _Link(where)
 
@@ -278,6 +281,7 @@ class NatsStore:
         if self._closed:
             return
         self._closed = True
+        self._link.closing = True
         self._maintenance.cancel()
         await self._cluster.close()
         await asyncio.wait([self._maintenance, *self._tails.values()], timeout=CLOSE_TIMEOUT)
