@@ -377,6 +377,12 @@ class NatsStore:
                 except StoreError:
                     log.warning("skipping a message that is not grpcchat's: %s", msg.subject)
                     continue
+                room = stored.message.room
+                head = self._heads.get(room)
+                if head is not None and head.stream_seq < stream_seq:
+                    # Another process appended: the next append here expects it, saving the
+                    # refused publish and the re-read a stale hint would cost.
+                    self._heads[room] = stored
                 deliver(stored.message)
 
     # -- appends ------------------------------------------------------------------------------
