@@ -198,8 +198,9 @@ class NatsCluster:
         elif self._versions.get(other) == version - 1:
             self._versions[other] = version
             node.remote_changed(node.roster.apply(other, parsed))
-        else:
-            self._sync(other)
+        elif other not in self._versions or version > self._versions[other]:
+            self._sync(other)  # new, or one was missed
+        # else: in the whole picture already (sent after it was asked for, arriving late)
 
     def _sync(self, other: str) -> None:
         self._syncing[other] = []
