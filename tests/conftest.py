@@ -22,7 +22,8 @@ from grpcchat.server.config import ServerConfig
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # `nats_url`: a real nats-server for the session, started only by tests that ask for it.
-pytest_plugins = ["tests.natsfixture"]
+# `browser`, `new_user`, `web_server`: the web page in headless Chromium (tests/webfixture.py).
+pytest_plugins = ["tests.natsfixture", "tests.webfixture"]
 
 
 @pytest.fixture

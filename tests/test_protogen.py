@@ -94,6 +94,7 @@ def test_committed_tree_is_the_expected_set() -> None:
         f"{GEN_PREFIX}/__init__.py",
         f"{GEN_PREFIX}/chat/__init__.py",
         f"{GEN_V1}/__init__.py",
+        f"{GEN_V1}/chat_service_connect.py",
         f"{GEN_V1}/chat_service_pb2.py",
         f"{GEN_V1}/chat_service_pb2.pyi",
         f"{GEN_V1}/chat_service_pb2_grpc.py",

@@ -1,4 +1,5 @@
-"""`grpcchat gen-proto`: regenerate (or check) the code in grpcchat/gen from proto/."""
+"""`grpcchat gen-proto`: regenerate (or check) the code in grpcchat/gen from proto/, and the
+browser page built from the same protos when node and npm are available."""
 
 from __future__ import annotations
 
@@ -22,28 +23,41 @@ def gen_proto(
         Path | None, typer.Option(help="Repository root (default: found from the cwd).")
     ] = None,
 ) -> None:
-    """Regenerate the Python code in grpcchat/gen from proto/ (run in a checkout).
+    """Regenerate the Python code in grpcchat/gen from proto/ (run in a checkout), and with
+    node and npm on PATH the browser page too (web/src/gen and grpcchat/web/static).
 
     --check exits 1 and names the stale files when the committed code differs from what the
-    protos produce (it always uses the default generator, grpc_tools).
+    protos produce (it always uses the default generator, grpc_tools, for the Python).
     """
     from grpcchat import protogen
+    from grpcchat.protogen import web
 
     try:
         repo = root or protogen.find_repo_root()
+        no_web = web.unavailable(repo)
         if check:
             stale = protogen.check(repo)
+            if no_web is None:
+                stale += web.check_web(repo)
             for path in stale:
                 console.print(f"stale: {path.relative_to(repo)}", style="yellow", highlight=False)
+            if no_web is not None:
+                console.print(f"web page not checked ({no_web}): Python only", highlight=False)
             if stale:
-                fail(f"{protogen.GEN_PREFIX} is out of date; run `grpcchat gen-proto`")
-            console.print(f"{protogen.GEN_PREFIX} is up to date", style="green")
+                fail("generated code is out of date; run `grpcchat gen-proto`")
+            where = protogen.GEN_PREFIX if no_web else f"{protogen.GEN_PREFIX} and the web page"
+            console.print(f"{where} up to date", style="green")
             return
         changed = protogen.generate(repo, use_buf=with_buf)
+        if no_web is None:
+            changed += web.generate_web(repo)
     except protogen.ProtogenError as error:
         fail(str(error))
     for path in changed:
         verb = "wrote" if path.exists() else "removed"
         console.print(f"{verb}: {path.relative_to(repo)}", highlight=False)
+    if no_web is not None:
+        console.print(f"web page not rebuilt ({no_web})", highlight=False)
     suffix = "" if changed else " (nothing changed)"
-    console.print(f"{protogen.GEN_PREFIX} is up to date{suffix}", style="green")
+    where = protogen.GEN_PREFIX if no_web else f"{protogen.GEN_PREFIX} and the web page"
+    console.print(f"{where} up to date{suffix}", style="green")

@@ -231,6 +231,27 @@ def serve(
             "Labels never carry room or user names.",
         ),
     ] = 0,
+    web_port: Annotated[
+        int,
+        typer.Option(
+            envvar="GRPCCHAT_WEB_PORT",
+            min=0,
+            max=65535,
+            help="Also serve the chat page at http://HOST:PORT/ and the chat API over Connect and "
+            "gRPC-Web for browsers (e.g. 8080), on the --host interface, the same rooms as gRPC; "
+            "0 turns it off. Needs grpcchat\\[web]. With --auth-secret, a non-loopback --host "
+            "needs --tls-cert/--tls-key (tokens never travel in plaintext).",
+        ),
+    ] = 0,
+    web_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="GRPCCHAT_WEB_ORIGIN",
+            help="Another origin whose pages may call the web port (CORS), e.g. "
+            "http://localhost:5173; repeat it or separate with commas. Without it, only the "
+            "page the server itself serves may.",
+        ),
+    ] = None,
     broker: Annotated[
         str,
         typer.Option(
@@ -304,6 +325,10 @@ def serve(
             max_connection_age_grace=max_connection_age_grace,
             log_level=level,
             metrics_port=metrics_port,
+            web_port=web_port,
+            web_origins=tuple(
+                o.strip() for value in web_origin or () for o in value.split(",") if o.strip()
+            ),
             broker=broker,
             nats_replicas=nats_replicas or 0,
             workers=workers,
@@ -315,6 +340,11 @@ def serve(
             TokenAuthority(auth_secret)  # validates the secret before anything starts
     except ValueError as error:
         fail(str(error))
+    if config.web_port:
+        import importlib.util
+
+        if not all(importlib.util.find_spec(m) for m in ("connectrpc", "uvicorn")):
+            fail("--web-port needs grpcchat[web]: pip install 'grpcchat[web]'")
     if check_config:
         from grpcchat.cli.settings import check_and_print
 
@@ -336,7 +366,10 @@ def run_server(
     from grpcchat.server import run as serve_until_stopped
 
     def started(server: ChatServer) -> None:
-        console.print(render.render_started(server.address, _extras(config)), soft_wrap=True)
+        extras = _extras(config)
+        if server.web_port:
+            extras.append(f"web {server.web_url}")
+        console.print(render.render_started(server.address, extras), soft_wrap=True)
         # Scripts and tests read the real port from this line, even through a pipe.
         sys.stdout.flush()
 

@@ -19,7 +19,9 @@ mypy-protobuf plugins (`protoc-gen-mypy`, `protoc-gen-mypy_grpc`) passed by abso
 a venv that is not activated does not put them on PATH. The result is byte-identical to::
 
     python -m grpc_tools.protoc -Igrpcchat/gen=proto --python_out=. --grpc_python_out=. \\
-        --mypy_out=. --mypy_grpc_out=. proto/chat/v1/chat_service.proto
+        --mypy_out=. --mypy_grpc_out=. \\
+        --plugin=protoc-gen-connectrpc=$(which protoc-gen-connectrpc) \\
+        --connectrpc_out=protobuf=google,io=async:. proto/chat/v1/chat_service.proto
 
 The generated files embed the tool versions, which is why grpcio-tools and mypy-protobuf are
 pinned exactly.
@@ -77,9 +79,24 @@ GEN_PREFIX = "grpcchat/gen"
 #: The protobuf module root (holds `buf.yaml`, `buf.gen.yaml` and the `.proto` tree).
 PROTO_DIR = "proto"
 #: The generators, in the order of the documented protoc command line.
-GENERATORS = ("python", "grpc_python", "mypy", "mypy_grpc")
-#: Generators that are separate executables (from mypy-protobuf) rather than built into protoc.
-_EXTERNAL_PLUGINS = {"mypy": "protoc-gen-mypy", "mypy_grpc": "protoc-gen-mypy_grpc"}
+GENERATORS = ("python", "grpc_python", "mypy", "mypy_grpc", "connectrpc")
+#: Generators that are separate executables (from mypy-protobuf; protoc-gen-connectrpc, pinned
+#: in the `web` extra, for `grpcchat.web`'s Connect/gRPC-Web service) rather than built into protoc.
+_EXTERNAL_PLUGINS = {
+    "mypy": "protoc-gen-mypy",
+    "mypy_grpc": "protoc-gen-mypy_grpc",
+    "connectrpc": "protoc-gen-connectrpc",
+}
+#: Parameters a plugin always gets. mypy-protobuf's `quiet` only silences its "Writing mypy to
+#: ..." lines. connectrpc: code for google.protobuf messages (the `_pb2` modules beside it, not
+#: protobuf-py), asyncio only (the server runs on the gRPC server's event loop).
+_DEFAULT_PARAMETERS = {
+    "mypy": ("quiet",),
+    "mypy_grpc": ("quiet",),
+    "connectrpc": ("protobuf=google", "io=async"),
+}
+#: Which package provides a plugin, for the error when it is missing.
+_PLUGIN_PACKAGES = {"connectrpc": "protoc-gen-connectrpc (pip install 'grpcchat[web]')"}
 #: How long `buf generate` may take before we call it hung.
 _BUF_TIMEOUT_S = 120.0
 
@@ -141,7 +158,7 @@ def _scripts_dirs() -> list[Path]:
     return unique
 
 
-def find_plugin(executable: str) -> Path:
+def find_plugin(executable: str, package: str = "mypy-protobuf") -> Path:
     """Locate a protoc plugin executable (e.g. `protoc-gen-mypy`) for this interpreter."""
     for directory in _scripts_dirs():
         for name in (executable, executable + ".exe"):
@@ -153,7 +170,7 @@ def find_plugin(executable: str) -> Path:
         return Path(on_path)
     raise ProtogenError(
         f"{executable} not found next to {sys.executable} or on PATH; "
-        "install mypy-protobuf (pinned in pyproject.toml) into this environment"
+        f"install {package} (pinned in pyproject.toml) into this environment"
     )
 
 
@@ -185,8 +202,8 @@ def _wkt_include() -> str:
 def out_flags(generator: str, out_dir: Path, parameter: str = "") -> list[str]:
     """Protoc flags that run one generator into `out_dir`, with an optional plugin parameter.
 
-    mypy-protobuf always gets `quiet`, which only silences its "Writing mypy to ..." lines on
-    stderr and does not change the output.
+    A plugin always gets its `_DEFAULT_PARAMETERS` (mypy-protobuf's `quiet` does not change the
+    output; connectrpc's select google.protobuf and asyncio).
     """
     if generator not in GENERATORS:
         raise ProtogenError(f"unknown generator {generator!r}; expected one of {GENERATORS}")
@@ -194,9 +211,9 @@ def out_flags(generator: str, out_dir: Path, parameter: str = "") -> list[str]:
     flags: list[str] = []
     if generator in _EXTERNAL_PLUGINS:
         executable = _EXTERNAL_PLUGINS[generator]
-        flags.append(f"--plugin={executable}={find_plugin(executable)}")
-        if "quiet" not in params:
-            params.insert(0, "quiet")
+        package = _PLUGIN_PACKAGES.get(generator, "mypy-protobuf")
+        flags.append(f"--plugin={executable}={find_plugin(executable, package)}")
+        params = [p for p in _DEFAULT_PARAMETERS.get(generator, ()) if p not in params] + params
     prefix = ",".join(params) + ":" if params else ""
     flags.append(f"--{generator}_out={prefix}{out_dir}")
     return flags

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 from dataclasses import dataclass, field
@@ -28,12 +29,24 @@ SECRET = {"secret": True}
 # `--workers`: processes on one port; `--nats-replicas`: JetStream's own limit.
 MAX_WORKERS = 64
 MAX_NATS_REPLICAS = 5
+# `web_port`: 0 is off (the default); this asks for any free port (tests read the real one).
+WEB_PORT_ANY = -1
 
 
 def host_port(host: str, port: int) -> str:
     """`host:port`, with an IPv6 host in brackets."""
     bare = host.strip("[]")
     return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+
+
+def is_loopback_host(host: str) -> bool:
+    bare = host.strip("[]")
+    if bare == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
 
 
 def with_replicas(url: str, replicas: int) -> str:
@@ -89,6 +102,11 @@ class ServerConfig:
     # Share the port with other processes that ask for it too (SO_REUSEPORT): only the
     # workers do, so that a second server on a busy port fails instead of splitting clients.
     reuse_port: bool = False
+    # `grpcchat serve --web-port`: the chat page and ChatService over Connect and gRPC-Web on
+    # this port (same host; 0: off). Other origins allowed to call it (CORS), as
+    # `scheme://host[:port]`; the page's own origin always is.
+    web_port: int = 0
+    web_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -111,6 +129,40 @@ class ServerConfig:
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         self._check_scale_out()
+        self._check_web()
+
+    def _check_web(self) -> None:
+        if not WEB_PORT_ANY <= self.web_port <= 65535:
+            raise ValueError(f"web port must be between 0 (off) and 65535, not {self.web_port}")
+        for origin in self.web_origins:
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path
+                or parts.query
+                or parts.fragment
+                or parts.username is not None
+            ):
+                raise ValueError(
+                    f"--web-origin takes an origin such as https://chat.example.com or "
+                    f"http://localhost:5173 (scheme, host, optional port), not {origin!r}"
+                )
+        if self.web_port and self.workers > 1:
+            raise ValueError("--web-port serves from one process: it cannot be used with --workers")
+        if self.web_origins and not self.web_port:
+            raise ValueError("--web-origin needs --web-port")
+        if (
+            self.web_port
+            and self.auth_secret
+            and not self.tls_cert
+            and not is_loopback_host(self.host)
+        ):
+            # The same rule as the clients': a token never travels in plaintext off the machine.
+            raise ValueError(
+                f"--web-port with --auth-secret on --host {self.host} would let browsers send "
+                "tokens in plaintext: add --tls-cert/--tls-key, or serve on a loopback host"
+            )
 
     def _check_scale_out(self) -> None:
         """--broker, --nats-replicas and --workers: each needs a history processes can share."""

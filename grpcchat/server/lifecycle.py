@@ -30,6 +30,7 @@ from grpcchat.server.servicer import ChatServicer
 
 if TYPE_CHECKING:
     from grpcchat.server.metrics import MetricsEndpoint
+    from grpcchat.web.server import WebServer
 
 log = logging.getLogger("grpcchat.server")
 
@@ -109,6 +110,7 @@ class ChatServer:
         self._store: HistoryStore | None = None
         self._hub: Hub | None = None
         self._metrics: MetricsEndpoint | None = None
+        self._web: WebServer | None = None
         self._feed: asyncio.Task[None] | None = None
         self._sharing: asyncio.Task[None] | None = None
         # Whether the room feed is being followed (a metric; False while it is retried).
@@ -151,6 +153,13 @@ class ChatServer:
             ) from error
         await self._set_serving(False)  # the health service's default is SERVING
         await self._server.start()
+        try:
+            await self._start_web(servicer)
+        except OSError:
+            await self._server.stop(0)
+            await self._stop_metrics()
+            await store.aclose()
+            raise
         if isinstance(store, Cluster):
             self._sharing = asyncio.get_running_loop().create_task(
                 self._share(store, self._hub), name="grpcchat-presence"
@@ -259,6 +268,32 @@ class ChatServer:
         metrics.start(self.config.host, self.config.metrics_port)
         self._metrics = metrics
 
+    @property
+    def web_port(self) -> int:
+        """The port the web page and Connect/gRPC-Web are served on; 0 when the web is off."""
+        return self._web.port if self._web is not None else 0
+
+    @property
+    def web_url(self) -> str:
+        return self._web.url if self._web is not None else ""
+
+    async def _start_web(self, servicer: ChatServicer) -> None:
+        """Serve the page and ChatService over Connect and gRPC-Web on the web port, if one is
+        set (grpcchat.web, connectrpc and uvicorn are loaded only then), on this event loop
+        and hub."""
+        if not self.config.web_port:
+            return
+        from grpcchat.web.server import WebServer
+
+        web = WebServer(self.config, servicer)
+        await web.start()
+        self._web = web
+
+    async def _stop_web(self, grace: float) -> None:
+        if self._web is not None:
+            web, self._web = self._web, None
+            await web.stop(grace)
+
     async def _stop_metrics(self) -> None:
         if self._metrics is not None:
             metrics, self._metrics = self._metrics, None
@@ -280,7 +315,7 @@ class ChatServer:
         await self._set_serving(False)
         if self._hub is not None:
             self._hub.drain()
-        await self._server.stop(grace)
+        await asyncio.gather(self._server.stop(grace), self._stop_web(grace))
         if self._feed is not None:
             feed, self._feed = self._feed, None
             feed.cancel()
@@ -377,6 +412,7 @@ def _started_fields(server: ChatServer) -> dict[str, object]:
         "tls": bool(config.tls_cert),
         "mutual_tls": bool(config.tls_client_ca),
         "auth": bool(config.auth_secret),
+        **({"web": server.web_url} if server.web_port else {}),
     }
 
 

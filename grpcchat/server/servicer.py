@@ -67,12 +67,23 @@ class ChatServicer:
         self.stats.refuse(code)
         return code
 
+    @property
+    def heartbeat(self) -> float:
+        return self._heartbeat
+
+    def identify(self, authorization: str | None) -> Identity | None:
+        """The verified identity in an `authorization` header (`Bearer <token>`) with auth on;
+        None with auth off. Shared by every protocol adapter (gRPC here, `grpcchat.web`)."""
+        if self._auth is None:
+            return None
+        return self._auth.verify_header(authorization)
+
     def _identify(self, context: Context) -> Identity | None:
         """The caller's verified identity with auth on; None with auth off."""
         if self._auth is None:
             return None
         header = dict(context.invocation_metadata() or ()).get("authorization")
-        return self._auth.verify_header(header if isinstance(header, str) else None)
+        return self.identify(header if isinstance(header, str) else None)
 
     async def _post(
         self, request: pb.SendRequest, identity: Identity | None, principal: str
@@ -94,66 +105,72 @@ class ChatServicer:
             message=codec.to_proto(appended.message), duplicate=appended.duplicate
         )
 
-    @maps_errors
-    async def Send(self, request: pb.SendRequest, context: Context) -> pb.SendResponse:
+    # -- protocol-neutral calls: the gRPC handlers below and `grpcchat.web` share them ----------
+
+    async def send(
+        self, request: pb.SendRequest, identity: Identity | None, peer: str
+    ) -> pb.SendResponse:
+        """Post one message; a refusal is counted under its status code and raised."""
         try:
-            identity = self._identify(context)
-            return await self._post(request, identity, _principal(identity, context))
+            return await self._post(request, identity, principal(identity, peer))
         except ChatError as error:
             self._refused(error)
             raise
 
-    @maps_errors
-    async def History(self, request: pb.HistoryRequest, context: Context) -> pb.HistoryResponse:
-        identity = self._identify(context)
+    def refused(self, error: ChatError) -> None:
+        """Count a call refused before it reached the hub (a bad token)."""
+        self._refused(error)
+
+    async def history(
+        self, request: pb.HistoryRequest, identity: Identity | None, peer: str
+    ) -> pb.HistoryResponse:
         messages = await self._hub.history(
             request.room,
             before=request.before_seq or None,
             after=request.after_seq or None,
             limit=request.limit or 50,
             newest_first=request.newest_first,
-            principal=_principal(identity, context),
+            principal=principal(identity, peer),
         )
         return pb.HistoryResponse(
             messages=[codec.to_proto(m) for m in messages], epoch=self._hub.epoch
         )
 
-    @maps_errors
-    async def ListRooms(
-        self, request: pb.ListRoomsRequest, context: Context
+    async def list_rooms(
+        self, request: pb.ListRoomsRequest, identity: Identity | None, peer: str
     ) -> pb.ListRoomsResponse:
-        identity = self._identify(context)
         rooms, next_token = await self._hub.rooms(
             after=request.page_token,
             limit=request.page_size,
-            principal=_principal(identity, context),
+            principal=principal(identity, peer),
         )
         return pb.ListRoomsResponse(
             rooms=[pb.RoomInfo(name=r.name, members=r.members, messages=r.messages) for r in rooms],
             next_page_token=next_token,
         )
 
-    @maps_errors
-    async def ListMembers(
-        self, request: pb.ListMembersRequest, context: Context
+    def list_members(
+        self, request: pb.ListMembersRequest, identity: Identity | None, peer: str
     ) -> pb.ListMembersResponse:
-        identity = self._identify(context)
         page = self._hub.members_page(
             request.room,
             after=request.page_token,
             limit=request.page_size,
-            principal=_principal(identity, context),
+            principal=principal(identity, peer),
         )
         return pb.ListMembersResponse(
             members=page.names, next_page_token=page.next_token, total=page.total
         )
 
-    @maps_errors
-    async def Subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
-        identity = self._identify(context)
+    @contextlib.asynccontextmanager
+    async def subscription(
+        self, request: pb.SubscribeRequest, identity: Identity | None, peer: str
+    ) -> AsyncIterator[Session]:
+        """A session that has joined the request's room (replaying from its position), for the
+        duration of the block; its writer is the caller's."""
         name = identity.name if identity else request.name
         async with self._hub.connect(
-            name, authenticated=identity is not None, peer=_peer(context)
+            name, authenticated=identity is not None, peer=peer
         ) as session:
             with self.stats.session_open("subscribe"):
                 after = request.after if request.HasField("after") else None
@@ -163,14 +180,47 @@ class ChatServicer:
                     after=codec.position_from_proto(after) if after is not None else None,
                     history=request.history,
                 )
-                await write_session(
-                    session,
-                    context,
-                    identity,
-                    frame_events,
-                    stats=self.stats,
-                    heartbeat=self._heartbeat,
-                )
+                yield session
+
+    # -- the gRPC handlers ------------------------------------------------------------------
+
+    @maps_errors
+    async def Send(self, request: pb.SendRequest, context: Context) -> pb.SendResponse:
+        try:
+            identity = self._identify(context)
+        except ChatError as error:
+            self._refused(error)
+            raise
+        return await self.send(request, identity, _peer(context))
+
+    @maps_errors
+    async def History(self, request: pb.HistoryRequest, context: Context) -> pb.HistoryResponse:
+        return await self.history(request, self._identify(context), _peer(context))
+
+    @maps_errors
+    async def ListRooms(
+        self, request: pb.ListRoomsRequest, context: Context
+    ) -> pb.ListRoomsResponse:
+        return await self.list_rooms(request, self._identify(context), _peer(context))
+
+    @maps_errors
+    async def ListMembers(
+        self, request: pb.ListMembersRequest, context: Context
+    ) -> pb.ListMembersResponse:
+        return self.list_members(request, self._identify(context), _peer(context))
+
+    @maps_errors
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
+        identity = self._identify(context)
+        async with self.subscription(request, identity, _peer(context)) as session:
+            await write_session(
+                session,
+                context,
+                identity,
+                frame_events,
+                stats=self.stats,
+                heartbeat=self._heartbeat,
+            )
 
     @maps_errors
     async def Connect(self, requests: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
@@ -446,9 +496,9 @@ def _peer(context: Context) -> str:
     return peer
 
 
-def _principal(identity: Identity | None, context: Context) -> str:
+def principal(identity: Identity | None, peer: str) -> str:
     """Whom per-client limits count against: the authenticated user, else the address."""
-    return identity.name if identity is not None else _peer(context)
+    return identity.name if identity is not None else peer
 
 
-__all__ = ["ChatServicer"]
+__all__ = ["ChatServicer", "principal"]

@@ -1,0 +1,267 @@
+"""The web port's ASGI application: every request passes the origin, host and URL checks,
+every response gets the security headers, then `/chat.v1.ChatService/*` goes to connectrpc
+(Connect and gRPC-Web) and everything else to the static page.
+
+URL layout:
+    GET  /                           the chat page (static/index.html)
+    GET  /static/<file>              a file of static/ (app.js, app.css, ...), nothing else
+    POST /chat.v1.ChatService/<RPC>  Connect (JSON or binary) and gRPC-Web
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from grpcchat.web.stream import CutOff, Exchange, current_exchange
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+STATIC_DIR = Path(__file__).parent / "static"
+RPC_PREFIX = "/chat.v1.ChatService/"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".map": "application/json",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+    ".txt": "text/plain; charset=utf-8",
+}
+# Query parameters that would put a credential in a URL (browser history, proxy and server
+# logs, Referer): refused outright, whatever the path.
+TOKEN_PARAMETERS = frozenset({"token", "access_token", "authorization", "auth", "bearer", "jwt"})
+# What a cross-origin page allowed by --web-origin may send and read (Connect and gRPC-Web).
+CORS_ALLOW_HEADERS = (
+    "authorization, content-type, connect-protocol-version, connect-timeout-ms, "
+    "connect-accept-encoding, connect-content-encoding, grpc-timeout, x-grpc-web, x-user-agent"
+)
+CORS_EXPOSE_HEADERS = (
+    "grpc-status, grpc-message, grpc-status-details-bin, retry-after-ms, trailer-retry-after-ms"
+)
+
+# gRPC's numeric codes of the refusals `_refuse` answers gRPC-Web with.
+_GRPC_CODES = {"invalid_argument": b"3", "permission_denied": b"7", "unimplemented": b"12"}
+
+access_log = logging.getLogger("grpcchat.web.access")
+
+
+class WebApp:
+    """The ASGI application; `rpc` is connectrpc's ChatServiceASGIApplication."""
+
+    def __init__(self, rpc: ASGIApp, *, origins: Iterable[str] = (), loopback: bool) -> None:
+        self._rpc = rpc
+        self._origins = frozenset(origin.rstrip("/").lower() for origin in origins)
+        # Bound to a loopback address: only loopback Host names are ours (DNS rebinding).
+        self._loopback = loopback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan (off in uvicorn's config), no websockets
+        exchange = Exchange()
+        current_exchange.set(exchange)
+        status = 0
+
+        async def respond(message: Message) -> None:
+            nonlocal status
+            if exchange.cut_off:
+                raise CutOff("the client stopped reading")
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
+            await send(message)
+
+        try:
+            await self._route(scope, receive, respond)
+        except asyncio.CancelledError:
+            if not exchange.cut_off:
+                raise
+            exchange.task.uncancel()
+            raise CutOff("the client stopped reading") from None
+        finally:
+            # The path only: a query string is never logged.
+            access_log.debug(
+                "%s %s %s",
+                scope.get("method"),
+                scope.get("path"),
+                status or "-",
+                extra={"event": "web_request", "status": status, "path": scope.get("path")},
+            )
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        rpc = path.startswith(RPC_PREFIX)
+        headers = _headers(scope)
+        query = scope.get("query_string", b"").decode("latin-1")
+        if any(key.lower() in TOKEN_PARAMETERS for key, _ in parse_qsl(query)):
+            message = "tokens are never accepted in URLs: send `Authorization: Bearer <token>`"
+            await _refuse(send, rpc, headers, 400, "invalid_argument", message)
+            return
+        host = headers.get("host", "")
+        if self._loopback and not _is_loopback_host(host):
+            await _refuse(send, rpc, headers, 421, "permission_denied", f"unknown host {host!r}")
+            return
+        origin = headers.get("origin")
+        cors: list[tuple[bytes, bytes]] = []
+        if origin is not None and origin.lower() != f"{scope.get('scheme', 'http')}://{host}":
+            if origin.rstrip("/").lower() not in self._origins:
+                message = f"origin {origin!r} may not call this server (see --web-origin)"
+                await _refuse(send, rpc, headers, 403, "permission_denied", message)
+                return
+            cors = [
+                (b"access-control-allow-origin", origin.encode()),
+                (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode()),
+                (b"vary", b"Origin"),
+            ]
+            if scope["method"] == "OPTIONS":
+                await _preflight(send, cors)
+                return
+        content_type = headers.get("content-type", "")
+        if rpc and content_type.startswith("application/grpc") and "grpc-web" not in content_type:
+            message = "plain gRPC is served on the gRPC port; this port speaks Connect and gRPC-Web"
+            await _refuse(send, rpc, headers, 415, "unimplemented", message)
+            return
+        if rpc:
+            await self._rpc(scope, receive, _with_headers(send, cors))
+            return
+        await _static(scope, _with_headers(send, cors))
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {
+        key.decode("latin-1").lower(): value.decode("latin-1")
+        for key, value in scope.get("headers", ())
+    }
+
+
+def _is_loopback_host(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    if not extra:
+        return send
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return sending
+
+
+async def _preflight(send: Send, cors: list[tuple[bytes, bytes]]) -> None:
+    headers = [
+        *cors,
+        (b"access-control-allow-methods", b"GET, POST"),
+        (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
+        (b"access-control-max-age", b"7200"),
+    ]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _refuse(
+    send: Send, rpc: bool, headers: dict[str, str], status: int, code: str, message: str
+) -> None:
+    """Refuse a request before it is served: a Connect error (or a gRPC-Web trailers-only
+    status) for an RPC, plain text for anything else."""
+    content_type = headers.get("content-type", "")
+    if rpc and content_type.startswith("application/grpc"):
+        grpc_code = {"invalid_argument": b"3", "permission_denied": b"7", "unimplemented": b"12"}[
+            code
+        ]
+        response = [
+            (b"content-type", content_type.encode()),
+            (b"grpc-status", grpc_code),
+            (b"grpc-message", message.encode("ascii", "replace").replace(b"%", b"%25")),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": response})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if rpc:
+        body = json.dumps({"code": code, "message": message}).encode()
+        kind = b"application/json"
+    else:
+        body = (message + "\n").encode()
+        kind = b"text/plain; charset=utf-8"
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _static(scope: Scope, send: Send) -> None:
+    """`/` and `/static/<file>`: only files that are in static/ (no subpaths, no dot files)."""
+    path: str = scope["path"]
+    name = "index.html" if path == "/" else path.removeprefix("/static/")
+    if scope["method"] not in ("GET", "HEAD"):
+        await _plain(send, 405, "method not allowed", [(b"allow", b"GET, HEAD")])
+        return
+    if (path != "/" and not path.startswith("/static/")) or not _servable(name):
+        await _plain(send, 404, "not found")
+        return
+    try:
+        body = await asyncio.to_thread((STATIC_DIR / name).read_bytes)
+    except OSError:
+        await _plain(send, 404, "not found")
+        return
+    content_type = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-cache"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+def _servable(name: str) -> bool:
+    """A plain file directly in static/: checked against the directory's listing, so no
+    `..`, separator, encoded trick or symlink out of it can name anything else."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        return False
+    try:
+        listing = {entry.name for entry in STATIC_DIR.iterdir() if entry.is_file()}
+    except OSError:
+        return False
+    return name in listing and not (STATIC_DIR / name).is_symlink()
+
+
+async def _plain(
+    send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": (text + "\n").encode()})

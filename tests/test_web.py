@@ -1,0 +1,344 @@
+"""The web port (`serve --web-port`): a real ChatServer with gRPC and the web port on free ports,
+connectrpc's own client speaking Connect and gRPC-Web to it, and plain HTTP for the page."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import grpc
+import pytest
+from grpc import aio
+
+pytest.importorskip("connectrpc")
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
+
+from grpcchat.core.limits import Limits
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
+from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
+from grpcchat.gen.chat.v1.chat_service_connect import ChatServiceClient
+from grpcchat.server import ChatServer
+from grpcchat.server.auth import TokenAuthority
+from grpcchat.server.config import WEB_PORT_ANY, ServerConfig
+from grpcchat.web.app import CONTENT_SECURITY_POLICY
+
+pytestmark = pytest.mark.timeout(30)
+
+SECRET = "s" * 32
+WAIT = 5.0
+
+
+def _config(**overrides: object) -> ServerConfig:
+    settings: dict[str, object] = {
+        "port": 0,
+        "store": "memory://",
+        "limits": Limits(rate=0, request_rate=0),
+        "grace_period": 1.0,
+        "web_port": WEB_PORT_ANY,
+    }
+    settings.update(overrides)
+    return ServerConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def web_config() -> ServerConfig:
+    return _config()
+
+
+@pytest.fixture
+async def web_server(web_config: ServerConfig) -> AsyncIterator[ChatServer]:
+    async with ChatServer(web_config) as running:
+        assert running.web_port > 0
+        yield running
+
+
+@pytest.fixture
+async def web(web_server: ChatServer) -> AsyncIterator[ChatServiceClient]:
+    async with ChatServiceClient(f"http://127.0.0.1:{web_server.web_port}") as client:
+        yield client
+
+
+@pytest.fixture
+async def stub(web_server: ChatServer) -> AsyncIterator[pb_grpc.ChatServiceStub]:
+    async with aio.insecure_channel(f"127.0.0.1:{web_server.port}") as channel:
+        yield pb_grpc.ChatServiceStub(channel)
+
+
+def _http(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    try:
+        connection.request(method, path, body=body or None, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+async def http_call(port: int, method: str, path: str, **kwargs: object) -> tuple[int, dict, bytes]:
+    return await asyncio.to_thread(_http, port, method, path, **kwargs)  # type: ignore[arg-type]
+
+
+async def _texts(
+    stream: AsyncIterator[pb.SubscribeResponse], count: int
+) -> tuple[list[str], AsyncIterator[pb.SubscribeResponse]]:
+    """The texts of the next `count` messages on a web Subscribe stream."""
+    texts: list[str] = []
+    async with asyncio.timeout(WAIT):
+        async for response in stream:
+            texts += [e.message.text for e in response.events if e.HasField("message")]
+            if len(texts) >= count:
+                break
+    return texts, stream
+
+
+async def _drained(stream: AsyncIterator[pb.SubscribeResponse]) -> None:
+    async with asyncio.timeout(WAIT):
+        async for _ in stream:
+            pass
+
+
+async def _registered(stream: AsyncIterator[pb.SubscribeResponse]) -> None:
+    """The first response is empty: the stream is registered."""
+    async with asyncio.timeout(WAIT):
+        first = await anext(aiter(stream))
+    assert not first.events
+
+
+async def test_send_via_web_shows_in_grpc_history(
+    web: ChatServiceClient, stub: pb_grpc.ChatServiceStub
+) -> None:
+    sent = await web.send(pb.SendRequest(sender="alice", text="hi from a browser", room="web"))
+    assert sent.message.seq == 1
+    history = await stub.History(pb.HistoryRequest(room="web"), timeout=WAIT)
+    assert [(m.sender, m.text) for m in history.messages] == [("alice", "hi from a browser")]
+    # And back: web History sees what gRPC sent.
+    await stub.Send(pb.SendRequest(sender="bob", text="hi from a terminal", room="web"))
+    page = await web.history(pb.HistoryRequest(room="web"))
+    assert [m.text for m in page.messages] == ["hi from a browser", "hi from a terminal"]
+    rooms = await web.list_rooms(pb.ListRoomsRequest())
+    assert "web" in [r.name for r in rooms.rooms]
+
+
+async def test_grpc_message_reaches_web_subscribe(
+    web: ChatServiceClient, stub: pb_grpc.ChatServiceStub
+) -> None:
+    stream = web.subscribe(pb.SubscribeRequest(room="lobby", name="carol"))
+    await _registered(stream)
+    members = await web.list_members(pb.ListMembersRequest(room="lobby"))
+    assert "carol" in members.members
+    await stub.Send(pb.SendRequest(sender="dave", text="over gRPC", room="lobby"))
+    texts, _ = await _texts(stream, 1)
+    assert texts == ["over gRPC"]
+
+
+async def test_subscribe_resumes_with_exactly_the_missed_messages(
+    web: ChatServiceClient, stub: pb_grpc.ChatServiceStub
+) -> None:
+    for text in ("one", "two", "three"):
+        await stub.Send(pb.SendRequest(sender="eve", text=text, room="resume"))
+    history = await stub.History(pb.HistoryRequest(room="resume"), timeout=WAIT)
+    after = pb.Position(seq=history.messages[0].seq, epoch=history.epoch)
+    stream = web.subscribe(pb.SubscribeRequest(room="resume", name="frank", after=after))
+    texts, _ = await _texts(stream, 2)
+    assert texts == ["two", "three"]
+
+
+async def test_bad_input_is_invalid_argument(web: ChatServiceClient) -> None:
+    with pytest.raises(ConnectError) as refused:
+        await web.send(pb.SendRequest(sender="alice", text="", room="lobby"))
+    assert refused.value.code == Code.INVALID_ARGUMENT
+    with pytest.raises(ConnectError) as refused:
+        await _drained(web.subscribe(pb.SubscribeRequest(room="not a room!", name="x")))
+    assert refused.value.code == Code.INVALID_ARGUMENT
+
+
+async def test_bidi_rpcs_are_unimplemented_on_the_web_port(web_server: ChatServer) -> None:
+    status, _, body = await http_call(
+        web_server.web_port,
+        "POST",
+        "/chat.v1.ChatService/Connect",
+        headers={"content-type": "application/connect+json", "connect-protocol-version": "1"},
+        body=b"\0\0\0\0\x02{}",
+    )
+    assert status == 200
+    assert b"unimplemented" in body
+
+
+@pytest.mark.parametrize("web_config", [_config(auth_secret=SECRET)])
+async def test_auth_token_required_and_its_identity_wins(
+    web: ChatServiceClient, stub: pb_grpc.ChatServiceStub
+) -> None:
+    with pytest.raises(ConnectError) as refused:
+        await web.send(pb.SendRequest(sender="mallory", text="hi", room="lobby"))
+    assert refused.value.code == Code.UNAUTHENTICATED
+    token = TokenAuthority(SECRET).mint("alice", timedelta(minutes=5))
+    sent = await web.send(
+        pb.SendRequest(sender="mallory", text="hi", room="lobby"),
+        headers={"authorization": f"Bearer {token}"},
+    )
+    assert sent.message.sender == "alice"
+
+
+async def test_token_in_url_is_refused(web_server: ChatServer) -> None:
+    status, _, _ = await http_call(web_server.web_port, "GET", "/?token=abc")
+    assert status == 400
+    status, _, body = await http_call(
+        web_server.web_port,
+        "POST",
+        "/chat.v1.ChatService/History?access_token=abc",
+        headers={"content-type": "application/json"},
+        body=b"{}",
+    )
+    assert status == 400
+    assert json.loads(body)["code"] == "invalid_argument"
+
+
+async def test_static_page_with_security_headers(web_server: ChatServer) -> None:
+    status, headers, body = await http_call(web_server.web_port, "GET", "/")
+    assert status == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert b"<html" in body.lower()
+    status, headers, _ = await http_call(web_server.web_port, "GET", "/static/app.js")
+    assert status == 200
+    assert headers["content-type"] == "text/javascript; charset=utf-8"
+    # Every response has them, an error too.
+    status, headers, _ = await http_call(web_server.web_port, "GET", "/nope")
+    assert status == 404
+    assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../app.py",
+        "/static/%2e%2e/app.py",
+        "/static/..%2fapp.py",
+        "/static//etc/passwd",
+        "/static/../../pyproject.toml",
+        "/static/",
+        "/static/.hidden",
+        "/app.py",
+    ],
+)
+async def test_path_traversal_refused(web_server: ChatServer, path: str) -> None:
+    status, _, _ = await http_call(web_server.web_port, "GET", path)
+    assert status == 404
+
+
+async def test_cross_origin_refused(web_server: ChatServer) -> None:
+    port = web_server.web_port
+    evil = {"origin": "http://evil.example"}
+    status, headers, _ = await http_call(port, "GET", "/", headers=evil)
+    assert status == 403
+    assert "access-control-allow-origin" not in headers
+    status, _, _ = await http_call(
+        port,
+        "OPTIONS",
+        "/chat.v1.ChatService/Send",
+        headers={**evil, "access-control-request-method": "POST"},
+    )
+    assert status == 403
+    status, _, body = await http_call(
+        port,
+        "POST",
+        "/chat.v1.ChatService/History",
+        headers={**evil, "content-type": "application/json"},
+        body=b"{}",
+    )
+    assert status == 403
+    assert json.loads(body)["code"] == "permission_denied"
+    # The page's own origin is fine.
+    own = {"origin": f"http://127.0.0.1:{port}", "content-type": "application/json"}
+    status, _, _ = await http_call(
+        port, "POST", "/chat.v1.ChatService/History", headers=own, body=b"{}"
+    )
+    assert status == 200
+
+
+@pytest.mark.parametrize("web_config", [_config(web_origins=("http://localhost:5173",))])
+async def test_cross_origin_allowed_with_web_origin(web_server: ChatServer) -> None:
+    port = web_server.web_port
+    dev = {"origin": "http://localhost:5173"}
+    status, headers, _ = await http_call(
+        port,
+        "OPTIONS",
+        "/chat.v1.ChatService/Send",
+        headers={**dev, "access-control-request-method": "POST"},
+    )
+    assert status == 204
+    assert headers["access-control-allow-origin"] == "http://localhost:5173"
+    assert "authorization" in headers["access-control-allow-headers"]
+    status, headers, _ = await http_call(
+        port,
+        "POST",
+        "/chat.v1.ChatService/History",
+        headers={**dev, "content-type": "application/json"},
+        body=b"{}",
+    )
+    assert status == 200
+    assert headers["access-control-allow-origin"] == "http://localhost:5173"
+    status, _, _ = await http_call(port, "GET", "/", headers={"origin": "http://other.example"})
+    assert status == 403
+
+
+async def test_drain_ends_a_web_stream_unavailable(
+    web_server: ChatServer, web: ChatServiceClient
+) -> None:
+    stream = web.subscribe(pb.SubscribeRequest(room="lobby", name="gina"))
+    await _registered(stream)
+    stopping = asyncio.create_task(web_server.stop(2.0))
+    with pytest.raises(ConnectError) as ended:
+        await _drained(stream)
+    assert ended.value.code == Code.UNAVAILABLE
+    await stopping
+
+
+async def test_grpc_web_unary_and_stream(web_server: ChatServer) -> None:
+    address = f"http://127.0.0.1:{web_server.web_port}"
+    async with ChatServiceClient(address, protocol=ProtocolType.GRPC_WEB) as client:
+        sent = await client.send(pb.SendRequest(sender="hal", text="grpc-web", room="gw"))
+        assert sent.message.text == "grpc-web"
+        stream = client.subscribe(pb.SubscribeRequest(room="gw", name="ivy", history=10))
+        texts, _ = await _texts(stream, 1)
+        assert texts == ["grpc-web"]
+        with pytest.raises(ConnectError) as refused:
+            await client.send(pb.SendRequest(sender="hal", text="", room="gw"))
+        assert refused.value.code == Code.INVALID_ARGUMENT
+
+
+async def test_plain_grpc_on_the_web_port_is_pointed_elsewhere(web_server: ChatServer) -> None:
+    status, headers, _ = await http_call(
+        web_server.web_port,
+        "POST",
+        "/chat.v1.ChatService/History",
+        headers={"content-type": "application/grpc"},
+        body=b"\0\0\0\0\0",
+    )
+    assert status == 200
+    assert headers["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+
+
+def test_config_validates_the_web_settings() -> None:
+    with pytest.raises(ValueError, match="web port"):
+        ServerConfig(web_port=70000)
+    with pytest.raises(ValueError, match="--web-origin takes an origin"):
+        ServerConfig(web_port=8080, web_origins=("http://x.example/path",))
+    with pytest.raises(ValueError, match="plaintext"):
+        ServerConfig(web_port=8080, host="0.0.0.0", auth_secret=SECRET)
+    ServerConfig(web_port=8080, host="127.0.0.1", auth_secret=SECRET)
+
+
+async def test_web_off_by_default_loads_nothing() -> None:
+    async with ChatServer(_config(web_port=0)) as running:
+        assert running.web_port == 0

@@ -1,0 +1,138 @@
+// Following one room: a Subscribe stream that survives disconnects. It remembers the last
+// position seen (seq, epoch) and resumes after it, so the page gets no gap and no duplicate;
+// it drops anything it has already delivered, and treats a jump in live seqs as a gap to
+// resume over (once), as the server's README asks of clients.
+
+import { Code, ConnectError } from "@connectrpc/connect";
+import { backoff, chat, describe, isTerminal, sleep } from "./api";
+import type { Event } from "./gen/chat/v1/chat_service_pb";
+
+const HISTORY = 50;
+/** How many direct-message ids to remember for dropping repeats (they carry no seq). */
+const SEEN_IDS = 500;
+
+export interface FeedHandlers {
+  /** One event, in order, already filtered for duplicates. */
+  event(event: Event): void;
+  /** "connected", "reconnecting…" or an error text. */
+  status(text: string, kind: "ok" | "wait" | "error"): void;
+}
+
+class ResumeNow extends Error {}
+
+export class RoomFeed {
+  private readonly stopper = new AbortController();
+  private seq = 0n;
+  private epoch = "";
+  private readonly seenIds: string[] = [];
+  /** The seq after which we already resumed over a jump once (do not loop on a real hole). */
+  private jumpedAt = -1n;
+
+  constructor(
+    readonly name: string,
+    readonly room: string,
+    private readonly on: FeedHandlers,
+  ) {}
+
+  start(): void {
+    void this.run();
+  }
+
+  stop(): void {
+    this.stopper.abort(new ConnectError("left the room", Code.Canceled));
+  }
+
+  get stopped(): boolean {
+    return this.stopper.signal.aborted;
+  }
+
+  private async run(): Promise<void> {
+    for (let attempt = 0; !this.stopped; ) {
+      const call = new AbortController();
+      const unlink = () => call.abort(this.stopper.signal.reason);
+      this.stopper.signal.addEventListener("abort", unlink, { once: true });
+      let reason = "the server ended the stream";
+      try {
+        const resume = this.epoch !== "" || this.seq > 0n;
+        const request = resume
+          ? { name: this.name, room: this.room, after: { seq: this.seq, epoch: this.epoch } }
+          : { name: this.name, room: this.room, history: HISTORY };
+        let gapSeen = false;
+        for await (const response of chat.subscribe(request, { signal: call.signal })) {
+          for (const event of response.events) {
+            if (event.kind.case === "joined") attempt = 0;
+            if (event.kind.case === "gap") gapSeen = true;
+            if (this.accept(event, gapSeen)) this.on.event(event);
+          }
+        }
+      } catch (error) {
+        if (this.stopped) return;
+        if (error instanceof ResumeNow) continue;
+        if (isTerminal(error)) {
+          this.on.status(describe(error), "error");
+          this.stopper.abort(error);
+          return;
+        }
+        reason = describe(error);
+      } finally {
+        this.stopper.signal.removeEventListener("abort", unlink);
+        call.abort();
+      }
+      if (this.stopped) return;
+      this.on.status(`reconnecting… (${reason})`, "wait");
+      try {
+        await sleep(backoff(attempt++), this.stopper.signal);
+      } catch {
+        return;
+      }
+    }
+  }
+
+  /** Track the position; false for an event already delivered. Throws ResumeNow on a jump. */
+  private accept(event: Event, gapSeen: boolean): boolean {
+    switch (event.kind.case) {
+      case "message": {
+        const m = event.kind.value;
+        if (m.recipient !== "" || m.seq === 0n) return this.firstTime(m.id);
+        if (m.room !== "" && m.room !== this.room) return false;
+        if (m.epoch === this.epoch) {
+          if (m.seq <= this.seq) return false;
+          if (this.seq > 0n && m.seq > this.seq + 1n && !gapSeen && this.jumpedAt !== this.seq) {
+            this.jumpedAt = this.seq; // a hole without a HistoryGap: resume over it, once
+            throw new ResumeNow();
+          }
+        }
+        this.seq = m.seq;
+        this.epoch = m.epoch;
+        return true;
+      }
+      case "gap": {
+        const gap = event.kind.value;
+        if (gap.firstSeq === 0n && gap.lastSeq === 0n) {
+          this.seq = 0n; // the whole history was replaced: a new epoch follows
+          this.epoch = "";
+        }
+        return true;
+      }
+      case "joined": {
+        const at = event.kind.value.position;
+        this.on.status("connected", "ok");
+        if (at && (at.epoch !== this.epoch || at.seq > this.seq)) {
+          this.seq = at.seq;
+          this.epoch = at.epoch;
+        }
+        return true;
+      }
+      default:
+        return true;
+    }
+  }
+
+  private firstTime(id: string): boolean {
+    if (id === "") return true;
+    if (this.seenIds.includes(id)) return false;
+    this.seenIds.push(id);
+    if (this.seenIds.length > SEEN_IDS) this.seenIds.shift();
+    return true;
+  }
+}
