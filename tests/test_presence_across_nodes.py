@@ -152,8 +152,13 @@ async def test_presence_members_and_counts_span_nodes(three_nodes: tuple[ChatSer
             async with c.hub.connect("ann") as ann_again:
                 again = await joined(c.hub, ann_again)
                 await again.stop()
-            await asyncio.sleep(0.2)  # any wrong notice would have arrived by now
-            assert ann_events.presence() == [("bob", True)]
+            # A marker after it: whatever ann's second session caused has reached bob by then.
+            async with c.hub.connect("cy") as cy:
+                cy_events = await joined(c.hub, cy)
+                await bob_events.until(lambda _: ("cy", True) in bob_events.presence())
+                await cy_events.stop()
+            assert [change for change in bob_events.presence() if change[0] == "ann"] == []
+            assert ann_events.presence()[0] == ("bob", True)
             await b.hub.leave(bob, ROOM)
             await ann_events.until(lambda _: ("bob", False) in ann_events.presence())
             await until(lambda: _equals(member_names(c), ["ann"]))
@@ -166,13 +171,19 @@ async def test_direct_messages_reach_the_recipient_on_any_node_once(
     three_nodes: tuple[ChatServer, ...],
 ) -> None:
     a, b, c = three_nodes
-    async with a.hub.connect("ann") as ann, b.hub.connect("bob") as bob:
-        ann_events, bob_events = Events(ann), Events(bob)
+    async with (
+        a.hub.connect("ann") as ann,
+        b.hub.connect("bob") as bob,
+        b.hub.connect("cy") as cy_elsewhere,
+    ):
+        ann_events, bob_events, cy_events = Events(ann), Events(bob), Events(cy_elsewhere)
         try:
             await until(lambda: _known(c.hub, "ann", "bob"))
             sent = await c.hub.post("cy", "psst", recipient="ann", key="k1")
             await ann_events.until(lambda _: len(ann_events.messages()) == 1)
             assert ann_events.messages()[0].id == sent.message.id
+            # The sender's session on another node gets it too (and so b has seen its key).
+            await cy_events.until(lambda _: len(cy_events.messages()) == 1)
             # The same key again, on another node (a client that failed over): the original.
             again = await b.hub.post("cy", "psst", recipient="ann", key="k1")
             assert again.duplicate
@@ -187,6 +198,7 @@ async def test_direct_messages_reach_the_recipient_on_any_node_once(
         finally:
             await ann_events.stop()
             await bob_events.stop()
+            await cy_events.stop()
 
 
 async def test_a_rate_is_per_user_across_nodes(three_nodes: tuple[ChatServer, ...]) -> None:
