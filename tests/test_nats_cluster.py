@@ -368,9 +368,20 @@ async def _chat_through_a_leader_kill(
             assert [m.id for m in follower.messages()] == [m.id for m in history]
 
         # A's feed follows again after its reconnect: a member on A gets a message sent on B.
-        in_room = asyncio.Event()
-        joiner = asyncio.create_task(raw_join(addr_a, count=1, in_room=in_room))
-        await asyncio.wait_for(in_room.wait(), 10)
+        # (While the new leader settles, A's feed may fail once more and A refuse the join:
+        # then it is SERVING again soon, and the join is tried again.)
+        async with asyncio.timeout(30):
+            while True:
+                await until_health(addr_a, SERVING, timeout=20)
+                in_room = asyncio.Event()
+                joiner = asyncio.create_task(raw_join(addr_a, count=1, in_room=in_room))
+                entered = asyncio.ensure_future(in_room.wait())
+                await asyncio.wait([joiner, entered], return_when=asyncio.FIRST_COMPLETED)
+                if in_room.is_set():
+                    break
+                entered.cancel()
+                refused = await joiner
+                assert refused.refused or refused.status, "a join ended without a reason"
         latest = (await client_b.send("bob", "after the kill", ROOM)).message
         joined = await asyncio.wait_for(joiner, 10)
         assert [m.id for m in joined.messages] == [latest.id]

@@ -47,11 +47,7 @@ async def write_session(
         watchdog = asyncio.create_task(_abort_when_ended(session, context))
 
     session.on_closed(start_watchdog)
-    expiry = None
-    if identity is not None:
-        delay = (identity.expires_at - datetime.now(UTC)).total_seconds()
-        expired = Unauthenticated("token expired; mint a new one with `grpcchat token`")
-        expiry = asyncio.get_running_loop().call_later(delay, session.close, expired)
+    expiry = close_when_token_expires(session, identity)
     try:
         if not headers_sent:
             # Headers now, not with the first event: they tell the client the session is
@@ -96,3 +92,15 @@ async def _abort_when_ended(session: Session, context: Context) -> None:
         return
     await asyncio.sleep(CLOSE_FLUSH_GRACE)
     await abort(context, session.error or SlowConsumer("the session ended but was not read"))
+
+
+def close_when_token_expires(
+    session: Session, identity: Identity | None
+) -> asyncio.TimerHandle | None:
+    """End the session (UNAUTHENTICATED) when the caller's token expires; cancel the handle
+    when the session ends first. None without an identity (auth off)."""
+    if identity is None:
+        return None
+    delay = (identity.expires_at - datetime.now(UTC)).total_seconds()
+    expired = Unauthenticated("token expired; mint a new one with `grpcchat token`")
+    return asyncio.get_running_loop().call_later(delay, session.close, expired)

@@ -7,15 +7,14 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
-from grpcchat.core.errors import SlowConsumer, Unauthenticated
+from grpcchat.core.errors import SlowConsumer
 from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity
 from grpcchat.server.counters import ServerStats
 from grpcchat.server.framing import frame_events
-from grpcchat.server.writer import CLOSE_FLUSH_GRACE
+from grpcchat.server.writer import CLOSE_FLUSH_GRACE, close_when_token_expires
 
 # How long a slow consumer's writer has to notice the end itself (it is not stuck behind the
 # client, only behind the others) before its connection is closed.
@@ -64,11 +63,7 @@ async def stream_session(
         watchdog = asyncio.create_task(_cut_when_stuck(session, exchange))
 
     session.on_closed(start_watchdog)
-    expiry = None
-    if identity is not None:
-        delay = (identity.expires_at - datetime.now(UTC)).total_seconds()
-        expired = Unauthenticated("token expired; mint a new one with `grpcchat token`")
-        expiry = asyncio.get_running_loop().call_later(delay, session.close, expired)
+    expiry = close_when_token_expires(session, identity)
     try:
         yield pb.SubscribeResponse()
         async for batch in session.batches(heartbeat):
