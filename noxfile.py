@@ -83,7 +83,8 @@ def _previous_commit_has_protos() -> bool:
 @nox.session
 def proto(session: nox.Session) -> None:
     """Contract checks: buf lint and format, buf breaking, generated code is fresh."""
-    session.install("-e", ".")
+    # [web]: protoc-gen-connectrpc, whose stubs are part of the generated code checked here.
+    session.install("-e", ".[web]")
     buf = _buf(session)
     with session.chdir("proto"):
         session.run(buf, "lint", external=True)
