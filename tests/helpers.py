@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from grpcchat.client import ChatSession, Connected, FeedEvent
-from grpcchat.core.models import Message
+from grpcchat.core.models import Message, RoomJoined
+from grpcchat.core.session import Session
 
 
 class Follower:
@@ -54,3 +55,35 @@ class Follower:
 async def aiter_events(session: ChatSession) -> AsyncIterator[FeedEvent]:
     async for event in session.events():
         yield event
+
+
+class RoomReader:
+    """Every message a hub session receives in `room`, in order, read in the background."""
+
+    def __init__(self, session: Session, room: str, timeout: float = 20.0) -> None:
+        self.messages: list[Message] = []
+        self.joined = asyncio.Event()
+        self._room = room
+        self._timeout = timeout
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._run(session))
+
+    async def _run(self, session: Session) -> None:
+        async for batch in session.batches():
+            for envelope in batch:
+                event = envelope.event
+                if isinstance(event, Message) and event.room == self._room:
+                    self.messages.append(event)
+                elif isinstance(event, RoomJoined):
+                    self.joined.set()
+            self._changed.set()
+
+    async def until(self, count: int) -> None:
+        async with asyncio.timeout(self._timeout):
+            while len(self.messages) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -18,13 +18,13 @@ from grpcchat.core.history import Retention
 from grpcchat.core.hub import Hub
 from grpcchat.core.limits import Limits
 from grpcchat.core.models import Envelope, Message, RoomJoined
-from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
 from grpcchat.store.memory import MemoryStore
 from grpcchat.wire import codec
+from tests.helpers import RoomReader
 
 TIMEOUT = 20.0
 ROOM = "lobby"
@@ -62,35 +62,6 @@ class FeedStore(MemoryStore):
         await asyncio.Event().wait()
 
 
-class Reader:
-    """The room messages a session receives, in order."""
-
-    def __init__(self, session: Session) -> None:
-        self.messages: list[Message] = []
-        self.joined = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._run(session))
-
-    async def _run(self, session: Session) -> None:
-        async for batch in session.batches():
-            for envelope in batch:
-                if isinstance(envelope.event, Message):
-                    self.messages.append(envelope.event)
-                elif isinstance(envelope.event, RoomJoined):
-                    self.joined.set()
-            self._changed.set()
-
-    async def until(self, count: int) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while len(self.messages) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
 async def append_elsewhere(store: MemoryStore, text: str) -> Message:
     """What another process appending to the shared history looks like here."""
     appended = await store.append(
@@ -104,7 +75,7 @@ async def test_the_hub_gates_feed_and_own_messages_and_reads_gaps_from_history()
     hub = Hub(store, Limits(rate=0, request_rate=0))
     try:
         async with hub.connect("ann") as ann:
-            reader = Reader(ann)
+            reader = RoomReader(ann, ROOM)
             try:
                 await hub.join(ann, ROOM)
                 await asyncio.wait_for(reader.joined.wait(), TIMEOUT)

@@ -16,10 +16,9 @@ from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, HistoryStore, Retention
 from grpcchat.core.hub import Hub
 from grpcchat.core.limits import Limits
-from grpcchat.core.models import Message, RoomJoined
-from grpcchat.core.session import Session
 from grpcchat.server.engines import open_store
 from grpcchat.store.memory import MemoryStore
+from tests.helpers import RoomReader
 
 TIMEOUT = 20.0
 POSTERS, POSTS = 20, 50
@@ -71,36 +70,6 @@ def make_hub(store: HistoryStore) -> Hub:
     return Hub(store, Limits(rate=0, request_rate=0, queue_size=10 * POSTERS * POSTS))
 
 
-class Reader:
-    """Every message a session receives in ROOM, in order."""
-
-    def __init__(self, session: Session) -> None:
-        self.messages: list[Message] = []
-        self.joined = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._run(session))
-
-    async def _run(self, session: Session) -> None:
-        async for batch in session.batches():
-            for envelope in batch:
-                event = envelope.event
-                if isinstance(event, Message) and event.room == ROOM:
-                    self.messages.append(event)
-                elif isinstance(event, RoomJoined):
-                    self.joined.set()
-            self._changed.set()
-
-    async def until(self, count: int) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while len(self.messages) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
 async def post_concurrently(hub: Hub, *, failing_every: int = 0) -> int:
     """POSTERS tasks of POSTS posts each, all at once; how many failed."""
     failures = 0
@@ -122,7 +91,7 @@ async def test_readers_see_seq_order_which_is_history_order(store: HistoryStore)
     hub = make_hub(store)
     failing_every = 7 if isinstance(store, JitteryStore) else 0
     async with hub.connect("ann") as ann, hub.connect("bob") as bob:
-        readers = [Reader(ann), Reader(bob)]
+        readers = [RoomReader(ann, ROOM), RoomReader(bob, ROOM)]
         try:
             for session, reader in zip([ann, bob], readers, strict=True):
                 await hub.join(session, ROOM)
@@ -147,7 +116,7 @@ async def test_readers_see_seq_order_which_is_history_order(store: HistoryStore)
 async def test_a_cancelled_poster_still_delivers_what_was_stored(store: HistoryStore) -> None:
     hub = make_hub(store)
     async with hub.connect("ann") as ann:
-        reader = Reader(ann)
+        reader = RoomReader(ann, ROOM)
         try:
             await hub.join(ann, ROOM)
             await asyncio.wait_for(reader.joined.wait(), TIMEOUT)

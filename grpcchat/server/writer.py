@@ -76,22 +76,28 @@ async def _abort_when_ended(session: Session, context: Context) -> None:
     that stopped reading: a slow consumer at once, any other within CLOSE_FLUSH_GRACE (the
     time its writer has to flush what was queued)."""
     if isinstance(session.error, SlowConsumer):
-        rooms = ", ".join(f"#{room}" for room in session.rooms_at_close) or "no rooms"
-        log.warning(
-            "disconnecting slow consumer %r (%s)",
-            session.name or session.peer,
-            rooms,
-            extra={
-                "event": "slow_consumer_disconnected",
-                "session": session.name,
-                "peer": session.peer,
-                "rooms": list(session.rooms_at_close),
-            },
-        )
+        log_slow_consumer(log, session, "slow consumer")
         await abort(context, session.error)
         return
     await asyncio.sleep(CLOSE_FLUSH_GRACE)
     await abort(context, session.error or SlowConsumer("the session ended but was not read"))
+
+
+def log_slow_consumer(logger: logging.Logger, session: Session, what: str) -> None:
+    """The warning (event `slow_consumer_disconnected`) for a session cut off as `what`."""
+    rooms = ", ".join(f"#{room}" for room in session.rooms_at_close) or "no rooms"
+    logger.warning(
+        "disconnecting %s %r (%s)",
+        what,
+        session.name or session.peer,
+        rooms,
+        extra={
+            "event": "slow_consumer_disconnected",
+            "session": session.name,
+            "peer": session.peer,
+            "rooms": list(session.rooms_at_close),
+        },
+    )
 
 
 def close_when_token_expires(

@@ -14,7 +14,11 @@ from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity
 from grpcchat.server.counters import ServerStats
 from grpcchat.server.framing import frame_events
-from grpcchat.server.writer import CLOSE_FLUSH_GRACE, close_when_token_expires
+from grpcchat.server.writer import (
+    CLOSE_FLUSH_GRACE,
+    close_when_token_expires,
+    log_slow_consumer,
+)
 
 # How long a slow consumer's writer has to notice the end itself (it is not stuck behind the
 # client, only behind the others) before its connection is closed.
@@ -89,16 +93,5 @@ async def _cut_when_stuck(session: Session, exchange: Exchange) -> None:
     slow = isinstance(session.error, SlowConsumer)
     await asyncio.sleep(SLOW_CONSUMER_GRACE if slow else CLOSE_FLUSH_GRACE)
     if slow:
-        rooms = ", ".join(f"#{room}" for room in session.rooms_at_close) or "no rooms"
-        log.warning(
-            "disconnecting slow web consumer %r (%s)",
-            session.name or session.peer,
-            rooms,
-            extra={
-                "event": "slow_consumer_disconnected",
-                "session": session.name,
-                "peer": session.peer,
-                "rooms": list(session.rooms_at_close),
-            },
-        )
+        log_slow_consumer(log, session, "slow web consumer")
     exchange.cut()
