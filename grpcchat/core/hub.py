@@ -266,8 +266,8 @@ class Hub:
         if session.closed.is_set() or room not in session.rooms:
             return
         position = Position(cursor.until, self.store.epoch)
-        sample = listing.members_page(self._rooms, self.roster, room, "", DETAIL_LIMIT).names
-        joined = RoomJoined(room, tuple(sample), position, self._member_total(room))
+        sample = listing.sample(members, self.roster, DETAIL_LIMIT)
+        joined = RoomJoined(room, sample, position, self._member_total(room))
         session.start_replay(room, cursor, Envelope(joined))
 
     def _check_name_free(self, session: Session, room: Room) -> None:

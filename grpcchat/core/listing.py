@@ -5,6 +5,7 @@ from each room's sorted index, stored rooms from the store's own index."""
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -46,6 +47,16 @@ def members_page(
     if members is not None:
         total += members.member_count - members.shared
     return MembersPage(names, total, names[-1] if more else "")
+
+
+def sample(members: Room, roster: Roster, limit: int) -> tuple[str, ...]:
+    """Up to `limit` of the room's names on every node, sorted (all of them in a room no bigger
+    than `limit`), without sorting a big room: what a join's RoomJoined lists."""
+    remote = roster.names(members.name)
+    if not remote:
+        return members.sample(limit)
+    names = {*members.sample(limit), *itertools.islice(remote, limit)}
+    return tuple(sorted(names)[:limit])
 
 
 async def rooms_page(
