@@ -38,6 +38,15 @@ class NotFound(ChatError):
     """The recipient or thing named is not there (NOT_FOUND)."""
 
 
+class PermissionDenied(ChatError):
+    """The caller may not do this to that, e.g. edit someone else's message (PERMISSION_DENIED)."""
+
+
+class AlreadyExists(ChatError):
+    """What the request would create is there already, e.g. the same reaction twice
+    (ALREADY_EXISTS)."""
+
+
 class LimitExceeded(ChatError):
     """Too many rooms, sessions or messages (RESOURCE_EXHAUSTED). `retry_after` is in seconds
     when waiting helps (a rate limit), None when it does not."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from grpcchat.core.models import Message
+from grpcchat.core.models import Message, Relation
 
 # A repeated send (same sender, same key) within this window returns the original message.
 DEDUP_WINDOW = timedelta(minutes=10)
@@ -19,6 +19,12 @@ MAX_AGE = timedelta(days=30)
 MAX_KEEP = timedelta(days=36_500)
 # The longest idempotency key `append` is handed, in UTF-8 bytes; the core refuses longer ones.
 MAX_KEY_BYTES = 128
+# Per message: edits, distinct emoji, and reactions (name and emoji pairs) it may collect.
+MAX_EDITS = 100
+MAX_DISTINCT_EMOJI = 20
+MAX_REACTIONS = 500
+# `unread` counts no further: a person reads "1000+" the same as a larger number.
+MAX_UNREAD = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,34 @@ class HistoryStore(Protocol):
       that an engine unable to begin the shared transaction at all (its file locked by another
       process) may fail every append of the group, each with StoreError, each leaving nothing.
     - No method blocks the event loop: engines doing I/O run it off the loop.
+
+    Conversations (relations are entries of the log, Matrix's model):
+    - An append with a `relation` is an entry that changes an earlier message, its `target`:
+      it takes the room's next seq like any append, and in the same step (the same
+      transaction) the target's current state changes. The target must be a retained entry of
+      the same room that is itself no relation and not deleted, else NotFound (an unknown id,
+      another room's message, one beyond retention, a direct message: those are never in a
+      room's log) or InvalidInput (the target is a relation). EDIT and DELETE are the target's
+      sender's only, else PermissionDenied. EDIT: the entry's `text` is the target's new text,
+      its `sent_at` the target's `edited_at`; a target edited MAX_EDITS times refuses more
+      (LimitExceeded). DELETE: the target's text, and the text of every EDIT of it, is erased
+      from storage (""), its reactions are gone, it reads as `deleted`. REACT adds
+      (sender, emoji) to the target's reactions (AlreadyExists if there; LimitExceeded beyond
+      MAX_DISTINCT_EMOJI emoji or MAX_REACTIONS pairs), UNREACT removes it (NotFound if not
+      there); an emoji whose last name goes leaves the list. A refused relation leaves nothing
+      (no seq consumed, no key remembered), like any failed append. The key check comes
+      first: a repeated key returns the original entry as a duplicate without checking again.
+    - `reply_to`, when given, must name a retained message (not a relation) of the same room,
+      deleted or not, else NotFound / InvalidInput as above.
+    - `read` returns every entry of the log, relations included, each in its current state:
+      a message with its latest text, `edited_at`, `deleted` and `reactions` as they are now;
+      an EDIT entry of a deleted message with text "".
+    - Read markers: per user and room, the seq up to which the user has read. `mark_read`
+      only moves a marker forward, never past the room's last seq, and returns it as it is
+      afterwards; markers are stored like messages (they survive a restart where the history
+      does) and are not subject to retention. `unread` counts, per room asked, the retained
+      entries after the user's marker that are messages (no relations), not deleted and not
+      sent by the user, at most MAX_UNREAD.
     """
 
     @property
@@ -121,6 +155,8 @@ class HistoryStore(Protocol):
         sent_at: datetime,
         key: str = "",
         action: bool = False,
+        reply_to: str = "",
+        relation: Relation | None = None,
     ) -> Appended: ...
 
     async def read(
@@ -135,6 +171,19 @@ class HistoryStore(Protocol):
 
     async def last_seq(self, room: str) -> int:
         """The seq of the room's latest append (0 if none), even if it has been pruned."""
+        ...
+
+    async def mark_read(self, user: str, room: str, seq: int) -> int:
+        """Move `user`'s marker in `room` up to `seq` (never back, never past the last seq);
+        the marker afterwards."""
+        ...
+
+    async def read_marker(self, user: str, room: str) -> int:
+        """`user`'s marker in `room` (0 if none)."""
+        ...
+
+    async def unread(self, user: str, rooms: list[str]) -> dict[str, int]:
+        """Per room of `rooms`, how many messages `user` has not read (see the contract)."""
         ...
 
     async def rooms(self, *, after: str = "", limit: int = 100) -> list[RoomCount]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 DEFAULT_ROOM = "lobby"
 
@@ -34,10 +35,47 @@ class Message:
     recipient: str = ""
     # "/me waves": rendered as "* sender waves".
     action: bool = False
+    # A reply names the message (same room) it answers.
+    reply_to: str = ""
+    # Set on an entry of the room's log that changes an earlier message (edit, delete,
+    # reaction) instead of saying something new: it has a position like any message, but it
+    # is not a new chat line, and the article's Chat stream never sees it.
+    relation: Relation | None = None
+    # Current state, as `HistoryStore.read` returns a message (a live message has none yet):
+    # when its text was last edited, whether it was deleted (its text is then ""), and its
+    # reactions, one per emoji in the order each emoji was first used.
+    edited_at: datetime | None = None
+    deleted: bool = False
+    reactions: tuple[Reaction, ...] = ()
 
     @property
     def position(self) -> Position:
         return Position(self.seq, self.epoch)
+
+
+class RelationKind(StrEnum):
+    EDIT = "edit"
+    DELETE = "delete"
+    REACT = "react"
+    UNREACT = "unreact"
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """What a log entry changes: `target` is the id of a message (not a relation) of the same
+    room. An edit's new text is the entry's `text`; reactions name their `emoji`."""
+
+    kind: RelationKind
+    target: str
+    emoji: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One emoji on a message, and the names that used it, in the order they reacted."""
+
+    emoji: str
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +128,8 @@ class RoomJoined:
     members: tuple[str, ...]
     position: Position
     member_count: int = 0
+    # The joining user's read marker in the room: seqs up to it have been read (0: none).
+    read_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +160,25 @@ class SendAck:
     retry_after: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Typing:
+    """`name` is typing in `room` (or stopped: not `active`). Never stored; a notice that is
+    not refreshed within `expires_in` seconds has expired."""
+
+    room: str
+    name: str
+    active: bool
+    expires_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMarker:
+    """The user's read marker in `room` moved to `seq` (told to the user's other sessions)."""
+
+    room: str
+    seq: int
+
+
 Event = (
     Message
     | PresenceChange
@@ -129,6 +188,8 @@ Event = (
     | RoomLeft
     | RequestRefused
     | SendAck
+    | Typing
+    | ReadMarker
 )
 
 
@@ -137,6 +198,8 @@ class RoomInfo:
     name: str
     members: int
     messages: int
+    # Messages after the caller's read marker (see `HistoryStore.unread`); 0 without a caller.
+    unread: int = 0
 
 
 class Envelope:

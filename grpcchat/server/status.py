@@ -11,12 +11,14 @@ import grpc
 from grpc import aio
 
 from grpcchat.core.errors import (
+    AlreadyExists,
     AlreadyJoined,
     ChatError,
     InvalidInput,
     LimitExceeded,
     NameTaken,
     NotFound,
+    PermissionDenied,
     ServerDraining,
     SlowConsumer,
     StoreError,
@@ -34,6 +36,8 @@ _STATUS_OF: dict[type[ChatError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NameTaken: grpc.StatusCode.ALREADY_EXISTS,
     AlreadyJoined: grpc.StatusCode.ALREADY_EXISTS,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotFound: grpc.StatusCode.NOT_FOUND,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,

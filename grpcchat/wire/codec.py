@@ -14,10 +14,15 @@ from grpcchat.core.models import (
     Position,
     PresenceChange,
     PresenceSummary,
+    Reaction,
+    ReadMarker,
+    Relation,
+    RelationKind,
     RequestRefused,
     RoomJoined,
     RoomLeft,
     SendAck,
+    Typing,
 )
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 
@@ -29,6 +34,13 @@ _EVENTS_FIELD_TAG = b"\x0a"
 RETRY_AFTER_KEY = "retry-after-ms"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _JOINED, _LEFT = pb.PresenceChange.CHANGE_JOINED, pb.PresenceChange.CHANGE_LEFT
+_KIND_TO_PROTO = {
+    RelationKind.EDIT: pb.Relation.KIND_EDIT,
+    RelationKind.DELETE: pb.Relation.KIND_DELETE,
+    RelationKind.REACT: pb.Relation.KIND_REACT,
+    RelationKind.UNREACT: pb.Relation.KIND_UNREACT,
+}
+_KIND_FROM_PROTO = {value: kind for kind, value in _KIND_TO_PROTO.items()}
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -42,7 +54,7 @@ def _datetime(stamp: Timestamp, present: bool) -> datetime:
 
 
 def to_proto(message: Message) -> pb.ChatMessage:
-    return pb.ChatMessage(
+    proto = pb.ChatMessage(
         sender=message.sender,
         text=message.text,
         sent_at=_timestamp(message.sent_at),
@@ -52,7 +64,20 @@ def to_proto(message: Message) -> pb.ChatMessage:
         epoch=message.epoch,
         recipient=message.recipient,
         action=message.action,
+        reply_to=message.reply_to,
+        deleted=message.deleted,
     )
+    # Most messages have none of these: skip the work (this runs once per message sent).
+    if message.relation is not None:
+        proto.relation.CopyFrom(relation_to_proto(message.relation))
+    if message.edited_at is not None:
+        proto.edited_at.CopyFrom(_timestamp(message.edited_at))
+    if message.reactions:
+        proto.reactions.extend(
+            pb.Reaction(emoji=reaction.emoji, names=reaction.names)
+            for reaction in message.reactions
+        )
+    return proto
 
 
 def from_proto(message: pb.ChatMessage, default_room: str = "") -> Message:
@@ -66,7 +91,29 @@ def from_proto(message: pb.ChatMessage, default_room: str = "") -> Message:
         epoch=message.epoch,
         recipient=message.recipient,
         action=message.action,
+        reply_to=message.reply_to,
+        relation=relation_from_proto(message.relation) if message.HasField("relation") else None,
+        edited_at=message.edited_at.ToDatetime(tzinfo=UTC)
+        if message.HasField("edited_at")
+        else None,
+        deleted=message.deleted,
+        reactions=tuple(
+            Reaction(reaction.emoji, tuple(reaction.names)) for reaction in message.reactions
+        ),
     )
+
+
+def relation_to_proto(relation: Relation) -> pb.Relation:
+    return pb.Relation(
+        kind=_KIND_TO_PROTO[relation.kind], target=relation.target, emoji=relation.emoji
+    )
+
+
+def relation_from_proto(relation: pb.Relation) -> Relation | None:
+    """The relation, or None for a kind this side does not know (unspecified or newer): the
+    caller decides whether that is bad input (a request) or a message to show plainly."""
+    kind = _KIND_FROM_PROTO.get(relation.kind)
+    return Relation(kind, relation.target, relation.emoji) if kind is not None else None
 
 
 def position_to_proto(position: Position) -> pb.Position:
@@ -93,12 +140,13 @@ def event_to_proto(event: Event) -> pb.Event:
                 room=room, joined=joined, left=left, members=members, at=_timestamp(at)
             )
             return pb.Event(summary=summary)
-        case RoomJoined(room, members, position, member_count):
+        case RoomJoined(room, members, position, member_count, read_seq):
             done = pb.RoomJoined(
                 room=room,
                 members=members,
                 position=position_to_proto(position),
                 member_count=member_count,
+                read_seq=read_seq,
             )
             return pb.Event(joined=done)
         case RoomLeft(room):
@@ -112,6 +160,13 @@ def event_to_proto(event: Event) -> pb.Event:
             return pb.Event(ack=ack)
         case RequestRefused(room, code, reason):
             return pb.Event(refused=pb.RequestRefused(room=room, code=code, reason=reason))
+        case Typing(room, name, active, expires_in):
+            typing = pb.Typing(
+                room=room, name=name, active=active, expires_in_ms=round(expires_in * 1000)
+            )
+            return pb.Event(typing=typing)
+        case ReadMarker(room, seq):
+            return pb.Event(read=pb.ReadMarker(room=room, seq=seq))
 
 
 def event_from_proto(event: pb.Event) -> Event | None:
@@ -132,7 +187,8 @@ def event_from_proto(event: pb.Event) -> Event | None:
         j = event.joined
         # A server that predates member_count sent every name.
         count = j.member_count or len(j.members)
-        return RoomJoined(j.room, tuple(j.members), position_from_proto(j.position), count)
+        position = position_from_proto(j.position)
+        return RoomJoined(j.room, tuple(j.members), position, count, j.read_seq)
     if kind == "left":
         return RoomLeft(event.left.room)
     if kind == "ack":
@@ -143,11 +199,17 @@ def event_from_proto(event: pb.Event) -> Event | None:
     if kind == "refused":
         r = event.refused
         return RequestRefused(r.room, r.code, r.reason)
+    if kind == "typing":
+        t = event.typing
+        return Typing(t.room, t.name, t.active, t.expires_in_ms / 1000)
+    if kind == "read":
+        return ReadMarker(event.read.room, event.read.seq)
     return None
 
 
 def encode_chat_message(event: Event) -> bytes:
-    """Wire bytes of a ChatMessage (the article's stream carries nothing else)."""
+    """Wire bytes of a ChatMessage (the article's stream carries nothing else: relations are
+    kept from it before they get here)."""
     assert isinstance(event, Message)
     return to_proto(event).SerializeToString()
 

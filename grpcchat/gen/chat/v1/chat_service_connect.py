@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from .chat_service_pb2 import ChatMessage, ConnectRequest, ConnectResponse, HistoryRequest, HistoryResponse, ListMembersRequest, ListMembersResponse, ListRoomsRequest, ListRoomsResponse, SendRequest, SendResponse, SubscribeRequest, SubscribeResponse
+from .chat_service_pb2 import ChatMessage, ConnectRequest, ConnectResponse, HistoryRequest, HistoryResponse, ListMembersRequest, ListMembersResponse, ListRoomsRequest, ListRoomsResponse, MarkReadRequest, MarkReadResponse, SendRequest, SendResponse, SubscribeRequest, SubscribeResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
@@ -90,6 +90,13 @@ class ChatService(Protocol):
     async def list_members(self, request: ListMembersRequest, ctx: RequestContext[ListMembersRequest, ListMembersResponse], /) -> ListMembersResponse:
         """
         ListMembers lists who is in a room.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def mark_read(self, request: MarkReadRequest, ctx: RequestContext[MarkReadRequest, MarkReadResponse], /) -> MarkReadResponse:
+        """
+        MarkRead moves the caller's read marker in a room forward; the user's
+        other sessions get a ReadMarker event.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -183,6 +190,17 @@ class ChatServiceASGIApplication(ConnectASGIApplication[ChatService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.list_members,
+                ),
+                "/chat.v1.ChatService/MarkRead": Endpoint.unary(
+                    method=MethodInfo(
+                        name="MarkRead",
+                        service_name="chat.v1.ChatService",
+                        input=MarkReadRequest,
+                        output=MarkReadResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.mark_read,
                 ),
             },
             interceptors=interceptors,
@@ -390,6 +408,30 @@ class ChatServiceClient(ConnectClient):
                 service_name="chat.v1.ChatService",
                 input=ListMembersRequest,
                 output=ListMembersResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def mark_read(
+        self,
+        request: MarkReadRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> MarkReadResponse:
+        """
+        MarkRead moves the caller's read marker in a room forward; the user's
+        other sessions get a ReadMarker event.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="MarkRead",
+                service_name="chat.v1.ChatService",
+                input=MarkReadRequest,
+                output=MarkReadResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

@@ -38,6 +38,11 @@ class ChatMessage(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
+    RELATION_FIELD_NUMBER: _builtins.int
+    EDITED_AT_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    REACTIONS_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
     """Who sent it. With authentication on, the server overwrites it with the
     name from the caller's token.
@@ -60,10 +65,34 @@ class ChatMessage(_message.Message):
     """For a direct message, its recipient (and `room` is empty)."""
     action: _builtins.bool
     """An action ("/me waves"), rendered as "* sender text"."""
+    reply_to: _builtins.str
+    """A reply: the id of the message (same room) this one answers."""
+    deleted: _builtins.bool
+    """Current state: the message was deleted; its text is gone (a tombstone)."""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp:
         """When the server accepted it. The server is the authority on time: a
         client-supplied value is replaced.
+        """
+
+    @_builtins.property
+    def relation(self) -> Global___Relation:
+        """Set when this entry of the room's log changes an earlier message (an
+        edit, a delete, a reaction) instead of saying something new: it has its
+        own position like any message, but it is not a new chat line. The
+        article's Chat stream never carries these.
+        """
+
+    @_builtins.property
+    def edited_at(self) -> _timestamp_pb2.Timestamp:
+        """Current state, in History and in replays: when the text was last edited
+        (unset if never).
+        """
+
+    @_builtins.property
+    def reactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reaction]:
+        """Current state: the reactions on this message, one entry per emoji, in
+        the order each emoji was first used.
         """
 
     def __init__(
@@ -78,14 +107,104 @@ class ChatMessage(_message.Message):
         epoch: _builtins.str = ...,
         recipient: _builtins.str = ...,
         action: _builtins.bool = ...,
+        reply_to: _builtins.str = ...,
+        relation: Global___Relation | None = ...,
+        edited_at: _timestamp_pb2.Timestamp | None = ...,
+        deleted: _builtins.bool = ...,
+        reactions: _abc.Iterable[Global___Reaction] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["edited_at", b"edited_at", "relation", b"relation", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "epoch", b"epoch", "id", b"id", "recipient", b"recipient", "room", b"room", "sender", b"sender", "sent_at", b"sent_at", "seq", b"seq", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "deleted", b"deleted", "edited_at", b"edited_at", "epoch", b"epoch", "id", b"id", "reactions", b"reactions", "recipient", b"recipient", "relation", b"relation", "reply_to", b"reply_to", "room", b"room", "sender", b"sender", "sent_at", b"sent_at", "seq", b"seq", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class Relation(_message.Message):
+    """Relation says which earlier message a log entry changes, and how."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Relation._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: Relation._Kind.ValueType  # 0
+        KIND_EDIT: Relation._Kind.ValueType  # 1
+        """New text for the target; the entry's `text` is the new text."""
+        KIND_DELETE: Relation._Kind.ValueType  # 2
+        """The target's text is removed from storage; a tombstone remains."""
+        KIND_REACT: Relation._Kind.ValueType  # 3
+        """The sender reacts to the target with `emoji`."""
+        KIND_UNREACT: Relation._Kind.ValueType  # 4
+        """The sender takes back their `emoji` reaction."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: Relation.Kind.ValueType  # 0
+    KIND_EDIT: Relation.Kind.ValueType  # 1
+    """New text for the target; the entry's `text` is the new text."""
+    KIND_DELETE: Relation.Kind.ValueType  # 2
+    """The target's text is removed from storage; a tombstone remains."""
+    KIND_REACT: Relation.Kind.ValueType  # 3
+    """The sender reacts to the target with `emoji`."""
+    KIND_UNREACT: Relation.Kind.ValueType  # 4
+    """The sender takes back their `emoji` reaction."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    kind: Global___Relation.Kind.ValueType
+    target: _builtins.str
+    """Id of the message changed: a message (not a relation) of the same room."""
+    emoji: _builtins.str
+    """The reaction key (an emoji or a short word), for KIND_REACT and
+    KIND_UNREACT.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___Relation.Kind.ValueType = ...,
+        target: _builtins.str = ...,
+        emoji: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emoji", b"emoji", "kind", b"kind", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Relation: _TypeAlias = Relation  # noqa: Y015
+
+@_typing.final
+class Reaction(_message.Message):
+    """Reaction is one emoji on a message and who used it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMOJI_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    emoji: _builtins.str
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names, in the order they reacted."""
+
+    def __init__(
+        self,
+        *,
+        emoji: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emoji", b"emoji", "names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reaction: _TypeAlias = Reaction  # noqa: Y015
 
 @_typing.final
 class Position(_message.Message):
@@ -125,6 +244,8 @@ class SendRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
+    RELATION_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
     """Sender name (see ChatMessage.sender)."""
     text: _builtins.str
@@ -142,6 +263,15 @@ class SendRequest(_message.Message):
     """
     action: _builtins.bool
     """An action ("/me waves")."""
+    reply_to: _builtins.str
+    """A reply to this message id (same room)."""
+    @_builtins.property
+    def relation(self) -> Global___Relation:
+        """An edit, delete or reaction of an earlier message instead of a new one.
+        Only the author may edit or delete. For a delete or a reaction `text`
+        stays empty; for an edit it is the new text.
+        """
+
     def __init__(
         self,
         *,
@@ -151,10 +281,12 @@ class SendRequest(_message.Message):
         key: _builtins.str = ...,
         recipient: _builtins.str = ...,
         action: _builtins.bool = ...,
+        reply_to: _builtins.str = ...,
+        relation: Global___Relation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["relation", b"relation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "key", b"key", "recipient", b"recipient", "room", b"room", "sender", b"sender", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "key", b"key", "recipient", b"recipient", "relation", b"relation", "reply_to", b"reply_to", "room", b"room", "sender", b"sender", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -268,6 +400,8 @@ class Event(_message.Message):
     REFUSED_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    TYPING_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___ChatMessage:
         """A chat message posted to the room (or a direct message)."""
@@ -300,6 +434,10 @@ class Event(_message.Message):
     def ack(self) -> Global___SendAck:
         """The answer to a message sent on the session stream (ConnectRequest.send)."""
 
+    @_builtins.property
+    def typing(self) -> Global___Typing: ...
+    @_builtins.property
+    def read(self) -> Global___ReadMarker: ...
     def __init__(
         self,
         *,
@@ -311,16 +449,78 @@ class Event(_message.Message):
         refused: Global___RequestRefused | None = ...,
         summary: Global___PresenceSummary | None = ...,
         ack: Global___SendAck | None = ...,
+        typing: Global___Typing | None = ...,
+        read: Global___ReadMarker | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "read", b"read", "refused", b"refused", "summary", b"summary", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "refused", b"refused", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "gap", b"gap", "joined", b"joined", "kind", b"kind", "left", b"left", "message", b"message", "presence", b"presence", "read", b"read", "refused", b"refused", "summary", b"summary", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "presence", "gap", "joined", "left", "refused", "summary", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "presence", "gap", "joined", "left", "refused", "summary", "ack", "typing", "read"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class Typing(_message.Message):
+    """Typing says someone in a room is typing (or stopped). Never stored: a
+    notice not refreshed within `expires_in_ms` has expired.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_MS_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    name: _builtins.str
+    active: _builtins.bool
+    """False: stopped typing (sent, or cleared the input)."""
+    expires_in_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        name: _builtins.str = ...,
+        active: _builtins.bool = ...,
+        expires_in_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "expires_in_ms", b"expires_in_ms", "name", b"name", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Typing: _TypeAlias = Typing  # noqa: Y015
+
+@_typing.final
+class ReadMarker(_message.Message):
+    """ReadMarker is the caller's read position in a room, shared by all the
+    sessions of one user: sent to the others when one of them marks more read.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    seq: _builtins.int
+    """Everything up to and including this seq has been read."""
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room", b"room", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadMarker: _TypeAlias = ReadMarker  # noqa: Y015
 
 @_typing.final
 class RequestRefused(_message.Message):
@@ -483,9 +683,12 @@ class RoomJoined(_message.Message):
     MEMBERS_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    READ_SEQ_FIELD_NUMBER: _builtins.int
     room: _builtins.str
     member_count: _builtins.int
     """How many distinct names are in the room now."""
+    read_seq: _builtins.int
+    """The joining user's read marker in this room (0: nothing read yet)."""
     @_builtins.property
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Who is in the room now, each name once, sorted; in a big room only the
@@ -503,10 +706,11 @@ class RoomJoined(_message.Message):
         members: _abc.Iterable[_builtins.str] | None = ...,
         position: Global___Position | None = ...,
         member_count: _builtins.int = ...,
+        read_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_count", b"member_count", "members", b"members", "position", b"position", "room", b"room"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_count", b"member_count", "members", b"members", "position", b"position", "read_seq", b"read_seq", "room", b"room"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -543,6 +747,8 @@ class ConnectRequest(_message.Message):
     JOIN_FIELD_NUMBER: _builtins.int
     LEAVE_FIELD_NUMBER: _builtins.int
     SEND_FIELD_NUMBER: _builtins.int
+    TYPING_FIELD_NUMBER: _builtins.int
+    MARK_READ_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -556,6 +762,16 @@ class ConnectRequest(_message.Message):
         The sender is the session's name. Sends are applied in the order written.
         """
 
+    @_builtins.property
+    def typing(self) -> Global___TypingRequest:
+        """Tell the room's other members this session's user is typing (or
+        stopped). Rate-limited; a notice expires on its own.
+        """
+
+    @_builtins.property
+    def mark_read(self) -> Global___MarkReadRequest:
+        """Move this user's read marker in a room forward (see MarkRead)."""
+
     def __init__(
         self,
         *,
@@ -563,16 +779,98 @@ class ConnectRequest(_message.Message):
         join: Global___JoinRoom | None = ...,
         leave: Global___LeaveRoom | None = ...,
         send: Global___SendRequest | None = ...,
+        typing: Global___TypingRequest | None = ...,
+        mark_read: Global___MarkReadRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "send", b"send"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "mark_read", b"mark_read", "send", b"send", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "send", b"send"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "mark_read", b"mark_read", "send", b"send", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["hello", "join", "leave", "send"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["hello", "join", "leave", "send", "typing", "mark_read"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class TypingRequest(_message.Message):
+    """TypingRequest starts or stops a typing notice in a room the session is in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    active: _builtins.bool
+    """False: stopped (the message was sent or the input cleared)."""
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TypingRequest: _TypeAlias = TypingRequest  # noqa: Y015
+
+@_typing.final
+class MarkReadRequest(_message.Message):
+    """MarkReadRequest moves a user's read marker in a room forward."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    room: _builtins.str
+    """Empty means "lobby"."""
+    seq: _builtins.int
+    """Everything up to and including this seq is read. A marker only moves
+    forward: a lower seq changes nothing.
+    """
+    name: _builtins.str
+    """Whose marker, when authentication is off (with it on, the token's user;
+    on a session stream, the session's name).
+    """
+    def __init__(
+        self,
+        *,
+        room: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "room", b"room", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkReadRequest: _TypeAlias = MarkReadRequest  # noqa: Y015
+
+@_typing.final
+class MarkReadResponse(_message.Message):
+    """MarkReadResponse is the marker after the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkReadResponse: _TypeAlias = MarkReadResponse  # noqa: Y015
 
 @_typing.final
 class SendAck(_message.Message):
@@ -785,19 +1083,25 @@ class ListRoomsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many rooms (0: the server's default; it caps large values)."""
     page_token: _builtins.str
     """Where the previous page ended (its next_page_token); empty: the first page."""
+    name: _builtins.str
+    """Whose unread counts to fill in, when authentication is off (with it on,
+    the token's user); empty: no unread counts.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -838,21 +1142,27 @@ class RoomInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
+    UNREAD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     members: _builtins.int
     """Distinct names in the room now."""
     messages: _builtins.int
     """Messages kept in its history."""
+    unread: _builtins.int
+    """Messages after the caller's read marker, not counting the caller's own
+    nor edits, deletes and reactions (capped at 1000).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         members: _builtins.int = ...,
         messages: _builtins.int = ...,
+        unread: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "messages", b"messages", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "messages", b"messages", "name", b"name", "unread", b"unread"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

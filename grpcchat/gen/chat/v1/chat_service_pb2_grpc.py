@@ -70,6 +70,11 @@ class ChatServiceStub:
                 request_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersRequest.SerializeToString,
                 response_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersResponse.FromString,
                 _registered_method=True)
+        self.MarkRead = channel.unary_unary(
+                '/chat.v1.ChatService/MarkRead',
+                request_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.MarkReadRequest.SerializeToString,
+                response_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.MarkReadResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -135,6 +140,14 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MarkRead(self, request, context):
+        """MarkRead moves the caller's read marker in a room forward; the user's
+        other sessions get a ReadMarker event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +185,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.ListMembers,
                     request_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersRequest.FromString,
                     response_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersResponse.SerializeToString,
+            ),
+            'MarkRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkRead,
+                    request_deserializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.MarkReadRequest.FromString,
+                    response_serializer=grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.MarkReadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +382,33 @@ class ChatService:
             '/chat.v1.ChatService/ListMembers',
             grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersRequest.SerializeToString,
             grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.ListMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/MarkRead',
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.MarkReadRequest.SerializeToString,
+            grpcchat_dot_gen_dot_chat_dot_v1_dot_chat__service__pb2.MarkReadResponse.FromString,
             options,
             channel_credentials,
             insecure,

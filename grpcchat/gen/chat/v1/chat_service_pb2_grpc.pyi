@@ -60,6 +60,10 @@ class ChatServiceStub:
     """ListRooms lists the rooms that have members or history."""
     ListMembers: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.ListMembersRequest, _chat_service_pb2.ListMembersResponse]
     """ListMembers lists who is in a room."""
+    MarkRead: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.MarkReadRequest, _chat_service_pb2.MarkReadResponse]
+    """MarkRead moves the caller's read marker in a room forward; the user's
+    other sessions get a ReadMarker event.
+    """
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -93,6 +97,10 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """ListRooms lists the rooms that have members or history."""
     ListMembers: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.ListMembersRequest, _chat_service_pb2.ListMembersResponse]  # type: ignore[assignment]
     """ListMembers lists who is in a room."""
+    MarkRead: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.MarkReadRequest, _chat_service_pb2.MarkReadResponse]  # type: ignore[assignment]
+    """MarkRead moves the caller's read marker in a room forward; the user's
+    other sessions get a ReadMarker event.
+    """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     """ChatService is the chat API."""
@@ -165,5 +173,15 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_service_pb2.ListMembersResponse, _abc.Awaitable[_chat_service_pb2.ListMembersResponse]]:
         """ListMembers lists who is in a room."""
+
+    @_abc_1.abstractmethod
+    def MarkRead(
+        self,
+        request: _chat_service_pb2.MarkReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.MarkReadResponse, _abc.Awaitable[_chat_service_pb2.MarkReadResponse]]:
+        """MarkRead moves the caller's read marker in a room forward; the user's
+        other sessions get a ReadMarker event.
+        """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

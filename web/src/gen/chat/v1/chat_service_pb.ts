@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/chat_service.proto.
  */
 export const file_chat_v1_chat_service: GenFile = /*@__PURE__*/
-  fileDesc("ChpjaGF0L3YxL2NoYXRfc2VydmljZS5wcm90bxIHY2hhdC52MSKxAQoLQ2hhdE1lc3NhZ2USDgoGc2VuZGVyGAEgASgJEgwKBHRleHQYAiABKAkSKwoHc2VudF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCgoCaWQYBCABKAkSDAoEcm9vbRgFIAEoCRILCgNzZXEYBiABKAQSDQoFZXBvY2gYByABKAkSEQoJcmVjaXBpZW50GAggASgJEg4KBmFjdGlvbhgJIAEoCCImCghQb3NpdGlvbhILCgNzZXEYASABKAQSDQoFZXBvY2gYAiABKAkiaQoLU2VuZFJlcXVlc3QSDgoGc2VuZGVyGAEgASgJEgwKBHRleHQYAiABKAkSDAoEcm9vbRgDIAEoCRILCgNrZXkYBCABKAkSEQoJcmVjaXBpZW50GAUgASgJEg4KBmFjdGlvbhgGIAEoCCJICgxTZW5kUmVzcG9uc2USJQoHbWVzc2FnZRgBIAEoCzIULmNoYXQudjEuQ2hhdE1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIImEKEFN1YnNjcmliZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRyb29tGAIgASgJEiAKBWFmdGVyGAMgASgLMhEuY2hhdC52MS5Qb3NpdGlvbhIPCgdoaXN0b3J5GAQgASgNIjMKEVN1YnNjcmliZVJlc3BvbnNlEh4KBmV2ZW50cxgBIAMoCzIOLmNoYXQudjEuRXZlbnQizQIKBUV2ZW50EicKB21lc3NhZ2UYASABKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlSAASKwoIcHJlc2VuY2UYAiABKAsyFy5jaGF0LnYxLlByZXNlbmNlQ2hhbmdlSAASIgoDZ2FwGAMgASgLMhMuY2hhdC52MS5IaXN0b3J5R2FwSAASJQoGam9pbmVkGAQgASgLMhMuY2hhdC52MS5Sb29tSm9pbmVkSAASIQoEbGVmdBgFIAEoCzIRLmNoYXQudjEuUm9vbUxlZnRIABIqCgdyZWZ1c2VkGAYgASgLMhcuY2hhdC52MS5SZXF1ZXN0UmVmdXNlZEgAEisKB3N1bW1hcnkYByABKAsyGC5jaGF0LnYxLlByZXNlbmNlU3VtbWFyeUgAEh8KA2FjaxgIIAEoCzIQLmNoYXQudjEuU2VuZEFja0gAQgYKBGtpbmQiPAoOUmVxdWVzdFJlZnVzZWQSDAoEcm9vbRgBIAEoCRIMCgRjb2RlGAIgASgJEg4KBnJlYXNvbhgDIAEoCSLKAQoOUHJlc2VuY2VDaGFuZ2USDAoEcm9vbRgBIAEoCRIMCgRuYW1lGAIgASgJEi4KBmNoYW5nZRgDIAEoDjIeLmNoYXQudjEuUHJlc2VuY2VDaGFuZ2UuQ2hhbmdlEiYKAmF0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJECgZDaGFuZ2USFgoSQ0hBTkdFX1VOU1BFQ0lGSUVEEAASEQoNQ0hBTkdFX0pPSU5FRBABEg8KC0NIQU5HRV9MRUZUEAIiTwoKSGlzdG9yeUdhcBIMCgRyb29tGAEgASgJEhEKCWZpcnN0X3NlcRgCIAEoBBIQCghsYXN0X3NlcRgDIAEoBBIOCgZyZWFzb24YBCABKAkidgoPUHJlc2VuY2VTdW1tYXJ5EgwKBHJvb20YASABKAkSDgoGam9pbmVkGAIgASgNEgwKBGxlZnQYAyABKA0SDwoHbWVtYmVycxgEIAEoDRImCgJhdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZgoKUm9vbUpvaW5lZBIMCgRyb29tGAEgASgJEg8KB21lbWJlcnMYAiADKAkSIwoIcG9zaXRpb24YAyABKAsyES5jaGF0LnYxLlBvc2l0aW9uEhQKDG1lbWJlcl9jb3VudBgEIAEoDSIYCghSb29tTGVmdBIMCgRyb29tGAEgASgJIqkBCg5Db25uZWN0UmVxdWVzdBIfCgVoZWxsbxgBIAEoCzIOLmNoYXQudjEuSGVsbG9IABIhCgRqb2luGAIgASgLMhEuY2hhdC52MS5Kb2luUm9vbUgAEiMKBWxlYXZlGAMgASgLMhIuY2hhdC52MS5MZWF2ZVJvb21IABIkCgRzZW5kGAQgASgLMhQuY2hhdC52MS5TZW5kUmVxdWVzdEgAQggKBmFjdGlvbiKGAQoHU2VuZEFjaxILCgNrZXkYASABKAkSJQoHbWVzc2FnZRgCIAEoCzIULmNoYXQudjEuQ2hhdE1lc3NhZ2USEQoJZHVwbGljYXRlGAMgASgIEgwKBGNvZGUYBCABKAkSDgoGcmVhc29uGAUgASgJEhYKDnJldHJ5X2FmdGVyX21zGAYgASgNIhUKBUhlbGxvEgwKBG5hbWUYASABKAkiSwoISm9pblJvb20SDAoEcm9vbRgBIAEoCRIgCgVhZnRlchgCIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SDwoHaGlzdG9yeRgDIAEoDSIZCglMZWF2ZVJvb20SDAoEcm9vbRgBIAEoCSIxCg9Db25uZWN0UmVzcG9uc2USHgoGZXZlbnRzGAEgAygLMg4uY2hhdC52MS5FdmVudCJqCg5IaXN0b3J5UmVxdWVzdBIMCgRyb29tGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNEhQKDG5ld2VzdF9maXJzdBgFIAEoCCJICg9IaXN0b3J5UmVzcG9uc2USJgoIbWVzc2FnZXMYASADKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEg0KBWVwb2NoGAIgASgJIjkKEExpc3RSb29tc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiTgoRTGlzdFJvb21zUmVzcG9uc2USIAoFcm9vbXMYASADKAsyES5jaGF0LnYxLlJvb21JbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI7CghSb29tSW5mbxIMCgRuYW1lGAEgASgJEg8KB21lbWJlcnMYAiABKA0SEAoIbWVzc2FnZXMYAyABKAQiSQoSTGlzdE1lbWJlcnNSZXF1ZXN0EgwKBHJvb20YASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiTgoTTGlzdE1lbWJlcnNSZXNwb25zZRIPCgdtZW1iZXJzGAEgAygJEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRINCgV0b3RhbBgDIAEoDTLOAwoLQ2hhdFNlcnZpY2USNgoEQ2hhdBIULmNoYXQudjEuQ2hhdE1lc3NhZ2UaFC5jaGF0LnYxLkNoYXRNZXNzYWdlKAEwARIzCgRTZW5kEhQuY2hhdC52MS5TZW5kUmVxdWVzdBoVLmNoYXQudjEuU2VuZFJlc3BvbnNlEkQKCVN1YnNjcmliZRIZLmNoYXQudjEuU3Vic2NyaWJlUmVxdWVzdBoaLmNoYXQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJACgdDb25uZWN0EhcuY2hhdC52MS5Db25uZWN0UmVxdWVzdBoYLmNoYXQudjEuQ29ubmVjdFJlc3BvbnNlKAEwARI8CgdIaXN0b3J5EhcuY2hhdC52MS5IaXN0b3J5UmVxdWVzdBoYLmNoYXQudjEuSGlzdG9yeVJlc3BvbnNlEkIKCUxpc3RSb29tcxIZLmNoYXQudjEuTGlzdFJvb21zUmVxdWVzdBoaLmNoYXQudjEuTGlzdFJvb21zUmVzcG9uc2USSAoLTGlzdE1lbWJlcnMSGy5jaGF0LnYxLkxpc3RNZW1iZXJzUmVxdWVzdBocLmNoYXQudjEuTGlzdE1lbWJlcnNSZXNwb25zZUISWhAuL2NoYXQvdjE7Y2hhdHYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChpjaGF0L3YxL2NoYXRfc2VydmljZS5wcm90bxIHY2hhdC52MSLOAgoLQ2hhdE1lc3NhZ2USDgoGc2VuZGVyGAEgASgJEgwKBHRleHQYAiABKAkSKwoHc2VudF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCgoCaWQYBCABKAkSDAoEcm9vbRgFIAEoCRILCgNzZXEYBiABKAQSDQoFZXBvY2gYByABKAkSEQoJcmVjaXBpZW50GAggASgJEg4KBmFjdGlvbhgJIAEoCBIQCghyZXBseV90bxgKIAEoCRIjCghyZWxhdGlvbhgLIAEoCzIRLmNoYXQudjEuUmVsYXRpb24SLQoJZWRpdGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdkZWxldGVkGA0gASgIEiQKCXJlYWN0aW9ucxgOIAMoCzIRLmNoYXQudjEuUmVhY3Rpb24irwEKCFJlbGF0aW9uEiQKBGtpbmQYASABKA4yFi5jaGF0LnYxLlJlbGF0aW9uLktpbmQSDgoGdGFyZ2V0GAIgASgJEg0KBWVtb2ppGAMgASgJIl4KBEtpbmQSFAoQS0lORF9VTlNQRUNJRklFRBAAEg0KCUtJTkRfRURJVBABEg8KC0tJTkRfREVMRVRFEAISDgoKS0lORF9SRUFDVBADEhAKDEtJTkRfVU5SRUFDVBAEIigKCFJlYWN0aW9uEg0KBWVtb2ppGAEgASgJEg0KBW5hbWVzGAIgAygJIiYKCFBvc2l0aW9uEgsKA3NlcRgBIAEoBBINCgVlcG9jaBgCIAEoCSKgAQoLU2VuZFJlcXVlc3QSDgoGc2VuZGVyGAEgASgJEgwKBHRleHQYAiABKAkSDAoEcm9vbRgDIAEoCRILCgNrZXkYBCABKAkSEQoJcmVjaXBpZW50GAUgASgJEg4KBmFjdGlvbhgGIAEoCBIQCghyZXBseV90bxgHIAEoCRIjCghyZWxhdGlvbhgIIAEoCzIRLmNoYXQudjEuUmVsYXRpb24iSAoMU2VuZFJlc3BvbnNlEiUKB21lc3NhZ2UYASABKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCJhChBTdWJzY3JpYmVSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEcm9vbRgCIAEoCRIgCgVhZnRlchgDIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SDwoHaGlzdG9yeRgEIAEoDSIzChFTdWJzY3JpYmVSZXNwb25zZRIeCgZldmVudHMYASADKAsyDi5jaGF0LnYxLkV2ZW50IpUDCgVFdmVudBInCgdtZXNzYWdlGAEgASgLMhQuY2hhdC52MS5DaGF0TWVzc2FnZUgAEisKCHByZXNlbmNlGAIgASgLMhcuY2hhdC52MS5QcmVzZW5jZUNoYW5nZUgAEiIKA2dhcBgDIAEoCzITLmNoYXQudjEuSGlzdG9yeUdhcEgAEiUKBmpvaW5lZBgEIAEoCzITLmNoYXQudjEuUm9vbUpvaW5lZEgAEiEKBGxlZnQYBSABKAsyES5jaGF0LnYxLlJvb21MZWZ0SAASKgoHcmVmdXNlZBgGIAEoCzIXLmNoYXQudjEuUmVxdWVzdFJlZnVzZWRIABIrCgdzdW1tYXJ5GAcgASgLMhguY2hhdC52MS5QcmVzZW5jZVN1bW1hcnlIABIfCgNhY2sYCCABKAsyEC5jaGF0LnYxLlNlbmRBY2tIABIhCgZ0eXBpbmcYCSABKAsyDy5jaGF0LnYxLlR5cGluZ0gAEiMKBHJlYWQYCiABKAsyEy5jaGF0LnYxLlJlYWRNYXJrZXJIAEIGCgRraW5kIksKBlR5cGluZxIMCgRyb29tGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGYWN0aXZlGAMgASgIEhUKDWV4cGlyZXNfaW5fbXMYBCABKA0iJwoKUmVhZE1hcmtlchIMCgRyb29tGAEgASgJEgsKA3NlcRgCIAEoBCI8Cg5SZXF1ZXN0UmVmdXNlZBIMCgRyb29tGAEgASgJEgwKBGNvZGUYAiABKAkSDgoGcmVhc29uGAMgASgJIsoBCg5QcmVzZW5jZUNoYW5nZRIMCgRyb29tGAEgASgJEgwKBG5hbWUYAiABKAkSLgoGY2hhbmdlGAMgASgOMh4uY2hhdC52MS5QcmVzZW5jZUNoYW5nZS5DaGFuZ2USJgoCYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkQKBkNoYW5nZRIWChJDSEFOR0VfVU5TUEVDSUZJRUQQABIRCg1DSEFOR0VfSk9JTkVEEAESDwoLQ0hBTkdFX0xFRlQQAiJPCgpIaXN0b3J5R2FwEgwKBHJvb20YASABKAkSEQoJZmlyc3Rfc2VxGAIgASgEEhAKCGxhc3Rfc2VxGAMgASgEEg4KBnJlYXNvbhgEIAEoCSJ2Cg9QcmVzZW5jZVN1bW1hcnkSDAoEcm9vbRgBIAEoCRIOCgZqb2luZWQYAiABKA0SDAoEbGVmdBgDIAEoDRIPCgdtZW1iZXJzGAQgASgNEiYKAmF0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ4CgpSb29tSm9pbmVkEgwKBHJvb20YASABKAkSDwoHbWVtYmVycxgCIAMoCRIjCghwb3NpdGlvbhgDIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SFAoMbWVtYmVyX2NvdW50GAQgASgNEhAKCHJlYWRfc2VxGAUgASgEIhgKCFJvb21MZWZ0EgwKBHJvb20YASABKAkiggIKDkNvbm5lY3RSZXF1ZXN0Eh8KBWhlbGxvGAEgASgLMg4uY2hhdC52MS5IZWxsb0gAEiEKBGpvaW4YAiABKAsyES5jaGF0LnYxLkpvaW5Sb29tSAASIwoFbGVhdmUYAyABKAsyEi5jaGF0LnYxLkxlYXZlUm9vbUgAEiQKBHNlbmQYBCABKAsyFC5jaGF0LnYxLlNlbmRSZXF1ZXN0SAASKAoGdHlwaW5nGAUgASgLMhYuY2hhdC52MS5UeXBpbmdSZXF1ZXN0SAASLQoJbWFya19yZWFkGAYgASgLMhguY2hhdC52MS5NYXJrUmVhZFJlcXVlc3RIAEIICgZhY3Rpb24iLQoNVHlwaW5nUmVxdWVzdBIMCgRyb29tGAEgASgJEg4KBmFjdGl2ZRgCIAEoCCI6Cg9NYXJrUmVhZFJlcXVlc3QSDAoEcm9vbRgBIAEoCRILCgNzZXEYAiABKAQSDAoEbmFtZRgDIAEoCSIfChBNYXJrUmVhZFJlc3BvbnNlEgsKA3NlcRgBIAEoBCKGAQoHU2VuZEFjaxILCgNrZXkYASABKAkSJQoHbWVzc2FnZRgCIAEoCzIULmNoYXQudjEuQ2hhdE1lc3NhZ2USEQoJZHVwbGljYXRlGAMgASgIEgwKBGNvZGUYBCABKAkSDgoGcmVhc29uGAUgASgJEhYKDnJldHJ5X2FmdGVyX21zGAYgASgNIhUKBUhlbGxvEgwKBG5hbWUYASABKAkiSwoISm9pblJvb20SDAoEcm9vbRgBIAEoCRIgCgVhZnRlchgCIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SDwoHaGlzdG9yeRgDIAEoDSIZCglMZWF2ZVJvb20SDAoEcm9vbRgBIAEoCSIxCg9Db25uZWN0UmVzcG9uc2USHgoGZXZlbnRzGAEgAygLMg4uY2hhdC52MS5FdmVudCJqCg5IaXN0b3J5UmVxdWVzdBIMCgRyb29tGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNEhQKDG5ld2VzdF9maXJzdBgFIAEoCCJICg9IaXN0b3J5UmVzcG9uc2USJgoIbWVzc2FnZXMYASADKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEg0KBWVwb2NoGAIgASgJIkcKEExpc3RSb29tc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSDAoEbmFtZRgDIAEoCSJOChFMaXN0Um9vbXNSZXNwb25zZRIgCgVyb29tcxgBIAMoCzIRLmNoYXQudjEuUm9vbUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIksKCFJvb21JbmZvEgwKBG5hbWUYASABKAkSDwoHbWVtYmVycxgCIAEoDRIQCghtZXNzYWdlcxgDIAEoBBIOCgZ1bnJlYWQYBCABKA0iSQoSTGlzdE1lbWJlcnNSZXF1ZXN0EgwKBHJvb20YASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiTgoTTGlzdE1lbWJlcnNSZXNwb25zZRIPCgdtZW1iZXJzGAEgAygJEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRINCgV0b3RhbBgDIAEoDTKPBAoLQ2hhdFNlcnZpY2USNgoEQ2hhdBIULmNoYXQudjEuQ2hhdE1lc3NhZ2UaFC5jaGF0LnYxLkNoYXRNZXNzYWdlKAEwARIzCgRTZW5kEhQuY2hhdC52MS5TZW5kUmVxdWVzdBoVLmNoYXQudjEuU2VuZFJlc3BvbnNlEkQKCVN1YnNjcmliZRIZLmNoYXQudjEuU3Vic2NyaWJlUmVxdWVzdBoaLmNoYXQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJACgdDb25uZWN0EhcuY2hhdC52MS5Db25uZWN0UmVxdWVzdBoYLmNoYXQudjEuQ29ubmVjdFJlc3BvbnNlKAEwARI8CgdIaXN0b3J5EhcuY2hhdC52MS5IaXN0b3J5UmVxdWVzdBoYLmNoYXQudjEuSGlzdG9yeVJlc3BvbnNlEkIKCUxpc3RSb29tcxIZLmNoYXQudjEuTGlzdFJvb21zUmVxdWVzdBoaLmNoYXQudjEuTGlzdFJvb21zUmVzcG9uc2USSAoLTGlzdE1lbWJlcnMSGy5jaGF0LnYxLkxpc3RNZW1iZXJzUmVxdWVzdBocLmNoYXQudjEuTGlzdE1lbWJlcnNSZXNwb25zZRI/CghNYXJrUmVhZBIYLmNoYXQudjEuTWFya1JlYWRSZXF1ZXN0GhkuY2hhdC52MS5NYXJrUmVhZFJlc3BvbnNlQhJaEC4vY2hhdC92MTtjaGF0djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * ChatMessage is the article's message. Fields 1-3 are the public wire contract
@@ -88,6 +88,46 @@ export type ChatMessage = Message<"chat.v1.ChatMessage"> & {
    * @generated from field: bool action = 9;
    */
   action: boolean;
+
+  /**
+   * A reply: the id of the message (same room) this one answers.
+   *
+   * @generated from field: string reply_to = 10;
+   */
+  replyTo: string;
+
+  /**
+   * Set when this entry of the room's log changes an earlier message (an
+   * edit, a delete, a reaction) instead of saying something new: it has its
+   * own position like any message, but it is not a new chat line. The
+   * article's Chat stream never carries these.
+   *
+   * @generated from field: chat.v1.Relation relation = 11;
+   */
+  relation?: Relation | undefined;
+
+  /**
+   * Current state, in History and in replays: when the text was last edited
+   * (unset if never).
+   *
+   * @generated from field: google.protobuf.Timestamp edited_at = 12;
+   */
+  editedAt?: Timestamp | undefined;
+
+  /**
+   * Current state: the message was deleted; its text is gone (a tombstone).
+   *
+   * @generated from field: bool deleted = 13;
+   */
+  deleted: boolean;
+
+  /**
+   * Current state: the reactions on this message, one entry per emoji, in
+   * the order each emoji was first used.
+   *
+   * @generated from field: repeated chat.v1.Reaction reactions = 14;
+   */
+  reactions: Reaction[];
 };
 
 /**
@@ -96,6 +136,110 @@ export type ChatMessage = Message<"chat.v1.ChatMessage"> & {
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
   messageDesc(file_chat_v1_chat_service, 0);
+
+/**
+ * Relation says which earlier message a log entry changes, and how.
+ *
+ * @generated from message chat.v1.Relation
+ */
+export type Relation = Message<"chat.v1.Relation"> & {
+  /**
+   * @generated from field: chat.v1.Relation.Kind kind = 1;
+   */
+  kind: Relation_Kind;
+
+  /**
+   * Id of the message changed: a message (not a relation) of the same room.
+   *
+   * @generated from field: string target = 2;
+   */
+  target: string;
+
+  /**
+   * The reaction key (an emoji or a short word), for KIND_REACT and
+   * KIND_UNREACT.
+   *
+   * @generated from field: string emoji = 3;
+   */
+  emoji: string;
+};
+
+/**
+ * Describes the message chat.v1.Relation.
+ * Use `create(RelationSchema)` to create a new message.
+ */
+export const RelationSchema: GenMessage<Relation> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat_service, 1);
+
+/**
+ * @generated from enum chat.v1.Relation.Kind
+ */
+export enum Relation_Kind {
+  /**
+   * @generated from enum value: KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * New text for the target; the entry's `text` is the new text.
+   *
+   * @generated from enum value: KIND_EDIT = 1;
+   */
+  EDIT = 1,
+
+  /**
+   * The target's text is removed from storage; a tombstone remains.
+   *
+   * @generated from enum value: KIND_DELETE = 2;
+   */
+  DELETE = 2,
+
+  /**
+   * The sender reacts to the target with `emoji`.
+   *
+   * @generated from enum value: KIND_REACT = 3;
+   */
+  REACT = 3,
+
+  /**
+   * The sender takes back their `emoji` reaction.
+   *
+   * @generated from enum value: KIND_UNREACT = 4;
+   */
+  UNREACT = 4,
+}
+
+/**
+ * Describes the enum chat.v1.Relation.Kind.
+ */
+export const Relation_KindSchema: GenEnum<Relation_Kind> = /*@__PURE__*/
+  enumDesc(file_chat_v1_chat_service, 1, 0);
+
+/**
+ * Reaction is one emoji on a message and who used it.
+ *
+ * @generated from message chat.v1.Reaction
+ */
+export type Reaction = Message<"chat.v1.Reaction"> & {
+  /**
+   * @generated from field: string emoji = 1;
+   */
+  emoji: string;
+
+  /**
+   * Names, in the order they reacted.
+   *
+   * @generated from field: repeated string names = 2;
+   */
+  names: string[];
+};
+
+/**
+ * Describes the message chat.v1.Reaction.
+ * Use `create(ReactionSchema)` to create a new message.
+ */
+export const ReactionSchema: GenMessage<Reaction> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat_service, 2);
 
 /**
  * Position is a place in a room's history.
@@ -123,7 +267,7 @@ export type Position = Message<"chat.v1.Position"> & {
  * Use `create(PositionSchema)` to create a new message.
  */
 export const PositionSchema: GenMessage<Position> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 1);
+  messageDesc(file_chat_v1_chat_service, 3);
 
 /**
  * SendRequest posts one message and waits for the server to accept it.
@@ -175,6 +319,22 @@ export type SendRequest = Message<"chat.v1.SendRequest"> & {
    * @generated from field: bool action = 6;
    */
   action: boolean;
+
+  /**
+   * A reply to this message id (same room).
+   *
+   * @generated from field: string reply_to = 7;
+   */
+  replyTo: string;
+
+  /**
+   * An edit, delete or reaction of an earlier message instead of a new one.
+   * Only the author may edit or delete. For a delete or a reaction `text`
+   * stays empty; for an edit it is the new text.
+   *
+   * @generated from field: chat.v1.Relation relation = 8;
+   */
+  relation?: Relation | undefined;
 };
 
 /**
@@ -182,7 +342,7 @@ export type SendRequest = Message<"chat.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 2);
+  messageDesc(file_chat_v1_chat_service, 4);
 
 /**
  * SendResponse is the message as the server accepted it: id, room, position
@@ -209,7 +369,7 @@ export type SendResponse = Message<"chat.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 3);
+  messageDesc(file_chat_v1_chat_service, 5);
 
 /**
  * SubscribeRequest opens a live feed of one room.
@@ -253,7 +413,7 @@ export type SubscribeRequest = Message<"chat.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 4);
+  messageDesc(file_chat_v1_chat_service, 6);
 
 /**
  * SubscribeResponse carries events in delivery order. Under load the server
@@ -276,7 +436,7 @@ export type SubscribeResponse = Message<"chat.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 5);
+  messageDesc(file_chat_v1_chat_service, 7);
 
 /**
  * Event is one thing that happened in a room.
@@ -351,6 +511,18 @@ export type Event = Message<"chat.v1.Event"> & {
      */
     value: SendAck;
     case: "ack";
+  } | {
+    /**
+     * @generated from field: chat.v1.Typing typing = 9;
+     */
+    value: Typing;
+    case: "typing";
+  } | {
+    /**
+     * @generated from field: chat.v1.ReadMarker read = 10;
+     */
+    value: ReadMarker;
+    case: "read";
   } | { case: undefined; value?: undefined };
 };
 
@@ -359,7 +531,71 @@ export type Event = Message<"chat.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 6);
+  messageDesc(file_chat_v1_chat_service, 8);
+
+/**
+ * Typing says someone in a room is typing (or stopped). Never stored: a
+ * notice not refreshed within `expires_in_ms` has expired.
+ *
+ * @generated from message chat.v1.Typing
+ */
+export type Typing = Message<"chat.v1.Typing"> & {
+  /**
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * False: stopped typing (sent, or cleared the input).
+   *
+   * @generated from field: bool active = 3;
+   */
+  active: boolean;
+
+  /**
+   * @generated from field: uint32 expires_in_ms = 4;
+   */
+  expiresInMs: number;
+};
+
+/**
+ * Describes the message chat.v1.Typing.
+ * Use `create(TypingSchema)` to create a new message.
+ */
+export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat_service, 9);
+
+/**
+ * ReadMarker is the caller's read position in a room, shared by all the
+ * sessions of one user: sent to the others when one of them marks more read.
+ *
+ * @generated from message chat.v1.ReadMarker
+ */
+export type ReadMarker = Message<"chat.v1.ReadMarker"> & {
+  /**
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * Everything up to and including this seq has been read.
+   *
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message chat.v1.ReadMarker.
+ * Use `create(ReadMarkerSchema)` to create a new message.
+ */
+export const ReadMarkerSchema: GenMessage<ReadMarker> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat_service, 10);
 
 /**
  * RequestRefused says why a join or leave on a session stream failed.
@@ -395,7 +631,7 @@ export type RequestRefused = Message<"chat.v1.RequestRefused"> & {
  * Use `create(RequestRefusedSchema)` to create a new message.
  */
 export const RequestRefusedSchema: GenMessage<RequestRefused> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 7);
+  messageDesc(file_chat_v1_chat_service, 11);
 
 /**
  * PresenceChange says a name entered or left a room.
@@ -429,7 +665,7 @@ export type PresenceChange = Message<"chat.v1.PresenceChange"> & {
  * Use `create(PresenceChangeSchema)` to create a new message.
  */
 export const PresenceChangeSchema: GenMessage<PresenceChange> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 8);
+  messageDesc(file_chat_v1_chat_service, 12);
 
 /**
  * What happened.
@@ -457,7 +693,7 @@ export enum PresenceChange_Change {
  * Describes the enum chat.v1.PresenceChange.Change.
  */
 export const PresenceChange_ChangeSchema: GenEnum<PresenceChange_Change> = /*@__PURE__*/
-  enumDesc(file_chat_v1_chat_service, 8, 0);
+  enumDesc(file_chat_v1_chat_service, 12, 0);
 
 /**
  * HistoryGap says messages a client asked for cannot be replayed.
@@ -496,7 +732,7 @@ export type HistoryGap = Message<"chat.v1.HistoryGap"> & {
  * Use `create(HistoryGapSchema)` to create a new message.
  */
 export const HistoryGapSchema: GenMessage<HistoryGap> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 9);
+  messageDesc(file_chat_v1_chat_service, 13);
 
 /**
  * PresenceSummary stands for the join and leave notices of one tick in a room
@@ -537,7 +773,7 @@ export type PresenceSummary = Message<"chat.v1.PresenceSummary"> & {
  * Use `create(PresenceSummarySchema)` to create a new message.
  */
 export const PresenceSummarySchema: GenMessage<PresenceSummary> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 10);
+  messageDesc(file_chat_v1_chat_service, 14);
 
 /**
  * RoomJoined completes a join.
@@ -571,6 +807,13 @@ export type RoomJoined = Message<"chat.v1.RoomJoined"> & {
    * @generated from field: uint32 member_count = 4;
    */
   memberCount: number;
+
+  /**
+   * The joining user's read marker in this room (0: nothing read yet).
+   *
+   * @generated from field: uint64 read_seq = 5;
+   */
+  readSeq: bigint;
 };
 
 /**
@@ -578,7 +821,7 @@ export type RoomJoined = Message<"chat.v1.RoomJoined"> & {
  * Use `create(RoomJoinedSchema)` to create a new message.
  */
 export const RoomJoinedSchema: GenMessage<RoomJoined> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 11);
+  messageDesc(file_chat_v1_chat_service, 15);
 
 /**
  * RoomLeft completes a leave.
@@ -597,7 +840,7 @@ export type RoomLeft = Message<"chat.v1.RoomLeft"> & {
  * Use `create(RoomLeftSchema)` to create a new message.
  */
 export const RoomLeftSchema: GenMessage<RoomLeft> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 12);
+  messageDesc(file_chat_v1_chat_service, 16);
 
 /**
  * ConnectRequest steers a session: the first one must be `hello`.
@@ -636,6 +879,23 @@ export type ConnectRequest = Message<"chat.v1.ConnectRequest"> & {
      */
     value: SendRequest;
     case: "send";
+  } | {
+    /**
+     * Tell the room's other members this session's user is typing (or
+     * stopped). Rate-limited; a notice expires on its own.
+     *
+     * @generated from field: chat.v1.TypingRequest typing = 5;
+     */
+    value: TypingRequest;
+    case: "typing";
+  } | {
+    /**
+     * Move this user's read marker in a room forward (see MarkRead).
+     *
+     * @generated from field: chat.v1.MarkReadRequest mark_read = 6;
+     */
+    value: MarkReadRequest;
+    case: "markRead";
   } | { case: undefined; value?: undefined };
 };
 
@@ -644,7 +904,89 @@ export type ConnectRequest = Message<"chat.v1.ConnectRequest"> & {
  * Use `create(ConnectRequestSchema)` to create a new message.
  */
 export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 13);
+  messageDesc(file_chat_v1_chat_service, 17);
+
+/**
+ * TypingRequest starts or stops a typing notice in a room the session is in.
+ *
+ * @generated from message chat.v1.TypingRequest
+ */
+export type TypingRequest = Message<"chat.v1.TypingRequest"> & {
+  /**
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * False: stopped (the message was sent or the input cleared).
+   *
+   * @generated from field: bool active = 2;
+   */
+  active: boolean;
+};
+
+/**
+ * Describes the message chat.v1.TypingRequest.
+ * Use `create(TypingRequestSchema)` to create a new message.
+ */
+export const TypingRequestSchema: GenMessage<TypingRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat_service, 18);
+
+/**
+ * MarkReadRequest moves a user's read marker in a room forward.
+ *
+ * @generated from message chat.v1.MarkReadRequest
+ */
+export type MarkReadRequest = Message<"chat.v1.MarkReadRequest"> & {
+  /**
+   * Empty means "lobby".
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * Everything up to and including this seq is read. A marker only moves
+   * forward: a lower seq changes nothing.
+   *
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * Whose marker, when authentication is off (with it on, the token's user;
+   * on a session stream, the session's name).
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message chat.v1.MarkReadRequest.
+ * Use `create(MarkReadRequestSchema)` to create a new message.
+ */
+export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat_service, 19);
+
+/**
+ * MarkReadResponse is the marker after the request.
+ *
+ * @generated from message chat.v1.MarkReadResponse
+ */
+export type MarkReadResponse = Message<"chat.v1.MarkReadResponse"> & {
+  /**
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message chat.v1.MarkReadResponse.
+ * Use `create(MarkReadResponseSchema)` to create a new message.
+ */
+export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat_service, 20);
 
 /**
  * SendAck answers one ConnectRequest.send, matched by its key: the message
@@ -694,7 +1036,7 @@ export type SendAck = Message<"chat.v1.SendAck"> & {
  * Use `create(SendAckSchema)` to create a new message.
  */
 export const SendAckSchema: GenMessage<SendAck> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 14);
+  messageDesc(file_chat_v1_chat_service, 21);
 
 /**
  * Hello opens a session.
@@ -715,7 +1057,7 @@ export type Hello = Message<"chat.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 15);
+  messageDesc(file_chat_v1_chat_service, 22);
 
 /**
  * JoinRoom enters a room, optionally resuming from a position.
@@ -748,7 +1090,7 @@ export type JoinRoom = Message<"chat.v1.JoinRoom"> & {
  * Use `create(JoinRoomSchema)` to create a new message.
  */
 export const JoinRoomSchema: GenMessage<JoinRoom> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 16);
+  messageDesc(file_chat_v1_chat_service, 23);
 
 /**
  * LeaveRoom leaves a room.
@@ -767,7 +1109,7 @@ export type LeaveRoom = Message<"chat.v1.LeaveRoom"> & {
  * Use `create(LeaveRoomSchema)` to create a new message.
  */
 export const LeaveRoomSchema: GenMessage<LeaveRoom> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 17);
+  messageDesc(file_chat_v1_chat_service, 24);
 
 /**
  * ConnectResponse carries events in delivery order. A response with no events
@@ -787,7 +1129,7 @@ export type ConnectResponse = Message<"chat.v1.ConnectResponse"> & {
  * Use `create(ConnectResponseSchema)` to create a new message.
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 18);
+  messageDesc(file_chat_v1_chat_service, 25);
 
 /**
  * HistoryRequest asks for a page of a room's history.
@@ -834,7 +1176,7 @@ export type HistoryRequest = Message<"chat.v1.HistoryRequest"> & {
  * Use `create(HistoryRequestSchema)` to create a new message.
  */
 export const HistoryRequestSchema: GenMessage<HistoryRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 19);
+  messageDesc(file_chat_v1_chat_service, 26);
 
 /**
  * HistoryResponse is one page of history.
@@ -860,7 +1202,7 @@ export type HistoryResponse = Message<"chat.v1.HistoryResponse"> & {
  * Use `create(HistoryResponseSchema)` to create a new message.
  */
 export const HistoryResponseSchema: GenMessage<HistoryResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 20);
+  messageDesc(file_chat_v1_chat_service, 27);
 
 /**
  * ListRoomsRequest asks which rooms exist, one page at a time.
@@ -881,6 +1223,14 @@ export type ListRoomsRequest = Message<"chat.v1.ListRoomsRequest"> & {
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Whose unread counts to fill in, when authentication is off (with it on,
+   * the token's user); empty: no unread counts.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
 };
 
 /**
@@ -888,7 +1238,7 @@ export type ListRoomsRequest = Message<"chat.v1.ListRoomsRequest"> & {
  * Use `create(ListRoomsRequestSchema)` to create a new message.
  */
 export const ListRoomsRequestSchema: GenMessage<ListRoomsRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 21);
+  messageDesc(file_chat_v1_chat_service, 28);
 
 /**
  * ListRoomsResponse lists rooms with members or history, by name.
@@ -914,7 +1264,7 @@ export type ListRoomsResponse = Message<"chat.v1.ListRoomsResponse"> & {
  * Use `create(ListRoomsResponseSchema)` to create a new message.
  */
 export const ListRoomsResponseSchema: GenMessage<ListRoomsResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 22);
+  messageDesc(file_chat_v1_chat_service, 29);
 
 /**
  * RoomInfo describes one room.
@@ -940,6 +1290,14 @@ export type RoomInfo = Message<"chat.v1.RoomInfo"> & {
    * @generated from field: uint64 messages = 3;
    */
   messages: bigint;
+
+  /**
+   * Messages after the caller's read marker, not counting the caller's own
+   * nor edits, deletes and reactions (capped at 1000).
+   *
+   * @generated from field: uint32 unread = 4;
+   */
+  unread: number;
 };
 
 /**
@@ -947,7 +1305,7 @@ export type RoomInfo = Message<"chat.v1.RoomInfo"> & {
  * Use `create(RoomInfoSchema)` to create a new message.
  */
 export const RoomInfoSchema: GenMessage<RoomInfo> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 23);
+  messageDesc(file_chat_v1_chat_service, 30);
 
 /**
  * ListMembersRequest asks who is in a room.
@@ -982,7 +1340,7 @@ export type ListMembersRequest = Message<"chat.v1.ListMembersRequest"> & {
  * Use `create(ListMembersRequestSchema)` to create a new message.
  */
 export const ListMembersRequestSchema: GenMessage<ListMembersRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 24);
+  messageDesc(file_chat_v1_chat_service, 31);
 
 /**
  * ListMembersResponse lists a room's members, each name once, sorted.
@@ -1015,7 +1373,7 @@ export type ListMembersResponse = Message<"chat.v1.ListMembersResponse"> & {
  * Use `create(ListMembersResponseSchema)` to create a new message.
  */
 export const ListMembersResponseSchema: GenMessage<ListMembersResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 25);
+  messageDesc(file_chat_v1_chat_service, 32);
 
 /**
  * ChatService is the chat API.
@@ -1102,6 +1460,17 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof ListMembersRequestSchema;
     output: typeof ListMembersResponseSchema;
+  },
+  /**
+   * MarkRead moves the caller's read marker in a room forward; the user's
+   * other sessions get a ReadMarker event.
+   *
+   * @generated from rpc chat.v1.ChatService.MarkRead
+   */
+  markRead: {
+    methodKind: "unary";
+    input: typeof MarkReadRequestSchema;
+    output: typeof MarkReadResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chat_v1_chat_service, 0);
