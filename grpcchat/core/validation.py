@@ -125,3 +125,32 @@ def check_text(text: str) -> str:
             "message must not contain control characters (other than newline and tab)"
         )
     return text
+
+
+# A reaction key: an emoji (several code points with joiners and modifiers) or a short word.
+MAX_EMOJI_BYTES = 64
+_FORBIDDEN_IN_EMOJI = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+# A message id as the server hands them out (32 hex digits); a little room for other engines.
+MAX_MESSAGE_ID_LENGTH = 64
+
+
+def check_emoji(emoji: str) -> str:
+    """Return a reaction key of 1..MAX_EMOJI_BYTES UTF-8 bytes without blanks or control
+    characters, or raise InvalidInput."""
+    if not emoji:
+        raise InvalidInput("a reaction needs an emoji")
+    size = len(emoji.encode("utf-8", "surrogatepass"))
+    if size > MAX_EMOJI_BYTES:
+        raise InvalidInput(f"reaction is {size} bytes long; the limit is {MAX_EMOJI_BYTES}")
+    if _FORBIDDEN_IN_EMOJI.search(emoji):
+        raise InvalidInput("a reaction must not contain blanks or control characters")
+    return emoji
+
+
+def check_message_id(message_id: str) -> str:
+    """Return the id of a message to edit, delete, react or reply to, or raise InvalidInput."""
+    if not message_id:
+        raise InvalidInput("name the message: its id is empty")
+    if len(message_id) > MAX_MESSAGE_ID_LENGTH or _FORBIDDEN_IN_TEXT.search(message_id):
+        raise InvalidInput(f"{message_id[:MAX_MESSAGE_ID_LENGTH]!r} is not a message id")
+    return message_id
