@@ -696,7 +696,7 @@ async def test_a_schema_1_history_is_upgraded_keeping_its_history_and_epoch(
         ]
         assert (await store.read("a"))[1].sent_at == sent_at + timedelta(microseconds=2)
         assert await store.rooms() == [RoomCount("a", 3), RoomCount("b", 2)]
-        assert query(path, "SELECT value FROM meta WHERE name = 'schema_version'") == [("2",)]
+        assert query(path, "SELECT value FROM meta WHERE name = 'schema_version'") == [("3",)]
         assert query(path, "SELECT room, messages FROM rooms ORDER BY room") == [
             ("a", 3),
             ("b", 2),
@@ -709,7 +709,8 @@ async def test_a_schema_1_history_is_upgraded_keeping_its_history_and_epoch(
     finally:
         await store.aclose()
 
-    # Upgraded once: it now opens as any schema 2 file, with the schema a new file has.
+    # Upgraded once: it now opens as any file of the current schema, with the schema a new
+    # file has.
     store = await open_sqlite(path)
     try:
         assert store.epoch == "e" * 32

@@ -3,7 +3,12 @@
 Nothing here awaits, so each call is atomic on the event loop; every operation is a dict,
 deque or sorted-list step. Expired messages are dropped from the front of a room whenever it
 is touched; the few that may hide behind fresher ones (appended while the clock stood earlier,
-see `_Room.late`) are skipped by `read` and counted out by `rooms` until they reach the front.
+see `_Room.late`) are skipped by `read` and counted out by `rooms` and `unread` until they
+reach the front.
+
+Relations (edits, deletes, reactions) change the current state of their target in place: each
+retained entry is held once, as it is now, under its id, so a relation finds its target, and a
+delete erases the text it must, with dict lookups.
 """
 
 from __future__ import annotations
@@ -14,29 +19,55 @@ from collections import OrderedDict, deque
 from datetime import UTC, datetime
 from itertools import islice
 
-from grpcchat.core.history import Appended, Retention, RoomCount
-from grpcchat.core.models import Message
+from grpcchat.core import relations
+from grpcchat.core.history import MAX_UNREAD, Appended, Retention, RoomCount
+from grpcchat.core.models import Message, Relation, RelationKind
 
 
 class _Room:
-    """One room's retained messages, oldest first.
+    """One room's retained entries, oldest first.
 
     Only the oldest are ever removed, so the seqs held are contiguous and a seq is found by
     arithmetic instead of a search.
     """
 
-    __slots__ = ("last_seq", "late", "latest", "messages", "name")
+    __slots__ = (
+        "edits",
+        "entries",
+        "last_seq",
+        "late",
+        "latest",
+        "live",
+        "live_by",
+        "name",
+        "order",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.last_seq = 0
-        self.messages: deque[Message] = deque()
+        # The ids of the entries held, in seq order, and each entry as it is now.
+        self.order: deque[str] = deque()
+        self.entries: dict[str, Message] = {}
+        # The ids of the EDIT entries of each message that has any: counted against
+        # MAX_EDITS, erased by a delete. An edit always follows its target, so it is pruned
+        # after it.
+        self.edits: dict[str, list[str]] = {}
+        # Seqs of the messages (no relations) that are not deleted, in order, all of them and
+        # per sender: `unread` is two bisections (less the expired ones hiding behind fresher
+        # ones, see `late`).
+        self.live: list[int] = []
+        self.live_by: dict[str, list[int]] = {}
         # The latest time appended so far, and (time, seq), in that order, of each message held
         # that was appended with an earlier time than some message before it (the wall clock
         # stepped back). Every other message is at least as recent as all before it, so once
         # the front is fresh only these can be expired: counting is len() minus a bisection.
         self.latest: datetime | None = None
         self.late: list[tuple[datetime, int]] = []
+
+    def at_seq(self, seq: int) -> Message:
+        """The entry held at `seq` (which must be held)."""
+        return self.entries[self.order[seq - self.entries[self.order[0]].seq]]
 
 
 class MemoryStore:
@@ -49,8 +80,12 @@ class MemoryStore:
         # Names of the rooms holding messages, sorted: a `rooms` page is a slice of it.
         self._listed: list[str] = []
         # (sender, key) -> the message first stored under it, oldest first, so forgetting the
-        # expired ones is a pop from the front.
+        # expired ones is a pop from the front; and the key of each id held there, so a delete
+        # can erase the text remembered with a key too.
         self._keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
+        self._key_of: dict[str, tuple[str, str]] = {}
+        # (user, room) -> the seq up to which the user has read; never pruned.
+        self._markers: dict[tuple[str, str], int] = {}
 
     @property
     def epoch(self) -> str:
@@ -66,6 +101,8 @@ class MemoryStore:
         sent_at: datetime,
         key: str = "",
         action: bool = False,
+        reply_to: str = "",
+        relation: Relation | None = None,
     ) -> Appended:
         if sent_at.tzinfo is None:
             raise ValueError("sent_at must be timezone-aware")
@@ -73,12 +110,30 @@ class MemoryStore:
         # Keys first used at or before this moment are past the dedup window.
         expired_before = sent_at - self._retention.dedup_window
         while self._keys and next(iter(self._keys.values())).sent_at <= expired_before:
-            self._keys.popitem(last=False)
+            _, forgotten = self._keys.popitem(last=False)
+            self._key_of.pop(forgotten.id, None)
         original = self._keys.get((sender, key)) if key else None
         if original is not None and original.sent_at > expired_before:
             return Appended(original, duplicate=True)
 
+        oldest_kept = self._oldest_kept()
         state = self._rooms.get(room)
+        if state is not None:
+            self._prune(state, oldest_kept)
+        # Everything that may refuse comes before the first change: a refusal leaves nothing.
+        if reply_to:
+            relations.check_target(
+                self._find(state, reply_to, oldest_kept), room, reply_to, replying=True
+            )
+        target: Message | None = None
+        if relation is not None:
+            target = relations.check_target(
+                self._find(state, relation.target, oldest_kept), room, relation.target
+            )
+            assert state is not None  # the target was found in it
+            edits = len(state.edits.get(target.id, ()))
+            relations.check_relation(target, sender, relation, edits)
+
         if state is None:
             state = self._rooms[room] = _Room(room)
         state.last_seq += 1
@@ -91,18 +146,29 @@ class MemoryStore:
             seq=state.last_seq,
             epoch=self._epoch,
             action=action,
+            reply_to=reply_to,
+            relation=relation,
         )
-        if not state.messages:
+        if not state.order:
             insort(self._listed, room)
-        state.messages.append(message)
+        state.order.append(id)
+        state.entries[id] = message
+        if target is None:
+            state.live.append(message.seq)
+            state.live_by.setdefault(sender, []).append(message.seq)
+        else:
+            self._apply(state, target, message)
         if state.latest is not None and sent_at < state.latest:
             insort(state.late, (sent_at, message.seq))
         else:
             state.latest = sent_at
         if key:
+            replaced = self._keys.pop((sender, key), None)
+            if replaced is not None:
+                self._key_of.pop(replaced.id, None)
             self._keys[sender, key] = message
-            self._keys.move_to_end((sender, key))
-        self._prune(state, self._oldest_kept())
+            self._key_of[id] = (sender, key)
+        self._prune(state, oldest_kept)
         return Appended(message, duplicate=False)
 
     async def read(
@@ -119,20 +185,21 @@ class MemoryStore:
             return []
         oldest_kept = self._oldest_kept()
         self._prune(state, oldest_kept)
-        if not state.messages:
+        if not state.order:
             return []
-        first = state.messages[0].seq
+        first = state.entries[state.order[0]].seq
         # Exclusive bounds, clamped to the seqs held.
         low = max(after if after is not None else 0, first - 1)
         high = min(before if before is not None else state.last_seq + 1, state.last_seq + 1)
         if high - low <= 1:
             return []
         if newest_first:
-            candidates = islice(reversed(state.messages), state.last_seq + 1 - high, None)
+            candidates = islice(reversed(state.order), state.last_seq + 1 - high, None)
         else:
-            candidates = islice(state.messages, low + 1 - first, None)
+            candidates = islice(state.order, low + 1 - first, None)
         page: list[Message] = []
-        for message in candidates:
+        for id in candidates:
+            message = state.entries[id]
             if not low < message.seq < high:
                 break
             if message.sent_at >= oldest_kept:
@@ -145,6 +212,38 @@ class MemoryStore:
         state = self._rooms.get(room)
         return state.last_seq if state else 0
 
+    async def mark_read(self, user: str, room: str, seq: int) -> int:
+        marker = self._markers.get((user, room), 0)
+        moved = min(seq, await self.last_seq(room))
+        if moved > marker:
+            self._markers[user, room] = marker = moved
+        return marker
+
+    async def read_marker(self, user: str, room: str) -> int:
+        return self._markers.get((user, room), 0)
+
+    async def unread(self, user: str, rooms: list[str]) -> dict[str, int]:
+        oldest_kept = self._oldest_kept()
+        counts: dict[str, int] = {}
+        for room in rooms:
+            state = self._rooms.get(room)
+            if state is None:
+                counts[room] = 0
+                continue
+            self._prune(state, oldest_kept)
+            marker = self._markers.get((user, room), 0)
+            mine = state.live_by.get(user, [])
+            count = len(state.live) - bisect_right(state.live, marker)
+            count -= len(mine) - bisect_right(mine, marker)
+            # Expired messages behind fresher ones are still held: count them out.
+            expired = bisect_left(state.late, oldest_kept, key=lambda entry: entry[0])
+            for _, seq in state.late[:expired]:
+                message = state.at_seq(seq)
+                if seq > marker and _counts(message) and message.sender != user:
+                    count -= 1
+            counts[room] = min(count, MAX_UNREAD)
+        return counts
+
     async def rooms(self, *, after: str = "", limit: int = 100) -> list[RoomCount]:
         oldest_kept = self._oldest_kept()
         page: list[RoomCount] = []
@@ -152,10 +251,10 @@ class MemoryStore:
         while len(page) < limit and index < len(self._listed):
             state = self._rooms[self._listed[index]]
             self._prune(state, oldest_kept)
-            if not state.messages:
+            if not state.order:
                 continue  # it left the list: the next room now sits at `index`
             expired = bisect_left(state.late, oldest_kept, key=lambda entry: entry[0])
-            page.append(RoomCount(state.name, len(state.messages) - expired))
+            page.append(RoomCount(state.name, len(state.order) - expired))
             index += 1
         return page
 
@@ -165,17 +264,67 @@ class MemoryStore:
     def _oldest_kept(self) -> datetime:
         return datetime.now(UTC) - self._retention.max_age
 
+    def _find(self, state: _Room | None, id: str, oldest_kept: datetime) -> Message | None:
+        """The retained entry `id` of the (pruned) room, if any."""
+        found = state.entries.get(id) if state is not None else None
+        return found if found is not None and found.sent_at >= oldest_kept else None
+
+    def _apply(self, state: _Room, target: Message, entry: Message) -> None:
+        """Change `target` (held in `state`) by the relation `entry`, already validated."""
+        assert entry.relation is not None
+        state.entries[target.id] = relations.apply(target, entry)
+        match entry.relation.kind:
+            case RelationKind.EDIT:
+                state.edits.setdefault(target.id, []).append(entry.id)
+            case RelationKind.DELETE:
+                _remove(state.live, target.seq)
+                _remove(state.live_by[target.sender], target.seq)
+                if not state.live_by[target.sender]:
+                    del state.live_by[target.sender]
+                self._erase_key(target.id)
+                for edit in state.edits.pop(target.id, ()):
+                    state.entries[edit] = relations.erased(state.entries[edit])
+                    self._erase_key(edit)
+            case RelationKind.REACT | RelationKind.UNREACT:
+                pass
+
+    def _erase_key(self, id: str) -> None:
+        """Erase the text of the message remembered under a key, if `id` is one."""
+        key = self._key_of.get(id)
+        if key is not None:
+            self._keys[key] = relations.erased(self._keys[key])
+
     def _prune(self, state: _Room, oldest_kept: datetime) -> None:
-        """Drop the room's oldest messages beyond the count or age limit; unlist it if none
-        are left. Once this returns, the front message is retained (or there is none)."""
-        messages = state.messages
+        """Drop the room's oldest entries beyond the count limit or age limit; unlist it if
+        none are left. Once this returns, the front entry is retained (or there is none)."""
+        order, entries = state.order, state.entries
         first_kept_seq = state.last_seq - self._retention.max_messages + 1
-        while messages and (messages[0].seq < first_kept_seq or messages[0].sent_at < oldest_kept):
-            gone = messages.popleft()
+        while order:
+            front = entries[order[0]]
+            if front.seq >= first_kept_seq and front.sent_at >= oldest_kept:
+                break
+            order.popleft()
+            del entries[front.id]
+            state.edits.pop(front.id, None)
+            if _counts(front):  # held in `live`, where it is the first
+                del state.live[0]
+                mine = state.live_by[front.sender]
+                del mine[0]
+                if not mine:
+                    del state.live_by[front.sender]
             if state.late:
-                entry = (gone.sent_at, gone.seq)
+                entry = (front.sent_at, front.seq)
                 at = bisect_left(state.late, entry)
                 if at < len(state.late) and state.late[at] == entry:
                     del state.late[at]
-            if not messages:
+            if not order:
                 del self._listed[bisect_left(self._listed, state.name)]
+
+
+def _counts(message: Message) -> bool:
+    """Whether `message` is one `unread` counts (for anyone but its sender)."""
+    return message.relation is None and not message.deleted
+
+
+def _remove(seqs: list[int], seq: int) -> None:
+    del seqs[bisect_left(seqs, seq)]

@@ -17,6 +17,11 @@ are rare: the fast path pays nothing for them). Only when the write lock cannot 
 nothing. Reads and the other calls are handed to the same thread, in the order they are
 called, so they see every append queued before them.
 
+Relations (edits, deletes, reactions) and replies are checked against their target and applied
+to it by `Database._append`, inside the group's transaction, in queue order, so each sees every
+append called before it. A refused one (the rules' ChatError: NotFound, PermissionDenied, ...)
+is checked before anything of it is written, so it fails only its caller and the group goes on.
+
 Each room's row in `rooms` carries how many messages it holds, changed in the same transaction
 as every insert or delete of its messages, so a `rooms` page is a range of one small index.
 
@@ -45,7 +50,7 @@ from typing import TypeVar
 
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, Retention, RoomCount
-from grpcchat.core.models import Message
+from grpcchat.core.models import Message, Relation
 from grpcchat.store.sqlite_database import AppendRequest, Database, to_us
 
 T = TypeVar("T")
@@ -108,13 +113,16 @@ class SqliteStore:
         sent_at: datetime,
         key: str = "",
         action: bool = False,
+        reply_to: str = "",
+        relation: Relation | None = None,
     ) -> Appended:
         """Queue the append, now (before suspending: appends are numbered in the order they
         were called), for the next group; return once the group has committed. A caller
-        cancelled meanwhile does not take its append back."""
+        cancelled meanwhile does not take its append back. A relation (or reply) the rules
+        refuse raises their ChatError, having stored nothing."""
         if self._closed:
             raise self._closed_error()
-        request = (id, room, sender, text, to_us(sent_at), key, action)
+        request = (id, room, sender, text, to_us(sent_at), key, action, reply_to, relation)
         answer: asyncio.Future[Appended] = self._loop.create_future()
         with self._queue_lock:
             self._queued.append((request, answer))
@@ -136,6 +144,15 @@ class SqliteStore:
 
     async def last_seq(self, room: str) -> int:
         return await self._run(partial(self._db.last_seq, room))
+
+    async def mark_read(self, user: str, room: str, seq: int) -> int:
+        return await self._run(partial(self._db.mark_read, user, room, seq))
+
+    async def read_marker(self, user: str, room: str) -> int:
+        return await self._run(partial(self._db.read_marker, user, room))
+
+    async def unread(self, user: str, rooms: list[str]) -> dict[str, int]:
+        return await self._run(partial(self._db.unread, user, rooms))
 
     async def rooms(self, *, after: str = "", limit: int = 100) -> list[RoomCount]:
         if limit <= 0:

@@ -1,19 +1,23 @@
 """The statements of the SQLite history, on the one thread that owns the connection: open or
 create the file (refusing anything that is not a healthy grpcchat history), append a group of
-messages in one transaction, read, count rooms, prune. `SqliteStore` (sqlite.py) is the async
-engine in front of it; every method here runs on its thread, never on the event loop."""
+messages in one transaction (validating and applying relations there, in order), read, count
+rooms, read markers, prune. `SqliteStore` (sqlite.py) is the async engine in front of it; every
+method here runs on its thread, never on the event loop."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeAlias
 
+from grpcchat.core import relations
+from grpcchat.core.errors import ChatError
 from grpcchat.core.history import Appended, Retention, RoomCount
-from grpcchat.core.models import Message
+from grpcchat.core.models import Message, Relation
+from grpcchat.store import sqlite_conversations as conversations
 from grpcchat.store.sqlite_file import (
     Transaction,
     check_is_history,
@@ -23,29 +27,20 @@ from grpcchat.store.sqlite_file import (
     unreadable,
     unusable,
 )
+from grpcchat.store.sqlite_rows import COLUMNS, KEYED_COLUMNS, message, now_us, to_us
+
+__all__ = ["MAINTENANCE_BATCH", "AppendRequest", "Database", "to_us"]
 
 # Rows deleted per transaction by the maintenance job: appends wait at most for one batch.
 MAINTENANCE_BATCH = 1_000
-_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _MAX_SEQ = 2**63 - 1  # SQLite's largest integer: an open bound
 
-# One queued append: id, room, sender, text, sent_at_us, key, action.
-AppendRequest: TypeAlias = tuple[str, str, str, str, int, str, bool]
-
-
-def to_us(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        raise ValueError("sent_at must be timezone-aware")
-    return (moment - _UNIX_EPOCH) // _MICROSECOND
-
-
-def _from_us(us: int) -> datetime:
-    return _UNIX_EPOCH + timedelta(microseconds=us)
-
-
-def _now_us() -> int:
-    return to_us(datetime.now(UTC))
+# One queued append: id, room, sender, text, sent_at_us, key, action, reply_to, relation.
+AppendRequest: TypeAlias = tuple[str, str, str, str, int, str, bool, str, Relation | None]
+# What became of one append: stored (or the original of its key), refused by the rules of
+# relations (ChatError: nothing of it is stored), or failed in SQLite.
+Outcome: TypeAlias = Appended | ChatError | sqlite3.Error
 
 
 class Database:
@@ -87,6 +82,9 @@ class Database:
             check_is_history(conn, path)  # before anything below writes to the file
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # A deleted message's text is zeroed in the pages it leaves, where that costs no
+            # extra I/O, rather than lingering in free space.
+            conn.execute("PRAGMA secure_delete = FAST")
             return cls(conn, path, retention)
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -108,9 +106,11 @@ class Database:
     def _transaction(self) -> Transaction:
         return Transaction(self._conn)
 
-    def append_group(self, requests: Sequence[AppendRequest]) -> list[Appended | sqlite3.Error]:
+    def append_group(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
         """Store the requests in order in one transaction: the outcome of each, in order, once
-        committed. If anything fails after the write lock is taken (one append's statement, a
+        committed. A relation refused by its rules (checked against everything stored before
+        it, the group's earlier appends included) stores nothing and fails only its caller.
+        If anything fails in SQLite after the write lock is taken (one append's statement, a
         full disk, the commit), that transaction is rolled back and each request is stored
         again in a transaction of its own, so each ends exactly as it would have alone. Raises,
         storing nothing, if the write lock cannot be taken."""
@@ -120,7 +120,7 @@ class Database:
         try:
             with self._transaction():
                 began = True
-                outcomes: list[Appended | sqlite3.Error] = [self._append(*r) for r in requests]
+                outcomes: list[Outcome] = [self._append_or_refuse(r) for r in requests]
         except sqlite3.Error:
             if not began:
                 raise
@@ -129,16 +129,24 @@ class Database:
             self._appended(outcome, request)
         return outcomes
 
-    def _append_alone(self, request: AppendRequest) -> Appended | sqlite3.Error:
+    def _append_alone(self, request: AppendRequest) -> Outcome:
         try:
             with self._transaction():
-                appended = self._append(*request)
+                outcome = self._append_or_refuse(request)
         except sqlite3.Error as exc:
             return exc
-        self._appended(appended, request)
-        return appended
+        self._appended(outcome, request)
+        return outcome
 
-    def _appended(self, outcome: Appended | sqlite3.Error, request: AppendRequest) -> None:
+    def _append_or_refuse(self, request: AppendRequest) -> Appended | ChatError:
+        """`_append`, or why the rules of relations refuse it: every check comes before the
+        first write, so a refused append has written nothing."""
+        try:
+            return self._append(*request)
+        except ChatError as exc:
+            return exc
+
+    def _appended(self, outcome: Outcome, request: AppendRequest) -> None:
         """Note a committed append: dedup keys are judged on the appends' clock."""
         if isinstance(outcome, Appended) and not outcome.duplicate:
             self._appended_at_us = request[4]
@@ -152,21 +160,32 @@ class Database:
         sent_at_us: int,
         key: str,
         action: bool,
+        reply_to: str,
+        relation: Relation | None,
     ) -> Appended:
-        """Store one message, or return the original of a repeated key (inside the caller's
-        transaction)."""
+        """Store one entry, or return the original of a repeated key (inside the caller's
+        transaction). A relation is checked against its target as stored now, then applied
+        to it; ChatError, before anything is written, if it may not be."""
         if key:
             original = self._conn.execute(
-                "SELECT room, seq, id, text, sent_at_us, action FROM dedup"
+                f"SELECT room, {KEYED_COLUMNS} FROM dedup"
                 " WHERE sender = ? AND key = ? AND sent_at_us > ?",
                 (sender, key, sent_at_us - self._dedup_window_us),
             ).fetchone()
             if original is not None:
-                o_room, o_seq, o_id, o_text, o_sent_at_us, o_action = original
-                message = self._message(o_room, o_seq, o_id, sender, o_text, o_sent_at_us, o_action)
-                return Appended(message, duplicate=True)
-        row = self._conn.execute("SELECT last_seq FROM rooms WHERE room = ?", (room,))
-        last = row.fetchone()
+                return Appended(message(original[0], self.epoch, original[1:]), duplicate=True)
+        oldest_kept_us = self._oldest_kept_us()
+        if reply_to:
+            found = conversations.find(self._conn, room, reply_to, oldest_kept_us, self.epoch)
+            relations.check_target(found[0] if found else None, room, reply_to, replying=True)
+        target: Message | None = None
+        if relation is not None:
+            found = conversations.find(
+                self._conn, room, relation.target, oldest_kept_us, self.epoch
+            )
+            target = relations.check_target(found[0] if found else None, room, relation.target)
+            relations.check_relation(target, sender, relation, found[1] if found else 0)
+        last = self._conn.execute("SELECT last_seq FROM rooms WHERE room = ?", (room,)).fetchone()
         seq = (last[0] if last else 0) + 1
         self._conn.execute(
             "INSERT INTO rooms (room, last_seq, messages) VALUES (?, ?, 1)"
@@ -174,22 +193,28 @@ class Database:
             " SET last_seq = excluded.last_seq, messages = messages + 1",
             (room, seq),
         )
+        kind, target_id, emoji = _relation_columns(relation)
+        # In COLUMNS order (with no state yet); the tables take the room first.
+        row = (seq, id, sender, text, sent_at_us, action, reply_to, kind, target_id, emoji)
         self._conn.execute(
-            "INSERT INTO messages (room, seq, id, sender, text, sent_at_us, action)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (room, seq, id, sender, text, sent_at_us, action),
+            "INSERT INTO messages"
+            " (room, seq, id, sender, text, sent_at_us, action, reply_to, kind, target, emoji)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (room, *row),
         )
         if key:
             self._conn.execute(
-                "INSERT OR REPLACE INTO dedup"
-                " (sender, key, room, seq, id, text, sent_at_us, action)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (sender, key, room, seq, id, text, sent_at_us, action),
+                "INSERT OR REPLACE INTO dedup (room, seq, id, sender, text, sent_at_us,"
+                " action, reply_to, kind, target, emoji, key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (room, *row, key),
             )
+        stored = message(room, self.epoch, (*row, None, 0))
+        if target is not None:
+            conversations.apply(self._conn, target, stored)
         if seq > self._max_messages:
             self._prune_by_count(room, seq)
-        message = self._message(room, seq, id, sender, text, sent_at_us, action)
-        return Appended(message, duplicate=False)
+        return Appended(stored, duplicate=False)
 
     def read(
         self, room: str, after: int | None, before: int | None, limit: int, newest_first: bool
@@ -200,12 +225,35 @@ class Database:
         high = max(min(before, _MAX_SEQ), -_MAX_SEQ) if before is not None else _MAX_SEQ
         # `+sent_at_us`: filter rows of the (room, seq) range, never scan the time index.
         rows = self._conn.execute(
-            "SELECT seq, id, sender, text, sent_at_us, action FROM messages"
+            f"SELECT {COLUMNS} FROM messages"
             " WHERE room = ? AND seq > ? AND seq < ? AND +sent_at_us >= ?"
             f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?",
             (room, low, high, self._oldest_kept_us(), limit),
-        )
-        return [self._message(room, *row) for row in rows]
+        ).fetchall()
+        if not rows:
+            return []
+        seqs = (rows[0][0], rows[-1][0])
+        reactions = conversations.reactions_between(self._conn, room, min(seqs), max(seqs))
+        return [message(room, self.epoch, row, reactions.get(row[0], ())) for row in rows]
+
+    def mark_read(self, name: str, room: str, seq: int) -> int:
+        marker = conversations.read_marker(self._conn, name, room)
+        if seq <= marker:
+            return marker
+        with self._transaction():  # the room's last seq and the marker, read under the lock
+            moved = min(seq, self.last_seq(room))
+            if moved > conversations.read_marker(self._conn, name, room):
+                conversations.move_marker(self._conn, name, room, moved)
+            return conversations.read_marker(self._conn, name, room)
+
+    def read_marker(self, name: str, room: str) -> int:
+        return conversations.read_marker(self._conn, name, room)
+
+    def unread(self, name: str, rooms: list[str]) -> dict[str, int]:
+        oldest_kept_us = self._oldest_kept_us()
+        return {
+            room: conversations.unread(self._conn, name, room, oldest_kept_us) for room in rooms
+        }
 
     def last_seq(self, room: str) -> int:
         row = self._conn.execute("SELECT last_seq FROM rooms WHERE room = ?", (room,)).fetchone()
@@ -253,17 +301,18 @@ class Database:
                 (self._oldest_kept_us(), MAINTENANCE_BATCH),
             ).fetchall()
             self._conn.executemany("DELETE FROM messages WHERE room = ? AND seq = ?", gone)
+            self._conn.executemany("DELETE FROM reactions WHERE room = ? AND target_seq = ?", gone)
             self._conn.executemany(
                 "UPDATE rooms SET messages = messages - ? WHERE room = ?",
                 [(n, room) for room, n in Counter(room for room, _ in gone).items()],
             )
-            now_us = _now_us()
+            moment_us = now_us()
             if self._appended_at_us is not None:
-                now_us = min(now_us, self._appended_at_us)
+                moment_us = min(moment_us, self._appended_at_us)
             keys = self._conn.execute(
                 "SELECT sender, key FROM dedup INDEXED BY dedup_by_time"
                 " WHERE sent_at_us <= ? LIMIT ?",
-                (now_us - self._dedup_window_us, MAINTENANCE_BATCH),
+                (moment_us - self._dedup_window_us, MAINTENANCE_BATCH),
             ).fetchall()
             self._conn.executemany("DELETE FROM dedup WHERE sender = ? AND key = ?", keys)
         return MAINTENANCE_BATCH in (len(gone), len(keys))
@@ -272,7 +321,7 @@ class Database:
         self._conn.close()
 
     def _oldest_kept_us(self) -> int:
-        return _now_us() - self._max_age_us
+        return now_us() - self._max_age_us
 
     def _prune_by_count(self, room: str, last_seq: int) -> None:
         """Delete the room's messages beyond the count limit (inside the caller's
@@ -285,17 +334,14 @@ class Database:
             self._conn.execute(
                 "UPDATE rooms SET messages = messages - ? WHERE room = ?", (pruned, room)
             )
+            self._conn.execute(
+                "DELETE FROM reactions WHERE room = ? AND target_seq <= ?",
+                (room, last_seq - self._max_messages),
+            )
 
-    def _message(
-        self, room: str, seq: int, id: str, sender: str, text: str, sent_at_us: int, action: int
-    ) -> Message:
-        return Message(
-            id=id,
-            room=room,
-            sender=sender,
-            text=text,
-            sent_at=_from_us(sent_at_us),
-            seq=seq,
-            epoch=self.epoch,
-            action=bool(action),
-        )
+
+def _relation_columns(relation: Relation | None) -> tuple[str, str, str]:
+    """kind, target, emoji as stored ('' for a message)."""
+    if relation is None:
+        return "", "", ""
+    return relation.kind.value, relation.target, relation.emoji

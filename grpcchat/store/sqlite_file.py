@@ -11,7 +11,7 @@ from pathlib import Path
 
 from grpcchat.core.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The tables as schema 1 made them; a new file is made the same way, then migrated like an old
 # one, so every file of a version has exactly the same schema.
 _SCHEMA_1 = (
@@ -53,6 +53,50 @@ _MIGRATIONS = {
         " (SELECT COUNT(*) FROM messages AS held WHERE held.room = rooms.room)",
         # Rooms whose messages all expired keep their row (and last_seq) but leave this index.
         "CREATE INDEX rooms_holding_messages ON rooms (room, messages) WHERE messages > 0",
+    ),
+    3: (
+        # Conversations. A relation entry (kind: edit, delete, react, unreact; '' for a
+        # message) names its target's id; a message carries its current state: edited_at_us
+        # (NULL: never edited), how many edits it took, deleted.
+        "ALTER TABLE messages ADD COLUMN reply_to TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE messages ADD COLUMN target TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE messages ADD COLUMN emoji TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE messages ADD COLUMN edited_at_us INTEGER",
+        "ALTER TABLE messages ADD COLUMN edits INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0",
+        # A relation finds its target by id; a delete finds the target's edits.
+        "CREATE INDEX messages_by_id ON messages (id)",
+        "CREATE INDEX messages_by_target ON messages (target, kind) WHERE kind != ''",
+        # What `unread` counts, and only that: a count is a range of this index.
+        "CREATE INDEX messages_unread ON messages (room, seq, sender, sent_at_us)"
+        " WHERE kind = '' AND deleted = 0",
+        "ALTER TABLE dedup ADD COLUMN reply_to TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE dedup ADD COLUMN kind TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE dedup ADD COLUMN target TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE dedup ADD COLUMN emoji TEXT NOT NULL DEFAULT ''",
+        # A delete erases the text remembered with a key too.
+        "CREATE INDEX dedup_by_id ON dedup (id)",
+        # One row per name and emoji on a message (by its seq): clustered in display order,
+        # emoji by the seq of their first use (while they stay on it), names by when they
+        # reacted; a page's reactions are one range, and a pruned message's too.
+        """CREATE TABLE reactions (
+            room TEXT NOT NULL,
+            target_seq INTEGER NOT NULL,
+            emoji_seq INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            emoji TEXT NOT NULL,
+            name TEXT NOT NULL,
+            PRIMARY KEY (room, target_seq, emoji_seq, seq)
+        ) WITHOUT ROWID""",
+        "CREATE UNIQUE INDEX reactions_by_name ON reactions (room, target_seq, emoji, name)",
+        # Never pruned: a marker outlives the messages it is past.
+        """CREATE TABLE read_markers (
+            name TEXT NOT NULL,
+            room TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (name, room)
+        ) WITHOUT ROWID""",
     ),
 }
 _TABLES = frozenset({"meta", "rooms", "messages", "dedup"})

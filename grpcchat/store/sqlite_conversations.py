@@ -1,0 +1,134 @@
+"""The conversation statements of the SQLite history, on the thread that owns the connection:
+find the message a relation or reply names, apply a relation to it, the reactions of a page,
+read markers and unread counts. `Database` (sqlite_database.py) calls them inside its
+transactions; the rules themselves are `grpcchat.core.relations`."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from grpcchat.core.history import MAX_UNREAD
+from grpcchat.core.models import Message, Reaction, RelationKind
+from grpcchat.store.sqlite_rows import COLUMNS, grouped, message, to_us
+
+
+def find(
+    conn: sqlite3.Connection, room: str, id: str, oldest_kept_us: int, epoch: str
+) -> tuple[Message, int] | None:
+    """The retained entry `id` of `room` as it is now, with its reactions, and how many times
+    it was edited; None if there is none. (Entries beyond the count limit are deleted in the
+    transaction that pushed them out, so only age needs checking.)"""
+    row = conn.execute(
+        f"SELECT {COLUMNS}, edits FROM messages INDEXED BY messages_by_id"
+        " WHERE id = ? AND room = ? AND sent_at_us >= ?",
+        (id, room, oldest_kept_us),
+    ).fetchone()
+    if row is None:
+        return None
+    reactions = grouped(
+        conn.execute(
+            "SELECT emoji, name FROM reactions WHERE room = ? AND target_seq = ?"
+            " ORDER BY emoji_seq, seq",
+            (room, row[0]),
+        ).fetchall()
+    )
+    return message(room, epoch, row[:-1], reactions), int(row[-1])
+
+
+def apply(conn: sqlite3.Connection, target: Message, entry: Message) -> None:
+    """Change the stored `target` by the relation `entry` (already validated and stored),
+    inside the caller's transaction."""
+    assert entry.relation is not None
+    room, seq = target.room, target.seq
+    match entry.relation.kind:
+        case RelationKind.EDIT:
+            conn.execute(
+                "UPDATE messages SET text = ?, edited_at_us = ?, edits = edits + 1"
+                " WHERE room = ? AND seq = ?",
+                (entry.text, to_us(entry.sent_at), room, seq),
+            )
+        case RelationKind.DELETE:
+            # The text goes from everywhere it is kept: the message, its edits, its key.
+            conn.execute(
+                "UPDATE dedup SET text = '' WHERE id IN (SELECT id FROM messages"
+                " INDEXED BY messages_by_target WHERE target = ? AND kind = 'edit'"
+                " AND kind != '' AND room = ?) OR id = ?",
+                (target.id, room, target.id),
+            )
+            conn.execute(
+                "UPDATE messages INDEXED BY messages_by_target SET text = ''"
+                " WHERE target = ? AND kind = 'edit' AND kind != '' AND room = ?",
+                (target.id, room),
+            )
+            conn.execute(
+                "UPDATE messages SET text = '', deleted = 1 WHERE room = ? AND seq = ?",
+                (room, seq),
+            )
+            conn.execute("DELETE FROM reactions WHERE room = ? AND target_seq = ?", (room, seq))
+        case RelationKind.REACT:
+            # An emoji keeps the place of its first use while any name stays on it.
+            first = conn.execute(
+                "SELECT emoji_seq FROM reactions WHERE room = ? AND target_seq = ? AND emoji = ?"
+                " LIMIT 1",
+                (room, seq, entry.relation.emoji),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO reactions (room, target_seq, emoji_seq, seq, emoji, name)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    room,
+                    seq,
+                    first[0] if first else entry.seq,
+                    entry.seq,
+                    entry.relation.emoji,
+                    entry.sender,
+                ),
+            )
+        case RelationKind.UNREACT:
+            conn.execute(
+                "DELETE FROM reactions"
+                " WHERE room = ? AND target_seq = ? AND emoji = ? AND name = ?",
+                (room, seq, entry.relation.emoji, entry.sender),
+            )
+
+
+def reactions_between(
+    conn: sqlite3.Connection, room: str, first: int, last: int
+) -> dict[int, tuple[Reaction, ...]]:
+    """The reactions of `room`'s messages first..last (seqs), by seq: one range."""
+    rows: dict[int, list[tuple[str, str]]] = {}
+    for seq, emoji, name in conn.execute(
+        "SELECT target_seq, emoji, name FROM reactions"
+        " WHERE room = ? AND target_seq BETWEEN ? AND ? ORDER BY target_seq, emoji_seq, seq",
+        (room, first, last),
+    ):
+        rows.setdefault(seq, []).append((emoji, name))
+    return {seq: grouped(pairs) for seq, pairs in rows.items()}
+
+
+def read_marker(conn: sqlite3.Connection, name: str, room: str) -> int:
+    row = conn.execute(
+        "SELECT seq FROM read_markers WHERE name = ? AND room = ?", (name, room)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def move_marker(conn: sqlite3.Connection, name: str, room: str, seq: int) -> None:
+    """Move the marker up to `seq`, never back (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO read_markers (name, room, seq) VALUES (?, ?, ?)"
+        " ON CONFLICT (name, room) DO UPDATE SET seq = excluded.seq WHERE excluded.seq > seq",
+        (name, room, seq),
+    )
+
+
+def unread(conn: sqlite3.Connection, name: str, room: str, oldest_kept_us: int) -> int:
+    """How many messages of `room` after `name`'s marker count as unread, up to MAX_UNREAD:
+    a range of the index that holds only messages that are not deleted."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM messages INDEXED BY messages_unread"
+        " WHERE room = ? AND seq > ? AND kind = '' AND deleted = 0 AND sender != ?"
+        " AND sent_at_us >= ? LIMIT ?)",
+        (room, read_marker(conn, name, room), name, oldest_kept_us, MAX_UNREAD),
+    ).fetchone()
+    return int(row[0])
