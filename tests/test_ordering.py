@@ -16,6 +16,7 @@ from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, HistoryStore, Retention
 from grpcchat.core.hub import Hub
 from grpcchat.core.limits import Limits
+from grpcchat.core.models import Relation
 from grpcchat.server.engines import open_store
 from grpcchat.store.memory import MemoryStore
 from tests.helpers import RoomReader
@@ -43,13 +44,23 @@ class JitteryStore(MemoryStore):
         sent_at: datetime,
         key: str = "",
         action: bool = False,
+        reply_to: str = "",
+        relation: Relation | None = None,
     ) -> Appended:
         delay = self._random.random() * 0.003
         if text.endswith("!"):
             await asyncio.sleep(delay)
             raise StoreError("the disk is full")
         appended = await super().append(
-            id=id, room=room, sender=sender, text=text, sent_at=sent_at, key=key, action=action
+            id=id,
+            room=room,
+            sender=sender,
+            text=text,
+            sent_at=sent_at,
+            key=key,
+            action=action,
+            reply_to=reply_to,
+            relation=relation,
         )
         await asyncio.sleep(delay)
         return appended

@@ -1,6 +1,7 @@
 """The hub: sessions, rooms, membership, admission, and the one place room messages are
 numbered and delivered (direct messages: `direct`; what a join replays: `replay`; join and
-leave notices: `presence`).
+leave notices: `presence`; typing notices: `typists`; read markers: `markers`; what an edit,
+delete, reaction or reply must look like: `relating`).
 
 Per room, posts form a chain: each hands its append to the store at once, in order (the store
 numbers a room's appends in the order they are called), without waiting for the post before it
@@ -47,14 +48,25 @@ from grpcchat.core.gated import GatedDelivery
 from grpcchat.core.history import DEDUP_WINDOW, Appended, HistoryStore
 from grpcchat.core.limits import Limits
 from grpcchat.core.listing import MembersPage
-from grpcchat.core.models import Envelope, Message, Position, RoomInfo, RoomJoined, RoomLeft
+from grpcchat.core.markers import ReadMarkers
+from grpcchat.core.models import (
+    Envelope,
+    Message,
+    Position,
+    Relation,
+    RoomInfo,
+    RoomJoined,
+    RoomLeft,
+)
 from grpcchat.core.presence import DETAIL_LIMIT, PresenceNotices
 from grpcchat.core.pressure import BUSY_RETRY, STALL_TIMEOUT, Pressure
 from grpcchat.core.ratelimit import RateLimiter
+from grpcchat.core.relating import check_relation, check_reply
 from grpcchat.core.replay import plan_replay
 from grpcchat.core.rooms import Room
 from grpcchat.core.session import Session
 from grpcchat.core.stats import HubStats, Load
+from grpcchat.core.typists import Typists
 from grpcchat.core.validation import (
     check_epoch,
     check_key,
@@ -103,6 +115,8 @@ class Hub:
             forward=self._cluster.send_direct if self._cluster is not None else None,
         )
         self._presence = PresenceNotices(self._rooms.get, self._member_total)
+        self._typists = Typists(self._rooms.get)
+        self._markers = ReadMarkers(store, lambda name: self._by_name.get(name, {}).values())
         self._pressure = Pressure(self._sessions, self._rooms)
         self._evicted: list[Session] = []
         self._settle_scheduled = False
@@ -252,6 +266,9 @@ class Hub:
         if after is not None:
             self.stats.resumes += 1
         try:
+            # Before the replay is planned: nothing may suspend between planning it and
+            # starting the room's gated delivery.
+            read_seq = await self._markers.marker(session.name, room)
             cursor = await plan_replay(
                 self.store, room, after, history, self.limits.max_replay, stats=self.stats
             )
@@ -267,7 +284,7 @@ class Hub:
             return
         position = Position(cursor.until, self.store.epoch)
         sample = listing.sample(members, self.roster, DETAIL_LIMIT)
-        joined = RoomJoined(room, sample, position, self._member_total(room))
+        joined = RoomJoined(room, sample, position, self._member_total(room), read_seq)
         session.start_replay(room, cursor, Envelope(joined))
 
     def _check_name_free(self, session: Session, room: Room) -> None:
@@ -293,6 +310,7 @@ class Hub:
             return
         if members.remove(session):
             self._name_changed(members, session.name, joined=False)
+        self._typists.left(session, room)
         if not members.sessions:
             del self._rooms[room]
             if self._gated is not None:
@@ -306,12 +324,16 @@ class Hub:
         return listing.members_page(self._rooms, self.roster, check_room(room), after, limit)
 
     async def rooms(
-        self, *, after: str = "", limit: int = 0, principal: str = ""
+        self, *, after: str = "", limit: int = 0, principal: str = "", user: str = ""
     ) -> tuple[list[RoomInfo], str]:
-        """One page of the rooms with members or history, and the next page's token."""
+        """One page of the rooms with members or history, and the next page's token; with a
+        `user`, each room's count of messages that user has not read."""
         self._limit_requests(principal)
+        user = self._markers.user(user) if user else ""
         live = [*self._rooms, *self.roster.rooms()]
-        return await listing.rooms_page(self.store, live, self._member_total, after, limit)
+        return await listing.rooms_page(
+            self.store, live, self._member_total, after, limit, user=user
+        )
 
     def _member_total(self, room: str) -> int:
         """Distinct names in the room on every node."""
@@ -371,12 +393,20 @@ class Hub:
         recipient: str = "",
         action: bool = False,
         principal: str = "",
+        reply_to: str = "",
+        relation: Relation | None = None,
     ) -> Appended:
         """Validate, rate-limit, admit, store, number and deliver one message; return it as
         accepted (or, for a repeated key, the original). `principal` is who the rate limit
-        counts against (the authenticated user or the peer address; default the sender)."""
+        counts against (the authenticated user or the peer address; default the sender).
+
+        A `relation` (an edit, delete or reaction of an earlier message) is an entry of the
+        room's log like a message, and counts against the same rate; whether its target
+        allows it is the store's to say (see `HistoryStore`)."""
         self._refuse_if_draining()
-        sender, text = check_name(sender), check_text(text)
+        sender = check_name(sender)
+        if relation is None:
+            text = check_text(text)
         room, key = check_room(room), check_key(key)
         wait = self._message_rate.wait_time(principal or sender)
         if wait:
@@ -386,6 +416,9 @@ class Hub:
                 f"retry in {wait:.1f}s",
                 retry_after=wait,
             )
+        if relation is not None:
+            text = check_relation(relation, text, recipient=recipient, reply_to=reply_to)
+        reply_to = check_reply(reply_to, recipient=recipient)
         if recipient:
             appended = self._direct.send(sender, check_name(recipient), text, action, key)
         else:
@@ -393,14 +426,21 @@ class Hub:
             # Shielded: a caller that gives up (a cancelled Send) must not leave a message
             # stored but never delivered to the room's live members.
             appended = await asyncio.shield(
-                self._store_and_deliver(sender, text, room, key, action)
+                self._store_and_deliver(sender, text, room, key, action, reply_to, relation)
             )
         if not appended.duplicate:
-            self.stats.accepted += 1
+            self.stats.accepted_entry(appended.message)
         return appended
 
     async def _store_and_deliver(
-        self, sender: str, text: str, room: str, key: str, action: bool
+        self,
+        sender: str,
+        text: str,
+        room: str,
+        key: str,
+        action: bool,
+        reply_to: str = "",
+        relation: Relation | None = None,
     ) -> Appended:
         """Take the room's next place in line and hand the append to the store at once (no
         suspension in between, so seqs follow the line); deliver once the post ahead has
@@ -425,6 +465,8 @@ class Hub:
                 sent_at=datetime.now(UTC),
                 key=key,
                 action=action,
+                reply_to=reply_to,
+                relation=relation,
             )
             self.stats.store_append.observe(time.monotonic() - accepted_at)
             if previous is not None and not previous.done():
@@ -475,6 +517,23 @@ class Hub:
                 member.offer(envelope, room)
         finally:
             self._settle_evictions()
+
+    # -- conversations: typing notices and read markers -------------------------------------
+
+    def typing(self, session: Session, room: str, active: bool) -> None:
+        """`session`'s user started (or refreshed) or stopped typing in `room`, a room it is
+        in: told to the room's other members here (see `typists`)."""
+        self._typists.notice(session, check_room(room), active)
+
+    async def mark_read(
+        self, user: str, room: str, seq: int, *, principal: str = "", told: Session | None = None
+    ) -> int:
+        """Move `user`'s read marker in `room` up to `seq`; the marker afterwards. The user's
+        sessions here in that room are told, except `told` (see `markers`)."""
+        self._refuse_if_draining()
+        user, room = ReadMarkers.user(user), check_room(room)
+        self._limit_requests(principal)
+        return await self._markers.mark(user, room, seq, told=told)
 
     # -- overload ---------------------------------------------------------------------------
 
@@ -529,13 +588,13 @@ class Hub:
         )
 
     def _limit_requests(self, principal: str) -> None:
-        """Joins, leaves and reads have their own rate, per principal."""
+        """Joins, leaves, reads and read markers have their own rate, per principal."""
         wait = self._request_rate.wait_time(principal) if principal else 0.0
         if wait:
             self.stats.rate_limited_requests += 1
             raise LimitExceeded(
-                f"slow down: at most {self.limits.request_rate:g} joins, leaves and reads a "
-                f"second; retry in {wait:.1f}s",
+                f"slow down: at most {self.limits.request_rate:g} joins, leaves, reads and "
+                f"read markers a second; retry in {wait:.1f}s",
                 retry_after=wait,
             )
 

@@ -65,9 +65,12 @@ async def rooms_page(
     member_count: Callable[[str], int],
     after: str,
     limit: int,
+    *,
+    user: str = "",
 ) -> tuple[list[RoomInfo], str]:
     """Rooms with members (`rooms`, each with `member_count` names) or history, by name,
-    after `after`, and the token for the next page ("" when this was the last)."""
+    after `after`, and the token for the next page ("" when this was the last); with a
+    `user`, how many messages of each room that user has not read."""
     check_page_token(after, MAX_ROOM_LENGTH)
     size = page_size(limit)
     stored = {r.name: r.messages for r in await store.rooms(after=after, limit=size + 1)}
@@ -75,5 +78,6 @@ async def rooms_page(
     names = sorted(set(stored) | set(live))[: size + 1]
     more = len(names) > size
     names = names[:size]
-    page = [RoomInfo(n, member_count(n), stored.get(n, 0)) for n in names]
+    unread = await store.unread(user, names) if user and names else {}
+    page = [RoomInfo(n, member_count(n), stored.get(n, 0), unread.get(n, 0)) for n in names]
     return page, names[-1] if more else ""

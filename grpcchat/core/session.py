@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from grpcchat.core.errors import ChatError, SlowConsumer
-from grpcchat.core.models import Envelope, Message, PresenceChange, PresenceSummary
+from grpcchat.core.models import Envelope, Message, PresenceChange, PresenceSummary, Typing
 from grpcchat.core.replay import ReplayCursor
 
 # A writer that wrote less than BUSY_FACTOR lingers ago counts as busy and lingers before the
@@ -134,10 +134,11 @@ class Session:
         self._wake()
 
     def offer_optional(self, envelope: Envelope, room: str) -> None:
-        """Queue an event of `room` that may be dropped but never evicts (presence notices).
-        It may only use the first half of the queue, so notices never crowd out the messages
-        that follow them; a session that lags gets the room's members afresh on its next join.
-        While the room is being joined, it waits behind the join's RoomJoined like any event."""
+        """Queue an event of `room` that may be dropped but never evicts (presence and typing
+        notices). It may only use the first half of the queue, so notices never crowd out the
+        messages that follow them; a session that lags gets the room's members afresh on its
+        next join. While the room is being joined, it waits behind the join's RoomJoined like
+        any event."""
         if self.closed.is_set():
             return
         pending = self._joins.get(room)
@@ -210,7 +211,7 @@ class Session:
         replayed_until = max(cursor.until, cursor.last_replayed)
         for envelope in pending.held:
             event = envelope.event
-            if isinstance(event, PresenceChange | PresenceSummary):
+            if isinstance(event, PresenceChange | PresenceSummary | Typing):
                 self.offer_optional(envelope, room)
             elif not (isinstance(event, Message) and event.seq and event.seq <= replayed_until):
                 self.offer(envelope, room)

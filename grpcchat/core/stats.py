@@ -11,6 +11,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
+from grpcchat.core.models import Message, RelationKind
+
 # Seconds: from a fast in-memory path (tens of microseconds) to a client seconds behind.
 LATENCY_BUCKETS = (
     0.0001,
@@ -30,6 +32,10 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+
+
+# The label values of the relations counter, shown at 0 before the first of each.
+RELATION_KINDS = tuple(kind.value for kind in RelationKind)
 
 
 class Histogram:
@@ -57,7 +63,10 @@ class HubStats:
     """Counters of the hub, since it started."""
 
     # Room and direct messages stored (or sent) and delivered; a repeated key is not counted.
+    # Replies count here; edits, deletes and reactions (entries of the log too, but no new
+    # chat line) count in `relations`, by kind.
     accepted: int = 0
+    relations: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RELATION_KINDS, 0))
     # Refusals over the per-user message rate, and over the joins/leaves/reads rate.
     rate_limited_messages: int = 0
     rate_limited_requests: int = 0
@@ -68,6 +77,14 @@ class HubStats:
     gaps: int = 0
     # Seconds the store took to append a room message (batched commits included).
     store_append: Histogram = field(default_factory=Histogram)
+
+    def accepted_entry(self, message: Message) -> None:
+        """Count a message (or relation) the hub accepted, not a repeated key's original."""
+        if message.relation is None:
+            self.accepted += 1
+        else:
+            kind = message.relation.kind.value
+            self.relations[kind] = self.relations.get(kind, 0) + 1
 
 
 @dataclass(frozen=True, slots=True)

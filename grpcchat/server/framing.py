@@ -31,9 +31,10 @@ def frame_events(batch: list[Envelope]) -> list[bytes]:
 
 
 def each_chat_message(batch: list[Envelope]) -> list[bytes]:
-    """The article's stream carries one ChatMessage per response, and only messages."""
+    """The article's stream carries one ChatMessage per response, and only new chat lines: no
+    relation entries (an edit or a reaction is not a new line for its clients), no notices."""
     return [
         envelope.encoded(codec.encode_chat_message)
         for envelope in batch
-        if isinstance(envelope.event, Message)
+        if isinstance(envelope.event, Message) and envelope.event.relation is None
     ]

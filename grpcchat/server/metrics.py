@@ -119,9 +119,18 @@ class ChatCollector:
 
         yield CounterMetricFamily(
             "grpcchat_messages_accepted",
-            "Messages accepted (room and direct; a retried key is not counted again).",
+            "Messages accepted (room and direct, replies included; a retried key is not counted "
+            "again).",
             value=counts.accepted,
         )
+        relations = CounterMetricFamily(
+            "grpcchat_relations",
+            "Edits, deletes and reactions accepted, by kind (not counted as messages accepted).",
+            labels=["kind"],
+        )
+        for relation, value in sorted(_copy(counts.relations)):
+            relations.add_metric([relation], value)
+        yield relations
         refused = CounterMetricFamily(
             "grpcchat_messages_refused",
             "Messages refused, by gRPC status code.",

@@ -40,5 +40,6 @@ def add_to_server(servicer: ChatServicer, server: aio.Server) -> None:
         "History": unary(servicer.History, pb.HistoryRequest, pb.HistoryResponse),
         "ListRooms": unary(servicer.ListRooms, pb.ListRoomsRequest, pb.ListRoomsResponse),
         "ListMembers": unary(servicer.ListMembers, pb.ListMembersRequest, pb.ListMembersResponse),
+        "MarkRead": unary(servicer.MarkRead, pb.MarkReadRequest, pb.MarkReadResponse),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -21,10 +21,11 @@ from grpcchat.core.errors import (
     TimedOut,
 )
 from grpcchat.core.hub import Hub
-from grpcchat.core.models import DEFAULT_ROOM, Envelope, Message, RequestRefused, SendAck
+from grpcchat.core.models import DEFAULT_ROOM, Envelope, Relation, RequestRefused, SendAck
 from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity, TokenAuthority
+from grpcchat.server.chatlog import log_accepted
 from grpcchat.server.counters import ServerStats
 from grpcchat.server.framing import each_chat_message, frame_events
 from grpcchat.server.inflight import InFlight
@@ -38,8 +39,6 @@ HELLO_TIMEOUT = 10.0
 HELLO_REFUSAL_GRACE = 2.0
 
 
-message_log = logging.getLogger("grpcchat.messages")
-direct_log = logging.getLogger("grpcchat.direct")
 log = logging.getLogger("grpcchat.server.servicer")
 
 
@@ -98,9 +97,11 @@ class ChatServicer:
             recipient=request.recipient,
             action=request.action,
             principal=principal,
+            reply_to=request.reply_to,
+            relation=_relation_of(request),
         )
         if not appended.duplicate:
-            _log_message(appended.message)
+            log_accepted(appended.message)
         return pb.SendResponse(
             message=codec.to_proto(appended.message), duplicate=appended.duplicate
         )
@@ -143,11 +144,29 @@ class ChatServicer:
             after=request.page_token,
             limit=request.page_size,
             principal=principal(identity, peer),
+            # Whose unread counts: the token's user, else the name asked for (if any).
+            user=identity.name if identity else request.name,
         )
         return pb.ListRoomsResponse(
-            rooms=[pb.RoomInfo(name=r.name, members=r.members, messages=r.messages) for r in rooms],
+            rooms=[
+                pb.RoomInfo(name=r.name, members=r.members, messages=r.messages, unread=r.unread)
+                for r in rooms
+            ],
             next_page_token=next_token,
         )
+
+    async def mark_read(
+        self, request: pb.MarkReadRequest, identity: Identity | None, peer: str
+    ) -> pb.MarkReadResponse:
+        """Move the caller's read marker (the token's user, else `request.name`); every
+        session of that user here in the room is told."""
+        seq = await self._hub.mark_read(
+            identity.name if identity else request.name,
+            request.room,
+            request.seq,
+            principal=principal(identity, peer),
+        )
+        return pb.MarkReadResponse(seq=seq)
 
     def list_members(
         self, request: pb.ListMembersRequest, identity: Identity | None, peer: str
@@ -202,6 +221,10 @@ class ChatServicer:
         self, request: pb.ListRoomsRequest, context: Context
     ) -> pb.ListRoomsResponse:
         return await self.list_rooms(request, self._identify(context), _peer(context))
+
+    @maps_errors
+    async def MarkRead(self, request: pb.MarkReadRequest, context: Context) -> pb.MarkReadResponse:
+        return await self.mark_read(request, self._identify(context), _peer(context))
 
     @maps_errors
     async def ListMembers(
@@ -299,7 +322,8 @@ class ChatServicer:
             await posting.drain()
 
     async def _apply(self, request: pb.ConnectRequest, session: Session) -> None:
-        """One join or leave; a refusal is queued as a RequestRefused event."""
+        """One join, leave, typing notice or read marker; a refusal is queued as a
+        RequestRefused event."""
         action = request.WhichOneof("action")
         room = ""
         try:
@@ -315,6 +339,19 @@ class ChatServicer:
             elif action == "leave":
                 room = request.leave.room
                 await self._hub.leave(session, room)
+            elif action == "typing":
+                room = request.typing.room
+                self._hub.typing(session, room, request.typing.active)
+            elif action == "mark_read":
+                # The session's user: a name in the request is for unary calls without auth.
+                room = request.mark_read.room
+                await self._hub.mark_read(
+                    session.name,
+                    room,
+                    request.mark_read.seq,
+                    principal=session.principal,
+                    told=session,
+                )
             else:
                 raise InvalidInput("hello may only open a session")
         except ChatError as error:
@@ -343,6 +380,8 @@ class ChatServicer:
                 recipient=request.recipient,
                 action=request.action,
                 principal=session.principal,
+                reply_to=request.reply_to,
+                relation=_relation_of(request),
             )
         except ChatError as error:
             retry_after = error.retry_after if isinstance(error, LimitExceeded) else None
@@ -350,7 +389,7 @@ class ChatServicer:
             ack = SendAck(request.key, None, code=code, reason=str(error), retry_after=retry_after)
         else:
             if not appended.duplicate:
-                _log_message(appended.message)
+                log_accepted(appended.message)
             ack = SendAck(request.key, appended.message, appended.duplicate)
         session.offer(Envelope(ack))
 
@@ -444,24 +483,16 @@ async def _refuse_hello(
                 pass
 
 
-def _log_message(message: Message) -> None:
-    """Log an accepted message. Its `text` field is private: log formats leave it out unless
-    asked (`--log-messages`); a direct message's line never shows it."""
-    fields = {"sender": message.sender, "id": message.id, "text": message.text}
-    if message.recipient:
-        direct_log.info(
-            "direct message %s -> %s",
-            message.sender,
-            message.recipient,
-            extra={"event": "direct_message", "recipient": message.recipient, **fields},
+def _relation_of(request: pb.SendRequest) -> Relation | None:
+    """The edit, delete or reaction a send asks for (None: a new message)."""
+    if not request.HasField("relation"):
+        return None
+    relation = codec.relation_from_proto(request.relation)
+    if relation is None:
+        raise InvalidInput(
+            f"unknown relation kind {request.relation.kind}: use edit, delete, react or unreact"
         )
-        return
-    message_log.info(
-        '🟢 [%s]: "%s"',
-        message.sender,
-        message.text,
-        extra={"event": "message", "room": message.room, "seq": message.seq, **fields},
-    )
+    return relation
 
 
 def _fields(event: str, session: Session) -> dict[str, object]:

@@ -85,6 +85,10 @@ class WebChatService:
         return await self._servicer.list_rooms(request, self._identify(ctx), peer_of(ctx))
 
     @_maps_errors
+    async def mark_read(self, request: pb.MarkReadRequest, ctx: Context, /) -> pb.MarkReadResponse:
+        return await self._servicer.mark_read(request, self._identify(ctx), peer_of(ctx))
+
+    @_maps_errors
     async def list_members(
         self, request: pb.ListMembersRequest, ctx: Context, /
     ) -> pb.ListMembersResponse:
