@@ -4,19 +4,25 @@ one stream shared by several stores, reopening, pruning, and NATS failures as St
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from grpcchat.core.errors import StoreError
+from grpcchat.core.errors import AlreadyExists, NotFound, StoreError
+from grpcchat.core.gated import GatedDelivery
 from grpcchat.core.history import Appended, HistoryStore, Retention, RoomCount
+from grpcchat.core.models import Envelope, Message, Reaction, Relation, RelationKind
 from grpcchat.server.engines import open_store
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed")
 
-from grpcchat.store.nats import NatsStore  # noqa: E402
+from nats.js.errors import NotFoundError as NoMessage  # noqa: E402
+
+from grpcchat.store.nats import NatsStore, codec  # noqa: E402
 
 Opener = Callable[..., Awaitable[HistoryStore]]
 
@@ -170,3 +176,303 @@ async def test_a_malformed_url_is_a_store_error(url: str) -> None:
 async def test_an_unreachable_nats_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot reach NATS"):
         await open_store("nats://127.0.0.1:1")
+
+
+# -- conversations: relations, erasing, read markers across stores --------------------------
+
+
+async def post(
+    store: HistoryStore,
+    text: str = "",
+    *,
+    room: str = "lobby",
+    sender: str = "ann",
+    key: str = "",
+    reply_to: str = "",
+    relation: Relation | None = None,
+    action: bool = False,
+) -> Message:
+    appended = await store.append(
+        id=uuid.uuid4().hex,
+        room=room,
+        sender=sender,
+        text=text,
+        sent_at=datetime.now(UTC),
+        key=key,
+        action=action,
+        reply_to=reply_to,
+        relation=relation,
+    )
+    return appended.message
+
+
+async def raw_texts(stream_url: str, room: str = "lobby") -> list[str]:
+    """The `text` of every message the stream holds for the room, read with JetStream's API."""
+    base, _, query = stream_url.partition("?")
+    stream = query.removeprefix("stream=")
+    nc = await nats.connect(base)
+    texts: list[str] = []
+    try:
+        js = nc.jetstream()
+        seq = 1
+        while True:
+            try:
+                raw = await js.get_msg(stream, seq=seq, subject=f"{stream}.room.{room}", next=True)
+            except NoMessage:
+                return texts
+            texts.append(json.loads(raw.data or b"{}")["text"])
+            seq = (raw.seq or 0) + 1
+    finally:
+        await nc.close()
+
+
+async def test_an_edit_through_one_store_is_current_state_on_another(opener: Opener) -> None:
+    one, other = await opener(), await opener()
+    first = await post(one, "helo")
+    assert [m.text for m in await other.read("lobby")] == ["helo"]  # indexed there now
+    edit = await post(one, "hello", relation=Relation(RelationKind.EDIT, first.id))
+    await post(one, "👍", sender="bob", relation=Relation(RelationKind.REACT, first.id, "👍"))
+    shown = await other.read("lobby")
+    assert shown[0].text == "hello"
+    assert shown[0].edited_at == edit.sent_at
+    assert shown[0].reactions == (Reaction("👍", ("bob",)),)
+    assert [m.relation.kind if m.relation else None for m in shown] == [
+        None,
+        RelationKind.EDIT,
+        RelationKind.REACT,
+    ]
+    # The other store judges relations by the same state: a second edit counts as the second.
+    await post(other, "hello!", relation=Relation(RelationKind.EDIT, first.id))
+    assert (await one.read("lobby", limit=1))[0].text == "hello!"
+
+
+async def test_a_delete_erases_the_text_from_the_stream_and_keeps_a_tombstone(
+    opener: Opener, stream_url: str
+) -> None:
+    one, other = await opener(), await opener()
+    question = await post(one, "who?")
+    secret = await post(one, "my secret", reply_to=question.id, action=True)
+    await post(one, "my other secret", relation=Relation(RelationKind.EDIT, secret.id))
+    await post(one, "not secret")
+    await post(one, sender="bob", relation=Relation(RelationKind.REACT, secret.id, "👀"))
+    await post(one, relation=Relation(RelationKind.DELETE, secret.id))
+    assert await raw_texts(stream_url) == ["who?", "not secret", "", ""]
+    for store in (one, other):  # the other builds its index after the erasing
+        shown = await store.read("lobby")
+        assert [m.seq for m in shown] == [1, 2, 3, 4, 5, 6]
+        tombstone = shown[1]
+        assert (tombstone.id, tombstone.text, tombstone.deleted) == (secret.id, "", True)
+        assert (tombstone.sender, tombstone.sent_at) == (secret.sender, secret.sent_at)
+        assert (tombstone.reply_to, tombstone.action) == (question.id, True)
+        assert tombstone.reactions == ()
+        assert tombstone.edited_at == shown[2].sent_at
+        assert (shown[2].text, shown[2].relation) == ("", Relation(RelationKind.EDIT, secret.id))
+        assert [m.seq for m in await store.read("lobby", after=1, before=4)] == [2, 3]
+        newest = await store.read("lobby", newest_first=True, limit=5)
+        assert [m.seq for m in newest] == [6, 5, 4, 3, 2]
+        assert await store.rooms() == [RoomCount("lobby", 6)]
+        with pytest.raises(NotFound):
+            await post(store, relation=Relation(RelationKind.DELETE, secret.id))
+        with pytest.raises(NotFound):
+            await post(store, "again", relation=Relation(RelationKind.EDIT, secret.id))
+    # A tombstone may still be replied to.
+    await post(other, "it was deleted", reply_to=secret.id)
+
+
+async def test_counts_hold_when_the_first_entries_are_erased(opener: Opener) -> None:
+    one = await opener(Retention(max_messages=5))
+    first, second = await post(one, "a"), await post(one, "b")
+    await post(one, relation=Relation(RelationKind.DELETE, first.id))
+    await post(one, relation=Relation(RelationKind.DELETE, second.id))
+    for store in (one, await opener(Retention(max_messages=5))):
+        assert await store.rooms() == [RoomCount("lobby", 4)]
+        assert len(await store.read("lobby")) == 4
+    for _ in range(3):  # the window moves past the tombstones
+        await post(one, "more")
+    assert [m.seq for m in await one.read("lobby")] == [3, 4, 5, 6, 7]
+    assert await one.rooms() == [RoomCount("lobby", 5)]
+    with pytest.raises(NotFound):
+        await post(one, relation=Relation(RelationKind.REACT, first.id, "👍"))
+
+
+async def test_concurrent_relations_through_two_stores_are_judged_in_order(
+    opener: Opener,
+) -> None:
+    one, other = await opener(), await opener()
+    target = await post(one, "party")
+    react = Relation(RelationKind.REACT, target.id, "🎉")
+    results = await asyncio.gather(
+        *(post(store, sender="bob", relation=react) for store in (one, other) for _ in range(3)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, Message) for r in results) == 1
+    assert all(isinstance(r, (Message, AlreadyExists)) for r in results)
+    delete = Relation(RelationKind.DELETE, target.id)
+    deletes = await asyncio.gather(
+        post(one, relation=delete), post(other, relation=delete), return_exceptions=True
+    )
+    assert sorted(type(r).__name__ for r in deletes) == ["Message", "NotFound"]
+    shown = await other.read("lobby")
+    assert [m.seq for m in shown] == [1, 2, 3]
+    assert shown[0].deleted
+
+
+async def test_a_repeated_key_returns_the_original_relation_without_judging_it_again(
+    opener: Opener,
+) -> None:
+    one, other = await opener(), await opener()
+    target = await post(one, "oops")
+    delete = Relation(RelationKind.DELETE, target.id)
+    first = await post(one, relation=delete, key="k")
+    again = await other.append(
+        id=uuid.uuid4().hex,
+        room="lobby",
+        sender="ann",
+        text="",
+        sent_at=datetime.now(UTC),
+        key="k",
+        relation=delete,
+    )
+    assert again == Appended(first, duplicate=True)
+    keyed = await post(one, "erased soon", key="m")
+    await post(one, relation=Relation(RelationKind.DELETE, keyed.id))
+    repeat = await other.append(
+        id=uuid.uuid4().hex,
+        room="lobby",
+        sender="ann",
+        text="x",
+        sent_at=datetime.now(UTC),
+        key="m",
+    )
+    assert repeat.duplicate
+    assert (repeat.message.id, repeat.message.deleted, repeat.message.text) == (keyed.id, True, "")
+
+
+async def test_entries_stored_before_relations_existed_still_read(
+    opener: Opener, stream_url: str
+) -> None:
+    base, _, query = stream_url.partition("?")
+    stream = query.removeprefix("stream=")
+    store = await opener()  # makes the stream
+    nc = await nats.connect(base)
+    try:
+        body = {"id": "old", "room": "lobby", "sender": "ann", "text": "from before", "at": 1}
+        at = str(codec.to_us(datetime.now(UTC)))
+        body["at"] = int(at)
+        await nc.jetstream().publish(
+            f"{stream}.room.lobby",
+            json.dumps(body).encode(),
+            headers={"Chat-Seq": "1", "Chat-Latest": at},
+        )
+    finally:
+        await nc.close()
+    await post(store, "edited", relation=Relation(RelationKind.EDIT, "old"))
+    shown = await store.read("lobby")
+    assert (shown[0].id, shown[0].text, shown[0].reply_to) == ("old", "edited", "")
+    assert await store.rooms() == [RoomCount("lobby", 2)]
+
+
+async def test_read_markers_are_shared_by_stores_and_move_forward_only(opener: Opener) -> None:
+    one, other = await opener(), await opener()
+    for text in ("a", "b", "c"):
+        await post(one, text, sender="bob")
+    await post(one, "mine")
+    assert await one.mark_read("ann", "lobby", 1) == 1
+    assert await other.read_marker("ann", "lobby") == 1
+    assert await other.unread("ann", ["lobby", "empty"]) == {"lobby": 2, "empty": 0}
+    assert await other.mark_read("ann", "lobby", 0) == 1  # never back
+    assert await other.mark_read("ann", "lobby", 99) == 4  # never past the last seq
+    assert await one.unread("ann", ["lobby"]) == {"lobby": 0}
+    moves = await asyncio.gather(
+        *(s.mark_read("cy", "lobby", n) for n in (1, 2, 3, 4) for s in (one, other))
+    )
+    assert max(moves) == 4
+    assert await one.read_marker("cy", "lobby") == 4
+    assert await one.read_marker("nobody", "lobby") == 0
+
+
+async def test_a_gap_an_erased_entry_leaves_in_the_feed_is_filled_with_its_tombstone(
+    opener: Opener,
+) -> None:
+    store = await opener()
+    await post(store, "before")
+    secret = await post(store, "gone soon")
+    delete = await post(store, relation=Relation(RelationKind.DELETE, secret.id))
+    delivered: list[Message] = []
+    arrived = asyncio.Event()
+
+    def fan_out(room: str, envelope: Envelope) -> None:
+        assert isinstance(envelope.event, Message)
+        delivered.append(envelope.event)
+        if len(delivered) == 2:
+            arrived.set()
+
+    gated = GatedDelivery(store, fan_out, lambda room: None)
+    gated.open("lobby")
+    gated.start("lobby", 2)  # a join read up to seq 1
+    gated.receive(delete)  # the feed never saw seq 2: erased before it came by
+    async with asyncio.timeout(5):
+        await arrived.wait()
+    assert [(m.seq, m.deleted, m.text) for m in delivered] == [(2, True, ""), (3, False, "")]
+
+
+async def test_the_feed_keeps_another_stores_index_current(opener: Opener) -> None:
+    one, other = await opener(), await opener()
+    assert isinstance(other, NatsStore)
+    target = await post(one, "first")
+    assert [m.text for m in await other.read("lobby")] == ["first"]  # indexed there
+    seen: list[Message] = []
+    followed = asyncio.Event()
+    three = asyncio.Event()
+
+    def deliver(message: Message) -> None:
+        seen.append(message)
+        if len(seen) == 3:
+            three.set()
+
+    async def following() -> None:
+        followed.set()
+
+    feed = asyncio.create_task(other.follow(deliver, following))
+    try:
+        async with asyncio.timeout(5):
+            await followed.wait()
+            await post(one, "second", relation=Relation(RelationKind.EDIT, target.id))
+            await post(one, sender="bob", relation=Relation(RelationKind.REACT, target.id, "👍"))
+            await post(one, "more")
+            await three.wait()
+        # The feed brought the index up to date, without reading the room again.
+        state = other._states.peek("lobby")
+        assert (state.last.seq if state and state.last else 0) == 4
+        # And appends are judged by it: bob cannot react twice.
+        with pytest.raises(AlreadyExists):
+            await post(other, sender="bob", relation=Relation(RelationKind.REACT, target.id, "👍"))
+        assert (await other.read("lobby", limit=1))[0].text == "second"
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+
+
+async def test_text_a_delete_left_in_the_stream_is_hidden_and_erased_by_a_later_read(
+    opener: Opener, stream_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, other = await opener(), await opener()
+    assert isinstance(one, NatsStore)
+    secret = await post(one, "my secret")
+    await post(one, "my edited secret", relation=Relation(RelationKind.EDIT, secret.id))
+
+    async def dies_before_erasing(gone: object) -> None:
+        pass
+
+    monkeypatch.setattr(one, "_erase", dies_before_erasing)
+    await post(one, relation=Relation(RelationKind.DELETE, secret.id))
+    assert await raw_texts(stream_url) == ["my secret", "my edited secret", ""]
+    shown = await other.read("lobby")
+    assert [(m.text, m.deleted) for m in shown] == [("", True), ("", False), ("", False)]
+    # The read handed them to the maintenance job: erasing (again) is harmless.
+    assert isinstance(other, NatsStore)
+    await other._erase_pending()
+    assert not other._unerased
+    assert await raw_texts(stream_url) == [""]
+    assert await other.read("lobby") == shown

@@ -46,12 +46,47 @@ from the last stream seq it delivered, rather than trusting nats-py's ordered co
 its way back (it may not after missed heartbeats, nats.py#510). A connection that goes silent
 without closing is noticed by its pings (PING_INTERVAL, two missed).
 
+Conversations (relations, replies, read markers):
+- Relations are entries of the room's subject like any message (`rel` in the payload). Their
+  effect is kept by `state.RoomState`, an index of a room's retained entries per process (id to
+  current state: edited text and time, deleted, reactions; edits per message; keys), built on
+  first need by reading the room's retained entries, then kept current by this process's own
+  appends and by the feed, which sees every process's appends in order; when behind, it reads
+  on from its last entry. Why not fold the relations at each read: a relation may come long
+  after its target (a reaction to the oldest message retained), so every read would read the
+  whole room. `read` returns the stream's entries with the index's current state applied. At
+  most `state.MAX_INDEXED` entries are indexed in all (least recently used rooms go first).
+- Validation happens against the state as of the seq the entry takes: the index is brought up
+  to the room's last entry as this process knows it (`_heads`), the relation is checked there
+  (`core.relations`), and the publish expects exactly that last entry; if another process
+  appended meanwhile, JetStream refuses it, and the check runs again on the newer state. A
+  refused relation publishes nothing. A repeated key is found in the index before a refusal
+  is raised (the key check comes first); one JetStream reports is returned as the original.
+- DELETE erases: JetStream messages are immutable, but one can be deleted, which overwrites
+  it (STREAM.MSG.DELETE erases by default). The DELETE entry is published first, carrying what
+  the tombstone and the emptied edits need (`codec.Gone`: ids, seqs, times, `action`,
+  `reply_to`, stream seqs); then the target's and its edits' stream messages are erased. A
+  read rebuilds them at their seqs from the index. The append is stored once published, so an
+  erasing that fails is retried by the maintenance job (and any read that still finds such a
+  message schedules it again); until then reads hide the text anyway. A process that dies
+  between the publish and the erasing leaves the text in the stream until a read of the room
+  comes by it.
+- Erased entries leave gaps in the room's stream seqs that a purge does not: reads fill them
+  from the index, the feed skips them (the hub's gap filling then reads the tombstone), and
+  `rooms` counts them from the headers (`Chat-Before`), or from the index when a run of them
+  sits where the retained entries start (see `reader.Reader.count`). The last entry of a room
+  (which carries `last_seq`) is never erased: a DELETE always comes after what it erases.
+- Read markers are a stream of their own, one subject per user and room keeping its last
+  message (`markers`), moved forward by compare-and-set; `unread` counts in the room's index.
+
 Modules: `codec` (URL, subjects, headers, payloads; no I/O), `reader` (lookups in the
-stream), `store` (the contract: appends, retention, errors).
+stream), `state` (current state of a room's entries; no I/O), `markers` (read markers),
+`store` (the contract: appends, retention, errors).
 
 Limits: `rooms` asks JetStream for the stream's subjects, so a page costs in proportion to the
 number of rooms, not to the page; a read costs a request per message plus a binary search to
-its first one.
+its first one; the first read, relation or `unread` of a room in a process reads its retained
+entries once (a request each) to build its index.
 """
 
 from grpcchat.store.nats.store import NatsStore

@@ -7,9 +7,16 @@ testable) on its own; `grpcchat.store.nats.store` does the talking.
   percent-encoded so `.`, `*`, `>`, `%`, spaces and non-ASCII never reach a subject (room names
   are validated narrower than that, but the store takes any str).
 - The payload is compact JSON of the message itself (`id`, `room`, `sender`, `text`, `at` in
-  microseconds since the Unix epoch, UTC, `action`, and `keyed` when it was sent with a key).
+  microseconds since the Unix epoch, UTC, `action`, and `keyed` when it was sent with a key),
+  plus, when set, `re` (the id it replies to) and `rel` (`{"k": kind, "t": target, "e":
+  emoji}`). A DELETE also carries `gone`: what it erased from the stream (the target and its
+  edits, each `[id, seq, at, stream seq]`, and the target's `action` and `re`), enough to show
+  the tombstone and the emptied edits at their seqs once their own stream messages are gone.
+  Entries stored before these fields existed read as plain messages.
 - Headers carry what the store looks up without decoding payloads: `Chat-Seq` (the room's
-  contiguous seq), `Chat-Latest` (the greatest `at` of the room's messages up to this one) and,
+  contiguous seq), `Chat-Latest` (the greatest `at` of the room's messages up to this one),
+  `Chat-Before` (the previous entry's `Chat-Latest`, absent on a room's first: it tells
+  counting whether an erased entry just before this one may still be fresh) and,
   when there are any, `Chat-Lates`: `<unknown_upto>;<seq>:<at>,...`, the messages still in the
   count window that were appended with an earlier time than some message before them (the
   clock stepped back), listed so `rooms` can count them out when they expire without reading
@@ -26,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from grpcchat.core.errors import StoreError
-from grpcchat.core.models import Message
+from grpcchat.core.models import Message, Relation, RelationKind
 from grpcchat.core.urls import redacted_url
 
 DEFAULT_STREAM = "CHAT"
@@ -34,6 +41,8 @@ LATES_LIMIT = 32
 SEQ = "Chat-Seq"
 LATEST = "Chat-Latest"
 LATES = "Chat-Lates"
+BEFORE = "Chat-Before"
+MSG_ID = "Nats-Msg-Id"
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -123,6 +132,27 @@ class Lates:
 
 
 @dataclass(frozen=True, slots=True)
+class Erased:
+    """An entry a DELETE erased from the stream: where it was, and what its tombstone keeps."""
+
+    id: str
+    seq: int
+    sent_us: int
+    stream_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """What a DELETE erased: its target (and the target's `action` and `reply_to`, which the
+    tombstone keeps) and the target's EDIT entries. The sender of all of them is the DELETE's."""
+
+    target: Erased
+    action: bool = False
+    reply_to: str = ""
+    edits: tuple[Erased, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Stored:
     """One message as the stream holds it: the message, where it sits, and its index headers."""
 
@@ -133,6 +163,11 @@ class Stored:
     latest_us: int
     lates: Lates
     keyed: bool
+    # The previous entry's `latest_us` (None on a room's first, or stored before it existed).
+    before_us: int | None = None
+    # The `Nats-Msg-Id` it was published with ("" without a key).
+    msg_id: str = ""
+    gone: Gone | None = None
 
     @property
     def seq(self) -> int:
@@ -140,7 +175,13 @@ class Stored:
 
 
 def encode(
-    message: Message, sent_us: int, latest_us: int, lates: Lates, keyed: bool
+    message: Message,
+    sent_us: int,
+    latest_us: int,
+    lates: Lates,
+    keyed: bool,
+    before_us: int | None = None,
+    gone: Gone | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The payload and headers of a message to publish."""
     body: dict[str, object] = {
@@ -154,11 +195,59 @@ def encode(
         body["action"] = True
     if keyed:
         body["keyed"] = True
+    if message.reply_to:
+        body["re"] = message.reply_to
+    if message.relation is not None:
+        relation: dict[str, str] = {"k": message.relation.kind.value, "t": message.relation.target}
+        if message.relation.emoji:
+            relation["e"] = message.relation.emoji
+        body["rel"] = relation
+    if gone is not None:
+        body["gone"] = _encode_gone(gone)
     headers = {SEQ: str(message.seq), LATEST: str(latest_us)}
+    if before_us is not None:
+        headers[BEFORE] = str(before_us)
     if lates.listed or lates.unknown_upto:
         headers[LATES] = lates.encode()
     payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     return payload, headers
+
+
+def _encode_gone(gone: Gone) -> dict[str, object]:
+    def entry(erased: Erased) -> list[object]:
+        return [erased.id, erased.seq, erased.sent_us, erased.stream_seq]
+
+    body: dict[str, object] = {"t": entry(gone.target), "edits": [entry(e) for e in gone.edits]}
+    if gone.action:
+        body["action"] = True
+    if gone.reply_to:
+        body["re"] = gone.reply_to
+    return body
+
+
+def _decode_gone(body: dict[str, object]) -> Gone:
+    def entry(value: object) -> Erased:
+        if not isinstance(value, list) or len(value) != 4:
+            raise ValueError("an erased entry is [id, seq, at, stream seq]")
+        return Erased(str(value[0]), int(value[1]), int(value[2]), int(value[3]))
+
+    edits = body.get("edits", [])
+    if not isinstance(edits, list):
+        raise ValueError("gone.edits is not a list")
+    return Gone(
+        target=entry(body["t"]),
+        action=bool(body.get("action", False)),
+        reply_to=str(body.get("re", "")),
+        edits=tuple(entry(e) for e in edits),
+    )
+
+
+def _decode_relation(body: object) -> Relation | None:
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise ValueError("rel is not an object")
+    return Relation(RelationKind(body["k"]), str(body["t"]), str(body.get("e", "")))
 
 
 def decode(
@@ -177,7 +266,11 @@ def decode(
             seq=int(headers[SEQ]),
             epoch=epoch,
             action=bool(body.get("action", False)),
+            reply_to=str(body.get("re", "")),
+            relation=_decode_relation(body.get("rel")),
         )
+        gone = body.get("gone")
+        before = headers.get(BEFORE)
         return Stored(
             message=message,
             stream_seq=stream_seq,
@@ -186,6 +279,9 @@ def decode(
             latest_us=int(headers[LATEST]),
             lates=Lates.decode(headers.get(LATES)),
             keyed=bool(body.get("keyed", False)),
+            before_us=int(before) if before is not None else None,
+            msg_id=headers.get(MSG_ID, ""),
+            gone=_decode_gone(gone) if isinstance(gone, dict) else None,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"stream message {stream_seq} is not a grpcchat message: {exc}") from None

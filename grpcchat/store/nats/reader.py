@@ -1,6 +1,11 @@
 """Reading one JetStream stream of history: a room's last message, the next one after a
 stream seq, a room's message by seq (a binary search), a range, a count.
 
+A room's stream messages have contiguous seqs but for two kinds of gaps: a purged prefix
+(retention: expired or beyond the count, never read) and entries a DELETE erased (read from
+the DELETE's `gone`, by `RoomState`). `between` yields what the stream holds; the store merges
+in the erased entries.
+
 Every method may raise nats-py's errors; `grpcchat.store.nats.store` turns them into StoreError.
 """
 
@@ -97,15 +102,25 @@ class Reader:
                 return
             current = await self.next(subject, current.stream_seq + 1)
 
-    async def count(self, room: str, oldest_kept: int) -> int:
-        """How many messages `read` would return for the room, given the oldest time kept."""
+    async def count(self, room: str, oldest_kept: int) -> int | None:
+        """How many entries `read` would return for the room, given the oldest time kept; None
+        when erased entries (see `codec.Gone`) make that unknowable from the stream alone: a
+        run of two or more of them where the retained entries start, or among the late ones no
+        longer listed. The room's `RoomState` knows then."""
         subject = self.subject(room)
         last = await self.last(subject)
         if last is None or last.latest_us < oldest_kept:
             return 0  # every message is older than the newest, which has expired
         window_start = max(last.seq - self._max_messages + 1, 1)
         current = await self.seek(subject, window_start, last)
-        held = last.seq - current.seq + 1
+        # Missing before `current`: purged (and so expired) or erased. An erased entry right
+        # before it is fresh if the latest up to it is; one is counted, more are unknowable.
+        start = current.seq
+        if current.seq > window_start and _fresh_before(current, oldest_kept):
+            if current.seq - 1 > window_start:
+                return None
+            start -= 1
+        held = last.seq - start + 1
         # The expired prefix: nothing up to the first message with a fresh `latest` is fresh.
         expired = 0
         while current.latest_us < oldest_kept:
@@ -113,6 +128,12 @@ class Reader:
             following = await self.next(subject, current.stream_seq + 1)
             if following is None:
                 raise StoreError(f"the history of {room!r} changed while being counted")
+            missing = following.seq - current.seq - 1  # erased between the two
+            if missing and _fresh_before(following, oldest_kept):
+                if missing > 1:
+                    return None
+            else:
+                expired += missing
             current = following
         fresh_from = current.seq
         lates = last.lates
@@ -126,5 +147,13 @@ class Reader:
             following = await self.next(subject, current.stream_seq + 1)
             if following is None:
                 break
+            if following.seq != current.seq + 1:
+                return None  # an erased late one may have expired
             current = following
         return held - expired
+
+
+def _fresh_before(stored: Stored, oldest_kept: int) -> bool:
+    """Whether the entry before `stored` has a fresh `latest` (False if it is not known: stored
+    before `before_us` existed, when nothing was ever erased)."""
+    return stored.before_us is not None and stored.before_us >= oldest_kept

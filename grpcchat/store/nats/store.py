@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -19,15 +19,25 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
+from grpcchat.core import relations
 from grpcchat.core.cluster import LocalNode, MemberChange
-from grpcchat.core.errors import StoreError
-from grpcchat.core.history import Appended, Retention, RoomCount
-from grpcchat.core.models import Message
+from grpcchat.core.errors import (
+    AlreadyExists,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    StoreError,
+)
+from grpcchat.core.history import MAX_UNREAD, Appended, Retention, RoomCount
+from grpcchat.core.models import Message, Relation, RelationKind
 from grpcchat.core.urls import redacted_url
 from grpcchat.store.nats import codec
 from grpcchat.store.nats.cluster import NatsCluster
-from grpcchat.store.nats.codec import Lates, Options, Stored
+from grpcchat.store.nats.codec import Gone, Lates, Options, Stored
+from grpcchat.store.nats.markers import Markers
 from grpcchat.store.nats.reader import Reader
+from grpcchat.store.nats.state import RoomState, RoomStates
 
 log = logging.getLogger("grpcchat.store")
 
@@ -41,6 +51,7 @@ MAINTENANCE_INTERVAL = 60.0
 PRUNE_DELAY = 1.0
 EPOCH_KEY = "grpcchat-epoch"
 WRONG_LAST_SEQUENCE = 10071
+NO_MESSAGE_FOUND = 10057
 # The feed's consumer sends a heartbeat this often when idle; nats-py recreates it (from the
 # last stream seq delivered) after two missed ones, or when a delivery is missing.
 FEED_HEARTBEAT = 2.0
@@ -48,6 +59,8 @@ FEED_HEARTBEAT = 2.0
 # this many seconds without a PONG, times two, and reconnected.
 PING_INTERVAL = 5
 NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
+# What a relation or reply may be refused with (the store's validation, see the contract).
+REFUSALS = (NotFound, PermissionDenied, AlreadyExists, LimitExceeded, InvalidInput)
 
 
 @contextlib.contextmanager
@@ -118,6 +131,10 @@ class NatsStore:
         self._reader = Reader(
             self._js, options.stream, options.prefix, epoch, retention.max_messages
         )
+        self._markers = Markers(self._js, options.stream, epoch)
+        self._states = RoomStates(epoch, retention.max_messages)
+        # Stream seqs of entries a DELETE erased whose erasing failed: retried by maintenance.
+        self._unerased: set[int] = set()
         self._closed = False
         self._cluster = NatsCluster(nc, options.stream)
         # Each room's latest append in this process: the next one waits for it.
@@ -163,9 +180,9 @@ class NatsStore:
             raise StoreError(f"cannot reach NATS at {where}: {exc or type(exc).__name__}") from None
         try:
             with _errors(f"open the stream {options.stream}"):
-                epoch = await _open_stream(
-                    nc.jetstream(timeout=REQUEST_TIMEOUT), options, retention
-                )
+                js = nc.jetstream(timeout=REQUEST_TIMEOUT)
+                epoch = await _open_stream(js, options, retention)
+                await Markers(js, options.stream, epoch).open(options.replicas)
         except BaseException:
             await nc.close()
             raise
@@ -196,13 +213,27 @@ class NatsStore:
         sent_at: datetime,
         key: str = "",
         action: bool = False,
+        reply_to: str = "",
+        relation: Relation | None = None,
     ) -> Appended:
         """Take the room's next place in line now (before suspending), publish once the appends
         before it in this process are done; a caller cancelled meanwhile does not take its
         append back."""
         self._check_open()
         sent_us = codec.to_us(sent_at)
-        draft = Message(id, room, sender, text, codec.from_us(sent_us), 0, self._epoch, "", action)
+        draft = Message(
+            id,
+            room,
+            sender,
+            text,
+            codec.from_us(sent_us),
+            0,
+            self._epoch,
+            "",
+            action,
+            reply_to=reply_to,
+            relation=relation,
+        )
         before = self._tails.get(room)
         task = asyncio.get_running_loop().create_task(self._append_after(before, draft, key))
         self._tails[room] = task
@@ -226,29 +257,73 @@ class NatsStore:
             last = await self._reader.last(subject)
             if last is None:
                 return []
+            state = await self._state(room, last)
             low = max(after if after is not None else 0, last.seq - self._retention.max_messages)
             high = min(before if before is not None else last.seq + 1, last.seq + 1)
-            oldest_kept = self._oldest_kept_us()
             if not newest_first:
                 page: list[Message] = []
-                async for stored in self._reader.between(subject, last, low, high):
-                    if stored.sent_us >= oldest_kept:
-                        page.append(stored.message)
-                        if len(page) == limit:
-                            break
+                async for message in self._entries(state, last, low, high):
+                    page.append(message)
+                    if len(page) == limit:
+                        break
                 return page
             # Newest first: read forward a chunk just below `high`, then the one below it, ...
             newest: list[Message] = []
             while len(newest) < limit and high - low > 1:
                 start = max(low, high - 1 - (limit - len(newest)))
-                chunk = [
-                    stored.message
-                    async for stored in self._reader.between(subject, last, start, high)
-                    if stored.sent_us >= oldest_kept
-                ]
+                chunk = [message async for message in self._entries(state, last, start, high)]
                 newest += chunk[::-1][: limit - len(newest)]
                 high = start + 1
             return newest
+
+    async def _entries(
+        self, state: RoomState, last: Stored, low: int, high: int
+    ) -> AsyncIterator[Message]:
+        """The room's retained entries with `low < seq < high`, oldest first, as they are now:
+        the stream's, and the erased ones rebuilt from their DELETE."""
+        oldest_kept = self._oldest_kept_us()
+        erased = state.erased_between(low, high)
+        gone = 0
+        subject = self._reader.subject(state.room)
+        async for stored in self._reader.between(subject, last, low, high):
+            while gone < len(erased) and erased[gone].seq < stored.seq:
+                if codec.to_us(erased[gone].sent_at) >= oldest_kept:
+                    yield erased[gone]
+                gone += 1
+            if gone < len(erased) and erased[gone].seq == stored.seq:
+                gone += 1
+                self._erase_later(stored.stream_seq)  # its erasing failed, or is under way
+            if stored.sent_us >= oldest_kept:
+                yield state.current(stored.message)
+        for message in erased[gone:]:
+            if codec.to_us(message.sent_at) >= oldest_kept:
+                yield message
+
+    async def _state(self, room: str, upto: Stored | None) -> RoomState:
+        """The room's index, brought up to the entry `upto` (the room's last, or a later one)
+        at least: read from the stream, from where it stopped or, when it has none or is too
+        far behind, from the retention window on."""
+        state = self._states.get(room)
+        if upto is None:
+            return state
+        async with state.lock:
+            known = state.last
+            if known is not None and known.stream_seq >= upto.stream_seq:
+                return state
+            subject = self._reader.subject(room)
+            window_start = upto.seq - self._retention.max_messages + 1
+            current: Stored | None
+            if known is None or known.seq < window_start - 1:
+                state.reset()
+                current = await self._reader.seek(subject, window_start, upto)
+            else:
+                current = await self._reader.next(subject, known.stream_seq + 1)
+            while current is not None and current.stream_seq <= upto.stream_seq:
+                state.apply(current)
+                if current.stream_seq == upto.stream_seq:
+                    break
+                current = await self._reader.next(subject, current.stream_seq + 1)
+        return state
 
     async def last_seq(self, room: str) -> int:
         self._check_open()
@@ -269,12 +344,61 @@ class NatsStore:
             )
             page: list[RoomCount] = []
             for name in names:
-                count = await self._reader.count(name, self._oldest_kept_us())
+                count = await self._count(name)
                 if count:
                     page.append(RoomCount(name, count))
                     if len(page) == limit:
                         break
             return page
+
+    async def _count(self, room: str) -> int:
+        """How many entries `read` would return for the room: from the stream's headers, or,
+        when erased entries hide that, from the room's index."""
+        oldest_kept = self._oldest_kept_us()
+        count = await self._reader.count(room, oldest_kept)
+        if count is not None:
+            return count
+        last = await self._reader.last(self._reader.subject(room))
+        if last is None:
+            return 0
+        state = await self._state(room, last)
+        return state.count(last.seq - self._retention.max_messages + 1, oldest_kept)
+
+    # -- read markers (see `markers`) ----------------------------------------------------------
+
+    async def mark_read(self, user: str, room: str, seq: int) -> int:
+        self._check_open()
+        with _errors(f"move {user!r}'s read marker in {room!r}"):
+            last = await self._reader.last(self._reader.subject(room))
+            return await self._markers.advance(user, room, min(seq, last.seq if last else 0))
+
+    async def read_marker(self, user: str, room: str) -> int:
+        self._check_open()
+        with _errors(f"read {user!r}'s read marker in {room!r}"):
+            marker, _ = await self._markers.get(user, room)
+        return marker
+
+    async def unread(self, user: str, rooms: list[str]) -> dict[str, int]:
+        """Counted in each room's index (built if need be: a read of the retained room), from
+        the newest entry back to the marker, stopping at MAX_UNREAD."""
+        self._check_open()
+        counts: dict[str, int] = {}
+        for room in dict.fromkeys(rooms):
+            with _errors(f"count what {user!r} has not read in {room!r}"):
+                marker, _ = await self._markers.get(user, room)
+                last = await self._reader.last(self._reader.subject(room))
+                if last is None or last.seq <= marker:
+                    counts[room] = 0
+                    continue
+                state = await self._state(room, last)
+                counts[room] = state.unread(
+                    user,
+                    marker,
+                    last.seq - self._retention.max_messages + 1,
+                    self._oldest_kept_us(),
+                    MAX_UNREAD,
+                )
+        return counts
 
     async def aclose(self) -> None:
         """Stop the maintenance job, let the appends under way finish, drain the connection."""
@@ -383,6 +507,9 @@ class NatsStore:
                     # Another process appended: the next append here expects it, saving the
                     # refused publish and the re-read a stale hint would cost.
                     self._heads[room] = stored
+                state = self._states.peek(room)
+                if state is not None:
+                    state.offer(stored)
                 deliver(stored.message)
 
     # -- appends ------------------------------------------------------------------------------
@@ -397,6 +524,8 @@ class NatsStore:
         try:
             with _errors(f"append to {draft.room!r}"):
                 return await self._append(draft, key)
+        except REFUSALS:
+            raise
         except BaseException:
             self._heads.pop(draft.room, None)  # re-read the room next time
             raise
@@ -409,7 +538,23 @@ class NatsStore:
             head = self._heads[draft.room]
         else:
             head = await self._reader.last(subject)
+        changes = draft.relation is not None or bool(draft.reply_to)
         for _ in range(PUBLISH_ATTEMPTS):
+            gone: Gone | None = None
+            state = self._states.peek(draft.room)
+            if changes:
+                # Judged against the room as of `head`, the entry this one must follow: if
+                # another append comes first, the publish is refused and this runs again.
+                state = await self._state(draft.room, head)
+                if state.last is not None and (head is None or state.last.seq > head.seq):
+                    head = state.last  # the index saw more than the hint
+                try:
+                    gone = self._validate(state, draft, head)
+                except REFUSALS:
+                    repeated = await self._repeated(state, msg_id, sent_us)
+                    if repeated is None:
+                        raise
+                    return Appended(repeated, duplicate=True)
             seq = head.seq + 1 if head else 1
             latest = max(head.latest_us, sent_us) if head else sent_us
             lates = (head.lates if head else Lates()).after(
@@ -418,11 +563,14 @@ class NatsStore:
                 late=head is not None and sent_us < head.latest_us,
                 window_start=seq - self._retention.max_messages + 1,
             )
+            before = head.latest_us if head else None
             message = replace(draft, seq=seq)
-            payload, headers = codec.encode(message, sent_us, latest, lates, bool(key))
+            payload, headers = codec.encode(
+                message, sent_us, latest, lates, bool(key), before, gone
+            )
             headers["Nats-Expected-Last-Subject-Sequence"] = str(head.stream_seq if head else 0)
             if msg_id:
-                headers["Nats-Msg-Id"] = msg_id
+                headers[codec.MSG_ID] = msg_id
             try:
                 ack = await self._js.publish(subject, payload, headers=headers)
             except TimeoutError:
@@ -432,6 +580,7 @@ class NatsStore:
                 head = await self._reader.last(subject)
                 if head is not None and head.message.id == draft.id:
                     self._heads[draft.room] = head
+                    await self._erase(head.gone)
                     return Appended(head.message, duplicate=False)
                 raise
             except nats.js.errors.BadRequestError as exc:
@@ -440,22 +589,100 @@ class NatsStore:
                 # Someone appended meanwhile (or our own earlier attempt got through).
                 head = self._heads[draft.room] = await self._reader.last(subject)
                 if head is not None and head.message.id == draft.id:
+                    await self._erase(head.gone)
                     return Appended(head.message, duplicate=False)
                 continue
             if ack.duplicate:
-                original = await self._reader.get(ack.seq)
-                if original is not None and sent_us - original.sent_us < self._window_us:
-                    return Appended(original.message, duplicate=True)
+                original = await self._original(draft.room, ack.seq)
+                if original is not None and sent_us - codec.to_us(original.sent_at) < (
+                    self._window_us
+                ):
+                    return Appended(original, duplicate=True)
                 # Outside our window (or gone): a new message, under a new id.
                 msg_id = f"{msg_id.partition('#')[0]}#{ack.seq}"
                 continue
-            stored = Stored(message, ack.seq, sent_us, sent_us, latest, lates, bool(key))
+            stored = Stored(
+                message, ack.seq, sent_us, sent_us, latest, lates, bool(key), before, msg_id, gone
+            )
             self._heads[draft.room] = stored
+            if state is not None and _stream_seq(state.last) == _stream_seq(head):
+                state.apply(stored)  # it follows what the index holds: no need to read it
             if seq > self._retention.max_messages or sent_us < self._oldest_kept_us():
                 self._dirty.add(draft.room)
                 self._wake.set()
+            await self._erase(gone)
             return Appended(message, duplicate=False)
         raise StoreError(f"too many concurrent appends to {draft.room!r}: try again")
+
+    def _validate(self, state: RoomState, draft: Message, head: Stored | None) -> Gone | None:
+        """Raise why `draft` may not be appended after `head` (what its target or the message
+        it replies to is then); what a DELETE erases."""
+        window_start = (head.seq if head else 0) - self._retention.max_messages + 1
+        oldest_kept = self._oldest_kept_us()
+        room = draft.room
+        if draft.reply_to:
+            found = state.target(draft.reply_to, window_start, oldest_kept)
+            relations.check_target(found, room, draft.reply_to, replying=True)
+        relation = draft.relation
+        if relation is None:
+            return None
+        found = state.target(relation.target, window_start, oldest_kept)
+        target = relations.check_target(found, room, relation.target)
+        relations.check_relation(target, draft.sender, relation, state.edits(relation.target))
+        return state.gone(relation.target) if relation.kind is RelationKind.DELETE else None
+
+    async def _repeated(self, state: RoomState, msg_id: str, sent_us: int) -> Message | None:
+        """The entry a refused append repeats (same sender and key, within the window) in the
+        room's index, as it is now: the key check comes before any other."""
+        found = state.keyed(msg_id.partition("#")[0]) if msg_id else None
+        if found is None:
+            return None
+        seq, stream_seq = found
+        original = await self._reader.get(stream_seq)
+        message = state.current(original.message) if original else state.shown(seq)
+        if sent_us - codec.to_us(message.sent_at) >= self._window_us:
+            return None
+        return message
+
+    async def _original(self, room: str, stream_seq: int) -> Message | None:
+        """The entry JetStream says an append repeats, as it is now (None if it is gone)."""
+        original = await self._reader.get(stream_seq)
+        if original is not None:
+            state = self._states.peek(original.message.room)
+            return state.current(original.message) if state else original.message
+        # Erased by a DELETE (or pruned): a tombstone is what the room's index shows then.
+        state = await self._state(room, await self._reader.last(self._reader.subject(room)))
+        return state.erased_stream_seq(stream_seq)
+
+    async def _erase(self, gone: Gone | None) -> None:
+        """Erase from the stream what a DELETE removed (JetStream overwrites the messages):
+        the append is stored already, so a failure is retried by maintenance, not raised."""
+        if gone is None:
+            return
+        for stream_seq in (gone.target.stream_seq, *(edit.stream_seq for edit in gone.edits)):
+            self._unerased.add(stream_seq)
+        await self._erase_pending()
+
+    def _erase_later(self, stream_seq: int) -> None:
+        self._unerased.add(stream_seq)
+        self._wake.set()
+
+    async def _erase_pending(self) -> None:
+        while self._unerased:
+            stream_seq = min(self._unerased)
+            try:
+                await self._js.delete_msg(self._stream, stream_seq)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != NO_MESSAGE_FOUND:
+                    log.warning("erasing a deleted message failed (retrying): %s", exc)
+                    self._wake.set()
+                    return
+                # Erased already (by another process, or before a retry), or pruned.
+            except NATS_ERRORS as exc:
+                log.warning("erasing a deleted message failed (retrying): %s", exc)
+                self._wake.set()
+                return
+            self._unerased.discard(stream_seq)
 
     def _untail(self, room: str, done: asyncio.Task[Appended]) -> None:
         if self._tails.get(room) is done:
@@ -509,11 +736,14 @@ class NatsStore:
                     await self.maintain()
                 while self._dirty:
                     await self.prune(self._dirty.pop())
+                await self._erase_pending()
             except StoreError as exc:
                 log.warning("deleting old history failed (retrying): %s", exc)
             except Exception:
                 log.exception("deleting old history failed (retrying)")
             self._wake.clear()
+            if self._unerased:
+                self._wake.set()  # erasing failed: try again after PRUNE_DELAY
             # nats-py waits for replies with asyncio.wait_for, which on Python 3.11 can swallow
             # the cancellation `aclose` sends: so it also says so in `_closed`, checked here.
             if self._closed:
@@ -529,6 +759,10 @@ class NatsStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the history store (NATS stream {self._stream}) is closed")
+
+
+def _stream_seq(stored: Stored | None) -> int:
+    return stored.stream_seq if stored else 0
 
 
 async def _open_stream(js: JetStreamContext, options: Options, retention: Retention) -> str:
