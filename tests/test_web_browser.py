@@ -1,7 +1,10 @@
 """The web page in a real browser (headless Debian Chromium, driven by Playwright) against a real
 server: browser users chat with each other, with the terminal client and with the article's
 client; the page rides out a server restart; user text stays text; a stalled web stream is cut
-off without stalling anyone; with auth on, the token decides who speaks.
+off without stalling anyone; with auth on, the token decides who speaks; edits, deletes,
+reactions and replies change the lines they name (never a new line), the page's /edit, /delete,
+/react and /reply reach the server, and a room entered with unread messages shows where they
+start.
 
 Fixtures: tests/webfixture.py. Every wait is bounded and waits for something to appear.
 """
@@ -18,13 +21,14 @@ import struct
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.limits import Limits
-from grpcchat.core.models import Message
+from grpcchat.core.models import Message, Relation, RelationKind
 from grpcchat.server.auth import TokenAuthority
 from tests.helpers import Follower
 from tests.v1_peer import V1Client
@@ -235,6 +239,14 @@ async def test_markup_in_messages_is_shown_as_text(
     async with client_for(web_server) as client:
         await client.send("mallory", "<script>alert(2)</script><b>bold</b>")
         await client.send("mallory", f"waves {XSS}", action=True)
+        # An edit, a reaction key (no whitespace: a valid one) and the quote of a reply.
+        target = (await client.send("mallory", "to be edited")).message
+        await client.send(
+            "mallory", "<b>edited</b>", relation=Relation(RelationKind.EDIT, target.id)
+        )
+        markup_key = "<img/src=x/onerror=alert(3)>"
+        await client.send("eve", "", relation=Relation(RelationKind.REACT, target.id, markup_key))
+        await client.send("eve", "quoting", reply_to=target.id)
         await client.send("mallory", "marker")
     await page.expect_message("<script>alert(2)</script><b>bold</b>", "mallory")
     # The marker came after everything: had any markup run, its dialog came before it.
@@ -243,6 +255,12 @@ async def test_markup_in_messages_is_shown_as_text(
     texts = [row["text"] for row in await page.shown()]
     assert XSS in texts
     assert "<script>alert(2)</script><b>bold</b>" in texts
+    assert "<b>edited</b>" in texts
+    edited = page.message_with_text("<b>edited</b>")
+    await expect(edited.locator(".reactions")).to_have_text(f"{markup_key} eve")
+    await expect(page.message_with_text("quoting").locator(".quote")).to_have_text(
+        "↪ mallory <b>edited</b>"
+    )
     await expect(page.log.locator("img")).to_have_count(0)
     await expect(page.log.locator("script")).to_have_count(0)
     await expect(page.log.locator("b")).to_have_count(0)
@@ -430,3 +448,216 @@ async def test_six_tabs_of_one_user_still_chat(web_server: WebServer, new_user: 
     await first.say("six tabs")
     for tab in tabs:
         await expect(tab.message_with_text("six tabs")).to_have_count(1, timeout=3_000)
+
+
+# -- conversations: edits, deletes, reactions, replies, typing, read markers ---------------------
+
+
+async def conversation(page: ChatPage) -> list[dict[str, Any]]:
+    """Each chat line as the page shows it now: its handle, who, what, and its marks."""
+    rows: list[dict[str, Any]] = await page.messages.evaluate_all(
+        """items => items.map(li => ({
+            seq: Number(li.dataset.seq || 0),
+            handle: li.querySelector(".seq")?.textContent ?? "",
+            sender: (li.querySelector(".sender")?.textContent || "").trim(),
+            text: li.querySelector(".text")?.textContent ?? null,
+            edited: li.querySelector(".edited")?.textContent ?? "",
+            deleted: li.classList.contains("deleted"),
+            reactions: li.querySelector(".reactions")?.textContent ?? "",
+            quote: li.querySelector(".quote")?.textContent ?? "",
+        }))"""
+    )
+    return rows
+
+
+async def until_all_read(client: ChatClient, name: str, room: str) -> None:
+    """Until `name` has no unread message in `room` (the page marked what it shows read)."""
+
+    async def unread() -> int:
+        return next((r.unread for r in await client.rooms(name=name) if r.name == room), 0)
+
+    async with asyncio.timeout(WAIT):
+        while await unread():  # noqa: ASYNC110 (polling the server: no event to wait on)
+            await asyncio.sleep(0.1)
+
+
+async def test_edits_deletes_reactions_and_replies_change_the_lines_they_name(
+    web_server: WebServer, new_user: NewUser, tmp_path: Path
+) -> None:
+    page = await (await new_user()).open(web_server.url, name="alice")
+    await page.expect_connected()
+    typing = page.page.locator("#typing")
+    async with (
+        client_for(web_server) as client,
+        Follower(client.session("bob")) as bob,
+    ):
+        first = (await bob.session.send("first")).message
+        second = (await bob.session.send("second")).message
+        await page.expect_message("second", "bob")
+
+        # bob types on his Connect session: the page says so, until he stops.
+        await bob.session.typing("lobby", True)
+        await expect(typing).to_have_text("bob is typing…")
+        await bob.session.typing("lobby", False)
+        await expect(typing).to_have_text("")
+
+        await bob.session.send("first, edited", relation=Relation(RelationKind.EDIT, first.id))
+        await bob.session.send("", relation=Relation(RelationKind.DELETE, second.id))
+        await client.send("carol", "", relation=Relation(RelationKind.REACT, first.id, "👍"))
+        await bob.session.send("", relation=Relation(RelationKind.REACT, first.id, "👍"))
+        await bob.session.send("", relation=Relation(RelationKind.REACT, first.id, "🎉"))
+        reply = (await bob.session.send("an answer", reply_to=first.id)).message
+        # Delivered in order: once the reply shows, every change before it has been applied.
+        await page.expect_message("an answer", "bob")
+        expected = [
+            {
+                "seq": first.seq,
+                "handle": str(first.seq),
+                "sender": "bob",
+                "text": "first, edited",
+                "edited": "(edited)",
+                "deleted": False,
+                "reactions": "👍 carol, bob · 🎉 bob",
+                "quote": "",
+            },
+            {
+                "seq": second.seq,
+                "handle": str(second.seq),
+                "sender": "bob",
+                "text": "message deleted",
+                "edited": "",
+                "deleted": True,
+                "reactions": "",
+                "quote": "",
+            },
+            {
+                "seq": reply.seq,
+                "handle": str(reply.seq),
+                "sender": "bob",
+                "text": "an answer",
+                "edited": "",
+                "deleted": False,
+                "reactions": "",
+                "quote": "↪ bob first, edited",
+            },
+        ]
+        # Three lines: the edit, the delete and the reactions made none of their own.
+        assert await conversation(page) == expected
+
+        # A click on a reaction chip adds alice's own; the server has it.
+        chip = page.message_with_text("first, edited").get_by_role("button", name=re.compile("👍"))
+        await expect(chip).to_have_attribute("aria-pressed", "false")
+        await chip.click()
+        await expect(chip).to_have_text("👍 carol, bob, alice")
+        await expect(chip).to_have_attribute("aria-pressed", "true")
+        [stored] = [m for m in await client.history("lobby") if m.id == first.id]
+        assert [(r.emoji, r.names) for r in stored.reactions] == [
+            ("👍", ("carol", "bob", "alice")),
+            ("🎉", ("bob",)),
+        ]
+        expected[0]["reactions"] = "👍 carol, bob, alice · 🎉 bob"
+
+        # An edit of the message a reply quotes changes the quote too.
+        await bob.session.send("first, again", relation=Relation(RelationKind.EDIT, first.id))
+        await expect(page.message_with_text("an answer").locator(".quote")).to_have_text(
+            "↪ bob first, again"
+        )
+        expected[0]["text"] = "first, again"
+        expected[2]["quote"] = "↪ bob first, again"
+        await bob.session.typing("lobby", True)
+        await expect(typing).to_have_text("bob is typing…")
+        await screenshot(page, "web-conversation.png", tmp_path)
+
+    # Reloaded: the replay brings each message in its current state and the changes again;
+    # applied twice, nothing doubles.
+    await page.open(web_server.url, name="alice")
+    await page.expect_connected()
+    await expect(page.messages).to_have_count(3)
+    assert await conversation(page) == expected
+    assert not page.errors
+
+
+async def test_the_pages_commands_edit_delete_react_and_reply(
+    web_server: WebServer, new_user: NewUser
+) -> None:
+    page = await (await new_user()).open(web_server.url, name="alice")
+    await page.expect_connected()
+    async with client_for(web_server) as client:
+        bobs = (await client.send("bob", "bob was here")).message
+        await page.expect_message("bob was here", "bob")
+        await page.say("helo")
+        await page.expect_message("helo", "alice")
+
+        # /edit without a handle: alice's last message.
+        await page.say("/edit hello")
+        await expect(page.message_with_text("hello").locator(".edited")).to_have_text("(edited)")
+        [mine] = [
+            m for m in await client.history("lobby") if m.relation is None and m.sender == "alice"
+        ]
+        assert (mine.text, mine.edited_at is not None) == ("hello", True)
+
+        await page.say(f"/reply {bobs.seq} hi bob")
+        await page.expect_message("hi bob", "alice")
+        await expect(page.message_with_text("hi bob").locator(".quote")).to_have_text(
+            "↪ bob bob was here"
+        )
+        await page.say(f"/react {bobs.seq} 🎉")
+        await expect(page.message_with_text("bob was here").locator(".reactions")).to_have_text(
+            "🎉 alice"
+        )
+        await page.say(f"/unreact {bobs.seq} 🎉")
+        await expect(page.message_with_text("bob was here").locator(".reactions")).to_have_count(0)
+        # /delete without a handle: the reply, alice's last message now.
+        await page.say("/delete")
+        await page.expect_message("message deleted", "alice")
+        # Someone else's message: the server refuses, and the page says why.
+        await page.say(f"/edit {bobs.seq} not mine")
+        await expect(page.notices.filter(has_text="PERMISSION_DENIED")).to_have_count(1)
+
+        history = {m.id: m for m in await client.history("lobby") if m.relation is None}
+        reply = next(m for m in history.values() if m.reply_to == bobs.id)
+        assert reply.deleted
+        assert reply.text == ""
+        assert history[bobs.id].text == "bob was here"
+        assert history[bobs.id].reactions == ()
+    # Only the three posts are lines: every change went to the line it names.
+    await expect(page.messages).to_have_count(3)
+    assert not page.errors
+
+
+async def test_a_room_entered_with_unread_messages_shows_where_they_start(
+    web_server: WebServer, new_user: NewUser
+) -> None:
+    page = await (await new_user()).open(web_server.url, name="alice")
+    await page.expect_connected()
+    async with client_for(web_server) as client:
+        await client.send("bob", "read this")
+        await page.expect_message("read this", "bob")
+        # The page marks what it shows as read (MarkRead, at most once a second).
+        await until_all_read(client, "alice", "lobby")
+        await expect(page.log.locator("li.divider")).to_have_count(0)
+
+        # Reloaded into another room; meanwhile two messages arrive in #lobby.
+        await page.open(web_server.url, name="alice", room="games")
+        await page.expect_connected()
+        await client.send("bob", "unread 1")
+        await client.send("bob", "unread 2")
+        await page.say("/rooms")
+        lobby = page.rooms.locator("li").filter(
+            has=page.page.get_by_role("button", name="lobby", exact=True)
+        )
+        await expect(lobby.locator(".unread")).to_have_text("2 unread")
+
+        await lobby.get_by_role("button", name="lobby", exact=True).click()
+        await page.expect_message("unread 2", "bob")
+        await page.expect_connected()
+        divider = page.log.locator("li.divider")
+        await expect(divider).to_have_text("── unread ──")
+        # Right before the first message not read yet.
+        follows = await divider.evaluate(
+            "d => d.nextElementSibling.querySelector('.text').textContent"
+        )
+        assert follows == "unread 1"
+        # ...and shown is read: the count is gone.
+        await until_all_read(client, "alice", "lobby")
+    assert not page.errors

@@ -3,13 +3,18 @@
 
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { ChatService, type ChatMessage } from "./gen/chat/v1/chat_service_pb";
+import { ChatService, type ChatMessage, type Relation_Kind } from "./gen/chat/v1/chat_service_pb";
 
 let token = "";
 
 /** Set the token sent as `Authorization: Bearer ...` (empty: none). Never stored anywhere else. */
 export function setToken(value: string): void {
   token = value.trim();
+}
+
+/** Whether a token is set: without one, calls that concern "me" name the user themselves. */
+export function hasToken(): boolean {
+  return token !== "";
 }
 
 const auth: Interceptor = (next) => (request) => {
@@ -85,6 +90,10 @@ export interface Outgoing {
   text: string;
   recipient?: string;
   action?: boolean;
+  /** A reply: the id of the message (same room) this one answers. */
+  replyTo?: string;
+  /** An edit, delete or reaction of message `target` instead of a new message. */
+  relation?: { kind: Relation_Kind; target: string; emoji?: string };
 }
 
 const SEND_ATTEMPTS = 6;

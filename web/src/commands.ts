@@ -1,9 +1,16 @@
 // What a line typed in the message box asks for, as in the terminal client (`grpcchat join`).
+// A message is named by its handle N: its seq in the room, shown dimmed before it.
+
+export type Change = "edit" | "delete" | "react" | "unreact";
 
 export type Command =
   | { kind: "say"; text: string }
   | { kind: "me"; text: string }
   | { kind: "msg"; to: string; text: string }
+  | { kind: "reply"; seq: bigint; text: string }
+  /** An edit, delete or reaction of message `seq` (undefined: your last message). `text` is the
+   * new text of an edit, the emoji of a reaction, empty for a delete. */
+  | { kind: "change"; change: Change; seq?: bigint; text: string }
   | { kind: "join"; room: string }
   | { kind: "leave" }
   | { kind: "who"; room: string }
@@ -15,12 +22,21 @@ export type Command =
 export const HELP = [
   "/join ROOM — switch to a room",
   "/leave — back to #lobby",
-  "/rooms — refresh the room list",
+  "/rooms — refresh the room list (with your unread counts)",
   "/who [ROOM] — who is in a room",
   "/msg NAME TEXT — a direct message, seen by NAME only",
   "/me ACTION — an action: * you ACTION",
+  "/reply N TEXT — answer message N (the dimmed number before it)",
+  "/edit [N] TEXT — new text for your message N (default: your last one)",
+  "/delete [N] — delete your message N (default: your last one)",
+  "/react N EMOJI — react to message N; /unreact N EMOJI takes it back",
   "//text — a line starting with /",
 ];
+
+/** A handle as typed: digits only, not zero. */
+function handle(word: string): bigint | undefined {
+  return /^\d{1,19}$/.test(word) && !/^0+$/.test(word) ? BigInt(word) : undefined;
+}
 
 export function parse(line: string): Command {
   const text = line.trim();
@@ -30,6 +46,9 @@ export function parse(line: string): Command {
   const space = text.search(/\s/);
   const command = (space < 0 ? text : text.slice(0, space)).toLowerCase();
   const rest = space < 0 ? "" : text.slice(space).trim();
+  // "N REST": a handle and what follows it (REST may be empty).
+  const [first = "", tail = ""] = /^(\S*)\s*([\s\S]*)$/.exec(rest)?.slice(1) ?? [];
+  const seq = handle(first);
   switch (command) {
     case "/join":
       if (rest) return { kind: "join", room: rest.replace(/^#/, "") };
@@ -50,6 +69,24 @@ export function parse(line: string): Command {
       if (match) return { kind: "msg", to: match[1], text: match[2] };
       break;
     }
+    case "/reply":
+      if (seq !== undefined && tail) return { kind: "reply", seq, text: tail };
+      break;
+    case "/edit":
+      // "/edit 12 new text" edits 12; "/edit new text" (or "/edit 12" alone) your last one.
+      if (seq !== undefined && tail) return { kind: "change", change: "edit", seq, text: tail };
+      if (rest) return { kind: "change", change: "edit", text: rest };
+      break;
+    case "/delete":
+      if (!rest) return { kind: "change", change: "delete", text: "" };
+      if (seq !== undefined && !tail) return { kind: "change", change: "delete", seq, text: "" };
+      break;
+    case "/react":
+    case "/unreact":
+      if (seq !== undefined && tail && !/\s/.test(tail)) {
+        return { kind: "change", change: command === "/react" ? "react" : "unreact", seq, text: tail };
+      }
+      break;
   }
   return { kind: "error", text: `unknown or incomplete command ${command}; /help lists them` };
 }

@@ -1,20 +1,35 @@
 // The grpcchat page: join a room as a name, follow it (one Subscribe stream, which also
-// delivers the name's direct messages), send with Send, and switch rooms.
+// delivers the name's direct messages), send with Send, and switch rooms. Edits, deletes and
+// reactions arrive as entries of the room's log and change the line of the message they name;
+// what is shown is marked read.
 
 import { create } from "@bufbuild/protobuf";
-import { chat, describe, send, setToken, type Outgoing } from "./api";
-import { HELP, parse } from "./commands";
+import { chat, describe, hasToken, send, setToken, type Outgoing } from "./api";
+import { HELP, parse, type Change } from "./commands";
 import { RoomFeed } from "./feed";
-import { PresenceChange_Change, RoomInfoSchema, type Event } from "./gen/chat/v1/chat_service_pb";
+import {
+  PresenceChange_Change,
+  Relation_Kind,
+  RoomInfoSchema,
+  type ChatMessage,
+  type Event,
+} from "./gen/chat/v1/chat_service_pb";
+import { ReadMarker } from "./reading";
+import { postOf, type Post } from "./thread";
+import { Typists, typingLine } from "./typing";
 import { View } from "./view";
 
 const LOBBY = "lobby";
 const ROOMS_EVERY_MS = 10_000;
 
-const view = new View();
+const view = new View({ react: toggleReaction, handle: (post) => startReply(post) });
 let feed: RoomFeed | undefined;
+let marker: ReadMarker | undefined;
+/** Whether the current feed's first join is complete (its replay is over). */
+let joinedOnce = false;
 let members = new Set<string>();
 let roomsTimer: ReturnType<typeof setInterval> | undefined;
+const typists = new Typists((names) => view.setTyping(typingLine(names)));
 
 function enter(room: string): void {
   const name = view.name.value.trim();
@@ -25,9 +40,16 @@ function enter(room: string): void {
   }
   room = room.trim().replace(/^#/, "") || LOBBY;
   feed?.stop(); // one stream at a time: the browser allows few connections per host
+  marker?.stop();
+  typists.clear();
   view.room.value = room;
   view.enter(room);
+  // Who "me" is: the name box, until the server says otherwise (with a token, the token's
+  // name wins; the first answer to a send tells it).
+  view.me = name;
   members = new Set();
+  joinedOnce = false;
+  marker = new ReadMarker(name, room);
   view.status("connecting…", "wait");
   feed = new RoomFeed(name, room, { event: (e) => show(room, e), status: (t, k) => view.status(t, k) });
   feed.start();
@@ -42,8 +64,18 @@ function show(room: string, event: Event): void {
   if (feed?.room !== room) return; // a late event of a room already left
   const { kind } = event;
   switch (kind.case) {
-    case "message":
-      view.showMessage(kind.value);
+    case "message": {
+      const m = kind.value;
+      view.showMessage(m);
+      if (!m.relation) typists.stopped(m.sender); // sent: no longer typing
+      if (m.seq > 0n && !m.recipient) marker?.shown(m.seq);
+      break;
+    }
+    case "typing":
+      if ((kind.value.room || LOBBY) === room && kind.value.name !== view.me) typists.notice(kind.value);
+      break;
+    case "read":
+      if ((kind.value.room || LOBBY) === room) marker?.known(kind.value.seq);
       break;
     case "presence": {
       const { name, change } = kind.value;
@@ -67,6 +99,10 @@ function show(room: string, event: Event): void {
       view.notice(`history truncated: ${kind.value.reason || "some history is no longer available"}`, "gap");
       break;
     case "joined":
+      marker?.known(kind.value.readSeq);
+      // Entering the room (not a resume): mark where the messages not read yet start.
+      if (!joinedOnce) view.markUnread(kind.value.readSeq, view.me);
+      joinedOnce = true;
       members = new Set(kind.value.members);
       view.setMembers(members);
       if (kind.value.memberCount > members.size) void refreshMembers(room); // a big room's sample
@@ -114,7 +150,9 @@ async function who(room: string): Promise<void> {
 async function refreshRooms(): Promise<void> {
   const current = feed?.room ?? LOBBY;
   try {
-    const { rooms } = await chat.listRooms({ pageSize: 200 });
+    // With a token the server knows whose unread counts to give; without, the name says.
+    const name = hasToken() || !feed ? "" : feed.name;
+    const { rooms } = await chat.listRooms({ pageSize: 200, name });
     if (!rooms.some((r) => r.name === current)) {
       rooms.unshift(create(RoomInfoSchema, { name: current, members: members.size }));
     }
@@ -124,12 +162,73 @@ async function refreshRooms(): Promise<void> {
   }
 }
 
-async function post(message: Outgoing): Promise<void> {
+async function post(message: Outgoing, what = ""): Promise<void> {
   try {
-    await send(message);
+    const sent = await send(message);
+    if (sent?.sender && sent.sender !== view.me) view.me = sent.sender; // the token's name
   } catch (error) {
-    view.status(describe(error), "error");
+    if (what) view.notice(`${what}: ${describe(error)}`, "error");
+    else view.status(describe(error), "error");
   }
+}
+
+const RELATION: Record<Change, Relation_Kind> = {
+  edit: Relation_Kind.EDIT,
+  delete: Relation_Kind.DELETE,
+  react: Relation_Kind.REACT,
+  unreact: Relation_Kind.UNREACT,
+};
+
+/** Message `seq` of the room: as shown, or asked of the server (older than what is shown). */
+async function messageAt(room: string, seq: bigint): Promise<Post> {
+  const shown = view.at(seq);
+  if (shown) return shown;
+  let found: ChatMessage | undefined;
+  try {
+    [found] = (await chat.history({ room, afterSeq: seq - 1n, limit: 1 }, { timeoutMs: 10_000 })).messages;
+  } catch (error) {
+    throw new Error(describe(error));
+  }
+  if (!found || found.seq !== seq) throw new Error(`no message ${seq} in #${room} (it may be past retention)`);
+  if (found.relation) throw new Error(`${seq} in #${room} is an edit, delete or reaction, not a message`);
+  return postOf(found);
+}
+
+/** /edit, /delete, /react, /unreact of message `seq` (none: the user's last message). */
+async function changeMessage(room: string, change: Change, seq: bigint | undefined, text: string): Promise<void> {
+  let target: Post | undefined;
+  try {
+    target = seq === undefined ? view.lastOf(view.me) : await messageAt(room, seq);
+  } catch (error) {
+    return view.notice(`/${change}: ${describe(error)}`, "error");
+  }
+  if (!target) return view.notice(`no message of yours in #${room} to ${change}; /${change} N names one`, "error");
+  const reaction = change === "react" || change === "unreact";
+  const relation = { kind: RELATION[change], target: target.id, emoji: reaction ? text : "" };
+  await post({ sender: view.me, room, text: change === "edit" ? text : "", relation }, `/${change}`);
+}
+
+async function reply(room: string, seq: bigint, text: string): Promise<void> {
+  let target: Post;
+  try {
+    target = await messageAt(room, seq);
+  } catch (error) {
+    return view.notice(`/reply: ${describe(error)}`, "error");
+  }
+  await post({ sender: view.me, room, text, replyTo: target.id }, "/reply");
+}
+
+/** A reaction chip was clicked: the same emoji from the user, or taken back if it is theirs. */
+function toggleReaction(target: Post, emoji: string): void {
+  if (!feed) return;
+  const mine = target.reactions.get(emoji)?.includes(view.me) ?? false;
+  void changeMessage(feed.room, mine ? "unreact" : "react", target.seq, emoji);
+}
+
+/** A message's handle was clicked: start a reply to it. */
+function startReply(target: Post): void {
+  if (view.message.value.trim() === "") view.message.value = `/reply ${target.seq} `;
+  view.message.focus();
 }
 
 function submitLine(line: string): void {
@@ -150,6 +249,10 @@ function submitLine(line: string): void {
       return void post({ sender, room, text: command.text, action: true });
     case "msg":
       return void post({ sender, room: "", text: command.text, recipient: command.to });
+    case "reply":
+      return void reply(room, command.seq, command.text);
+    case "change":
+      return void changeMessage(room, command.change, command.seq, command.text);
     case "join":
       return enter(command.room);
     case "leave":

@@ -1,0 +1,79 @@
+// The read marker of the room shown: what the page has shown is read. The marker is moved with
+// the unary MarkRead (the page cannot open the Connect stream), at most once a second, and only
+// forward of what the server already said it is (RoomJoined.read_seq, ReadMarker events).
+
+import { chat, hasToken } from "./api";
+
+const EVERY_MS = 1_000;
+
+export class ReadMarker {
+  /** The marker as far as the server has told or confirmed. */
+  private marked = 0n;
+  /** The highest seq shown. */
+  private seen = 0n;
+  private last = 0; // when MarkRead was last called (ms)
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private sending = false;
+  private stopped = false;
+
+  constructor(
+    private readonly name: string,
+    private readonly room: string,
+  ) {
+    document.addEventListener("visibilitychange", this.onVisible);
+  }
+
+  /** The server says the marker is at `seq` (it only moves forward). */
+  known(seq: bigint): void {
+    if (seq > this.marked) this.marked = seq;
+  }
+
+  /** Everything up to `seq` is on the screen. */
+  shown(seq: bigint): void {
+    if (seq > this.seen) this.seen = seq;
+    this.schedule();
+  }
+
+  /** The room is left: what was shown and not marked yet is marked now, without waiting. */
+  stop(): void {
+    const pending = this.timer !== undefined;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (pending) void this.flush();
+    this.stopped = true;
+    document.removeEventListener("visibilitychange", this.onVisible);
+  }
+
+  private readonly onVisible = (): void => this.schedule();
+
+  private schedule(): void {
+    if (this.stopped || this.timer !== undefined || this.sending) return;
+    if (this.seen <= this.marked || document.visibilityState === "hidden") return;
+    const wait = Math.max(0, this.last + EVERY_MS - Date.now());
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.flush();
+    }, wait);
+  }
+
+  private async flush(): Promise<void> {
+    if (this.stopped || this.seen <= this.marked) return;
+    this.sending = true;
+    this.last = Date.now();
+    const seq = this.seen;
+    try {
+      const answer = await chat.markRead(
+        { room: this.room, seq, name: hasToken() ? "" : this.name },
+        { timeoutMs: 10_000 },
+      );
+      this.known(seq);
+      this.known(answer.seq);
+    } catch {
+      // A marker is a convenience: the next message shown tries again.
+      this.seen = this.seen > seq ? this.seen : this.marked;
+    } finally {
+      this.sending = false;
+    }
+    this.schedule();
+  }
+}
