@@ -22,7 +22,7 @@ nats = pytest.importorskip("nats", reason="nats-py is not installed")
 
 from nats.js.errors import NotFoundError as NoMessage  # noqa: E402
 
-from grpcchat.store.nats import NatsStore, codec  # noqa: E402
+from grpcchat.store.nats import NatsStore, codec, reader  # noqa: E402
 
 Opener = Callable[..., Awaitable[HistoryStore]]
 
@@ -442,7 +442,7 @@ async def test_the_feed_keeps_another_stores_index_current(opener: Opener) -> No
             await post(one, "more")
             await three.wait()
         # The feed brought the index up to date, without reading the room again.
-        state = other._states.peek("lobby")
+        state = other._indexes.peek("lobby")
         assert (state.last.seq if state and state.last else 0) == 4
         # And appends are judged by it: bob cannot react twice.
         with pytest.raises(AlreadyExists):
@@ -465,14 +465,51 @@ async def test_text_a_delete_left_in_the_stream_is_hidden_and_erased_by_a_later_
     async def dies_before_erasing(gone: object) -> None:
         pass
 
-    monkeypatch.setattr(one, "_erase", dies_before_erasing)
+    monkeypatch.setattr(one._eraser, "erase", dies_before_erasing)
     await post(one, relation=Relation(RelationKind.DELETE, secret.id))
     assert await raw_texts(stream_url) == ["my secret", "my edited secret", ""]
     shown = await other.read("lobby")
     assert [(m.text, m.deleted) for m in shown] == [("", True), ("", False), ("", False)]
     # The read handed them to the maintenance job: erasing (again) is harmless.
     assert isinstance(other, NatsStore)
-    await other._erase_pending()
-    assert not other._unerased
+    await other._eraser.flush()
+    assert not other._eraser.owed
     assert await raw_texts(stream_url) == [""]
     assert await other.read("lobby") == shown
+
+
+@pytest.mark.parametrize("few", [0, 1_000], ids=["one consumer", "a request each"])
+async def test_an_index_built_from_the_stream_shows_what_the_writers_shows(
+    opener: Opener, monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """A store that did not write a room builds its index from a run of the room's retained
+    entries (through one consumer when the run is long, `reader.FEW`), and later reads on from
+    its last entry: either way it shows, and judges, what the writer's index does."""
+    monkeypatch.setattr(reader, "FEW", few)
+    retention = Retention(max_messages=60)
+    writer, fresh = await opener(retention), await opener(retention)
+
+    async def posts(count: int) -> list[Message]:
+        made = []
+        for n in range(count):
+            made.append(await post(writer, f"m{n}"))
+            await post(writer, f"elsewhere {n}", room="other")
+        return made
+
+    async def same_as_the_writer() -> None:
+        expected = await writer.read("lobby", limit=1_000)
+        assert await fresh.read("lobby", limit=1_000) == expected
+        assert await fresh.unread("zed", ["lobby"]) == await writer.unread("zed", ["lobby"])
+
+    early = await posts(40)
+    await post(writer, "edited", relation=Relation(RelationKind.EDIT, early[30].id))
+    await post(writer, sender="bob", relation=Relation(RelationKind.REACT, early[31].id, "👍"))
+    await post(writer, relation=Relation(RelationKind.DELETE, early[32].id))  # a gap
+    await same_as_the_writer()  # built
+    late = await posts(50)  # past the count: the window moves on
+    await post(writer, "again", relation=Relation(RelationKind.EDIT, late[0].id))
+    await post(writer, relation=Relation(RelationKind.DELETE, late[1].id))
+    await post(writer, sender="bob", relation=Relation(RelationKind.REACT, late[2].id, "👍"))
+    await same_as_the_writer()  # read on
+    with pytest.raises(AlreadyExists):
+        await post(fresh, sender="bob", relation=Relation(RelationKind.REACT, late[2].id, "👍"))

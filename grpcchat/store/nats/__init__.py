@@ -57,11 +57,12 @@ Conversations (relations, replies, read markers):
   whole room. `read` returns the stream's entries with the index's current state applied. At
   most `state.MAX_INDEXED` entries are indexed in all (least recently used rooms go first).
 - Validation happens against the state as of the seq the entry takes: the index is brought up
-  to the room's last entry as this process knows it (`_heads`), the relation is checked there
-  (`core.relations`), and the publish expects exactly that last entry; if another process
-  appended meanwhile, JetStream refuses it, and the check runs again on the newer state. A
-  refused relation publishes nothing. A repeated key is found in the index before a refusal
-  is raised (the key check comes first); one JetStream reports is returned as the original.
+  to the room's last entry as this process knows it (the appender's hint), the relation is
+  checked there (`validation`, `core.relations`), and the publish expects exactly that last
+  entry; if another process appended meanwhile, JetStream refuses it, and the check runs
+  again on the newer state. A refused relation publishes nothing. A repeated key is found in
+  the index before a refusal is raised (the key check comes first); one JetStream reports is
+  returned as the original.
 - DELETE erases: JetStream messages are immutable, but one can be deleted, which overwrites
   it (STREAM.MSG.DELETE erases by default). The DELETE entry is published first, carrying what
   the tombstone and the emptied edits need (`codec.Gone`: ids, seqs, times, `action`,
@@ -79,14 +80,22 @@ Conversations (relations, replies, read markers):
 - Read markers are a stream of their own, one subject per user and room keeping its last
   message (`markers`), moved forward by compare-and-set; `unread` counts in the room's index.
 
-Modules: `codec` (URL, subjects, headers, payloads; no I/O), `reader` (lookups in the
-stream), `state` (current state of a room's entries; no I/O), `markers` (read markers),
-`store` (the contract: appends, retention, errors).
+Modules: `store` (the contract: `NatsStore`, made of the parts below; reads, counts, unread),
+`connection` (connecting, opening the stream, NATS failures as StoreError), `appender`
+(appends: contiguous seqs, keys, relations), `validation` (what a relation or reply may be;
+no I/O), `indexes` (each room's index kept up to date from the stream), `state` (current state
+of a room's entries; no I/O), `feed` (the RoomFeed), `maintenance` (retention: purging
+prefixes), `erasure` (erasing what a DELETE removed), `window` (what retention keeps; no I/O),
+`reader` (lookups in the stream), `codec` (URL, subjects, headers, payloads; no I/O),
+`markers` (read markers), `cluster` (presence and direct messages across nodes).
 
 Limits: `rooms` asks JetStream for the stream's subjects, so a page costs in proportion to the
 number of rooms, not to the page; a read costs a request per message plus a binary search to
 its first one; the first read, relation or `unread` of a room in a process reads its retained
-entries once (a request each) to build its index.
+entries once to build its index: a binary search to the first, then one ordered consumer on
+the room's subject delivers them all (`reader.Reader.run`; about 0.9 s for 10,000 entries on
+one machine, against 2.7 s at a request each), as does an index behind by more than
+`reader.FEW` entries.
 """
 
 from grpcchat.store.nats.store import NatsStore

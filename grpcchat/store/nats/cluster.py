@@ -29,7 +29,6 @@ import time
 import uuid
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -38,6 +37,7 @@ from grpcchat.core.cluster import LocalNode, MemberChange
 from grpcchat.core.errors import StoreError
 from grpcchat.core.models import Message
 from grpcchat.store.nats import codec
+from grpcchat.store.nats.connection import NATS_ERRORS
 
 log = logging.getLogger("grpcchat.store")
 
@@ -50,7 +50,6 @@ CHANGES_PER_MESSAGE = 1_000
 PART_NAMES = 2_000
 # How long a node waits for another's whole picture before trying again at its next beat.
 SYNC_TIMEOUT = 5.0
-NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
 
 class NatsCluster:

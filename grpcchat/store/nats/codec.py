@@ -43,6 +43,11 @@ LATEST = "Chat-Latest"
 LATES = "Chat-Lates"
 BEFORE = "Chat-Before"
 MSG_ID = "Nats-Msg-Id"
+# JetStream's compare-and-set header, and its error codes the engine acts on: the expected
+# last sequence is not the subject's last; the message to delete is not there.
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071
+NO_MESSAGE_FOUND = 10057
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

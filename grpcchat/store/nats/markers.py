@@ -8,7 +8,7 @@ compare-and-set: a publish names the subject's last stream seq it read
 (`Nats-Expected-Last-Subject-Sequence`), so of two sessions moving one marker at once, the
 second reads the first's marker and tries again. Not subject to the history's retention.
 
-Every method may raise nats-py's errors; `grpcchat.store.nats.store` turns them into StoreError.
+Every method may raise nats-py's errors; callers turn them into StoreError (`connection.errors`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from grpcchat.core.errors import StoreError
 from grpcchat.store.nats import codec
 
 ATTEMPTS = 20
-WRONG_LAST_SEQUENCE = 10071
 
 
 class Markers:
@@ -72,13 +71,13 @@ class Markers:
             marker, stream_seq = await self.get(user, room)
             if seq <= marker:
                 return marker
-            headers = {"Nats-Expected-Last-Subject-Sequence": str(stream_seq)}
+            headers = {codec.EXPECTED_LAST: str(stream_seq)}
             try:
                 await self._js.publish(
                     subject, f"{self._epoch} {seq}".encode(), stream=self.stream, headers=headers
                 )
             except nats.js.errors.BadRequestError as exc:
-                if exc.err_code == WRONG_LAST_SEQUENCE:
+                if exc.err_code == codec.WRONG_LAST_SEQUENCE:
                     continue  # moved meanwhile: look again
                 raise
             return seq

@@ -1,25 +1,33 @@
-"""Reading one JetStream stream of history: a room's last message, the next one after a
-stream seq, a room's message by seq (a binary search), a range, a count.
+"""Reading one JetStream stream of history: the rooms, a room's last message, the next one
+after a stream seq, a room's message by seq (a binary search), a range, a run of many, a count.
 
 A room's stream messages have contiguous seqs but for two kinds of gaps: a purged prefix
 (retention: expired or beyond the count, never read) and entries a DELETE erased (read from
 the DELETE's `gone`, by `RoomState`). `between` yields what the stream holds; the store merges
 in the erased entries.
 
-Every method may raise nats-py's errors; `grpcchat.store.nats.store` turns them into StoreError.
+Every method may raise nats-py's errors; callers turn them into StoreError (`connection.errors`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
+from nats.js.api import ConsumerConfig, DeliverPolicy, RawStreamMsg
 
 from grpcchat.core.errors import StoreError
 from grpcchat.store.nats import codec
 from grpcchat.store.nats.codec import Stored
+from grpcchat.store.nats.connection import NATS_ERRORS, REQUEST_TIMEOUT
+
+# A run of more entries than this is read through a consumer (JetStream pushes them) rather
+# than a request each: making the consumer costs a few requests (in a cluster, a round through
+# its meta leader), so it pays off only for a run longer than that.
+FEW = 32
 
 
 class Reader:
@@ -29,7 +37,7 @@ class Reader:
         self, js: JetStreamContext, stream: str, prefix: str, epoch: str, max_messages: int
     ) -> None:
         self._js = js
-        self._stream = stream
+        self.stream = stream
         self._prefix = prefix
         self._epoch = epoch
         self._max_messages = max_messages
@@ -42,16 +50,32 @@ class Reader:
             raw.data or b"", dict(raw.headers or {}), raw.seq or 0, raw.time, self._epoch
         )
 
+    def pushed(self, msg: Msg) -> Stored:
+        """A message a consumer delivered."""
+        metadata = msg.metadata
+        return codec.decode(
+            msg.data,
+            dict(msg.headers or {}),
+            metadata.sequence.stream,
+            metadata.timestamp,
+            self._epoch,
+        )
+
+    async def rooms(self) -> list[str]:
+        """The rooms the stream holds messages of, in no order."""
+        info = await self._js.stream_info(self.stream, subjects_filter=f"{self._prefix}>")
+        return [codec.room_of(subject, self._prefix) for subject in info.state.subjects or {}]
+
     async def get(self, stream_seq: int) -> Stored | None:
         try:
-            raw = await self._js.get_msg(self._stream, seq=stream_seq, direct=True)
+            raw = await self._js.get_msg(self.stream, seq=stream_seq, direct=True)
         except nats.js.errors.NotFoundError:
             return None
         return self.decode(raw)
 
     async def last(self, subject: str) -> Stored | None:
         try:
-            raw = await self._js.get_last_msg(self._stream, subject, direct=True)
+            raw = await self._js.get_last_msg(self.stream, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
         return self.decode(raw)
@@ -60,7 +84,7 @@ class Reader:
         """The room's first message at or after `stream_seq`."""
         try:
             raw = await self._js.get_msg(
-                self._stream, seq=max(stream_seq, 1), subject=subject, next=True, direct=True
+                self.stream, seq=max(stream_seq, 1), subject=subject, next=True, direct=True
             )
         except nats.js.errors.NotFoundError:
             return None
@@ -101,6 +125,42 @@ class Reader:
             if current.stream_seq >= last.stream_seq:
                 return
             current = await self.next(subject, current.stream_seq + 1)
+
+    async def run(
+        self, subject: str, stream_seq: int, last: Stored, expected: int
+    ) -> AsyncGenerator[Stored, None]:
+        """The room's messages from `stream_seq` on, oldest first, up to `last`; `expected` is
+        about how many that is: for more than FEW, one ordered consumer on the room's subject
+        delivers them (JetStream pushes them under its flow control) instead of a request each.
+        Meant for `contextlib.aclosing`: the consumer is unsubscribed when the run is closed."""
+        if expected <= FEW:
+            current = await self.next(subject, stream_seq)
+            while current is not None and current.stream_seq <= last.stream_seq:
+                yield current
+                if current.stream_seq == last.stream_seq:
+                    return
+                current = await self.next(subject, current.stream_seq + 1)
+            return
+        subscription = await self._js.subscribe(
+            subject,
+            stream=self.stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=stream_seq
+            ),
+        )
+        try:
+            while True:
+                msg = await subscription.next_msg(timeout=REQUEST_TIMEOUT)
+                stored = self.pushed(msg)
+                if stored.stream_seq > last.stream_seq:
+                    return
+                yield stored
+                if stored.stream_seq == last.stream_seq or not msg.metadata.num_pending:
+                    return
+        finally:
+            with contextlib.suppress(*NATS_ERRORS):
+                await subscription.unsubscribe()
 
     async def count(self, room: str, oldest_kept: int) -> int | None:
         """How many entries `read` would return for the room, given the oldest time kept; None

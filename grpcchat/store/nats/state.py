@@ -1,16 +1,16 @@
 """What the relations of a room's log made of its messages: `RoomState`, an index of one room's
 retained entries kept by each process, and `RoomStates`, a bounded set of them.
 
-Pure bookkeeping, no I/O: `grpcchat.store.nats.store` feeds it the room's stored entries in
-stream order (reading the room once when it is first needed, then its own appends and the
-feed's, or reading on from where it stopped) and asks it what a relation may do, what a read
+Pure bookkeeping, no I/O: the engine feeds it the room's stored entries in stream order
+(`indexes` reads the room once when it is first needed, or reads on from where it stopped; the
+appender and the feed add the appends they see) and asks it what a relation may do, what a read
 returns, and how many entries a room holds or a user has not read.
 
 Why an index and not a fold at each read: JetStream messages are immutable, so a message's
 current state is the fold of every later relation naming it, and those may sit anywhere after
 it in the room (a reaction to the oldest message retained is the newest entry). Folding per
 read would read the whole retained room every time; validating an append needs the same fold.
-The index is built once per room (a request per retained entry, at most the retention count)
+The index is built once per room (a run of its retained entries, at most the retention count)
 and then follows the room: every process sees every append, in order, through the feed, and
 reads on from its last entry when it is behind. It keeps no text but an edit's (the stream has
 the rest), so a full room costs a few MB; `RoomStates` keeps the most recently used rooms up to

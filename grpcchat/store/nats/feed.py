@@ -1,0 +1,114 @@
+"""`Feed`: the `RoomFeed` on JetStream, every room's appends (by any process) in stream order.
+
+One ordered JetStream consumer over every room's subject (one per process, never one per client
+or room), from the stream's end at the first `follow`, and from the last message delivered at
+the next. nats-py's ordered consumer recreates itself after a missed delivery or two missed
+heartbeats; its messages are only ever those JetStream stored (a core subscription would also
+see refused publishes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from grpcchat.core.errors import StoreError
+from grpcchat.core.models import Message
+from grpcchat.store.nats.codec import Stored
+from grpcchat.store.nats.connection import NATS_ERRORS, REQUEST_TIMEOUT, Link, errors
+from grpcchat.store.nats.reader import Reader
+
+log = logging.getLogger("grpcchat.store")
+
+# The feed's consumer sends a heartbeat this often when idle; nats-py recreates it (from the
+# last stream seq delivered) after two missed ones, or when a delivery is missing.
+FEED_HEARTBEAT = 2.0
+
+
+class Feed:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        link: Link,
+        reader: Reader,
+        prefix: str,
+        saw: Callable[[Stored], None],
+    ) -> None:
+        """`saw` is told of every entry before it is delivered (to keep this process's view
+        of the rooms current)."""
+        self._js = js
+        self._link = link
+        self._reader = reader
+        self._prefix = prefix
+        self._saw = saw
+        # The stream seq the feed continues from (set by its first `follow`).
+        self._from = 0
+
+    async def follow(
+        self,
+        deliver: Callable[[Message], None],
+        following: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Deliver every append until the connection is lost (StoreError, at once: what was
+        appended meanwhile is read again by the next call, from the last stream seq delivered)
+        or the store closes; `following` is awaited once subscribed. A call made while nats-py
+        reconnects waits for it, at most REQUEST_TIMEOUT."""
+        if not self._link.up.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await self._link.up.wait()
+            self._link.check_connected("follow the rooms")
+        with errors("follow the rooms"):
+            if not self._from:
+                info = await self._js.stream_info(self._reader.stream)
+                self._from = info.state.last_seq + 1
+            subscription = await self._js.subscribe(
+                f"{self._prefix}>",
+                stream=self._reader.stream,
+                ordered_consumer=True,
+                idle_heartbeat=FEED_HEARTBEAT,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=self._from,
+                ),
+            )
+        loop = asyncio.get_running_loop()
+        consume = loop.create_task(self._consume(subscription, deliver))
+        lost = loop.create_task(self._link.down.wait())
+        try:
+            if following is not None:
+                await following()
+            await asyncio.wait([consume, lost], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            consume.cancel()
+            lost.cancel()
+            await asyncio.wait([consume, lost])
+            with contextlib.suppress(*NATS_ERRORS):
+                await subscription.unsubscribe()
+        if self._link.closing:
+            return
+        if not consume.cancelled():
+            consume.result()  # StoreError, or the subscription ended (the connection closed)
+        raise StoreError(f"lost the connection to NATS ({self._link.where})")
+
+    async def _consume(
+        self, subscription: JetStreamContext.PushSubscription, deliver: Callable[[Message], None]
+    ) -> None:
+        with errors("follow the rooms"):
+            async for msg in subscription.messages:
+                stream_seq = msg.metadata.sequence.stream
+                if stream_seq < self._from:
+                    continue  # replayed by a recreated consumer: delivered already
+                self._from = stream_seq + 1
+                try:
+                    stored = self._reader.pushed(msg)
+                except StoreError:
+                    log.warning("skipping a message that is not grpcchat's: %s", msg.subject)
+                    continue
+                self._saw(stored)
+                deliver(stored.message)
