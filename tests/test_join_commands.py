@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
+from grpcchat.cli import render
 from grpcchat.cli.interactive import HELP
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
@@ -224,8 +225,9 @@ async def test_who_and_rooms_list_members_and_counts(
         await alice.expect(r"#lobby: alice, bob")
         await alice.expect(r"#games: bob")
         await alice.expect(r"#games: bob")  # a leading '#' is accepted
-        await alice.expect(r"\s*room\s+members\s+messages\s*")
-        await alice.expect(r"\s*#games\s+1\s+1\s*")
+        # Alice's unread counts: bob's message in #games (none in the lobby: blank).
+        await alice.expect(r"\s*room\s+members\s+messages\s+unread\s*")
+        await alice.expect(r"\s*#games\s+1\s+1\s+1\s*")
         await alice.expect(r"\s*#lobby\s+2\s+0\s*")
 
 
@@ -394,8 +396,13 @@ def terminal(server_process: ServerProcess) -> Iterator[Terminal]:
         alice.close()
 
 
+# In a terminal a room message's line starts with its handle (its seq), then the time.
+HANDLE = r" *\d+ "
+
+
 def _rows(alice: Terminal, pattern: str) -> list[int]:
-    return [i for i, line in enumerate(alice.lines()) if re.fullmatch(pattern, line)]
+    """Rows of messages `pattern` matches (after the handle)."""
+    return [i for i, line in enumerate(alice.lines()) if re.fullmatch(HANDLE + pattern, line)]
 
 
 def test_unknown_command_in_a_terminal_is_one_red_line(terminal: Terminal) -> None:
@@ -422,7 +429,7 @@ def test_markup_in_a_terminal_is_neither_styled_nor_hidden(
     send_as(server_process.addr, "bob", text)
     alice.wait_for(lambda: bool(_rows(alice, said("bob", text))), "bob's message")
     (row,) = _rows(alice, said("bob", text))
-    cells = alice.cells(row, len("00:00:00 bob: "), len(text))
+    cells = alice.cells(row, render.HANDLE_WIDTH + 1 + len("00:00:00 bob: "), len(text))
     assert "".join(c.data for c in cells) == text
     assert not any(c.bold for c in cells), alice.dump()
     assert {c.fg for c in cells} == {"default"}

@@ -25,6 +25,10 @@ from tests.tty import Terminal, rendered_style
 pytestmark = pytest.mark.timeout(20)
 
 TIME = r"\d\d:\d\d:\d\d"
+# In a terminal a room message's line starts with its handle: its seq, right-aligned.
+HANDLE = r" *\d+ "
+# Where the time starts on such a line.
+TIME_COLUMN = render.HANDLE_WIDTH + 1
 READY_HINT = "type a message and press Enter"
 
 
@@ -105,7 +109,7 @@ def observer(server_process: ServerProcess) -> Iterator[Observer]:
 
 
 def message_rows(terminal: Terminal, sender: str, text: str) -> list[str]:
-    pattern = re.compile(rf"{TIME} {re.escape(sender)}: {re.escape(text)}")
+    pattern = re.compile(rf"{HANDLE}{TIME} {re.escape(sender)}: {re.escape(text)}")
     return [line for line in terminal.lines() if pattern.fullmatch(line)]
 
 
@@ -136,7 +140,7 @@ def test_incoming_message_prints_above_half_typed_input(
     # it, and the half-typed text is nowhere else (not mixed into bob's line).
     assert lines[-1] == "> half-typ", alice.dump()
     assert alice.screen.cursor.y == len(lines) - 1
-    assert re.fullmatch(rf"{TIME} bob: incoming!", lines[-2]), alice.dump()
+    assert re.fullmatch(rf"{HANDLE}{TIME} bob: incoming!", lines[-2]), alice.dump()
     assert [line for line in lines if "half-typ" in line] == ["> half-typ"], alice.dump()
 
     alice.type("ed\r")
@@ -205,7 +209,7 @@ def test_own_message_is_shown_once_with_local_time_and_colour(
     others = [line for line in alice.lines() if "mine" in line and line not in rows]
     assert others == ["> mine"], alice.dump()
 
-    shown = datetime.strptime(rows[0][:8], "%H:%M:%S")
+    shown = datetime.strptime(rows[0][TIME_COLUMN : TIME_COLUMN + 8], "%H:%M:%S")
     now = datetime.now(CHILD_OFFSET)
     seconds = (now.hour * 3600 + now.minute * 60 + now.second) - (
         shown.hour * 3600 + shown.minute * 60 + shown.second
@@ -215,11 +219,11 @@ def test_own_message_is_shown_once_with_local_time_and_colour(
     )
 
     row = alice.row_of(rows[0])
-    name_cells = alice.cells(row, 9, len("alice"))
+    name_cells = alice.cells(row, TIME_COLUMN + 9, len("alice"))
     expected = rendered_style(render.sender_style("alice"))
     assert {(c.fg, c.bold) for c in name_cells} == {(expected.fg, expected.bold)}
     assert expected.fg != "default"
-    text_cells = alice.cells(row, 9 + len("alice: "), len("mine"))
+    text_cells = alice.cells(row, TIME_COLUMN + 9 + len("alice: "), len("mine"))
     assert {c.fg for c in text_cells} == {"default"}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,11 +31,20 @@ def join(
 ) -> None:
     """Chat interactively. Type messages; /help lists commands; exit or Ctrl-D leaves.
 
-    In the session: /join ROOM, /leave, /rooms, /who, /msg NAME TEXT, /me ACTION, /history N.
-    If the server goes away the session reconnects and resumes where it was, nothing missed.
-    With stdin not a terminal, each line read is sent as a message.
+    In the session: /join ROOM, /leave, /rooms, /who, /msg NAME TEXT,
+    /me ACTION, /history N. In a terminal each message line starts with its
+    number N, dimmed: /reply N TEXT answers it, /edit [N] TEXT and /delete [N]
+    change your own (default: your last), /react N 👍 and /unreact N 👍 react.
+    Who is typing shows at the bottom; a room entered with unread messages
+    marks where they start (── unread ──); /rooms shows unread counts.
 
-    Example: grpcchat join --name alice --room lobby,games
+    If the server goes away the session reconnects and resumes where it was,
+    nothing missed. With stdin not a terminal, each line read is sent as a
+    message.
+
+    Examples:
+      grpcchat join --name alice --room lobby,games
+      then, in the session: /reply 12 sure!  /edit 13 sure, at 5  /react 12 👍
     """
     from grpcchat.cli.interactive import JoinOptions, run_join
 
@@ -48,6 +57,11 @@ def join(
         name = typer.prompt("Enter your name")
     options = JoinOptions(name, _rooms(room), history, interactive)
     run(run_join(client, options, console))
+
+
+def _change_option(flag: str, help: str) -> Any:
+    """An option naming the message a send changes or answers."""
+    return typer.Option(flag, metavar="ID", help=help, show_default=False)
 
 
 @connection
@@ -74,18 +88,58 @@ def send(
         ),
     ] = "",
     as_json: Annotated[bool, json_option("Print one JSON object per accepted message.")] = False,
+    edit: Annotated[
+        str, _change_option("--edit", "Edit your message ID: TEXT is its new text.")
+    ] = "",
+    delete: Annotated[str, _change_option("--delete", "Delete your message ID (no TEXT).")] = "",
+    react: Annotated[
+        str, _change_option("--react", "React to message ID: TEXT is the emoji.")
+    ] = "",
+    unreact: Annotated[
+        str, _change_option("--unreact", "Take back your reaction TEXT to message ID.")
+    ] = "",
+    reply_to: Annotated[
+        str, _change_option("--reply-to", "Send TEXT as a reply to message ID.")
+    ] = "",
 ) -> None:
     """Send messages and exit once the server accepted every one.
 
     Transient failures are retried with the same key until --timeout.
-    Exit codes: 0 sent, 1 local setup problem, 3 server unreachable, 4 rejected, 5 timed out,
-    6 not authenticated.
 
-    Examples: grpcchat send --name bot "deploy done"; make 2>&1 | grpcchat send --room ci --json
+    Edit, delete or react to a message, or answer it, by its ID: its id
+    (as --json prints it) or its seq in --room. One of --edit, --delete,
+    --react, --unreact, --reply-to per send; --json prints what the server
+    accepted (for a change, the entry that made it).
+
+    Exit codes: 0 sent, 1 local setup problem, 2 bad usage, 3 server
+    unreachable, 4 rejected (bad input, no such message), 5 timed out,
+    6 not authenticated or not allowed (someone else's message).
+
+    Examples:
+      grpcchat send --name bot "deploy done"
+      make 2>&1 | grpcchat send --room ci --json
+      grpcchat send --edit 12 "deploy done, for real"
+      grpcchat send --react 12 🎉
+      grpcchat send --reply-to 12 "thanks!"
+      grpcchat send --delete 3f0c0d5f6a8b4a40b7d1f9b2a1e4c7d9
     """
     # The fast path (`grpcchat.cli.fast`) parses these same options without Typer for a
     # plain `grpcchat send`; both end here.
-    post(client, text, name=name, room=room, to=to, action=action, key=key, as_json=as_json)
+    post(
+        client,
+        text,
+        name=name,
+        room=room,
+        to=to,
+        action=action,
+        key=key,
+        as_json=as_json,
+        edit=edit,
+        delete=delete,
+        react=react,
+        unreact=unreact,
+        reply_to=reply_to,
+    )
 
 
 def _rooms(values: list[str] | None) -> tuple[str, ...]:

@@ -41,6 +41,11 @@ VALUE_OPTIONS: dict[str, str] = {
     "--tls-ca": "tls_ca",
     "--tls-cert": "tls_cert",
     "--tls-key": "tls_key",
+    "--edit": "edit",
+    "--delete": "delete",
+    "--react": "react",
+    "--unreact": "unreact",
+    "--reply-to": "reply_to",
 }
 FLAGS: dict[str, str] = {"--me": "action", "--json": "as_json", "--tls": "tls"}
 ENVVARS: dict[str, str] = {
@@ -81,6 +86,16 @@ class SendCommand(NamedTuple):
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    edit: str = ""
+    delete: str = ""
+    react: str = ""
+    unreact: str = ""
+    reply_to: str = ""
+
+
+# The options that make a send change (or answer) an earlier message: `posting.post` checks
+# how they combine, for both paths.
+CHANGES = ("edit", "delete", "react", "unreact", "reply_to")
 
 
 def main() -> None:
@@ -151,7 +166,18 @@ def parse_send(args: Sequence[str], environ: Mapping[str, str]) -> SendCommand |
         envvar = ENVVARS.get(parameter)
         return (environ.get(envvar) or None) if envvar else None
 
-    texts = ("name", "room", "to", "key", "addr", "token", "tls_ca", "tls_cert", "tls_key")
+    texts = (
+        "name",
+        "room",
+        "to",
+        "key",
+        "addr",
+        "token",
+        "tls_ca",
+        "tls_cert",
+        "tls_key",
+        *CHANGES,
+    )
     values: dict[str, object] = {p: v for p in texts if (v := lookup(p)) is not None}
     if (timeout := lookup("timeout")) is not None:
         if not _plain_number(timeout) or float(timeout) < _MIN_TIMEOUT:
@@ -209,6 +235,11 @@ def run_send(command: SendCommand) -> None:
             action=command.action,
             key=command.key,
             as_json=command.as_json,
+            edit=command.edit,
+            delete=command.delete,
+            react=command.react,
+            unreact=command.unreact,
+            reply_to=command.reply_to,
         )
     except KeyboardInterrupt:
         raise SystemExit(130) from None

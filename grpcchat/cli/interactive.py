@@ -4,6 +4,11 @@ Incoming events print above a prompt_toolkit input line, so half-typed input sur
 What the user types becomes actions run in order by one worker task: the prompt never waits on
 the network, and leaving waits until everything typed has been done. With stdin not a terminal,
 each line is read the same way and nothing is decorated.
+
+In a terminal, each message line starts with its seq in the room (dimmed): the handle to type
+in `/edit 12 ...`, `/react 12 👍`, `/reply 12 ...`. Who is typing shows in the prompt's bottom
+toolbar; what the user types is announced likewise; what is shown is marked read (at most once
+a second), and a room entered with unread messages shows where they start.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ import asyncio
 import contextlib
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, RenderableType
+from rich.text import Text
 
 from grpcchat.cli import render
+from grpcchat.cli.timeline import Timeline
+from grpcchat.cli.typists import TypingSender, Typists, typing_line
 from grpcchat.client import ChatClient, ChatSession, Connected, Reconnecting
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.errors import ChatError, RemoteError
@@ -27,22 +35,37 @@ from grpcchat.core.models import (
     HistoryGap,
     Message,
     PresenceChange,
+    ReadMarker,
+    Relation,
+    RelationKind,
     RequestRefused,
     RoomJoined,
     RoomLeft,
+    Typing,
 )
+
+if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
 
 QUIT_COMMANDS = frozenset({"exit", "/quit", "/exit"})
 HELP = """\
 /join ROOM       enter a room; plain lines then go there
 /leave [ROOM]    leave a room (default: the current one)
-/rooms           rooms with members or history
+/rooms           rooms with members, history and your unread counts
 /who [ROOM]      who is in a room
 /msg NAME TEXT   a direct message, seen by NAME only
 /me ACTION       an action: * you ACTION
+/reply N TEXT    answer message N (the number a line starts with)
+/edit [N] TEXT   new text for your message N (default: your last one)
+/delete [N]      delete your message N (default: your last one)
+/react N EMOJI   react to message N; /unreact N EMOJI takes it back
 /history [N]     the last N messages of the current room
 /help            this list
 /quit, exit      leave (Ctrl-D and Ctrl-C too)"""
+# Read markers go out at most this often (seconds).
+MARK_READ_EVERY = 1.0
+# How long leaving waits for the last read marker and typing notice to go out (seconds).
+CLOSING_WAIT = 1.0
 
 Action = Callable[[], Awaitable[None]]
 
@@ -64,11 +87,33 @@ class _Chatroom:
         self.current: str | None = session.rooms[0] if session.rooms else None
         self.connected = asyncio.Event()
         self.actions: asyncio.Queue[Action | None] = asyncio.Queue()
-        # Rooms whose first join is still replaying: that history is shown dimmed.
-        self._first_replay: set[str] = set(session.rooms)
+        self.timeline = Timeline(
+            session.name, several=self._several, handles=interactive, unread=interactive
+        )
+        for room in session.rooms:
+            self.timeline.joining(room, first=True)
+        self.typists = Typists()
+        self._typing = TypingSender()
+        self._prompt: PromptSession[str] | None = None
+        self._toolbar_refresh: asyncio.TimerHandle | None = None
+        # Read markers: where each room's is (as far as this session knows), and a pending
+        # flush of the ones to move.
+        self._read: dict[str, int] = {}
+        self._mark_flush: asyncio.TimerHandle | None = None
+        self._marked_at = 0.0
+        # Typing notices and read markers are sent in the background; kept until done.
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _several(self, room: str) -> bool:
+        # A room just left (its messages may still be on the way) is labelled too.
+        return len(self.session.rooms) > 1 or room not in self.session.rooms
 
     def show(self, line: RenderableType) -> None:
         self.console.print(line, soft_wrap=True)
+
+    def show_all(self, lines: list[Text]) -> None:
+        for line in lines:
+            self.show(line)
 
     def fail(self, text: str) -> None:
         self.show(render.render_error(text))
@@ -78,26 +123,43 @@ class _Chatroom:
         async for event in self.session.events():
             match event:
                 case Message():
-                    # A room just left (its messages may still be on the way) is labelled too.
-                    several = len(self.session.rooms) > 1 or event.room not in self.session.rooms
-                    replayed = event.room in self._first_replay
-                    self.show(render.render_message(event, show_room=several, replayed=replayed))
+                    self.show_all(self.timeline.message(event))
+                    if event.room and self.typists.stopped(event.room, event.sender):
+                        self._refresh_toolbar()
+                    self._shown(event.room)
+                case Typing():
+                    if self.interactive and event.name != self.session.name:
+                        self.typists.update(event)
+                        self._refresh_toolbar()
+                case ReadMarker():
+                    self._read[event.room] = max(self._read.get(event.room, 0), event.seq)
                 case PresenceChange():
                     self.show(render.render_presence(event))
                 case RoomJoined():
-                    self._first_replay.discard(event.room)
+                    self._read[event.room] = max(self._read.get(event.room, 0), event.read_seq)
+                    self.show_all(self.timeline.joined(event))
                     if self.interactive:
                         self.show(render.render_joined(event))
+                    self._shown(event.room)
                 case RoomLeft():
                     self.show(render.render_notice(f"left #{event.room}"))
                 case HistoryGap():
                     self.show(render.render_gap(event))
                 case RequestRefused():
-                    self._first_replay.discard(event.room)
+                    if event.room in self.session.rooms:
+                        # Not a join (the session would have given the room up): a typing
+                        # notice or read marker. One refused for rate is no news.
+                        if event.code != "RESOURCE_EXHAUSTED":
+                            self.fail(f"#{event.room}: {event.reason}")
+                        continue
+                    self.timeline.unjoined(event.room)
                     if self.current == event.room:  # a refused /join: stay where we were
                         self.current = self.session.rooms[-1] if self.session.rooms else None
                     self.fail(f"#{event.room}: {event.reason}")
                 case Connected():
+                    if event.legacy:
+                        for room in event.rooms:
+                            self.timeline.unjoined(room)
                     if self.interactive:
                         where = ", ".join(f"#{r}" for r in event.rooms)
                         if event.legacy:
@@ -110,6 +172,7 @@ class _Chatroom:
                     self.connected.set()
                 case Reconnecting():
                     self.connected.clear()
+                    self.timeline.reconnecting(self.session.rooms)
                     # With several addresses the next attempt is at another: say which.
                     where = f"; next: {event.addr}" if self.client.connection.several else ""
                     self.show(
@@ -161,6 +224,16 @@ class _Chatroom:
                 return lambda: self._say(text, recipient=name)
             case "/me" if rest:
                 return lambda: self._say(rest, action=True)
+            case "/reply" if len(parts := rest.split(maxsplit=1)) == 2 and _is_handle(parts[0]):
+                return lambda: self._reply(int(parts[0]), parts[1])
+            case "/edit" if rest and not _is_handle(rest):
+                handle, text = _handle_and_text(rest)
+                return lambda: self._change(RelationKind.EDIT, handle, text)
+            case "/delete" if not rest or _is_handle(rest):
+                return lambda: self._change(RelationKind.DELETE, int(rest) if rest else None)
+            case "/react" | "/unreact" if len(parts := rest.split()) == 2 and _is_handle(parts[0]):
+                kind = RelationKind.REACT if command == "/react" else RelationKind.UNREACT
+                return lambda: self._change(kind, int(parts[0]), parts[1])
             case "/history" if not rest or (rest.isdigit() and 0 < int(rest) <= 1000):
                 count = int(rest) if rest else 20
                 return lambda: self._history(count)
@@ -170,16 +243,52 @@ class _Chatroom:
                 self.fail(f"unknown or incomplete command {command!r}; /help lists them")
         return None
 
-    async def _say(self, text: str, *, recipient: str = "", action: bool = False) -> None:
+    async def _say(
+        self, text: str, *, recipient: str = "", action: bool = False, reply_to: str = ""
+    ) -> None:
         if not recipient and self.current is None:
             raise ChatError("you are in no room; /join one first")
-        await self.session.send(text, self.current or "", recipient=recipient, action=action)
+        self._typing_notices(self._typing.sent())
+        sent = await self.session.send(
+            text, self.current or "", recipient=recipient, action=action, reply_to=reply_to
+        )
+        self.timeline.sent(sent.message)
+
+    async def _reply(self, seq: int, text: str) -> None:
+        target = await self._message(seq)
+        await self._say(text, reply_to=target.id)
+
+    async def _change(self, kind: RelationKind, seq: int | None, text: str = "") -> None:
+        """Edit (`text`: the new text), delete, react or unreact (`text`: the emoji) message
+        `seq` of the current room; None: the user's last message there."""
+        room = self.current
+        if room is None:
+            raise ChatError("you are in no room; /join one first")
+        if seq is None:
+            target = self.timeline.log(room).last_of(self.session.name)
+            if target is None:
+                verb = kind.value
+                raise ChatError(f"no message of yours in #{room} to {verb}; /{verb} N names one")
+        else:
+            target = await self._message(seq)
+        emoji = text if kind in (RelationKind.REACT, RelationKind.UNREACT) else ""
+        body = text if kind is RelationKind.EDIT else ""
+        await self.session.send(body, room, relation=Relation(kind, target.id, emoji))
+
+    async def _message(self, seq: int) -> Message:
+        """Message `seq` of the current room: as shown, or asked of the server."""
+        room = self.current
+        if room is None:
+            raise ChatError("you are in no room; /join one first")
+        shown = self.timeline.log(room).at(seq)
+        return shown if shown is not None else await self.client.message_at(room, seq)
 
     async def _join(self, room: str) -> None:
         if room not in self.session.rooms:
-            self._first_replay.add(room)
+            self.timeline.joining(room, first=True)
         await self.session.join(room)
         self.current = room
+        self._refresh_toolbar()
 
     async def _leave(self, room: str | None) -> None:
         if room is None or room not in self.session.rooms:
@@ -187,9 +296,11 @@ class _Chatroom:
         await self.session.leave(room)
         if self.current == room:
             self.current = self.session.rooms[-1] if self.session.rooms else None
+        self._refresh_toolbar()
 
     async def _rooms(self) -> None:
-        self.show(render.render_rooms(await self.client.rooms()))
+        rooms = await self.client.rooms(name=self.session.name)
+        self.show(render.render_rooms(rooms, unread=True))
 
     async def _who(self, room: str | None) -> None:
         if room is None:
@@ -199,12 +310,100 @@ class _Chatroom:
     async def _history(self, count: int) -> None:
         if self.current is None:
             raise ChatError("you are in no room")
-        latest = await self.client.history(self.current, limit=count, newest_first=True)
-        for message in reversed(latest):
-            self.show(render.render_message(message, replayed=True))
+        self.show_all(self.timeline.history(await self.client.latest(self.current, limit=count)))
+
+    # -- typing notices ---------------------------------------------------------------------
+
+    def attach(self, prompt: PromptSession[str]) -> None:
+        """Show who is typing in `prompt`'s bottom toolbar, and tell the room as the user
+        types into it."""
+        self._prompt = prompt
+        prompt.default_buffer.on_text_changed += lambda buffer: self._typing_notices(
+            self._typing.edited(self.current, buffer.text)
+        )
+
+    def _typing_notices(self, notices: list[tuple[str, bool]]) -> None:
+        if not self.interactive or self.session.legacy:
+            return
+        for room, active in notices:
+            self._in_background(self.session.typing(room, active))
+
+    def _refresh_toolbar(self) -> None:
+        """Show who is typing in the current room, until the next notice expires."""
+        prompt = self._prompt
+        if prompt is None:
+            return
+        line = typing_line(self.typists.names(self.current)) if self.current else ""
+        prompt.bottom_toolbar = f" {line}" if line else None
+        prompt.app.invalidate()
+        if self._toolbar_refresh is not None:
+            self._toolbar_refresh.cancel()
+            self._toolbar_refresh = None
+        expiry = self.typists.next_expiry()
+        if expiry is not None:
+            loop = asyncio.get_running_loop()
+            self._toolbar_refresh = loop.call_later(expiry + 0.05, self._refresh_toolbar)
+
+    # -- read markers -----------------------------------------------------------------------
+
+    def _shown(self, room: str) -> None:
+        """Messages of `room` were shown: its read marker moves up to them, soon."""
+        if not self.interactive or self._mark_flush is not None or self.session.legacy:
+            return
+        if self.timeline.latest.get(room, 0) <= self._read.get(room, 0):
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._marked_at + MARK_READ_EVERY - loop.time())
+        self._mark_flush = loop.call_later(delay, self._mark_read)
+
+    def _mark_read(self) -> None:
+        self._mark_flush = None
+        self._marked_at = asyncio.get_running_loop().time()
+        for room, seq in self.timeline.latest.items():
+            if room in self.session.rooms and seq > self._read.get(room, 0):
+                self._read[room] = seq
+                self._in_background(self.session.mark_read(room, seq))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Typing notices and read markers: nothing waits for them, and a failure of one
+        (the session is gone) is no news to the user."""
+
+        async def run() -> None:
+            with contextlib.suppress(ChatError):
+                await work
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """The session is ending: mark read what was shown since the last marker went out,
+        let what is in the background finish (briefly), stop the rest."""
+        if self._toolbar_refresh is not None:
+            self._toolbar_refresh.cancel()
+        if self._mark_flush is not None:
+            self._mark_flush.cancel()
+            self._mark_read()
+        if self._background:
+            await asyncio.wait(self._background, timeout=CLOSING_WAIT)
+        for task in self._background:
+            task.cancel()
 
 
-async def _typed_lines(interactive: bool) -> AsyncIterator[str]:
+def _is_handle(word: str) -> bool:
+    """A message's short handle: its seq, all ASCII digits."""
+    return word.isascii() and word.isdigit() and len(word) <= 19
+
+
+def _handle_and_text(rest: str) -> tuple[int | None, str]:
+    """`12 new text` or `new text` (the user's last message)."""
+    first, _, text = rest.partition(" ")
+    if _is_handle(first) and text.strip():
+        return int(first), text.strip()
+    return None, rest
+
+
+async def _typed_lines(room: _Chatroom, interactive: bool) -> AsyncIterator[str]:
     if not interactive:
         # A daemon thread, not the default executor: a blocked read must not keep the process
         # alive after the session has ended (asyncio.run waits for executor threads).
@@ -224,6 +423,7 @@ async def _typed_lines(interactive: bool) -> AsyncIterator[str]:
     from prompt_toolkit import PromptSession
 
     prompt: PromptSession[str] = PromptSession()
+    room.attach(prompt)
     while True:
         try:
             yield await prompt.prompt_async("> ")
@@ -255,6 +455,7 @@ async def run_join(config: ClientConfig, options: JoinOptions, console: Console)
             for task in (typing, worker):
                 if task is not None:
                     task.cancel()
+            await room.aclose()
             await session.aclose()
             receiver.cancel()
 
@@ -276,6 +477,6 @@ async def _read_input(room: _Chatroom, interactive: bool) -> None:
     else:
         context = nullcontext()
     with context:
-        async for line in _typed_lines(interactive):
+        async for line in _typed_lines(room, interactive):
             if not room.handle(line):
                 break

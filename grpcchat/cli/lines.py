@@ -23,6 +23,10 @@ class StyledLine(NamedTuple):
         return "".join(text for text, _ in self.pieces)
 
 
+# What `grpcchat send` says it did to a message: "(edited 3f0c...)".
+_CHANGES = {"edit": "edited", "delete": "deleted", "react": "reacted", "unreact": "took back"}
+
+
 def local_time(moment: datetime) -> str:
     return moment.astimezone().strftime("%H:%M:%S")
 
@@ -42,6 +46,12 @@ def sent_line(message: Message, duplicate: bool = False) -> StyledLine:
     pieces.append((f" {local_time(message.sent_at)}", "dim"))
     if message.id:
         pieces.append((f" id {message.id}", "dim"))
+    if message.relation is not None:
+        what = _CHANGES[message.relation.kind.value]
+        emoji = f" {message.relation.emoji}" if message.relation.emoji else ""
+        pieces.append((f" ({what}{emoji} {message.relation.target})", ""))
+    elif message.reply_to:
+        pieces.append((f" (reply to {message.reply_to})", ""))
     if duplicate:
         pieces.append((" (already sent: not posted again)", "yellow"))
     return StyledLine("green", tuple(pieces))

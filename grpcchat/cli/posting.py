@@ -48,24 +48,107 @@ def post(
     action: bool,
     key: str,
     as_json: bool,
+    edit: str = "",
+    delete: str = "",
+    react: str = "",
+    unreact: str = "",
+    reply_to: str = "",
 ) -> None:
-    """Send `text` (None or "-": each line of stdin) and print each accepted message."""
+    """Send `text` (None or "-": each line of stdin) and print each accepted message.
+
+    At most one of `edit`, `delete`, `react`, `unreact` (a message id, or its seq in `room`)
+    changes that message instead: an edit's new text, a reaction's emoji is `text`; `reply_to`
+    makes each message a reply."""
+    changes = {
+        "--edit": edit,
+        "--delete": delete,
+        "--react": react,
+        "--unreact": unreact,
+        "--reply-to": reply_to,
+    }
+    given = [option for option, target in changes.items() if target]
+    if len(given) > 1:
+        fail(f"{given[0]} and {given[1]} cannot be used together: one change per send", EXIT_USAGE)
+    if given and to:
+        fail(f"{given[0]} is for room messages: direct messages are not kept", EXIT_USAGE)
+    sender = name if name is not None else token_name(client.token) or _login()
+    if given and given[0] != "--reply-to":
+        option = given[0]
+        if action:
+            fail(f"--me is for new messages, not {option}", EXIT_USAGE)
+        body = _change_text(option, text)
+        _post_change(client, sender, option, changes[option], body, room, key, as_json)
+        return
     from grpcchat.client.oneshot import send_lines
 
     lines = [text] if text not in (None, "-") else stdin_lines()
     if key and len(lines) > 1:
         fail("--key applies to a single message; stdin has several")
-    sender = name if name is not None else token_name(client.token) or _login()
 
     def accepted(sent: Sent) -> None:
-        if as_json:
-            import json
+        _print_sent(sent, as_json)
 
-            print(json.dumps(message_as_json(sent.message, sent.duplicate)), flush=True)
-        else:
-            emit(sent_line(sent.message, sent.duplicate))
+    run(
+        send_lines(
+            client,
+            sender,
+            lines,
+            accepted,
+            room=room,
+            to=to,
+            action=action,
+            key=key,
+            reply_to=reply_to,
+        )
+    )
 
-    run(send_lines(client, sender, lines, accepted, room=room, to=to, action=action, key=key))
+
+def _change_text(option: str, text: str | None) -> str:
+    """What goes with `option`: an edit's new text (the argument, or the one line of stdin), a
+    reaction's emoji (the argument), nothing for a delete; or exit 2 saying what is missing."""
+    if option == "--delete":
+        if text is not None:
+            fail(f"--delete takes no text (got {text!r})", EXIT_USAGE)
+        return ""
+    if option in ("--react", "--unreact"):
+        if text in (None, "-"):
+            fail(f"{option} ID EMOJI: the emoji is missing", EXIT_USAGE)
+        assert text is not None
+        return text
+    if text not in (None, "-"):
+        assert text is not None
+        return text
+    lines = stdin_lines()
+    if len(lines) != 1:
+        fail(f"--edit ID TEXT takes one text; stdin had {len(lines)} lines", EXIT_USAGE)
+    return lines[0]
+
+
+def _post_change(
+    client: ClientConfig,
+    sender: str,
+    option: str,
+    target: str,
+    text: str,
+    room: str,
+    key: str,
+    as_json: bool,
+) -> None:
+    from grpcchat.client.oneshot import send_relation
+    from grpcchat.core.models import RelationKind
+
+    kind = RelationKind(option.removeprefix("--"))
+    sent = run(send_relation(client, sender, kind, target, text, room=room, key=key))
+    _print_sent(sent, as_json)
+
+
+def _print_sent(sent: Sent, as_json: bool) -> None:
+    if as_json:
+        import json
+
+        print(json.dumps(message_as_json(sent.message, sent.duplicate)), flush=True)
+    else:
+        emit(sent_line(sent.message, sent.duplicate))
 
 
 def token_name(token: str) -> str | None:

@@ -8,13 +8,22 @@ import zlib
 from typing import TYPE_CHECKING
 
 from rich import box
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from grpcchat.cli.lines import StyledLine, error_line, local_time, sent_line
+from grpcchat.core.history import MAX_UNREAD
 
 if TYPE_CHECKING:
     from grpcchat.core.models import HistoryGap, Message, PresenceChange, RoomInfo, RoomJoined
+
+# Width of a message's handle (its seq, right-aligned) at the start of a line in `join`.
+HANDLE_WIDTH = 4
+# Characters of a quoted message shown above a reply.
+QUOTE_LENGTH = 60
+DELETED = "message deleted"
+UNREAD_DIVIDER = "── unread ──"
 
 # Readable on dark and light terminals; a sender keeps its colour across runs and machines.
 _SENDER_COLOURS = (
@@ -37,11 +46,20 @@ def sender_style(name: str) -> str:
     return "bold " + _SENDER_COLOURS[zlib.crc32(name.encode()) % len(_SENDER_COLOURS)]
 
 
-def render_message(message: Message, *, show_room: bool = False, replayed: bool = False) -> Text:
+def render_message(
+    message: Message, *, show_room: bool = False, replayed: bool = False, handle: bool = False
+) -> Text:
     """`14:40:12 grace: Hello World?` with the time dimmed and the sender in its colour;
     `* grace waves` for an action, `[grace → bob]` for a direct message. Replayed history is
-    dimmed as a whole."""
+    dimmed as a whole. In its current state: `(edited)` after edited text, and a deleted
+    message dimmed as `grace: message deleted`.
+
+    With `handle`, the line starts with the message's seq, dimmed (`  12 14:40:12 grace: ...`):
+    what a person types to edit, delete, react or reply to it."""
     line = Text()
+    if handle:
+        line.append(f"{message.seq:>{HANDLE_WIDTH}} " if message.seq else " " * (HANDLE_WIDTH + 1))
+        line.stylize("dim")
     line.append(local_time(message.sent_at), style="dim")
     line.append(" ")
     if message.recipient:
@@ -52,6 +70,12 @@ def render_message(message: Message, *, show_room: bool = False, replayed: bool 
         line.append("] ", style="magenta")
     elif show_room:
         line.append(f"#{message.room} ", style="dim cyan")
+    if message.deleted:
+        line.append(message.sender, style=sender_style(message.sender))
+        line.append(": ")
+        line.append(DELETED, style="italic")
+        line.stylize("dim")
+        return line
     if message.action:
         line.append("* ", style="italic")
         line.append(message.sender, style=sender_style(message.sender))
@@ -62,9 +86,97 @@ def render_message(message: Message, *, show_room: bool = False, replayed: bool 
             line.append(message.sender, style=sender_style(message.sender))
             line.append(": ")
         line.append(message.text)
+    if message.edited_at is not None:
+        line.append(" (edited)", style="dim")
     if replayed:
         line.stylize("dim")
     return line
+
+
+def render_post(
+    message: Message,
+    *,
+    quoted: Message | None = None,
+    show_room: bool = False,
+    replayed: bool = False,
+    handle: bool = False,
+) -> Text:
+    """A message as a person reads it: a one-line quote of what it replies to (`quoted`, the
+    message named by its `reply_to`, None if not at hand), the message line, and its reactions
+    on a line of their own."""
+    lines = []
+    if message.reply_to:
+        lines.append(render_quote(quoted, handle=handle))
+    lines.append(render_message(message, show_room=show_room, replayed=replayed, handle=handle))
+    if message.reactions:
+        lines.append(render_reactions(message, handle=handle))
+    post = Text("\n").join(lines)
+    if replayed:
+        post.stylize("dim")
+    return post
+
+
+def render_quote(quoted: Message | None, *, handle: bool = False) -> Text:
+    """`  ┌ alice: the text it answers, up to 60 characters…`, dimmed."""
+    line = Text(_indent(handle) + "┌ ", style="dim")
+    if quoted is None:
+        line.append("a message not shown here", style="italic")
+        return line
+    if quoted.seq and handle:
+        line.append(f"{quoted.seq} ")
+    line.append(quoted.sender, style="dim " + sender_style(quoted.sender))
+    line.append(": ")
+    if quoted.deleted:
+        line.append(DELETED, style="italic")
+    else:
+        text = " ".join(quoted.text.split())
+        line.append(text if len(text) <= QUOTE_LENGTH else text[: QUOTE_LENGTH - 1] + "…")
+    return line
+
+
+def render_reactions(message: Message, *, handle: bool = False, changed: bool = False) -> Text:
+    """`  ↳ 👍 alice, bob · 🎉 carol`: the message's reactions, compact. `changed`: a line of
+    its own telling the reactions changed, naming the message (`  ↳ 12 👍 alice`)."""
+    line = Text(_indent(handle) + "↳ ", style="dim")
+    if changed and message.seq:
+        line.append(f"{message.seq} ", style="dim")
+    for i, reaction in enumerate(message.reactions):
+        if i:
+            line.append(" · ", style="dim")
+        line.append(f"{reaction.emoji} ")
+        line.append(", ".join(reaction.names), style="dim")
+    if not message.reactions:
+        line.append("no reactions", style="dim italic")
+    return line
+
+
+def render_unseen_change(entry: Message) -> Text:
+    """An edit, delete or reaction of a message not shown here (too old, or never seen)."""
+    relation = entry.relation
+    assert relation is not None
+    line = Text(f"{local_time(entry.sent_at)} ", style="dim")
+    line.append(entry.sender, style="dim " + sender_style(entry.sender))
+    match relation.kind.value:
+        case "edit":
+            line.append(" edited an earlier message: ", style="dim")
+            line.append(entry.text)
+        case "delete":
+            line.append(" deleted an earlier message", style="dim")
+        case "react":
+            line.append(f" reacted {relation.emoji} to an earlier message", style="dim")
+        case _:
+            line.append(f" took back {relation.emoji} from an earlier message", style="dim")
+    return line
+
+
+def render_unread() -> Text:
+    """The divider between what was read and what was not."""
+    return Text(UNREAD_DIVIDER, style="bold yellow")
+
+
+def _indent(handle: bool) -> str:
+    """Quote and reaction lines start under the time (with handles: under the handle)."""
+    return " " * (HANDLE_WIDTH - 2) if handle else "  "
 
 
 def render_presence(change: PresenceChange, *, show_room: bool = True) -> Text:
@@ -91,14 +203,25 @@ def render_gap(gap: HistoryGap) -> Text:
     )
 
 
-def render_rooms(rooms: list[RoomInfo]) -> Table:
+def render_rooms(rooms: list[RoomInfo], *, unread: bool = False) -> Table:
+    """The rooms, with the caller's unread counts when `unread` (the server knew the caller)."""
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("room", style="cyan")
     table.add_column("members", justify="right")
     table.add_column("messages", justify="right", style="dim")
+    if unread:
+        table.add_column("unread", justify="right", style="bold")
     for room in rooms:
-        table.add_row(Text(f"#{room.name}"), str(room.members), str(room.messages))
+        cells: list[RenderableType] = [Text(f"#{room.name}"), str(room.members), str(room.messages)]
+        if unread:
+            cells.append(_unread(room.unread))
+        table.add_row(*cells)
     return table
+
+
+def _unread(count: int) -> str:
+    """Blank for none; the server counts up to MAX_UNREAD, so that many reads as "1000+"."""
+    return "" if not count else f"{count}+" if count >= MAX_UNREAD else str(count)
 
 
 def render_members(room: str, members: list[str]) -> Text:

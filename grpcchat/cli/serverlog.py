@@ -47,7 +47,7 @@ LOG_FORMATS = ("text", "json")
 # Records waiting for the listener thread.
 QUEUE_SIZE = 10_000
 # Chat-volume lines: skipped (and counted) rather than waited for when the queue is full.
-CHAT_LOGGERS = frozenset({"grpcchat.messages", "grpcchat.direct"})
+CHAT_LOGGERS = frozenset({"grpcchat.messages", "grpcchat.direct", "grpcchat.relations"})
 
 
 class _SkippingQueueHandler(QueueHandler):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,9 +20,10 @@ from grpcchat.client.channel import Connection
 from grpcchat.client.config import ClientConfig
 from grpcchat.client.errors import retry_after
 from grpcchat.client.events import Sent
+from grpcchat.client.posts import check_accepted, feature, send_request, unsupported
 from grpcchat.core.errors import RemoteError
-from grpcchat.core.models import DEFAULT_ROOM, Message, RoomInfo
-from grpcchat.core.validation import check_name, check_room, check_text
+from grpcchat.core.models import DEFAULT_ROOM, Message, Relation, RoomInfo
+from grpcchat.core.validation import check_name, check_room
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.wire import codec
 
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from grpcchat.client.session import ChatSession
 
 _Reply = TypeVar("_Reply")
+
+# Pages `latest` reads at most to find the messages asked for among edits and reactions.
+MAX_PAGES = 10
 
 
 class ChatClient:
@@ -71,8 +74,13 @@ class ChatClient:
         recipient: str = "",
         action: bool = False,
         key: str = "",
+        reply_to: str = "",
+        relation: Relation | None = None,
     ) -> Sent:
         """Post one message and return it as the server accepted it (id, position, time).
+
+        `reply_to` names the message (same room) this one answers; `relation` makes the post
+        an edit, delete or reaction of an earlier message instead (see `posts.send_request`).
 
         Retries transient failures (unreachable, timeouts, rate limits) until the client's
         timeout, always with the same idempotency key, so a retry never posts twice.
@@ -81,13 +89,15 @@ class ChatClient:
         got through (its answer was lost), so the message was posted by this call.
         """
         own_key = not key
-        request = pb.SendRequest(
-            sender=check_name(sender),
-            text=check_text(text),
-            room=check_room(room),
-            key=key or uuid.uuid4().hex,
-            recipient=check_name(recipient) if recipient else "",
+        request = send_request(
+            sender,
+            text,
+            room,
+            key=key,
+            recipient=recipient,
             action=action,
+            reply_to=reply_to,
+            relation=relation,
         )
         deadline = time.monotonic() + self.config.timeout
         backoff = Backoff(initial=0.1, maximum=2.0)
@@ -104,12 +114,16 @@ class ChatClient:
                     metadata=connection.metadata,
                 )
                 duplicate = response.duplicate and not own_key
-                return Sent(codec.from_proto(response.message), duplicate)
+                message = codec.from_proto(response.message)
+                return Sent(check_accepted(request, message, connection.addr), duplicate)
             except grpc.RpcError as error:
                 code = error.code()
                 if code == grpc.StatusCode.UNIMPLEMENTED:
                     from grpcchat.client import legacy
 
+                    if (what := feature(request)) is not None:
+                        connection.legacy_server = True
+                        raise unsupported(what, connection.addr, legacy.V1_SERVER) from None
                     return await legacy.send_over_chat(connection, request)
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     delay = retry_after(error)
@@ -157,20 +171,76 @@ class ChatClient:
         )
         return [codec.from_proto(m) for m in response.messages]
 
-    async def rooms(self, *, limit: int = 0) -> list[RoomInfo]:
-        """Rooms with members or history, by name: every page (or the first `limit` rooms)."""
+    async def message_at(self, room: str, seq: int) -> Message:
+        """The message at `seq` of `room`, in its current state (one History call): how a
+        person's short handle for a message (its seq) becomes its id. NOT_FOUND when no
+        message is kept there; INVALID_ARGUMENT when that entry is an edit, delete or reaction."""
+        room = check_room(room)
+        found = await self.history(room, after=seq - 1, limit=1) if seq > 0 else []
+        if not found or found[0].seq != seq:
+            raise RemoteError(
+                "NOT_FOUND", f"no message {seq} in #{room} (it may be past retention)"
+            )
+        message = found[0]
+        if message.relation is not None:
+            raise RemoteError(
+                "INVALID_ARGUMENT",
+                f"{seq} in #{room} is not a message but a change of one "
+                f"({message.relation.kind.value})",
+            )
+        return message
+
+    async def latest(self, room: str = "", *, limit: int = 20, before: int = 0) -> list[Message]:
+        """The latest `limit` messages of `room` before seq `before` (0: the newest), oldest
+        first, each in its current state. Edits, deletes and reactions are already applied to
+        the messages they change, so their own entries are left out; pages are read backwards
+        until `limit` messages are found (at most MAX_PAGES pages)."""
+        found: list[Message] = []
+        cursor = before
+        for _ in range(MAX_PAGES):
+            page = await self.history(room, limit=limit, before=cursor, newest_first=True)
+            found += [m for m in page if m.relation is None][: limit - len(found)]
+            if len(found) >= limit or len(page) < limit or page[-1].seq <= 1:
+                break
+            cursor = page[-1].seq
+        return found[::-1]
+
+    async def rooms(self, *, limit: int = 0, name: str = "") -> list[RoomInfo]:
+        """Rooms with members or history, by name: every page (or the first `limit` rooms).
+        With `name` (or with a token: the token's user) each has that user's unread count."""
+        name = check_name(name) if name else ""
 
         async def page(token: str) -> tuple[list[RoomInfo], str]:
-            request = pb.ListRoomsRequest(page_token=token)
+            request = pb.ListRoomsRequest(page_token=token, name=name)
             response = await self._unary(
                 lambda timeout: self.connection.stub.ListRooms(
                     request, **self._call_options(timeout)
                 )
             )
-            rooms = [RoomInfo(r.name, r.members, r.messages) for r in response.rooms]
+            rooms = [RoomInfo(r.name, r.members, r.messages, r.unread) for r in response.rooms]
             return rooms, response.next_page_token
 
         return await _every_page(page, limit)
+
+    async def mark_read(self, room: str, seq: int, name: str = "") -> int:
+        """Move `name`'s read marker in `room` up to `seq` (with a token: the token's user's);
+        it only moves forward. Returns the marker afterwards."""
+        request = pb.MarkReadRequest(
+            room=check_room(room), seq=seq, name=check_name(name) if name else ""
+        )
+        try:
+            response = await self.connection.unary(
+                lambda timeout: self.connection.stub.MarkRead(
+                    request, **self._call_options(timeout)
+                ),
+                self.config.timeout,
+            )
+        except RemoteError as error:
+            if error.status == "UNIMPLEMENTED":
+                raise unsupported("read markers", self.connection.addr) from None
+            raise
+        seq_after: int = response.seq
+        return seq_after
 
     async def members(self, room: str = "", *, limit: int = 0) -> list[str]:
         """The room's members, sorted: every page (or the first `limit` names)."""

@@ -24,6 +24,9 @@ from grpcchat.wire import codec
 
 NO_ROOMS = "this server has no rooms or direct messages; only the default room 'lobby' works"
 NO_HISTORY = "this server keeps no history and has no presence (it is the article's v1 server)"
+# Why the article's server does not support a feature: "the server at X does not support
+# edits (it is the article's v1 server)".
+V1_SERVER = " (it is the article's v1 server)"
 
 
 def no_history() -> RemoteError:

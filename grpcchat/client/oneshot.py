@@ -15,11 +15,16 @@ from typing import TYPE_CHECKING
 from grpcchat.client.client import ChatClient
 from grpcchat.client.config import ClientConfig
 from grpcchat.client.events import Connected, Sent
+from grpcchat.core.models import Relation, RelationKind
+from grpcchat.core.validation import check_message_id
 
 if TYPE_CHECKING:
     from grpcchat.client.session import ChatSession
 
 DEFAULT_WINDOW = 64
+# A reference with at most this many digits is a seq (ids are 32 hex digits; a seq fits in
+# 64 bits; 19 digits always do).
+MAX_SEQ_DIGITS = 19
 
 
 async def send_lines(
@@ -32,20 +37,54 @@ async def send_lines(
     to: str = "",
     action: bool = False,
     key: str = "",
+    reply_to: str = "",
     window: int = DEFAULT_WINDOW,
 ) -> int:
     """Send every line; return how many were accepted. The first failure is raised once the
     messages already written have been answered (and the accepted ones reported); lines after
-    it are not sent."""
+    it are not sent. With `reply_to` (a message id, or its seq in `room`) each is a reply."""
     async with ChatClient(config) as client:
+        if reply_to:
+            reply_to = await message_id(client, room, reply_to)
         if key or len(lines) <= 1:
             for line in lines:
-                sent = await client.send(sender, line, room, recipient=to, action=action, key=key)
+                sent = await client.send(
+                    sender, line, room, recipient=to, action=action, key=key, reply_to=reply_to
+                )
                 on_accepted(sent)
             return len(lines)
         session = client.session(sender, ())
         async with _live(session):
-            return await _pipeline(session, lines, on_accepted, room, to, action, window)
+            return await _pipeline(session, lines, on_accepted, room, to, action, reply_to, window)
+
+
+async def send_relation(
+    config: ClientConfig,
+    sender: str,
+    kind: RelationKind,
+    target: str,
+    text: str,
+    *,
+    room: str = "",
+    key: str = "",
+) -> Sent:
+    """Edit, delete, react to or take back a reaction to the message `target` of `room` (its
+    id, or its seq there: all digits); `text` is an edit's new text or a reaction's emoji.
+    Returns the relation entry as the server accepted it."""
+    async with ChatClient(config) as client:
+        target = await message_id(client, room, target)
+        reacting = kind in (RelationKind.REACT, RelationKind.UNREACT)
+        relation = Relation(kind, target, text if reacting else "")
+        body = text if kind is RelationKind.EDIT else ""
+        return await client.send(sender, body, room, key=key, relation=relation)
+
+
+async def message_id(client: ChatClient, room: str, ref: str) -> str:
+    """The id of the message `ref` names: an id as `send --json` prints it, or the message's
+    seq in `room` (all digits), looked up with one History call."""
+    if ref.isascii() and ref.isdigit() and len(ref) <= MAX_SEQ_DIGITS:
+        return (await client.message_at(room, int(ref))).id
+    return check_message_id(ref)
 
 
 async def _pipeline(
@@ -55,6 +94,7 @@ async def _pipeline(
     room: str,
     to: str,
     action: bool,
+    reply_to: str,
     window: int,
 ) -> int:
     slots = asyncio.Semaphore(window)
@@ -62,7 +102,7 @@ async def _pipeline(
 
     async def send_one(line: str) -> Sent:
         try:
-            return await session.send(line, room, recipient=to, action=action)
+            return await session.send(line, room, recipient=to, action=action, reply_to=reply_to)
         except BaseException:
             failed.set()
             raise

@@ -5,7 +5,6 @@ which has no `Connect`, the session hands over to `grpcchat.client.legacy`."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
@@ -15,8 +14,9 @@ import grpc
 from grpcchat.client.backoff import Backoff
 from grpcchat.client.errors import RETRYABLE, raise_status
 from grpcchat.client.events import Connected, FeedEvent, Reconnecting, Sent
-from grpcchat.client.legacy import LegacyStream, require_lobby
+from grpcchat.client.legacy import V1_SERVER, LegacyStream, require_lobby
 from grpcchat.client.outbox import Outbox
+from grpcchat.client.posts import check_accepted, feature, send_request, unsupported
 from grpcchat.core.errors import RemoteError
 from grpcchat.core.models import (
     DEFAULT_ROOM,
@@ -24,11 +24,12 @@ from grpcchat.core.models import (
     HistoryGap,
     Message,
     Position,
+    Relation,
     RequestRefused,
     RoomJoined,
     SendAck,
 )
-from grpcchat.core.validation import check_name, check_room, check_text
+from grpcchat.core.validation import check_room
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.wire import codec
 
@@ -64,6 +65,12 @@ class ChatSession:
         self._outbox = Outbox()
         # Whether events() is running: only then does a stream carry sends.
         self._streaming = False
+        # Rooms joined after the stream opened whose RoomJoined (or refusal) has not come yet:
+        # a refusal for any other room (a typing notice, a read marker) leaves the room be.
+        self._joining: set[str] = set()
+        # Rooms this stream has joined (RoomJoined came): typing notices and read markers on the
+        # stream name only these.
+        self._joined: set[str] = set()
 
     @property
     def legacy(self) -> bool:
@@ -161,6 +168,10 @@ class ChatSession:
                     if isinstance(decoded, RequestRefused):
                         self._check_refusal(decoded, decoded.room in waiting, first)
                     yield decoded
+                    if isinstance(decoded, RoomJoined | RequestRefused):
+                        self._joining.discard(decoded.room)
+                    if isinstance(decoded, RoomJoined):
+                        self._joined.add(decoded.room)
                     if isinstance(decoded, RoomJoined | RequestRefused) and decoded.room in waiting:
                         waiting.discard(decoded.room)
                         if not waiting:
@@ -173,6 +184,7 @@ class ChatSession:
             unimplemented = True
         finally:
             self._requests = None
+            self._joined.clear()
             requests.put_nowait(None)  # lets gRPC's request-consuming task finish
             call.cancel()
         if unimplemented:
@@ -182,9 +194,12 @@ class ChatSession:
         """Raise for refusals that end this attempt: the session itself (room ""), a room of the
         first connection (the user asked for it and must hear why), or a rejoin refused
         because the server has not yet noticed our previous stream (name still taken).
-        Otherwise forget the room."""
+        Otherwise forget the room, if it was a join that was refused (a refused typing notice
+        or read marker leaves the session in the room)."""
         if refused.room == "" or (initial and first):
             raise RemoteError(refused.code, refused.reason)
+        if not initial and refused.room not in self._joining:
+            return
         if initial and refused.code in ("ALREADY_EXISTS", "UNAVAILABLE"):
             # The server notices a dead stream within its keepalive (~40 s); about as long as
             # these retries take. Past that the name is someone else's: give the room up.
@@ -195,6 +210,7 @@ class ChatSession:
         # (and a later reconnect does not ask again).
         if refused.room in self.rooms:
             self.rooms.remove(refused.room)
+        self._joined.discard(refused.room)
         self.positions.pop(refused.room, None)
 
     def _track(self, event: Event) -> bool:
@@ -234,6 +250,7 @@ class ChatSession:
         if room not in self.rooms:
             self.rooms.append(room)
             if self._requests is not None:
+                self._joining.add(room)
                 self._requests.put_nowait(self._join_request(room))
 
     async def leave(self, room: str) -> None:
@@ -241,32 +258,53 @@ class ChatSession:
         if room in self.rooms:
             self.rooms.remove(room)
             self.positions.pop(room, None)
+            self._joining.discard(room)
+            self._joined.discard(room)
             if self._requests is not None:
                 self._requests.put_nowait(pb.ConnectRequest(leave=pb.LeaveRoom(room=room)))
 
     async def send(
-        self, text: str, room: str = "", *, recipient: str = "", action: bool = False
+        self,
+        text: str,
+        room: str = "",
+        *,
+        recipient: str = "",
+        action: bool = False,
+        reply_to: str = "",
+        relation: Relation | None = None,
     ) -> Sent:
         """Post as this session's user, to `room` (default: the session's first room), and
-        return the message as accepted.
+        return the message as accepted. `reply_to` and `relation` as for `ChatClient.send`
+        (a reply; an edit, delete or reaction of an earlier message).
 
         While `events()` runs, the message goes on the session's own stream: many sends may
         be in flight at once, each answered on the stream, and one unanswered when the stream
         is lost is written again (same key) once it is back. Otherwise it is a unary `Send`.
         Either way rate limits are waited out until the client's timeout."""
         room = room or (self.rooms[0] if self.rooms else DEFAULT_ROOM)
+        request = send_request(
+            self.name,
+            text,
+            room,
+            recipient=recipient,
+            action=action,
+            reply_to=reply_to,
+            relation=relation,
+        )
         if self._legacy is not None:
+            if (what := feature(request)) is not None:
+                raise unsupported(what, self._connection.addr, V1_SERVER)
             return await self._legacy.send(text, room, recipient)
         if not self._streaming:
-            return await self.client.send(self.name, text, room, recipient=recipient, action=action)
-        request = pb.SendRequest(
-            sender=self.name,
-            text=check_text(text),
-            room=check_room(room),
-            key=uuid.uuid4().hex,
-            recipient=check_name(recipient) if recipient else "",
-            action=action,
-        )
+            return await self.client.send(
+                self.name,
+                text,
+                room,
+                recipient=recipient,
+                action=action,
+                reply_to=reply_to,
+                relation=relation,
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.client.config.timeout
         while True:
@@ -283,13 +321,38 @@ class ChatSession:
             if not ack.code and ack.message is not None:
                 # The key is this call's own: a duplicate is its own earlier write, answered
                 # after a reconnect, so the message was posted by this call.
-                return Sent(ack.message, duplicate=False)
+                message = check_accepted(request, ack.message, self._connection.addr)
+                return Sent(message, duplicate=False)
             retry = ack.retry_after
             if ack.code != "RESOURCE_EXHAUSTED" or retry is None:
                 raise RemoteError(ack.code or "UNKNOWN", ack.reason)
             if loop.time() + retry >= deadline:
                 raise RemoteError(ack.code, ack.reason)
             await asyncio.sleep(retry)
+
+    async def typing(self, room: str, active: bool) -> None:
+        """Tell `room`'s other members this user is typing (`active`) or stopped. A notice
+        expires on its own after a few seconds, so a typist refreshes it (every 3 s or so).
+        Ephemeral: while the stream is down, or the room's join is not complete, it is dropped."""
+        room = check_room(room)
+        if self._legacy is not None:
+            raise unsupported("typing notices", self._connection.addr, V1_SERVER)
+        if self._requests is not None and room in self._joined:
+            typing = pb.TypingRequest(room=room, active=active)
+            self._requests.put_nowait(pb.ConnectRequest(typing=typing))
+
+    async def mark_read(self, room: str, seq: int) -> None:
+        """Move this user's read marker in `room` forward to `seq` (everything up to it has been
+        read); the user's other sessions are told. On the stream while it is in the room, else
+        a unary `MarkRead`."""
+        room = check_room(room)
+        if self._legacy is not None:
+            raise unsupported("read markers", self._connection.addr, V1_SERVER)
+        if self._requests is not None and room in self._joined:
+            marker = pb.MarkReadRequest(room=room, seq=seq)
+            self._requests.put_nowait(pb.ConnectRequest(mark_read=marker))
+        else:
+            await self.client.mark_read(room, seq, self.name)
 
     async def aclose(self) -> None:
         """Leave for good (on the article's stream, without losing the last message)."""
