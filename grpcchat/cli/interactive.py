@@ -137,9 +137,11 @@ class _Chatroom:
                     self.show(render.render_presence(event))
                 case RoomJoined():
                     self._read[event.room] = max(self._read.get(event.room, 0), event.read_seq)
-                    self.show_all(self.timeline.joined(event))
+                    # Who is there first, then what was said (held back until now so the
+                    # unread divider can go where it belongs).
                     if self.interactive:
                         self.show(render.render_joined(event))
+                    self.show_all(self.timeline.joined(event))
                     self._shown(event.room)
                 case RoomLeft():
                     self.show(render.render_notice(f"left #{event.room}"))
