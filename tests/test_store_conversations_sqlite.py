@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
-import uuid
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +21,8 @@ from grpcchat.core.errors import AlreadyExists, NotFound, StoreError
 from grpcchat.core.history import Appended, HistoryStore, Retention
 from grpcchat.core.models import Message, Reaction, Relation, RelationKind
 from grpcchat.store import sqlite_database
+from tests.test_store_conversations import post
+from tests.test_store_conversations import relate as relate_appended
 from tests.test_store_sqlite import (
     REPO_ROOT,
     SCHEMA_1,
@@ -37,47 +39,9 @@ from tests.test_store_sqlite import (
 EDIT, DELETE, REACT, UNREACT = RelationKind
 
 
-async def post(
-    store: HistoryStore,
-    text: str = "hi",
-    *,
-    sender: str = "ann",
-    key: str = "",
-    reply_to: str = "",
-    at: datetime | None = None,
-) -> Message:
-    appended = await store.append(
-        id=uuid.uuid4().hex,
-        room="lobby",
-        sender=sender,
-        text=text,
-        sent_at=at or datetime.now(UTC),
-        key=key,
-        reply_to=reply_to,
-    )
-    return appended.message
-
-
-async def relate(
-    store: HistoryStore,
-    kind: RelationKind,
-    target: str,
-    *,
-    sender: str = "ann",
-    text: str = "",
-    emoji: str = "",
-    key: str = "",
-) -> Message:
-    appended = await store.append(
-        id=uuid.uuid4().hex,
-        room="lobby",
-        sender=sender,
-        text=text,
-        sent_at=datetime.now(UTC),
-        key=key,
-        relation=Relation(kind, target, emoji or ("👍" if kind in (REACT, UNREACT) else "")),
-    )
-    return appended.message
+async def relate(store: HistoryStore, kind: RelationKind, target: str, **how: Any) -> Message:
+    """`test_store_conversations.relate`, answering with the entry alone."""
+    return (await relate_appended(store, kind, target, **how)).message
 
 
 async def test_conversations_survive_close_and_reopen(tmp_path: Path) -> None:
