@@ -8,13 +8,13 @@ that failed over) is still recognised."""
 
 from __future__ import annotations
 
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from grpcchat.core.errors import NotFound
 from grpcchat.core.history import Appended
+from grpcchat.core.ids import new_message_id
 from grpcchat.core.models import Envelope, Message
 from grpcchat.core.session import Session
 
@@ -48,7 +48,7 @@ class DirectMessages:
         if not any(True for _ in self._sessions_of(recipient)) and not self._elsewhere(recipient):
             raise NotFound(f"{recipient!r} is not connected")
         message = Message(
-            id=uuid.uuid4().hex,
+            id=new_message_id(),
             room="",
             sender=sender,
             text=text,

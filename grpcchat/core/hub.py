@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,6 +45,7 @@ from grpcchat.core.errors import (
 from grpcchat.core.feed import RoomFeed
 from grpcchat.core.gated import GatedDelivery
 from grpcchat.core.history import DEDUP_WINDOW, Appended, HistoryStore
+from grpcchat.core.ids import new_message_id
 from grpcchat.core.limits import Limits
 from grpcchat.core.listing import MembersPage
 from grpcchat.core.markers import ReadMarkers
@@ -450,7 +450,7 @@ class Hub:
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._last_post[room] = delivered
         accepted_at = time.monotonic()
-        message_id = uuid.uuid4().hex
+        message_id = new_message_id()
         if self._gated is not None:
             self._own_posts[message_id] = None
             if len(self._own_posts) > OWN_POSTS:

@@ -48,12 +48,14 @@ def apply(conn: sqlite3.Connection, target: Message, entry: Message) -> None:
                 (entry.text, to_us(entry.sent_at), room, seq),
             )
         case RelationKind.DELETE:
-            # The text goes from everywhere it is kept: the message, its edits, its key.
+            # The text goes from everywhere it is kept: the message, its edits, its key. The
+            # keys are found under their sender (the author, the only one who may edit or
+            # delete), a range of dedup's primary key: no index of its own to keep up.
             conn.execute(
-                "UPDATE dedup SET text = '' WHERE id IN (SELECT id FROM messages"
-                " INDEXED BY messages_by_target WHERE target = ? AND kind = 'edit'"
-                " AND kind != '' AND room = ?) OR id = ?",
-                (target.id, room, target.id),
+                "UPDATE dedup SET text = '' WHERE sender = ? AND (id = ? OR id IN (SELECT id"
+                " FROM messages INDEXED BY messages_by_target WHERE target = ? AND kind = 'edit'"
+                " AND kind != '' AND room = ?))",
+                (target.sender, target.id, target.id, room),
             )
             conn.execute(
                 "UPDATE messages INDEXED BY messages_by_target SET text = ''"

@@ -75,8 +75,6 @@ _MIGRATIONS = {
         "ALTER TABLE dedup ADD COLUMN kind TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE dedup ADD COLUMN target TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE dedup ADD COLUMN emoji TEXT NOT NULL DEFAULT ''",
-        # A delete erases the text remembered with a key too.
-        "CREATE INDEX dedup_by_id ON dedup (id)",
         # One row per name and emoji on a message (by its seq): clustered in display order,
         # emoji by the seq of their first use (while they stay on it), names by when they
         # reacted; a page's reactions are one range, and a pruned message's too.
