@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -120,6 +121,8 @@ async def test_the_article_stream_frames_no_relation_and_no_notice() -> None:
         ("", Relation(REACT, "x" * 32, ""), {}, InvalidInput, "needs an emoji"),
         ("", Relation(REACT, "x" * 32, "thumbs up"), {}, InvalidInput, "blanks"),
         ("", Relation(UNREACT, "x" * 32, "e" * 65), {}, InvalidInput, "65 bytes"),
+        ("", Relation(REACT, "x" * 32, "\u202e👍"), {}, InvalidInput, "text-direction"),
+        ("", Relation(REACT, "x" * 32, "👍"), {"action": True}, InvalidInput, "not an action"),
         ("", Relation(DELETE, "x" * 32, "👍"), {}, InvalidInput, "takes no emoji"),
         ("", Relation(DELETE, ""), {}, InvalidInput, "its id is empty"),
         ("", Relation(DELETE, "x" * 65), {}, InvalidInput, "is not a message id"),
@@ -133,7 +136,7 @@ async def test_what_a_relation_or_reply_must_look_like(
     hub: Hub,
     text: str,
     relation: Relation | None,
-    kwargs: dict[str, str],
+    kwargs: dict[str, Any],
     error: type[Exception],
     says: str,
 ) -> None:

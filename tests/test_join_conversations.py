@@ -149,6 +149,8 @@ def test_a_replay_shows_current_state_once_and_the_unread_divider() -> None:
     assert shown.joined(RoomJoined("lobby", (), Position(9, "e"))) == []
     # Live again: every change is shown.
     assert len(shown.message(change(10, RelationKind.EDIT, 8, "bob", text="back"))) == 1
+    # ... once: the same change again (a replay page read late, then live) changes nothing.
+    assert shown.message(change(10, RelationKind.EDIT, 8, "bob", text="back")) == []
 
 
 def test_no_divider_when_nothing_is_unread_or_when_nobody_reads() -> None:
@@ -192,6 +194,12 @@ def test_typists_expire_and_read_well() -> None:
     assert not typists.stopped("lobby", "carol")
     typists.update(Typing("games", "dave", False, 0))
     assert typists.names("games") == []
+    assert typists.next_expiry() is None
+    # A notice that expired in a room not shown asks for no redraw (it used to ask every
+    # 50 ms until that room was shown again).
+    typists.update(Typing("games", "erin", True, 1.0))
+    now[0] += 2
+    assert typists.names("lobby") == []
     assert typists.next_expiry() is None
 
     assert typing_line([]) == ""

@@ -54,13 +54,16 @@ class RoomLog:
 
     def apply(self, entry: Message) -> Message | None:
         """Apply the relation `entry` to the message it changes and return that message as it
-        is now; None if that message is not kept here."""
+        is now; None if that message is not kept here, or if it was that way already (a replay
+        page read late may carry a change that then also arrives live)."""
         assert entry.relation is not None
         seq = self._seq_of.get(entry.relation.target)
         if seq is None:
             return None
         target, replay = self._by_seq[seq]
         changed = relations.apply(target, entry)
+        if changed == target:
+            return None
         self._by_seq[seq] = (changed, replay)
         return changed
 

@@ -364,6 +364,7 @@ def run_server(
         config.log_level, err_console, log_format=log_format, log_messages=log_messages
     )
     from grpcchat.server import run as serve_until_stopped
+    from grpcchat.server.collector import tune_for_serving
 
     def started(server: ChatServer) -> None:
         extras = _extras(config)
@@ -372,6 +373,8 @@ def run_server(
         console.print(render.render_started(server.address, extras), soft_wrap=True)
         # Scripts and tests read the real port from this line, even through a pipe.
         sys.stdout.flush()
+        # This process is a server from now on (a library user's process is not ours to tune).
+        tune_for_serving()
 
     try:
         serve_until_stopped(config, started)

@@ -136,8 +136,7 @@ class Timeline:
         if replay is not None and kept_from == replay:
             return []
         changed = log.apply(message)
-        assert changed is not None
-        return [self._changed(changed, message.relation.kind)]
+        return [self._changed(changed, message.relation.kind)] if changed is not None else []
 
     def _changed(self, message: Message, kind: RelationKind) -> Text:
         if kind in (RelationKind.REACT, RelationKind.UNREACT) and not message.deleted:

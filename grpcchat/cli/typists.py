@@ -37,18 +37,25 @@ class Typists:
         return self._until.get(room, {}).pop(name, None) is not None
 
     def names(self, room: str) -> list[str]:
-        """Who is typing in `room` now (expired notices are forgotten)."""
-        typing = self._until.get(room, {})
-        now = self._clock()
-        for name in [n for n, until in typing.items() if until <= now]:
-            del typing[name]
-        return list(typing)
+        """Who is typing in `room` now."""
+        self._forget_expired()
+        return list(self._until.get(room, {}))
 
     def next_expiry(self) -> float | None:
-        """Seconds until the next notice expires, if any is live."""
-        now = self._clock()
+        """Seconds until the next live notice expires, in any room; None when none is live
+        (an expired one is forgotten here, so it never asks for a redraw that changes
+        nothing)."""
+        self._forget_expired()
         ends = [until for typing in self._until.values() for until in typing.values()]
-        return max(0.0, min(ends) - now) if ends else None
+        return min(ends) - self._clock() if ends else None
+
+    def _forget_expired(self) -> None:
+        now = self._clock()
+        for room, typing in list(self._until.items()):
+            for name in [n for n, until in typing.items() if until <= now]:
+                del typing[name]
+            if not typing:
+                del self._until[room]
 
 
 def typing_line(names: Sequence[str]) -> str:

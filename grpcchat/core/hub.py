@@ -417,7 +417,9 @@ class Hub:
                 retry_after=wait,
             )
         if relation is not None:
-            text = check_relation(relation, text, recipient=recipient, reply_to=reply_to)
+            text = check_relation(
+                relation, text, recipient=recipient, reply_to=reply_to, action=action
+            )
         reply_to = check_reply(reply_to, recipient=recipient)
         if recipient:
             appended = self._direct.send(sender, check_name(recipient), text, action, key)

@@ -29,10 +29,9 @@ class ReadMarkers:
         self._sessions_of = sessions_of
 
     async def mark(self, user: str, room: str, seq: int, *, told: Session | None = None) -> int:
-        """Move `user`'s marker in `room` (a checked name) up to `seq`; the marker afterwards.
-        Every session of the user here that is in the room gets a ReadMarker event, except
-        `told` (the session that asked: it knows)."""
-        user = self.user(user)
+        """Move `user`'s marker in `room` (both checked names, see `user`) up to `seq`; the
+        marker afterwards. Every session of the user here that is in the room gets a
+        ReadMarker event, except `told` (the session that asked: it knows)."""
         marker = await self._store.mark_read(user, room, min(max(seq, 0), MAX_SEQ))
         envelope = Envelope(ReadMarker(room, marker))
         for session in list(self._sessions_of(user)):

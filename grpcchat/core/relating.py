@@ -12,9 +12,16 @@ from grpcchat.core.validation import check_emoji, check_message_id, check_text
 _NEEDS_EMOJI = (RelationKind.REACT, RelationKind.UNREACT)
 
 
-def check_relation(relation: Relation, text: str, *, recipient: str, reply_to: str) -> str:
+def check_relation(
+    relation: Relation, text: str, *, recipient: str, reply_to: str, action: bool = False
+) -> str:
     """The text to store with `relation` (an edit's new text, else ""), or raise why the
     request is wrong as such."""
+    if action:
+        raise InvalidInput(
+            f"a {relation.kind.value} is not an action: whether a message is one is set when "
+            "it is sent"
+        )
     if recipient:
         raise NotFound(
             "direct messages are not kept, so they cannot be edited, deleted or reacted to"

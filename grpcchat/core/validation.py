@@ -129,7 +129,11 @@ def check_text(text: str) -> str:
 
 # A reaction key: an emoji (several code points with joiners and modifiers) or a short word.
 MAX_EMOJI_BYTES = 64
-_FORBIDDEN_IN_EMOJI = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+# Emoji sequences need the zero-width joiner and tag characters, so not every invisible format
+# character is refused as in names: only the ones that reorder or hide text around them.
+_FORBIDDEN_IN_EMOJI = re.compile(
+    r"[\s\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
 # A message id as the server hands them out (32 hex digits); a little room for other engines.
 MAX_MESSAGE_ID_LENGTH = 64
 
@@ -143,7 +147,9 @@ def check_emoji(emoji: str) -> str:
     if size > MAX_EMOJI_BYTES:
         raise InvalidInput(f"reaction is {size} bytes long; the limit is {MAX_EMOJI_BYTES}")
     if _FORBIDDEN_IN_EMOJI.search(emoji):
-        raise InvalidInput("a reaction must not contain blanks or control characters")
+        raise InvalidInput(
+            "a reaction must not contain blanks, control or text-direction characters"
+        )
     return emoji
 
 

@@ -22,7 +22,6 @@ from grpcchat.core.history import HistoryStore
 from grpcchat.core.hub import Hub
 from grpcchat.core.urls import redacted_url
 from grpcchat.server.auth import TokenAuthority
-from grpcchat.server.collector import tune_for_serving
 from grpcchat.server.config import ServerConfig, host_port
 from grpcchat.server.connections import connection_options
 from grpcchat.server.engines import open_store
@@ -365,7 +364,6 @@ async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) 
         for sig in signals:
             loop.add_signal_handler(sig, on_signal)
         on_started(server)
-        tune_for_serving()
         log.info("listening on %s", server.address, extra=_started_fields(server))
         await stop_requested.wait()
         log.info(

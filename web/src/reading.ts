@@ -66,8 +66,10 @@ export class ReadMarker {
         { room: this.room, seq, name: hasToken() ? "" : this.name },
         { timeoutMs: 10_000 },
       );
-      this.known(seq);
       this.known(answer.seq);
+      // Lower than asked: the server has no such seq in the room (its history was replaced):
+      // nothing further to mark until more is shown.
+      if (answer.seq < seq) this.seen = answer.seq;
     } catch {
       // A marker is a convenience: the next message shown tries again.
       this.seen = this.seen > seq ? this.seen : this.marked;
