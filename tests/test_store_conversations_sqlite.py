@@ -1,8 +1,8 @@
 """What only the SQLite engine promises about conversations beyond the contract
 (test_store_conversations.py): relations, replies and read markers survive a restart, the
 process dying and the upgrade from schema 2; a delete takes the text out of the file; pruning
-takes reactions along; a refused relation fails only itself within a group commit; `read` and
-`unread` stay a few index ranges."""
+takes reactions along; the maintenance job forgets markers expired or beyond the cap; a refused
+relation fails only itself within a group commit; `read` and `unread` stay a few index ranges."""
 
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ async def test_a_delete_takes_the_text_out_of_the_file(tmp_path: Path) -> None:
     try:
         assert count_rows(path, "messages", "text LIKE '%secret%'") == 0
         assert count_rows(path, "dedup", "text LIKE '%secret%'") == 0
+        assert count_rows(path, "dedup", "deleted = 1") == 1  # the message's key, not the edit's
         assert count_rows(path, "reactions") == 0
         assert count_rows(path, "messages", "deleted = 1") == 1
     finally:
@@ -107,6 +108,35 @@ async def test_pruned_messages_take_their_reactions_along(tmp_path: Path) -> Non
         await store.maintain()
         assert count_rows(path, "reactions") == 0
         assert [m.relation is not None for m in await store.read("lobby")] == [True, True]
+    finally:
+        await store.aclose()
+
+
+async def test_the_maintenance_job_forgets_markers_expired_or_beyond_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_database, "MAINTENANCE_BATCH", 2)  # several batches
+    path = tmp_path / "history.db"
+    store = await open_sqlite(path, Retention(max_markers=3))
+    rooms = [f"r{i}" for i in range(7)]
+    try:
+        for room in rooms:
+            await post(store, room=room, sender="bob")
+            await store.mark_read("ann", room, 1)
+        await store.mark_read("cy", "r0", 1)  # the newest move
+        assert count_rows(path, "read_markers") == 8  # until the job runs
+        await store.maintain()
+        kept = query(path, "SELECT name, room FROM read_markers ORDER BY moved_at_us")
+        assert kept == [("ann", "r5"), ("ann", "r6"), ("cy", "r0")]
+        assert [await store.read_marker("ann", room) for room in ("r4", "r5")] == [0, 1]
+    finally:
+        await store.aclose()
+    # Reopened with a max age of a microsecond, every marker has expired: the job deletes them.
+    store = await open_sqlite(path, Retention(max_age=timedelta(microseconds=1)))
+    try:
+        assert await store.read_marker("cy", "r0") == 0
+        await store.maintain()
+        assert count_rows(path, "read_markers") == 0
     finally:
         await store.aclose()
 

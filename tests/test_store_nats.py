@@ -379,6 +379,9 @@ async def test_read_markers_are_shared_by_stores_and_move_forward_only(opener: O
     await post(one, "mine")
     assert await one.mark_read("ann", "lobby", 1) == 1
     assert await other.read_marker("ann", "lobby") == 1
+    # `other` has not indexed the room: it counts what the stream holds after the marker.
+    assert await other.unread("ann", ["lobby", "empty"]) == {"lobby": 3, "empty": 0}
+    await other.read("lobby")
     assert await other.unread("ann", ["lobby", "empty"]) == {"lobby": 2, "empty": 0}
     assert await other.mark_read("ann", "lobby", 0) == 1  # never back
     assert await other.mark_read("ann", "lobby", 99) == 4  # never past the last seq
@@ -513,3 +516,84 @@ async def test_an_index_built_from_the_stream_shows_what_the_writers_shows(
     await same_as_the_writer()  # read on
     with pytest.raises(AlreadyExists):
         await post(fresh, sender="bob", relation=Relation(RelationKind.REACT, late[2].id, "👍"))
+
+
+async def test_unread_of_a_room_not_indexed_counts_what_the_stream_holds_after_the_marker(
+    opener: Opener,
+) -> None:
+    """Without the room's index, `unread` reads no entries: the stream's first and last
+    messages of the room bound what is retained after the marker (relations and the user's
+    own included); once the room is indexed, the count is exact."""
+    retention = Retention(max_messages=4, max_age=timedelta(hours=1))
+    writer, other = await opener(retention), await opener(retention)
+    old = datetime.now(UTC) - timedelta(hours=2)
+    await append(writer, "aged", at=old)
+    assert await other.unread("zed", ["aged"]) == {"aged": 0}  # everything expired
+    for _ in range(2):
+        await append(writer, at=old)
+    first = await post(writer, "fresh")
+    await post(writer, "mine", sender="zed")
+    await post(writer, relation=Relation(RelationKind.REACT, first.id, "👍"), sender="bob")
+    await writer.prune("lobby")  # the expired prefix goes: the window was 3..6, now 4..6
+    assert await other.unread("zed", ["lobby"]) == {"lobby": 3}
+    assert await other.mark_read("zed", "lobby", 4) == 4
+    assert await other.unread("zed", ["lobby"]) == {"lobby": 1}  # the reaction
+    await other.read("lobby")  # indexed: exact
+    assert await other.unread("zed", ["lobby"]) == {"lobby": 0}
+    assert await writer.unread("zed", ["lobby"]) == {"lobby": 0}  # its relation indexed it
+    assert await other.unread("nobody", ["lobby"]) == {"lobby": 2}
+
+
+def markers_stream(stream_url: str) -> str:
+    return f"{stream_url.partition('?stream=')[2]}_READ"
+
+
+async def test_the_markers_stream_is_bounded_like_the_retention(
+    opener: Opener, stream_url: str
+) -> None:
+    """A markers stream made before markers had limits is given them; the cap is JetStream's,
+    least recently moved first."""
+    stream = markers_stream(stream_url)
+    nc = await nats.connect(stream_url.partition("?")[0])
+    try:
+        js = nc.jetstream()
+        prefix = stream.removesuffix("_READ")
+        await js.add_stream(
+            name=stream, subjects=[f"{prefix}.read.>"], max_msgs_per_subject=1, allow_direct=True
+        )
+        store = await opener(Retention(max_age=timedelta(days=2), max_markers=2))
+        config = (await js.stream_info(stream)).config
+        assert (config.max_age, config.max_msgs, config.discard) == (2 * 86_400, 2, "old")
+        for room in ("a", "b"):
+            await append(store, room)
+            await append(store, room)
+        await store.mark_read("ann", "a", 1)
+        await store.mark_read("ann", "b", 1)
+        await store.mark_read("ann", "a", 2)
+        await store.mark_read("bob", "a", 1)  # one beyond: ann's in b, the least recently moved
+        assert (await js.stream_info(stream)).state.messages == 2
+        assert [await store.read_marker("ann", room) for room in ("a", "b")] == [2, 0]
+        # Opened under another retention: the stream follows it.
+        await opener(Retention(max_age=timedelta(milliseconds=1), max_markers=5))
+        config = (await js.stream_info(stream)).config
+        assert (config.max_age, config.max_msgs) == (1.0, 5)  # JetStream's floor is 100 ms
+    finally:
+        await nc.close()
+
+
+async def test_indexes_keep_a_running_total_of_their_entries(opener: Opener) -> None:
+    store = await opener()
+    assert isinstance(store, NatsStore)
+    states = store._indexes._states
+    states._max_indexed = 12
+    for room in "abcde":
+        for _ in range(5):
+            await append(store, room)
+        await store.read(room)  # indexes it
+        held = states._rooms.values()
+        assert states.entries == sum(len(state) for state in held)
+    # The bound holds when an index is taken, before it grows: the least recently used went.
+    assert list(states._rooms) == ["c", "d", "e"]
+    await store.read("a")  # indexed again: c goes
+    assert list(states._rooms) == ["d", "e", "a"]
+    assert states.entries == 15

@@ -25,11 +25,15 @@ MAX_DISTINCT_EMOJI = 20
 MAX_REACTIONS = 500
 # `unread` counts no further: a person reads "1000+" the same as a larger number.
 MAX_UNREAD = 1000
+# Read markers an engine keeps, over every user and room (the least recently moved go first):
+# without auth, MarkRead takes any name, so one client could otherwise make them without end.
+MAX_MARKERS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    """What `append` did: the message as stored, or, for a repeated key, the original."""
+    """What `append` did: the message as stored, or, for a repeated key, the original (as it
+    is now: see the contract's Idempotency)."""
 
     message: Message
     duplicate: bool
@@ -48,10 +52,13 @@ class Retention:
     max_messages: int = MAX_MESSAGES_PER_ROOM
     max_age: timedelta = MAX_AGE
     dedup_window: timedelta = DEDUP_WINDOW
+    max_markers: int = MAX_MARKERS
 
     def __post_init__(self) -> None:
         if self.max_messages < 1:
             raise ValueError("a room must keep at least one message")
+        if self.max_markers < 1:
+            raise ValueError("the store must keep at least one read marker")
         # Ages are subtracted from "now": beyond a century they leave the calendar.
         for name in ("max_age", "dedup_window"):
             if not timedelta(0) < getattr(self, name) <= MAX_KEEP:
@@ -76,8 +83,11 @@ class HistoryStore(Protocol):
       StoreError, never the engine's own exception, and leaves nothing behind: no message, no
       seq consumed, no key remembered. The store stays usable: the next call is unaffected.
     - Idempotency: if `key` is not empty and the same `sender` appended with the same `key`
-      within the dedup window, nothing is stored and the original message is returned with
-      `duplicate=True` (same id, seq, time), whatever text (or room) was passed the second time.
+      within the dedup window, nothing is stored and the original entry is returned with
+      `duplicate=True` (same id, seq, time), whatever text (or room) was passed the second time:
+      the original as it is now (its current state, as `read` returns it: see Conversations),
+      or, if retention has removed it, as it was stored (text erased and `deleted` set if it
+      was deleted since).
       "Within" compares the two appends' `sent_at`: a repeat less than `dedup_window` after the
       original is a duplicate; one `dedup_window` or more after is a new message. Callers pass
       keys of at most MAX_KEY_BYTES bytes of UTF-8 (the core validates them); engines may rely
@@ -136,10 +146,28 @@ class HistoryStore(Protocol):
       an EDIT entry of a deleted message with text "".
     - Read markers: per user and room, the seq up to which the user has read. `mark_read`
       only moves a marker forward, never past the room's last seq, and returns it as it is
-      afterwards; markers are stored like messages (they survive a restart where the history
-      does) and are not subject to retention. `unread` counts, per room asked, the retained
-      entries after the user's marker that are messages (no relations), not deleted and not
-      sent by the user, at most MAX_UNREAD.
+      afterwards (a call that leaves it where it was does not move it); markers are stored
+      like messages (they survive a restart where the history does).
+    - Markers are bounded, since without auth anyone may make them under any name: a marker
+      expires `retention.max_age` after it last moved (it is kept while its move is no older
+      than a message `sent_at` then would be), and an engine keeps at most
+      `retention.max_markers` (MAX_MARKERS), forgetting the least recently moved first. A
+      forgotten marker reads 0, and moves on from there like a new one. Expiring changes no
+      count: every entry a marker covers was appended before its last move (by the same
+      clock), so each has expired by the time the marker does, and `unread` from 0 is what it
+      was from the marker. The cap may: a user whose marker it forgot (once `max_markers`
+      other markers have moved since theirs last did) is counted from 0 again. An engine
+      that forgets markers in its own background job (like expired messages) may hold more
+      than `max_markers` in between, those moved since the job last ran.
+    - `unread` counts, per room asked, the retained entries after the user's marker that are
+      messages (no relations), not deleted and not sent by the user, at most MAX_UNREAD;
+      exactly so for a room whose current state the engine holds at hand (memory, SQLite:
+      every room; NATS: a room indexed in this process, which any `read` of the room, or a
+      relation or reply to it, builds, until the index is dropped for space). For any other
+      room an engine may instead count what it can without reading the room: at least as
+      many as the exact count, at most `last_seq - marker` (relations, the user's own and
+      deleted messages, expired ones not yet deleted may be among them), still at most
+      MAX_UNREAD.
     """
 
     @property

@@ -7,8 +7,13 @@ see `_Room.late`) are skipped by `read` and counted out by `rooms` and `unread` 
 reach the front.
 
 Relations (edits, deletes, reactions) change the current state of their target in place: each
-retained entry is held once, as it is now, under its id, so a relation finds its target, and a
-delete erases the text it must, with dict lookups.
+retained entry is held once, as it is now, under its id, so a relation finds its target, a
+delete erases the text it must, and a repeated key returns its original as it is now, with dict
+lookups.
+
+Read markers are an OrderedDict, least recently moved first: a move puts its marker last, the
+cap drops from the front, and so does age (the front is the oldest move, the wall clock
+permitting), whenever a marker moves.
 """
 
 from __future__ import annotations
@@ -81,11 +86,13 @@ class MemoryStore:
         self._listed: list[str] = []
         # (sender, key) -> the message first stored under it, oldest first, so forgetting the
         # expired ones is a pop from the front; and the key of each id held there, so a delete
-        # can erase the text remembered with a key too.
+        # can erase the text remembered with a key too. A repeat returns the entry as the room
+        # holds it now; this copy only once retention has removed it from the room.
         self._keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
         self._key_of: dict[str, tuple[str, str]] = {}
-        # (user, room) -> the seq up to which the user has read; never pruned.
-        self._markers: dict[tuple[str, str], int] = {}
+        # (user, room) -> (the seq up to which the user has read, when it last moved), least
+        # recently moved first: at most `retention.max_markers`, none older than `max_age`.
+        self._markers: OrderedDict[tuple[str, str], tuple[int, datetime]] = OrderedDict()
 
     @property
     def epoch(self) -> str:
@@ -113,10 +120,11 @@ class MemoryStore:
             _, forgotten = self._keys.popitem(last=False)
             self._key_of.pop(forgotten.id, None)
         original = self._keys.get((sender, key)) if key else None
-        if original is not None and original.sent_at > expired_before:
-            return Appended(original, duplicate=True)
-
         oldest_kept = self._oldest_kept()
+        if original is not None and original.sent_at > expired_before:
+            now = self._find(self._rooms.get(original.room), original.id, oldest_kept)
+            return Appended(now or original, duplicate=True)
+
         state = self._rooms.get(room)
         if state is not None:
             self._prune(state, oldest_kept)
@@ -213,14 +221,22 @@ class MemoryStore:
         return state.last_seq if state else 0
 
     async def mark_read(self, user: str, room: str, seq: int) -> int:
-        marker = self._markers.get((user, room), 0)
+        oldest_kept = self._oldest_kept()
+        marker = self._marker(user, room, oldest_kept)
         moved = min(seq, await self.last_seq(room))
-        if moved > marker:
-            self._markers[user, room] = marker = moved
-        return marker
+        if moved <= marker:
+            return marker
+        self._markers[user, room] = (moved, datetime.now(UTC))
+        self._markers.move_to_end((user, room))
+        while self._markers and (
+            len(self._markers) > self._retention.max_markers
+            or next(iter(self._markers.values()))[1] < oldest_kept
+        ):
+            self._markers.popitem(last=False)
+        return moved
 
     async def read_marker(self, user: str, room: str) -> int:
-        return self._markers.get((user, room), 0)
+        return self._marker(user, room, self._oldest_kept())
 
     async def unread(self, user: str, rooms: list[str]) -> dict[str, int]:
         oldest_kept = self._oldest_kept()
@@ -231,7 +247,7 @@ class MemoryStore:
                 counts[room] = 0
                 continue
             self._prune(state, oldest_kept)
-            marker = self._markers.get((user, room), 0)
+            marker = self._marker(user, room, oldest_kept)
             mine = state.live_by.get(user, [])
             count = len(state.live) - bisect_right(state.live, marker)
             count -= len(mine) - bisect_right(mine, marker)
@@ -264,6 +280,12 @@ class MemoryStore:
     def _oldest_kept(self) -> datetime:
         return datetime.now(UTC) - self._retention.max_age
 
+    def _marker(self, user: str, room: str, oldest_kept: datetime) -> int:
+        """The marker, 0 if none or if it last moved before `oldest_kept` (expired: a later
+        move drops it from the front)."""
+        marker = self._markers.get((user, room))
+        return marker[0] if marker is not None and marker[1] >= oldest_kept else 0
+
     def _find(self, state: _Room | None, id: str, oldest_kept: datetime) -> Message | None:
         """The retained entry `id` of the (pruned) room, if any."""
         found = state.entries.get(id) if state is not None else None
@@ -281,18 +303,19 @@ class MemoryStore:
                 _remove(state.live_by[target.sender], target.seq)
                 if not state.live_by[target.sender]:
                     del state.live_by[target.sender]
-                self._erase_key(target.id)
+                self._erase_key(state.entries[target.id])
                 for edit in state.edits.pop(target.id, ()):
                     state.entries[edit] = relations.erased(state.entries[edit])
-                    self._erase_key(edit)
+                    self._erase_key(state.entries[edit])
             case RelationKind.REACT | RelationKind.UNREACT:
                 pass
 
-    def _erase_key(self, id: str) -> None:
-        """Erase the text of the message remembered under a key, if `id` is one."""
-        key = self._key_of.get(id)
+    def _erase_key(self, erased: Message) -> None:
+        """Remember the entry `erased` (a tombstone, or an edit without its text) under its
+        key, if it has one, in place of the text remembered there."""
+        key = self._key_of.get(erased.id)
         if key is not None:
-            self._keys[key] = relations.erased(self._keys[key])
+            self._keys[key] = erased
 
     def _prune(self, state: _Room, oldest_kept: datetime) -> None:
         """Drop the room's oldest entries beyond the count limit or age limit; unlist it if

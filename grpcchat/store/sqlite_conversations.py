@@ -1,7 +1,7 @@
 """The conversation statements of the SQLite history, on the thread that owns the connection:
 find the message a relation or reply names, apply a relation to it, the reactions of a page,
-read markers and unread counts. `Database` (sqlite_database.py) calls them inside its
-transactions; the rules themselves are `grpcchat.core.relations`."""
+read markers (and their pruning) and unread counts. `Database` (sqlite_database.py) calls them
+inside its transactions; the rules themselves are `grpcchat.core.relations`."""
 
 from __future__ import annotations
 
@@ -48,14 +48,16 @@ def apply(conn: sqlite3.Connection, target: Message, entry: Message) -> None:
                 (entry.text, to_us(entry.sent_at), room, seq),
             )
         case RelationKind.DELETE:
-            # The text goes from everywhere it is kept: the message, its edits, its key. The
-            # keys are found under their sender (the author, the only one who may edit or
+            # The text goes from everywhere it is kept: the message, its edits, its key (whose
+            # copy of the message reads as deleted too, once the message itself is pruned).
+            # The keys are found under their sender (the author, the only one who may edit or
             # delete), a range of dedup's primary key: no index of its own to keep up.
             conn.execute(
-                "UPDATE dedup SET text = '' WHERE sender = ? AND (id = ? OR id IN (SELECT id"
+                "UPDATE dedup SET text = '', deleted = deleted OR id = ?"
+                " WHERE sender = ? AND (id = ? OR id IN (SELECT id"
                 " FROM messages INDEXED BY messages_by_target WHERE target = ? AND kind = 'edit'"
                 " AND kind != '' AND room = ?))",
-                (target.sender, target.id, target.id, room),
+                (target.id, target.sender, target.id, target.id, room),
             )
             conn.execute(
                 "UPDATE messages INDEXED BY messages_by_target SET text = ''"
@@ -108,20 +110,47 @@ def reactions_between(
     return {seq: grouped(pairs) for seq, pairs in rows.items()}
 
 
-def read_marker(conn: sqlite3.Connection, name: str, room: str) -> int:
+def read_marker(conn: sqlite3.Connection, name: str, room: str, oldest_kept_us: int) -> int:
+    """The marker, 0 if there is none or it last moved before `oldest_kept_us` (expired; the
+    maintenance job deletes it)."""
     row = conn.execute(
-        "SELECT seq FROM read_markers WHERE name = ? AND room = ?", (name, room)
+        "SELECT seq FROM read_markers WHERE name = ? AND room = ? AND moved_at_us >= ?",
+        (name, room, oldest_kept_us),
     ).fetchone()
     return int(row[0]) if row else 0
 
 
-def move_marker(conn: sqlite3.Connection, name: str, room: str, seq: int) -> None:
-    """Move the marker up to `seq`, never back (inside the caller's transaction)."""
+def move_marker(conn: sqlite3.Connection, name: str, room: str, seq: int, moved_at_us: int) -> None:
+    """Set the marker to `seq`, moved now (inside the caller's transaction, which has checked
+    that it moves forward)."""
     conn.execute(
-        "INSERT INTO read_markers (name, room, seq) VALUES (?, ?, ?)"
-        " ON CONFLICT (name, room) DO UPDATE SET seq = excluded.seq WHERE excluded.seq > seq",
-        (name, room, seq),
+        "INSERT INTO read_markers (name, room, seq, moved_at_us) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (name, room) DO UPDATE"
+        " SET seq = excluded.seq, moved_at_us = excluded.moved_at_us",
+        (name, room, seq, moved_at_us),
     )
+
+
+def prune_markers(
+    conn: sqlite3.Connection, oldest_kept_us: int, max_markers: int, batch: int
+) -> bool:
+    """Delete up to `batch` expired markers, then up to `batch` of those beyond the
+    `max_markers` most recently moved (inside the caller's transaction); True if more may be
+    left. Both walk the time index: the cap skips `max_markers` entries of it per batch (about
+    a millisecond for 100,000)."""
+    expired = conn.execute(
+        "SELECT name, room FROM read_markers INDEXED BY read_markers_by_time"
+        " WHERE moved_at_us < ? LIMIT ?",
+        (oldest_kept_us, batch),
+    ).fetchall()
+    conn.executemany("DELETE FROM read_markers WHERE name = ? AND room = ?", expired)
+    beyond = conn.execute(
+        "SELECT name, room FROM read_markers INDEXED BY read_markers_by_time"
+        " ORDER BY moved_at_us DESC LIMIT ? OFFSET ?",
+        (batch, max_markers),
+    ).fetchall()
+    conn.executemany("DELETE FROM read_markers WHERE name = ? AND room = ?", beyond)
+    return batch in (len(expired), len(beyond))
 
 
 def unread(conn: sqlite3.Connection, name: str, room: str, oldest_kept_us: int) -> int:
@@ -131,6 +160,6 @@ def unread(conn: sqlite3.Connection, name: str, room: str, oldest_kept_us: int) 
         "SELECT COUNT(*) FROM (SELECT 1 FROM messages INDEXED BY messages_unread"
         " WHERE room = ? AND seq > ? AND kind = '' AND deleted = 0 AND sender != ?"
         " AND sent_at_us >= ? LIMIT ?)",
-        (room, read_marker(conn, name, room), name, oldest_kept_us, MAX_UNREAD),
+        (room, read_marker(conn, name, room, oldest_kept_us), name, oldest_kept_us, MAX_UNREAD),
     ).fetchone()
     return int(row[0])

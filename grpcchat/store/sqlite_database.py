@@ -52,8 +52,12 @@ class Database:
         self._max_messages = retention.max_messages
         self._max_age_us = retention.max_age // _MICROSECOND
         self._dedup_window_us = retention.dedup_window // _MICROSECOND
+        self._max_markers = retention.max_markers
         # The `sent_at` of the latest append: dedup keys are judged on the appends' clock.
         self._appended_at_us: int | None = None
+        # When a marker last moved here: each move is dated after the one before, so the
+        # least recently moved is always one marker, even within a microsecond.
+        self._moved_at_us = 0
         self.epoch = existing_epoch(conn, path) or create_schema(conn, path)
         migrate(conn)
         self._enforce_count_limit()
@@ -166,6 +170,7 @@ class Database:
         """Store one entry, or return the original of a repeated key (inside the caller's
         transaction). A relation is checked against its target as stored now, then applied
         to it; ChatError, before anything is written, if it may not be."""
+        oldest_kept_us = self._oldest_kept_us()
         if key:
             original = self._conn.execute(
                 f"SELECT room, {KEYED_COLUMNS} FROM dedup"
@@ -173,8 +178,11 @@ class Database:
                 (sender, key, sent_at_us - self._dedup_window_us),
             ).fetchone()
             if original is not None:
-                return Appended(message(original[0], self.epoch, original[1:]), duplicate=True)
-        oldest_kept_us = self._oldest_kept_us()
+                # As it is now, if retained; else as the key remembers it.
+                kept_room, kept = original[0], original[1:]
+                now = conversations.find(self._conn, kept_room, kept[1], oldest_kept_us, self.epoch)
+                repeated = now[0] if now else message(kept_room, self.epoch, kept)
+                return Appended(repeated, duplicate=True)
         if reply_to:
             found = conversations.find(self._conn, room, reply_to, oldest_kept_us, self.epoch)
             relations.check_target(found[0] if found else None, room, reply_to, replying=True)
@@ -237,17 +245,20 @@ class Database:
         return [message(room, self.epoch, row, reactions.get(row[0], ())) for row in rows]
 
     def mark_read(self, name: str, room: str, seq: int) -> int:
-        marker = conversations.read_marker(self._conn, name, room)
+        marker = self.read_marker(name, room)
         if seq <= marker:
             return marker
         with self._transaction():  # the room's last seq and the marker, read under the lock
             moved = min(seq, self.last_seq(room))
-            if moved > conversations.read_marker(self._conn, name, room):
-                conversations.move_marker(self._conn, name, room, moved)
-            return conversations.read_marker(self._conn, name, room)
+            marker = self.read_marker(name, room)
+            if moved <= marker:
+                return marker
+            self._moved_at_us = max(now_us(), self._moved_at_us + 1)
+            conversations.move_marker(self._conn, name, room, moved, self._moved_at_us)
+            return moved
 
     def read_marker(self, name: str, room: str) -> int:
-        return conversations.read_marker(self._conn, name, room)
+        return conversations.read_marker(self._conn, name, room, self._oldest_kept_us())
 
     def unread(self, name: str, rooms: list[str]) -> dict[str, int]:
         oldest_kept_us = self._oldest_kept_us()
@@ -292,13 +303,15 @@ class Database:
         return page
 
     def maintain(self) -> bool:
-        """Delete up to MAINTENANCE_BATCH expired messages, and as many dedup keys too old to
-        match an append made now or after the latest one; True if more may be left."""
+        """Delete up to MAINTENANCE_BATCH expired messages, as many dedup keys too old to
+        match an append made now or after the latest one, and as many read markers expired or
+        beyond the cap; True if more may be left."""
         with self._transaction():
+            oldest_kept_us = self._oldest_kept_us()
             gone = self._conn.execute(
                 "SELECT room, seq FROM messages INDEXED BY messages_by_time"
                 " WHERE sent_at_us < ? LIMIT ?",
-                (self._oldest_kept_us(), MAINTENANCE_BATCH),
+                (oldest_kept_us, MAINTENANCE_BATCH),
             ).fetchall()
             self._conn.executemany("DELETE FROM messages WHERE room = ? AND seq = ?", gone)
             self._conn.executemany("DELETE FROM reactions WHERE room = ? AND target_seq = ?", gone)
@@ -315,7 +328,10 @@ class Database:
                 (moment_us - self._dedup_window_us, MAINTENANCE_BATCH),
             ).fetchall()
             self._conn.executemany("DELETE FROM dedup WHERE sender = ? AND key = ?", keys)
-        return MAINTENANCE_BATCH in (len(gone), len(keys))
+            markers_left = conversations.prune_markers(
+                self._conn, oldest_kept_us, self._max_markers, MAINTENANCE_BATCH
+            )
+        return MAINTENANCE_BATCH in (len(gone), len(keys)) or markers_left
 
     def close(self) -> None:
         self._conn.close()

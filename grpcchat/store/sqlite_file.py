@@ -71,10 +71,13 @@ _MIGRATIONS = {
         # What `unread` counts, and only that: a count is a range of this index.
         "CREATE INDEX messages_unread ON messages (room, seq, sender, sent_at_us)"
         " WHERE kind = '' AND deleted = 0",
+        # A repeated key returns its original as `messages` holds it now; the copy here only
+        # once the original is pruned, so a delete erases its text here too and marks it.
         "ALTER TABLE dedup ADD COLUMN reply_to TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE dedup ADD COLUMN kind TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE dedup ADD COLUMN target TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE dedup ADD COLUMN emoji TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE dedup ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0",
         # One row per name and emoji on a message (by its seq): clustered in display order,
         # emoji by the seq of their first use (while they stay on it), names by when they
         # reacted; a page's reactions are one range, and a pruned message's too.
@@ -88,13 +91,17 @@ _MIGRATIONS = {
             PRIMARY KEY (room, target_seq, emoji_seq, seq)
         ) WITHOUT ROWID""",
         "CREATE UNIQUE INDEX reactions_by_name ON reactions (room, target_seq, emoji, name)",
-        # Never pruned: a marker outlives the messages it is past.
+        # A marker outlives the messages it is past, but not `max_age` after its last move
+        # (moved_at_us), and at most `max_markers` of them, the least recently moved go
+        # first: both pruned by the maintenance job, along the time index.
         """CREATE TABLE read_markers (
             name TEXT NOT NULL,
             room TEXT NOT NULL,
             seq INTEGER NOT NULL,
+            moved_at_us INTEGER NOT NULL,
             PRIMARY KEY (name, room)
         ) WITHOUT ROWID""",
+        "CREATE INDEX read_markers_by_time ON read_markers (moved_at_us)",
     ),
 }
 _TABLES = frozenset({"meta", "rooms", "messages", "dedup"})

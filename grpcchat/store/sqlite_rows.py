@@ -17,8 +17,11 @@ COLUMNS = (
     "seq, id, sender, text, sent_at_us, action, reply_to, kind, target, emoji, edited_at_us,"
     " deleted"
 )
-# The same columns as the dedup table remembers them (an entry as appended: no state).
-KEYED_COLUMNS = "seq, id, sender, text, sent_at_us, action, reply_to, kind, target, emoji, NULL, 0"
+# The same columns as the dedup table remembers them (an entry as appended; a delete erases
+# its text and marks it deleted).
+KEYED_COLUMNS = (
+    "seq, id, sender, text, sent_at_us, action, reply_to, kind, target, emoji, NULL, deleted"
+)
 Row: TypeAlias = tuple[Any, ...]
 
 

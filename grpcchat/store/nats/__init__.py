@@ -21,7 +21,9 @@ judges them by `sent_at`, so a repeat JetStream reports is checked against the o
 `sent_at`: outside the window it is published again under `<id>#<original's stream seq>`,
 which chains each new message to the one before it. A repeat is recognised while JetStream
 remembers the id: for `dedup_window` of its clock after the original, the same span as
-`sent_at` in normal use (the server dates messages itself).
+`sent_at` in normal use (the server dates messages itself). A repeat returns the original as its
+room's index shows it now; one whose original a DELETE erased and retention has since dropped
+from the index too is not recognised (it is stored as a new message).
 
 Retention is the engine's own, never JetStream's limits, for two reasons: a room's latest
 message is kept even when expired or beyond the count (it carries `last_seq`), and a keyed
@@ -78,7 +80,11 @@ Conversations (relations, replies, read markers):
   sits where the retained entries start (see `reader.Reader.count`). The last entry of a room
   (which carries `last_seq`) is never erased: a DELETE always comes after what it erases.
 - Read markers are a stream of their own, one subject per user and room keeping its last
-  message (`markers`), moved forward by compare-and-set; `unread` counts in the room's index.
+  message (`markers`), moved forward by compare-and-set, bounded by JetStream's `max_age` and
+  `max_msgs` (discarding the least recently moved). `unread` counts exactly in a room's index
+  when this process has one; for any other room it reads no entries, and counts the room's
+  entries after the marker that the stream still holds (its first and last messages tell),
+  relations and the user's own included, as the contract allows.
 
 Modules: `store` (the contract: `NatsStore`, made of the parts below; reads, counts, unread),
 `connection` (connecting, opening the stream, NATS failures as StoreError), `appender`
@@ -91,10 +97,10 @@ prefixes), `erasure` (erasing what a DELETE removed), `window` (what retention k
 
 Limits: `rooms` asks JetStream for the stream's subjects, so a page costs in proportion to the
 number of rooms, not to the page; a read costs a request per message plus a binary search to
-its first one; the first read, relation or `unread` of a room in a process reads its retained
-entries once to build its index: a binary search to the first, then one ordered consumer on
-the room's subject delivers them all (`reader.Reader.run`; about 0.9 s for 10,000 entries on
-one machine, against 2.7 s at a request each), as does an index behind by more than
+its first one; the first read or relation of a room in a process reads its retained entries
+once to build its index (`unread` never does): a binary search to the first, then one ordered
+consumer on the room's subject delivers them all (`reader.Reader.run`; about 0.9 s for 10,000
+entries on one machine, against 2.7 s at a request each), as does an index behind by more than
 `reader.FEW` entries.
 """
 

@@ -196,11 +196,15 @@ class Appender:
         return message
 
     async def _original(self, room: str, stream_seq: int) -> Message | None:
-        """The entry JetStream says an append repeats, as it is now (None if it is gone)."""
+        """The entry JetStream says an append repeats, as it is now (None if it is gone): its
+        room's index is brought up to date (built if need be: repeats are rare) for that."""
         original = await self._reader.get(stream_seq)
         if original is not None:
-            state = self._indexes.peek(original.message.room)
-            return state.current(original.message) if state else original.message
+            subject = self._reader.subject(original.message.room)
+            state = await self._indexes.upto(
+                original.message.room, await self._reader.last(subject)
+            )
+            return state.current(original.message)
         # Erased by a DELETE (or pruned): a tombstone is what the room's index shows then.
         state = await self._indexes.upto(room, await self._reader.last(self._reader.subject(room)))
         return state.erased_stream_seq(stream_seq)

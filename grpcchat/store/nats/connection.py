@@ -121,7 +121,7 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
         with errors(f"open the stream {options.stream}"):
             js = nc.jetstream(timeout=REQUEST_TIMEOUT)
             epoch = await _open_stream(js, options, retention)
-            await Markers(js, options.stream, epoch).open(options.replicas)
+            await Markers(js, options.stream, epoch, retention).open(options.replicas)
     except BaseException:
         await nc.close()
         raise

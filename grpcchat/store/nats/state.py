@@ -45,20 +45,35 @@ class _Entry:
     edits: list[Erased] = field(default_factory=list)
 
 
+class Tally:
+    """How many entries some indexes hold in all, kept up by each as it changes."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries = 0
+
+
 class RoomState:
     """The current state of one room's retained entries, as of the entry `last`."""
 
-    def __init__(self, room: str, epoch: str, max_messages: int) -> None:
+    def __init__(
+        self, room: str, epoch: str, max_messages: int, tally: Tally | None = None
+    ) -> None:
         self.room = room
         self._epoch = epoch
         self._max_messages = max_messages
+        # Where this index counts its entries (a set of indexes' total, see `RoomStates`).
+        self.tally = tally or Tally()
         # Held by whoever reads the stream to bring the index up to date.
         self.lock = asyncio.Lock()
+        self._entries: dict[str, _Entry] = {}
         self.reset()
 
     def reset(self) -> None:
         self.last: Stored | None = None
-        self._entries: dict[str, _Entry] = {}
+        self.tally.entries -= len(self._entries)
+        self._entries = {}
         self._by_seq: dict[int, str] = {}
         # Entries are applied in seq order, except those rebuilt from a DELETE's `gone`.
         self._sorted = True
@@ -156,6 +171,8 @@ class RoomState:
         seq = entry.message.seq
         if self._by_seq and seq < next(reversed(self._by_seq)):
             self._sorted = False
+        if entry.message.id not in self._entries:
+            self.tally.entries += 1
         self._entries[entry.message.id] = entry
         self._by_seq[seq] = entry.message.id
 
@@ -172,6 +189,7 @@ class RoomState:
             if seq >= window_start:
                 break
             entry = self._entries.pop(self._by_seq.pop(seq))
+            self.tally.entries -= 1
             if entry.key and self._keys.get(entry.key) == entry.message.id:
                 del self._keys[entry.key]
         cut = bisect.bisect_left(self._erased_seqs, window_start)
@@ -240,10 +258,6 @@ class RoomState:
                 return relations.erased(message)
         return message
 
-    def is_erased(self, seq: int) -> bool:
-        """Whether a DELETE erased the entry at `seq` (its stream message should be gone)."""
-        return seq in self._erased
-
     def erased_between(self, low: int, high: int) -> list[Message]:
         """The erased entries with `low < seq < high`, in seq order, as reads show them."""
         start = bisect.bisect_right(self._erased_seqs, low)
@@ -301,12 +315,15 @@ class RoomStates:
         self._max_messages = max_messages
         self._max_indexed = max_indexed
         self._rooms: OrderedDict[str, RoomState] = OrderedDict()
+        # The entries of every index held here, kept up by the indexes as they change.
+        self._tally = Tally()
 
     def get(self, room: str) -> RoomState:
         """The room's index (a new, empty one if it has none), now the most recently used."""
         state = self._rooms.get(room)
         if state is None:
-            state = self._rooms[room] = RoomState(room, self._epoch, self._max_messages)
+            state = RoomState(room, self._epoch, self._max_messages, self._tally)
+            self._rooms[room] = state
         self._rooms.move_to_end(room)
         self._bound()
         return state
@@ -314,8 +331,15 @@ class RoomStates:
     def peek(self, room: str) -> RoomState | None:
         return self._rooms.get(room)
 
+    @property
+    def entries(self) -> int:
+        """How many entries the indexes held here hold in all."""
+        return self._tally.entries
+
     def _bound(self) -> None:
-        total = sum(len(state) for state in self._rooms.values())
-        while total > self._max_indexed and len(self._rooms) > 1:
+        while self._tally.entries > self._max_indexed and len(self._rooms) > 1:
             _, dropped = self._rooms.popitem(last=False)
-            total -= len(dropped)
+            # Whoever still holds it may change it: no longer counted here.
+            self._tally.entries -= len(dropped)
+            dropped.tally = Tally()
+            dropped.tally.entries = len(dropped)

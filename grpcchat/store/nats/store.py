@@ -56,7 +56,7 @@ class NatsStore:
         self._reader = Reader(
             self._js, options.stream, options.prefix, epoch, retention.max_messages
         )
-        self._markers = Markers(self._js, options.stream, epoch)
+        self._markers = Markers(self._js, options.stream, epoch, retention)
         self._indexes = Indexes(self._reader, self._window, epoch)
         wake = asyncio.Event()
         self._eraser = Eraser(self._js, options.stream, wake)
@@ -227,25 +227,34 @@ class NatsStore:
         return marker
 
     async def unread(self, user: str, rooms: list[str]) -> dict[str, int]:
-        """Counted in each room's index (built if need be: a read of the retained room), from
-        the newest entry back to the marker, stopping at MAX_UNREAD."""
+        """Exact in a room this process has indexed: counted in the index (brought up to the
+        room's last entry), from the newest entry back to the marker, stopping at MAX_UNREAD.
+        Any other room is not read to count it (a page of rooms asks every few seconds, and
+        building each index would read up to the retention count per room and crowd the
+        others out of MAX_INDEXED): its count is the entries after the marker that the stream
+        still holds, from the room's first and last messages (two requests): every retained
+        message counted exactly lies among them, and so may relations, the user's own, deleted
+        messages and expired ones not purged yet, as the contract allows."""
         self._link.check_open()
         counts: dict[str, int] = {}
         for room in dict.fromkeys(rooms):
             with errors(f"count what {user!r} has not read in {room!r}"):
                 marker, _ = await self._markers.get(user, room)
-                last = await self._reader.last(self._reader.subject(room))
-                if last is None or last.seq <= marker:
-                    counts[room] = 0
+                subject = self._reader.subject(room)
+                last = await self._reader.last(subject)
+                oldest_kept = self._window.oldest_kept_us()
+                if last is None or last.seq <= marker or last.latest_us < oldest_kept:
+                    counts[room] = 0  # nothing after the marker, or all of it expired
+                    continue
+                window_start = self._window.start(last.seq)
+                if self._indexes.peek(room) is None:
+                    # Purges take prefixes only: nothing retained lies before the first held.
+                    first = await self._reader.next(subject, 1)
+                    start = max(marker + 1, window_start, first.seq if first else last.seq)
+                    counts[room] = min(last.seq - start + 1, MAX_UNREAD)
                     continue
                 state = await self._indexes.upto(room, last)
-                counts[room] = state.unread(
-                    user,
-                    marker,
-                    self._window.start(last.seq),
-                    self._window.oldest_kept_us(),
-                    MAX_UNREAD,
-                )
+                counts[room] = state.unread(user, marker, window_start, oldest_kept, MAX_UNREAD)
         return counts
 
     # -- retention (see `maintenance`) ---------------------------------------------------------
