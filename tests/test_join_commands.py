@@ -16,6 +16,7 @@ that answer means everything typed before it has been done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -127,19 +128,29 @@ class PipedJoin:
 StartJoin = Callable[..., Awaitable[PipedJoin]]
 
 
-@pytest.fixture
-async def start_join(server_process: ServerProcess) -> AsyncIterator[StartJoin]:
-    """`await start_join(*options, name="alice")`: a piped `grpcchat join` on the server."""
+@contextlib.asynccontextmanager
+async def piped_joins(addr: str) -> AsyncIterator[StartJoin]:
+    """`await start(*options, name="alice")`: a piped `grpcchat join` on `addr`, each killed
+    at the end of the block."""
     started: list[PipedJoin] = []
 
     async def start(*options: str, name: str = "alice") -> PipedJoin:
-        joined = await PipedJoin.start(server_process.addr, name, *options)
+        joined = await PipedJoin.start(addr, name, *options)
         started.append(joined)
         return joined
 
-    yield start
-    for joined in started:
-        await joined.kill()
+    try:
+        yield start
+    finally:
+        for joined in started:
+            await joined.kill()
+
+
+@pytest.fixture
+async def start_join(server_process: ServerProcess) -> AsyncIterator[StartJoin]:
+    """`await start_join(*options, name="alice")`: a piped `grpcchat join` on the server."""
+    async with piped_joins(server_process.addr) as start:
+        yield start
 
 
 @pytest.fixture

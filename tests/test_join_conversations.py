@@ -36,7 +36,7 @@ from grpcchat.core.models import (
 from tests.conftest import ServerProcess, cli_env, grpcchat_command, run_cli
 
 # The piped `grpcchat join` of test_join_commands.
-from tests.test_join_commands import PipedJoin, StartJoin, said
+from tests.test_join_commands import StartJoin, piped_joins, said
 from tests.tty import Terminal
 
 pytestmark = pytest.mark.timeout(30)
@@ -241,16 +241,8 @@ def test_typing_notices_go_out_at_most_every_few_seconds_and_stop_on_send() -> N
 @pytest.fixture
 async def piped(server_process: ServerProcess) -> AsyncIterator[StartJoin]:
     """`await piped(*options, name="alice")`: a piped `grpcchat join` on the server."""
-    started: list[PipedJoin] = []
-
-    async def start(*options: str, name: str = "alice") -> PipedJoin:
-        joined = await PipedJoin.start(server_process.addr, name, *options)
-        started.append(joined)
-        return joined
-
-    yield start
-    for joined in started:
-        await joined.kill()
+    async with piped_joins(server_process.addr) as start:
+        yield start
 
 
 @pytest.fixture

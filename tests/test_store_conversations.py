@@ -18,7 +18,7 @@ import itertools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import Phase, given, settings
@@ -46,16 +46,13 @@ from grpcchat.core.models import Message, Reaction, Relation, RelationKind
 from grpcchat.server.engines import open_store
 from tests.test_store_contract import (  # noqa: F401  (the engine fixtures)
     OpenHistory,
+    now,
     open_history,
     store,
     store_url,
 )
 
 EDIT, DELETE, REACT, UNREACT = RelationKind
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def post(
