@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from grpcchat.bench.frames import MIN_MESSAGE_SIZE
 from grpcchat.client.config import parse_addrs
 from grpcchat.core.errors import ChatError, InvalidInput
 from grpcchat.core.models import DEFAULT_ROOM
+from grpcchat.core.records import record
 from grpcchat.core.validation import MAX_TEXT_LENGTH, check_room
 
 # Seconds a worker, a publisher or the server gets to stop before it is cancelled or killed: every
@@ -59,7 +59,7 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BenchConfig:
     """What to run. Invalid values raise ValueError."""
 

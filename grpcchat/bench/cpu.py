@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 from grpcchat.bench.result import CpuUsage
+from grpcchat.core.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CpuSnapshot:
     """CPU seconds used so far: by each server process, by all workers together, by this
     process."""

@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+from grpcchat.core.records import record
 
 # The longest marker: run id (6 hex), publisher (3 digits), seq (9 digits), time_ns (19 digits),
 # four separators and the brackets; a message must have room for it.
@@ -159,7 +160,7 @@ def _text(value: int | bytes) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ack:
     """A chat.v1.SendAck: `code` empty when the message was accepted."""
 
@@ -169,7 +170,7 @@ class Ack:
     retry_after_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Refused:
     """A chat.v1.RequestRefused: the server did not understand or allow a request."""
 

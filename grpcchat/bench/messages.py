@@ -8,12 +8,12 @@ is plain frozen data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from grpcchat.core.records import record
 
 POLL = 0.02  # seconds between either side's looks at its queue
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerSpec:
     index: int
     protocol: str  # "native" (Subscribe streams) or "v1" (Chat streams)
@@ -27,14 +27,14 @@ class WorkerSpec:
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Progress:
     worker: int
     connected: int
     delivered: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerResult:
     worker: int
     expected: int  # messages this worker's subscribers should have got, all together
@@ -53,14 +53,14 @@ class WorkerResult:
     by_addr: dict[str, tuple[int, int, int]]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerFailed:
     worker: int
     status: str | None  # a RemoteError's status, None for anything else
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Finish:
     """Publishing is over: publisher i tried seqs 0..issued[i]-1, of which `failed` (publisher,
     seq) pairs were not confirmed; every subscriber should have every other one. Wait for them
@@ -76,7 +76,7 @@ class Finish:
         return sum(self.issued) - len(self.failed)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Stop:
     """Leave without reporting."""
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from grpcchat.bench.config import BenchConfig
+from grpcchat.core.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Latency:
     """End-to-end latency percentiles, in milliseconds."""
 
@@ -18,7 +19,7 @@ class Latency:
     max: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CpuUsage:
     """CPU used while publishing and draining, in percent of one core (200.0 = two cores busy).
     None where it cannot be measured (not Linux, or a server this run did not start)."""
@@ -31,7 +32,7 @@ class CpuUsage:
     servers: tuple[float | None, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeShare:
     """The part of the load at one server address (one node of the chat)."""
 
@@ -43,7 +44,7 @@ class NodeShare:
     lost: int  # expected deliveries its subscribers did not get
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BenchResult:
     """One run's counts, rates, latency and CPU, with the config that produced them."""
 

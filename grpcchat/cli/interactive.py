@@ -19,7 +19,6 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, RenderableType
@@ -43,6 +42,7 @@ from grpcchat.core.models import (
     RoomLeft,
     Typing,
 )
+from grpcchat.core.records import record
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -70,7 +70,7 @@ CLOSING_WAIT = 1.0
 Action = Callable[[], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JoinOptions:
     name: str
     rooms: tuple[str, ...]

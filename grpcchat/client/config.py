@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from grpcchat.core.records import record
 
 DEFAULT_ADDR = "localhost:4000"
 DEFAULT_TIMEOUT = 10.0
@@ -35,7 +36,7 @@ def parse_addrs(addr: str) -> tuple[str, ...]:
     return tuple(entries)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClientConfig:
     """Where and how a client connects."""
 

@@ -3,12 +3,13 @@ session besides the domain's own (messages, joins, gaps, refusals)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from grpcchat.core.models import DEFAULT_ROOM, Event, Message
+from grpcchat.core.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Connected:
     """The session is live in `rooms`: everything posted there from now on will arrive."""
 
@@ -22,7 +23,7 @@ class Connected:
         return self.rooms[0] if self.rooms else DEFAULT_ROOM
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reconnecting:
     """The session lost its stream and retries after `delay` seconds, at `addr` (the next
     address of the client's list, or the same one when it has one)."""
@@ -32,7 +33,7 @@ class Reconnecting:
     addr: str = field(default="", compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Sent:
     message: Message
     duplicate: bool  # the caller's key had been used before: `message` is the original

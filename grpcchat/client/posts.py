@@ -7,7 +7,7 @@ grpcchat server, which ignores the fields it does not know, is caught by its ans
 
 from __future__ import annotations
 
-import uuid
+import os
 
 from grpcchat.core.errors import InvalidInput, RemoteError
 from grpcchat.core.models import Message, Relation, RelationKind
@@ -48,7 +48,8 @@ def send_request(
     request = pb.SendRequest(
         sender=check_name(sender),
         room=check_room(room),
-        key=key or uuid.uuid4().hex,
+        # As random as a uuid4 (uuid's import costs `grpcchat send` 2 ms of start-up).
+        key=key or os.urandom(16).hex(),
         recipient=check_name(recipient) if recipient else "",
         action=action,
         reply_to=check_message_id(reply_to) if reply_to else "",

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from grpcchat.core.models import Message
+from grpcchat.core.records import record
 
 # The "room" of a change that is about a name's sessions on a node at all (who can receive
 # direct messages), not about a room.
 CONNECTED = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MemberChange:
     """`name` entered (`joined`) or left `room` (CONNECTED: the node)."""
 

@@ -5,11 +5,11 @@ it, and one contract test suite (tests/test_store_contract.py) holds each to it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from grpcchat.core.models import Message, Relation
+from grpcchat.core.records import record
 
 # A repeated send (same sender, same key) within this window returns the original message.
 DEDUP_WINDOW = timedelta(minutes=10)
@@ -17,8 +17,6 @@ DEDUP_WINDOW = timedelta(minutes=10)
 MAX_MESSAGES_PER_ROOM = 10_000
 MAX_AGE = timedelta(days=30)
 MAX_KEEP = timedelta(days=36_500)
-# The longest idempotency key `append` is handed, in UTF-8 bytes; the core refuses longer ones.
-MAX_KEY_BYTES = 128
 # Per message: edits, distinct emoji, and reactions (name and emoji pairs) it may collect.
 MAX_EDITS = 100
 MAX_DISTINCT_EMOJI = 20
@@ -30,7 +28,7 @@ MAX_UNREAD = 1000
 MAX_MARKERS = 100_000
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Appended:
     """What `append` did: the message as stored, or, for a repeated key, the original (as it
     is now: see the contract's Idempotency)."""
@@ -39,7 +37,7 @@ class Appended:
     duplicate: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RoomCount:
     """One entry of a `rooms` page: a room and how many messages it holds now."""
 
@@ -47,7 +45,7 @@ class RoomCount:
     messages: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Retention:
     max_messages: int = MAX_MESSAGES_PER_ROOM
     max_age: timedelta = MAX_AGE
@@ -90,8 +88,8 @@ class HistoryStore(Protocol):
       was deleted since).
       "Within" compares the two appends' `sent_at`: a repeat less than `dedup_window` after the
       original is a duplicate; one `dedup_window` or more after is a new message. Callers pass
-      keys of at most MAX_KEY_BYTES bytes of UTF-8 (the core validates them); engines may rely
-      on that bound.
+      keys of at most `validation.MAX_KEY_BYTES` bytes of UTF-8 (the core validates them);
+      engines may rely on that bound.
     - `read` returns messages of one room in seq order (oldest first, or newest first when
       `newest_first`), only those with `after < seq < before` (either bound optional), at most
       `limit` of them, taken from the end nearest the bound being paged from: oldest-first pages

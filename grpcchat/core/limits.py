@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from grpcchat.core.records import record
 
 DEFAULT_QUEUE_SIZE = 1024
 DEFAULT_RATE = 20.0
@@ -12,7 +12,7 @@ DEFAULT_MAX_SESSIONS_PER_PEER = 2_000
 DEFAULT_MAX_ANONYMOUS_SESSIONS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Limits:
     """What one client may use. Zero disables a limit."""
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
 from grpcchat.core.cluster import Roster
 from grpcchat.core.history import HistoryStore
 from grpcchat.core.models import RoomInfo
+from grpcchat.core.records import record
 from grpcchat.core.rooms import Room
 from grpcchat.core.validation import MAX_NAME_LENGTH, MAX_ROOM_LENGTH, check_page_token
 
@@ -19,7 +19,7 @@ MAX_PAGE = 1000
 DEFAULT_PAGE = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MembersPage:
     names: list[str]
     total: int  # distinct names in the room

@@ -6,14 +6,15 @@ Nothing here knows about gRPC or protobuf.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+
+from grpcchat.core.records import record
 
 DEFAULT_ROOM = "lobby"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Message:
     """A chat message as the server accepted it.
 
@@ -60,7 +61,7 @@ class RelationKind(StrEnum):
     UNREACT = "unreact"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Relation:
     """What a log entry changes: `target` is the id of a message (not a relation) of the same
     room. An edit's new text is the entry's `text`; reactions name their `emoji`."""
@@ -70,7 +71,7 @@ class Relation:
     emoji: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reaction:
     """One emoji on a message, and the names that used it, in the order they reacted."""
 
@@ -78,7 +79,7 @@ class Reaction:
     names: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Position:
     """A place in a room's history: everything with a greater seq (same epoch) comes after it."""
 
@@ -86,7 +87,7 @@ class Position:
     epoch: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceChange:
     """`name` entered (joined=True) or left a room."""
 
@@ -96,7 +97,7 @@ class PresenceChange:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceSummary:
     """The join and leave notices of one tick in a room too big to name everyone: how many
     names entered and left, and how many are in the room now."""
@@ -108,7 +109,7 @@ class PresenceSummary:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HistoryGap:
     """Messages first_seq..last_seq of `room` were asked for but cannot be replayed (both 0 when
     the whole history was replaced: another epoch)."""
@@ -119,7 +120,7 @@ class HistoryGap:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RoomJoined:
     """A join is complete: any replay is over, live events follow."""
 
@@ -132,12 +133,12 @@ class RoomJoined:
     read_seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RoomLeft:
     room: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RequestRefused:
     """A join or leave on a session was refused; `code` is the status a unary call would get."""
 
@@ -146,7 +147,7 @@ class RequestRefused:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendAck:
     """The answer to a message sent on a session stream, matched by the sender's key: the
     message as accepted (the original, for a repeated key: `duplicate`), or a refusal with the
@@ -160,7 +161,7 @@ class SendAck:
     retry_after: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Typing:
     """`name` is typing in `room` (or stopped: not `active`). Never stored; a notice that is
     not refreshed within `expires_in` seconds has expired."""
@@ -171,7 +172,7 @@ class Typing:
     expires_in: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReadMarker:
     """The user's read marker in `room` moved to `seq` (told to the user's other sessions)."""
 
@@ -193,7 +194,7 @@ Event = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RoomInfo:
     name: str
     members: int

@@ -12,6 +12,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from grpcchat.core.models import Message, RelationKind
+from grpcchat.core.records import record
 
 # Seconds: from a fast in-memory path (tens of microseconds) to a client seconds behind.
 LATENCY_BUCKETS = (
@@ -87,7 +88,7 @@ class HubStats:
             self.relations[kind] = self.relations.get(kind, 0) + 1
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Load:
     """The hub's state at one moment (see `Hub.load`)."""
 

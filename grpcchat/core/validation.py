@@ -7,13 +7,14 @@ import re
 import unicodedata
 
 from grpcchat.core.errors import InvalidInput
-from grpcchat.core.history import MAX_KEY_BYTES
 from grpcchat.core.models import DEFAULT_ROOM
 
 MAX_NAME_LENGTH = 32
 MAX_TEXT_LENGTH = 4096
 MAX_ROOM_LENGTH = 32
 MAX_EPOCH_LENGTH = 64
+# The longest idempotency key a store's `append` is handed, in UTF-8 bytes.
+MAX_KEY_BYTES = 128
 
 _ROOM_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 

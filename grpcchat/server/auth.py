@@ -3,12 +3,12 @@ verifies them. The name inside the token is the only name an authenticated clien
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
 
 from grpcchat.core.errors import InvalidInput, Unauthenticated
+from grpcchat.core.records import record
 from grpcchat.core.validation import check_name
 
 ALGORITHM = "HS256"
@@ -18,7 +18,7 @@ ISSUER = "grpcchat"
 MIN_SECRET_LENGTH = 32
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Identity:
     name: str
     expires_at: datetime

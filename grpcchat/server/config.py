@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -13,6 +13,7 @@ import platformdirs
 
 from grpcchat.core.history import Retention
 from grpcchat.core.limits import Limits
+from grpcchat.core.records import record
 from grpcchat.core.urls import redacted_url
 from grpcchat.server.connections import (
     DEFAULT_HEARTBEAT,
@@ -61,7 +62,7 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("grpcchat", appauthor=False))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServerConfig:
     """Everything `grpcchat serve` needs; the server reads nothing else."""
 

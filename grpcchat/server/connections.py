@@ -6,7 +6,8 @@ balancer. The client's side of the agreement is `grpcchat.client.channel`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+from grpcchat.core.records import record
 
 # Seconds a session stream (Connect, Subscribe) may carry nothing before the server writes an
 # empty response: below AWS ALB's 60 s idle timeout, which ignores HTTP/2 pings.
@@ -18,7 +19,7 @@ DEFAULT_MAX_CONNECTION_AGE = 0.0
 DEFAULT_MAX_CONNECTION_AGE_GRACE = 30.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Keepalive:
     """HTTP/2 keepalive of the server, in seconds. The defaults agree with the client's
     (`grpcchat.client.channel.KEEPALIVE_*`): it pings every 20 s, twice the least interval

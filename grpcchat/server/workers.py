@@ -30,11 +30,12 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from grpcchat.core.errors import ChatError
+from grpcchat.core.records import record
 from grpcchat.server import children
 from grpcchat.server.config import ServerConfig, default_data_dir, host_port
 from grpcchat.server.localnats import LocalNats
@@ -56,7 +57,7 @@ class WorkerError(ChatError):
     """A worker could not start, or workers keep exiting: the supervisor stopped them all."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerCommand:
     """How the user ran `grpcchat serve`, for the workers to run the same: options without a
     GRPCCHAT_* variable as arguments, the others as variables (a secret given as a flag then
@@ -66,7 +67,7 @@ class WorkerCommand:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Started:
     """What the supervisor's startup line tells, once every worker listens."""
 

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from grpcchat.core.errors import StoreError
 from grpcchat.core.models import Message, Relation, RelationKind
+from grpcchat.core.records import record
 from grpcchat.core.urls import redacted_url
 
 DEFAULT_STREAM = "CHAT"
@@ -52,7 +52,7 @@ _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Options:
     """What a `nats://` URL names: the servers, the stream, its replicas."""
 
@@ -106,7 +106,7 @@ def from_us(us: int) -> datetime:
     return _EPOCH_START + timedelta(microseconds=us)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Lates:
     """The late messages of a room's count window (see the module docstring)."""
 
@@ -136,7 +136,7 @@ class Lates:
         return cls(int(unknown_upto), tuple((int(seq), int(us)) for seq, _, us in entries))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Erased:
     """An entry a DELETE erased from the stream: where it was, and what its tombstone keeps."""
 
@@ -146,7 +146,7 @@ class Erased:
     stream_seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Gone:
     """What a DELETE erased: its target (and the target's `action` and `reply_to`, which the
     tombstone keeps) and the target's EDIT entries. The sender of all of them is the DELETE's."""
@@ -157,7 +157,7 @@ class Gone:
     edits: tuple[Erased, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Stored:
     """One message as the stream holds it: the message, where it sits, and its index headers."""
 
