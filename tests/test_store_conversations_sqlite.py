@@ -171,6 +171,34 @@ async def test_a_refused_relation_fails_only_itself_within_its_group(tmp_path: P
         await store.aclose()
 
 
+async def test_a_target_pushed_out_earlier_in_the_group_is_gone(tmp_path: Path) -> None:
+    """A group settles each room's count limit once, yet a relation or a reply sees the room
+    exactly as it would be had each append of the group been stored alone."""
+    store = await open_sqlite(tmp_path / "history.db", Retention(max_messages=3))
+    try:
+        first = (await post(store, "first")).id
+        calls: list[Awaitable[object]] = [
+            relate(store, REACT, first, sender="bob"),  # still there: seq 2
+            post(store, "3"),
+            post(store, "4"),  # pushes `first` out
+            relate(store, REACT, first, sender="cy"),
+            post(store, "too late", reply_to=first),
+            post(store, "5"),
+        ]
+        results = await in_one_group(store, calls)
+        assert [type(r).__name__ for r in results] == [
+            "Message",
+            "Message",
+            "Message",
+            "NotFound",
+            "NotFound",
+            "Message",
+        ]
+        assert [m.seq for m in await store.read("lobby")] == [3, 4, 5]
+    finally:
+        await store.aclose()
+
+
 async def test_each_append_of_a_group_gets_its_own_refusal(tmp_path: Path) -> None:
     store = await open_sqlite(tmp_path / "history.db")
     try:

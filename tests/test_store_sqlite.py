@@ -448,6 +448,25 @@ async def test_each_append_of_a_group_is_answered_with_its_own_message(tmp_path:
         await store.aclose()
 
 
+async def test_a_group_writes_each_rooms_row_and_prunes_it_once(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "history.db", Retention(max_messages=3))
+    try:
+        calls = [append(store, "a" if i % 3 else "b") for i in range(15)]
+        statements = await statements_of(store, calls)
+        transactions = " ".join(statements).split("BEGIN IMMEDIATE")[1:]
+        [storing] = [t for t in transactions if "INSERT INTO messages" in t]
+        assert storing.count("INSERT INTO messages") == 15
+        # Once a room, not once a message: the row, and what the group pushed out.
+        assert storing.count("INSERT INTO rooms") == 2
+        assert storing.count("DELETE FROM messages") == 2
+        assert [m.seq for m in await store.read("a")] == [8, 9, 10]
+        assert [m.seq for m in await store.read("b")] == [3, 4, 5]
+        assert await store.rooms() == [RoomCount("a", 3), RoomCount("b", 3)]
+        assert await store.last_seq("a") == 10
+    finally:
+        await store.aclose()
+
+
 FAILING_IN_A_GROUP = [
     pytest.param("BEFORE INSERT ON messages WHEN NEW.text = 'in bad'", id="storing"),
     pytest.param("BEFORE INSERT ON dedup WHEN NEW.key = 'bad'", id="remembering-the-key"),

@@ -26,13 +26,14 @@ Each room's row in `rooms` carries how many messages it holds, changed in the sa
 as every insert or delete of its messages, so a `rooms` page is a range of one small index.
 
 Retention: messages beyond the count limit are deleted in the transaction that appends the one
-pushing them out (a failure there rolls the whole append back). Expired messages, expired
-dedup keys, and read markers expired or beyond `max_markers` (the least recently moved) are
-deleted by the store's own job (`SqliteStore._maintain_forever`): at open, then every
-MAINTENANCE_INTERVAL, in transactions of at most MAINTENANCE_BATCH rows so appends interleave;
-a failed run is logged (grpcchat.store) and retried at the next interval. Until a run, `read`,
-`rooms` and markers skip or count out anything expired, so what callers see never depends on
-when the deletion last ran (only the markers' cap waits for it).
+pushing them out (a failure there rolls the whole append back), once a room per group, with the
+room's row (a relation or reply first settles its room, so it sees the room as if stored alone).
+Expired messages, expired dedup keys, and read markers expired or beyond `max_markers` (the
+least recently moved) are deleted by the store's own job (`SqliteStore._maintain_forever`): at
+open, then every MAINTENANCE_INTERVAL, in transactions of at most MAINTENANCE_BATCH rows so
+appends interleave; a failed run is logged (grpcchat.store) and retried at the next interval.
+Until a run, `read`, `rooms` and markers skip or count out anything expired, so what callers
+see never depends on when the deletion last ran (only the markers' cap waits for it).
 """
 
 from __future__ import annotations
