@@ -1,0 +1,88 @@
+"""A session's writer under `Session.batches`: a quiet stream is written at once, a busy one in
+batches spaced a linger apart (the wait is what is left of a linger since the last write, not
+a whole linger after each event). Pure asyncio, no server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from grpcchat.core.models import Envelope, RequestRefused
+from grpcchat.core.session import Session
+
+LINGER = 0.2
+
+
+def _event(n: int) -> Envelope:
+    return Envelope(RequestRefused("lobby", "INVALID_ARGUMENT", f"event {n}"))
+
+
+class Writer:
+    """Drains a session's batches, noting when each was written (the loop's clock)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.written: list[tuple[float, int]] = []
+        self.wrote = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        async for batch in self.session.batches():
+            self.written.append((loop.time(), len(batch)))
+            self.wrote.set()
+
+    async def next_write(self) -> tuple[float, int]:
+        self.wrote.clear()
+        await asyncio.wait_for(self.wrote.wait(), 5)
+        return self.written[-1]
+
+    async def close(self) -> None:
+        self.session.close()
+        await asyncio.wait_for(self._task, 5)
+
+
+async def test_a_quiet_stream_is_written_at_once() -> None:
+    loop = asyncio.get_running_loop()
+    writer = Writer(Session("quiet", capacity=100, max_batch=10, linger=LINGER))
+    try:
+        await asyncio.sleep(0)
+        offered = loop.time()
+        writer.session.offer(_event(0))
+        written, count = await writer.next_write()
+        assert count == 1
+        assert written - offered < LINGER / 2
+    finally:
+        await writer.close()
+
+
+async def test_a_busy_stream_is_written_in_batches_a_linger_apart() -> None:
+    writer = Writer(Session("busy", capacity=100, max_batch=100, linger=LINGER))
+    try:
+        writer.session.offer(_event(0))
+        first, _ = await writer.next_write()
+        for n in range(1, 6):  # soon after the write: the stream is busy
+            await asyncio.sleep(LINGER / 10)
+            writer.session.offer(_event(n))
+        second, count = await writer.next_write()
+        assert count == 5  # one batch
+        assert second - first >= LINGER * 0.99  # no sooner than a linger after the last write
+    finally:
+        await writer.close()
+
+
+async def test_an_event_a_linger_after_the_last_write_is_written_at_once() -> None:
+    """Still "busy" (within two lingers of the last write), but a linger has passed already:
+    waiting another whole linger would only add latency."""
+    loop = asyncio.get_running_loop()
+    writer = Writer(Session("steady", capacity=100, max_batch=10, linger=LINGER))
+    try:
+        writer.session.offer(_event(0))
+        await writer.next_write()
+        await asyncio.sleep(LINGER * 1.25)
+        offered = loop.time()
+        writer.session.offer(_event(1))
+        written, count = await writer.next_write()
+        assert count == 1
+        assert written - offered < LINGER / 2
+    finally:
+        await writer.close()
