@@ -11,6 +11,7 @@ import queue
 import re
 import signal
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,13 @@ import pytest
 from rich.console import Console
 
 from grpcchat.cli.logformat import json_formatter, plain_formatter
-from grpcchat.cli.serverlog import ChatLogHandler, _not_on_terminal, _SkippingQueueHandler
+from grpcchat.cli.serverlog import (
+    ChatLogHandler,
+    _BatchingListener,
+    _BatchingStreamHandler,
+    _not_on_terminal,
+    _SkippingQueueHandler,
+)
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
 from tests.conftest import ServerProcess, cli_env, run_cli, run_cli_async
@@ -212,6 +219,68 @@ def test_plain_formatter_line() -> None:
     assert plain_formatter().format(message_record()) == (
         '2026-12-01T21:00:00Z INFO 🟢 [alice]: "hi"  #lobby'
     )
+
+
+def test_plain_formatter_keeps_a_traceback_and_a_line_break_in_the_text() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord("grpc.aio", logging.ERROR, "", 0, "it broke", (), sys.exc_info())
+    record.created = 1796158800.25
+    lines = plain_formatter().format(record).splitlines()
+    assert lines[0] == "2026-12-01T21:00:00Z ERROR it broke"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "RuntimeError: boom"
+    assert plain_formatter().format(message_record("one\ntwo")).count("\n") == 0
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_batching_handler_writes_its_lines_at_once_when_flushed() -> None:
+    stream = CountingStream()
+    handler = _BatchingStreamHandler(stream)
+    handler.setFormatter(plain_formatter())
+    for n in range(3):
+        handler.handle(message_record(f"line {n}"))
+    assert stream.getvalue() == ""  # held until the flush
+    handler.flush()
+    assert stream.writes == 1
+    assert [line.split('"')[1] for line in stream.getvalue().splitlines()] == [
+        "line 0",
+        "line 1",
+        "line 2",
+    ]
+
+
+def test_the_listener_writes_a_quiet_line_at_once_and_loses_nothing_at_stop() -> None:
+    stream = CountingStream()
+    handler = _BatchingStreamHandler(stream)
+    handler.setFormatter(plain_formatter())
+    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    listener = _BatchingListener(records, handler)
+    listener.start()
+    try:
+        records.put(message_record("alone"))
+        deadline = time.monotonic() + 5
+        while "alone" not in stream.getvalue():  # the queue ran dry: written, not held
+            assert time.monotonic() < deadline, "a quiet line was held back"
+            time.sleep(0.01)
+        for n in range(2_000):
+            records.put(message_record(f"busy {n}"))
+    finally:
+        listener.stop()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2_001
+    assert lines[-1].endswith('"busy 1999"  #lobby')
+    assert stream.writes < len(lines)
 
 
 def test_rich_handler_on_a_terminal_keeps_the_article_line() -> None:
