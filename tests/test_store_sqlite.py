@@ -434,6 +434,24 @@ async def test_waiting_appends_commit_as_one_transaction_in_call_order(tmp_path:
         await store.aclose()
 
 
+async def test_a_group_of_new_keys_looks_them_up_in_one_statement(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "history.db")
+    try:
+        await append(store, key="k0")
+        calls = [append(store, key=f"k{i}") for i in range(1, 31)]
+        statements = await statements_of(store, calls)
+        transactions = " ".join(statements).split("BEGIN IMMEDIATE")[1:]
+        [storing] = [t for t in transactions if "INSERT INTO messages" in t]
+        assert storing.count("JOIN dedup") == 1  # the group's keys, all at once
+        assert storing.count("FROM dedup") == 0  # none is a repeat: no lookup of its own
+        assert [m.seq for m in await store.read("lobby")] == list(range(1, 32))
+        again = await append(store, key="k7")
+        assert again.duplicate
+        assert again.message.seq == 8
+    finally:
+        await store.aclose()
+
+
 async def test_each_append_of_a_group_is_answered_with_its_own_message(tmp_path: Path) -> None:
     store = await open_sqlite(tmp_path / "history.db")
     try:

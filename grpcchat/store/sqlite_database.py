@@ -6,6 +6,7 @@ method here runs on its thread, never on the event loop."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from grpcchat.store.sqlite_file import (
     unreadable,
     unusable,
 )
-from grpcchat.store.sqlite_rows import COLUMNS, KEYED_COLUMNS, message, now_us, to_us
+from grpcchat.store.sqlite_rows import COLUMNS, KEYED_COLUMNS, Row, message, now_us, to_us
 
 __all__ = ["MAINTENANCE_BATCH", "AppendRequest", "Database", "to_us"]
 
@@ -38,6 +39,16 @@ _MAX_SEQ = 2**63 - 1  # SQLite's largest integer: an open bound
 
 # One queued append: id, room, sender, text, sent_at_us, key, action, reply_to, relation.
 AppendRequest: TypeAlias = tuple[str, str, str, str, int, str, bool, str, Relation | None]
+_INSERT_MESSAGES = (
+    "INSERT INTO messages"
+    " (room, seq, id, sender, text, sent_at_us, action, reply_to, kind, target, emoji)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_KEYS = (
+    "INSERT OR REPLACE INTO dedup"
+    " (room, seq, id, sender, text, sent_at_us, action, reply_to, kind, target, emoji, key)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 # What became of one append: stored (or the original of its key), refused by the rules of
 # relations (ChatError: nothing of it is stored), or failed in SQLite.
 Outcome: TypeAlias = Appended | ChatError | sqlite3.Error
@@ -58,9 +69,15 @@ class Database:
         # When a marker last moved here: each move is dated after the one before, so the
         # least recently moved is always one marker, even within a microsecond.
         self._moved_at_us = 0
-        # Rooms appended to in the open transaction whose `rooms` row is not written yet: their
-        # last seq and how many messages they gained (see `_settle_room`).
+        # What the open transaction appended and has not written yet: rows of messages and of
+        # dedup (see `_flush`), and rooms whose `rooms` row is behind, with their last seq and
+        # how many messages they gained (see `_settle_room`).
+        self._unwritten: list[Row] = []
+        self._unwritten_keys: list[Row] = []
         self._unsettled: dict[str, tuple[int, int]] = {}
+        # The (sender, key)s the open transaction's appends may repeat, with when each
+        # remembered append was made: only these need the dedup table looked at.
+        self._known_keys: dict[tuple[str, str], int] = {}
         self.epoch = existing_epoch(conn, path) or create_schema(conn, path)
         migrate(conn)
         self._enforce_count_limit()
@@ -133,10 +150,11 @@ class Database:
         try:
             with self._transaction():
                 began = True
+                self._known_keys = self._remembered_keys(requests)
                 outcomes: list[Outcome] = [self._append_or_refuse(r) for r in requests]
-                self._settle_rooms()
+                self._write_all()
         except sqlite3.Error:
-            self._unsettled.clear()
+            self._forget_unwritten()
             if not began:
                 raise
             return [self._append_alone(request) for request in requests]
@@ -147,10 +165,11 @@ class Database:
     def _append_alone(self, request: AppendRequest) -> Outcome:
         try:
             with self._transaction():
+                self._known_keys = self._remembered_keys([request])
                 outcome = self._append_or_refuse(request)
-                self._settle_rooms()
+                self._write_all()
         except sqlite3.Error as exc:
-            self._unsettled.clear()
+            self._forget_unwritten()
             return exc
         self._appended(outcome, request)
         return outcome
@@ -184,7 +203,9 @@ class Database:
         transaction). A relation is checked against its target as stored now, then applied
         to it; ChatError, before anything is written, if it may not be."""
         oldest_kept_us = self._oldest_kept_us()
-        if key:
+        remembered_us = self._known_keys.get((sender, key)) if key else None
+        if remembered_us is not None and remembered_us > sent_at_us - self._dedup_window_us:
+            self._flush()
             original = self._conn.execute(
                 f"SELECT room, {KEYED_COLUMNS} FROM dedup"
                 " WHERE sender = ? AND key = ? AND sent_at_us > ?",
@@ -210,33 +231,57 @@ class Database:
         kind, target_id, emoji = _relation_columns(relation)
         # In COLUMNS order (with no state yet); the tables take the room first.
         row = (seq, id, sender, text, sent_at_us, action, reply_to, kind, target_id, emoji)
-        self._conn.execute(
-            "INSERT INTO messages"
-            " (room, seq, id, sender, text, sent_at_us, action, reply_to, kind, target, emoji)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (room, *row),
-        )
+        self._unwritten.append((room, *row))
         if key:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO dedup (room, seq, id, sender, text, sent_at_us,"
-                " action, reply_to, kind, target, emoji, key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (room, *row, key),
-            )
+            self._unwritten_keys.append((room, *row, key))
+            self._known_keys[sender, key] = sent_at_us
         stored = message(room, self.epoch, (*row, None, 0))
         if target is not None:
+            self._flush()
             conversations.apply(self._conn, target, stored)
         return Appended(stored, duplicate=False)
+
+    def _remembered_keys(self, requests: Sequence[AppendRequest]) -> dict[tuple[str, str], int]:
+        """The keys of `requests` that dedup remembers, with when each was appended: one
+        statement a group instead of a lookup an append."""
+        keyed = [(sender, key) for _, _, sender, _, _, key, *_ in requests if key]
+        if not keyed:
+            return {}
+        rows = self._conn.execute(
+            "SELECT d.sender, d.key, d.sent_at_us FROM json_each(?) AS wanted"
+            " JOIN dedup AS d ON d.sender = wanted.value ->> 0 AND d.key = wanted.value ->> 1",
+            (json.dumps(keyed, ensure_ascii=False),),
+        ).fetchall()
+        return {(sender, key): sent_at_us for sender, key, sent_at_us in rows}
+
+    def _flush(self) -> None:
+        """Write the rows appended so far (one statement a table): whatever reads or changes
+        the tables comes after."""
+        if self._unwritten:
+            self._conn.executemany(_INSERT_MESSAGES, self._unwritten)
+            self._unwritten.clear()
+        if self._unwritten_keys:
+            self._conn.executemany(_INSERT_KEYS, self._unwritten_keys)
+            self._unwritten_keys.clear()
+
+    def _write_all(self) -> None:
+        self._flush()
+        for room in list(self._unsettled):
+            self._settle_room(room)
+
+    def _forget_unwritten(self) -> None:
+        """After a rollback: nothing of the transaction is to be written."""
+        self._unwritten.clear()
+        self._unwritten_keys.clear()
+        self._unsettled.clear()
+        self._known_keys = {}
 
     def _find(self, room: str, id: str, oldest_kept_us: int) -> tuple[Message, int] | None:
         """`conversations.find`, with the room's appends so far settled: what they push out
         beyond the count limit must be gone, as it would be had each been stored alone."""
+        self._flush()
         self._settle_room(room)
         return conversations.find(self._conn, room, id, oldest_kept_us, self.epoch)
-
-    def _settle_rooms(self) -> None:
-        for room in list(self._unsettled):
-            self._settle_room(room)
 
     def _settle_room(self, room: str) -> None:
         """Write the room's row for the appends made to it since it was last settled, and
@@ -244,6 +289,7 @@ class Database:
         limit, as a busy room always is, each append would otherwise delete one message)."""
         if (unsettled := self._unsettled.pop(room, None)) is None:
             return
+        self._flush()
         last_seq, appended = unsettled
         self._conn.execute(
             "INSERT INTO rooms (room, last_seq, messages) VALUES (?, ?, ?)"
