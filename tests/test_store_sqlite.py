@@ -448,6 +448,12 @@ async def test_a_group_of_new_keys_looks_them_up_in_one_statement(tmp_path: Path
         again = await append(store, key="k7")
         assert again.duplicate
         assert again.message.seq == 8
+        odd = 'q"\\é😀\t'  # survives the JSON the group's keys are looked up with
+        first = await append(store, key=odd)
+        [repeat] = await in_one_group(store, [append(store, key=odd)])
+        assert isinstance(repeat, Appended)
+        assert repeat.duplicate
+        assert repeat.message.seq == first.message.seq
     finally:
         await store.aclose()
 

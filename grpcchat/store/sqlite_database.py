@@ -248,8 +248,9 @@ class Database:
         if not keyed:
             return {}
         rows = self._conn.execute(
-            "SELECT d.sender, d.key, d.sent_at_us FROM json_each(?) AS wanted"
-            " JOIN dedup AS d ON d.sender = wanted.value ->> 0 AND d.key = wanted.value ->> 1",
+            "SELECT d.sender, d.key, d.sent_at_us FROM json_each(?) AS wanted JOIN dedup AS d"
+            " ON d.sender = json_extract(wanted.value, '$[0]')"
+            " AND d.key = json_extract(wanted.value, '$[1]')",
             (json.dumps(keyed, ensure_ascii=False),),
         ).fetchall()
         return {(sender, key): sent_at_us for sender, key, sent_at_us in rows}
