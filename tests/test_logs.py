@@ -21,8 +21,8 @@ from rich.console import Console
 from grpcchat.cli.logformat import json_formatter, plain_formatter
 from grpcchat.cli.serverlog import (
     ChatLogHandler,
-    _BatchingListener,
     _BatchingStreamHandler,
+    _LogWriter,
     _not_on_terminal,
     _SkippingQueueHandler,
 )
@@ -260,27 +260,40 @@ def test_batching_handler_writes_its_lines_at_once_when_flushed() -> None:
     ]
 
 
-def test_the_listener_writes_a_quiet_line_at_once_and_loses_nothing_at_stop() -> None:
+def test_the_log_thread_writes_a_quiet_line_soon_and_loses_nothing_at_stop() -> None:
     stream = CountingStream()
     handler = _BatchingStreamHandler(stream)
     handler.setFormatter(plain_formatter())
     records: queue.Queue[logging.LogRecord] = queue.Queue()
-    listener = _BatchingListener(records, handler)
-    listener.start()
+    writer = _LogWriter(records, handler)
+    writer.start()
     try:
         records.put(message_record("alone"))
         deadline = time.monotonic() + 5
-        while "alone" not in stream.getvalue():  # the queue ran dry: written, not held
+        while "alone" not in stream.getvalue():  # written at the next tick, not held
             assert time.monotonic() < deadline, "a quiet line was held back"
             time.sleep(0.01)
         for n in range(2_000):
             records.put(message_record(f"busy {n}"))
     finally:
-        listener.stop()
+        writer.stop()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2_001
     assert lines[-1].endswith('"busy 1999"  #lobby')
-    assert stream.writes < len(lines)
+    assert stream.writes < len(lines) / 10  # in batches
+
+
+def test_the_log_thread_keeps_the_handlers_level() -> None:
+    stream = CountingStream()
+    handler = _BatchingStreamHandler(stream)
+    handler.setLevel(logging.WARNING)
+    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    writer = _LogWriter(records, handler)
+    writer.start()
+    records.put(message_record("chatter"))
+    records.put(logging.makeLogRecord({"msg": "trouble", "levelno": logging.WARNING}))
+    writer.stop()
+    assert stream.getvalue() == "trouble\n"
 
 
 def test_rich_handler_on_a_terminal_keeps_the_article_line() -> None:
