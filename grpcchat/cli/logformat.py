@@ -1,5 +1,5 @@
 """The server's log lines off a terminal: plain text for a pipe or a file, or one JSON object
-per line for log shippers. Both are structlog `ProcessorFormatter`s over the stdlib records the
+per line for log shippers (a structlog `ProcessorFormatter`), both over the stdlib records the
 server library writes (`logging.getLogger(...)` with `extra={"event": ..., field: ...}`).
 
 A record that carries a `text` field (a chat message, a direct message) is private: its
