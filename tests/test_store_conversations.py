@@ -64,6 +64,8 @@ async def post(
     key: str = "",
     reply_to: str = "",
     at: datetime | None = None,
+    action: bool = False,
+    relation: Relation | None = None,
 ) -> Message:
     appended = await store.append(
         id=uuid.uuid4().hex,
@@ -72,7 +74,9 @@ async def post(
         text=text,
         sent_at=at or now(),
         key=key,
+        action=action,
         reply_to=reply_to,
+        relation=relation,
     )
     return appended.message
 

@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,8 @@ nats = pytest.importorskip("nats", reason="nats-py is not installed")
 from nats.js.errors import NotFoundError as NoMessage  # noqa: E402
 
 from grpcchat.store.nats import NatsStore, codec, reader  # noqa: E402
+from tests import test_store_conversations as conversations  # noqa: E402
+from tests.test_store_contract import append  # noqa: E402
 
 Opener = Callable[..., Awaitable[HistoryStore]]
 
@@ -44,19 +47,6 @@ async def opener(stream_url: str) -> AsyncIterator[Opener]:
     yield open_
     for store in opened:
         await store.aclose()
-
-
-async def append(
-    store: HistoryStore, room: str = "lobby", *, key: str = "", at: datetime | None = None
-) -> Appended:
-    return await store.append(
-        id=uuid.uuid4().hex,
-        room=room,
-        sender="ann",
-        text="hi",
-        sent_at=at or datetime.now(UTC),
-        key=key,
-    )
 
 
 async def held(stream_url: str, room: str = "lobby") -> int:
@@ -181,29 +171,9 @@ async def test_an_unreachable_nats_is_a_store_error() -> None:
 # -- conversations: relations, erasing, read markers across stores --------------------------
 
 
-async def post(
-    store: HistoryStore,
-    text: str = "",
-    *,
-    room: str = "lobby",
-    sender: str = "ann",
-    key: str = "",
-    reply_to: str = "",
-    relation: Relation | None = None,
-    action: bool = False,
-) -> Message:
-    appended = await store.append(
-        id=uuid.uuid4().hex,
-        room=room,
-        sender=sender,
-        text=text,
-        sent_at=datetime.now(UTC),
-        key=key,
-        action=action,
-        reply_to=reply_to,
-        relation=relation,
-    )
-    return appended.message
+async def post(store: HistoryStore, text: str = "", **how: Any) -> Message:
+    """`test_store_conversations.post`, with no text unless given (a relation carries none)."""
+    return await conversations.post(store, text, **how)
 
 
 async def raw_texts(stream_url: str, room: str = "lobby") -> list[str]:
