@@ -291,6 +291,11 @@ def test_hand_encoded_requests_match_the_generated_classes() -> None:
     assert frames.send_on_session(b"hi", "r", "3") == on_session.SerializeToString()
     probe = pb.ConnectRequest(send=pb.SendRequest())
     assert frames.send_on_session(b"", "", "") == probe.SerializeToString()
+    two = [frames.send_request(b"a", "r", "1"), frames.send_request(b"b", "r", "2")]
+    packed = pb.ConnectRequest(
+        sends=pb.SendBatch(sends=[pb.SendRequest(text=t, room="r", key=k) for t, k in ("a1", "b2")])
+    )
+    assert frames.wrap_sends(two) == packed.SerializeToString()
 
 
 def test_acks_and_refusals_are_read_from_a_connect_response() -> None:

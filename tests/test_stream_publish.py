@@ -5,6 +5,7 @@ reconnect that neither lose nor double a message."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -12,12 +13,14 @@ import pytest
 
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
+from grpcchat.client.packing import packed_requests
 from grpcchat.core.errors import InvalidInput, RemoteError
 from grpcchat.core.limits import Limits
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
+from grpcchat.wire import codec
 from tests.helpers import Follower
 
 
@@ -111,3 +114,97 @@ async def test_sends_in_flight_across_a_restart_are_neither_lost_nor_doubled(
     finally:
         if second is not None:
             await second.stop(0)
+
+
+# -- packed sends: several in one request ------------------------------------------------------
+
+
+async def test_a_packed_request_is_applied_send_by_send(addr: str, client: ChatClient) -> None:
+    sends = [
+        pb.SendRequest(text="first", key="k1"),
+        pb.SendRequest(text="bad room", room="No Such Room!", key="k2"),
+        pb.SendRequest(text="first again", key="k1"),  # the same key: the original comes back
+        pb.SendRequest(text="psst", recipient="nobody", key="k4"),
+        pb.SendRequest(text="second", key="k5"),
+    ]
+    async with grpc.aio.insecure_channel(addr) as channel:
+        requests: asyncio.Queue[pb.ConnectRequest] = asyncio.Queue()
+        call = pb_grpc.ChatServiceStub(channel).Connect(_forever(requests))
+        headers = await call.initial_metadata()
+        requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name="raw")))
+        requests.put_nowait(pb.ConnectRequest(sends=pb.SendBatch(sends=sends)))
+        acks: list[pb.SendAck] = []
+        async with asyncio.timeout(5):
+            async for response in call:
+                acks += [e.ack for e in response.events if e.WhichOneof("kind") == "ack"]
+                if len(acks) == len(sends):
+                    break
+        call.cancel()
+    assert codec.reads_packed_sends(headers)
+    answers = sorted((a.key, a.code, a.duplicate, a.message.text) for a in acks)
+    assert answers == [
+        ("k1", "", False, "first"),
+        ("k1", "", True, "first"),
+        ("k2", "INVALID_ARGUMENT", False, ""),
+        ("k4", "NOT_FOUND", False, ""),
+        ("k5", "", False, "second"),
+    ]
+    stored = await client.history("lobby", limit=10)
+    assert [m.text for m in stored] == ["first", "second"]  # in the order written
+    assert stored[1].seq == stored[0].seq + 1
+
+
+async def _forever(requests: asyncio.Queue[pb.ConnectRequest]) -> AsyncIterator[pb.ConnectRequest]:
+    while True:
+        yield await requests.get()
+
+
+def _send(text: str) -> pb.ConnectRequest:
+    return pb.ConnectRequest(send=pb.SendRequest(text=text, key=text[:8]))
+
+
+async def _drain(queue: asyncio.Queue[pb.ConnectRequest | None], may_pack: bool) -> list[str]:
+    """What packed_requests writes for the queue's requests, each as a short description."""
+    out = []
+    async with asyncio.timeout(5):
+        async for request in packed_requests(queue, lambda: may_pack):
+            action = request.WhichOneof("action")
+            if action == "sends":
+                out.append("+".join(send.text for send in request.sends.sends))
+            else:
+                out.append(request.send.text if action == "send" else str(action))
+    return out
+
+
+async def test_sends_waiting_together_are_packed_and_nothing_else_moves() -> None:
+    hello = pb.ConnectRequest(hello=pb.Hello(name="a"))
+    join = pb.ConnectRequest(join=pb.JoinRoom(room="r"))
+    for may_pack, expected in (
+        (True, ["hello", "a+b", "join", "c"]),
+        (False, ["hello", "a", "b", "join", "c"]),  # a server that does not read `sends`
+    ):
+        queue: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+        for request in (hello, _send("a"), _send("b"), join, _send("c"), None):
+            queue.put_nowait(request)
+        assert await _drain(queue, may_pack) == expected
+
+
+async def test_a_packed_request_stays_under_the_servers_request_limit() -> None:
+    queue: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+    texts = [letter * 12_000 for letter in "abcde"]
+    for text in texts:
+        queue.put_nowait(_send(text))
+    queue.put_nowait(None)
+    written = await _drain(queue, may_pack=True)
+    assert [len(batch.split("+")) for batch in written] == [3, 2]  # 36 KB (under 64 KiB), then the rest
+    assert "+".join(written) == "+".join(texts)
+
+
+async def test_a_lone_send_goes_out_without_waiting_for_company() -> None:
+    queue: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+    queue.put_nowait(_send("alone"))
+    requests = packed_requests(queue, lambda: True)
+    async with asyncio.timeout(5):
+        first = await anext(requests)
+    assert first.send.text == "alone"
+    await requests.aclose()

@@ -110,9 +110,16 @@ def hello(name: str) -> bytes:
 def send_on_session(text: bytes, room: str, key: str) -> bytes:
     """chat.v1.ConnectRequest{send: SendRequest{text, room, key}} (the session names the sender);
     with an empty key, a probe: the server answers it with a refusing SendAck and posts nothing."""
-    request = send_request(text, room, key)
-    # A SendRequest with every field empty is still a `send`: the oneof member is written.
-    return _varint(4 << 3 | _LEN) + _varint(len(request)) + request
+    return wrap_sends([send_request(text, room, key)])
+
+
+def wrap_sends(requests: list[bytes]) -> bytes:
+    """chat.v1.ConnectRequest carrying SendRequests: one as `send`, several as `sends`."""
+    if len(requests) == 1:
+        # A SendRequest with every field empty is still a `send`: the oneof member is written.
+        return _varint(4 << 3 | _LEN) + _varint(len(requests[0])) + requests[0]
+    batch = b"".join(_varint(1 << 3 | _LEN) + _varint(len(r)) + r for r in requests)
+    return _varint(7 << 3 | _LEN) + _varint(len(batch)) + batch
 
 
 # -- decoding ---------------------------------------------------------------------------------

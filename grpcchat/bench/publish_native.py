@@ -1,6 +1,7 @@
-"""Native publishers: a `Connect` session posting with `ConnectRequest.send` and a window of
-unanswered sends (`SessionStream`), or concurrent unary `Send` calls (`Unary`); and the probe
-that tells whether a server answers `SendAck` at all."""
+"""Native publishers: a `Connect` session posting with `ConnectRequest.send` (or `sends`: what
+waits together, packed in one request) and a window of unanswered sends (`SessionStream`), or
+concurrent unary `Send` calls (`Unary`); and the probe that tells whether a server answers
+`SendAck` at all."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from grpcchat.bench.config import STOP_GRACE, BenchConfig, BenchError
 from grpcchat.bench.publishers import PublisherBase, Publishing, Stopped, half_close
 from grpcchat.bench.rpc import Raw, StreamCall, status
 from grpcchat.core.errors import RemoteError
-from grpcchat.wire.codec import RETRY_AFTER_KEY
+from grpcchat.wire.codec import PACKED_SENDS_BYTES, RETRY_AFTER_KEY, reads_packed_sends
 
 
 class SessionStream(PublisherBase):
@@ -21,19 +22,20 @@ class SessionStream(PublisherBase):
 
     _call: StreamCall
     _tasks: list[asyncio.Task[None]]
+    _packs: bool  # the server reads ConnectRequest.sends (older ones do not)
 
     def __init__(
         self, raw: Raw, config: BenchConfig, run: str, index: int, name: str, tally: Publishing
     ) -> None:
         super().__init__(raw, config, run, index, name, tally)
-        self._writes: asyncio.Queue[bytes] = asyncio.Queue()
-        self._pending: dict[str, tuple[int, bytes]] = {}  # key -> (seq, request)
+        self._writes: asyncio.Queue[bytes] = asyncio.Queue()  # SendRequests
+        self._pending: dict[str, tuple[int, bytes]] = {}  # key -> (seq, SendRequest)
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def open(self) -> None:
         self._call = call = self._raw.connect()
-        await call.initial_metadata()
+        self._packs = reads_packed_sends(await call.initial_metadata())
         if call.done():
             raise await status(call, self._raw.addr) or BenchError("Connect ended at once")
         await call.write(frames.hello(self._name))
@@ -46,7 +48,7 @@ class SessionStream(PublisherBase):
         await self._window.acquire()
         self._check()
         key = str(seq)
-        request = frames.send_on_session(self._text(seq), self._room, key)
+        request = frames.send_request(self._text(seq), self._room, key)
         self._pending[key] = (seq, request)
         self._idle.clear()
         self._writes.put_nowait(request)  # one writer: one write may be pending per stream
@@ -60,7 +62,13 @@ class SessionStream(PublisherBase):
         call = self._call
         with contextlib.suppress(Exception):
             while True:
-                await call.write(await self._writes.get())
+                # Sends waiting together go out as one request, as the client library's do.
+                batch = [await self._writes.get()]
+                size = len(batch[0])
+                while self._packs and size < PACKED_SENDS_BYTES and not self._writes.empty():
+                    batch.append(self._writes.get_nowait())
+                    size += len(batch[-1])
+                await call.write(frames.wrap_sends(batch))
 
     def _answered(self, key: str) -> None:
         self._pending.pop(key, None)

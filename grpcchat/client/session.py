@@ -16,6 +16,7 @@ from grpcchat.client.errors import RETRYABLE, raise_status
 from grpcchat.client.events import Connected, FeedEvent, Reconnecting, Sent
 from grpcchat.client.legacy import V1_SERVER, LegacyStream, require_lobby
 from grpcchat.client.outbox import Outbox
+from grpcchat.client.packing import packed_requests
 from grpcchat.client.posts import check_accepted, feature, send_request, unsupported
 from grpcchat.core.errors import RemoteError
 from grpcchat.core.models import (
@@ -136,16 +137,15 @@ class ChatSession:
         requests: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
         waiting = set(self.rooms)
         unimplemented = False
+        packs = False  # whether the server reads packed sends: its headers say
 
-        async def outgoing() -> AsyncIterator[pb.ConnectRequest]:
-            while (request := await requests.get()) is not None:
-                yield request
-
-        call = self._connection.stub.Connect(outgoing(), metadata=self._connection.metadata)
+        call = self._connection.stub.Connect(
+            packed_requests(requests, lambda: packs), metadata=self._connection.metadata
+        )
         try:
             # Nothing is written before the server's headers: a server without Connect (the
             # article's) must be able to answer UNIMPLEMENTED without our writes racing it.
-            await call.initial_metadata()
+            packs = codec.reads_packed_sends(await call.initial_metadata())
             if call.done():
                 await raise_status(call)
             requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name=self.name)))

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
@@ -248,8 +248,9 @@ class ChatServicer:
     @maps_errors
     async def Connect(self, requests: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
         identity = self._identify(context)
-        # Headers first: the client writes nothing until it knows this server has Connect.
-        await context.send_initial_metadata(())
+        # Headers first: the client writes nothing until it knows this server has Connect
+        # (and whether it may pack sends).
+        await context.send_initial_metadata((codec.SENDS_HEADER,))
         try:
             first = await asyncio.wait_for(anext(aiter(requests), None), HELLO_TIMEOUT)
         except TimeoutError:
@@ -307,16 +308,21 @@ class ChatServicer:
             async for request in requests:
                 if session.closed.is_set():
                     break
-                if request.WhichOneof("action") != "send":
+                action = request.WhichOneof("action")
+                if action == "send":
+                    sends: Iterable[pb.SendRequest] = (request.send,)
+                elif action == "sends":
+                    sends = request.sends.sends
+                else:
                     await self._apply(request, session)
                     continue
-                send = request.send
-                if not send.recipient:
-                    # While the room is behind, stop reading (flow control holds the client);
-                    # a bad room name is refused by the post itself.
-                    with contextlib.suppress(ChatError):
-                        await self._hub.until_accepting(send.room)
-                await posting.start(functools.partial(self._send_on_session, send, session))
+                for send in sends:
+                    if not send.recipient:
+                        # While the room is behind, stop reading (flow control holds the
+                        # client); a bad room name is refused by the post itself.
+                        with contextlib.suppress(ChatError):
+                            await self._hub.until_accepting(send.room)
+                    await posting.start(functools.partial(self._send_on_session, send, session))
         finally:
             # Their acks are queued before the session ends, so they are flushed with it.
             await posting.drain()

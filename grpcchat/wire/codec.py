@@ -3,6 +3,7 @@ import generated code)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,6 +33,13 @@ from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 _EVENTS_FIELD_TAG = b"\x0a"
 # Trailing metadata of a rate-limited call: milliseconds until a retry may succeed.
 RETRY_AFTER_KEY = "retry-after-ms"
+# Initial metadata of a Connect stream whose server reads `ConnectRequest.sends`: a client
+# packs only then, so it keeps working against servers from before the batch existed.
+SENDS_HEADER = ("grpcchat-sends", "1")
+# A client packs sends while the batch is below this: one more of the largest (~16 KiB) keeps
+# the request under the server's 64 KiB limit.
+PACKED_SENDS_BYTES = 32 * 1024
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _JOINED, _LEFT = pb.PresenceChange.CHANGE_JOINED, pb.PresenceChange.CHANGE_LEFT
 _KIND_TO_PROTO = {
@@ -41,6 +49,11 @@ _KIND_TO_PROTO = {
     RelationKind.UNREACT: pb.Relation.KIND_UNREACT,
 }
 _KIND_FROM_PROTO = {value: kind for kind, value in _KIND_TO_PROTO.items()}
+
+
+def reads_packed_sends(initial_metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+    """Whether a Connect stream's headers say its server reads `ConnectRequest.sends`."""
+    return initial_metadata is not None and SENDS_HEADER in tuple(initial_metadata)
 
 
 def _timestamp(moment: datetime) -> Timestamp:

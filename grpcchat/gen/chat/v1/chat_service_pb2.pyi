@@ -749,6 +749,7 @@ class ConnectRequest(_message.Message):
     SEND_FIELD_NUMBER: _builtins.int
     TYPING_FIELD_NUMBER: _builtins.int
     MARK_READ_FIELD_NUMBER: _builtins.int
+    SENDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -772,6 +773,14 @@ class ConnectRequest(_message.Message):
     def mark_read(self) -> Global___MarkReadRequest:
         """Move this user's read marker in a room forward (see MarkRead)."""
 
+    @_builtins.property
+    def sends(self) -> Global___SendBatch:
+        """Several posts in one request: each is applied exactly as if it had been
+        written as its own `send`, in order, and answered by its own SendAck. A
+        client with many messages waiting packs them, so the server reads one
+        request for all of them (the request size limit, 64 KiB, bounds a batch).
+        """
+
     def __init__(
         self,
         *,
@@ -781,16 +790,39 @@ class ConnectRequest(_message.Message):
         send: Global___SendRequest | None = ...,
         typing: Global___TypingRequest | None = ...,
         mark_read: Global___MarkReadRequest | None = ...,
+        sends: Global___SendBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "mark_read", b"mark_read", "send", b"send", "typing", b"typing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "mark_read", b"mark_read", "send", b"send", "sends", b"sends", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "mark_read", b"mark_read", "send", b"send", "typing", b"typing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hello", b"hello", "join", b"join", "leave", b"leave", "mark_read", b"mark_read", "send", b"send", "sends", b"sends", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["hello", "join", "leave", "send", "typing", "mark_read"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["hello", "join", "leave", "send", "typing", "mark_read", "sends"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class SendBatch(_message.Message):
+    """SendBatch is a run of sends on a session stream (see ConnectRequest.sends)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sends(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendRequest]: ...
+    def __init__(
+        self,
+        *,
+        sends: _abc.Iterable[Global___SendRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sends", b"sends"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendBatch: _TypeAlias = SendBatch  # noqa: Y015
 
 @_typing.final
 class TypingRequest(_message.Message):

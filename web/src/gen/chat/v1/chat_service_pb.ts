@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/chat_service.proto.
  */
 export const file_chat_v1_chat_service: GenFile = /*@__PURE__*/
-  fileDesc("ChpjaGF0L3YxL2NoYXRfc2VydmljZS5wcm90bxIHY2hhdC52MSLOAgoLQ2hhdE1lc3NhZ2USDgoGc2VuZGVyGAEgASgJEgwKBHRleHQYAiABKAkSKwoHc2VudF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCgoCaWQYBCABKAkSDAoEcm9vbRgFIAEoCRILCgNzZXEYBiABKAQSDQoFZXBvY2gYByABKAkSEQoJcmVjaXBpZW50GAggASgJEg4KBmFjdGlvbhgJIAEoCBIQCghyZXBseV90bxgKIAEoCRIjCghyZWxhdGlvbhgLIAEoCzIRLmNoYXQudjEuUmVsYXRpb24SLQoJZWRpdGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdkZWxldGVkGA0gASgIEiQKCXJlYWN0aW9ucxgOIAMoCzIRLmNoYXQudjEuUmVhY3Rpb24irwEKCFJlbGF0aW9uEiQKBGtpbmQYASABKA4yFi5jaGF0LnYxLlJlbGF0aW9uLktpbmQSDgoGdGFyZ2V0GAIgASgJEg0KBWVtb2ppGAMgASgJIl4KBEtpbmQSFAoQS0lORF9VTlNQRUNJRklFRBAAEg0KCUtJTkRfRURJVBABEg8KC0tJTkRfREVMRVRFEAISDgoKS0lORF9SRUFDVBADEhAKDEtJTkRfVU5SRUFDVBAEIigKCFJlYWN0aW9uEg0KBWVtb2ppGAEgASgJEg0KBW5hbWVzGAIgAygJIiYKCFBvc2l0aW9uEgsKA3NlcRgBIAEoBBINCgVlcG9jaBgCIAEoCSKgAQoLU2VuZFJlcXVlc3QSDgoGc2VuZGVyGAEgASgJEgwKBHRleHQYAiABKAkSDAoEcm9vbRgDIAEoCRILCgNrZXkYBCABKAkSEQoJcmVjaXBpZW50GAUgASgJEg4KBmFjdGlvbhgGIAEoCBIQCghyZXBseV90bxgHIAEoCRIjCghyZWxhdGlvbhgIIAEoCzIRLmNoYXQudjEuUmVsYXRpb24iSAoMU2VuZFJlc3BvbnNlEiUKB21lc3NhZ2UYASABKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCJhChBTdWJzY3JpYmVSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEcm9vbRgCIAEoCRIgCgVhZnRlchgDIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SDwoHaGlzdG9yeRgEIAEoDSIzChFTdWJzY3JpYmVSZXNwb25zZRIeCgZldmVudHMYASADKAsyDi5jaGF0LnYxLkV2ZW50IpUDCgVFdmVudBInCgdtZXNzYWdlGAEgASgLMhQuY2hhdC52MS5DaGF0TWVzc2FnZUgAEisKCHByZXNlbmNlGAIgASgLMhcuY2hhdC52MS5QcmVzZW5jZUNoYW5nZUgAEiIKA2dhcBgDIAEoCzITLmNoYXQudjEuSGlzdG9yeUdhcEgAEiUKBmpvaW5lZBgEIAEoCzITLmNoYXQudjEuUm9vbUpvaW5lZEgAEiEKBGxlZnQYBSABKAsyES5jaGF0LnYxLlJvb21MZWZ0SAASKgoHcmVmdXNlZBgGIAEoCzIXLmNoYXQudjEuUmVxdWVzdFJlZnVzZWRIABIrCgdzdW1tYXJ5GAcgASgLMhguY2hhdC52MS5QcmVzZW5jZVN1bW1hcnlIABIfCgNhY2sYCCABKAsyEC5jaGF0LnYxLlNlbmRBY2tIABIhCgZ0eXBpbmcYCSABKAsyDy5jaGF0LnYxLlR5cGluZ0gAEiMKBHJlYWQYCiABKAsyEy5jaGF0LnYxLlJlYWRNYXJrZXJIAEIGCgRraW5kIksKBlR5cGluZxIMCgRyb29tGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGYWN0aXZlGAMgASgIEhUKDWV4cGlyZXNfaW5fbXMYBCABKA0iJwoKUmVhZE1hcmtlchIMCgRyb29tGAEgASgJEgsKA3NlcRgCIAEoBCI8Cg5SZXF1ZXN0UmVmdXNlZBIMCgRyb29tGAEgASgJEgwKBGNvZGUYAiABKAkSDgoGcmVhc29uGAMgASgJIsoBCg5QcmVzZW5jZUNoYW5nZRIMCgRyb29tGAEgASgJEgwKBG5hbWUYAiABKAkSLgoGY2hhbmdlGAMgASgOMh4uY2hhdC52MS5QcmVzZW5jZUNoYW5nZS5DaGFuZ2USJgoCYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkQKBkNoYW5nZRIWChJDSEFOR0VfVU5TUEVDSUZJRUQQABIRCg1DSEFOR0VfSk9JTkVEEAESDwoLQ0hBTkdFX0xFRlQQAiJPCgpIaXN0b3J5R2FwEgwKBHJvb20YASABKAkSEQoJZmlyc3Rfc2VxGAIgASgEEhAKCGxhc3Rfc2VxGAMgASgEEg4KBnJlYXNvbhgEIAEoCSJ2Cg9QcmVzZW5jZVN1bW1hcnkSDAoEcm9vbRgBIAEoCRIOCgZqb2luZWQYAiABKA0SDAoEbGVmdBgDIAEoDRIPCgdtZW1iZXJzGAQgASgNEiYKAmF0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ4CgpSb29tSm9pbmVkEgwKBHJvb20YASABKAkSDwoHbWVtYmVycxgCIAMoCRIjCghwb3NpdGlvbhgDIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SFAoMbWVtYmVyX2NvdW50GAQgASgNEhAKCHJlYWRfc2VxGAUgASgEIhgKCFJvb21MZWZ0EgwKBHJvb20YASABKAkiggIKDkNvbm5lY3RSZXF1ZXN0Eh8KBWhlbGxvGAEgASgLMg4uY2hhdC52MS5IZWxsb0gAEiEKBGpvaW4YAiABKAsyES5jaGF0LnYxLkpvaW5Sb29tSAASIwoFbGVhdmUYAyABKAsyEi5jaGF0LnYxLkxlYXZlUm9vbUgAEiQKBHNlbmQYBCABKAsyFC5jaGF0LnYxLlNlbmRSZXF1ZXN0SAASKAoGdHlwaW5nGAUgASgLMhYuY2hhdC52MS5UeXBpbmdSZXF1ZXN0SAASLQoJbWFya19yZWFkGAYgASgLMhguY2hhdC52MS5NYXJrUmVhZFJlcXVlc3RIAEIICgZhY3Rpb24iLQoNVHlwaW5nUmVxdWVzdBIMCgRyb29tGAEgASgJEg4KBmFjdGl2ZRgCIAEoCCI6Cg9NYXJrUmVhZFJlcXVlc3QSDAoEcm9vbRgBIAEoCRILCgNzZXEYAiABKAQSDAoEbmFtZRgDIAEoCSIfChBNYXJrUmVhZFJlc3BvbnNlEgsKA3NlcRgBIAEoBCKGAQoHU2VuZEFjaxILCgNrZXkYASABKAkSJQoHbWVzc2FnZRgCIAEoCzIULmNoYXQudjEuQ2hhdE1lc3NhZ2USEQoJZHVwbGljYXRlGAMgASgIEgwKBGNvZGUYBCABKAkSDgoGcmVhc29uGAUgASgJEhYKDnJldHJ5X2FmdGVyX21zGAYgASgNIhUKBUhlbGxvEgwKBG5hbWUYASABKAkiSwoISm9pblJvb20SDAoEcm9vbRgBIAEoCRIgCgVhZnRlchgCIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SDwoHaGlzdG9yeRgDIAEoDSIZCglMZWF2ZVJvb20SDAoEcm9vbRgBIAEoCSIxCg9Db25uZWN0UmVzcG9uc2USHgoGZXZlbnRzGAEgAygLMg4uY2hhdC52MS5FdmVudCJqCg5IaXN0b3J5UmVxdWVzdBIMCgRyb29tGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNEhQKDG5ld2VzdF9maXJzdBgFIAEoCCJICg9IaXN0b3J5UmVzcG9uc2USJgoIbWVzc2FnZXMYASADKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEg0KBWVwb2NoGAIgASgJIkcKEExpc3RSb29tc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSDAoEbmFtZRgDIAEoCSJOChFMaXN0Um9vbXNSZXNwb25zZRIgCgVyb29tcxgBIAMoCzIRLmNoYXQudjEuUm9vbUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIksKCFJvb21JbmZvEgwKBG5hbWUYASABKAkSDwoHbWVtYmVycxgCIAEoDRIQCghtZXNzYWdlcxgDIAEoBBIOCgZ1bnJlYWQYBCABKA0iSQoSTGlzdE1lbWJlcnNSZXF1ZXN0EgwKBHJvb20YASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiTgoTTGlzdE1lbWJlcnNSZXNwb25zZRIPCgdtZW1iZXJzGAEgAygJEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRINCgV0b3RhbBgDIAEoDTKPBAoLQ2hhdFNlcnZpY2USNgoEQ2hhdBIULmNoYXQudjEuQ2hhdE1lc3NhZ2UaFC5jaGF0LnYxLkNoYXRNZXNzYWdlKAEwARIzCgRTZW5kEhQuY2hhdC52MS5TZW5kUmVxdWVzdBoVLmNoYXQudjEuU2VuZFJlc3BvbnNlEkQKCVN1YnNjcmliZRIZLmNoYXQudjEuU3Vic2NyaWJlUmVxdWVzdBoaLmNoYXQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJACgdDb25uZWN0EhcuY2hhdC52MS5Db25uZWN0UmVxdWVzdBoYLmNoYXQudjEuQ29ubmVjdFJlc3BvbnNlKAEwARI8CgdIaXN0b3J5EhcuY2hhdC52MS5IaXN0b3J5UmVxdWVzdBoYLmNoYXQudjEuSGlzdG9yeVJlc3BvbnNlEkIKCUxpc3RSb29tcxIZLmNoYXQudjEuTGlzdFJvb21zUmVxdWVzdBoaLmNoYXQudjEuTGlzdFJvb21zUmVzcG9uc2USSAoLTGlzdE1lbWJlcnMSGy5jaGF0LnYxLkxpc3RNZW1iZXJzUmVxdWVzdBocLmNoYXQudjEuTGlzdE1lbWJlcnNSZXNwb25zZRI/CghNYXJrUmVhZBIYLmNoYXQudjEuTWFya1JlYWRSZXF1ZXN0GhkuY2hhdC52MS5NYXJrUmVhZFJlc3BvbnNlQhJaEC4vY2hhdC92MTtjaGF0djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChpjaGF0L3YxL2NoYXRfc2VydmljZS5wcm90bxIHY2hhdC52MSLOAgoLQ2hhdE1lc3NhZ2USDgoGc2VuZGVyGAEgASgJEgwKBHRleHQYAiABKAkSKwoHc2VudF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCgoCaWQYBCABKAkSDAoEcm9vbRgFIAEoCRILCgNzZXEYBiABKAQSDQoFZXBvY2gYByABKAkSEQoJcmVjaXBpZW50GAggASgJEg4KBmFjdGlvbhgJIAEoCBIQCghyZXBseV90bxgKIAEoCRIjCghyZWxhdGlvbhgLIAEoCzIRLmNoYXQudjEuUmVsYXRpb24SLQoJZWRpdGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdkZWxldGVkGA0gASgIEiQKCXJlYWN0aW9ucxgOIAMoCzIRLmNoYXQudjEuUmVhY3Rpb24irwEKCFJlbGF0aW9uEiQKBGtpbmQYASABKA4yFi5jaGF0LnYxLlJlbGF0aW9uLktpbmQSDgoGdGFyZ2V0GAIgASgJEg0KBWVtb2ppGAMgASgJIl4KBEtpbmQSFAoQS0lORF9VTlNQRUNJRklFRBAAEg0KCUtJTkRfRURJVBABEg8KC0tJTkRfREVMRVRFEAISDgoKS0lORF9SRUFDVBADEhAKDEtJTkRfVU5SRUFDVBAEIigKCFJlYWN0aW9uEg0KBWVtb2ppGAEgASgJEg0KBW5hbWVzGAIgAygJIiYKCFBvc2l0aW9uEgsKA3NlcRgBIAEoBBINCgVlcG9jaBgCIAEoCSKgAQoLU2VuZFJlcXVlc3QSDgoGc2VuZGVyGAEgASgJEgwKBHRleHQYAiABKAkSDAoEcm9vbRgDIAEoCRILCgNrZXkYBCABKAkSEQoJcmVjaXBpZW50GAUgASgJEg4KBmFjdGlvbhgGIAEoCBIQCghyZXBseV90bxgHIAEoCRIjCghyZWxhdGlvbhgIIAEoCzIRLmNoYXQudjEuUmVsYXRpb24iSAoMU2VuZFJlc3BvbnNlEiUKB21lc3NhZ2UYASABKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCJhChBTdWJzY3JpYmVSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEcm9vbRgCIAEoCRIgCgVhZnRlchgDIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SDwoHaGlzdG9yeRgEIAEoDSIzChFTdWJzY3JpYmVSZXNwb25zZRIeCgZldmVudHMYASADKAsyDi5jaGF0LnYxLkV2ZW50IpUDCgVFdmVudBInCgdtZXNzYWdlGAEgASgLMhQuY2hhdC52MS5DaGF0TWVzc2FnZUgAEisKCHByZXNlbmNlGAIgASgLMhcuY2hhdC52MS5QcmVzZW5jZUNoYW5nZUgAEiIKA2dhcBgDIAEoCzITLmNoYXQudjEuSGlzdG9yeUdhcEgAEiUKBmpvaW5lZBgEIAEoCzITLmNoYXQudjEuUm9vbUpvaW5lZEgAEiEKBGxlZnQYBSABKAsyES5jaGF0LnYxLlJvb21MZWZ0SAASKgoHcmVmdXNlZBgGIAEoCzIXLmNoYXQudjEuUmVxdWVzdFJlZnVzZWRIABIrCgdzdW1tYXJ5GAcgASgLMhguY2hhdC52MS5QcmVzZW5jZVN1bW1hcnlIABIfCgNhY2sYCCABKAsyEC5jaGF0LnYxLlNlbmRBY2tIABIhCgZ0eXBpbmcYCSABKAsyDy5jaGF0LnYxLlR5cGluZ0gAEiMKBHJlYWQYCiABKAsyEy5jaGF0LnYxLlJlYWRNYXJrZXJIAEIGCgRraW5kIksKBlR5cGluZxIMCgRyb29tGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGYWN0aXZlGAMgASgIEhUKDWV4cGlyZXNfaW5fbXMYBCABKA0iJwoKUmVhZE1hcmtlchIMCgRyb29tGAEgASgJEgsKA3NlcRgCIAEoBCI8Cg5SZXF1ZXN0UmVmdXNlZBIMCgRyb29tGAEgASgJEgwKBGNvZGUYAiABKAkSDgoGcmVhc29uGAMgASgJIsoBCg5QcmVzZW5jZUNoYW5nZRIMCgRyb29tGAEgASgJEgwKBG5hbWUYAiABKAkSLgoGY2hhbmdlGAMgASgOMh4uY2hhdC52MS5QcmVzZW5jZUNoYW5nZS5DaGFuZ2USJgoCYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkQKBkNoYW5nZRIWChJDSEFOR0VfVU5TUEVDSUZJRUQQABIRCg1DSEFOR0VfSk9JTkVEEAESDwoLQ0hBTkdFX0xFRlQQAiJPCgpIaXN0b3J5R2FwEgwKBHJvb20YASABKAkSEQoJZmlyc3Rfc2VxGAIgASgEEhAKCGxhc3Rfc2VxGAMgASgEEg4KBnJlYXNvbhgEIAEoCSJ2Cg9QcmVzZW5jZVN1bW1hcnkSDAoEcm9vbRgBIAEoCRIOCgZqb2luZWQYAiABKA0SDAoEbGVmdBgDIAEoDRIPCgdtZW1iZXJzGAQgASgNEiYKAmF0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ4CgpSb29tSm9pbmVkEgwKBHJvb20YASABKAkSDwoHbWVtYmVycxgCIAMoCRIjCghwb3NpdGlvbhgDIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SFAoMbWVtYmVyX2NvdW50GAQgASgNEhAKCHJlYWRfc2VxGAUgASgEIhgKCFJvb21MZWZ0EgwKBHJvb20YASABKAkipwIKDkNvbm5lY3RSZXF1ZXN0Eh8KBWhlbGxvGAEgASgLMg4uY2hhdC52MS5IZWxsb0gAEiEKBGpvaW4YAiABKAsyES5jaGF0LnYxLkpvaW5Sb29tSAASIwoFbGVhdmUYAyABKAsyEi5jaGF0LnYxLkxlYXZlUm9vbUgAEiQKBHNlbmQYBCABKAsyFC5jaGF0LnYxLlNlbmRSZXF1ZXN0SAASKAoGdHlwaW5nGAUgASgLMhYuY2hhdC52MS5UeXBpbmdSZXF1ZXN0SAASLQoJbWFya19yZWFkGAYgASgLMhguY2hhdC52MS5NYXJrUmVhZFJlcXVlc3RIABIjCgVzZW5kcxgHIAEoCzISLmNoYXQudjEuU2VuZEJhdGNoSABCCAoGYWN0aW9uIjAKCVNlbmRCYXRjaBIjCgVzZW5kcxgBIAMoCzIULmNoYXQudjEuU2VuZFJlcXVlc3QiLQoNVHlwaW5nUmVxdWVzdBIMCgRyb29tGAEgASgJEg4KBmFjdGl2ZRgCIAEoCCI6Cg9NYXJrUmVhZFJlcXVlc3QSDAoEcm9vbRgBIAEoCRILCgNzZXEYAiABKAQSDAoEbmFtZRgDIAEoCSIfChBNYXJrUmVhZFJlc3BvbnNlEgsKA3NlcRgBIAEoBCKGAQoHU2VuZEFjaxILCgNrZXkYASABKAkSJQoHbWVzc2FnZRgCIAEoCzIULmNoYXQudjEuQ2hhdE1lc3NhZ2USEQoJZHVwbGljYXRlGAMgASgIEgwKBGNvZGUYBCABKAkSDgoGcmVhc29uGAUgASgJEhYKDnJldHJ5X2FmdGVyX21zGAYgASgNIhUKBUhlbGxvEgwKBG5hbWUYASABKAkiSwoISm9pblJvb20SDAoEcm9vbRgBIAEoCRIgCgVhZnRlchgCIAEoCzIRLmNoYXQudjEuUG9zaXRpb24SDwoHaGlzdG9yeRgDIAEoDSIZCglMZWF2ZVJvb20SDAoEcm9vbRgBIAEoCSIxCg9Db25uZWN0UmVzcG9uc2USHgoGZXZlbnRzGAEgAygLMg4uY2hhdC52MS5FdmVudCJqCg5IaXN0b3J5UmVxdWVzdBIMCgRyb29tGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNEhQKDG5ld2VzdF9maXJzdBgFIAEoCCJICg9IaXN0b3J5UmVzcG9uc2USJgoIbWVzc2FnZXMYASADKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEg0KBWVwb2NoGAIgASgJIkcKEExpc3RSb29tc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSDAoEbmFtZRgDIAEoCSJOChFMaXN0Um9vbXNSZXNwb25zZRIgCgVyb29tcxgBIAMoCzIRLmNoYXQudjEuUm9vbUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIksKCFJvb21JbmZvEgwKBG5hbWUYASABKAkSDwoHbWVtYmVycxgCIAEoDRIQCghtZXNzYWdlcxgDIAEoBBIOCgZ1bnJlYWQYBCABKA0iSQoSTGlzdE1lbWJlcnNSZXF1ZXN0EgwKBHJvb20YASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiTgoTTGlzdE1lbWJlcnNSZXNwb25zZRIPCgdtZW1iZXJzGAEgAygJEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRINCgV0b3RhbBgDIAEoDTKPBAoLQ2hhdFNlcnZpY2USNgoEQ2hhdBIULmNoYXQudjEuQ2hhdE1lc3NhZ2UaFC5jaGF0LnYxLkNoYXRNZXNzYWdlKAEwARIzCgRTZW5kEhQuY2hhdC52MS5TZW5kUmVxdWVzdBoVLmNoYXQudjEuU2VuZFJlc3BvbnNlEkQKCVN1YnNjcmliZRIZLmNoYXQudjEuU3Vic2NyaWJlUmVxdWVzdBoaLmNoYXQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJACgdDb25uZWN0EhcuY2hhdC52MS5Db25uZWN0UmVxdWVzdBoYLmNoYXQudjEuQ29ubmVjdFJlc3BvbnNlKAEwARI8CgdIaXN0b3J5EhcuY2hhdC52MS5IaXN0b3J5UmVxdWVzdBoYLmNoYXQudjEuSGlzdG9yeVJlc3BvbnNlEkIKCUxpc3RSb29tcxIZLmNoYXQudjEuTGlzdFJvb21zUmVxdWVzdBoaLmNoYXQudjEuTGlzdFJvb21zUmVzcG9uc2USSAoLTGlzdE1lbWJlcnMSGy5jaGF0LnYxLkxpc3RNZW1iZXJzUmVxdWVzdBocLmNoYXQudjEuTGlzdE1lbWJlcnNSZXNwb25zZRI/CghNYXJrUmVhZBIYLmNoYXQudjEuTWFya1JlYWRSZXF1ZXN0GhkuY2hhdC52MS5NYXJrUmVhZFJlc3BvbnNlQhJaEC4vY2hhdC92MTtjaGF0djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * ChatMessage is the article's message. Fields 1-3 are the public wire contract
@@ -896,6 +896,17 @@ export type ConnectRequest = Message<"chat.v1.ConnectRequest"> & {
      */
     value: MarkReadRequest;
     case: "markRead";
+  } | {
+    /**
+     * Several posts in one request: each is applied exactly as if it had been
+     * written as its own `send`, in order, and answered by its own SendAck. A
+     * client with many messages waiting packs them, so the server reads one
+     * request for all of them (the request size limit, 64 KiB, bounds a batch).
+     *
+     * @generated from field: chat.v1.SendBatch sends = 7;
+     */
+    value: SendBatch;
+    case: "sends";
   } | { case: undefined; value?: undefined };
 };
 
@@ -905,6 +916,25 @@ export type ConnectRequest = Message<"chat.v1.ConnectRequest"> & {
  */
 export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
   messageDesc(file_chat_v1_chat_service, 17);
+
+/**
+ * SendBatch is a run of sends on a session stream (see ConnectRequest.sends).
+ *
+ * @generated from message chat.v1.SendBatch
+ */
+export type SendBatch = Message<"chat.v1.SendBatch"> & {
+  /**
+   * @generated from field: repeated chat.v1.SendRequest sends = 1;
+   */
+  sends: SendRequest[];
+};
+
+/**
+ * Describes the message chat.v1.SendBatch.
+ * Use `create(SendBatchSchema)` to create a new message.
+ */
+export const SendBatchSchema: GenMessage<SendBatch> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat_service, 18);
 
 /**
  * TypingRequest starts or stops a typing notice in a room the session is in.
@@ -930,7 +960,7 @@ export type TypingRequest = Message<"chat.v1.TypingRequest"> & {
  * Use `create(TypingRequestSchema)` to create a new message.
  */
 export const TypingRequestSchema: GenMessage<TypingRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 18);
+  messageDesc(file_chat_v1_chat_service, 19);
 
 /**
  * MarkReadRequest moves a user's read marker in a room forward.
@@ -967,7 +997,7 @@ export type MarkReadRequest = Message<"chat.v1.MarkReadRequest"> & {
  * Use `create(MarkReadRequestSchema)` to create a new message.
  */
 export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 19);
+  messageDesc(file_chat_v1_chat_service, 20);
 
 /**
  * MarkReadResponse is the marker after the request.
@@ -986,7 +1016,7 @@ export type MarkReadResponse = Message<"chat.v1.MarkReadResponse"> & {
  * Use `create(MarkReadResponseSchema)` to create a new message.
  */
 export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 20);
+  messageDesc(file_chat_v1_chat_service, 21);
 
 /**
  * SendAck answers one ConnectRequest.send, matched by its key: the message
@@ -1036,7 +1066,7 @@ export type SendAck = Message<"chat.v1.SendAck"> & {
  * Use `create(SendAckSchema)` to create a new message.
  */
 export const SendAckSchema: GenMessage<SendAck> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 21);
+  messageDesc(file_chat_v1_chat_service, 22);
 
 /**
  * Hello opens a session.
@@ -1057,7 +1087,7 @@ export type Hello = Message<"chat.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 22);
+  messageDesc(file_chat_v1_chat_service, 23);
 
 /**
  * JoinRoom enters a room, optionally resuming from a position.
@@ -1090,7 +1120,7 @@ export type JoinRoom = Message<"chat.v1.JoinRoom"> & {
  * Use `create(JoinRoomSchema)` to create a new message.
  */
 export const JoinRoomSchema: GenMessage<JoinRoom> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 23);
+  messageDesc(file_chat_v1_chat_service, 24);
 
 /**
  * LeaveRoom leaves a room.
@@ -1109,7 +1139,7 @@ export type LeaveRoom = Message<"chat.v1.LeaveRoom"> & {
  * Use `create(LeaveRoomSchema)` to create a new message.
  */
 export const LeaveRoomSchema: GenMessage<LeaveRoom> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 24);
+  messageDesc(file_chat_v1_chat_service, 25);
 
 /**
  * ConnectResponse carries events in delivery order. A response with no events
@@ -1129,7 +1159,7 @@ export type ConnectResponse = Message<"chat.v1.ConnectResponse"> & {
  * Use `create(ConnectResponseSchema)` to create a new message.
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 25);
+  messageDesc(file_chat_v1_chat_service, 26);
 
 /**
  * HistoryRequest asks for a page of a room's history.
@@ -1176,7 +1206,7 @@ export type HistoryRequest = Message<"chat.v1.HistoryRequest"> & {
  * Use `create(HistoryRequestSchema)` to create a new message.
  */
 export const HistoryRequestSchema: GenMessage<HistoryRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 26);
+  messageDesc(file_chat_v1_chat_service, 27);
 
 /**
  * HistoryResponse is one page of history.
@@ -1202,7 +1232,7 @@ export type HistoryResponse = Message<"chat.v1.HistoryResponse"> & {
  * Use `create(HistoryResponseSchema)` to create a new message.
  */
 export const HistoryResponseSchema: GenMessage<HistoryResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 27);
+  messageDesc(file_chat_v1_chat_service, 28);
 
 /**
  * ListRoomsRequest asks which rooms exist, one page at a time.
@@ -1238,7 +1268,7 @@ export type ListRoomsRequest = Message<"chat.v1.ListRoomsRequest"> & {
  * Use `create(ListRoomsRequestSchema)` to create a new message.
  */
 export const ListRoomsRequestSchema: GenMessage<ListRoomsRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 28);
+  messageDesc(file_chat_v1_chat_service, 29);
 
 /**
  * ListRoomsResponse lists rooms with members or history, by name.
@@ -1264,7 +1294,7 @@ export type ListRoomsResponse = Message<"chat.v1.ListRoomsResponse"> & {
  * Use `create(ListRoomsResponseSchema)` to create a new message.
  */
 export const ListRoomsResponseSchema: GenMessage<ListRoomsResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 29);
+  messageDesc(file_chat_v1_chat_service, 30);
 
 /**
  * RoomInfo describes one room.
@@ -1305,7 +1335,7 @@ export type RoomInfo = Message<"chat.v1.RoomInfo"> & {
  * Use `create(RoomInfoSchema)` to create a new message.
  */
 export const RoomInfoSchema: GenMessage<RoomInfo> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 30);
+  messageDesc(file_chat_v1_chat_service, 31);
 
 /**
  * ListMembersRequest asks who is in a room.
@@ -1340,7 +1370,7 @@ export type ListMembersRequest = Message<"chat.v1.ListMembersRequest"> & {
  * Use `create(ListMembersRequestSchema)` to create a new message.
  */
 export const ListMembersRequestSchema: GenMessage<ListMembersRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 31);
+  messageDesc(file_chat_v1_chat_service, 32);
 
 /**
  * ListMembersResponse lists a room's members, each name once, sorted.
@@ -1373,7 +1403,7 @@ export type ListMembersResponse = Message<"chat.v1.ListMembersResponse"> & {
  * Use `create(ListMembersResponseSchema)` to create a new message.
  */
 export const ListMembersResponseSchema: GenMessage<ListMembersResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat_service, 32);
+  messageDesc(file_chat_v1_chat_service, 33);
 
 /**
  * ChatService is the chat API.
