@@ -231,7 +231,7 @@ async def test_the_cascade_with_1000_full_members_settles_in_one_fan_out() -> No
         assert hub.session_count("crowd") == 1000
         for n in range(4):  # exactly full: nobody overflows yet
             await hub.post("poster", f"m{n}", room="crowd")
-        assert not any(s.closed.is_set() for s in sessions)
+        assert not any(s.closed for s in sessions)
         assert hub.registered_sessions == 1000
 
         appended = await hub.post("poster", "overflow", room="crowd")  # no RecursionError
@@ -239,7 +239,7 @@ async def test_the_cascade_with_1000_full_members_settles_in_one_fan_out() -> No
         assert appended.message.seq == 5
         assert not appended.duplicate
         assert all(isinstance(s.error, SlowConsumer) for s in sessions)
-        assert all(s.closed.is_set() and not s.rooms for s in sessions)
+        assert all(s.closed and not s.rooms for s in sessions)
         assert hub.session_count("crowd") == 0  # settled right after the fan-out
         await asyncio.sleep(0)  # the call_soon settle finds nothing left to do
         assert hub.session_count("crowd") == 0
@@ -336,7 +336,7 @@ async def test_a_replay_is_paged_in_lazily_and_bounded_by_the_queue(
             assert session._joins == {}, f"cycle {cycle} left a replay buffer"
         assert store.reads == []  # nothing is read for a writer that never asks
         assert len(session._queue) == 30  # the 30 RoomLeft notices, nothing else
-        assert not session.closed.is_set()
+        assert not session.closed
 
         store.probe = lambda: len(session._queue)
         await hub.join(session, "big", history=5000)
@@ -452,7 +452,7 @@ async def test_live_messages_during_a_slow_replay_arrive_once_and_in_order(
         assert events[joined[0]].position.seq == 2000  # type: ignore[union-attr]
         assert seqs(events[: joined[0]]) == list(range(1, 2001))
         assert not any(isinstance(e, HistoryGap) for e in events)
-        assert not session.closed.is_set()
+        assert not session.closed
 
 
 async def test_messages_posted_while_a_join_reads_last_seq_are_not_duplicated(
@@ -579,7 +579,7 @@ async def test_presence_notices_never_evict_a_full_member(readers: Callable[...,
             lambda: any(getattr(e, "name", "").startswith("j") for e in watcher.events)
         )
         assert full.queued == 2  # notices fill only the first half of the queue...
-        assert not full.closed.is_set()
+        assert not full.closed
         assert full.error is None
         assert hub.session_count("r") == 12
 
@@ -702,7 +702,7 @@ async def test_the_registry_is_empty_after_every_kind_of_ending(
         assert isinstance(listener.error, SlowConsumer)
         assert hub.registered_sessions == 6  # a, b, d, e, f, g
         assert hub.session_count("r1") == 1
-        assert not a.closed.is_set()
+        assert not a.closed
     assert hub.registered_sessions == 0
     assert hub._rooms == {}
     assert not hub._by_name
@@ -739,7 +739,7 @@ async def test_a_majority_lagging_refuses_posts_until_readers_catch_up(
         assert refused.retry_after == BUSY_RETRY
         assert sum(m.session.lagging for m in members) >= 2  # more than half full
         assert await hub.store.last_seq("busy") == accepted  # the refused one is not stored
-        assert not any(m.session.closed.is_set() for m in members)  # nobody evicted
+        assert not any(m.session.closed for m in members)  # nobody evicted
         with pytest.raises(LimitExceeded):
             await hub.post("poster", "again", room="busy")
 
@@ -781,7 +781,7 @@ async def test_one_laggard_among_healthy_readers_is_evicted_at_capacity(
 
         await post_paced(hub, "r", [f"m{n}" for n in range(8)], healthy)  # never refused
         assert laggard.lagging
-        assert not laggard.closed.is_set()
+        assert not laggard.closed
         await post_paced(hub, "r", ["m8"], healthy)
         assert isinstance(laggard.error, SlowConsumer)
         await post_paced(hub, "r", [f"m{n}" for n in range(9, 12)], healthy)

@@ -196,7 +196,8 @@ async def test_a_packed_request_stays_under_the_servers_request_limit() -> None:
         queue.put_nowait(_send(text))
     queue.put_nowait(None)
     written = await _drain(queue, may_pack=True)
-    assert [len(batch.split("+")) for batch in written] == [3, 2]  # 36 KB (under 64 KiB), then the rest
+    # 36 KB (under the 64 KiB limit), then the rest:
+    assert [len(batch.split("+")) for batch in written] == [3, 2]
     assert "+".join(written) == "+".join(texts)
 
 

@@ -245,7 +245,7 @@ class Hub:
         room = check_room(room)
         if after is not None:
             check_epoch(after.epoch)
-        if session.closed.is_set():
+        if session.closed:
             return  # a closed session must not come back as a member of anything
         if room in session.rooms:
             raise AlreadyJoined(f"already in #{room}")
@@ -280,7 +280,7 @@ class Hub:
             # Live delivery starts after the first joiner's replay; every joiner replays up to
             # where it is now (what it delivered is stored), and gets the rest live.
             cursor.extend(self._gated.start(room, cursor.until + 1))
-        if session.closed.is_set() or room not in session.rooms:
+        if session.closed or room not in session.rooms:
             return
         position = Position(cursor.until, self.store.epoch)
         sample = listing.sample(members, self.roster, DETAIL_LIMIT)

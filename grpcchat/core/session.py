@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from grpcchat.core.errors import ChatError, SlowConsumer
@@ -83,7 +82,10 @@ class Session:
         self._on_lag = on_lag
         # (envelope, counts against capacity): replayed history and the events that end a
         # join are bounded by the cursor's paging and must not evict the client asking for them.
-        self._queue: deque[tuple[Envelope, bool]] = deque()
+        # A list, not a deque: an empty list holds no buffer, a deque always a 64-slot block
+        # (~0.6 KiB a session). The writer usually takes all of it, so taking from the front
+        # moves nothing.
+        self._queue: list[tuple[Envelope, bool]] = []
         self._live_waiting = 0
         self._joins: dict[str, _PendingJoin] = {}
         # Joins whose replay is ready to page in, in the order they were asked for.
@@ -95,7 +97,9 @@ class Session:
         self._written_at = 0.0
         self._beat: asyncio.TimerHandle | None = None
         self._beat_owed = False
-        self.closed = asyncio.Event()
+        # A flag, not an asyncio.Event: nothing awaits it, and an Event's waiter deque is
+        # ~0.7 KiB per session.
+        self.closed = False
         self._closed_callbacks: list[Callable[[], None]] = []
         self.error: ChatError | None = None
         # Rooms at the moment the session closed (the hub empties `rooms` as it forgets it).
@@ -114,7 +118,7 @@ class Session:
 
     def offer(self, envelope: Envelope, room: str | None = None) -> None:
         """Queue a live event (of `room`, if it belongs to one) without waiting."""
-        if self.closed.is_set():
+        if self.closed:
             return
         pending = self._joins.get(room) if room is not None else None
         if pending is not None:
@@ -139,7 +143,7 @@ class Session:
         messages that follow them; a session that lags gets the room's members afresh on its
         next join. While the room is being joined, it waits behind the join's RoomJoined like
         any event."""
-        if self.closed.is_set():
+        if self.closed:
             return
         pending = self._joins.get(room)
         if pending is not None:
@@ -162,7 +166,7 @@ class Session:
 
     def evict_stalled(self, seconds: float) -> None:
         """Cut off a lagging session whose writer made no progress for `seconds`."""
-        if not self.closed.is_set():
+        if not self.closed:
             self._end(
                 SlowConsumer(
                     f"slow consumer: nothing was read for {seconds:.0f}s; "
@@ -185,7 +189,7 @@ class Session:
         meanwhile minus those the replay already held (subscribe first, read history, then drop
         what was replayed: no gap, no duplicate)."""
         pending = self._joins.get(room)
-        if pending is None or self.closed.is_set():
+        if pending is None or self.closed:
             return
         pending.cursor, pending.done = cursor, done
         self._replays.append(room)
@@ -199,7 +203,7 @@ class Session:
             self._replays.pop(0)
             return
         page = await cursor.next_page(self._max_batch)
-        if self.closed.is_set() or self._joins.get(room) is not pending:
+        if self.closed or self._joins.get(room) is not pending:
             return
         self._queue.extend((envelope, False) for envelope in page)
         if not cursor.exhausted:
@@ -226,7 +230,7 @@ class Session:
             self._live_waiting = 0
         self._joins.clear()
         self._replays.clear()
-        self.closed.set()
+        self.closed = True
         self._wake()
         callbacks, self._closed_callbacks = self._closed_callbacks, []
         for callback in callbacks:
@@ -238,7 +242,7 @@ class Session:
 
     def on_closed(self, callback: Callable[[], None]) -> None:
         """Call `callback` once the session has ended (at once if it has)."""
-        if self.closed.is_set():
+        if self.closed:
             callback()
         else:
             self._closed_callbacks.append(callback)
@@ -247,7 +251,7 @@ class Session:
         """End the session. A slow consumer's backlog is dropped at once (its client resumes
         from its last position); otherwise the writer first flushes what is queued (but not
         replays still to page in: the client resumes them)."""
-        if self.closed.is_set():
+        if self.closed:
             return
         self._end(error)
         self._on_close(self)
@@ -278,7 +282,7 @@ class Session:
                     await self._page_in()
                     continue
                 if not self._queue:
-                    if self.closed.is_set():
+                    if self.closed:
                         if self.error is not None:
                             raise self.error
                         return
@@ -289,7 +293,7 @@ class Session:
                         await self._waiter
                     finally:
                         self._waiter = None
-                    if self._beat_owed and not self._queue and not self.closed.is_set():
+                    if self._beat_owed and not self._queue and not self.closed:
                         self._beat_owed = False
                         yield []
                         self._written_at = loop.time()
@@ -298,14 +302,12 @@ class Session:
                 # Then writes are spaced a linger apart: the wait is what is left of one.
                 since_write = loop.time() - last_write
                 busy = since_write < self._linger * BUSY_FACTOR
-                if busy and since_write < self._linger and not self.closed.is_set():
+                if busy and since_write < self._linger and not self.closed:
                     await asyncio.sleep(self._linger - since_write)
-                batch = []
-                for _ in range(min(len(self._queue), self._max_batch)):
-                    envelope, live = self._queue.popleft()
-                    self._live_waiting -= live
-                    batch.append(envelope)
-                yield batch
+                taken = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                self._live_waiting -= sum(live for _, live in taken)
+                yield [envelope for envelope, _ in taken]
                 last_write = self._written_at = loop.time()
                 self._beat_owed = False
                 self.last_progress = time.monotonic()

@@ -290,7 +290,7 @@ class ChatServicer:
         try:
             await self._apply_requests(requests, session)
         except Exception:
-            if session.closed.is_set():
+            if session.closed:
                 return  # the call was ended (a cut-off, a drain): reading it fails, as expected
             log.exception(
                 "session %r failed", session.name, extra=_fields("session_failed", session)
@@ -306,7 +306,7 @@ class ChatServicer:
         posting = InFlight(lambda error: _failed(session, error))
         try:
             async for request in requests:
-                if session.closed.is_set():
+                if session.closed:
                     break
                 action = request.WhichOneof("action")
                 if action == "send":
@@ -460,7 +460,7 @@ class ChatServicer:
 
         try:
             async for request in requests:
-                if session.closed.is_set():
+                if session.closed:
                     return
                 if (pause := throttled_until - loop.time()) > 0:
                     await asyncio.sleep(pause)
