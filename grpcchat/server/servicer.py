@@ -317,6 +317,8 @@ class ChatServicer:
                     await self._apply(request, session)
                     continue
                 for send in sends:
+                    if session.closed:
+                        break
                     if not send.recipient:
                         # While the room is behind, stop reading (flow control holds the
                         # client); a bad room name is refused by the post itself.

@@ -779,6 +779,8 @@ class ConnectRequest(_message.Message):
         written as its own `send`, in order, and answered by its own SendAck. A
         client with many messages waiting packs them, so the server reads one
         request for all of them (the request size limit, 64 KiB, bounds a batch).
+        A server that reads `sends` says so in the stream's initial metadata
+        (`grpcchat-sends: 1`); a client packs only then.
         """
 
     def __init__(

@@ -902,6 +902,8 @@ export type ConnectRequest = Message<"chat.v1.ConnectRequest"> & {
      * written as its own `send`, in order, and answered by its own SendAck. A
      * client with many messages waiting packs them, so the server reads one
      * request for all of them (the request size limit, 64 KiB, bounds a batch).
+     * A server that reads `sends` says so in the stream's initial metadata
+     * (`grpcchat-sends: 1`); a client packs only then.
      *
      * @generated from field: chat.v1.SendBatch sends = 7;
      */
