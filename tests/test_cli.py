@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
-from tests.conftest import ServerProcess, run_cli
+from tests.conftest import ServerProcess, cli_env, grpcchat_command, run_cli
 
 
 def test_help_teaches_every_command() -> None:
@@ -52,6 +54,10 @@ def test_send_json_from_stdin_one_object_per_line(server_process: ServerProcess)
         (("--name", "bad\x1bname", "hi"), 4, "control characters"),
         (("--name", "bot", "--room", "Bad Room", "hi"), 4, "room name"),
         (("--name", "bot", "x" * 5000), 4, "limit is 4096"),
+        # Bytes that are not UTF-8 in an argument (Python hands them over as lone surrogates).
+        (("--name", os.fsdecode(b"b\xffot"), "hi"), 4, "name is not valid UTF-8"),
+        (("--name", "bot", os.fsdecode(b"h\xffi")), 4, "message text is not valid UTF-8"),
+        (("--name", "bot", "--key", os.fsdecode(b"k\xff"), "hi"), 4, "key is not valid UTF-8"),
     ],
 )
 def test_send_rejections_are_one_red_line(
@@ -62,6 +68,23 @@ def test_send_rejections_are_one_red_line(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_stdin_that_is_not_utf8_is_one_red_line_after_what_was_sent(
+    server_process: ServerProcess,
+) -> None:
+    done = subprocess.run(
+        grpcchat_command("send", "--addr", server_process.addr, "--name", "bot"),
+        input=b"fine\n\xff\xfe\n",
+        capture_output=True,
+        env=cli_env(),
+        timeout=30,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 4, err
+    assert "message text is not valid UTF-8" in err
+    assert "Traceback" not in err
+    assert "#lobby seq 1" in done.stdout.decode()  # the line before it was sent
 
 
 def test_send_to_nothing_is_exit_3() -> None:

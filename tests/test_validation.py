@@ -63,7 +63,8 @@ def test_names_with_control_or_format_characters_are_refused(prefix: str, bad: s
 @given(st.text(max_size=MAX_TEXT_LENGTH))
 def test_text_is_accepted_exactly_when_it_follows_the_rules(text: str) -> None:
     allowed = bool(text.strip()) and not any(
-        (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 for c in text
+        (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000
+        for c in text
     )
     if allowed:
         assert check_text(text) == text
@@ -75,9 +76,13 @@ def test_text_is_accepted_exactly_when_it_follows_the_rules(text: str) -> None:
 # -- the regex checks against the unicodedata definition they replaced -----------------------
 
 
-def _has_control(value: str, categories: tuple[str, ...], allowed: frozenset[str]) -> bool:
-    """The definition before the regex: each character's category, one at a time."""
-    return any(unicodedata.category(ch) in categories and ch not in allowed for ch in value)
+def _first_forbidden(value: str, categories: tuple[str, ...], allowed: frozenset[str]) -> str:
+    """The definition before the regex: each character's category, one at a time; the
+    category of the first one refused ("" if none is)."""
+    for ch in value:
+        if (category := unicodedata.category(ch)) in categories and ch not in allowed:
+            return category
+    return ""
 
 
 def reference_check_name(name: str) -> str:
@@ -86,7 +91,9 @@ def reference_check_name(name: str) -> str:
         raise InvalidInput("name must not be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
-    if _has_control(name, ("Cc", "Cf"), frozenset()):
+    if refused := _first_forbidden(name, ("Cc", "Cf", "Cs"), frozenset()):
+        if refused == "Cs":  # a lone surrogate: bytes that were not UTF-8
+            raise InvalidInput("name is not valid UTF-8")
         raise InvalidInput("name must not contain control characters")
     return name
 
@@ -98,7 +105,9 @@ def reference_check_text(text: str) -> str:
         raise InvalidInput(
             f"message is {len(text)} characters long; the limit is {MAX_TEXT_LENGTH}"
         )
-    if _has_control(text, ("Cc",), frozenset("\n\t")):
+    if refused := _first_forbidden(text, ("Cc", "Cs"), frozenset("\n\t")):
+        if refused == "Cs":
+            raise InvalidInput("message text is not valid UTF-8")
         raise InvalidInput(
             "message must not contain control characters (other than newline and tab)"
         )
@@ -142,9 +151,9 @@ def test_the_character_classes_match_unicodedata_on_every_code_point() -> None:
         for code in range(sys.maxunicode + 1)
         if (
             bool(validation._FORBIDDEN_IN_NAME.search(ch := chr(code)))
-            != (unicodedata.category(ch) in {"Cc", "Cf"})
+            != (unicodedata.category(ch) in {"Cc", "Cf", "Cs"})
             or bool(validation._FORBIDDEN_IN_TEXT.search(ch))
-            != (unicodedata.category(ch) == "Cc" and ch not in "\n\t")
+            != (unicodedata.category(ch) in {"Cc", "Cs"} and ch not in "\n\t")
         )
     ]
     assert wrong == []

@@ -13,6 +13,7 @@ from grpcchat.core.errors import InvalidInput, RemoteError
 from grpcchat.core.models import Message, Relation, RelationKind
 from grpcchat.core.validation import (
     check_emoji,
+    check_key,
     check_message_id,
     check_name,
     check_room,
@@ -49,7 +50,7 @@ def send_request(
         sender=check_name(sender),
         room=check_room(room),
         # As random as a uuid4 (uuid's import costs `grpcchat send` 2 ms of start-up).
-        key=key or os.urandom(16).hex(),
+        key=check_key(key) if key else os.urandom(16).hex(),
         recipient=check_name(recipient) if recipient else "",
         action=action,
         reply_to=check_message_id(reply_to) if reply_to else "",

@@ -52,13 +52,25 @@ def _char_class(ranges: tuple[tuple[int, int], ...]) -> str:
     return "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in ranges)
 
 
+# Lone surrogates are what Python makes of bytes that are not UTF-8 in a command-line argument
+# or on stdin (surrogateescape): they cannot go on the wire, so they are refused with the other
+# forbidden characters, with a message that says so.
+_SURROGATES = r"\ud800-\udfff"
 # Line breaks and tabs are part of ordinary multi-line text; every other control character can
 # rewrite a terminal (cursor moves, colour, bells), so it never reaches another user's screen.
 # One regex search each: the scan runs in C, never a Python step per character.
-_FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_FORBIDDEN_IN_TEXT = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_SURROGATES}]")
 # Names also refuse format characters (Cf): invisible joiners and bidi overrides let one name
 # pass for another.
-_FORBIDDEN_IN_NAME = re.compile(f"[{_CONTROL}{_char_class(_format_ranges())}]")
+_FORBIDDEN_IN_NAME = re.compile(f"[{_CONTROL}{_char_class(_format_ranges())}{_SURROGATES}]")
+_SURROGATE = re.compile(f"[{_SURROGATES}]")
+
+
+def _not_utf8(found: re.Match[str], what: str) -> InvalidInput | None:
+    """The error for a forbidden character that is a lone surrogate (see _SURROGATES)."""
+    if "\ud800" <= found.group() <= "\udfff":
+        return InvalidInput(f"{what} is not valid UTF-8")
+    return None
 
 
 def check_name(name: str) -> str:
@@ -68,8 +80,8 @@ def check_name(name: str) -> str:
         raise InvalidInput("name must not be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
-    if _FORBIDDEN_IN_NAME.search(name):
-        raise InvalidInput("name must not contain control characters")
+    if found := _FORBIDDEN_IN_NAME.search(name):
+        raise _not_utf8(found, "name") or InvalidInput("name must not contain control characters")
     return name
 
 
@@ -91,7 +103,9 @@ def check_room(room: str) -> str:
 
 def check_key(key: str) -> str:
     """Return an idempotency key of at most MAX_KEY_BYTES (UTF-8), or raise InvalidInput."""
-    size = len(key.encode("utf-8", "surrogatepass"))
+    if _SURROGATE.search(key):
+        raise InvalidInput("idempotency key is not valid UTF-8")
+    size = len(key.encode("utf-8"))
     if size > MAX_KEY_BYTES:
         raise InvalidInput(f"idempotency key is {size} bytes long; the limit is {MAX_KEY_BYTES}")
     return key
@@ -121,8 +135,8 @@ def check_text(text: str) -> str:
         raise InvalidInput(
             f"message is {len(text)} characters long; the limit is {MAX_TEXT_LENGTH}"
         )
-    if _FORBIDDEN_IN_TEXT.search(text):
-        raise InvalidInput(
+    if found := _FORBIDDEN_IN_TEXT.search(text):
+        raise _not_utf8(found, "message text") or InvalidInput(
             "message must not contain control characters (other than newline and tab)"
         )
     return text
@@ -144,7 +158,9 @@ def check_emoji(emoji: str) -> str:
     characters, or raise InvalidInput."""
     if not emoji:
         raise InvalidInput("a reaction needs an emoji")
-    size = len(emoji.encode("utf-8", "surrogatepass"))
+    if _SURROGATE.search(emoji):
+        raise InvalidInput("reaction is not valid UTF-8")
+    size = len(emoji.encode("utf-8"))
     if size > MAX_EMOJI_BYTES:
         raise InvalidInput(f"reaction is {size} bytes long; the limit is {MAX_EMOJI_BYTES}")
     if _FORBIDDEN_IN_EMOJI.search(emoji):
