@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -85,6 +87,54 @@ def test_stdin_that_is_not_utf8_is_one_red_line_after_what_was_sent(
     assert "message text is not valid UTF-8" in err
     assert "Traceback" not in err
     assert "#lobby seq 1" in done.stdout.decode()  # the line before it was sent
+
+
+def test_piped_lines_are_sent_as_they_come_not_at_the_end(
+    server_process: ServerProcess,
+) -> None:
+    """A program that keeps running and writes a line now and then: each line is sent (and
+    reported) while stdin is still open."""
+    process = subprocess.Popen(
+        grpcchat_command("send", "--addr", server_process.addr, "--name", "bot"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert process.stdin is not None
+    stdout = process.stdout
+    assert stdout is not None
+    out: queue.Queue[str] = queue.Queue()
+
+    def read_out() -> None:
+        for line in stdout:
+            out.put(line)
+
+    threading.Thread(target=read_out, daemon=True).start()
+    try:
+        process.stdin.write("first\n")
+        process.stdin.flush()
+        assert "#lobby seq 1" in out.get(timeout=20)  # stdin is still open
+        process.stdin.write("second\n")
+        process.stdin.close()
+        assert "#lobby seq 2" in out.get(timeout=20)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_no_line_after_a_bad_one_is_sent(server_process: ServerProcess) -> None:
+    lines = ["fine", "x" * 5000, "after"]
+    result = run_cli(
+        "send", "--addr", server_process.addr, "--name", "bot", stdin="\n".join(lines) + "\n"
+    )
+    assert result.returncode == 4
+    assert "limit is 4096" in result.stderr
+    assert "#lobby seq 1" in result.stdout
+    history = run_cli("history", "--addr", server_process.addr, "--json")
+    assert [json.loads(line)["text"] for line in history.stdout.splitlines()] == ["fine"]
 
 
 def test_send_to_nothing_is_exit_3() -> None:

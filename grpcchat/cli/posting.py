@@ -4,7 +4,6 @@ Neither Typer nor Rich is imported here; Rich only to print on a terminal."""
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 from grpcchat.cli.exits import EXIT_USAGE, fail, run
@@ -14,6 +13,8 @@ from grpcchat.cli.output import emit
 from grpcchat.client.config import AddressError, ClientConfig
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from grpcchat.client.events import Sent
 
 
@@ -81,9 +82,19 @@ def post(
         return
     from grpcchat.client.oneshot import send_lines
 
-    lines = [text] if text not in (None, "-") else stdin_lines()
-    if key and len(lines) > 1:
-        fail("--key applies to a single message; stdin has several")
+    lines: list[str] | AsyncIterator[str]
+    if text not in (None, "-"):
+        lines = [text]
+    elif key:
+        from grpcchat.cli import stdin
+
+        lines = stdin.read_lines()
+        if len(lines) > 1:
+            fail("--key applies to a single message; stdin has several")
+    else:
+        from grpcchat.cli import stdin
+
+        lines = stdin.lines_as_they_come()
 
     def accepted(sent: Sent) -> None:
         _print_sent(sent, as_json)
@@ -118,7 +129,9 @@ def _change_text(option: str, text: str | None) -> str:
     if text not in (None, "-"):
         assert text is not None
         return text
-    lines = stdin_lines()
+    from grpcchat.cli import stdin
+
+    lines = stdin.read_lines()
     if len(lines) != 1:
         fail(f"--edit ID TEXT takes one text; stdin had {len(lines)} lines", EXIT_USAGE)
     return lines[0]
@@ -168,11 +181,3 @@ def _login() -> str:
     import getpass
 
     return getpass.getuser()
-
-
-def stdin_lines() -> list[str]:
-    if sys.stdin.isatty():
-        from grpcchat.cli.consoles import err_console
-
-        err_console.print("[dim]reading messages from stdin, one per line; Ctrl-D ends[/]")
-    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
