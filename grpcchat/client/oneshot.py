@@ -68,6 +68,8 @@ async def send_lines(
                 )
                 on_accepted(sent)
                 return 1
+            if key:
+                raise InvalidInput("an idempotency key is for a single message; there are several")
             session = client.session(sender, ())
             async with _live(session):
                 lines_in_order = _then(first, following, source)
