@@ -137,6 +137,17 @@ def test_no_line_after_a_bad_one_is_sent(server_process: ServerProcess) -> None:
     assert [json.loads(line)["text"] for line in history.stdout.splitlines()] == ["fine"]
 
 
+@pytest.mark.parametrize("token", ["é", os.fsdecode(b"t\xff"), "two words"])
+def test_a_token_that_cannot_be_a_header_is_one_red_line(
+    server_process: ServerProcess, token: str
+) -> None:
+    for command in (("who",), ("send", "--name", "bot", "hi")):
+        result = run_cli(*command, "--addr", server_process.addr, "--token", token)
+        assert result.returncode == 1
+        assert "--token is not a token" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_send_to_nothing_is_exit_3() -> None:
     # send retries an unreachable server until --timeout, then gives up with exit 3.
     result = run_cli("send", "--addr", "127.0.0.1:1", "--timeout", "1.5", "--name", "bot", "hi")

@@ -12,6 +12,8 @@ DEFAULT_TIMEOUT = 10.0
 
 # A host name or IPv4 address, or an IPv6 address in brackets; then a port.
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+# What an HTTP/2 header value can carry: printable ASCII (a JWT is base64url and dots).
+_TOKEN = re.compile(r"[!-~]+")
 
 
 class AddressError(ValueError):
@@ -60,6 +62,12 @@ class ClientConfig:
             raise ValueError("timeout must be positive")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+        if self.token and not _TOKEN.fullmatch(self.token):
+            # It goes in a header, where gRPC takes nothing else (and fails with a traceback).
+            raise ValueError(
+                "--token is not a token: a token is printable ASCII without spaces, "
+                "as `grpcchat token` prints it"
+            )
 
     @property
     def addrs(self) -> tuple[str, ...]:
