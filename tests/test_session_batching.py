@@ -86,3 +86,32 @@ async def test_an_event_a_linger_after_the_last_write_is_written_at_once() -> No
         assert written - offered < LINGER / 2
     finally:
         await writer.close()
+
+
+async def test_until_caught_up_waits_for_the_writer_while_lagging() -> None:
+    session = Session("poster", capacity=8, max_batch=100, linger=0.01)
+    await asyncio.wait_for(session.until_caught_up(), 5)  # not lagging: at once
+    for n in range(5):  # more than half of 8: lagging
+        session.offer(_event(n))
+    assert session.lagging
+    waiting = asyncio.create_task(session.until_caught_up())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # nobody writes yet
+    writer = Writer(session)
+    try:
+        await asyncio.wait_for(waiting, 5)
+        assert not session.lagging
+        assert writer.written[0][1] == 5
+    finally:
+        await writer.close()
+
+
+async def test_until_caught_up_returns_when_the_session_ends() -> None:
+    session = Session("poster", capacity=8, max_batch=100, linger=0.01)
+    for n in range(5):
+        session.offer(_event(n))
+    waiting = asyncio.create_task(session.until_caught_up())
+    await asyncio.sleep(0)
+    session.close()
+    await asyncio.wait_for(waiting, 5)
+    assert session.closed

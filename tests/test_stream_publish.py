@@ -154,6 +154,33 @@ async def test_a_packed_request_is_applied_send_by_send(addr: str, client: ChatC
     assert stored[1].seq == stored[0].seq + 1
 
 
+async def test_a_client_that_packs_faster_than_it_reads_is_held_back_not_cut_off() -> None:
+    """Posting answers a packed request's sends far faster than a linger-spaced writer drains
+    their acks: the stream is read no further until they are written (flow control holds the
+    client), instead of the acks overflowing the queue and cutting off a client that reads."""
+    config = ServerConfig(port=0, store="memory://", limits=Limits(rate=0, request_rate=0))
+    many = 5_000  # ~54 KiB a request: more acks than the queue holds (1,024), three times
+    batch = pb.SendBatch(sends=[pb.SendRequest(text="x", key=str(i)) for i in range(many)])
+    async with (
+        ChatServer(config) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        requests: asyncio.Queue[pb.ConnectRequest] = asyncio.Queue()
+        call = pb_grpc.ChatServiceStub(channel).Connect(_forever(requests))
+        requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name="packer")))
+        for _ in range(3):
+            requests.put_nowait(pb.ConnectRequest(sends=batch))
+        acks: list[pb.SendAck] = []
+        async with asyncio.timeout(30):
+            async for response in call:
+                acks += [e.ack for e in response.events if e.WhichOneof("kind") == "ack"]
+                if len(acks) == 3 * many:
+                    break
+        call.cancel()
+    assert [a.code for a in acks] == [""] * 3 * many
+    assert sum(not a.duplicate for a in acks) == many  # the repeats came back as duplicates
+
+
 async def _forever(requests: asyncio.Queue[pb.ConnectRequest]) -> AsyncIterator[pb.ConnectRequest]:
     while True:
         yield await requests.get()

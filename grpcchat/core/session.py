@@ -75,6 +75,8 @@ class Session:
         self._lag_high = max(1, capacity // 2)
         self._lag_low = capacity // 4
         self.lagging = False
+        # What `until_caught_up` waits on, made only while something waits.
+        self._caught_up: asyncio.Future[None] | None = None
         self._max_batch = max_batch
         self._linger = linger
         self._on_close = on_close
@@ -232,9 +234,27 @@ class Session:
         self._replays.clear()
         self.closed = True
         self._wake()
+        self._settle_caught_up()
         callbacks, self._closed_callbacks = self._closed_callbacks, []
         for callback in callbacks:
             callback()
+
+    async def until_caught_up(self) -> None:
+        """Wait while the session is lagging (more than half its queue waiting to be written),
+        until its writer has caught up or the session has ended. Its own requests are read
+        only then: a client that posts faster than it reads the answers is held back by flow
+        control instead of being cut off as a slow consumer for the answers piling up."""
+        if not self.lagging or self.closed:
+            return
+        if self._caught_up is None:
+            self._caught_up = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._caught_up)
+
+    def _settle_caught_up(self) -> None:
+        if self._caught_up is not None:
+            if not self._caught_up.done():
+                self._caught_up.set_result(None)
+            self._caught_up = None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -313,6 +333,7 @@ class Session:
                 self.last_progress = time.monotonic()
                 if self.lagging and self._live_waiting <= self._lag_low:
                     self.lagging = False
+                    self._settle_caught_up()
                     self._on_lag(self)
         finally:
             if self._beat is not None:

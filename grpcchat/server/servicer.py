@@ -317,6 +317,8 @@ class ChatServicer:
                     await self._apply(request, session)
                     continue
                 for send in sends:
+                    if session.lagging:  # its answers pile up unwritten: read no further
+                        await session.until_caught_up()
                     if session.closed:
                         break
                     if not send.recipient:
