@@ -236,6 +236,27 @@ async def test_session_on_the_article_server(
             await events.aclose()
 
 
+async def test_sends_in_flight_on_the_article_server_are_written_one_at_a_time(
+    article_server: V1Server, article_client: ChatClient
+) -> None:
+    """Many sends in flight on the article's stream (as `grpcchat send` of piped lines makes):
+    it takes one write at a time (a second write while one is pending fails), in order."""
+    session = article_client.session("alice")
+    events = session.events()
+    # Large enough that writes wait on flow control: several are pending at once.
+    expected = [f"m{i} " + "x" * 4000 for i in range(40)]
+    try:
+        assert await asyncio.wait_for(anext(events), WAIT) == Connected(("lobby",), legacy=True)
+        sending = [asyncio.create_task(session.send(text)) for text in expected]
+        sent = await asyncio.wait_for(asyncio.gather(*sending), WAIT)
+        assert [s.message.text for s in sent] == expected
+        echoed = [await next_message(events) for _ in expected]  # the server's broadcast
+        assert [m.text for m in echoed] == expected
+    finally:
+        await session.aclose()
+        await events.aclose()
+
+
 async def test_session_in_another_room_on_the_article_server_is_refused(
     article_server: V1Server, article_client: ChatClient
 ) -> None:

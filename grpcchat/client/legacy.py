@@ -74,6 +74,9 @@ class LegacyStream:
         self._connection = connection
         self._name = name
         self._call: aio.StreamStreamCall[pb.ChatMessage, pb.ChatMessage] | None = None
+        # One write at a time, in the order asked: gRPC refuses a second write on a stream
+        # while one is pending ("Internal error from Core").
+        self._writing = asyncio.Lock()
 
     async def attempt(self) -> AsyncIterator[FeedEvent]:
         """One `Chat` stream: Connected, then the lobby's messages until it ends."""
@@ -108,7 +111,8 @@ class LegacyStream:
         require_lobby(room, recipient)
         message = Message("", DEFAULT_ROOM, self._name, check_text(text), datetime.now(UTC), 0)
         try:
-            await call.write(codec.to_proto(message))
+            async with self._writing:
+                await call.write(codec.to_proto(message))
         except grpc.RpcError as error:
             raise self._connection.error(error) from None
         return Sent(message, duplicate=False)
