@@ -41,16 +41,20 @@ class Writer:
         await asyncio.wait_for(self._task, 5)
 
 
+async def _assert_written_at_once(writer: Writer, n: int) -> None:
+    """Offer event `n` alone: it is written by itself, well within a linger."""
+    offered = asyncio.get_running_loop().time()
+    writer.session.offer(_event(n))
+    written, count = await writer.next_write()
+    assert count == 1
+    assert written - offered < LINGER / 2
+
+
 async def test_a_quiet_stream_is_written_at_once() -> None:
-    loop = asyncio.get_running_loop()
     writer = Writer(Session("quiet", capacity=100, max_batch=10, linger=LINGER))
     try:
         await asyncio.sleep(0)
-        offered = loop.time()
-        writer.session.offer(_event(0))
-        written, count = await writer.next_write()
-        assert count == 1
-        assert written - offered < LINGER / 2
+        await _assert_written_at_once(writer, 0)
     finally:
         await writer.close()
 
@@ -73,17 +77,12 @@ async def test_a_busy_stream_is_written_in_batches_a_linger_apart() -> None:
 async def test_an_event_a_linger_after_the_last_write_is_written_at_once() -> None:
     """Still "busy" (within two lingers of the last write), but a linger has passed already:
     waiting another whole linger would only add latency."""
-    loop = asyncio.get_running_loop()
     writer = Writer(Session("steady", capacity=100, max_batch=10, linger=LINGER))
     try:
         writer.session.offer(_event(0))
         await writer.next_write()
         await asyncio.sleep(LINGER * 1.25)
-        offered = loop.time()
-        writer.session.offer(_event(1))
-        written, count = await writer.next_write()
-        assert count == 1
-        assert written - offered < LINGER / 2
+        await _assert_written_at_once(writer, 1)
     finally:
         await writer.close()
 
