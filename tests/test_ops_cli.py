@@ -299,8 +299,11 @@ def test_the_shown_bash_script_completes_in_bash(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_install_completion_writes_the_script_into_home(tmp_path: Path) -> None:
     env = cli_env(HOME=str(tmp_path), PATH=f"{CONSOLE_SCRIPT.parent}:/usr/bin:/bin")
+    # Typer names the shell by grpcchat's parent process. `bash -c CMD` with a lone command
+    # execs it in bash's place, and the parent would be whatever ran the tests (under `sh`,
+    # "Shell sh is not supported"): a second command keeps bash there as the parent.
     done = subprocess.run(
-        ["bash", "--norc", "--noprofile", "-c", "grpcchat --install-completion"],
+        ["bash", "--norc", "--noprofile", "-c", "grpcchat --install-completion; exit $?"],
         capture_output=True,
         text=True,
         env=env,
