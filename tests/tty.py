@@ -1,23 +1,43 @@
 """A program in a pseudo-terminal, rendered by pyte: tests assert on what a person would see.
 
-pexpect gives the raw byte stream; prompt_toolkit redraws its input line with cursor moves and
-erases, so the bytes alone cannot say what is on screen. pyte interprets them into a grid of
-cells (text, colour, bold) and answers the terminal's cursor-position queries like a real one.
+The pseudo-terminal gives the raw byte stream; prompt_toolkit redraws its input line with cursor
+moves and erases, so the bytes alone cannot say what is on screen. pyte interprets them into a
+grid of cells (text, colour, bold) and answers the terminal's cursor-position queries like a
+real one.
+
+The program is started by `subprocess`, not by forking this process the way pexpect.spawn does:
+a forked copy of a test process with gRPC loaded runs Python (and so, now and then, gRPC's
+poller) before it execs, and about one start in 360 died with "epoll_wait error: Bad file
+descriptor" before `join` ever ran. subprocess execs straight from C; a two-line launcher then
+makes the terminal its controlling terminal, as a login would, so Ctrl-C and resizes behave.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import os
+import select
+import struct
+import subprocess
+import sys
+import termios
 import time
 from collections.abc import Callable, Sequence
 
-import pexpect
 import pyte
 from rich.console import Console
 from rich.text import Text
 
 ROWS = 24
 COLUMNS = 120
+
+# Runs in the child, after subprocess has made it a session leader with the terminal on 0-2.
+_ADOPT_TERMINAL = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 class _AnsweringScreen(pyte.Screen):
@@ -40,10 +60,21 @@ class Terminal:
     ) -> None:
         self.screen = _AnsweringScreen(columns, rows)
         self._stream = pyte.ByteStream(self.screen)
-        self.child = pexpect.spawn(
-            argv[0], list(argv[1:]), env=env, dimensions=(rows, columns), timeout=10
-        )
-        self.screen.reply = self.child.send
+        self._master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        try:
+            self.child = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _ADOPT_TERMINAL, *argv],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            # Only the child may hold the terminal's end, or reading ours never sees it exit.
+            os.close(slave)
+        self.screen.reply = self.type
         self.raw = b""
         self.exited = False
 
@@ -53,11 +84,16 @@ class Terminal:
         """Feed whatever the program writes within `timeout` seconds (returns on first data)."""
         if self.exited:
             return
-        try:
-            data = self.child.read_nonblocking(65536, timeout=timeout)
-        except pexpect.TIMEOUT:
+        readable, _, _ = select.select([self._master], [], [], timeout)
+        if not readable:
             return
-        except pexpect.EOF:
+        try:
+            data = os.read(self._master, 65536)
+        except OSError as error:
+            if error.errno != errno.EIO:  # EIO: the program and its terminal are gone
+                raise
+            data = b""
+        if not data:
             self.exited = True
             return
         self.raw += data
@@ -87,10 +123,9 @@ class Terminal:
     def wait_exit(self, timeout: float = 8.0) -> int:
         """Drain output until the program exits; return its exit status."""
         self.wait_for(lambda: self.exited, "the program to exit", timeout)
-        self.child.wait()
-        self.child.close()
-        status = self.child.exitstatus
-        assert status is not None, f"killed by signal {self.child.signalstatus}"
+        status = self.child.wait(timeout)
+        self.close()
+        assert status >= 0, f"killed by signal {-status}"
         return status
 
     # -- what is on screen -----------------------------------------------------------------
@@ -126,12 +161,18 @@ class Terminal:
     # -- typing ----------------------------------------------------------------------------
 
     def type(self, text: str) -> None:
-        self.child.send(text)
+        data = text.encode()
+        while data:
+            data = data[os.write(self._master, data) :]
 
     def close(self) -> None:
-        if self.child.isalive():
-            self.child.terminate(force=True)
-        self.child.close()
+        if self.child.poll() is None:
+            self.child.kill()
+            self.child.wait(5)
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+        self.exited = True
 
 
 def rendered_style(style: str) -> pyte.screens.Char:
