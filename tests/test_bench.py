@@ -8,6 +8,7 @@ import dataclasses
 import json
 import re
 import socket
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,6 +41,7 @@ from grpcchat.core.limits import Limits
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
+from grpcchat.wire.codec import SENDS_HEADER
 
 
 def _check_exact(result: BenchResult, subscribers: int) -> None:
@@ -443,6 +445,63 @@ async def test_counts_exactly_what_a_server_sends_twice(reader: str) -> None:
     assert result.lost == 0
     assert result.delivered == result.expected == 3 * result.sent
     assert not result.ok
+
+
+class _PackCounter:
+    """A native server that records how many sends each Connect request carries and acks a
+    request's sends together, in one response. It delivers nothing: only requests matter."""
+
+    def __init__(self) -> None:
+        self.packs: list[int] = []
+
+    async def subscribe(self, request: bytes, context: Any) -> None:
+        await context.send_initial_metadata(())
+        await asyncio.Event().wait()  # open until the bench leaves or the server stops
+
+    async def connect(self, requests: AsyncIterator[bytes], context: Any) -> None:
+        await context.send_initial_metadata((SENDS_HEADER,))
+        async for data in requests:
+            request = pb.ConnectRequest.FromString(data)
+            sends = [request.send] if request.HasField("send") else list(request.sends.sends)
+            if sends:
+                self.packs.append(len(sends))
+                events = [pb.Event(ack=pb.SendAck(key=send.key)) for send in sends]
+                await context.write(pb.ConnectResponse(events=events).SerializeToString())
+
+
+async def test_native_publishers_pack_the_sends_a_freed_window_lets_out() -> None:
+    """Sends waiting together go out as one request, as the client library's do: the bench once
+    made each send a task of its own (`wait_for`), so the window's 64 went out 1.7 a request and
+    the server under test spent a sixth of its loop reading them."""
+    counter = _PackCounter()
+    handlers = {
+        "Subscribe": grpc.unary_stream_rpc_method_handler(counter.subscribe),
+        "Connect": grpc.stream_stream_rpc_method_handler(counter.connect),
+    }
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("chat.v1.ChatService", handlers),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        config = BenchConfig(
+            addr=f"127.0.0.1:{port}",
+            publish="stream",
+            subscribers=1,
+            rate=0,
+            duration=0.5,
+            processes=1,
+            max_in_flight=16,
+            drain_timeout=0.2,
+            send_timeout=2.0,
+        )
+        result = await run_bench(config)
+    finally:
+        await server.stop(0)
+
+    assert result.sent == sum(counter.packs) > 16 * 4
+    assert statistics.median(counter.packs) == 16, counter.packs[:20]
 
 
 # -- the protocols against grpcchat ---------------------------------------------------------------
