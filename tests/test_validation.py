@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from grpcchat.core import validation
 from grpcchat.core.errors import InvalidInput
-from grpcchat.core.models import Envelope, Message
+from grpcchat.core.models import Envelope, Message, Reaction, Relation, RelationKind, SendAck
 from grpcchat.core.validation import (
     MAX_NAME_LENGTH,
     MAX_ROOM_LENGTH,
@@ -181,6 +181,56 @@ def test_a_batch_of_framed_events_parses_as_one_subscribe_response(batch: list[M
     data = b"".join(codec.encode_event_frame(m) for m in batch)
     response = pb.SubscribeResponse.FromString(data)
     assert [codec.from_proto(e.message) for e in response.events] == batch
+
+
+conversation_messages = st.builds(
+    Message,
+    id=st.text(max_size=40),
+    room=room_names,
+    sender=printable,
+    text=st.text(max_size=300),
+    sent_at=st.datetimes(timezones=st.just(UTC), min_value=datetime(1971, 1, 1)),
+    seq=st.integers(0, 2**63),
+    epoch=st.text(max_size=20),
+    action=st.booleans(),
+    reply_to=st.text(max_size=40),
+    relation=st.none() | st.builds(Relation, st.sampled_from(RelationKind), st.text(max_size=40)),
+    edited_at=st.none() | st.datetimes(timezones=st.just(UTC), min_value=datetime(1971, 1, 1)),
+    deleted=st.booleans(),
+    reactions=st.lists(st.builds(Reaction, st.text(max_size=8), st.just(("bob",))), max_size=3).map(
+        tuple
+    ),
+)
+acks = st.builds(
+    SendAck,
+    key=st.text(max_size=20),
+    message=st.none() | conversation_messages,
+    duplicate=st.booleans(),
+    code=st.sampled_from(["", "INVALID_ARGUMENT"]),
+    reason=st.text(max_size=20),
+    retry_after=st.none() | st.floats(0, 60),
+)
+
+
+@given(conversation_messages | acks)
+def test_the_hand_built_frames_are_the_bytes_protobuf_writes(event: Message | SendAck) -> None:
+    """Messages and accepting acks are framed around `message_bytes` rather than built as
+    protobuf objects: the bytes must be exactly protobuf's."""
+    data = codec.event_to_proto(event).SerializeToString()
+    assert codec.encode_event_frame(event) == b"\x0a" + codec._varint(len(data)) + data
+
+
+def test_recent_message_bytes_belong_to_that_very_message() -> None:
+    """Kept by identity: a new message (which may reuse a dead one's id()) is encoded afresh,
+    and only the last RECENT_MESSAGES are kept."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    for n in range(codec.RECENT_MESSAGES * 2):
+        message = Message(
+            id=f"m{n}", room="lobby", sender="ann", text=f"text {n}", sent_at=at, seq=n
+        )
+        assert codec.message_bytes(message) == codec.to_proto(message).SerializeToString()
+        assert codec.message_bytes(message) is codec.message_bytes(message)
+    assert len(codec._recent_messages) <= codec.RECENT_MESSAGES
 
 
 @given(messages)

@@ -31,6 +31,11 @@ from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 # response is just a run of framed events, so a batch is built by concatenating events that
 # were each encoded once.
 _EVENTS_FIELD_TAG = b"\x0a"
+# Tags of Event.message, Event.ack, SendAck.key, SendAck.message (all length-delimited), and
+# SendAck.duplicate = true: `encode_event_frame` writes these two events itself, in field order
+# as protobuf does (tests compare the bytes).
+_EVENT_MESSAGE_TAG, _EVENT_ACK_TAG = b"\x0a", b"\x42"
+_ACK_KEY_TAG, _ACK_MESSAGE_TAG, _ACK_DUPLICATE = b"\x0a", b"\x12", b"\x18\x01"
 # Trailing metadata of a rate-limited call: milliseconds until a retry may succeed.
 RETRY_AFTER_KEY = "retry-after-ms"
 # Initial metadata of a Connect stream whose server reads `ConnectRequest.sends`: a client
@@ -164,12 +169,10 @@ def event_to_proto(event: Event) -> pb.Event:
             return pb.Event(joined=done)
         case RoomLeft(room):
             return pb.Event(left=pb.RoomLeft(room=room))
-        case SendAck(key, message, duplicate, code, reason, retry_after):
-            ack = pb.SendAck(key=key, duplicate=duplicate, code=code, reason=reason)
+        case SendAck(_, message):
+            ack = _ack_without_message(event)
             if message is not None:
                 ack.message.CopyFrom(to_proto(message))
-            if retry_after is not None:
-                ack.retry_after_ms = int(retry_after * 1000) + 1
             return pb.Event(ack=ack)
         case RequestRefused(room, code, reason):
             return pb.Event(refused=pb.RequestRefused(room=room, code=code, reason=reason))
@@ -220,20 +223,72 @@ def event_from_proto(event: pb.Event) -> Event | None:
     return None
 
 
+def _ack_without_message(ack: SendAck) -> pb.SendAck:
+    proto = pb.SendAck(key=ack.key, duplicate=ack.duplicate, code=ack.code, reason=ack.reason)
+    if ack.retry_after is not None:
+        proto.retry_after_ms = int(ack.retry_after * 1000) + 1
+    return proto
+
+
+def message_bytes(message: Message) -> bytes:
+    """Wire bytes of `message` as a ChatMessage. A message is encoded for its room's streams and
+    again inside its sender's SendAck: the bytes of the last RECENT_MESSAGES are kept (by
+    identity: a Message is never changed), so both use one encoding."""
+    recent = _recent_messages.get(id(message))
+    if recent is not None and recent[0] is message:
+        return recent[1]
+    data = to_proto(message).SerializeToString()
+    if len(_recent_messages) >= RECENT_MESSAGES:
+        del _recent_messages[next(iter(_recent_messages))]  # the oldest
+    _recent_messages[id(message)] = (message, data)
+    return data
+
+
+RECENT_MESSAGES = 1024
+_recent_messages: dict[int, tuple[Message, bytes]] = {}
+
+
 def encode_chat_message(event: Event) -> bytes:
     """Wire bytes of a ChatMessage (the article's stream carries nothing else: relations are
     kept from it before they get here)."""
     assert isinstance(event, Message)
-    return to_proto(event).SerializeToString()
+    return message_bytes(event)
 
 
 def encode_event_frame(event: Event) -> bytes:
-    """Wire bytes of one `events` entry of a response, field tag and length included."""
-    data = event_to_proto(event).SerializeToString()
-    return _EVENTS_FIELD_TAG + _varint(len(data)) + data
+    """Wire bytes of one `events` entry of a response, field tag and length included. A message,
+    and an ack that accepts one, embed its `message_bytes`: one encoding for both."""
+    if isinstance(event, Message):
+        data = _EVENT_MESSAGE_TAG + _length_prefixed(message_bytes(event))
+    elif isinstance(event, SendAck) and event.message is not None and _only_accepts(event):
+        key = event.key.encode()
+        ack = b"".join(
+            (
+                _ACK_KEY_TAG + _length_prefixed(key) if key else b"",
+                _ACK_MESSAGE_TAG + _length_prefixed(message_bytes(event.message)),
+                _ACK_DUPLICATE if event.duplicate else b"",
+            )
+        )
+        data = _EVENT_ACK_TAG + _length_prefixed(ack)
+    else:
+        data = event_to_proto(event).SerializeToString()
+    return _EVENTS_FIELD_TAG + _length_prefixed(data)
+
+
+def _only_accepts(ack: SendAck) -> bool:
+    return not ack.code and not ack.reason and ack.retry_after is None
+
+
+_ONE_BYTE_VARINTS = [bytes((value,)) for value in range(0x80)]
+
+
+def _length_prefixed(data: bytes) -> bytes:
+    return _varint(len(data)) + data
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
