@@ -87,6 +87,26 @@ async def test_an_event_a_linger_after_the_last_write_is_written_at_once() -> No
         await writer.close()
 
 
+async def test_a_busy_stream_writes_an_answer_after_the_shorter_answer_linger() -> None:
+    """A client with sends in flight waits on their acks to send more: an answer does not wait
+    a whole linger, and takes what was queued before it along."""
+    writer = Writer(Session("poster", capacity=100, max_batch=100, linger=LINGER, answer_linger=0))
+    try:
+        writer.session.offer(_event(0))
+        first, _ = await writer.next_write()
+        writer.session.offer(_event(1))  # busy: this alone would wait a linger
+        writer.session.answer(_event(2))
+        second, count = await writer.next_write()
+        assert count == 2
+        assert second - first < LINGER / 2
+        writer.session.offer(_event(3))  # the answer went out: back to the whole linger
+        third, count = await writer.next_write()
+        assert count == 1
+        assert third - second >= LINGER * 0.99
+    finally:
+        await writer.close()
+
+
 async def test_until_caught_up_waits_for_the_writer_while_lagging() -> None:
     session = Session("poster", capacity=8, max_batch=100, linger=0.01)
     await asyncio.wait_for(session.until_caught_up(), 5)  # not lagging: at once

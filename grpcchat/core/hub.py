@@ -176,6 +176,7 @@ class Hub:
             capacity=self.limits.queue_size,
             max_batch=self.limits.max_batch,
             linger=self.limits.batch_linger,
+            answer_linger=self.limits.answer_linger,
             on_close=self._forget,
             on_evicted=self._evicted_during_fan_out,
             on_lag=self._pressure.lag_changed,

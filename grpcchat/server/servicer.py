@@ -379,7 +379,7 @@ class ChatServicer:
                 code="INVALID_ARGUMENT",
                 reason="a message on a session stream needs a key: its SendAck carries it back",
             )
-            session.offer(Envelope(ack))
+            session.answer(Envelope(ack))
             return
         try:
             appended = await self._hub.post(
@@ -401,7 +401,7 @@ class ChatServicer:
             if not appended.duplicate:
                 log_accepted(appended.message)
             ack = SendAck(request.key, appended.message, appended.duplicate)
-        session.offer(Envelope(ack))
+        session.answer(Envelope(ack))
 
     @maps_errors
     async def Chat(self, requests: AsyncIterator[pb.ChatMessage], context: Context) -> None:
