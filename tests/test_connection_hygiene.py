@@ -356,20 +356,36 @@ async def test_send_of_many_lines_rides_out_connection_ages(
         return connect(self, first)
 
     monkeypatch.setattr(ChatSession, "_connect", counting)
-    lines = [f"line {i:04}" for i in range(3000)]
+    lines: list[str] = []
+
+    async def until_aged_out_twice() -> AsyncIterator[str]:
+        """Lines, 100 every 20 ms, until the session's third stream (two connection ages):
+        a fixed count of lines once took longer than an age, and then no longer did."""
+        while streams < 3 and len(lines) < 9_000:  # under the room's 10,000 kept
+            for _ in range(100):
+                lines.append(f"line {len(lines):04}")
+                yield lines[-1]
+            await asyncio.sleep(0.02)
+
     accepted: list[str] = []
     async with running(server_config, max_connection_age=0.2, max_connection_age_grace=0.1) as (
         server
     ):
         config = ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=10.0)
         count = await asyncio.wait_for(
-            send_lines(config, "bot", lines, lambda sent: accepted.append(sent.message.text)), 30
+            send_lines(
+                config,
+                "bot",
+                until_aged_out_twice(),
+                lambda sent: accepted.append(sent.message.text),
+            ),
+            30,
         )
         stored: list[str] = []
         async with _client(server) as reader:
             while page := await reader.history("lobby", limit=1000, after=len(stored)):
                 stored += [m.text for m in page]
-    assert streams >= 2, "the connection was never aged out"
+    assert streams >= 3, f"the connection was aged out {streams - 1} times in {len(lines)} lines"
     assert count == len(lines)
     assert accepted == lines
     assert stored == lines
