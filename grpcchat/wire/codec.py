@@ -239,7 +239,7 @@ def message_bytes(message: Message) -> bytes:
         return recent[1]
     data = to_proto(message).SerializeToString()
     if len(_recent_messages) >= RECENT_MESSAGES:
-        del _recent_messages[next(iter(_recent_messages))]  # the oldest
+        _recent_messages.pop(next(iter(_recent_messages)), None)  # the oldest
     _recent_messages[id(message)] = (message, data)
     return data
 
