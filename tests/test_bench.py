@@ -390,19 +390,25 @@ class _FaultyV1Server:
 
 
 @contextlib.asynccontextmanager
-async def _faulty_server(**faults: int) -> AsyncIterator[tuple[str, _FaultyV1Server]]:
-    servicer = _FaultyV1Server(**faults)
-    handler = grpc.stream_stream_rpc_method_handler(servicer.chat)  # raw bytes both ways
+async def _raw_server(handlers: dict[str, grpc.RpcMethodHandler]) -> AsyncIterator[str]:
+    """A ChatService of these handlers (raw bytes both ways) on a free port: its address."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("chat.v1.ChatService", {"Chat": handler}),)
+        (grpc.method_handlers_generic_handler("chat.v1.ChatService", handlers),)
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        yield f"127.0.0.1:{port}", servicer
+        yield f"127.0.0.1:{port}"
     finally:
         await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def _faulty_server(**faults: int) -> AsyncIterator[tuple[str, _FaultyV1Server]]:
+    servicer = _FaultyV1Server(**faults)
+    async with _raw_server({"Chat": grpc.stream_stream_rpc_method_handler(servicer.chat)}) as addr:
+        yield addr, servicer
 
 
 def _v1_config(addr: str, reader: str) -> BenchConfig:
@@ -478,15 +484,9 @@ async def test_native_publishers_pack_the_sends_a_freed_window_lets_out() -> Non
         "Subscribe": grpc.unary_stream_rpc_method_handler(counter.subscribe),
         "Connect": grpc.stream_stream_rpc_method_handler(counter.connect),
     }
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("chat.v1.ChatService", handlers),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with _raw_server(handlers) as addr:
         config = BenchConfig(
-            addr=f"127.0.0.1:{port}",
+            addr=addr,
             publish="stream",
             subscribers=1,
             rate=0,
@@ -497,8 +497,6 @@ async def test_native_publishers_pack_the_sends_a_freed_window_lets_out() -> Non
             send_timeout=2.0,
         )
         result = await run_bench(config)
-    finally:
-        await server.stop(0)
 
     assert result.sent == sum(counter.packs) > 16 * 4
     assert statistics.median(counter.packs) == 16, counter.packs[:20]
