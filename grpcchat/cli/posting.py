@@ -85,16 +85,15 @@ def post(
     lines: list[str] | AsyncIterator[str]
     if text not in (None, "-"):
         lines = [text]
-    elif key:
-        from grpcchat.cli import stdin
-
-        lines = stdin.read_lines()
-        if len(lines) > 1:
-            fail("--key applies to a single message; stdin has several")
     else:
         from grpcchat.cli import stdin
 
-        lines = stdin.lines_as_they_come()
+        if key:
+            lines = stdin.read_lines()
+            if len(lines) > 1:
+                fail("--key applies to a single message; stdin has several")
+        else:
+            lines = stdin.lines_as_they_come()
 
     def accepted(sent: Sent) -> None:
         _print_sent(sent, as_json)

@@ -169,10 +169,12 @@ def event_to_proto(event: Event) -> pb.Event:
             return pb.Event(joined=done)
         case RoomLeft(room):
             return pb.Event(left=pb.RoomLeft(room=room))
-        case SendAck(_, message):
-            ack = _ack_without_message(event)
+        case SendAck(key, message, duplicate, code, reason, retry_after):
+            ack = pb.SendAck(key=key, duplicate=duplicate, code=code, reason=reason)
             if message is not None:
                 ack.message.CopyFrom(to_proto(message))
+            if retry_after is not None:
+                ack.retry_after_ms = int(retry_after * 1000) + 1
             return pb.Event(ack=ack)
         case RequestRefused(room, code, reason):
             return pb.Event(refused=pb.RequestRefused(room=room, code=code, reason=reason))
@@ -221,13 +223,6 @@ def event_from_proto(event: pb.Event) -> Event | None:
     if kind == "read":
         return ReadMarker(event.read.room, event.read.seq)
     return None
-
-
-def _ack_without_message(ack: SendAck) -> pb.SendAck:
-    proto = pb.SendAck(key=ack.key, duplicate=ack.duplicate, code=ack.code, reason=ack.reason)
-    if ack.retry_after is not None:
-        proto.retry_after_ms = int(ack.retry_after * 1000) + 1
-    return proto
 
 
 def message_bytes(message: Message) -> bytes:
