@@ -223,7 +223,7 @@ def test_sigterm_stops_the_workers_then_nats_and_exits_0(tmp_path: Path) -> None
         assert not _alive(pid), f"pid {pid} outlived the supervisor"
     err = running.stderr
     assert err.index("workers stopped") < err.index("nats-server stopped")
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err  # the whole stderr: a rare shutdown traceback was cut short
 
 
 def test_a_port_in_use_is_the_usual_error(server_process: ServerProcess, tmp_path: Path) -> None:
