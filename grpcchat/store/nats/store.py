@@ -32,6 +32,7 @@ from grpcchat.store.nats.window import Window
 
 # How long `aclose` waits for the appends under way (each request is bounded too).
 CLOSE_TIMEOUT = 2 * REQUEST_TIMEOUT
+FLUSH_TIMEOUT = int(REQUEST_TIMEOUT)  # nats-py's flush takes whole seconds
 
 
 class NatsStore:
@@ -277,11 +278,13 @@ class NatsStore:
         await self._cluster.close()
         tasks = [self._maintenance.task, *self._appender.tails.values()]
         await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        # A flush, not nats-py's drain: drain runs a task per subscription, and when a timeout cuts
+        # it short those tasks can fail with nobody to retrieve the error. Whatever the feed still
+        # receives has no session left to go to; what must not be lost is what this process
+        # published, and the flush's round trip proves the server has it (close sends the rest).
         with contextlib.suppress(*NATS_ERRORS):
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                await self._nc.drain()
-        if not self._nc.is_closed:
-            await self._nc.close()
+            await self._nc.flush(timeout=FLUSH_TIMEOUT)
+        await self._nc.close()
 
     # -- the feed and the Cluster: across processes (see `feed`, `cluster`) ---------------------
 
