@@ -434,6 +434,49 @@ async def test_waiting_appends_commit_as_one_transaction_in_call_order(tmp_path:
         await store.aclose()
 
 
+async def test_the_appends_of_one_turn_of_the_loop_are_one_group(tmp_path: Path) -> None:
+    # No thread held here: the drain is handed over only once every task of the turn has
+    # queued its append (handed over at once, the thread took the first one alone).
+    store = await open_sqlite(tmp_path / "history.db")
+    try:
+        conn = store._db._conn
+        statements: list[str] = []
+        await store._run(partial(conn.set_trace_callback, statements.append))
+        await asyncio.gather(*(append(store, key=f"k{i}") for i in range(30)))
+        await store._run(partial(conn.set_trace_callback, None))
+        transactions = " ".join(statements).split("BEGIN IMMEDIATE")[1:]
+        storing = [t for t in transactions if "INSERT INTO messages" in t]
+        assert [t.count("INSERT INTO messages") for t in storing] == [30]
+    finally:
+        await store.aclose()
+
+
+async def test_a_read_sees_an_append_whose_group_is_not_handed_over_yet(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "history.db")
+    try:
+        appending = asyncio.ensure_future(append(store))
+        await asyncio.sleep(0)  # the append is queued; its group waits for the turn to end
+        assert appending.done() is False
+        assert [m.seq for m in await store.read("lobby")] == [1]
+        assert (await appending).message.seq == 1
+    finally:
+        await store.aclose()
+
+
+async def test_closing_stores_the_appends_queued_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    store = await open_sqlite(path)
+    appending = asyncio.ensure_future(append(store))
+    await asyncio.sleep(0)
+    await store.aclose()
+    assert (await appending).message.seq == 1
+    reopened = await open_sqlite(path)
+    try:
+        assert [m.seq for m in await reopened.read("lobby")] == [1]
+    finally:
+        await reopened.aclose()
+
+
 async def test_a_group_of_new_keys_looks_them_up_in_one_statement(tmp_path: Path) -> None:
     store = await open_sqlite(tmp_path / "history.db")
     try:
