@@ -9,6 +9,7 @@ import random
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,7 +82,7 @@ def make_hub(store: HistoryStore) -> Hub:
     return Hub(store, Limits(rate=0, request_rate=0, queue_size=10 * POSTERS * POSTS))
 
 
-async def post_concurrently(hub: Hub, *, failing_every: int = 0) -> int:
+async def post_concurrently(hub: Hub, *, failing_every: int = 0, shielded: bool = True) -> int:
     """POSTERS tasks of POSTS posts each, all at once; how many failed."""
     failures = 0
 
@@ -90,7 +91,8 @@ async def post_concurrently(hub: Hub, *, failing_every: int = 0) -> int:
         for j in range(POSTS):
             fail = failing_every and (i * POSTS + j) % failing_every == 0
             try:
-                await hub.post(f"p{i}", f"{i}/{j}" + ("!" if fail else ""), room=ROOM)
+                text = f"{i}/{j}" + ("!" if fail else "")
+                await hub.post(f"p{i}", text, room=ROOM, shielded=shielded)
             except StoreError:
                 failures += 1
 
@@ -98,7 +100,10 @@ async def post_concurrently(hub: Hub, *, failing_every: int = 0) -> int:
     return failures
 
 
-async def test_readers_see_seq_order_which_is_history_order(store: HistoryStore) -> None:
+@pytest.mark.parametrize("shielded", [True, False], ids=["shielded", "unshielded"])
+async def test_readers_see_seq_order_which_is_history_order(
+    store: HistoryStore, shielded: bool
+) -> None:
     hub = make_hub(store)
     failing_every = 7 if isinstance(store, JitteryStore) else 0
     async with hub.connect("ann") as ann, hub.connect("bob") as bob:
@@ -107,7 +112,7 @@ async def test_readers_see_seq_order_which_is_history_order(store: HistoryStore)
             for session, reader in zip([ann, bob], readers, strict=True):
                 await hub.join(session, ROOM)
                 await asyncio.wait_for(reader.joined.wait(), TIMEOUT)
-            failures = await post_concurrently(hub, failing_every=failing_every)
+            failures = await post_concurrently(hub, failing_every=failing_every, shielded=shielded)
             stored = POSTERS * POSTS - failures
             assert failures == (len(range(0, POSTERS * POSTS, 7)) if failing_every else 0)
             history = await hub.history(ROOM, limit=POSTERS * POSTS)
@@ -142,6 +147,21 @@ async def test_a_cancelled_poster_still_delivers_what_was_stored(store: HistoryS
             assert reader.messages == history
         finally:
             await reader.stop()
+
+
+async def test_only_a_shielded_post_stores_in_a_task_of_its_own() -> None:
+    storing_tasks: list[asyncio.Task[object] | None] = []
+
+    class RecordingStore(MemoryStore):
+        async def append(self, **fields: Any) -> Appended:
+            storing_tasks.append(asyncio.current_task())
+            return await super().append(**fields)
+
+    hub = make_hub(RecordingStore(Retention()))
+    await hub.post("p", "shielded", room=ROOM)
+    await hub.post("p", "unshielded", room=ROOM, shielded=False)
+    poster = asyncio.current_task()
+    assert [task is poster for task in storing_tasks] == [False, True]
 
 
 async def test_the_chain_leaves_nothing_behind(store: HistoryStore) -> None:

@@ -396,10 +396,17 @@ class Hub:
         principal: str = "",
         reply_to: str = "",
         relation: Relation | None = None,
+        shielded: bool = True,
     ) -> Appended:
         """Validate, rate-limit, admit, store, number and deliver one message; return it as
         accepted (or, for a repeated key, the original). `principal` is who the rate limit
         counts against (the authenticated user or the peer address; default the sender).
+
+        A caller that gives up (a cancelled Send) must not leave a message stored but never
+        delivered, so storing and delivering run shielded, in a task of their own. A caller
+        whose task is never cancelled while it waits (a stream's posts: see InFlight) passes
+        `shielded=False` and runs them itself: a task less a message (7-9% of the unpaced
+        bench's throughput).
 
         A `relation` (an edit, delete or reaction of an earlier message) is an entry of the
         room's log like a message, and counts against the same rate; whether its target
@@ -426,11 +433,8 @@ class Hub:
             appended = self._direct.send(sender, check_name(recipient), text, action, key)
         else:
             self._admit(room)
-            # Shielded: a caller that gives up (a cancelled Send) must not leave a message
-            # stored but never delivered to the room's live members.
-            appended = await asyncio.shield(
-                self._store_and_deliver(sender, text, room, key, action, reply_to, relation)
-            )
+            storing = self._store_and_deliver(sender, text, room, key, action, reply_to, relation)
+            appended = await (asyncio.shield(storing) if shielded else storing)
         if not appended.duplicate:
             self.stats.accepted_entry(appended.message)
         return appended

@@ -1,6 +1,8 @@
 """The posts of one stream in flight: a task each, started in the order the stream was read (so
 numbered in that order), at most MAX_IN_FLIGHT at once, so reading never waits for one post to
-finish but a client cannot pile up unbounded work either."""
+finish but a client cannot pile up unbounded work either. A post is never cancelled once
+started: the stream waits for every one (`drain`), so its post needs no shield (see
+`Hub.post`)."""
 
 from __future__ import annotations
 

@@ -85,7 +85,12 @@ class ChatServicer:
         return self.identify(header if isinstance(header, str) else None)
 
     async def _post(
-        self, request: pb.SendRequest, identity: Identity | None, principal: str
+        self,
+        request: pb.SendRequest,
+        identity: Identity | None,
+        principal: str,
+        *,
+        shielded: bool = True,
     ) -> pb.SendResponse:
         # With auth on the token says who is speaking; the request's sender is ignored.
         sender = identity.name if identity else request.sender
@@ -99,6 +104,7 @@ class ChatServicer:
             principal=principal,
             reply_to=request.reply_to,
             relation=_relation_of(request),
+            shielded=shielded,
         )
         if not appended.duplicate:
             log_accepted(appended.message)
@@ -392,6 +398,7 @@ class ChatServicer:
                 principal=session.principal,
                 reply_to=request.reply_to,
                 relation=_relation_of(request),
+                shielded=False,  # an InFlight post
             )
         except ChatError as error:
             retry_after = error.retry_after if isinstance(error, LimitExceeded) else None
@@ -449,7 +456,7 @@ class ChatServicer:
             nonlocal throttled_until
             while True:
                 try:
-                    await self._post(send, identity, principal)
+                    await self._post(send, identity, principal, shielded=False)  # InFlight
                     return
                 except LimitExceeded as error:
                     if error.retry_after is None:
