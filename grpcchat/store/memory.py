@@ -60,9 +60,10 @@ class _Room:
         self.edits: dict[str, list[str]] = {}
         # Seqs of the messages (no relations) that are not deleted, in order, all of them and
         # per sender: `unread` is two bisections (less the expired ones hiding behind fresher
-        # ones, see `late`).
-        self.live: list[int] = []
-        self.live_by: dict[str, list[int]] = {}
+        # ones, see `late`). Deques: pruning pops the front of each at every append of a full
+        # room, which in a list of 10,000 moved them all (2-3 µs of a ~9 µs append).
+        self.live: deque[int] = deque()
+        self.live_by: dict[str, deque[int]] = {}
         # The latest time appended so far, and (time, seq), in that order, of each message held
         # that was appended with an earlier time than some message before it (the wall clock
         # stepped back). Every other message is at least as recent as all before it, so once
@@ -163,7 +164,7 @@ class MemoryStore:
         state.entries[id] = message
         if target is None:
             state.live.append(message.seq)
-            state.live_by.setdefault(sender, []).append(message.seq)
+            state.live_by.setdefault(sender, deque()).append(message.seq)
         else:
             self._apply(state, target, message)
         if state.latest is not None and sent_at < state.latest:
@@ -248,7 +249,7 @@ class MemoryStore:
                 continue
             self._prune(state, oldest_kept)
             marker = self._marker(user, room, oldest_kept)
-            mine = state.live_by.get(user, [])
+            mine = state.live_by.get(user, deque())
             count = len(state.live) - bisect_right(state.live, marker)
             count -= len(mine) - bisect_right(mine, marker)
             # Expired messages behind fresher ones are still held: count them out.
@@ -330,9 +331,9 @@ class MemoryStore:
             del entries[front.id]
             state.edits.pop(front.id, None)
             if _counts(front):  # held in `live`, where it is the first
-                del state.live[0]
+                state.live.popleft()
                 mine = state.live_by[front.sender]
-                del mine[0]
+                mine.popleft()
                 if not mine:
                     del state.live_by[front.sender]
             if state.late:
@@ -349,5 +350,5 @@ def _counts(message: Message) -> bool:
     return message.relation is None and not message.deleted
 
 
-def _remove(seqs: list[int], seq: int) -> None:
+def _remove(seqs: deque[int], seq: int) -> None:
     del seqs[bisect_left(seqs, seq)]
