@@ -4,6 +4,7 @@ a pipe, Rich on a terminal; a real server in a subprocess, real clients chatting
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -12,7 +13,7 @@ import re
 import signal
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -28,6 +29,8 @@ from grpcchat.cli.serverlog import (
 )
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
+from grpcchat.core.models import Message
+from grpcchat.server.chatlog import log_accepted
 from tests.conftest import ServerProcess, cli_env, run_cli, run_cli_async
 from tests.helpers import Follower
 
@@ -320,3 +323,19 @@ def test_a_full_queue_skips_chat_lines_and_says_so_with_an_event() -> None:
     handler.enqueue(logging.makeLogRecord({"msg": "server stopped", "event": "server_stopped"}))
     note = json.loads(json_formatter().format(records.get_nowait()))
     assert (note["event"], note["skipped"], note["level"]) == ("log_lines_skipped", 1, "warning")
+
+
+def test_an_accepted_message_is_logged_only_when_its_logger_is_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    said = Message("m1", "lobby", "ann", "hi", datetime.now(UTC), seq=1)
+    whispered = dataclasses.replace(said, id="m2", room="", recipient="bob")
+    with (
+        caplog.at_level(logging.WARNING, logger="grpcchat.messages"),
+        caplog.at_level(logging.INFO, logger="grpcchat.direct"),
+    ):
+        log_accepted(said)  # its logger is off: skipped before its fields are even built
+        log_accepted(whispered)
+    assert [(record.name, record.getMessage()) for record in caplog.records] == [
+        ("grpcchat.direct", "direct message ann -> bob")
+    ]

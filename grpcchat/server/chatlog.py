@@ -26,6 +26,12 @@ _RELATION_EVENTS = {
 
 def log_accepted(message: Message) -> None:
     """Log a message (or relation) the hub accepted."""
+    if message.recipient:
+        logger = direct_log
+    else:
+        logger = message_log if message.relation is None else relation_log
+    if not logger.isEnabledFor(logging.INFO):
+        return  # `--quiet`: not even the fields of a line nobody writes
     fields: dict[str, object] = {"sender": message.sender, "id": message.id}
     if message.recipient:
         direct_log.info(

@@ -15,18 +15,19 @@ MAX_RESPONSE_BYTES = 1 << 20
 def frame_events(batch: list[Envelope]) -> list[bytes]:
     """A batch as few SubscribeResponse / ConnectResponse messages as fit under
     MAX_RESPONSE_BYTES each (gRPC clients refuse messages over 4 MB by default)."""
+    frames = [envelope.encoded(codec.encode_event_frame) for envelope in batch]
+    if sum(map(len, frames)) <= MAX_RESPONSE_BYTES:  # nearly always: every session, every batch
+        return [b"".join(frames)] if frames else []
     responses: list[bytes] = []
-    frames: list[bytes] = []
+    run: list[bytes] = []
     size = 0
-    for envelope in batch:
-        frame = envelope.encoded(codec.encode_event_frame)
-        if frames and size + len(frame) > MAX_RESPONSE_BYTES:
-            responses.append(b"".join(frames))
-            frames, size = [], 0
-        frames.append(frame)
+    for frame in frames:
+        if run and size + len(frame) > MAX_RESPONSE_BYTES:
+            responses.append(b"".join(run))
+            run, size = [], 0
+        run.append(frame)
         size += len(frame)
-    if frames:
-        responses.append(b"".join(frames))
+    responses.append(b"".join(run))
     return responses
 
 
