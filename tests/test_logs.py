@@ -8,11 +8,12 @@ import dataclasses
 import io
 import json
 import logging
-import queue
 import re
 import signal
 import sys
+import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -267,17 +268,17 @@ def test_the_log_thread_writes_a_quiet_line_soon_and_loses_nothing_at_stop() -> 
     stream = CountingStream()
     handler = _BatchingStreamHandler(stream)
     handler.setFormatter(plain_formatter())
-    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    records: deque[logging.LogRecord] = deque()
     writer = _LogWriter(records, handler)
     writer.start()
     try:
-        records.put(message_record("alone"))
+        records.append(message_record("alone"))
         deadline = time.monotonic() + 5
         while "alone" not in stream.getvalue():  # written at the next tick, not held
             assert time.monotonic() < deadline, "a quiet line was held back"
             time.sleep(0.01)
         for n in range(2_000):
-            records.put(message_record(f"busy {n}"))
+            records.append(message_record(f"busy {n}"))
     finally:
         writer.stop()
     lines = stream.getvalue().splitlines()
@@ -290,11 +291,11 @@ def test_the_log_thread_keeps_the_handlers_level() -> None:
     stream = CountingStream()
     handler = _BatchingStreamHandler(stream)
     handler.setLevel(logging.WARNING)
-    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    records: deque[logging.LogRecord] = deque()
     writer = _LogWriter(records, handler)
     writer.start()
-    records.put(message_record("chatter"))
-    records.put(logging.makeLogRecord({"msg": "trouble", "levelno": logging.WARNING}))
+    records.append(message_record("chatter"))
+    records.append(logging.makeLogRecord({"msg": "trouble", "levelno": logging.WARNING}))
     writer.stop()
     assert stream.getvalue() == "trouble\n"
 
@@ -313,16 +314,37 @@ def test_rich_handler_on_a_terminal_keeps_the_article_line() -> None:
 
 
 def test_a_full_queue_skips_chat_lines_and_says_so_with_an_event() -> None:
-    records: queue.Queue[logging.LogRecord] = queue.Queue(2)
-    handler = _SkippingQueueHandler(records)
+    records: deque[logging.LogRecord] = deque()
+    handler = _SkippingQueueHandler(records, capacity=2)
     for _ in range(3):
         handler.enqueue(message_record())  # the third finds the queue full: skipped
     assert handler.skipped == 1
-    records.get_nowait()
-    records.get_nowait()
+    records.popleft()
+    records.popleft()
     handler.enqueue(logging.makeLogRecord({"msg": "server stopped", "event": "server_stopped"}))
-    note = json.loads(json_formatter().format(records.get_nowait()))
+    note = json.loads(json_formatter().format(records.popleft()))
     assert (note["event"], note["skipped"], note["level"]) == ("log_lines_skipped", 1, "warning")
+
+
+def test_a_warning_waits_for_room_in_a_full_queue_instead_of_being_dropped() -> None:
+    records: deque[logging.LogRecord] = deque([message_record()])
+    handler = _SkippingQueueHandler(records, capacity=1)
+    log_thread = threading.Timer(0.2, records.popleft)  # takes the queued line a moment later
+    log_thread.start()
+    warning = logging.makeLogRecord({"msg": "disk full", "levelno": logging.WARNING})
+    handler.enqueue(warning)
+    log_thread.join()
+    assert list(records) == [warning]
+
+
+def test_plain_lines_are_stamped_with_their_own_second() -> None:
+    formatter = plain_formatter()
+    stamps = []
+    for created in (1_800_000_000.1, 1_800_000_000.9, 1_800_000_001.0):
+        record = message_record()
+        record.created = created
+        stamps.append(formatter.format(record).split(" ")[0])
+    assert stamps == ["2027-01-15T08:00:00Z", "2027-01-15T08:00:00Z", "2027-01-15T08:00:01Z"]
 
 
 def test_an_accepted_message_is_logged_only_when_its_logger_is_on(
