@@ -209,14 +209,17 @@ class Envelope:
     Fan-out hands the same envelope to every session concerned; each wire format encodes the
     event once, on first use, and every other session reuses the bytes. `accepted_at` is when
     the hub accepted a live message (`time.monotonic()`; 0 for anything else, replays included):
-    the writer measures fan-out latency from it.
+    the writer measures fan-out latency from it. `paged`: part of one session's join (its
+    replayed history and the event that ends it), which does not count against the capacity of
+    that session's queue (see `Session`).
     """
 
-    __slots__ = ("_encoded", "accepted_at", "event")
+    __slots__ = ("_encoded", "accepted_at", "event", "paged")
 
     def __init__(self, event: Event, accepted_at: float = 0.0) -> None:
         self.event = event
         self.accepted_at = accepted_at
+        self.paged = False
         self._encoded: dict[Callable[[Event], bytes], bytes] = {}
 
     def encoded(self, codec: Callable[[Event], bytes]) -> bytes:

@@ -68,6 +68,7 @@ class Session:
         "_on_close",
         "_on_evicted",
         "_on_lag",
+        "_paged_waiting",
         "_queue",
         "_replays",
         "_waiter",
@@ -122,13 +123,17 @@ class Session:
         self._on_close = on_close
         self._on_evicted = on_evicted
         self._on_lag = on_lag
-        # (envelope, counts against capacity): replayed history and the events that end a
-        # join are bounded by the cursor's paging and must not evict the client asking for them.
-        # A list, not a deque: an empty list holds no buffer, a deque always a 64-slot block
-        # (~0.6 KiB a session). The writer usually takes all of it, so taking from the front
-        # moves nothing.
-        self._queue: list[tuple[Envelope, bool]] = []
+        # The events waiting, in order, and how many of them count against capacity (live) or
+        # not (`Envelope.paged`: replayed history and the events that end a join are bounded by
+        # the cursor's paging and must not evict the client asking for them). Bare envelopes,
+        # so a batch is a slice of the queue: every event reaches every member of its room, and
+        # a pair per event per session, built and taken apart again, was ~8% of the unpaced
+        # bench's server CPU. A list, not a deque: an empty list holds no buffer, a deque
+        # always a 64-slot block (~0.6 KiB a session). The writer usually takes all of it, so
+        # taking from the front moves nothing.
+        self._queue: list[Envelope] = []
         self._live_waiting = 0
+        self._paged_waiting = 0
         self._joins: dict[str, _PendingJoin] = {}
         # Joins whose replay is ready to page in, in the order they were asked for.
         self._replays: list[str] = []
@@ -172,7 +177,7 @@ class Session:
         if self._live_waiting >= self._capacity:
             self._evict()
             return
-        self._queue.append((envelope, True))
+        self._queue.append(envelope)
         self._live_waiting += 1
         if not self.lagging and self._live_waiting > self._lag_high:
             self.lagging = True
@@ -201,7 +206,7 @@ class Session:
                 pending.held.append(envelope)
             return
         if self._live_waiting < self._lag_high:
-            self._queue.append((envelope, True))
+            self._queue.append(envelope)
             self._live_waiting += 1
             self._wake()
 
@@ -255,13 +260,13 @@ class Session:
         page = await cursor.next_page(self._max_batch)
         if self.closed or self._joins.get(room) is not pending:
             return
-        self._queue.extend((envelope, False) for envelope in page)
+        self._queue_paged(page)
         if not cursor.exhausted:
             return
         self._replays.pop(0)
         del self._joins[room]
         if pending.done is not None:
-            self._queue.append((pending.done, False))
+            self._queue_paged([pending.done])
         replayed_until = max(cursor.until, cursor.last_replayed)
         for envelope in pending.held:
             event = envelope.event
@@ -270,6 +275,12 @@ class Session:
             elif not (isinstance(event, Message) and event.seq and event.seq <= replayed_until):
                 self.offer(envelope, room)
 
+    def _queue_paged(self, envelopes: list[Envelope]) -> None:
+        for envelope in envelopes:
+            envelope.paged = True  # made for this session's replay alone
+        self._queue += envelopes
+        self._paged_waiting += len(envelopes)
+
     # -- ending -----------------------------------------------------------------------------
 
     def _end(self, error: ChatError | None) -> None:
@@ -277,7 +288,7 @@ class Session:
         self.rooms_at_close = tuple(sorted(self.rooms))
         if isinstance(error, SlowConsumer):
             self._queue.clear()
-            self._live_waiting = 0
+            self._live_waiting = self._paged_waiting = 0
         self._joins.clear()
         self._replays.clear()
         self.closed = True
@@ -377,8 +388,13 @@ class Session:
                 taken = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 self._answer_waiting = self._answer_waiting and bool(self._queue)
-                self._live_waiting -= sum(live for _, live in taken)
-                yield [envelope for envelope, _ in taken]
+                if self._paged_waiting:  # a join's replay is under way
+                    paged = sum(envelope.paged for envelope in taken)
+                    self._paged_waiting -= paged
+                    self._live_waiting -= len(taken) - paged
+                else:
+                    self._live_waiting -= len(taken)
+                yield taken
                 last_write = self._written_at = loop.time()
                 self._beat_owed = False
                 self.last_progress = time.monotonic()
