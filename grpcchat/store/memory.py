@@ -164,7 +164,10 @@ class MemoryStore:
         state.entries[id] = message
         if target is None:
             state.live.append(message.seq)
-            state.live_by.setdefault(sender, deque()).append(message.seq)
+            mine = state.live_by.get(sender)
+            if mine is None:  # not setdefault: that would make an empty deque every append
+                mine = state.live_by[sender] = deque()
+            mine.append(message.seq)
         else:
             self._apply(state, target, message)
         if state.latest is not None and sent_at < state.latest:
@@ -249,7 +252,7 @@ class MemoryStore:
                 continue
             self._prune(state, oldest_kept)
             marker = self._marker(user, room, oldest_kept)
-            mine = state.live_by.get(user, deque())
+            mine = state.live_by.get(user, ())
             count = len(state.live) - bisect_right(state.live, marker)
             count -= len(mine) - bisect_right(mine, marker)
             # Expired messages behind fresher ones are still held: count them out.
