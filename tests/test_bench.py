@@ -34,7 +34,12 @@ from grpcchat.bench.config import parse_pids, round_robin
 from grpcchat.bench.messages import WorkerSpec
 from grpcchat.bench.publish_v1 import Echoes
 from grpcchat.bench.worker import Subscriber, _Worker
-from grpcchat.cli.bench_report import comparison_markdown, comparison_rows, render_result
+from grpcchat.cli.bench_report import (
+    comparison_markdown,
+    comparison_rows,
+    default_config_line,
+    render_result,
+)
 from grpcchat.client.config import AddressError
 from grpcchat.core.errors import RemoteError
 from grpcchat.core.limits import Limits
@@ -572,3 +577,26 @@ def test_the_nox_comparison_table_shows_ratios_and_failures() -> None:
         "| scenario | Go seed (v1) | grpcchat native | grpcchat v1 |"
     )
     assert "Measured on: test box." in markdown
+    assert "Default configuration" not in markdown  # not measured: no line
+
+
+def test_the_nox_report_compares_the_default_config_with_the_memory_store() -> None:
+    def run(dps: float) -> dict[str, Any]:
+        return {"deliveries_per_s": dps, "latency_ms": {"p99": 30.0}, "lost": 0}
+
+    report: dict[str, Any] = {
+        "machine": "test box",
+        "scenarios": [{"name": "(a)", "runs": {"go": run(900), "native": run(800)}}],
+        "default_config": {"scenario": "(a)", "run": run(600)},
+    }
+    line = default_config_line(report)
+    assert line == (
+        "Default configuration, (a), native: 600/s, p99 30 ms, 0.75x the memory store with "
+        "--quiet (800/s; target 0.80x)"
+    )
+    assert f"\n{line}.\n" in comparison_markdown(report)
+    report["default_config"]["run"] = {"error": "boom"}
+    assert default_config_line(report) == "Default configuration, (a), native: failed: boom"
+    report["default_config"]["run"] = run(600)
+    report["scenarios"][0]["runs"]["native"] = {"error": "boom"}  # no baseline: no ratio
+    assert default_config_line(report) == "Default configuration, (a), native: 600/s, p99 30 ms"

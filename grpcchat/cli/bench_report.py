@@ -176,6 +176,25 @@ def comparison_rows(scenarios: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def default_config_line(report: dict[str, Any]) -> str | None:
+    """The default configuration (SQLite history, a log line a message) against the memory
+    store with `--quiet` (the native run of the same scenario), or None if it was not run."""
+    measured = report.get("default_config")
+    if measured is None:
+        return None
+    name = measured["scenario"]
+    base = next((s["runs"].get("native") for s in report["scenarios"] if s["name"] == name), None)
+    run = measured["run"]
+    line = f"Default configuration, {name}, native: {_cell(run, None)}"
+    if "error" in run or base is None or "error" in base or float(base["deliveries_per_s"]) <= 0:
+        return line
+    ratio = float(run["deliveries_per_s"]) / float(base["deliveries_per_s"])
+    return line + (
+        f", {ratio:.2f}x the memory store with --quiet "
+        f"({float(base['deliveries_per_s']):,.0f}/s; target 0.80x)"
+    )
+
+
 def render_comparison(report: dict[str, Any]) -> Table:
     table = Table(title=f"grpcchat bench, standard scenarios — {report['machine']}")
     table.add_column("scenario", style="bold")
@@ -193,6 +212,8 @@ def comparison_markdown(report: dict[str, Any]) -> str:
         "|---" * (len(COLUMNS) + 1) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(report["scenarios"])]
+    if default := default_config_line(report):
+        lines += ["", default + "."]
     return "\n".join([*lines, "", f"Measured on: {report['machine']}."])
 
 
@@ -204,6 +225,8 @@ def main(argv: list[str]) -> int:
         report = json.load(file)
     report.setdefault("machine", machine())
     console.print(render_comparison(report))
+    if default := default_config_line(report):
+        console.print(default, markup=False, highlight=False)
     console.print(comparison_markdown(report), markup=False, highlight=False, soft_wrap=True)
     return 0
 
