@@ -13,9 +13,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+from grpcchat.core import pressure
 from grpcchat.core.errors import (
     AlreadyJoined,
     ChatError,
@@ -24,7 +26,7 @@ from grpcchat.core.errors import (
     SlowConsumer,
     StoreError,
 )
-from grpcchat.core.history import Retention
+from grpcchat.core.history import Appended, Retention
 from grpcchat.core.hub import BUSY_RETRY, Hub
 from grpcchat.core.limits import Limits
 from grpcchat.core.models import (
@@ -38,6 +40,7 @@ from grpcchat.core.models import (
     RoomLeft,
 )
 from grpcchat.core.presence import DETAIL_LIMIT
+from grpcchat.core.pressure import STALL_TIMEOUT
 from grpcchat.core.ratelimit import RateLimiter
 from grpcchat.core.session import Session
 from grpcchat.store.memory import MemoryStore
@@ -479,6 +482,43 @@ async def test_messages_posted_while_a_join_reads_last_seq_are_not_duplicated(
         assert seqs(reader.events) == [11, 12, 13, 14]
 
 
+class LateFailingStore(MemoryStore):
+    """Appends of the text "fail late" wait for `release`, then fail having stored nothing: a
+    post behind one in its room's line is stored, but delivered only once it is over."""
+
+    def __init__(self) -> None:
+        super().__init__(Retention())
+        self.release = asyncio.Event()
+
+    async def append(self, **fields: Any) -> Appended:
+        if fields["text"] == "fail late":
+            await self.release.wait()
+            raise StoreError("the disk is full")
+        return await super().append(**fields)
+
+
+async def test_a_message_replayed_while_still_in_its_rooms_line_arrives_once(
+    readers: Callable[..., Reader],
+) -> None:
+    store = LateFailingStore()
+    hub = make_hub(store)
+    async with hub.connect("joiner") as session:
+        ahead = asyncio.create_task(hub.post("ann", "fail late", room="r", shielded=False))
+        await asyncio.sleep(0)  # first in #r's line, its append waiting
+        behind = asyncio.create_task(hub.post("ann", "stored", room="r", shielded=False))
+        await asyncio.sleep(0)  # stored as seq 1, delivered after the post ahead
+        await hub.join(session, "r", history=10)  # replays seq 1
+        reader = readers(session)
+        await reader.wait_joined("r")
+        store.release.set()
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(ahead, TIMEOUT)
+        assert (await asyncio.wait_for(behind, TIMEOUT)).message.seq == 1
+        await hub.post("ann", "after", room="r")
+        await reader.wait_for_text("after")
+        assert seqs(reader.events) == [1, 2]  # seq 1 once: replayed, not delivered again
+
+
 async def test_max_replay_zero_disables_the_replay_limit(readers: Callable[..., Reader]) -> None:
     hub = make_hub(max_replay=0)
     await fill(hub.store, "r", 10)
@@ -757,6 +797,36 @@ async def test_a_majority_lagging_refuses_posts_until_readers_catch_up(
         for member in members:
             await member.wait_for_text("accepted")
             assert seqs(member.events) == list(range(1, accepted + 2))
+
+
+async def test_stuck_means_no_progress_while_lagging_not_an_old_last_write(
+    readers: Callable[..., Reader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pressure, "STALL_CHECK_INTERVAL", 0.0)  # look at every post
+    hub = make_hub(queue_size=8)
+    async with AsyncExitStack() as stack:
+        members: list[Session] = []
+        for i in range(3):
+            session = await stack.enter_async_context(hub.connect(f"m{i}"))
+            await hub.join(session, "quiet")
+            await readers(session, start=False).step()  # RoomJoined; a burst comes before more
+            session.last_progress -= 2 * STALL_TIMEOUT  # its last write: long ago, all quiet
+            members.append(session)
+        refused: LimitExceeded | None = None
+        for n in range(8):  # a burst: every reader behind, and nobody stuck
+            try:
+                await hub.post("poster", f"m{n}", room="quiet")
+            except LimitExceeded as error:
+                refused = error
+                break
+        assert refused is not None
+        assert all(m.lagging and not m.closed for m in members)
+
+        for member in members:  # then no write at all while lagging: stuck
+            member.last_progress -= 2 * STALL_TIMEOUT
+        await hub.post("poster", "after", room="quiet")  # the stuck are cut off: accepted
+        assert all(isinstance(m.error, SlowConsumer) for m in members)
+        assert "nothing was read for 10s" in str(members[0].error)
 
 
 async def test_one_laggard_among_healthy_readers_is_evicted_at_capacity(

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from grpcchat.core.errors import SlowConsumer
 from grpcchat.core.models import Envelope, RequestRefused
 from grpcchat.core.session import Session
 
@@ -36,9 +39,13 @@ class Writer:
         await asyncio.wait_for(self.wrote.wait(), 5)
         return self.written[-1]
 
+    async def ended(self) -> None:
+        """Wait for the writer to finish, raising the session's closing error."""
+        await asyncio.wait_for(self._task, 5)
+
     async def close(self) -> None:
         self.session.close()
-        await asyncio.wait_for(self._task, 5)
+        await self.ended()
 
 
 async def _assert_written_at_once(writer: Writer, n: int) -> None:
@@ -134,3 +141,18 @@ async def test_until_caught_up_returns_when_the_session_ends() -> None:
     session.close()
     await asyncio.wait_for(waiting, 5)
     assert session.closed
+
+
+async def test_a_session_cut_off_during_its_linger_writes_nothing_more() -> None:
+    session = Session("laggard", capacity=2, max_batch=10, linger=LINGER)
+    writer = Writer(session)
+    session.offer(_event(0))
+    _, count = await writer.next_write()
+    assert count == 1
+    session.offer(_event(1))  # just after a write: the writer lingers
+    await asyncio.sleep(LINGER / 4)
+    session.offer(_event(2))
+    session.offer(_event(3))  # past capacity: cut off, its backlog dropped
+    with pytest.raises(SlowConsumer):
+        await writer.ended()
+    assert [count for _, count in writer.written] == [1]  # no empty write after the linger

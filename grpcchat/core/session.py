@@ -70,6 +70,7 @@ class Session:
         "_on_lag",
         "_paged_waiting",
         "_queue",
+        "_replayed",
         "_replays",
         "_waiter",
         "_written_at",
@@ -137,6 +138,11 @@ class Session:
         self._joins: dict[str, _PendingJoin] = {}
         # Joins whose replay is ready to page in, in the order they were asked for.
         self._replays: list[str] = []
+        # Per room whose join has finished: the last seq its replay covered. A message stored
+        # by then may still be on its way through the room's delivery line (behind a post whose
+        # store answers late or fails late), and `offer` drops it. Forgotten at the room's
+        # first newer message: the line delivers in seq order.
+        self._replayed: dict[str, int] = {}
         # What the idle writer awaits; made only while it waits (an idle session is cheap).
         self._waiter: asyncio.Future[None] | None = None
         # The heartbeat (see `batches`): when the stream last carried anything, the one timer
@@ -167,6 +173,12 @@ class Session:
         """Queue a live event (of `room`, if it belongs to one) without waiting."""
         if self.closed:
             return
+        if self._replayed and room in self._replayed:
+            event = envelope.event
+            if isinstance(event, Message) and event.seq:
+                if event.seq <= self._replayed[room]:
+                    return  # replayed already
+                del self._replayed[room]
         pending = self._joins.get(room) if room is not None else None
         if pending is not None:
             pending.held.append(envelope)
@@ -181,6 +193,9 @@ class Session:
         self._live_waiting += 1
         if not self.lagging and self._live_waiting > self._lag_high:
             self.lagging = True
+            # The stall clock starts now: a reader of a quiet room wrote last long ago, and
+            # one burst must not make it look stuck.
+            self.last_progress = time.monotonic()
             self._on_lag(self)
         self._wake()
 
@@ -234,10 +249,12 @@ class Session:
 
     def begin_join(self, room: str) -> None:
         """From now on, hold the room's live events back until its replay is written."""
+        self._replayed.pop(room, None)
         self._joins[room] = _PendingJoin()
 
     def cancel_join(self, room: str) -> None:
         self._joins.pop(room, None)
+        self._replayed.pop(room, None)
 
     def start_replay(self, room: str, cursor: ReplayCursor, done: Envelope) -> None:
         """Page `cursor` in as the writer drains, then queue `done`, then the live events held
@@ -267,12 +284,12 @@ class Session:
         del self._joins[room]
         if pending.done is not None:
             self._queue_paged([pending.done])
-        replayed_until = max(cursor.until, cursor.last_replayed)
+        # `offer` drops what the replay covered, held here or still on its way.
+        self._replayed[room] = max(cursor.until, cursor.last_replayed)
         for envelope in pending.held:
-            event = envelope.event
-            if isinstance(event, PresenceChange | PresenceSummary | Typing):
+            if isinstance(envelope.event, PresenceChange | PresenceSummary | Typing):
                 self.offer_optional(envelope, room)
-            elif not (isinstance(event, Message) and event.seq and event.seq <= replayed_until):
+            else:
                 self.offer(envelope, room)
 
     def _queue_paged(self, envelopes: list[Envelope]) -> None:
@@ -385,6 +402,8 @@ class Session:
                 linger = self._answer_linger if self._answer_waiting else self._linger
                 if busy and since_write < linger and not self.closed:
                     await asyncio.sleep(linger - since_write)
+                    if not self._queue:  # cut off meanwhile, its backlog dropped: no empty write
+                        continue
                 taken = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 self._answer_waiting = self._answer_waiting and bool(self._queue)
