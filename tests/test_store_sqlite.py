@@ -611,6 +611,48 @@ async def test_a_failure_that_ends_the_groups_transaction_fails_only_its_append(
         await store.aclose()
 
 
+async def test_a_value_sqlite_cannot_take_fails_only_its_append(tmp_path: Path) -> None:
+    # A lone surrogate (the core refuses it; here it reaches the store directly) fails as the
+    # rows are written, with UnicodeEncodeError rather than a SQLite error, after the group
+    # has numbered its other rooms: none of that may outlive the rollback.
+    path = tmp_path / "history.db"
+    store = await open_sqlite(path)
+    try:
+        calls = [
+            append(store, "x"),
+            store.append(
+                id="bad", room="bad", sender="ann", text="\udcff", sent_at=datetime.now(UTC)
+            ),
+            append(store, key="k"),
+        ]
+        x, failed, lobby = await in_one_group(store, calls)
+        assert isinstance(failed, StoreError)
+        assert "encode" in str(failed)
+        assert isinstance(x, Appended)
+        assert isinstance(lobby, Appended)
+        assert (x.message.seq, lobby.message.seq) == (1, 1)
+        for _ in range(2):  # a group of one, failing after it numbered #x: twice the same
+            with pytest.raises(StoreError):
+                await store.append(
+                    id="bad", room="x", sender="ann", text="ok", sent_at=datetime.now(UTC),
+                    reply_to="\udcff",
+                )  # fmt: skip
+        assert (await append(store, "x")).message.seq == 2
+        assert (await append(store, "bad")).message.seq == 1
+        assert await store.rooms() == [
+            RoomCount("bad", 1),
+            RoomCount("lobby", 1),
+            RoomCount("x", 2),
+        ]
+        assert query(path, "SELECT room, last_seq, messages FROM rooms ORDER BY room") == [
+            ("bad", 1, 1),
+            ("lobby", 1, 1),
+            ("x", 2, 2),
+        ]
+    finally:
+        await store.aclose()
+
+
 async def test_a_group_that_cannot_take_the_write_lock_fails_and_stores_nothing(
     tmp_path: Path,
 ) -> None:
@@ -818,6 +860,23 @@ async def test_a_closed_store_refuses_calls_and_leaves_no_task(tmp_path: Path) -
     assert jobs() == []
     with pytest.raises(StoreError, match="closed"):
         await append(store)
+    with pytest.raises(StoreError, match="closed"):
+        await store.rooms(limit=0)
+
+
+async def test_a_cancelled_close_still_closes(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    store = await open_sqlite(path)
+    await append(store)
+    assert path.with_name("history.db-wal").exists()
+    closing = asyncio.ensure_future(store.aclose())
+    await asyncio.sleep(0)  # it is waiting for the maintenance job to stop
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.wait_for(store.aclose(), 10)  # waits for the same closing to finish
+    assert store._executor._shutdown
+    assert not path.with_name("history.db-wal").exists()  # the last connection closed
 
 
 async def test_an_append_survives_the_process_dying_right_after(tmp_path: Path) -> None:

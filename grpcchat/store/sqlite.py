@@ -52,7 +52,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from grpcchat.core.errors import StoreError
+from grpcchat.core.errors import ChatError, StoreError
 from grpcchat.core.history import Appended, Retention, RoomCount
 from grpcchat.core.models import Message, Relation
 from grpcchat.store.sqlite_database import AppendRequest, Database, to_us
@@ -84,6 +84,7 @@ class SqliteStore:
         self._drain_pending = False
         # The drain this turn of the loop will hand to the thread (loop thread only).
         self._drain_handle: asyncio.Handle | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._maintenance = self._loop.create_task(
             self._maintain_forever(), name=f"grpcchat-store-maintenance {database.path}"
         )
@@ -164,6 +165,8 @@ class SqliteStore:
         return await self._run(partial(self._db.unread, user, rooms))
 
     async def rooms(self, *, after: str = "", limit: int = 100) -> list[RoomCount]:
+        if self._closed:
+            raise self._closed_error()
         if limit <= 0:
             return []
         return await self._run(partial(self._db.rooms, after, limit))
@@ -177,10 +180,14 @@ class SqliteStore:
 
     async def aclose(self) -> None:
         """Stop the maintenance job, finish the calls already handed to the thread, close the
-        file, end the thread."""
-        if self._closed:
-            return
-        self._closed = True
+        file, end the thread. Closing goes on if the caller is cancelled; every call waits for
+        the same closing."""
+        if self._closing is None:
+            self._closed = True
+            self._closing = self._loop.create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._maintenance.cancel()
         await asyncio.wait([self._maintenance])
         self._hand_over_drain()  # the appends already queued are stored before the file closes
@@ -236,17 +243,17 @@ class SqliteStore:
         outcomes: list[Appended | BaseException]
         try:
             outcomes = [
-                self._failed(outcome) if isinstance(outcome, sqlite3.Error) else outcome
+                self._failed(outcome)
+                if isinstance(outcome, Exception) and not isinstance(outcome, ChatError)
+                else outcome
                 for outcome in self._db.append_group([request for request, _ in group])
             ]
-        except sqlite3.Error as exc:
-            outcomes = [self._failed(exc) for _ in group]
         except Exception as exc:
-            outcomes = [exc] * len(group)
+            outcomes = [self._failed(exc) for _ in group]
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             self._loop.call_soon_threadsafe(_answer, [answer for _, answer in group], outcomes)
 
-    def _failed(self, exc: sqlite3.Error) -> StoreError:
+    def _failed(self, exc: Exception) -> StoreError:
         error = StoreError(f"the history file {self._db.path} failed: {exc}")
         error.__cause__ = exc
         return error

@@ -50,8 +50,9 @@ _INSERT_KEYS = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # What became of one append: stored (or the original of its key), refused by the rules of
-# relations (ChatError: nothing of it is stored), or failed in SQLite.
-Outcome: TypeAlias = Appended | ChatError | sqlite3.Error
+# relations (a ChatError: nothing of it is stored), or failed (any other exception: SQLite's
+# own, or a value SQLite cannot take).
+Outcome: TypeAlias = Appended | Exception
 
 
 class Database:
@@ -140,7 +141,7 @@ class Database:
         """Store the requests in order in one transaction: the outcome of each, in order, once
         committed. A relation refused by its rules (checked against everything stored before
         it, the group's earlier appends included) stores nothing and fails only its caller.
-        If anything fails in SQLite after the write lock is taken (one append's statement, a
+        If anything fails after the write lock is taken (one append's statement or values, a
         full disk, the commit), that transaction is rolled back and each request is stored
         again in a transaction of its own, so each ends exactly as it would have alone. Raises,
         storing nothing, if the write lock cannot be taken."""
@@ -153,8 +154,8 @@ class Database:
                 self._known_keys = self._remembered_keys(requests)
                 outcomes: list[Outcome] = [self._append_or_refuse(r) for r in requests]
                 self._write_all()
-        except sqlite3.Error:
-            self._forget_unwritten()
+        except Exception:
+            self._forget_unwritten()  # whatever failed: nothing of it may reach the next one
             if not began:
                 raise
             return [self._append_alone(request) for request in requests]
@@ -168,7 +169,7 @@ class Database:
                 self._known_keys = self._remembered_keys([request])
                 outcome = self._append_or_refuse(request)
                 self._write_all()
-        except sqlite3.Error as exc:
+        except Exception as exc:
             self._forget_unwritten()
             return exc
         self._appended(outcome, request)
