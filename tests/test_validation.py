@@ -19,6 +19,7 @@ from grpcchat.core.validation import (
     MAX_NAME_LENGTH,
     MAX_ROOM_LENGTH,
     MAX_TEXT_LENGTH,
+    check_key,
     check_name,
     check_room,
     check_text,
@@ -58,6 +59,25 @@ def test_printable_names_are_accepted_stripped(name: str) -> None:
 def test_names_with_control_or_format_characters_are_refused(prefix: str, bad: str) -> None:
     with pytest.raises(InvalidInput):
         check_name(prefix + "x" + bad + "y")
+
+
+@given(st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=32))
+def test_keys_without_control_characters_pass_unchanged(key: str) -> None:
+    assert check_key(key) == key
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("a\x00b", "control characters"),  # SQLite's JSON functions would cut it short
+        ("a\nb", "control characters"),
+        ("a\x9bb", "control characters"),
+        ("a\udcffb", "not valid UTF-8"),
+    ],
+)
+def test_keys_with_control_characters_are_refused(key: str, why: str) -> None:
+    with pytest.raises(InvalidInput, match=f"idempotency key .*{why}"):
+        check_key(key)
 
 
 @given(st.text(max_size=MAX_TEXT_LENGTH))

@@ -64,6 +64,9 @@ _FORBIDDEN_IN_TEXT = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_SURROGATES
 # pass for another.
 _FORBIDDEN_IN_NAME = re.compile(f"[{_CONTROL}{_char_class(_format_ranges())}{_SURROGATES}]")
 _SURROGATE = re.compile(f"[{_SURROGATES}]")
+# An idempotency key is an identifier, like a name, not text to show: no control characters
+# (U+0000 would not even survive SQLite's JSON functions, with which a group's keys are looked up).
+_FORBIDDEN_IN_KEY = re.compile(f"[{_CONTROL}{_SURROGATES}]")
 
 
 def _not_utf8(found: re.Match[str], what: str) -> InvalidInput | None:
@@ -102,9 +105,12 @@ def check_room(room: str) -> str:
 
 
 def check_key(key: str) -> str:
-    """Return an idempotency key of at most MAX_KEY_BYTES (UTF-8), or raise InvalidInput."""
-    if _SURROGATE.search(key):
-        raise InvalidInput("idempotency key is not valid UTF-8")
+    """Return an idempotency key of at most MAX_KEY_BYTES (UTF-8) without control characters, or
+    raise InvalidInput."""
+    if found := _FORBIDDEN_IN_KEY.search(key):
+        raise _not_utf8(found, "idempotency key") or InvalidInput(
+            "idempotency key must not contain control characters"
+        )
     size = len(key.encode("utf-8"))
     if size > MAX_KEY_BYTES:
         raise InvalidInput(f"idempotency key is {size} bytes long; the limit is {MAX_KEY_BYTES}")
