@@ -218,6 +218,29 @@ async def test_an_idle_subscribe_stream_gets_empty_responses(server_config: Serv
         call.cancel()
 
 
+async def test_a_cancelled_stream_leaves_no_task_behind(server_config: ServerConfig) -> None:
+    def watchdogs() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if "_when_ended" in repr(t.get_coro())]
+
+    async with (
+        running(server_config) as server,
+        aio.insecure_channel(f"127.0.0.1:{server.port}") as chan,
+    ):
+        stub = pb_grpc.ChatServiceStub(chan)
+        calls = [stub.Subscribe(pb.SubscribeRequest(name=f"u{i}")) for i in range(5)]
+        for call in calls:
+            await asyncio.wait_for(call.read(), 5)  # RoomJoined: its writer is writing
+        for call in calls:
+            call.cancel()  # how a client ends a Subscribe
+        deadline = time.monotonic() + 5
+        while server.hub.registered_sessions:
+            assert time.monotonic() < deadline, "the cancelled sessions did not end"
+            await asyncio.sleep(0.01)
+        # No watchdog for a writer that is gone: it would hold the call CLOSE_FLUSH_GRACE,
+        # then fail to abort it ("Task exception was never retrieved").
+        assert watchdogs() == []
+
+
 async def test_a_session_ignores_heartbeats(server_config: ServerConfig) -> None:
     async with (
         running(server_config, heartbeat=0.1) as server,

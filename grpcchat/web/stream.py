@@ -61,10 +61,12 @@ async def stream_session(
     a watchdog then closes the connection."""
     exchange = current_exchange.get()
     watchdog: asyncio.Task[None] | None = None
+    writing = True
 
     def start_watchdog() -> None:
         nonlocal watchdog
-        watchdog = asyncio.create_task(_cut_when_stuck(session, exchange))
+        if writing:  # a writer that is gone (the browser left) needs no watchdog
+            watchdog = asyncio.create_task(_cut_when_stuck(session, exchange))
 
     session.on_closed(start_watchdog)
     expiry = close_when_token_expires(session, identity)
@@ -80,6 +82,7 @@ async def stream_session(
                 yield pb.SubscribeResponse.FromString(payload)
             stats.wrote(batch)
     finally:
+        writing = False
         if watchdog is not None:
             watchdog.cancel()
         if expiry is not None:
