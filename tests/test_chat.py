@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -116,6 +117,47 @@ async def test_bad_client_does_not_disturb_others(client: ChatClient, addr: str)
         await client.send("alice", "still here")
         [message] = await bob.messages(1)
         assert message.text == "still here"
+
+
+# A string field (2: text) whose bytes are not UTF-8: the request does not parse.
+_NOT_UTF8 = b"\x12\x02\xff\xfe"
+
+
+async def _raw_stream(requests: list[bytes]) -> AsyncIterator[bytes]:
+    for request in requests:
+        yield request
+    await asyncio.sleep(10)  # no half-close: only the server can end the call in time
+
+
+async def _unparsable_request(channel: grpc.aio.Channel, method: str) -> None:
+    """Call `method` with a request that does not parse (after a hello, on Connect)."""
+    path = f"/chat.v1.ChatService/{method}"
+    match method:
+        case "Send":
+            await channel.unary_unary(path)(_NOT_UTF8)
+        case "Subscribe":
+            async for _ in channel.unary_stream(path)(_NOT_UTF8):
+                pass
+        case "Connect":
+            hello = pb.ConnectRequest(hello=pb.Hello(name="ann")).SerializeToString()
+            send = b"\x22" + bytes([len(_NOT_UTF8)]) + _NOT_UTF8  # field 4: send
+            async for _ in channel.stream_stream(path)(_raw_stream([hello, send])):
+                pass
+        case "Chat":  # the article's stream
+            async for _ in channel.stream_stream(path)(_raw_stream([b"\x0a\x03ann" + _NOT_UTF8])):
+                pass
+
+
+@pytest.mark.parametrize("method", ["Send", "Subscribe", "Connect", "Chat"])
+async def test_a_request_that_does_not_parse_is_invalid_argument(
+    server: ChatServer, addr: str, method: str
+) -> None:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await asyncio.wait_for(_unparsable_request(channel, method), 5)
+        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a readable chat.v1." in (failed.value.details() or "")
+    assert server.hub.registered_sessions == 0
 
 
 async def test_rooms_are_isolated(client: ChatClient) -> None:

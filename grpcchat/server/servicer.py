@@ -291,10 +291,14 @@ class ChatServicer:
 
     async def _steer(self, requests: AsyncIterator[pb.ConnectRequest], session: Session) -> None:
         """Apply joins and leaves; a refused one is reported as an event, the session goes on.
-        The client's half-close ends the session; anything unexpected ends it too, so the
-        client reconnects instead of talking to a session that ignores it."""
+        The client's half-close ends the session; a request that does not parse ends it with
+        INVALID_ARGUMENT; anything unexpected ends it too, so the client reconnects instead of
+        talking to a session that ignores it."""
         try:
             await self._apply_requests(requests, session)
+        except ChatError as error:  # a request that did not parse
+            session.close(error)
+            return
         except Exception:
             if session.closed:
                 return  # the call was ended (a cut-off, a drain): reading it fails, as expected
@@ -481,6 +485,15 @@ class ChatServicer:
         except ChatError as error:
             session.close(error)
             return
+        except Exception:
+            if not session.closed:  # else the call was ended: reading it fails, as expected
+                log.exception(
+                    "chat stream of %r failed",
+                    session.name,
+                    extra=_fields("session_failed", session),
+                )
+                session.close(ServerDraining("internal error; reconnect"))
+            return
         finally:
             await posting.drain()
         session.close()
@@ -494,7 +507,7 @@ async def _refuse_hello(
     INTERNAL instead of our status (grpc/grpc#36066)."""
     refused = RequestRefused("", status_of(error).name, str(error))
     await context.write(frame_events([Envelope(refused)])[0])
-    with contextlib.suppress(TimeoutError, grpc.RpcError):
+    with contextlib.suppress(TimeoutError, grpc.RpcError, ChatError):
         async with asyncio.timeout(HELLO_REFUSAL_GRACE):
             async for _ in requests:
                 pass

@@ -25,6 +25,7 @@ from grpcchat.core.errors import (
     TimedOut,
     Unauthenticated,
 )
+from grpcchat.server.parsing import check_readable
 from grpcchat.wire import codec
 
 Context = aio.ServicerContext[Any, Any]
@@ -66,12 +67,14 @@ async def abort(context: Context, error: ChatError) -> None:
 def maps_errors(
     handler: Callable[Concatenate[_S, Any, Context, _P], Awaitable[_R]],
 ) -> Callable[Concatenate[_S, Any, Context, _P], Awaitable[_R]]:
-    """End the call with the error's status when a handler raises a ChatError."""
+    """End the call with the error's status when a handler raises a ChatError; a request that
+    did not parse (see `parsing`) is refused as InvalidInput, a stream's when it is read."""
 
     async def wrapper(
         self: _S, request: Any, context: Context, *args: _P.args, **kwargs: _P.kwargs
     ) -> _R:
         try:
+            request = check_readable(request)
             return await handler(self, request, context, *args, **kwargs)
         except ChatError as error:
             await abort(context, error)
