@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from nats.js.errors import NotFoundError as NoMessage  # noqa: E402
 
 from grpcchat.store.nats import NatsStore, codec, reader  # noqa: E402
 from tests import test_store_conversations as conversations  # noqa: E402
+from tests.natsfixture import NatsNode  # noqa: E402
 from tests.test_store_contract import append  # noqa: E402
 
 Opener = Callable[..., Awaitable[HistoryStore]]
@@ -166,6 +168,40 @@ async def test_a_malformed_url_is_a_store_error(url: str) -> None:
 async def test_an_unreachable_nats_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot reach NATS"):
         await open_store("nats://127.0.0.1:1")
+
+
+async def test_while_nats_is_down_reads_fail_at_once_and_closing_still_closes(
+    restartable_nats: NatsNode,
+) -> None:
+    store = await open_store(f"{restartable_nats.url}?stream=T_{uuid.uuid4().hex}")
+    try:
+        await append(store)
+        await asyncio.to_thread(restartable_nats.stop)
+        deadline = time.monotonic() + 10
+        while store.connected:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the store did not notice NATS stopping"
+            await asyncio.sleep(0.05)
+        reads: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.read("lobby"),
+            lambda: store.last_seq("lobby"),
+            lambda: store.rooms(),
+            lambda: store.read_marker("ann", "lobby"),
+            lambda: store.unread("ann", ["lobby"]),
+        ]
+        for read in reads:  # refused, not held for nats-py's request timeout (5 s)
+            with pytest.raises(StoreError, match="no connection to NATS"):
+                await asyncio.wait_for(read(), 1)
+    finally:
+        # nats-py still holds what the outage left unsent: its close fails to send it.
+        await asyncio.wait_for(store.aclose(), 30)
+    with pytest.raises(StoreError, match="closed"):
+        await store.read("lobby")
+
+
+def test_a_stream_message_with_an_impossible_time_is_not_ours() -> None:
+    body = {"id": "x", "room": "lobby", "sender": "ann", "text": "hi", "at": 1e400}
+    with pytest.raises(StoreError, match="not a grpcchat message"):
+        codec.decode(json.dumps(body).encode(), {codec.SEQ: "1"}, 7, None, "epoch")
 
 
 # -- conversations: relations, erasing, read markers across stores --------------------------

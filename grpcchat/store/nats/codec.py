@@ -288,5 +288,5 @@ def decode(
             msg_id=headers.get(MSG_ID, ""),
             gone=_decode_gone(gone) if isinstance(gone, dict) else None,
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # "at": 1e400, say
         raise StoreError(f"stream message {stream_seq} is not a grpcchat message: {exc}") from None

@@ -132,6 +132,7 @@ class NatsStore:
         self._link.check_open()
         if limit <= 0:
             return []
+        self._link.check_connected(f"read the history of {room!r}")
         with errors(f"read the history of {room!r}"):
             subject = self._reader.subject(room)
             last = await self._reader.last(subject)
@@ -181,6 +182,7 @@ class NatsStore:
 
     async def last_seq(self, room: str) -> int:
         self._link.check_open()
+        self._link.check_connected(f"read the last seq of {room!r}")
         with errors(f"read the last seq of {room!r}"):
             last = await self._reader.last(self._reader.subject(room))
         return last.seq if last else 0
@@ -189,6 +191,7 @@ class NatsStore:
         self._link.check_open()
         if limit <= 0:
             return []
+        self._link.check_connected("list the rooms")
         with errors("list the rooms"):
             names = sorted(name for name in await self._reader.rooms() if name > after)
             page: list[RoomCount] = []
@@ -217,12 +220,14 @@ class NatsStore:
 
     async def mark_read(self, user: str, room: str, seq: int) -> int:
         self._link.check_open()
+        self._link.check_connected(f"move {user!r}'s read marker in {room!r}")
         with errors(f"move {user!r}'s read marker in {room!r}"):
             last = await self._reader.last(self._reader.subject(room))
             return await self._markers.advance(user, room, min(seq, last.seq if last else 0))
 
     async def read_marker(self, user: str, room: str) -> int:
         self._link.check_open()
+        self._link.check_connected(f"read {user!r}'s read marker in {room!r}")
         with errors(f"read {user!r}'s read marker in {room!r}"):
             marker, _ = await self._markers.get(user, room)
         return marker
@@ -237,6 +242,7 @@ class NatsStore:
         message counted exactly lies among them, and so may relations, the user's own, deleted
         messages and expired ones not purged yet, as the contract allows."""
         self._link.check_open()
+        self._link.check_connected(f"count what {user!r} has not read")
         counts: dict[str, int] = {}
         for room in dict.fromkeys(rooms):
             with errors(f"count what {user!r} has not read in {room!r}"):
@@ -284,7 +290,11 @@ class NatsStore:
         # published, and the flush's round trip proves the server has it (close sends the rest).
         with contextlib.suppress(*NATS_ERRORS):
             await self._nc.flush(timeout=FLUSH_TIMEOUT)
-        await self._nc.close()
+        # With NATS gone, nats-py's close fails sending what it still holds (ConnectionResetError)
+        # or waits on a dead link: the store is closed all the same.
+        with contextlib.suppress(*NATS_ERRORS):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._nc.close()
 
     # -- the feed and the Cluster: across processes (see `feed`, `cluster`) ---------------------
 
