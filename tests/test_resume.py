@@ -17,7 +17,9 @@ import pytest
 
 from grpcchat.cli import render
 from grpcchat.client import ChatClient, ChatSession, Connected, FeedEvent, Reconnecting, Sent
+from grpcchat.client.backoff import Backoff
 from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import ServerDraining
 from grpcchat.core.history import Retention
 from grpcchat.core.limits import Limits
 from grpcchat.core.models import Event, HistoryGap, Message, Position, RoomJoined
@@ -642,3 +644,35 @@ async def test_a_jump_in_live_seqs_is_resumed_over_not_skipped(
         [reconnecting] = [e for e in alice.events if isinstance(e, Reconnecting)]
         assert "did not arrive" in reconnecting.reason
         assert alice.count(HistoryGap) == 0
+
+
+async def test_a_rejoin_refused_by_the_request_rate_is_retried_not_given_up() -> None:
+    config = ServerConfig(
+        port=0, store="memory://", limits=Limits(rate=0, request_rate=2, request_burst=3)
+    )
+    async with (
+        ChatServer(config) as server,
+        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=5.0)) as client,
+    ):
+        session = client.session("alice", ["a", "b", "c"])
+        async with Collector(session) as alice:
+            for live in list(server.hub._sessions.values()):  # a drain: the session reconnects,
+                live.close(ServerDraining("reconnect"))  # its 3 rejoins over the bucket's rate
+            deadline = asyncio.get_running_loop().time() + 20
+            while server.hub.session_count("c") == 0:
+                assert asyncio.get_running_loop().time() < deadline, "never rejoined #c"
+                await asyncio.sleep(0.05)
+            await client.send("bob", "said in c", "c")
+            await alice.until(
+                lambda: any(isinstance(e, Message) and e.text == "said in c" for e in alice.events)
+            )
+            assert session.rooms == ["a", "b", "c"]
+
+
+def test_reconnect_delays_stay_within_the_maximum_however_long_the_server_stays_away() -> None:
+    backoff = Backoff(initial=0.2, maximum=5.0)
+    delays = [backoff.next_delay() for _ in range(2000)]  # hours of retrying (overflowed at 1024)
+    assert 0.1 <= delays[0] <= 0.2
+    assert all(2.5 <= delay <= 5.0 for delay in delays[5:])
+    backoff.reset()
+    assert backoff.next_delay() <= 0.2

@@ -15,7 +15,9 @@ class Backoff:
     _attempt: int = field(default=0, init=False)
 
     def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2**self._attempt)
+        # The exponent stops growing once past the maximum: 2.0**1024 overflows, about an hour
+        # into retrying a server that stays away.
+        ceiling = min(self.maximum, self.initial * 2.0 ** min(self._attempt, 64))
         self._attempt += 1
         import random
 

@@ -200,9 +200,11 @@ class ChatSession:
             raise RemoteError(refused.code, refused.reason)
         if not initial and refused.room not in self._joining:
             return
-        if initial and refused.code in ("ALREADY_EXISTS", "UNAVAILABLE"):
+        if initial and refused.code in ("ALREADY_EXISTS", "UNAVAILABLE", "RESOURCE_EXHAUSTED"):
             # The server notices a dead stream within its keepalive (~40 s); about as long as
-            # these retries take. Past that the name is someone else's: give the room up.
+            # these retries take. Past that the name is someone else's: give the room up. A
+            # rejoin over the request rate (many clients of one address reconnecting after a
+            # drain) waits for the bucket the same way.
             self._rejoin_refusals[refused.room] += 1
             if self._rejoin_refusals[refused.room] < MAX_REJOIN_ATTEMPTS:
                 raise RemoteError("UNAVAILABLE", f"rejoining #{refused.room}: {refused.reason}")
