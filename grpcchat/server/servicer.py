@@ -28,7 +28,7 @@ from grpcchat.server.auth import Identity, TokenAuthority
 from grpcchat.server.chatlog import log_accepted
 from grpcchat.server.counters import ServerStats
 from grpcchat.server.framing import each_chat_message, frame_events
-from grpcchat.server.inflight import InFlight
+from grpcchat.server.inflight import Hold, InFlight
 from grpcchat.server.status import Context, maps_errors, status_of
 from grpcchat.server.writer import write_session
 from grpcchat.wire import codec
@@ -314,6 +314,7 @@ class ChatServicer:
     ) -> None:
         # Sends are posted concurrently (see InFlight); joins and leaves are applied in line.
         posting = InFlight(lambda error: _failed(session, error))
+        hold = Hold()
         try:
             async for request in requests:
                 if session.closed:
@@ -336,7 +337,9 @@ class ChatServicer:
                         # client); a bad room name is refused by the post itself.
                         with contextlib.suppress(ChatError):
                             await self._hub.until_accepting(send.room)
-                    await posting.start(functools.partial(self._send_on_session, send, session))
+                    await posting.start(
+                        functools.partial(self._send_on_session, send, session, hold)
+                    )
         finally:
             # Their acks are queued before the session ends, so they are flushed with it.
             await posting.drain()
@@ -378,9 +381,9 @@ class ChatServicer:
             refused = RequestRefused(room, status_of(error).name, str(error))
             session.offer(Envelope(refused))
 
-    async def _send_on_session(self, request: pb.SendRequest, session: Session) -> None:
+    async def _send_on_session(self, request: pb.SendRequest, session: Session, hold: Hold) -> None:
         """Post one message written on a session stream and queue its SendAck; any refusal is
-        an ack with the status code."""
+        an ack with the status code. A refusal for now holds the stream's later sends (`Hold`)."""
         if not request.key:
             self.stats.refuse("INVALID_ARGUMENT")
             ack = SendAck(
@@ -389,6 +392,16 @@ class ChatServicer:
                 code="INVALID_ARGUMENT",
                 reason="a message on a session stream needs a key: its SendAck carries it back",
             )
+            session.answer(Envelope(ack))
+            return
+        if (wait := hold.wait(request.key)) is not None:
+            held = LimitExceeded(
+                f"slow down: an earlier message ({hold.key!r}) waits to be sent again first, "
+                "so that messages keep their order",
+                retry_after=wait,
+            )
+            code = self._refused(held)
+            ack = SendAck(request.key, None, code=code, reason=str(held), retry_after=wait)
             session.answer(Envelope(ack))
             return
         try:
@@ -406,6 +419,8 @@ class ChatServicer:
             )
         except ChatError as error:
             retry_after = error.retry_after if isinstance(error, LimitExceeded) else None
+            if retry_after is not None:
+                hold.hold(request.key, retry_after)
             code = self._refused(error)
             ack = SendAck(request.key, None, code=code, reason=str(error), retry_after=retry_after)
         else:
