@@ -18,7 +18,7 @@ from grpcchat.core.errors import InvalidInput, RemoteError
 from grpcchat.core.limits import Limits
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
-from grpcchat.server import ChatServer
+from grpcchat.server import ChatServer, inflight
 from grpcchat.server.config import ServerConfig
 from grpcchat.wire import codec
 from tests.helpers import Follower
@@ -241,3 +241,21 @@ async def test_a_lone_send_goes_out_without_waiting_for_company() -> None:
         first = await anext(requests)
     assert first.send.text == "alone"
     await requests.aclose()
+
+
+def test_a_hold_lets_its_own_send_through_and_lapses_if_it_never_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hold = inflight.Hold()
+    assert hold.wait("a") is None  # nothing held
+    hold.hold("a", 1.0)
+    hold.hold("b", 5.0)  # the first refusal holds; later ones wait behind it
+    wait = hold.wait("b")
+    assert wait is not None
+    assert 0.9 < wait <= 1.0
+    assert hold.wait("a") is None  # the held send, again: it goes, and the hold is gone
+    assert hold.wait("b") is None
+    hold.hold("c", 0.0)
+    assert hold.wait("d") == inflight.HELD_RETRY  # never told to retry at once: no spinning
+    monkeypatch.setattr(inflight, "HOLD_GRACE", -1.0)  # as if "c" never came back in time
+    assert hold.wait("d") is None
