@@ -159,11 +159,21 @@ async def test_a_packed_request_is_applied_send_by_send(addr: str, client: ChatC
     assert stored[1].seq == stored[0].seq + 1
 
 
-async def test_a_client_that_packs_faster_than_it_reads_is_held_back_not_cut_off() -> None:
+@pytest.mark.parametrize(
+    ("queue_size", "in_the_room"),
+    [(1024, False), (1024, True), (200, True)],
+    ids=["default", "its-echoes-too", "small-queue"],
+)
+async def test_a_client_that_packs_faster_than_it_reads_is_held_back_not_cut_off(
+    queue_size: int, in_the_room: bool
+) -> None:
     """Posting answers a packed request's sends far faster than a linger-spaced writer drains
     their acks: the stream is read no further until they are written (flow control holds the
-    client), instead of the acks overflowing the queue and cutting off a client that reads."""
-    config = ServerConfig(port=0, store="memory://", limits=Limits(rate=0, request_rate=0))
+    client), instead of the acks overflowing the queue and cutting off a client that reads.
+    In the room it posts to, each send also queues its echo; the posts in flight are bounded
+    by the queue's size (`in_flight_limit`), so neither overflows it."""
+    limits = Limits(rate=0, request_rate=0, queue_size=queue_size)
+    config = ServerConfig(port=0, store="memory://", limits=limits)
     many = 5_000  # ~54 KiB a request: more acks than the queue holds (1,024), three times
     batch = pb.SendBatch(sends=[pb.SendRequest(text="x", key=str(i)) for i in range(many)])
     async with (
@@ -173,6 +183,8 @@ async def test_a_client_that_packs_faster_than_it_reads_is_held_back_not_cut_off
         requests: asyncio.Queue[pb.ConnectRequest] = asyncio.Queue()
         call = pb_grpc.ChatServiceStub(channel).Connect(_forever(requests))
         requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name="packer")))
+        if in_the_room:
+            requests.put_nowait(pb.ConnectRequest(join=pb.JoinRoom(room="lobby")))
         for _ in range(3):
             requests.put_nowait(pb.ConnectRequest(sends=batch))
         acks: list[pb.SendAck] = []

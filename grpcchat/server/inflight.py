@@ -1,8 +1,8 @@
 """The posts of one stream in flight: a task each, started in the order the stream was read (so
-numbered in that order), at most MAX_IN_FLIGHT at once, so reading never waits for one post to
-finish but a client cannot pile up unbounded work either. A post is never cancelled once
-started: the stream waits for every one (`drain`), so its post needs no shield (see
-`Hub.post`).
+numbered in that order), a bounded number at once (`in_flight_limit`), so reading never waits
+for one post to finish but a client cannot pile up unbounded work either. A post is never
+cancelled once started: the stream waits for every one (`drain`), so its post needs no shield
+(see `Hub.post`).
 
 A post refused for now (over the rate limit, or its room busy) holds the ones behind it on its
 stream (`Hold`): they are refused too, until the client sends it again, so a stream's messages
@@ -22,14 +22,25 @@ HOLD_GRACE = 2.0
 HELD_RETRY = 0.05
 
 
+def in_flight_limit(queue_size: int) -> int:
+    """How many posts a stream may have in flight with a session queue of `queue_size`: each
+    may queue two events for its own session (its ack, and its echo in a room the session is
+    in), on top of the half-full queue at which the stream stops reading (see `Session`), and
+    a quarter of the queue stays for everything else its rooms say."""
+    return max(1, min(MAX_IN_FLIGHT, queue_size // 8))
+
+
 class InFlight:
-    def __init__(self, on_error: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self, on_error: Callable[[BaseException], None], limit: int = MAX_IN_FLIGHT
+    ) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_error = on_error
+        self._limit = limit
 
     async def start(self, post: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Start `post()`, first waiting while MAX_IN_FLIGHT are running."""
-        while len(self._tasks) >= MAX_IN_FLIGHT:
+        """Start `post()`, first waiting while the limit of posts are running."""
+        while len(self._tasks) >= self._limit:
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.create_task(post())
         self._tasks.add(task)

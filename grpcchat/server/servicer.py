@@ -28,7 +28,7 @@ from grpcchat.server.auth import Identity, TokenAuthority
 from grpcchat.server.chatlog import log_accepted
 from grpcchat.server.counters import ServerStats
 from grpcchat.server.framing import each_chat_message, frame_events
-from grpcchat.server.inflight import Hold, InFlight
+from grpcchat.server.inflight import Hold, InFlight, in_flight_limit
 from grpcchat.server.status import Context, maps_errors, status_of
 from grpcchat.server.writer import write_session
 from grpcchat.wire import codec
@@ -313,7 +313,9 @@ class ChatServicer:
         self, requests: AsyncIterator[pb.ConnectRequest], session: Session
     ) -> None:
         # Sends are posted concurrently (see InFlight); joins and leaves are applied in line.
-        posting = InFlight(lambda error: _failed(session, error))
+        posting = InFlight(
+            lambda error: _failed(session, error), in_flight_limit(self._hub.limits.queue_size)
+        )
         hold = Hold()
         try:
             async for request in requests:
@@ -467,7 +469,9 @@ class ChatServicer:
         be posted; HTTP/2 flow control holds the client back) instead of being ended. Messages
         are posted concurrently (see InFlight); a refused one (a bad text) ends the call with
         its status, as before."""
-        posting = InFlight(lambda error: _failed(session, error))
+        posting = InFlight(
+            lambda error: _failed(session, error), in_flight_limit(self._hub.limits.queue_size)
+        )
         loop = asyncio.get_running_loop()
         throttled_until = 0.0
 
