@@ -266,6 +266,31 @@ async def test_cross_origin_refused(web_server: ChatServer) -> None:
     assert status == 200
 
 
+async def test_headers_grpc_would_refuse_are_refused_plainly(
+    web_server: ChatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, json_body = web_server.web_port, {"content-type": "application/json"}
+    not_utf8 = {**json_body, "authorization": "Bearer \xff\xfe"}  # sent as latin-1 bytes
+    status, _, body = await http_call(
+        port, "POST", "/chat.v1.ChatService/History", headers=not_utf8, body=b"{}"
+    )
+    assert (status, json.loads(body)["code"]) == (400, "invalid_argument")
+    assert "'authorization' is not UTF-8" in json.loads(body)["message"]
+    padded = {**json_body, "x-padding": "a" * 20_000}  # arriving in one read, too
+    status, _, body = await http_call(
+        port, "POST", "/chat.v1.ChatService/History", headers=padded, body=b"{}"
+    )
+    assert (status, json.loads(body)["code"]) == (431, "resource_exhausted")
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
+
+
+async def test_the_same_origin_is_the_same_in_any_case(web_server: ChatServer) -> None:
+    port = web_server.web_port
+    shouting = {"host": f"LOCALHOST:{port}", "origin": f"http://localhost:{port}"}
+    status, _, _ = await http_call(port, "GET", "/", headers=shouting)
+    assert status == 200
+
+
 @pytest.mark.parametrize("web_config", [_config(web_origins=("http://localhost:5173",))])
 async def test_cross_origin_allowed_with_web_origin(web_server: ChatServer) -> None:
     port = web_server.web_port

@@ -21,6 +21,9 @@ from urllib.parse import parse_qsl
 
 from grpcchat.web.stream import CutOff, Exchange, current_exchange
 
+# Headers in all, as on the gRPC port (lifecycle's MAX_METADATA_BYTES).
+MAX_HEADER_BYTES = 16 * 1024
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -121,13 +124,18 @@ class WebApp:
             message = "tokens are never accepted in URLs: send `Authorization: Bearer <token>`"
             await _refuse(send, rpc, headers, 400, "invalid_argument", message)
             return
+        if (why := _unacceptable_headers(scope)) is not None:
+            status, code, message = why
+            await _refuse(send, rpc, headers, status, code, message)
+            return
         host = headers.get("host", "")
         if self._loopback and not _is_loopback_host(host):
             await _refuse(send, rpc, headers, 421, "permission_denied", f"unknown host {host!r}")
             return
         origin = headers.get("origin")
         cors: list[tuple[bytes, bytes]] = []
-        if origin is not None and origin.lower() != f"{scope.get('scheme', 'http')}://{host}":
+        same_origin = f"{scope.get('scheme', 'http')}://{host}".lower()  # hosts have no case
+        if origin is not None and origin.lower() != same_origin:
             if origin.rstrip("/").lower() not in self._origins:
                 message = f"origin {origin!r} may not call this server (see --web-origin)"
                 await _refuse(send, rpc, headers, 403, "permission_denied", message)
@@ -156,6 +164,23 @@ def _headers(scope: Scope) -> dict[str, str]:
         key.decode("latin-1").lower(): value.decode("latin-1")
         for key, value in scope.get("headers", ())
     }
+
+
+def _unacceptable_headers(scope: Scope) -> tuple[int, str, str] | None:
+    """Headers gRPC would refuse too: more than MAX_HEADER_BYTES in all (uvicorn bounds only a
+    block that arrives in pieces), or a value that is not UTF-8 (which connectrpc would fail
+    on with a 500 and a traceback)."""
+    size = 0
+    for key, value in scope.get("headers", ()):
+        size += len(key) + len(value)
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return 400, "invalid_argument", f"header {key.decode('latin-1')!r} is not UTF-8"
+    if size > MAX_HEADER_BYTES:
+        limit = f"headers of {size:,} bytes; the limit is {MAX_HEADER_BYTES:,}"
+        return 431, "resource_exhausted", limit
+    return None
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -199,9 +224,12 @@ async def _refuse(
     status) for an RPC, plain text for anything else."""
     content_type = headers.get("content-type", "")
     if rpc and content_type.startswith("application/grpc"):
-        grpc_code = {"invalid_argument": b"3", "permission_denied": b"7", "unimplemented": b"12"}[
-            code
-        ]
+        grpc_code = {
+            "invalid_argument": b"3",
+            "permission_denied": b"7",
+            "resource_exhausted": b"8",
+            "unimplemented": b"12",
+        }[code]
         response = [
             (b"content-type", content_type.encode()),
             (b"grpc-status", grpc_code),
