@@ -216,3 +216,21 @@ def test_quiet_server_does_not_log_messages() -> None:
         server.stop()
     assert server.process.returncode == 0
     assert "secret" not in err
+
+
+def test_send_without_a_name_or_a_login_name_says_to_give_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import getpass
+
+    from grpcchat.cli import posting
+    from grpcchat.cli.exits import EXIT_USAGE
+
+    def nobody() -> str:
+        raise KeyError("getpwuid(): uid not found: 12345")  # a container's uid, no USER
+
+    monkeypatch.setattr(getpass, "getuser", nobody)
+    with pytest.raises(SystemExit) as exited:
+        posting._login()
+    assert exited.value.code == EXIT_USAGE
+    assert "give --name" in capsys.readouterr().err

@@ -177,6 +177,10 @@ def token_name(token: str) -> str | None:
 
 
 def _login() -> str:
+    """The login name, the sender when neither --name nor a token names one."""
     import getpass
 
-    return getpass.getuser()
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry and no USER, LOGNAME...
+        fail("cannot tell who you are (no login name): give --name", EXIT_USAGE)
