@@ -13,6 +13,7 @@ import pytest
 
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
+from grpcchat.client.oneshot import send_lines
 from grpcchat.client.packing import packed_requests
 from grpcchat.core.errors import InvalidInput, RemoteError
 from grpcchat.core.limits import Limits
@@ -271,3 +272,18 @@ def test_a_hold_lets_its_own_send_through_and_lapses_if_it_never_comes(
     assert hold.wait("d") == inflight.HELD_RETRY  # never told to retry at once: no spinning
     monkeypatch.setattr(inflight, "HOLD_GRACE", -1.0)  # as if "c" never came back in time
     assert hold.wait("d") is None
+
+
+async def test_lines_on_a_session_the_server_refuses_time_out_saying_why() -> None:
+    limits = Limits(rate=0, request_rate=0, max_sessions_per_user=1)
+    config = ServerConfig(port=0, store="memory://", limits=limits)
+    async with (
+        ChatServer(config) as server,
+        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}")) as client,
+        Follower(client.session("bot", "lobby")),  # the name's one session
+    ):
+        config = ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=1.5)
+        with pytest.raises(RemoteError) as failed:
+            await send_lines(config, "bot", ["a", "b"], lambda _: None)
+    assert failed.value.status == "DEADLINE_EXCEEDED"
+    assert "reconnecting: 'bot' already has 1 sessions open" in str(failed.value)

@@ -72,6 +72,9 @@ class ChatSession:
         # Rooms this stream has joined (RoomJoined came): typing notices and read markers on the
         # stream name only these.
         self._joined: set[str] = set()
+        # Why the last stream ended, while the session reconnects: a send that times out
+        # meanwhile says it, rather than only that no answer came.
+        self._lost_because = ""
 
     @property
     def legacy(self) -> bool:
@@ -86,6 +89,9 @@ class ChatSession:
         try:
             async for event in self._reconnecting(Backoff()):
                 yield event
+        except RemoteError as error:
+            self._outbox.fail_all(error)  # the sends waiting end as the session did
+            raise
         finally:
             self._streaming = False
             self._outbox.fail_all(RemoteError("CANCELLED", "the session ended before an answer"))
@@ -100,6 +106,7 @@ class ChatSession:
                     if isinstance(event, Connected):
                         connected_once = True
                         backoff.reset()
+                        self._lost_because = ""
                     yield event
                 reason = "the server ended the stream"
             except RemoteError as error:
@@ -110,6 +117,7 @@ class ChatSession:
                 reason = str(error)
             if self._closed:
                 return
+            self._lost_because = reason
             delay = backoff.next_delay()
             # A lost stream moves on to the next address (round-robin), resuming there.
             addr = self._connection.next_address()
@@ -317,8 +325,9 @@ class ChatSession:
                 ack = await asyncio.wait_for(answer, max(0.0, deadline - loop.time()))
             except TimeoutError:
                 self._outbox.forget(request.key)
+                lost = f" (reconnecting: {self._lost_because})" if self._lost_because else ""
                 raise RemoteError(
-                    "DEADLINE_EXCEEDED", f"no answer from {self._connection.addr} in time"
+                    "DEADLINE_EXCEEDED", f"no answer from {self._connection.addr} in time{lost}"
                 ) from None
             if not ack.code and ack.message is not None:
                 # The key is this call's own: a duplicate is its own earlier write, answered
