@@ -24,7 +24,7 @@ nats = pytest.importorskip("nats", reason="nats-py is not installed")
 
 from nats.js.errors import NotFoundError as NoMessage  # noqa: E402
 
-from grpcchat.store.nats import NatsStore, codec, reader  # noqa: E402
+from grpcchat.store.nats import NatsStore, appender, codec, reader  # noqa: E402
 from tests import test_store_conversations as conversations  # noqa: E402
 from tests.natsfixture import NatsNode  # noqa: E402
 from tests.test_store_contract import append  # noqa: E402
@@ -202,6 +202,19 @@ def test_a_stream_message_with_an_impossible_time_is_not_ours() -> None:
     body = {"id": "x", "room": "lobby", "sender": "ann", "text": "hi", "at": 1e400}
     with pytest.raises(StoreError, match="not a grpcchat message"):
         codec.decode(json.dumps(body).encode(), {codec.SEQ: "1"}, 7, None, "epoch")
+
+
+async def test_the_rooms_whose_last_message_is_kept_are_bounded(
+    opener: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(appender, "MAX_HEADS", 3)
+    store = await opener()
+    for room in ("r1", "r2", "r3", "r4", "r5"):
+        await append(store, room)
+    heads = store._appender._heads  # type: ignore[attr-defined]
+    assert list(heads) == ["r3", "r4", "r5"]  # the least recently appended to went first
+    assert (await append(store, "r1")).message.seq == 2  # read from the stream again
+    assert list(heads) == ["r4", "r5", "r1"]
 
 
 # -- conversations: relations, erasing, read markers across stores --------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from collections import OrderedDict
 from dataclasses import replace
 
 import nats.js.errors
@@ -29,6 +30,20 @@ from grpcchat.store.nats.window import Window
 PUBLISH_ATTEMPTS = 20
 # Seconds: after its second lost race, an append pauses up to this much per race lost (10 at most).
 CONFLICT_PAUSE = 0.002
+# Rooms whose last message this process keeps as a hint; past that, the room appended to (or
+# seen) least recently is forgotten, and read from the stream at its next append. Anyone can
+# make rooms by posting: without a bound, every room ever posted to stayed here, text and all.
+MAX_HEADS = 4096
+
+
+class _Heads(OrderedDict[str, Stored | None]):
+    """Each room's last message as this process last saw it, the MAX_HEADS most recent."""
+
+    def __setitem__(self, room: str, stored: Stored | None) -> None:
+        super().__setitem__(room, stored)
+        self.move_to_end(room)
+        if len(self) > MAX_HEADS:
+            self.popitem(last=False)
 
 
 class Appender:
@@ -52,7 +67,7 @@ class Appender:
         # Each room's latest append in this process: the next one waits for it.
         self.tails: dict[str, asyncio.Task[Appended]] = {}
         # Each room's last message as this process last saw it (a hint: JetStream checks it).
-        self._heads: dict[str, Stored | None] = {}
+        self._heads = _Heads()
 
     async def append(self, draft: Message, key: str) -> Appended:
         """Take the room's next place in line now (before suspending), publish once the appends
