@@ -72,6 +72,37 @@ async def test_a_send_without_a_key_is_refused_on_the_stream(addr: str) -> None:
     assert "needs a key" in acks[0].reason
 
 
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (pb.ConnectRequest(), "no action this server knows"),
+        (pb.ConnectRequest(hello=pb.Hello(name="again")), "hello may only open a session"),
+    ],
+    ids=["empty", "second-hello"],
+)
+async def test_a_request_without_a_use_is_refused_and_the_session_goes_on(
+    addr: str, request_: pb.ConnectRequest, reason: str
+) -> None:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        requests: asyncio.Queue[pb.ConnectRequest] = asyncio.Queue()
+        requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name="raw")))
+        requests.put_nowait(request_)
+        requests.put_nowait(pb.ConnectRequest(join=pb.JoinRoom(room="after")))
+        call = pb_grpc.ChatServiceStub(channel).Connect(_forever(requests))
+        kinds: list[str] = []
+        async with asyncio.timeout(5):
+            async for response in call:
+                for event in response.events:
+                    kinds.append(event.WhichOneof("kind") or "")
+                    if event.WhichOneof("kind") == "refused":
+                        assert event.refused.code == "INVALID_ARGUMENT"
+                        assert reason in event.refused.reason
+                if "joined" in kinds:
+                    break
+        call.cancel()
+    assert kinds.index("refused") < kinds.index("joined")  # and the session went on
+
+
 async def test_rate_limited_sends_wait_and_all_go_through_in_the_order_written() -> None:
     config = ServerConfig(
         port=0, store="memory://", limits=Limits(rate=40, burst=5, request_rate=0)

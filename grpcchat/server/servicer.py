@@ -377,8 +377,10 @@ class ChatServicer:
                     principal=session.principal,
                     told=session,
                 )
-            else:
+            elif action == "hello":
                 raise InvalidInput("hello may only open a session")
+            else:  # empty, or an action this server does not know (a newer client's)
+                raise InvalidInput("a request with no action this server knows")
         except ChatError as error:
             refused = RequestRefused(room, status_of(error).name, str(error))
             session.offer(Envelope(refused))
