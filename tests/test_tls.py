@@ -215,6 +215,8 @@ async def test_unreadable_pem_files_are_clear_errors(pki: Pki, tmp_path: Path) -
         ("localhost.example.org:4000", False),
         ("0.0.0.0:4000", False),
         ("[2001:db8::1]:4000", False),
+        ("unix:/run/grpcchat.sock", True),  # a Unix socket never leaves the machine
+        ("unix-abstract:grpcchat", True),
     ],
 )
 def test_loopback_detection(addr: str, loopback: bool) -> None:

@@ -62,6 +62,9 @@ def _host(addr: str) -> str:
 
 
 def is_loopback(addr: str) -> bool:
+    """Whether `addr` is this machine: a loopback host, or a Unix socket (never on a wire)."""
+    if addr.startswith(("unix:", "unix-abstract:")):
+        return True
     host = _host(addr)
     if host == "localhost":
         return True
