@@ -676,3 +676,24 @@ def test_reconnect_delays_stay_within_the_maximum_however_long_the_server_stays_
     assert all(2.5 <= delay <= 5.0 for delay in delays[5:])
     backoff.reset()
     assert backoff.next_delay() <= 0.2
+
+
+async def test_closing_a_session_while_its_stream_opens_ends_it() -> None:
+    config = ServerConfig(port=0, store="memory://", limits=Limits(rate=0, request_rate=0))
+    async with (
+        ChatServer(config) as server,
+        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}")) as client,
+    ):
+        session = client.session("alice", ["lobby"])
+        seen: list[FeedEvent] = []
+
+        async def follow() -> None:
+            async for event in session.events():
+                seen.append(event)
+
+        following = asyncio.create_task(follow())
+        await asyncio.sleep(0)  # the call is started; the server's headers are not read yet
+        await session.aclose()
+        await asyncio.wait_for(following, 5)  # events() ends: no stream, no room joined
+        assert seen == []
+        assert server.hub.session_count("lobby") == 0

@@ -156,6 +156,8 @@ class ChatSession:
             packs = codec.reads_packed_sends(await call.initial_metadata())
             if call.done():
                 await raise_status(call)
+            if self._closed:  # aclose() came while the stream was opening: nothing to say
+                return
             requests.put_nowait(pb.ConnectRequest(hello=pb.Hello(name=self.name)))
             for room in self.rooms:
                 requests.put_nowait(self._join_request(room))
