@@ -314,6 +314,19 @@ async def test_counts_hold_when_the_first_entries_are_erased(opener: Opener) -> 
         await post(one, relation=Relation(RelationKind.REACT, first.id, "👍"))
 
 
+async def test_a_change_to_a_message_another_store_just_appended_is_judged_on_the_stream(
+    opener: Opener,
+) -> None:
+    one, other = await opener(), await opener()  # `one` does not follow the feed
+    await post(one, "first")  # `one` now holds the room's last entry as a hint
+    target = await post(other, "from the other store", sender="bob")
+    reaction = Relation(RelationKind.REACT, target.id, "👍")
+    assert (await post(one, relation=reaction)).seq == 3  # not NotFound against the hint
+    assert (await post(one, "re", reply_to=target.id)).seq == 4
+    with pytest.raises(NotFound):  # a target that is not there at all is still refused
+        await post(one, "re", reply_to="no-such-id")
+
+
 async def test_concurrent_relations_through_two_stores_are_judged_in_order(
     opener: Opener,
 ) -> None:

@@ -132,9 +132,16 @@ class Appender:
                     gone = validate(state, draft, head, self._window)
                 except REFUSALS:
                     repeated = await self._repeated(state, msg_id, sent_us)
-                    if repeated is None:
-                        raise
-                    return Appended(repeated, duplicate=True)
+                    if repeated is not None:
+                        return Appended(repeated, duplicate=True)
+                    # Refused as of what this process last saw: a target appended through
+                    # another server a moment ago is newer. Judged again against the stream's
+                    # own last entry before the refusal stands.
+                    newest = await self._reader.last(subject)
+                    if newest is not None and (head is None or newest.stream_seq > head.stream_seq):
+                        head = self._heads[draft.room] = newest
+                        continue
+                    raise
             seq = head.seq + 1 if head else 1
             latest = max(head.latest_us, sent_us) if head else sent_us
             lates = (head.lates if head else Lates()).after(
