@@ -137,7 +137,7 @@ class Appender:
                     # Refused as of what this process last saw: a target appended through
                     # another server a moment ago is newer. Judged again against the stream's
                     # own last entry before the refusal stands.
-                    newest = await self._reader.last(subject)
+                    newest = await self._reader.last(subject, fresh=True)
                     if newest is not None and (head is None or newest.stream_seq > head.stream_seq):
                         head = self._heads[draft.room] = newest
                         continue
@@ -164,7 +164,7 @@ class Appender:
                 # Unanswered: it may be stored all the same. If it is, it is ours to return.
                 # Without a connection that cannot be asked (a retry with the key can).
                 self._link.check_connected(f"learn whether {draft.room!r} got the message")
-                head = await self._reader.last(subject)
+                head = await self._reader.last(subject, fresh=True)
                 if head is not None and head.message.id == draft.id:
                     self._heads[draft.room] = head
                     await self._eraser.erase(head.gone)
@@ -174,7 +174,7 @@ class Appender:
                 if exc.err_code != codec.WRONG_LAST_SEQUENCE:
                     raise
                 # Someone appended meanwhile (or our own earlier attempt got through).
-                head = self._heads[draft.room] = await self._reader.last(subject)
+                head = self._heads[draft.room] = await self._reader.last(subject, fresh=True)
                 if head is not None and head.message.id == draft.id:
                     await self._eraser.erase(head.gone)
                     return Appended(head.message, duplicate=False)
@@ -219,16 +219,18 @@ class Appender:
 
     async def _original(self, room: str, stream_seq: int) -> Message | None:
         """The entry JetStream says an append repeats, as it is now (None if it is gone): its
-        room's index is brought up to date (built if need be: repeats are rare) for that."""
-        original = await self._reader.get(stream_seq)
+        room's index is brought up to date (built if need be: repeats are rare) for that. Asked
+        of the leader: JetStream has just said the entry is there, a replica may not have it."""
+        original = await self._reader.get(stream_seq, fresh=True)
         if original is not None:
             subject = self._reader.subject(original.message.room)
             state = await self._indexes.upto(
-                original.message.room, await self._reader.last(subject)
+                original.message.room, await self._reader.last(subject, fresh=True)
             )
             return state.current(original.message)
         # Erased by a DELETE (or pruned): a tombstone is what the room's index shows then.
-        state = await self._indexes.upto(room, await self._reader.last(self._reader.subject(room)))
+        last = await self._reader.last(self._reader.subject(room), fresh=True)
+        state = await self._indexes.upto(room, last)
         return state.erased_stream_seq(stream_seq)
 
 

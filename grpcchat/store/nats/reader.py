@@ -66,16 +66,20 @@ class Reader:
         info = await self._js.stream_info(self.stream, subjects_filter=f"{self._prefix}>")
         return [codec.room_of(subject, self._prefix) for subject in info.state.subjects or {}]
 
-    async def get(self, stream_seq: int) -> Stored | None:
+    async def get(self, stream_seq: int, *, fresh: bool = False) -> Stored | None:
+        """The message at `stream_seq` (see `last` for `fresh`)."""
         try:
-            raw = await self._js.get_msg(self.stream, seq=stream_seq, direct=True)
+            raw = await self._js.get_msg(self.stream, seq=stream_seq, direct=not fresh)
         except nats.js.errors.NotFoundError:
             return None
         return self.decode(raw)
 
-    async def last(self, subject: str) -> Stored | None:
+    async def last(self, subject: str, *, fresh: bool = False) -> Stored | None:
+        """The subject's last message. A direct get, which any replica may answer and which so
+        may lag the leader by a moment; `fresh` asks the stream's leader, which has every
+        acknowledged append (what an append must judge itself against after a conflict)."""
         try:
-            raw = await self._js.get_last_msg(self.stream, subject, direct=True)
+            raw = await self._js.get_last_msg(self.stream, subject, direct=not fresh)
         except nats.js.errors.NotFoundError:
             return None
         return self.decode(raw)
