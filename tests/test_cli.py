@@ -234,3 +234,13 @@ def test_send_without_a_name_or_a_login_name_says_to_give_one(
         posting._login()
     assert exited.value.code == EXIT_USAGE
     assert "give --name" in capsys.readouterr().err
+
+
+def test_exit_codes_tell_a_retryable_failure_from_a_refusal() -> None:
+    from grpcchat.cli.exits import EXIT_REJECTED, EXIT_TIMEOUT, EXIT_UNAVAILABLE, exit_code
+
+    assert exit_code("UNAVAILABLE") == EXIT_UNAVAILABLE
+    assert exit_code("RESOURCE_EXHAUSTED") == EXIT_UNAVAILABLE  # over the rate: later, it goes
+    assert exit_code("DEADLINE_EXCEEDED") == EXIT_TIMEOUT
+    assert exit_code("INVALID_ARGUMENT") == EXIT_REJECTED
+    assert exit_code("NOT_FOUND") == EXIT_REJECTED

@@ -19,7 +19,7 @@ T = TypeVar("T")
 # Exit codes, by what went wrong, so scripts can tell a retryable failure from a refusal.
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # a bad option, as Click exits for one
-EXIT_UNAVAILABLE = 3  # server unreachable or going away: retrying later can help
+EXIT_UNAVAILABLE = 3  # server unreachable, going away or over a limit for now: retry later
 EXIT_REJECTED = 4  # the server refused the input: retrying the same thing will not help
 EXIT_TIMEOUT = 5
 EXIT_UNAUTHENTICATED = 6
@@ -27,6 +27,8 @@ EXIT_INTERRUPTED = 130
 _EXIT_BY_STATUS = {
     "UNAVAILABLE": EXIT_UNAVAILABLE,
     "CANCELLED": EXIT_UNAVAILABLE,
+    # Still over the rate (or the room still busy) when --timeout ran out.
+    "RESOURCE_EXHAUSTED": EXIT_UNAVAILABLE,
     "DEADLINE_EXCEEDED": EXIT_TIMEOUT,
     "UNAUTHENTICATED": EXIT_UNAUTHENTICATED,
     "PERMISSION_DENIED": EXIT_UNAUTHENTICATED,
