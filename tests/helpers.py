@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
-from grpcchat.client import ChatSession, Connected, FeedEvent
+from grpcchat.client import ChatClient, ChatSession, Connected, FeedEvent
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.limits import Limits
 from grpcchat.core.models import Message, RoomJoined
 from grpcchat.core.session import Session
+from grpcchat.server import ChatServer
+from grpcchat.server.config import ServerConfig
+
+
+@contextlib.asynccontextmanager
+async def served(
+    limits: Limits, *, timeout: float = 5.0
+) -> AsyncIterator[tuple[ChatServer, ChatClient]]:
+    """A server on port 0 with its history in memory and these limits, and a client of it."""
+    config = ServerConfig(port=0, store="memory://", limits=limits)
+    async with (
+        ChatServer(config) as server,
+        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=timeout)) as client,
+    ):
+        yield server, client
 
 
 class Follower:

@@ -755,28 +755,37 @@ async def test_the_registry_is_empty_after_every_kind_of_ending(
 # -- 6. pushback ----------------------------------------------------------------------------
 
 
+async def _members_not_reading(
+    hub: Hub, stack: AsyncExitStack, readers: Callable[..., Reader], room: str
+) -> list[Reader]:
+    """Three members of `room`, each of which read its RoomJoined and then nothing."""
+    members: list[Reader] = []
+    for i in range(3):
+        session = await stack.enter_async_context(hub.connect(f"m{i}"))
+        await hub.join(session, room)
+        member = readers(session, start=False)
+        await member.step()
+        members.append(member)
+    return members
+
+
+async def _post_until_refused(hub: Hub, room: str) -> tuple[int, LimitExceeded]:
+    """Post to `room` until a post is refused (at most 8): how many were accepted, and why."""
+    for n in range(8):  # the join notices count too: refused before 8 are queued
+        try:
+            await hub.post("poster", f"m{n}", room=room)
+        except LimitExceeded as error:
+            return n, error
+    raise AssertionError("8 posts and none refused")
+
+
 async def test_a_majority_lagging_refuses_posts_until_readers_catch_up(
     readers: Callable[..., Reader],
 ) -> None:
     hub = make_hub(queue_size=8)
     async with AsyncExitStack() as stack:
-        members: list[Reader] = []
-        for i in range(3):
-            session = await stack.enter_async_context(hub.connect(f"m{i}"))
-            await hub.join(session, "busy")
-            member = readers(session, start=False)
-            await member.step()  # RoomJoined, then nobody reads
-            members.append(member)
-        accepted = 0
-        refused: LimitExceeded | None = None
-        for n in range(8):  # the join notices count too: refused before 8 are queued
-            try:
-                await hub.post("poster", f"m{n}", room="busy")
-            except LimitExceeded as error:
-                refused = error
-                break
-            accepted += 1
-        assert refused is not None
+        members = await _members_not_reading(hub, stack, readers, "busy")
+        accepted, refused = await _post_until_refused(hub, "busy")
         assert accepted >= 1
         assert refused.retry_after == BUSY_RETRY
         assert sum(m.session.lagging for m in members) >= 2  # more than half full
@@ -805,21 +814,11 @@ async def test_stuck_means_no_progress_while_lagging_not_an_old_last_write(
     monkeypatch.setattr(pressure, "STALL_CHECK_INTERVAL", 0.0)  # look at every post
     hub = make_hub(queue_size=8)
     async with AsyncExitStack() as stack:
-        members: list[Session] = []
-        for i in range(3):
-            session = await stack.enter_async_context(hub.connect(f"m{i}"))
-            await hub.join(session, "quiet")
-            await readers(session, start=False).step()  # RoomJoined; a burst comes before more
-            session.last_progress -= 2 * STALL_TIMEOUT  # its last write: long ago, all quiet
-            members.append(session)
-        refused: LimitExceeded | None = None
-        for n in range(8):  # a burst: every reader behind, and nobody stuck
-            try:
-                await hub.post("poster", f"m{n}", room="quiet")
-            except LimitExceeded as error:
-                refused = error
-                break
-        assert refused is not None
+        readers_ = await _members_not_reading(hub, stack, readers, "quiet")
+        members = [reader.session for reader in readers_]
+        for member in members:  # its last write: long ago, all quiet
+            member.last_progress -= 2 * STALL_TIMEOUT
+        await _post_until_refused(hub, "quiet")  # a burst: every reader behind, nobody stuck
         assert all(m.lagging and not m.closed for m in members)
 
         for member in members:  # then no write at all while lagging: stuck

@@ -29,6 +29,7 @@ from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
 from grpcchat.wire import codec
 from tests.conftest import ServerProcess, cli_env, grpcchat_command
+from tests.helpers import served
 
 
 class Collector:
@@ -596,13 +597,7 @@ async def test_a_position_ahead_of_the_history_is_not_a_silent_loss(client: Chat
 
 
 async def test_a_replay_cut_short_by_max_replay_is_not_a_silent_loss() -> None:
-    config = ServerConfig(
-        port=0, store="memory://", limits=Limits(rate=0, request_rate=0, max_replay=1000)
-    )
-    async with (
-        ChatServer(config) as server,
-        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=5)) as client,
-    ):
+    async with served(Limits(rate=0, request_rate=0, max_replay=1000)) as (server, client):
         store = server.hub.store
         for i in range(1, 1501):
             await store.append(id=f"id{i}", room="lobby", sender="bob", text=f"m{i}", sent_at=now())
@@ -647,13 +642,7 @@ async def test_a_jump_in_live_seqs_is_resumed_over_not_skipped(
 
 
 async def test_a_rejoin_refused_by_the_request_rate_is_retried_not_given_up() -> None:
-    config = ServerConfig(
-        port=0, store="memory://", limits=Limits(rate=0, request_rate=2, request_burst=3)
-    )
-    async with (
-        ChatServer(config) as server,
-        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=5.0)) as client,
-    ):
+    async with served(Limits(rate=0, request_rate=2, request_burst=3)) as (server, client):
         session = client.session("alice", ["a", "b", "c"])
         async with Collector(session) as alice:
             for live in list(server.hub._sessions.values()):  # a drain: the session reconnects,
@@ -679,11 +668,7 @@ def test_reconnect_delays_stay_within_the_maximum_however_long_the_server_stays_
 
 
 async def test_closing_a_session_while_its_stream_opens_ends_it() -> None:
-    config = ServerConfig(port=0, store="memory://", limits=Limits(rate=0, request_rate=0))
-    async with (
-        ChatServer(config) as server,
-        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}")) as client,
-    ):
+    async with served(Limits(rate=0, request_rate=0)) as (server, client):
         session = client.session("alice", ["lobby"])
         seen: list[FeedEvent] = []
 

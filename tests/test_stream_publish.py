@@ -22,7 +22,7 @@ from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer, inflight
 from grpcchat.server.config import ServerConfig
 from grpcchat.wire import codec
-from tests.helpers import Follower
+from tests.helpers import Follower, served
 
 
 async def test_many_sends_in_flight_are_acked_in_order(client: ChatClient) -> None:
@@ -104,12 +104,8 @@ async def test_a_request_without_a_use_is_refused_and_the_session_goes_on(
 
 
 async def test_rate_limited_sends_wait_and_all_go_through_in_the_order_written() -> None:
-    config = ServerConfig(
-        port=0, store="memory://", limits=Limits(rate=40, burst=5, request_rate=0)
-    )
     async with (
-        ChatServer(config) as server,
-        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=10)) as client,
+        served(Limits(rate=40, burst=5, request_rate=0), timeout=10) as (_, client),
         Follower(client.session("alice")) as alice,
     ):
         sent = await asyncio.gather(*(alice.session.send(f"r{i}") for i in range(25)))
