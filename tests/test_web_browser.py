@@ -159,6 +159,21 @@ async def test_browser_and_terminal_client(web_server: WebServer, new_user: NewU
         assert (message.sender, message.recipient) == ("webby", "terminal")
 
 
+async def test_lines_typed_faster_than_the_rate_arrive_in_the_order_typed(
+    web_server_factory: WebServerFactory, new_user: NewUser
+) -> None:
+    server = await web_server_factory(limits=Limits(rate=5, burst=2, request_rate=0))
+    page = await (await new_user()).open(server.url, name="quick")
+    await page.expect_connected()
+    typed = [f"line {n}" for n in range(6)]
+    for text in typed:  # each refused over the rate is retried after its retry-after-ms
+        await page.say(text)
+    await page.expect_message(typed[-1], "quick")
+    async with client_for(server) as client:
+        history = await client.history("lobby", limit=20)
+    assert [m.text for m in history] == typed
+
+
 async def test_browser_and_the_article_client(web_server: WebServer, new_user: NewUser) -> None:
     page = await (await new_user()).open(web_server.url, name="webby")
     await page.expect_connected()

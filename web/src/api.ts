@@ -98,12 +98,23 @@ export interface Outgoing {
 
 const SEND_ATTEMPTS = 6;
 
+// The sends of this page, one at a time in the order they were made: a send waiting to be
+// retried (over the rate, an answer lost) must not be overtaken by a later one.
+let sending: Promise<unknown> = Promise.resolve();
+
 /**
- * Send one message. UNAVAILABLE and RESOURCE_EXHAUSTED are retried with the same key, so a
- * retry after a lost answer posts nothing twice (the server answers with the original); the
- * wait honours the server's `retry-after-ms`. Throws the last error otherwise.
+ * Send one message, after the ones sent before it. UNAVAILABLE and RESOURCE_EXHAUSTED are
+ * retried with the same key, so a retry after a lost answer posts nothing twice (the server
+ * answers with the original); the wait honours the server's `retry-after-ms`. Throws the last
+ * error otherwise.
  */
-export async function send(message: Outgoing): Promise<ChatMessage | undefined> {
+export function send(message: Outgoing): Promise<ChatMessage | undefined> {
+  const sent = sending.then(() => sendNow(message));
+  sending = sent.catch(() => undefined); // a failed send does not stop the ones after it
+  return sent;
+}
+
+async function sendNow(message: Outgoing): Promise<ChatMessage | undefined> {
   const key = newKey();
   for (let attempt = 0; ; attempt++) {
     try {
