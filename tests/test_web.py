@@ -281,6 +281,11 @@ async def test_headers_grpc_would_refuse_are_refused_plainly(
         port, "POST", "/chat.v1.ChatService/History", headers=padded, body=b"{}"
     )
     assert (status, json.loads(body)["code"]) == (431, "resource_exhausted")
+    grpc_web = {"content-type": "application/grpc-web+proto", "x-padding": "a" * 20_000}
+    status, headers, _ = await http_call(
+        port, "POST", "/chat.v1.ChatService/History", headers=grpc_web, body=b"\0\0\0\0\0"
+    )
+    assert (status, headers["grpc-status"]) == (200, "8")  # RESOURCE_EXHAUSTED, trailers-only
     assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
 
 

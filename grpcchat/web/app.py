@@ -68,7 +68,12 @@ CORS_EXPOSE_HEADERS = (
 )
 
 # gRPC's numeric codes of the refusals `_refuse` answers gRPC-Web with.
-_GRPC_CODES = {"invalid_argument": b"3", "permission_denied": b"7", "unimplemented": b"12"}
+_GRPC_CODES = {
+    "invalid_argument": b"3",
+    "permission_denied": b"7",
+    "resource_exhausted": b"8",
+    "unimplemented": b"12",
+}
 
 access_log = logging.getLogger("grpcchat.web.access")
 
@@ -224,12 +229,7 @@ async def _refuse(
     status) for an RPC, plain text for anything else."""
     content_type = headers.get("content-type", "")
     if rpc and content_type.startswith("application/grpc"):
-        grpc_code = {
-            "invalid_argument": b"3",
-            "permission_denied": b"7",
-            "resource_exhausted": b"8",
-            "unimplemented": b"12",
-        }[code]
+        grpc_code = _GRPC_CODES[code]
         response = [
             (b"content-type", content_type.encode()),
             (b"grpc-status", grpc_code),
