@@ -26,6 +26,7 @@ from grpcchat.gen.chat.v1.chat_service_connect import ChatServiceClient
 from grpcchat.server import ChatServer
 from grpcchat.server.auth import TokenAuthority
 from grpcchat.server.config import WEB_PORT_ANY, ServerConfig
+from grpcchat.web import app as web_app
 from grpcchat.web.app import CONTENT_SECURITY_POLICY
 
 pytestmark = pytest.mark.timeout(30)
@@ -287,6 +288,31 @@ async def test_headers_grpc_would_refuse_are_refused_plainly(
     )
     assert (status, headers["grpc-status"]) == (200, "8")  # RESOURCE_EXHAUSTED, trailers-only
     assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
+
+
+async def test_a_body_that_never_completes_or_never_ends_is_refused(
+    web_server: ChatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(web_app, "BODY_DEADLINE", 0.3)
+    port = web_server.web_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:  # says 100 bytes, sends 2, then nothing
+        writer.write(
+            b"POST /chat.v1.ChatService/History HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}"
+        )
+        await writer.drain()
+        async with asyncio.timeout(WAIT):
+            status_line = await reader.readline()
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408")
+    huge = b"{" + b" " * (web_app.MAX_BODY_BYTES + 1) + b"}"
+    json_body = {"content-type": "application/json"}
+    status, _, body = await http_call(
+        port, "POST", "/chat.v1.ChatService/History", headers=json_body, body=huge
+    )
+    assert (status, json.loads(body)["code"]) == (413, "resource_exhausted")
 
 
 async def test_the_same_origin_is_the_same_in_any_case(web_server: ChatServer) -> None:

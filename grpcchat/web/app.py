@@ -21,8 +21,14 @@ from urllib.parse import parse_qsl
 
 from grpcchat.web.stream import CutOff, Exchange, current_exchange
 
-# Headers in all, as on the gRPC port (lifecycle's MAX_METADATA_BYTES).
+# The same bounds as the gRPC port's (lifecycle's MAX_REQUEST_BYTES, MAX_METADATA_BYTES).
+MAX_REQUEST_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 16 * 1024
+# An RPC's body is read whole before it is served, within this many seconds and bytes (a
+# compressed one may be larger than its message; connectrpc refuses past MAX_REQUEST_BYTES):
+# a client that never finishes its body holds nothing for longer.
+BODY_DEADLINE = 10.0
+MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,6 +76,7 @@ CORS_EXPOSE_HEADERS = (
 # gRPC's numeric codes of the refusals `_refuse` answers gRPC-Web with.
 _GRPC_CODES = {
     "invalid_argument": b"3",
+    "deadline_exceeded": b"4",
     "permission_denied": b"7",
     "resource_exhausted": b"8",
     "unimplemented": b"12",
@@ -159,7 +166,14 @@ class WebApp:
             await _refuse(send, rpc, headers, 415, "unimplemented", message)
             return
         if rpc:
-            await self._rpc(scope, receive, _with_headers(send, cors))
+            body = await _read_body(receive)
+            if body is None:
+                return  # the client left before its request was read: nobody to answer
+            if isinstance(body, tuple):
+                status, code, message = body
+                await _refuse(send, rpc, headers, status, code, message)
+                return
+            await self._rpc(scope, _replaying(body, receive), _with_headers(send, cors))
             return
         await _static(scope, _with_headers(send, cors))
 
@@ -169,6 +183,50 @@ def _headers(scope: Scope) -> dict[str, str]:
         key.decode("latin-1").lower(): value.decode("latin-1")
         for key, value in scope.get("headers", ())
     }
+
+
+async def _read_body(receive: Receive) -> bytes | tuple[int, str, str] | None:
+    """The request's whole body; why it is refused, too slow (BODY_DEADLINE) or too large
+    (MAX_BODY_BYTES); or None, the client gone."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_DEADLINE):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    return (
+                        413,
+                        "resource_exhausted",
+                        f"requests are limited to {MAX_BODY_BYTES:,} bytes",
+                    )
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        return (
+            408,
+            "deadline_exceeded",
+            f"the request's body did not arrive within {BODY_DEADLINE:g}s",
+        )
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` for an app: the body read already, then the client's own (its disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def _unacceptable_headers(scope: Scope) -> tuple[int, str, str] | None:

@@ -16,12 +16,10 @@ import uvicorn
 from grpcchat.gen.chat.v1.chat_service_connect import ChatServiceASGIApplication
 from grpcchat.server.config import ServerConfig, host_port, is_loopback_host
 from grpcchat.server.servicer import ChatServicer
-from grpcchat.web.app import MAX_HEADER_BYTES, WebApp
+from grpcchat.web.app import MAX_HEADER_BYTES, MAX_REQUEST_BYTES, WebApp
 from grpcchat.web.service import WebChatService
 from grpcchat.web.stream import CutOff
 
-# The same bounds as the gRPC port's (lifecycle's MAX_REQUEST_BYTES, MAX_METADATA_BYTES).
-MAX_REQUEST_BYTES = 64 * 1024
 UNARY_HEADROOM = 1_000
 # How long `start` waits for uvicorn to be listening.
 START_TIMEOUT = 10.0
