@@ -18,7 +18,7 @@ from grpcchat.core.history import Appended
 from grpcchat.core.models import Message
 from grpcchat.store.nats import codec
 from grpcchat.store.nats.codec import Gone, Lates, Stored
-from grpcchat.store.nats.connection import Link, errors
+from grpcchat.store.nats.connection import Link
 from grpcchat.store.nats.erasure import Eraser
 from grpcchat.store.nats.indexes import Indexes
 from grpcchat.store.nats.maintenance import Maintenance
@@ -100,9 +100,8 @@ class Appender:
         if before is not None:
             await asyncio.wait([before])
         self._link.check_open()
-        self._link.check_connected(f"append to {draft.room!r}")
         try:
-            with errors(f"append to {draft.room!r}"):
+            with self._link.request(f"append to {draft.room!r}"):
                 return await self._append(draft, key)
         except REFUSALS:
             raise

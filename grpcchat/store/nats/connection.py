@@ -70,6 +70,13 @@ class Link:
         if not self.up.is_set():
             raise StoreError(f"could not {doing}: no connection to NATS ({self.where})")
 
+    @contextlib.contextmanager
+    def request(self, doing: str) -> Iterator[None]:
+        """`errors(doing)` around requests to NATS, refused at once while it is not connected."""
+        self.check_connected(doing)
+        with errors(doing):
+            yield
+
     async def connected(self) -> None:
         self.down.clear()
         self.up.set()

@@ -20,7 +20,7 @@ from grpcchat.store.nats import codec
 from grpcchat.store.nats.appender import Appender
 from grpcchat.store.nats.cluster import NatsCluster
 from grpcchat.store.nats.codec import Options, Stored
-from grpcchat.store.nats.connection import NATS_ERRORS, REQUEST_TIMEOUT, Link, connect, errors
+from grpcchat.store.nats.connection import NATS_ERRORS, REQUEST_TIMEOUT, Link, connect
 from grpcchat.store.nats.erasure import Eraser
 from grpcchat.store.nats.feed import Feed
 from grpcchat.store.nats.indexes import Indexes
@@ -132,8 +132,7 @@ class NatsStore:
         self._link.check_open()
         if limit <= 0:
             return []
-        self._link.check_connected(f"read the history of {room!r}")
-        with errors(f"read the history of {room!r}"):
+        with self._link.request(f"read the history of {room!r}"):
             subject = self._reader.subject(room)
             last = await self._reader.last(subject)
             if last is None:
@@ -182,8 +181,7 @@ class NatsStore:
 
     async def last_seq(self, room: str) -> int:
         self._link.check_open()
-        self._link.check_connected(f"read the last seq of {room!r}")
-        with errors(f"read the last seq of {room!r}"):
+        with self._link.request(f"read the last seq of {room!r}"):
             last = await self._reader.last(self._reader.subject(room))
         return last.seq if last else 0
 
@@ -191,8 +189,7 @@ class NatsStore:
         self._link.check_open()
         if limit <= 0:
             return []
-        self._link.check_connected("list the rooms")
-        with errors("list the rooms"):
+        with self._link.request("list the rooms"):
             names = sorted(name for name in await self._reader.rooms() if name > after)
             page: list[RoomCount] = []
             for name in names:
@@ -220,15 +217,13 @@ class NatsStore:
 
     async def mark_read(self, user: str, room: str, seq: int) -> int:
         self._link.check_open()
-        self._link.check_connected(f"move {user!r}'s read marker in {room!r}")
-        with errors(f"move {user!r}'s read marker in {room!r}"):
+        with self._link.request(f"move {user!r}'s read marker in {room!r}"):
             last = await self._reader.last(self._reader.subject(room))
             return await self._markers.advance(user, room, min(seq, last.seq if last else 0))
 
     async def read_marker(self, user: str, room: str) -> int:
         self._link.check_open()
-        self._link.check_connected(f"read {user!r}'s read marker in {room!r}")
-        with errors(f"read {user!r}'s read marker in {room!r}"):
+        with self._link.request(f"read {user!r}'s read marker in {room!r}"):
             marker, _ = await self._markers.get(user, room)
         return marker
 
@@ -242,10 +237,9 @@ class NatsStore:
         message counted exactly lies among them, and so may relations, the user's own, deleted
         messages and expired ones not purged yet, as the contract allows."""
         self._link.check_open()
-        self._link.check_connected(f"count what {user!r} has not read")
         counts: dict[str, int] = {}
         for room in dict.fromkeys(rooms):
-            with errors(f"count what {user!r} has not read in {room!r}"):
+            with self._link.request(f"count what {user!r} has not read in {room!r}"):
                 marker, _ = await self._markers.get(user, room)
                 subject = self._reader.subject(room)
                 last = await self._reader.last(subject)
