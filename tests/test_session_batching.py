@@ -156,3 +156,16 @@ async def test_a_session_cut_off_during_its_linger_writes_nothing_more() -> None
     with pytest.raises(SlowConsumer):
         await writer.ended()
     assert [count for _, count in writer.written] == [1]  # no empty write after the linger
+
+
+async def test_a_close_callback_taken_back_is_not_called() -> None:
+    session = Session("s", capacity=10, max_batch=10, linger=LINGER)
+    called: list[str] = []
+    forget_a = session.on_closed(lambda: called.append("a"))
+    session.on_closed(lambda: called.append("b"))
+    forget_a()
+    forget_a()  # twice is harmless
+    session.close()
+    assert called == ["b"]
+    session.on_closed(lambda: called.append("late"))()  # already closed: called at once
+    assert called == ["b", "late"]

@@ -16,6 +16,7 @@ much history it asks for.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -336,12 +337,18 @@ class Session:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def on_closed(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once the session has ended (at once if it has)."""
+    def on_closed(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` once the session has ended (at once if it has). Returns what takes
+        it back: a writer that ends before its session needs no call."""
         if self.closed:
             callback()
-        else:
-            self._closed_callbacks.append(callback)
+            return _nothing
+        self._closed_callbacks.append(callback)
+        return functools.partial(self._forget_closed, callback)
+
+    def _forget_closed(self, callback: Callable[[], None]) -> None:
+        if callback in self._closed_callbacks:
+            self._closed_callbacks.remove(callback)
 
     def close(self, error: ChatError | None = None) -> None:
         """End the session. A slow consumer's backlog is dropped at once (its client resumes
@@ -442,3 +449,7 @@ class Session:
             self._wake()
         else:
             self._arm_beat(loop, heartbeat)
+
+
+def _nothing() -> None:
+    pass

@@ -41,16 +41,14 @@ async def write_session(
     # the write loop cannot notice its own eviction: a watchdog ends the call instead. It
     # is started only when the session ends, so an idle session costs no task of its own.
     watchdog: asyncio.Task[None] | None = None
-    writing = True
 
     def start_watchdog() -> None:
         nonlocal watchdog
-        # Not once this writer is gone (its call was cancelled, the usual end of a stream): the
-        # watchdog would hold the call for CLOSE_FLUSH_GRACE, then fail to abort it.
-        if writing:
-            watchdog = asyncio.create_task(_abort_when_ended(session, context))
+        watchdog = asyncio.create_task(_abort_when_ended(session, context))
 
-    session.on_closed(start_watchdog)
+    # Taken back when this writer ends first (its call was cancelled, the usual end of a
+    # stream): a watchdog then would hold the call for CLOSE_FLUSH_GRACE and fail to abort it.
+    forget_watchdog = session.on_closed(start_watchdog)
     expiry = close_when_token_expires(session, identity)
     try:
         if not headers_sent:
@@ -69,7 +67,7 @@ async def write_session(
         if watchdog is not None:
             await watchdog
     finally:
-        writing = False
+        forget_watchdog()
         if watchdog is not None:
             watchdog.cancel()
         if expiry is not None:

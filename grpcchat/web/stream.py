@@ -61,14 +61,12 @@ async def stream_session(
     a watchdog then closes the connection."""
     exchange = current_exchange.get()
     watchdog: asyncio.Task[None] | None = None
-    writing = True
 
     def start_watchdog() -> None:
         nonlocal watchdog
-        if writing:  # a writer that is gone (the browser left) needs no watchdog
-            watchdog = asyncio.create_task(_cut_when_stuck(session, exchange))
+        watchdog = asyncio.create_task(_cut_when_stuck(session, exchange))
 
-    session.on_closed(start_watchdog)
+    forget_watchdog = session.on_closed(start_watchdog)  # taken back if the browser left first
     expiry = close_when_token_expires(session, identity)
     try:
         yield pb.SubscribeResponse()
@@ -82,7 +80,7 @@ async def stream_session(
                 yield pb.SubscribeResponse.FromString(payload)
             stats.wrote(batch)
     finally:
-        writing = False
+        forget_watchdog()
         if watchdog is not None:
             watchdog.cancel()
         if expiry is not None:
