@@ -337,6 +337,8 @@ async def test_rooms_lists_each_room_holding_messages_with_its_count(store: Hist
     await fill(store, "b", 3)
     await fill(store, "a", 1)
     assert await store.rooms() == [RoomCount("a", 1), RoomCount("b", 3)]
+    assert await store.rooms(limit=0) == []
+    assert await store.rooms(limit=-1) == []
 
 
 async def test_rooms_are_in_code_point_order(store: HistoryStore) -> None:
