@@ -671,6 +671,31 @@ async def test_no_presence_notice_arrives_before_room_joined(
         )
 
 
+async def test_a_newcomer_is_told_only_of_changes_after_its_room_joined(
+    readers: Callable[..., Reader],
+) -> None:
+    hub = make_hub()
+    async with AsyncExitStack() as stack:
+        connect = stack.enter_async_context
+        alice = await connect(hub.connect("alice"))
+        await hub.join(alice, "r")
+        gone = await connect(hub.connect("gone"))
+        await hub.join(gone, "r")
+        await hub.leave(gone, "r")
+        # All within one tick: alice's arrival and gone's visit are pending as bob joins.
+        bob_session = await connect(hub.connect("bob"))
+        await hub.join(bob_session, "r")
+        carol = await connect(hub.connect("carol"))
+        await hub.join(carol, "r")
+        await hub.post("carol", "hello", room="r")  # flushes the tick's notices before it
+        bob = readers(bob_session)
+        await bob.wait_for_text("hello", timeout=2.0)
+        joined = next(e for e in bob.events if isinstance(e, RoomJoined))
+        assert joined.members == ("alice", "bob")
+        told = [(e.name, e.joined) for e in presence(bob.events) if isinstance(e, PresenceChange)]
+        assert told == [("carol", True)]  # not alice's arrival or gone's visit, already past
+
+
 # -- 5. ghost sessions ----------------------------------------------------------------------
 
 
@@ -758,14 +783,17 @@ async def test_the_registry_is_empty_after_every_kind_of_ending(
 async def _members_not_reading(
     hub: Hub, stack: AsyncExitStack, readers: Callable[..., Reader], room: str
 ) -> list[Reader]:
-    """Three members of `room`, each of which read its RoomJoined and then nothing."""
+    """Three members of `room`, each of which read its RoomJoined and the others' arrivals,
+    and then nothing: from here on their queues fill in step."""
     members: list[Reader] = []
     for i in range(3):
         session = await stack.enter_async_context(hub.connect(f"m{i}"))
         await hub.join(session, room)
-        member = readers(session, start=False)
-        await member.step()
-        members.append(member)
+        members.append(readers(session, start=False))
+    hub._presence.flush(room)
+    for member in members:
+        while member.session.queued or not member.events:
+            await member.step()
     return members
 
 

@@ -262,8 +262,13 @@ class Hub:
         self._check_name_free(session, members)
         session.rooms.add(room)
         session.begin_join(room)
+        # The members as the newcomer joins them: its RoomJoined lists these, and every change
+        # from here on reaches it as a notice (held behind the RoomJoined), none twice.
+        self._presence.arrived(room, session.id)
         if members.add(session):
             self._name_changed(members, session.name, joined=True)
+        sample = listing.sample(members, self.roster, DETAIL_LIMIT)
+        member_total = self._member_total(room)
         if after is not None:
             self.stats.resumes += 1
         try:
@@ -284,8 +289,7 @@ class Hub:
         if session.closed or room not in session.rooms:
             return
         position = Position(cursor.until, self.store.epoch)
-        sample = listing.sample(members, self.roster, DETAIL_LIMIT)
-        joined = RoomJoined(room, sample, position, self._member_total(room), read_seq)
+        joined = RoomJoined(room, sample, position, member_total, read_seq)
         session.start_replay(room, cursor, Envelope(joined))
 
     def _check_name_free(self, session: Session, room: Room) -> None:

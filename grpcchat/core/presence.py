@@ -45,6 +45,8 @@ class PresenceNotices:
         self._detail_limit = detail_limit
         # room -> the (name, joined) changes since the room's last tick, in order.
         self._pending: dict[str, list[tuple[str, bool]]] = {}
+        # room -> session id -> how many of the room's pending changes its RoomJoined reflects.
+        self._arrived: dict[str, dict[int, int]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def changed(self, room: str, name: str, joined: bool) -> None:
@@ -54,6 +56,13 @@ class PresenceNotices:
             loop = asyncio.get_running_loop()
             self._timers[room] = loop.call_later(delay, self.flush, room)
 
+    def arrived(self, room: str, session_id: int) -> None:
+        """A session joins `room` with the members as they are now: the changes pending now
+        are in its RoomJoined, so only the later ones are told to it."""
+        pending = self._pending.get(room)
+        if pending:
+            self._arrived.setdefault(room, {})[session_id] = len(pending)
+
     def flush(self, room: str) -> None:
         """Send the room's pending notices now (before a message, so a join is announced
         before what the newcomer says)."""
@@ -61,6 +70,7 @@ class PresenceNotices:
         if timer is not None:
             timer.cancel()
         changes = self._pending.pop(room, None)
+        arrived = self._arrived.pop(room, {})
         members = self._room_of(room)
         if not changes or members is None or not members.sessions:
             return
@@ -82,7 +92,7 @@ class PresenceNotices:
             (name, Envelope(PresenceChange(room, name, entered, now))) for name, entered in changes
         ]
         for session in members.sessions.values():
-            for name, envelope in notices:
+            for name, envelope in notices[arrived.get(session.id, 0) :]:
                 # Nobody is told of their own arrival: their RoomJoined lists the room.
                 if session.name != name:
                     session.offer_optional(envelope, room)
@@ -96,3 +106,4 @@ class PresenceNotices:
             timer.cancel()
         self._timers.clear()
         self._pending.clear()
+        self._arrived.clear()
