@@ -286,6 +286,20 @@ async def test_a_key_repeated_after_the_window_makes_a_new_message(
     assert repeat == Appended(fresh.message, duplicate=True)
 
 
+async def test_a_key_is_judged_by_its_retry_not_by_a_later_stamped_append(
+    open_history: OpenHistory,
+) -> None:
+    """A clock stepped back: another append stamped past the window does not make a retry
+    stamped inside it a new message."""
+    window = timedelta(seconds=10)
+    store = await open_history(Retention(dedup_window=window))
+    t0 = now()
+    first = await append(store, sender="ann", key="k", at=t0)
+    await append(store, sender="bob", key="other", at=t0 + 2 * window)
+    retry = await append(store, sender="ann", key="k", at=t0 + timedelta(seconds=1))
+    assert retry == Appended(first.message, duplicate=True)
+
+
 async def test_a_key_outlives_its_pruned_message(open_history: OpenHistory) -> None:
     store = await open_history(Retention(max_messages=1))
     first = await append(store, sender="ann", key="k")

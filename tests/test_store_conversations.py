@@ -454,7 +454,7 @@ async def test_a_repeated_key_of_a_pruned_original_returns_it_as_stored(
     open_history: OpenHistory, store_url: Callable[[], str], request: pytest.FixtureRequest
 ) -> None:
     """Once retention has removed the original, what the key remembers is returned: its
-    text and `deleted` still follow a delete."""
+    text and `deleted` still follow a delete, and an erased message was never edited."""
     if "nats" in store_url():
         reason = (
             "NATS finds an original a delete erased in the room's index, which forgets it once "
@@ -464,14 +464,16 @@ async def test_a_repeated_key_of_a_pruned_original_returns_it_as_stored(
     store = await open_history(Retention(max_messages=2))
     kept = await post(store, "kept", key="kept")
     erased = await post(store, "secret", key="erased")
+    await edit(store, erased.id, "secret!")
     await relate(store, DELETE, erased.id)
     for _ in range(3):
         await post(store)
-    assert [m.seq for m in await store.read("lobby")] == [5, 6]
+    assert [m.seq for m in await store.read("lobby")] == [6, 7]
     assert await post(store, "again", key="kept") == kept
     repeat = await post(store, "again", key="erased")
     assert (repeat.id, repeat.seq, repeat.text, repeat.deleted) == (erased.id, 2, "", True)
-    assert await store.last_seq("lobby") == 6
+    assert repeat.edited_at is None
+    assert await store.last_seq("lobby") == 7
 
 
 # -- read markers and unread counts -----------------------------------------------------------

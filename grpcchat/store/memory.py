@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
+from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import islice
 
@@ -115,9 +116,12 @@ class MemoryStore:
         if sent_at.tzinfo is None:
             raise ValueError("sent_at must be timezone-aware")
         sent_at = sent_at.astimezone(UTC)
-        # Keys first used at or before this moment are past the dedup window.
+        # Keys first used at or before this moment are past the dedup window for this append.
         expired_before = sent_at - self._retention.dedup_window
-        while self._keys and next(iter(self._keys.values())).sent_at <= expired_before:
+        # Forgotten for good only once past it by the clock too, as SQLite's maintenance does:
+        # an append stamped later than a retry (a clock stepped back) must not drop its key.
+        forgotten_before = min(sent_at, datetime.now(UTC)) - self._retention.dedup_window
+        while self._keys and next(iter(self._keys.values())).sent_at <= forgotten_before:
             _, forgotten = self._keys.popitem(last=False)
             self._key_of.pop(forgotten.id, None)
         original = self._keys.get((sender, key)) if key else None
@@ -307,7 +311,8 @@ class MemoryStore:
                 _remove(state.live_by[target.sender], target.seq)
                 if not state.live_by[target.sender]:
                     del state.live_by[target.sender]
-                self._erase_key(state.entries[target.id])
+                # As SQLite's key remembers a deleted original: erased, never edited.
+                self._erase_key(replace(state.entries[target.id], edited_at=None))
                 for edit in state.edits.pop(target.id, ()):
                     state.entries[edit] = relations.erased(state.entries[edit])
                     self._erase_key(state.entries[edit])
