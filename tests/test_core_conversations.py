@@ -322,3 +322,21 @@ async def test_marking_read_counts_against_the_request_rate() -> None:
     await hub.mark_read("alice", "lobby", 1, principal="alice")
     with pytest.raises(LimitExceeded, match="slow down"):
         await hub.mark_read("alice", "lobby", 1, principal="alice")
+
+
+async def test_markers_told_for_a_name_never_cut_off_its_sessions(
+    readers: Callable[..., Reader],
+) -> None:
+    hub = make_hub(queue_size=4)
+    async with hub.connect("bob") as session:
+        bob = readers(session, start=False)
+        await hub.join(session, "lobby")
+        await bob.step()  # RoomJoined, then bob reads nothing more
+        await hub.post("carol", "a")
+        await hub.post("carol", "b")
+        # Anyone may mark for the name bob, again and again: each is told to bob's session,
+        # which is not reading.
+        for n in range(6):
+            await hub.mark_read("bob", "lobby", 2, principal=f"10.0.0.{n}")
+        assert not session.closed
+        assert session.error is None

@@ -36,9 +36,12 @@ class ReadMarkers:
         envelope = Envelope(ReadMarker(room, marker))
         for session in list(self._sessions_of(user)):
             if session is not told and room in session.rooms:
-                # Like a message of the room: held behind a join in progress, so it follows
-                # that join's RoomJoined (whose read_seq may be older).
-                session.offer(envelope, room)
+                # Held behind a join in progress, so it follows that join's RoomJoined (whose
+                # read_seq may be older). Optional, like a presence notice: without
+                # authentication anyone may mark for any name, and that must never fill a
+                # session's queue and cut it off; a session that lags reads the marker afresh
+                # on its next join.
+                session.offer_optional(envelope, room)
         return marker
 
     async def marker(self, user: str, room: str) -> int:
