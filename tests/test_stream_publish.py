@@ -105,18 +105,19 @@ async def test_a_request_without_a_use_is_refused_and_the_session_goes_on(
 
 async def test_rate_limited_sends_wait_and_all_go_through_in_the_order_written() -> None:
     async with (
-        served(Limits(rate=40, burst=5, request_rate=0), timeout=10) as (_, client),
+        # Refusals for a while longer than a held send's own retry (HELD_RETRY).
+        served(Limits(rate=15, burst=5, request_rate=0), timeout=10) as (_, client),
         Follower(client.session("alice")) as alice,
     ):
-        sent = await asyncio.gather(*(alice.session.send(f"r{i}") for i in range(25)))
-        written = [f"r{i}" for i in range(25)]
+        sent = await asyncio.gather(*(alice.session.send(f"r{i}") for i in range(30)))
+        written = [f"r{i}" for i in range(30)]
         assert [s.message.text for s in sent] == written
         # Each exactly once, though most were refused at first, and in the order written:
         # a refused send holds back the ones behind it until it comes again, though the
         # client retries each on a timer of its own.
         stored = await client.history("lobby", limit=100)
         assert [m.text for m in stored] == written
-        assert [m.seq for m in stored] == list(range(1, 26))
+        assert [m.seq for m in stored] == list(range(1, 31))
 
 
 async def test_sends_in_flight_across_a_restart_are_neither_lost_nor_doubled(
@@ -283,22 +284,45 @@ async def test_a_lone_send_goes_out_without_waiting_for_company() -> None:
     await requests.aclose()
 
 
-def test_a_hold_lets_its_own_send_through_and_lapses_if_it_never_comes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    hold = inflight.Hold()
+def test_a_hold_lets_the_held_sends_through_one_at_a_time_in_the_order_written() -> None:
+    clock = [100.0]
+    hold = inflight.Hold(clock=lambda: clock[0])
     assert hold.wait("a") is None  # nothing held
-    hold.hold("a", 1.0)
-    hold.hold("b", 5.0)  # the first refusal holds; later ones wait behind it
-    wait = hold.wait("b")
-    assert wait is not None
-    assert 0.9 < wait <= 1.0
-    assert hold.wait("a") is None  # the held send, again: it goes, and the hold is gone
+    hold.hold("a", 1.0)  # refused for a second: the sends behind it wait for it
+    assert hold.wait("b") == 1.0
+    assert hold.wait("c") == 1.0
+    clock[0] += 1.0
+    assert hold.wait("c") == inflight.HELD_RETRY  # back before "a": still behind it and "b"
+    assert hold.wait("a") is None  # its turn
+    assert hold.wait("c") == inflight.HELD_RETRY  # back before "b": still behind it
     assert hold.wait("b") is None
-    hold.hold("c", 0.0)
-    assert hold.wait("d") == inflight.HELD_RETRY  # never told to retry at once: no spinning
-    monkeypatch.setattr(inflight, "HOLD_GRACE", -1.0)  # as if "c" never came back in time
-    assert hold.wait("d") is None
+    hold.hold("b", 0.5)  # refused again: first in line again
+    assert hold.wait("c") == 0.5
+    clock[0] += 0.5
+    assert hold.wait("b") is None
+    assert hold.wait("c") is None
+    assert hold.wait("d") is None  # nothing held any more
+
+
+def test_a_held_send_that_never_comes_back_lapses_and_the_next_one_goes() -> None:
+    clock = [100.0]
+    hold = inflight.Hold(clock=lambda: clock[0])
+    hold.hold("gone", 0.0)
+    assert hold.wait("b") == inflight.HELD_RETRY  # never told to retry at once: no spinning
+    assert hold.wait("c") == inflight.HELD_RETRY
+    clock[0] += inflight.HOLD_GRACE + 0.01  # "gone" never came back
+    assert hold.wait("c") == inflight.HELD_RETRY  # "b"'s turn now
+    assert hold.key == "b"
+    clock[0] += inflight.HOLD_GRACE + 0.01  # nor did "b"
+    assert hold.wait("c") is None
+
+
+def test_a_hold_remembers_a_bounded_number_of_sends() -> None:
+    hold = inflight.Hold()
+    hold.hold("first", 60.0)
+    for n in range(inflight.MAX_HELD + 100):
+        assert hold.wait(f"k{n}") is not None
+    assert len(hold._keys) == inflight.MAX_HELD
 
 
 async def test_lines_on_a_session_the_server_refuses_time_out_saying_why() -> None:

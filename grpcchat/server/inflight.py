@@ -5,19 +5,25 @@ cancelled once started: the stream waits for every one (`drain`), so its post ne
 (see `Hub.post`).
 
 A post refused for now (over the rate limit, or its room busy) holds the ones behind it on its
-stream (`Hold`): they are refused too, until the client sends it again, so a stream's messages
-are stored in the order it wrote them even though the client retries each refusal on a timer
-of its own. A hold whose send never comes back lapses HOLD_GRACE after its retry time."""
+stream (`Hold`): they are refused too, and then let through one at a time in the order they
+were written, each once the one before it has come back, so a stream's messages are stored in
+the order it wrote them even though the client retries each refusal on a timer of its own. A
+held send that never comes back lapses HOLD_GRACE after its turn, and the next one's turn
+begins."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 MAX_IN_FLIGHT = 256
 HOLD_GRACE = 2.0
+# Held sends remembered a stream (each key at most 64 characters); more than a client with
+# MAX_IN_FLIGHT sends in flight has waiting.
+MAX_HELD = 1024
 # What a send refused behind a held one is told to wait at least: its retry must not spin.
 HELD_RETRY = 0.05
 
@@ -59,24 +65,40 @@ class InFlight:
 
 
 class Hold:
-    """The send, refused for now, that a stream's later sends wait behind (see the module)."""
+    """The sends, refused for now, that a stream's later sends wait behind, in the order they
+    were written (see the module). At most MAX_HELD are remembered: a client writing more
+    while held still has them refused, in no particular order among themselves."""
 
-    def __init__(self) -> None:
-        self.key = ""
-        self._retry_at = 0.0
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._turn_at = 0.0  # when the first of `_keys` may be written again
+
+    @property
+    def key(self) -> str:
+        """The send whose turn it is ("" for none)."""
+        return next(iter(self._keys), "")
 
     def wait(self, key: str) -> float | None:
-        """For a send about to be posted: None if it may go (it is the held one, coming back,
-        or nothing is held), else the seconds it should wait."""
-        if not self.key:
+        """For a send about to be posted: None if it may go (its turn has come, or nothing is
+        held), else the seconds it should wait."""
+        now = self._clock()
+        while self._keys and now > self._turn_at + HOLD_GRACE:
+            self._keys.popitem(last=False)  # it never came back: the next one's turn
+            self._turn_at += HOLD_GRACE
+        if not self._keys:
             return None
-        now = time.monotonic()
-        if key == self.key or now > self._retry_at + HOLD_GRACE:
-            self.key = ""
+        if key == self.key:
+            del self._keys[key]
+            self._turn_at = now  # the next one's turn
             return None
-        return max(self._retry_at - now, HELD_RETRY)
+        if len(self._keys) < MAX_HELD:
+            self._keys[key] = None
+        return max(self._turn_at - now, HELD_RETRY)
 
     def hold(self, key: str, retry_after: float) -> None:
-        """`key` was refused for `retry_after` seconds: the sends behind it wait for it."""
-        if not self.key:
-            self.key, self._retry_at = key, time.monotonic() + retry_after
+        """`key`, which was allowed to go, was refused for `retry_after` seconds: it is first
+        in line again, and the sends behind it wait for it."""
+        self._keys[key] = None
+        self._keys.move_to_end(key, last=False)
+        self._turn_at = self._clock() + retry_after
