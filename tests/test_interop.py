@@ -23,7 +23,7 @@ from grpcchat.client import ChatClient, ChatSession, Connected, FeedEvent, Recon
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.errors import RemoteError
 from grpcchat.core.models import Message
-from tests.conftest import run_cli_async
+from tests.conftest import cli_env, grpcchat_command, run_cli_async
 from tests.v1_peer import V1Client, V1Message, V1Server
 
 WAIT = 5.0
@@ -313,3 +313,42 @@ async def test_cli_join_with_piped_input_on_the_article_server(article_server: V
         assert texts([await carol.recv(WAIT)]) == [("dave", "hello from dave")]
         # Its own message came back to it before it left (the half-close lost nothing).
         assert "dave: hello from dave" in out
+
+
+async def test_join_shows_what_drives_a_terminal_as_visible_characters(
+    article_server: V1Server,
+) -> None:
+    """The article's server relays whatever its clients send: escape sequences that would
+    clear the screen, retitle the window or colour the rest reach `join` as text to show."""
+    process = await asyncio.create_subprocess_exec(
+        *grpcchat_command("join", "--addr", article_server.addr, "--name", "dave"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        async with V1Client(article_server.addr) as mallory:
+            await mallory.join("mallory")
+            process.stdin.write(b"ready\n")
+            await process.stdin.drain()
+            async with asyncio.timeout(WAIT):  # dave's own line is back: he is reading
+                while b"dave: ready" not in await process.stdout.readline():
+                    pass
+            await mallory.send("evil\x1b[2J", "\x1b]0;pwned\x07\x1b[31mred\x9b0m")
+            async with asyncio.timeout(WAIT):
+                shown = await process.stdout.readline()
+                while b"red" not in shown:
+                    shown = await process.stdout.readline()
+        process.stdin.close()
+        async with asyncio.timeout(WAIT):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    line = shown.decode()
+    assert line.endswith("evil␛[2J: ␛]0;pwned␇␛[31mred�0m\n")
+    assert not any(0x80 <= ord(c) < 0xA0 or (ord(c) < 32 and c != "\n") for c in line)

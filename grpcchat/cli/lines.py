@@ -23,8 +23,23 @@ class StyledLine(NamedTuple):
         return "".join(text for text, _ in self.pieces)
 
 
+# What another user, or a server that is not grpcchat, could use to drive the terminal: the C0
+# controls but newline and tab, DEL, and the C1 controls (Rich's `Text` strips only five of
+# them). Each is shown as one visible character, so styles' offsets still hold: C0 as its
+# control picture (ESC as ␛), DEL as ␡, C1 as �. A grpcchat server refuses them all in text.
+_VISIBLE = (
+    {code: 0x2400 + code for code in range(32) if code not in (9, 10)}
+    | {0x7F: 0x2421}
+    | dict.fromkeys(range(0x80, 0xA0), 0xFFFD)
+)
+
 # What `grpcchat send` says it did to a message: "(edited 3f0c...)".
 _CHANGES = {"edit": "edited", "delete": "deleted", "react": "reacted", "unreact": "took back"}
+
+
+def visible(text: str) -> str:
+    """`text` with every character that could drive the terminal shown instead."""
+    return text.translate(_VISIBLE)
 
 
 def local_time(moment: datetime) -> str:

@@ -1,10 +1,10 @@
 """Printing a `StyledLine`: through Rich on a terminal, with plain writes anywhere else.
 
 Rich writes to a file that is not a terminal the text with no styles and, with `soft_wrap`,
-no wrapping: the characters less the control codes `Text` strips. Writing those here gives
-the same bytes without importing Rich (tens of milliseconds on every scripted `grpcchat send`).
-What Rich would treat otherwise (a tab it expands, `FORCE_COLOR` or `TTY_COMPATIBLE` set, a
-character the stream cannot encode) still goes through Rich.
+no wrapping: the characters, every control shown as a visible one (`lines.visible`). Writing
+those here gives the same bytes without importing Rich (tens of milliseconds on every
+scripted `grpcchat send`). What Rich would treat otherwise (a tab it expands, `FORCE_COLOR` or
+`TTY_COMPATIBLE` set, a character the stream cannot encode) still goes through Rich.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ import os
 import sys
 from typing import TextIO
 
-from grpcchat.cli.lines import StyledLine, error_line
+from grpcchat.cli.lines import StyledLine, error_line, visible
 
-# What `rich.text.Text` strips from its text (rich.control.STRIP_CONTROL_CODES): bell,
-# backspace, vertical tab, form feed, carriage return.
-_STRIPPED = dict.fromkeys((7, 8, 11, 12, 13))
 # Environment variables with which Rich may treat a pipe as a terminal.
 _RICH_TERMINAL_VARIABLES = ("FORCE_COLOR", "TTY_COMPATIBLE")
 
@@ -25,7 +22,7 @@ _RICH_TERMINAL_VARIABLES = ("FORCE_COLOR", "TTY_COMPATIBLE")
 def emit(line: StyledLine, *, err: bool = False) -> None:
     """Print `line` on stdout (on stderr with `err`) as the command's consoles would."""
     stream = sys.stderr if err else sys.stdout
-    text = line.text.translate(_STRIPPED)
+    text = visible(line.text)
     if "\t" not in text and _plain(stream):
         try:
             stream.write(text + "\n")

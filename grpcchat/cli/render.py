@@ -1,6 +1,8 @@
 """Rich rendering: pure functions that turn domain objects into `rich.text.Text`. User-supplied
 text is always wrapped in `Text(...)`, never parsed as markup, so a message containing "[bold]"
-prints literally. (The server's log handler is in `serverlog`.)"""
+prints literally, and passes `lines.visible`, so no character in it can drive the terminal
+(a server that is not grpcchat relays whatever its clients send). (The server's log handler is
+in `serverlog`.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from grpcchat.cli.lines import StyledLine, error_line, local_time, sent_line
+from grpcchat.cli.lines import StyledLine, error_line, local_time, sent_line, visible
 from grpcchat.core.history import MAX_UNREAD
 
 if TYPE_CHECKING:
@@ -64,28 +66,28 @@ def render_message(
     line.append(" ")
     if message.recipient:
         line.append("[", style="magenta")
-        line.append(message.sender, style=sender_style(message.sender))
+        line.append(visible(message.sender), style=sender_style(message.sender))
         line.append(" → ", style="magenta")
-        line.append(message.recipient, style=sender_style(message.recipient))
+        line.append(visible(message.recipient), style=sender_style(message.recipient))
         line.append("] ", style="magenta")
     elif show_room:
-        line.append(f"#{message.room} ", style="dim cyan")
+        line.append(f"#{visible(message.room)} ", style="dim cyan")
     if message.deleted:
-        line.append(message.sender, style=sender_style(message.sender))
+        line.append(visible(message.sender), style=sender_style(message.sender))
         line.append(": ")
         line.append(DELETED, style="italic")
         line.stylize("dim")
         return line
     if message.action:
         line.append("* ", style="italic")
-        line.append(message.sender, style=sender_style(message.sender))
+        line.append(visible(message.sender), style=sender_style(message.sender))
         line.append(" ")
-        line.append(message.text, style="italic")
+        line.append(visible(message.text), style="italic")
     else:
         if not message.recipient:
-            line.append(message.sender, style=sender_style(message.sender))
+            line.append(visible(message.sender), style=sender_style(message.sender))
             line.append(": ")
-        line.append(message.text)
+        line.append(visible(message.text))
     if message.edited_at is not None:
         line.append(" (edited)", style="dim")
     if replayed:
@@ -124,13 +126,13 @@ def render_quote(quoted: Message | None, *, handle: bool = False) -> Text:
         return line
     if quoted.seq and handle:
         line.append(f"{quoted.seq} ")
-    line.append(quoted.sender, style="dim " + sender_style(quoted.sender))
+    line.append(visible(quoted.sender), style="dim " + sender_style(quoted.sender))
     line.append(": ")
     if quoted.deleted:
         line.append(DELETED, style="italic")
     else:
         text = " ".join(quoted.text.split())
-        line.append(text if len(text) <= QUOTE_LENGTH else text[: QUOTE_LENGTH - 1] + "…")
+        line.append(visible(text if len(text) <= QUOTE_LENGTH else text[: QUOTE_LENGTH - 1] + "…"))
     return line
 
 
@@ -143,8 +145,8 @@ def render_reactions(message: Message, *, handle: bool = False, changed: bool = 
     for i, reaction in enumerate(message.reactions):
         if i:
             line.append(" · ", style="dim")
-        line.append(f"{reaction.emoji} ")
-        line.append(", ".join(reaction.names), style="dim")
+        line.append(f"{visible(reaction.emoji)} ")
+        line.append(visible(", ".join(reaction.names)), style="dim")
     if not message.reactions:
         line.append("no reactions", style="dim italic")
     return line
@@ -155,17 +157,18 @@ def render_unseen_change(entry: Message) -> Text:
     relation = entry.relation
     assert relation is not None
     line = Text(f"{local_time(entry.sent_at)} ", style="dim")
-    line.append(entry.sender, style="dim " + sender_style(entry.sender))
+    line.append(visible(entry.sender), style="dim " + sender_style(entry.sender))
     match relation.kind.value:
         case "edit":
             line.append(" edited an earlier message: ", style="dim")
-            line.append(entry.text)
+            line.append(visible(entry.text))
         case "delete":
             line.append(" deleted an earlier message", style="dim")
         case "react":
-            line.append(f" reacted {relation.emoji} to an earlier message", style="dim")
+            line.append(f" reacted {visible(relation.emoji)} to an earlier message", style="dim")
         case _:
-            line.append(f" took back {relation.emoji} from an earlier message", style="dim")
+            emoji = visible(relation.emoji)
+            line.append(f" took back {emoji} from an earlier message", style="dim")
     return line
 
 
@@ -183,14 +186,14 @@ def render_presence(change: PresenceChange, *, show_room: bool = True) -> Text:
     """`→ alice joined #lobby`, dimmed: never mistaken for a message from a user."""
     arrow, verb = ("→", "joined") if change.joined else ("←", "left")
     line = Text(f"{local_time(change.at)} {arrow} ", style="dim")
-    line.append(change.name, style="dim " + sender_style(change.name))
-    line.append(f" {verb}" + (f" #{change.room}" if show_room else ""), style="dim")
+    line.append(visible(change.name), style="dim " + sender_style(change.name))
+    line.append(f" {verb}" + (f" #{visible(change.room)}" if show_room else ""), style="dim")
     return line
 
 
 def render_joined(joined: RoomJoined) -> Text:
-    line = Text(f"── #{joined.room}: ", style="dim")
-    line.append(", ".join(joined.members) or "nobody else here", style="dim")
+    line = Text(f"── #{visible(joined.room)}: ", style="dim")
+    line.append(visible(", ".join(joined.members)) or "nobody else here", style="dim")
     line.append(" ──", style="dim")
     return line
 
@@ -198,7 +201,7 @@ def render_joined(joined: RoomJoined) -> Text:
 def render_gap(gap: HistoryGap) -> Text:
     detail = f"messages {gap.first_seq}-{gap.last_seq}: " if gap.first_seq else ""
     return Text(
-        f"some history of #{gap.room} is no longer available ({detail}{gap.reason})",
+        visible(f"some history of #{gap.room} is no longer available ({detail}{gap.reason})"),
         style="yellow",
     )
 
@@ -212,7 +215,11 @@ def render_rooms(rooms: list[RoomInfo], *, unread: bool = False) -> Table:
     if unread:
         table.add_column("unread", justify="right", style="bold")
     for room in rooms:
-        cells: list[RenderableType] = [Text(f"#{room.name}"), str(room.members), str(room.messages)]
+        cells: list[RenderableType] = [
+            Text(f"#{visible(room.name)}"),
+            str(room.members),
+            str(room.messages),
+        ]
         if unread:
             cells.append(_unread(room.unread))
         table.add_row(*cells)
@@ -225,18 +232,18 @@ def _unread(count: int) -> str:
 
 
 def render_members(room: str, members: list[str]) -> Text:
-    line = Text(f"#{room}: ", style="cyan")
+    line = Text(f"#{visible(room)}: ", style="cyan")
     for i, name in enumerate(members):
         if i:
             line.append(", ")
-        line.append(name, style=sender_style(name))
+        line.append(visible(name), style=sender_style(name))
     if not members:
         line.append("nobody", style="dim")
     return line
 
 
 def render_notice(text: str, style: str = "dim") -> Text:
-    return Text(text, style=style)
+    return Text(visible(text), style=style)
 
 
 def render_started(address: str, extras: list[str]) -> Text:
@@ -257,4 +264,4 @@ def render_sent(message: Message, duplicate: bool = False) -> Text:
 
 
 def styled(line: StyledLine) -> Text:
-    return Text.assemble(*line.pieces, style=line.style)
+    return Text.assemble(*((visible(text), style) for text, style in line.pieces), style=line.style)
