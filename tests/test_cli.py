@@ -89,6 +89,48 @@ def test_stdin_that_is_not_utf8_is_one_red_line_after_what_was_sent(
     assert "#lobby seq 1" in done.stdout.decode()  # the line before it was sent
 
 
+def test_join_reads_piped_lines_as_send_does(server_process: ServerProcess) -> None:
+    """CRLF line ends, and a line that is not UTF-8 refused alone: every line after it is
+    still sent, and join ends when stdin does (it used to hang with a thread's traceback)."""
+    done = subprocess.run(
+        grpcchat_command("join", "--addr", server_process.addr, "--name", "pipe"),
+        input=b"crlf\r\nbad\xff\nafter\n",
+        capture_output=True,
+        env={**cli_env(), "PYTHONIOENCODING": "utf-8:strict"},  # as in a UTF-8 locale
+        timeout=30,
+    )
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "message text is not valid UTF-8" in out + err
+    assert "Traceback" not in out + err
+    history = run_cli("history", "--addr", server_process.addr, "--json", timeout=10)
+    texts = [json.loads(line)["text"] for line in history.stdout.splitlines()]
+    assert texts[-2:] == ["crlf", "after"]
+
+
+@pytest.mark.parametrize("command", [("send",), ("send", "--key", "k"), ("join",)])
+@pytest.mark.parametrize(("stdin", "why"), [("closed", "it is closed"), ("write-only", "Bad")])
+def test_a_stdin_that_cannot_be_read_is_one_red_line(
+    server_process: ServerProcess, command: tuple[str, ...], stdin: str, why: str
+) -> None:
+    args = [*grpcchat_command(*command, "--addr", server_process.addr, "--name", "bot")]
+    with open(os.devnull, "wb") as write_only:
+        done = subprocess.run(
+            args,
+            stdin=write_only if stdin == "write-only" else None,
+            capture_output=True,
+            env=cli_env(),
+            timeout=30,
+            close_fds=True,
+            # Closed: the child starts with no file descriptor 0 at all.
+            preexec_fn=(lambda: os.close(0)) if stdin == "closed" else None,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert f"error: cannot read stdin: {why}" in err
+    assert "Traceback" not in err
+
+
 def test_piped_lines_are_sent_as_they_come_not_at_the_end(
     server_process: ServerProcess,
 ) -> None:

@@ -48,7 +48,7 @@ def join(
     """
     from grpcchat.cli.interactive import JoinOptions, run_join
 
-    interactive = sys.stdin.isatty()
+    interactive = sys.stdin is not None and sys.stdin.isatty()
     if name is None and client.token:
         name = token_name(client.token)
     if name is None:

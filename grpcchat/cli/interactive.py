@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -407,20 +405,12 @@ def _handle_and_text(rest: str) -> tuple[int | None, str]:
 
 async def _typed_lines(room: _Chatroom, interactive: bool) -> AsyncIterator[str]:
     if not interactive:
-        # A daemon thread, not the default executor: a blocked read must not keep the process
-        # alive after the session has ended (asyncio.run waits for executor threads).
-        loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[str] = asyncio.Queue()
+        # As `grpcchat send` reads them: bytes that are not UTF-8 kept (and refused by the
+        # message check), CRLF line ends, and a stdin that cannot be read said so.
+        from grpcchat.cli import stdin
 
-        def read() -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-                for line in sys.stdin:
-                    loop.call_soon_threadsafe(lines.put_nowait, line)
-                loop.call_soon_threadsafe(lines.put_nowait, "")
-
-        threading.Thread(target=read, name="stdin", daemon=True).start()
-        while line := await lines.get():
-            yield line.rstrip("\n")
+        async for line in stdin.lines_as_they_come():
+            yield line
         return
     from prompt_toolkit import PromptSession
 
@@ -463,12 +453,14 @@ async def run_join(config: ClientConfig, options: JoinOptions, console: Console)
 
 
 async def _first_of(task: asyncio.Future[Any], receiver: asyncio.Task[None]) -> None:
-    """Wait for `task`; if the receiver ends first, raise why (it only ends on a fatal error)."""
+    """Wait for `task` and raise what it raised; if the receiver ends first, raise why (it only
+    ends on a fatal error)."""
     await asyncio.wait({task, receiver}, return_when=asyncio.FIRST_COMPLETED)
     if receiver.done():
         task.cancel()
         receiver.result()
         raise RemoteError("UNAVAILABLE", "the server ended the session")
+    task.result()  # stdin that cannot be read, say
 
 
 async def _read_input(room: _Chatroom, interactive: bool) -> None:

@@ -17,6 +17,9 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 
+from grpcchat.cli.exits import fail
+from grpcchat.core.errors import ConfigError
+
 READ_AHEAD = 1024
 # A line this long without its line break yet is handed over as it is (the message check
 # refuses it as too long), and the rest of it dropped, rather than held while it grows.
@@ -24,16 +27,24 @@ MAX_LINE_BYTES = 64 * 1024
 
 
 def read_lines() -> list[str]:
-    """Every non-blank line of stdin, once it has ended (for what takes exactly one line)."""
-    _hint()
-    return [line for raw in sys.stdin.buffer if (line := _decoded(raw)).strip()]
+    """Every non-blank line of stdin, once it has ended (for what takes exactly one line); exit
+    1 saying why if stdin cannot be read."""
+    try:
+        _hint()
+        with os.fdopen(_fd(), "rb", closefd=False) as raw_lines:
+            return [line for raw in raw_lines if (line := _decoded(raw)).strip()]
+    except ConfigError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(str(_unreadable(error)))
 
 
 async def lines_as_they_come() -> AsyncIterator[str]:
     """Each non-blank line of stdin, without its line break, as soon as it is read, until stdin
-    ends. A failure to read stdin is raised here, after the lines read before it."""
+    ends. A failure to read stdin is raised here (a ConfigError), after the lines read before
+    it."""
     loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
+    fd = _fd()
     lines: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
     room = threading.Semaphore(READ_AHEAD)
 
@@ -64,7 +75,10 @@ async def lines_as_they_come() -> AsyncIterator[str]:
                     if not overlong:
                         take(pending)  # the message check refuses it as too long
                     pending, overlong = b"", True
-        except Exception as error:  # handed to the reader, which raises it
+        except OSError as error:  # handed to the reader, which raises it
+            hand_over(_unreadable(error))
+            return
+        except Exception as error:
             hand_over(error)
             return
         if pending and not overlong:
@@ -81,12 +95,26 @@ async def lines_as_they_come() -> AsyncIterator[str]:
         yield item
 
 
+def _fd() -> int:
+    """stdin's file descriptor, or a ConfigError if there is none (started with it closed)."""
+    try:
+        if sys.stdin is None:
+            raise ValueError
+        return sys.stdin.fileno()
+    except (ValueError, OSError):
+        raise ConfigError("cannot read stdin: it is closed") from None
+
+
+def _unreadable(error: OSError) -> ConfigError:
+    return ConfigError(f"cannot read stdin: {error.strerror or error}")
+
+
 def _decoded(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
 
 
 def _hint() -> None:
-    if sys.stdin.isatty():
+    if sys.stdin is not None and sys.stdin.isatty():
         from grpcchat.cli.consoles import err_console
 
         err_console.print("[dim]reading messages from stdin, one per line; Ctrl-D ends[/]")
