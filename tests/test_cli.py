@@ -235,6 +235,24 @@ def test_serve_bad_options() -> None:
     assert "unknown log level" in bad_level.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "wording"),
+    [
+        # gRPC's deadlines overflow past these: the call never ended, or failed at once.
+        (["send", "--name", "bot", "--timeout", "inf", "hi"], "less than or equal to 31536000"),
+        (["send", "--name", "bot", "--timeout", "99999999999", "hi"], "less than or equal"),
+        (["history", "--timeout", "1e300"], "less than or equal to 31536000"),
+        # Past the seqs any store keeps (and the protobuf field's range).
+        (["history", "--before", str(2**64)], "less than or equal to 9223372036854775807"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(args: list[str], wording: str) -> None:
+    done = run_cli(*args, "--addr", "127.0.0.1:9", timeout=10)
+    assert done.returncode == 2, done.stderr
+    assert wording in " ".join(done.stderr.split()).replace("│", "").replace("  ", " ")
+    assert "Traceback" not in done.stderr
+
+
 def test_serve_logs_messages_and_drains_on_sigterm() -> None:
     server = ServerProcess()
     try:

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple, NoReturn
 
 from grpcchat.cli.version import VERSION_OPTIONS, version_line
-from grpcchat.client.config import DEFAULT_ADDR, DEFAULT_TIMEOUT
+from grpcchat.client.config import DEFAULT_ADDR, DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT
 
 COMMAND = "send"
 # Options taking a value: each spelling, its parameter, its environment variable.
@@ -65,7 +65,6 @@ _BOOLEANS = {
     **dict.fromkeys(("1", "true", "t", "yes", "y", "on"), True),
     **dict.fromkeys(("0", "false", "f", "no", "n", "off"), False),
 }
-_MIN_TIMEOUT = 0.1  # the --timeout option's `min`
 
 
 class SendCommand(NamedTuple):
@@ -180,8 +179,8 @@ def parse_send(args: Sequence[str], environ: Mapping[str, str]) -> SendCommand |
     )
     values: dict[str, object] = {p: v for p in texts if (v := lookup(p)) is not None}
     if (timeout := lookup("timeout")) is not None:
-        if not _plain_number(timeout) or float(timeout) < _MIN_TIMEOUT:
-            return None
+        if not _plain_number(timeout) or not MIN_TIMEOUT <= float(timeout) <= MAX_TIMEOUT:
+            return None  # the Typer app explains
         values["timeout"] = float(timeout)
     for flag in FLAGS.values():
         if flag in flags:

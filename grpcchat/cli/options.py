@@ -17,7 +17,13 @@ from typing import Annotated, Any
 import typer
 
 from grpcchat.cli.posting import build_config
-from grpcchat.client.config import DEFAULT_ADDR, DEFAULT_TIMEOUT, ClientConfig
+from grpcchat.client.config import (
+    DEFAULT_ADDR,
+    DEFAULT_TIMEOUT,
+    MAX_TIMEOUT,
+    MIN_TIMEOUT,
+    ClientConfig,
+)
 
 CONNECTION_HELP = "Connection"
 SECURITY_HELP = "Security"
@@ -78,7 +84,8 @@ Timeout = Annotated[
     float,
     typer.Option(
         envvar="GRPCCHAT_TIMEOUT",
-        min=0.1,
+        min=MIN_TIMEOUT,
+        max=MAX_TIMEOUT,
         help="Seconds to wait for the server.",
         rich_help_panel=CONNECTION_HELP,
     ),

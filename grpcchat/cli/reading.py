@@ -15,6 +15,7 @@ from grpcchat.cli.jsonout import message_as_json
 from grpcchat.cli.options import Json, Room, connection, name_option
 from grpcchat.cli.posting import token_name
 from grpcchat.client.config import ClientConfig
+from grpcchat.core.markers import MAX_SEQ
 from grpcchat.core.models import DEFAULT_ROOM
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ def history(
     room: Room = "",
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many messages.")] = 20,
     before: Annotated[
-        int, typer.Option(min=0, help="Only messages before this seq (page backwards).")
+        int,
+        typer.Option(min=0, max=MAX_SEQ, help="Only messages before this seq (page backwards)."),
     ] = 0,
     as_json: Json = False,
 ) -> None:

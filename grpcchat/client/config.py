@@ -8,6 +8,9 @@ from grpcchat.core.records import record
 
 DEFAULT_ADDR = "localhost:4000"
 DEFAULT_TIMEOUT = 10.0
+# The --timeout a command takes: beyond a year, gRPC's deadlines overflow (a call never ends).
+MIN_TIMEOUT = 0.1
+MAX_TIMEOUT = 365 * 86400.0
 
 
 # A host name or IPv4 address, or an IPv6 address in brackets; then a port.
