@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from grpcchat.client import ChatClient
+from grpcchat.client import ChatClient, Sent
 from grpcchat.client.config import ClientConfig
 from grpcchat.client.oneshot import send_lines
 from grpcchat.client.packing import packed_requests
@@ -336,5 +336,37 @@ async def test_lines_on_a_session_the_server_refuses_time_out_saying_why() -> No
         config = ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=1.5)
         with pytest.raises(RemoteError) as failed:
             await send_lines(config, "bot", ["a", "b"], lambda _: None)
-    assert failed.value.status == "DEADLINE_EXCEEDED"
+    assert failed.value.status == "RESOURCE_EXHAUSTED"  # why: so `send` exits 3, retry later
     assert "reconnecting: 'bot' already has 1 sessions open" in str(failed.value)
+
+
+async def test_lines_sent_while_the_server_is_down_fail_as_unavailable() -> None:
+    """As a unary send to a server that is down: exit 3 from `send`, not the deadline's 5."""
+    server = ChatServer(ServerConfig(port=0, store="memory://", grace_period=0))
+    await server.start()
+    accepted: list[str] = []
+    first_accepted = asyncio.Event()
+
+    def on_accepted(sent: Sent) -> None:
+        accepted.append(sent.message.text)
+        first_accepted.set()
+
+    async def lines() -> AsyncIterator[str]:
+        yield "before"
+        async with asyncio.timeout(5):
+            await first_accepted.wait()
+        await server.stop(0)
+        yield "after"
+
+    config = ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=1.5)
+    try:
+        with pytest.raises(RemoteError) as failed:
+            await send_lines(
+                config, "bot", lines(), lambda sent: accepted.append(sent.message.text)
+            )
+    finally:
+        await server.stop(0)
+    assert accepted == ["before"]
+    assert failed.value.status == "UNAVAILABLE"
+    assert "no answer from" in str(failed.value)
+    assert "reconnecting:" in str(failed.value)

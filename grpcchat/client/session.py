@@ -75,6 +75,8 @@ class ChatSession:
         # Why the last stream ended, while the session reconnects: a send that times out
         # meanwhile says it, rather than only that no answer came.
         self._lost_because = ""
+        # The status of why the stream was lost: what a send that times out meanwhile ends with.
+        self._lost_status = "UNAVAILABLE"
 
     @property
     def legacy(self) -> bool:
@@ -108,16 +110,16 @@ class ChatSession:
                         backoff.reset()
                         self._lost_because = ""
                     yield event
-                reason = "the server ended the stream"
+                reason, status = "the server ended the stream", "UNAVAILABLE"
             except RemoteError as error:
                 if error.status not in RETRYABLE or (not connected_once and spare <= 0):
                     raise
                 if not connected_once:
                     spare -= 1
-                reason = str(error)
+                reason, status = str(error), error.status
             if self._closed:
                 return
-            self._lost_because = reason
+            self._lost_because, self._lost_status = reason, status
             delay = backoff.next_delay()
             # A lost stream moves on to the next address (round-robin), resuming there.
             addr = self._connection.next_address()
@@ -327,9 +329,13 @@ class ChatSession:
                 ack = await asyncio.wait_for(answer, max(0.0, deadline - loop.time()))
             except TimeoutError:
                 self._outbox.forget(request.key)
-                lost = f" (reconnecting: {self._lost_because})" if self._lost_because else ""
+                # While reconnecting, the reason is why there was no answer (a server down is
+                # UNAVAILABLE, as for a unary send), not the deadline.
+                status, lost = "DEADLINE_EXCEEDED", ""
+                if self._lost_because:
+                    status, lost = self._lost_status, f" (reconnecting: {self._lost_because})"
                 raise RemoteError(
-                    "DEADLINE_EXCEEDED", f"no answer from {self._connection.addr} in time{lost}"
+                    status, f"no answer from {self._connection.addr} in time{lost}"
                 ) from None
             if not ack.code and ack.message is not None:
                 # The key is this call's own: a duplicate is its own earlier write, answered
