@@ -361,9 +361,7 @@ async def test_lines_sent_while_the_server_is_down_fail_as_unavailable() -> None
     config = ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=1.5)
     try:
         with pytest.raises(RemoteError) as failed:
-            await send_lines(
-                config, "bot", lines(), lambda sent: accepted.append(sent.message.text)
-            )
+            await send_lines(config, "bot", lines(), on_accepted)
     finally:
         await server.stop(0)
     assert accepted == ["before"]
