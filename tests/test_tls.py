@@ -200,6 +200,21 @@ async def test_unreadable_pem_files_are_clear_errors(pki: Pki, tmp_path: Path) -
         await ChatServer(replace(BASE, tls_cert=pki.server_cert, tls_key=missing)).start()
 
 
+async def test_files_that_are_not_pem_are_clear_errors(pki: Pki, tmp_path: Path) -> None:
+    """Not 'server unreachable' after retrying, nor 'the address is in use'."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"not a certificate\n")
+    with pytest.raises(ChatError, match=r"the CA file .*garbage\.pem is not PEM"):
+        ChatClient(ClientConfig(addr="127.0.0.1:1", tls_ca=str(garbage)))
+    with pytest.raises(ConfigError, match=r"the TLS certificate .*garbage\.pem is not PEM"):
+        await ChatServer(replace(BASE, tls_cert=str(garbage), tls_key=pki.server_key)).start()
+    checked = await run_cli_async(
+        "serve", "--check-config", "--tls-cert", str(garbage), "--tls-key", pki.server_key
+    )
+    assert checked.returncode == 1
+    assert "is not PEM" in checked.stderr
+
+
 # -- tokens and transport -----------------------------------------------------------------------
 
 
