@@ -107,8 +107,10 @@ def main() -> None:
         return
     command = parse_send(sys.argv[1:], os.environ)
     if command is None:
-        from grpcchat.cli.app import app
-
+        try:
+            from grpcchat.cli.app import app
+        except KeyboardInterrupt:  # Ctrl-C while the app loads: as Typer ends a command
+            raise SystemExit(130) from None
         app()
     else:
         run_send(command)
