@@ -195,6 +195,13 @@ class Hub:
         finally:
             session.close()
             self._forget(session)  # an evicted session is closed already: forget it anyway
+            if peer:
+                # Counted until its call is over, not only until the session is: a client cut
+                # off as a slow consumer that never reads again keeps its call open (its status
+                # waits behind what it does not read), and must not open more meanwhile.
+                self._by_peer[peer] -= 1
+                if not self._by_peer[peer]:
+                    del self._by_peer[peer]
 
     def _forget(self, session: Session) -> None:
         """Take a closed session out of every room at once, even while its writer is stuck."""
@@ -214,10 +221,6 @@ class Hub:
                     self._announce(CONNECTED, session.name, joined=False)
             if not session.name:
                 self._anonymous -= 1
-            if session.peer:
-                self._by_peer[session.peer] -= 1
-                if not self._by_peer[session.peer]:
-                    del self._by_peer[session.peer]
 
     def _evicted_during_fan_out(self, session: Session) -> None:
         """Called by a session that overflowed: forgotten once the current fan-out is over."""
