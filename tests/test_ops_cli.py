@@ -232,10 +232,14 @@ def test_every_config_field_is_shown() -> None:
         ["--auth-secret", "short"],
         ["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"],
         ["--port", "70000"],  # refused by the option itself (usage error)
+        ["--max-connection-age", "3000000"],  # past gRPC's 32-bit milliseconds
+        ["--max-connection-age", "10", "--max-connection-age-grace", "1e300"],
+        ["--store", "redis://u:short@h"],  # unknown, and its password masked
+        ["--store", "sqlite://"],
     ],
 )
 def test_a_bad_config_fails_as_serve_does(bad: list[str], held_port: int) -> None:
-    common = ["--store", "memory://", *bad]
+    common = ["--store", "memory://", *bad] if "--store" not in bad else bad
     if "--port" not in bad:
         # Should serve get past the config, it fails to bind instead of serving.
         common += ["--port", str(held_port)]

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import platformdirs
 
+from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Retention
 from grpcchat.core.limits import Limits
 from grpcchat.core.records import record
@@ -21,6 +22,7 @@ from grpcchat.server.connections import (
     DEFAULT_MAX_CONNECTION_AGE_GRACE,
     Keepalive,
 )
+from grpcchat.server.engines import check_store_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4000
@@ -30,6 +32,8 @@ SECRET = {"secret": True}
 # `--workers`: processes on one port; `--nats-replicas`: JetStream's own limit.
 MAX_WORKERS = 64
 MAX_NATS_REPLICAS = 5
+# What gRPC takes for a time in milliseconds: a signed 32-bit int (about 24.8 days).
+MAX_GRPC_SECONDS = (2**31 - 1) // 1000
 # `web_port`: 0 is off (the default); this asks for any free port (tests read the real one).
 WEB_PORT_ANY = -1
 
@@ -125,10 +129,24 @@ class ServerConfig:
         ):
             if not 0 <= seconds < math.inf:
                 raise ValueError(f"{what} must be 0 or more seconds (and finite), not {seconds}")
+        for what, seconds in (
+            ("max connection age", self.max_connection_age),
+            ("max connection age grace", self.max_connection_age_grace),
+        ):
+            if seconds > MAX_GRPC_SECONDS:
+                raise ValueError(
+                    f"{what} must be at most {MAX_GRPC_SECONDS:.0f} seconds (gRPC counts it in "
+                    f"32-bit milliseconds, about 24.8 days), not {seconds:g}"
+                )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.store:
+            try:
+                check_store_url(self.store)
+            except StoreError as error:
+                raise ValueError(str(error)) from None
         self._check_scale_out()
         self._check_web()
 

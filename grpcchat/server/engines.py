@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import HistoryStore, Retention
+from grpcchat.core.urls import redacted_url
 
 
 async def open_store(url: str, retention: Retention | None = None) -> HistoryStore:
@@ -19,6 +20,7 @@ async def open_store(url: str, retention: Retention | None = None) -> HistorySto
     (`grpcchat[nats]`), shared by every server using that stream. Raises StoreError for an
     unknown scheme, an unusable file or an unreachable NATS.
     """
+    check_store_url(url)
     retention = retention or Retention()
     scheme, _, path = url.partition("://")
     if scheme == "memory":
@@ -28,8 +30,6 @@ async def open_store(url: str, retention: Retention | None = None) -> HistorySto
     if scheme == "sqlite":
         from grpcchat.store.sqlite import SqliteStore
 
-        if not path:
-            raise StoreError("the sqlite store needs a path: sqlite:///path/to/history.db")
         return await SqliteStore.open(path, retention)
     if scheme == "nats":
         try:
@@ -39,6 +39,17 @@ async def open_store(url: str, retention: Retention | None = None) -> HistorySto
                 f"the nats store needs nats-py ({exc}): pip install 'grpcchat[nats]'"
             ) from None
         return await NatsStore.open(url, retention)
-    raise StoreError(
-        f"unknown store {url!r}: use memory://, sqlite:///path/to/history.db or nats://host:4222"
-    )
+    raise AssertionError(f"check_store_url let {redacted_url(url)!r} through")
+
+
+def check_store_url(url: str) -> None:
+    """StoreError unless `url` names an engine `open_store` knows, with what it needs (without
+    opening anything: `serve --check-config` checks it as `serve` would)."""
+    scheme, _, path = url.partition("://")
+    if scheme not in ("memory", "sqlite", "nats"):
+        raise StoreError(
+            f"unknown store {redacted_url(url)!r}: use memory://, sqlite:///path/to/history.db "
+            "or nats://host:4222"
+        )
+    if scheme == "sqlite" and not path:
+        raise StoreError("the sqlite store needs a path: sqlite:///path/to/history.db")

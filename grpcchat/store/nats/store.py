@@ -282,11 +282,12 @@ class NatsStore:
         # it short those tasks can fail with nobody to retrieve the error. Whatever the feed still
         # receives has no session left to go to; what must not be lost is what this process
         # published, and the flush's round trip proves the server has it (close sends the rest).
-        with contextlib.suppress(*NATS_ERRORS):
+        with contextlib.suppress(*NATS_ERRORS, RuntimeError):
             await self._nc.flush(timeout=FLUSH_TIMEOUT)
-        # With NATS gone, nats-py's close fails sending what it still holds (ConnectionResetError)
-        # or waits on a dead link: the store is closed all the same.
-        with contextlib.suppress(*NATS_ERRORS):
+        # With NATS gone, nats-py's close fails sending what it still holds (ConnectionResetError;
+        # under uvloop a RuntimeError, "the handler is closed") or waits on a dead link: the
+        # store is closed all the same.
+        with contextlib.suppress(*NATS_ERRORS, RuntimeError):
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self._nc.close()
 
