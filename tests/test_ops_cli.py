@@ -195,8 +195,8 @@ def test_check_config_shows_an_unset_secret_and_the_tls_paths_not_their_contents
     tmp_path: Path,
 ) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.write_text("CERTIFICATE CONTENTS\n")
-    key.write_text("PRIVATE KEY CONTENTS\n")
+    cert.write_text("-----BEGIN CERTIFICATE-----\nCERTIFICATE CONTENTS\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nPRIVATE KEY CONTENTS\n")
     code, out, err = run_cli(
         "serve",
         "--check-config",
