@@ -231,6 +231,8 @@ class Supervisor:
                 task.cancel()
             await asyncio.wait([starting])
         failed = None if starting.cancelled() else starting.exception()
+        if isinstance(failed, asyncio.CancelledError):  # a stop while starting: not a failure
+            failed = None
         if failed is not None or self._stop.is_set():
             stopping.cancel()
             if isinstance(failed, ChatError):  # the first worker that could not start
