@@ -215,6 +215,18 @@ async def test_files_that_are_not_pem_are_clear_errors(pki: Pki, tmp_path: Path)
     assert "is not PEM" in checked.stderr
 
 
+async def test_a_key_of_another_certificate_is_a_clear_error(pki: Pki) -> None:
+    """Not 'cannot listen: the address is in use', and caught by --check-config too."""
+    mismatched = replace(BASE, tls_cert=pki.server_cert, tls_key=pki.client_key)
+    with pytest.raises(ConfigError, match=r"do not load as a pair \(KEY_VALUES_MISMATCH\)"):
+        await ChatServer(mismatched).start()
+    checked = await run_cli_async(
+        "serve", "--check-config", "--tls-cert", pki.server_cert, "--tls-key", pki.client_key
+    )
+    assert checked.returncode == 1
+    assert "do not load as a pair" in checked.stderr
+
+
 # -- tokens and transport -----------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from grpcchat.core.files import read_pem
+from grpcchat.core.files import check_tls_files, read_pem
 from grpcchat.core.urls import redacted_url
 
 MASK = "****"
@@ -85,6 +85,8 @@ def check_files(config: object) -> None:
         path = getattr(config, name, "")
         if path:
             read_pem(path, what)
+    if cert := getattr(config, "tls_cert", ""):
+        check_tls_files(cert, getattr(config, "tls_key", ""), getattr(config, "tls_client_ca", ""))
 
 
 def print_settings(items: list[tuple[str, str, bool]], console: Console) -> None:

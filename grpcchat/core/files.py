@@ -19,3 +19,30 @@ def read_pem(path: str, what: str) -> bytes:
     if b"-----BEGIN " not in pem:
         raise ConfigError(f"the {what} {path} is not PEM (no -----BEGIN line)")
     return pem
+
+
+def check_tls_files(cert: str, key: str, client_ca: str = "") -> None:
+    """A ConfigError unless the certificate chain and key load and belong together (and the
+    client CA, if any, loads): gRPC, given a key of another certificate, fails as if the
+    address were in use."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An encrypted key gets no password (gRPC takes none): refused, never prompted for.
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(
+            f"the TLS certificate {cert} and key {key} do not load as a pair "
+            f"({_why(error)}): is the key the certificate's?"
+        ) from None
+    if client_ca:
+        try:
+            context.load_verify_locations(client_ca)
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigError(f"the client CA {client_ca} does not load ({_why(error)})") from None
+
+
+def _why(error: OSError) -> str:
+    """An SSLError's reason ("KEY_VALUES_MISMATCH"), else the OS's words."""
+    return str(getattr(error, "reason", None) or error.strerror or error)
