@@ -238,6 +238,8 @@ def test_every_config_field_is_shown() -> None:
         ["--max-connection-age", "10", "--max-connection-age-grace", "1e300"],
         ["--store", "redis://u:short@h"],  # unknown, and its password masked
         ["--store", "sqlite://"],
+        ["--port", "14600", "--metrics-port", "14600"],  # the second would fail to bind
+        ["--metrics-port", "14602", "--web-port", "14602"],
     ],
 )
 def test_a_bad_config_fails_as_serve_does(bad: list[str], held_port: int) -> None:

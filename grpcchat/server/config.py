@@ -149,6 +149,26 @@ class ServerConfig:
                 raise ValueError(str(error)) from None
         self._check_scale_out()
         self._check_web()
+        self._check_ports_apart()
+
+    def _check_ports_apart(self) -> None:
+        """The gRPC, web and metrics ports (one a worker) given are all different: otherwise
+        the second to start fails as if another program held the port."""
+        ports = [("--port", self.port)] if self.port else []
+        if self.web_port > 0:
+            ports.append(("--web-port", self.web_port))
+        if self.metrics_port:
+            metrics = range(self.metrics_port, self.metrics_port + self.workers)
+            ports += [("--metrics-port", port) for port in metrics]
+        seen: dict[int, str] = {}
+        for option, port in ports:
+            if port in seen and seen[port] != option:
+                raise ValueError(
+                    f"{option} and {seen[port]} both take port {port}"
+                    + (" (one metrics port a worker)" if self.workers > 1 else "")
+                    + ": give each its own"
+                )
+            seen.setdefault(port, option)
 
     def _check_web(self) -> None:
         if not WEB_PORT_ANY <= self.web_port <= 65535:
