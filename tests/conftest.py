@@ -90,17 +90,23 @@ def run_cli(
     return CliResult(done.returncode, done.stdout, done.stderr)
 
 
-async def run_cli_async(
-    *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout: float = 30
-) -> CliResult:
-    """`run_cli` without blocking the event loop an in-process server runs on."""
-    process = await asyncio.create_subprocess_exec(
+async def start_cli(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """`grpcchat ARGS` started as a subprocess with stdin, stdout and stderr piped (default
+    environment: `cli_env()`), for a test that talks to it while it runs."""
+    return await asyncio.create_subprocess_exec(
         *grpcchat_command(*args),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=cli_env() if env is None else env,
     )
+
+
+async def run_cli_async(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout: float = 30
+) -> CliResult:
+    """`run_cli` without blocking the event loop an in-process server runs on."""
+    process = await start_cli(*args, env=env)
     try:
         out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout)
     except TimeoutError:

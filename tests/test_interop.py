@@ -23,7 +23,7 @@ from grpcchat.client import ChatClient, ChatSession, Connected, FeedEvent, Recon
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.errors import RemoteError
 from grpcchat.core.models import Message
-from tests.conftest import cli_env, grpcchat_command, run_cli_async
+from tests.conftest import run_cli_async, start_cli
 from tests.v1_peer import V1Client, V1Message, V1Server
 
 WAIT = 5.0
@@ -320,13 +320,7 @@ async def test_join_shows_what_drives_a_terminal_as_visible_characters(
 ) -> None:
     """The article's server relays whatever its clients send: escape sequences that would
     clear the screen, retitle the window or colour the rest reach `join` as text to show."""
-    process = await asyncio.create_subprocess_exec(
-        *grpcchat_command("join", "--addr", article_server.addr, "--name", "dave"),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
-    )
+    process = await start_cli("join", "--addr", article_server.addr, "--name", "dave")
     assert process.stdin is not None
     assert process.stdout is not None
     try:

@@ -27,7 +27,14 @@ from grpcchat.cli import render
 from grpcchat.cli.interactive import HELP
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
-from tests.conftest import ServerProcess, cli_env, grpcchat_command, run_cli_async, send_as
+from tests.conftest import (
+    ServerProcess,
+    cli_env,
+    grpcchat_command,
+    run_cli_async,
+    send_as,
+    start_cli,
+)
 from tests.helpers import Follower
 from tests.tty import Terminal, rendered_style
 
@@ -49,12 +56,8 @@ class PipedJoin:
 
     @classmethod
     async def start(cls, addr: str, name: str, *options: str) -> PipedJoin:
-        process = await asyncio.create_subprocess_exec(
-            *grpcchat_command("join", "--name", name, "--addr", addr, "--timeout", "5", *options),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=cli_env(),
+        process = await start_cli(
+            "join", "--name", name, "--addr", addr, "--timeout", "5", *options
         )
         return cls(process)
 

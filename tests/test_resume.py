@@ -28,7 +28,7 @@ from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
 from grpcchat.wire import codec
-from tests.conftest import ServerProcess, cli_env, grpcchat_command
+from tests.conftest import ServerProcess, start_cli
 from tests.helpers import served
 
 
@@ -217,13 +217,7 @@ async def test_join_command_shows_what_was_sent_while_it_was_away_once(tmp_path:
     args = ("--data-dir", str(tmp_path / "data"), "--rate", "0", "--quiet")
     server = await asyncio.to_thread(ServerProcess, *args)
     servers = [server]
-    join = await asyncio.create_subprocess_exec(
-        *grpcchat_command("join", "--addr", server.addr, "--name", "alice", "--history", "2"),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
-    )
+    join = await start_cli("join", "--addr", server.addr, "--name", "alice", "--history", "2")
     assert join.stdout is not None
     lines: list[str] = []
 

@@ -21,7 +21,7 @@ from typing import Any
 
 MAX_IN_FLIGHT = 256
 HOLD_GRACE = 2.0
-# Held sends remembered a stream (each key at most 64 characters); more than a client with
+# Held sends remembered a stream (each key at most 128 bytes); more than a client with
 # MAX_IN_FLIGHT sends in flight has waiting.
 MAX_HELD = 1024
 # What a send refused behind a held one is told to wait at least: its retry must not spin.

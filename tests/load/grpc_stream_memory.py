@@ -23,6 +23,7 @@ import sys
 import time
 
 import grpc
+from big_room import rss_mib  # this folder is the script's: on sys.path
 
 _SERVER = """
 import asyncio, json, sys
@@ -48,14 +49,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def _hold_calls(port: int, calls: int, channels: int, answered: object) -> None:
