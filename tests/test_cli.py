@@ -91,7 +91,8 @@ def test_stdin_that_is_not_utf8_is_one_red_line_after_what_was_sent(
 
 def test_join_reads_piped_lines_as_send_does(server_process: ServerProcess) -> None:
     """CRLF line ends, and a line that is not UTF-8 refused alone: every line after it is
-    still sent, and join ends when stdin does (it used to hang with a thread's traceback)."""
+    still sent, and join ends when stdin does (it used to hang with a thread's traceback),
+    with the refusal's exit code (it used to be 0)."""
     done = subprocess.run(
         grpcchat_command("join", "--addr", server_process.addr, "--name", "pipe"),
         input=b"crlf\r\nbad\xff\nafter\n",
@@ -100,12 +101,88 @@ def test_join_reads_piped_lines_as_send_does(server_process: ServerProcess) -> N
         timeout=30,
     )
     out, err = done.stdout.decode(), done.stderr.decode()
-    assert done.returncode == 0, err
+    assert done.returncode == 4, err
     assert "message text is not valid UTF-8" in out + err
     assert "Traceback" not in out + err
     history = run_cli("history", "--addr", server_process.addr, "--json", timeout=10)
     texts = [json.loads(line)["text"] for line in history.stdout.splitlines()]
     assert texts[-2:] == ["crlf", "after"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "code"),
+    [("one\ntwo\n", 0), ("/nosuch\ntwo\n", 2), ("/join Bad!\ntwo\n", 4)],
+)
+def test_piped_join_exits_with_the_first_refusal(
+    server_process: ServerProcess, lines: str, code: int
+) -> None:
+    """Every line is still tried; the exit code tells a script whether all of them went."""
+    done = run_cli(
+        "join", "--addr", server_process.addr, "--name", "piper", "--room", "pipes", stdin=lines
+    )
+    assert done.returncode == code, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    history = run_cli("history", "--addr", server_process.addr, "--room", "pipes", "--json")
+    assert [json.loads(line)["text"] for line in history.stdout.splitlines()][-1] == "two"
+
+
+def test_a_room_may_be_typed_as_it_is_printed(server_process: ServerProcess) -> None:
+    """`#ops` names room ops for every command, as join always took it; a lone `#` is refused,
+    not taken for the default room."""
+    addr = ("--addr", server_process.addr)
+    sent = run_cli("send", *addr, "--name", "bot", "--room", "#ops", "hashed")
+    assert sent.returncode == 0, sent.stderr
+    assert "#ops seq 1" in sent.stdout
+    history = run_cli("history", *addr, "--room", "#ops", "--json")
+    assert [json.loads(line)["text"] for line in history.stdout.splitlines()] == ["hashed"]
+    assert run_cli("who", *addr, "--room", "#ops", "--json").returncode == 0
+    lone = run_cli("send", *addr, "--name", "bot", "--room", "#", "where?")
+    assert lone.returncode == 4
+    assert "room name '#' is not allowed" in lone.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "args",
+    [("--version",), ("history", "--help"), ("send", "--name", "bot", "hi"), ("rooms",)],
+)
+def test_output_that_cannot_be_written_is_one_red_line(
+    server_process: ServerProcess, args: tuple[str, ...]
+) -> None:
+    """A full disk under stdout (`> /dev/full`), on the fast path and through Typer."""
+    if args[0] in ("send", "rooms"):
+        args = (*args, "--addr", server_process.addr)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            grpcchat_command(*args),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=cli_env(),
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: cannot write the output: No space left on device"
+
+
+def test_a_message_of_several_lines_cannot_pass_for_other_lines(
+    server_process: ServerProcess,
+) -> None:
+    """Its lines after the first are marked as its own: not a presence line, not a message of
+    someone else."""
+    addr = ("--addr", server_process.addr)
+    forged = "hi\n12:00:00 → bob joined #lobby\n12:00:01 bob: I am bob"
+    assert run_cli("send", *addr, "--name", "eve", forged).returncode == 0
+    shown = run_cli("history", *addr).stdout.splitlines()
+    assert shown[0].endswith(" eve: hi")
+    assert shown[1:] == ["  ┆ 12:00:00 → bob joined #lobby", "  ┆ 12:00:01 bob: I am bob"]
+
+
+def test_join_off_a_terminal_without_a_name_is_a_usage_error() -> None:
+    done = run_cli("join", "--addr", "127.0.0.1:9", stdin="hi\n")
+    assert done.returncode == 2
+    assert "--name is required when stdin is not a terminal" in done.stderr
 
 
 @pytest.mark.parametrize("command", [("send",), ("send", "--key", "k"), ("join",)])
@@ -230,9 +307,10 @@ def test_serve_rejects_a_busy_port(server_process: ServerProcess) -> None:
 
 def test_serve_bad_options() -> None:
     assert run_cli("serve", "--port", "70000").returncode == 2
-    bad_level = run_cli("serve", "--port", "0", "--log-level", "loud")
-    assert bad_level.returncode == 1
-    assert "unknown log level" in bad_level.stderr
+    for option in ("--log-level", "--log-format"):
+        bad = run_cli("serve", "--port", "0", option, "loud")
+        assert bad.returncode == 2, option
+        assert f"unknown {option.removeprefix('--').replace('-', ' ')} 'loud'" in bad.stderr
 
 
 @pytest.mark.parametrize(

@@ -305,9 +305,10 @@ async def test_a_bad_command_is_one_error_line_and_the_session_goes_on(
     # One line each, in any order (a command that needs no server answers at once).
     assert sorted(line for line in alice.seen if "error" in line) == sorted(errors), alice.seen
     assert not [line for line in alice.seen if "left #" in line], alice.seen
-    # None of them was sent as a message, and the session ends normally.
+    # None of them was sent as a message, and the session ends with the first one's code (off
+    # a terminal: a script must not see 0): the unknown command, a usage error.
     assert await texts(chat, "lobby") == ["still here"]
-    assert await alice.quit() == 0
+    assert await alice.quit() == 2
 
 
 async def test_help_lists_the_commands(start_join: StartJoin) -> None:

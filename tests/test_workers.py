@@ -454,3 +454,17 @@ def _fake_workers(monkeypatch: pytest.MonkeyPatch, then: str, first: str = "") -
         return workers._Worker(index, process)
 
     monkeypatch.setattr(workers.Supervisor, "_spawn", spawn)
+
+
+async def test_a_worker_line_past_the_reader_limit_does_not_stop_its_relay() -> None:
+    """A worker's output is read to its end however long a line is: iterating the reader
+    stopped at a line over its 64 KiB limit, and the worker's stderr pipe then filled."""
+    from grpcchat.server.workers import read_lines
+
+    written = b"x" * 200_000 + b"\nafter\nlast, no newline"
+    reader = asyncio.StreamReader()  # the default limit, as for the worker's pipes
+    reader.feed_data(written)
+    reader.feed_eof()
+    lines = [line async for line in read_lines(reader)]
+    assert b"".join(lines) == written
+    assert lines[-2:] == [b"after\n", b"last, no newline"]

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from grpcchat.cli.consoles import console
-from grpcchat.cli.exits import fail, run
+from grpcchat.cli.exits import EXIT_USAGE, fail, run
 from grpcchat.cli.options import Room, connection, json_option, name_option, room_option
 from grpcchat.cli.posting import post, token_name
+from grpcchat.cli.roomarg import room_argument
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.models import DEFAULT_ROOM
 
@@ -40,7 +41,8 @@ def join(
 
     If the server goes away the session reconnects and resumes where it was,
     nothing missed. With stdin not a terminal, each line read is sent as a
-    message.
+    message; the exit code is then that of the first line refused (see
+    `grpcchat send --help`), 0 if every line was sent.
 
     Examples:
       grpcchat join --name alice --room lobby,games
@@ -53,10 +55,12 @@ def join(
         name = token_name(client.token)
     if name is None:
         if not interactive:
-            fail("--name is required when stdin is not a terminal")
+            fail("--name is required when stdin is not a terminal", EXIT_USAGE)
         name = typer.prompt("Enter your name")
     options = JoinOptions(name, _rooms(room), history, interactive)
-    run(run_join(client, options, console))
+    code = run(run_join(client, options, console))
+    if code:
+        raise SystemExit(code)
 
 
 def _change_option(flag: str, help: str) -> Any:
@@ -143,5 +147,5 @@ def send(
 
 
 def _rooms(values: list[str] | None) -> tuple[str, ...]:
-    rooms = [r.strip().lstrip("#") for v in values or [] for r in v.split(",") if r.strip()]
+    rooms = [room_argument(r.strip()) for v in values or [] for r in v.split(",") if r.strip()]
     return tuple(dict.fromkeys(rooms)) or (DEFAULT_ROOM,)

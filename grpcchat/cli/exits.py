@@ -8,6 +8,10 @@ fails through these too. `fail` raises `SystemExit`, which ends a Typer command 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import os
+import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn, TypeVar
 
@@ -34,10 +38,22 @@ _EXIT_BY_STATUS = {
     "PERMISSION_DENIED": EXIT_UNAUTHENTICATED,
 }
 
+# What writing the output can fail with besides EPIPE (a reader that went away, which ends
+# the command quietly, as Click ends it): a full disk or quota, a file grown too large, an
+# I/O error.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
 
 def exit_code(status: str) -> int:
     """The exit code for a gRPC status name the server (or the channel) answered with."""
     return _EXIT_BY_STATUS.get(status, EXIT_REJECTED)
+
+
+def error_exit_code(error: ChatError) -> int:
+    """The exit code for a library error: by its status if the server answered with one."""
+    if isinstance(error, RemoteError):
+        return exit_code(error.status)
+    return EXIT_FAILURE if isinstance(error, ConfigError) else EXIT_REJECTED
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -50,11 +66,22 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     and an exit code."""
     try:
         return asyncio.run(coroutine)
-    except RemoteError as error:
-        fail(str(error), exit_code(error.status))
-    except ConfigError as error:
-        fail(str(error), EXIT_FAILURE)
     except ChatError as error:
-        fail(str(error), EXIT_REJECTED)
+        fail(str(error), error_exit_code(error))
     except KeyboardInterrupt:
         raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def is_write_failure(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _WRITE_ERRNOS
+
+
+def fail_to_write(error: OSError) -> NoReturn:
+    """`grpcchat ... > /dev/full`: one red line on stderr and exit 1, instead of a traceback.
+    What is still buffered for stdout goes to /dev/null, so exiting does not fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    what = f"cannot write {error.filename}" if error.filename else "cannot write the output"
+    with contextlib.suppress(OSError):  # stderr is full too: the exit code has to say it
+        emit_error(f"{what}: {error.strerror}")
+    raise SystemExit(EXIT_FAILURE)

@@ -102,18 +102,25 @@ def main() -> None:
     # command's stderr is for its own one-line errors. grpc is imported later, so this is
     # in time.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    if len(sys.argv) == 2 and sys.argv[1] in VERSION_OPTIONS:  # as the Typer app's --version
-        print(version_line())
-        return
-    command = parse_send(sys.argv[1:], os.environ)
-    if command is None:
-        try:
-            from grpcchat.cli.app import app
-        except KeyboardInterrupt:  # Ctrl-C while the app loads: as Typer ends a command
-            raise SystemExit(130) from None
-        app()
-    else:
-        run_send(command)
+    try:
+        if len(sys.argv) == 2 and sys.argv[1] in VERSION_OPTIONS:  # as the Typer app's
+            print(version_line())
+            return
+        command = parse_send(sys.argv[1:], os.environ)
+        if command is None:
+            try:
+                from grpcchat.cli.app import app
+            except KeyboardInterrupt:  # Ctrl-C while the app loads: as Typer ends a command
+                raise SystemExit(130) from None
+            app()
+        else:
+            run_send(command)
+    except OSError as error:  # any command's output, on either path
+        from grpcchat.cli.exits import fail_to_write, is_write_failure
+
+        if not is_write_failure(error):
+            raise
+        fail_to_write(error)
 
 
 def parse_send(args: Sequence[str], environ: Mapping[str, str]) -> SendCommand | None:
@@ -245,6 +252,10 @@ def run_send(command: SendCommand) -> None:
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except OSError as error:
+        from grpcchat.cli.exits import is_write_failure
+
+        if is_write_failure(error):
+            raise  # main says so in one line
         if error.errno != errno.EPIPE:
             _typer_traceback(error)
         _quiet_broken_pipe()

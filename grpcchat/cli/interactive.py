@@ -23,6 +23,8 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from grpcchat.cli import render
+from grpcchat.cli.exits import EXIT_REJECTED, EXIT_USAGE, error_exit_code, exit_code
+from grpcchat.cli.roomarg import room_argument
 from grpcchat.cli.timeline import Timeline
 from grpcchat.cli.typists import TypingSender, Typists, typing_line
 from grpcchat.client import ChatClient, ChatSession, Connected, Reconnecting
@@ -101,6 +103,9 @@ class _Chatroom:
         self._marked_at = 0.0
         # Typing notices and read markers are sent in the background; kept until done.
         self._background: set[asyncio.Task[None]] = set()
+        # Off a terminal, the exit code of the first thing refused (0: none): a script piping
+        # lines in must not see 0 when one was not sent. A person saw each refusal.
+        self.exit_code = 0
 
     def _several(self, room: str) -> bool:
         # A room just left (its messages may still be on the way) is labelled too.
@@ -113,8 +118,10 @@ class _Chatroom:
         for line in lines:
             self.show(line)
 
-    def fail(self, text: str) -> None:
+    def fail(self, text: str, code: int = EXIT_REJECTED) -> None:
         self.show(render.render_error(text))
+        if not self.interactive:
+            self.exit_code = self.exit_code or code
 
     async def receive(self) -> None:
         """Print the session's events until cancelled; raises if the first connection fails."""
@@ -150,12 +157,12 @@ class _Chatroom:
                         # Not a join (the session would have given the room up): a typing
                         # notice or read marker. One refused for rate is no news.
                         if event.code != "RESOURCE_EXHAUSTED":
-                            self.fail(f"#{event.room}: {event.reason}")
+                            self.fail(f"#{event.room}: {event.reason}", exit_code(event.code))
                         continue
                     self.timeline.unjoined(event.room)
                     if self.current == event.room:  # a refused /join: stay where we were
                         self.current = self.session.rooms[-1] if self.session.rooms else None
-                    self.fail(f"#{event.room}: {event.reason}")
+                    self.fail(f"#{event.room}: {event.reason}", exit_code(event.code))
                 case Connected():
                     if event.legacy:
                         for room in event.rooms:
@@ -188,7 +195,7 @@ class _Chatroom:
             try:
                 await action()
             except ChatError as error:
-                self.fail(str(error))
+                self.fail(str(error), error_exit_code(error))
 
     def handle(self, line: str) -> bool:
         """Queue what a typed line asks for; False when it asks to leave."""
@@ -212,13 +219,13 @@ class _Chatroom:
     def _command(self, command: str, rest: str) -> Action | None:
         match command:
             case "/join" if rest:
-                return lambda: self._join(rest.lstrip("#"))
+                return lambda: self._join(room_argument(rest))
             case "/leave":
-                return lambda: self._leave(rest.lstrip("#") or self.current)
+                return lambda: self._leave(room_argument(rest) or self.current)
             case "/rooms":
                 return self._rooms
             case "/who":
-                return lambda: self._who(rest.lstrip("#") or self.current)
+                return lambda: self._who(room_argument(rest) or self.current)
             case "/msg" if len(rest.split(maxsplit=1)) == 2:
                 name, text = rest.split(maxsplit=1)
                 return lambda: self._say(text, recipient=name)
@@ -240,7 +247,9 @@ class _Chatroom:
             case "/help":
                 self.show(render.render_notice(HELP))
             case _:
-                self.fail(f"unknown or incomplete command {command!r}; /help lists them")
+                self.fail(
+                    f"unknown or incomplete command {command!r}; /help lists them", EXIT_USAGE
+                )
         return None
 
     async def _say(
@@ -423,9 +432,10 @@ async def _typed_lines(room: _Chatroom, interactive: bool) -> AsyncIterator[str]
             return
 
 
-async def run_join(config: ClientConfig, options: JoinOptions, console: Console) -> None:
-    """Join rooms and chat until the user leaves. Raises RemoteError if the server cannot be
-    reached or ends the session for good (a refused name, say)."""
+async def run_join(config: ClientConfig, options: JoinOptions, console: Console) -> int:
+    """Join rooms and chat until the user leaves; return the exit code: that of the first
+    thing refused (each was shown as it happened), 0 if none was. Raises RemoteError if the
+    server cannot be reached or ends the session for good (a refused name, say)."""
     async with ChatClient(config) as client:
         session = client.session(options.name, options.rooms, history=options.history)
         room = _Chatroom(session, console, options.interactive)
@@ -443,6 +453,7 @@ async def run_join(config: ClientConfig, options: JoinOptions, console: Console)
             room.actions.put_nowait(None)
             # Leaving waits for everything typed to be done; each send has its own deadline.
             await worker
+            return room.exit_code
         finally:
             for task in (typing, worker):
                 if task is not None:

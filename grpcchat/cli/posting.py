@@ -10,6 +10,7 @@ from grpcchat.cli.exits import EXIT_USAGE, fail, run
 from grpcchat.cli.jsonout import message_as_json
 from grpcchat.cli.lines import sent_line
 from grpcchat.cli.output import emit
+from grpcchat.cli.roomarg import room_argument
 from grpcchat.client.config import AddressError, ClientConfig
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def post(
         "--unreact": unreact,
         "--reply-to": reply_to,
     }
+    room = room_argument(room)
     given = [option for option, target in changes.items() if target]
     if len(given) > 1:
         fail(f"{given[0]} and {given[1]} cannot be used together: one change per send", EXIT_USAGE)

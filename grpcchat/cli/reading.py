@@ -14,6 +14,7 @@ from grpcchat.cli.exits import run
 from grpcchat.cli.jsonout import message_as_json
 from grpcchat.cli.options import Json, Room, connection, name_option
 from grpcchat.cli.posting import token_name
+from grpcchat.cli.roomarg import room_argument
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.markers import MAX_SEQ
 from grpcchat.core.models import DEFAULT_ROOM
@@ -51,6 +52,7 @@ def history(
       grpcchat history --room ops --limit 50
       grpcchat history --json | jq 'select(.edited)'
     """
+    room = room_argument(room)
     messages = ask(client, lambda chat: chat.latest(room, limit=limit, before=before))
     by_id = {message.id: message for message in messages}
     handles = console.is_terminal
@@ -96,6 +98,7 @@ def rooms(
 @connection
 def who(client: ClientConfig, room: Room = "", as_json: Json = False) -> None:
     """List who is in a room now."""
+    room = room_argument(room)
     members = ask(client, lambda chat: chat.members(room))
     if as_json:
         print(json.dumps({"room": room or DEFAULT_ROOM, "members": members}))

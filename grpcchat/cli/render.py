@@ -82,12 +82,12 @@ def render_message(
         line.append("* ", style="italic")
         line.append(visible(message.sender), style=sender_style(message.sender))
         line.append(" ")
-        line.append(visible(message.text), style="italic")
+        _append_text(line, message.text, handle, style="italic")
     else:
         if not message.recipient:
             line.append(visible(message.sender), style=sender_style(message.sender))
             line.append(": ")
-        line.append(visible(message.text))
+        _append_text(line, message.text, handle)
     if message.edited_at is not None:
         line.append(" (edited)", style="dim")
     if replayed:
@@ -161,7 +161,7 @@ def render_unseen_change(entry: Message) -> Text:
     match relation.kind.value:
         case "edit":
             line.append(" edited an earlier message: ", style="dim")
-            line.append(visible(entry.text))
+            _append_text(line, entry.text, handle=False)
         case "delete":
             line.append(" deleted an earlier message", style="dim")
         case "react":
@@ -175,6 +175,16 @@ def render_unseen_change(entry: Message) -> Text:
 def render_unread() -> Text:
     """The divider between what was read and what was not."""
     return Text(UNREAD_DIVIDER, style="bold yellow")
+
+
+def _append_text(line: Text, text: str, handle: bool, style: str = "") -> None:
+    """A message's text; each of its lines after the first starts with a dimmed `┆` under the
+    time, so no line of a message can pass for a line of another kind (`→ bob joined`)."""
+    first, *more = visible(text).split("\n")
+    line.append(first, style=style)
+    for text_line in more:
+        line.append("\n" + _indent(handle) + "┆ ", style="dim")
+        line.append(text_line, style=style)
 
 
 def _indent(handle: bool) -> str:

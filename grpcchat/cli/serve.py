@@ -296,7 +296,8 @@ def serve(
     """Run a chat server. Ctrl-C drains gracefully; a second Ctrl-C stops at once."""
     level = logging.WARNING if quiet else logging.getLevelNamesMapping().get(log_level.upper())
     if level is None:
-        fail(f"unknown log level {log_level!r}; use debug, info, warning or error")
+        # As for an unknown --log-format: a choice Click would have refused (exit 2).
+        fail(f"unknown log level {log_level!r}; use debug, info, warning or error", EXIT_USAGE)
     if log_format.lower() not in LOG_FORMATS:
         fail(f"unknown log format {log_format!r}; use text or json", EXIT_USAGE)
     try:

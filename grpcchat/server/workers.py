@@ -125,20 +125,18 @@ class _Worker:
 
     async def _read_stdout(self) -> None:
         assert self.process.stdout is not None
-        with contextlib.suppress(ValueError):  # a line past the reader's limit: not ours
-            async for line in self.process.stdout:
-                if _STARTUP_LINE in line.decode(errors="replace"):
-                    self.listening.set()
+        async for line in read_lines(self.process.stdout):
+            if _STARTUP_LINE in line.decode(errors="replace"):
+                self.listening.set()
 
     async def _pass_stderr(self) -> None:
         assert self.process.stderr is not None
-        with contextlib.suppress(ValueError):
-            async for raw in self.process.stderr:
-                line = raw.decode(errors="replace")
-                if self.up:
-                    _write_stderr(line)
-                elif len(self._held) < _HELD_LINES:
-                    self._held.append(line)
+        async for raw in read_lines(self.process.stderr):
+            line = raw.decode(errors="replace")
+            if self.up:
+                _write_stderr(line)
+            elif len(self._held) < _HELD_LINES:
+                self._held.append(line)
 
     def set_up(self) -> None:
         """It listens: pass on what it wrote so far, and from now on everything."""
@@ -156,6 +154,21 @@ class _Worker:
             return f"it exited with code {self.process.returncode}"
         _write_stderr("".join(lines[:-1]))
         return lines[-1].strip().removeprefix("error: ")
+
+
+async def read_lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The stream's lines until it ends, a line longer than the reader's limit in pieces: a
+    worker's output is read to its end, or its pipe fills and its logging stalls (iterating
+    the reader stops at such a line with a ValueError)."""
+    while True:
+        try:
+            yield await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as end:  # the last line, without its newline
+            if end.partial:
+                yield end.partial
+            return
+        except asyncio.LimitOverrunError as long_line:
+            yield await stream.readexactly(long_line.consumed)
 
 
 def _write_stderr(text: str) -> None:
