@@ -856,6 +856,33 @@ async def test_stuck_means_no_progress_while_lagging_not_an_old_last_write(
         assert "nothing was read for 10s" in str(members[0].error)
 
 
+async def test_sessions_stuck_in_one_room_are_cut_off_by_a_post_to_another(
+    readers: Callable[..., Reader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three stuck in #a are most of the server, so a post to #b is refused as the server's
+    pushback: the scan for stuck sessions must cover the server too, or #b is refused until
+    someone posts to #a (it used to scan only #b)."""
+    monkeypatch.setattr(pressure, "STALL_CHECK_INTERVAL", 0.0)  # look at every post
+    hub = make_hub(queue_size=8)
+    async with AsyncExitStack() as stack:
+        stuck = [reader.session for reader in await _members_not_reading(hub, stack, readers, "a")]
+        in_b = await stack.enter_async_context(hub.connect("reader"))
+        await hub.join(in_b, "b")  # a reader of #b, keeping up
+        reader = readers(in_b)
+        await reader.wait_joined("b")
+        await _post_until_refused(hub, "a")
+        with pytest.raises(LimitExceeded, match="#b is busy"):
+            await hub.post("poster", "to b", room="b")
+
+        for member in stuck:  # no write while lagging, for longer than the stall timeout
+            member.last_progress -= 2 * STALL_TIMEOUT
+        appended = await hub.post("poster", "to b", room="b")
+        assert appended.message.seq == 1
+        assert all(isinstance(m.error, SlowConsumer) for m in stuck)
+        await reader.wait_for_text("to b")
+        assert in_b.error is None
+
+
 async def test_one_laggard_among_healthy_readers_is_evicted_at_capacity(
     readers: Callable[..., Reader],
 ) -> None:

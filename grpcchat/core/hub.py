@@ -560,7 +560,7 @@ class Hub:
         members = self._rooms.get(room)
         if not self._pressure.behind(members):
             return
-        self._evict_stalled(members)
+        self._evict_stalled()
         if self._pressure.behind(members):
             raise LimitExceeded(
                 f"#{room} is busy: its readers are catching up; retry shortly",
@@ -572,12 +572,12 @@ class Hub:
         it has no way to refuse one message, so it stops reading instead)."""
         room = check_room(room)
         while self._pressure.behind(self._rooms.get(room)) and not self._draining:
-            self._evict_stalled(self._rooms.get(room))
+            self._evict_stalled()
             await asyncio.sleep(BUSY_RETRY)
 
-    def _evict_stalled(self, room: Room | None) -> None:
+    def _evict_stalled(self) -> None:
         try:
-            for session in self._pressure.stuck(room):
+            for session in self._pressure.stuck():
                 session.evict_stalled(STALL_TIMEOUT)
         finally:
             self._settle_evictions()

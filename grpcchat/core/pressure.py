@@ -21,7 +21,7 @@ MIN_PUSHBACK_SESSIONS = 3
 BUSY_RETRY = 0.05
 # A lagging session whose writer has not finished a write for this long is stuck, not slow.
 STALL_TIMEOUT = 10.0
-# Looking for stuck sessions scans a room (or the server): at most this often.
+# Looking for stuck sessions scans the server: at most this often.
 STALL_CHECK_INTERVAL = 1.0
 
 
@@ -56,12 +56,17 @@ class Pressure:
         total = len(self._sessions)
         return total >= MIN_PUSHBACK_SESSIONS and self.lagging * 2 > total
 
-    def stuck(self, room: Room | None) -> list[Session]:
-        """Lagging sessions of the room (or the server) whose writer made no progress for
-        STALL_TIMEOUT: clients that stopped reading. Empty when asked again within a second."""
+    def stuck(self) -> list[Session]:
+        """Lagging sessions whose writer made no progress for STALL_TIMEOUT: clients that
+        stopped reading. Empty when asked again within STALL_CHECK_INTERVAL.
+
+        Every session of the server, whatever room a refusal was for: the server is behind
+        when most of all its sessions lag, so a few stuck in one room can hold posts to every
+        other room back, and one room's checks must not use up another's (a scan of 10,000
+        sessions is a millisecond, once a second)."""
         now = time.monotonic()
         if now - self._stall_check < STALL_CHECK_INTERVAL:
             return []
         self._stall_check = now
-        sessions = room.sessions.values() if room is not None else self._sessions.values()
-        return [s for s in sessions if s.lagging and now - s.last_progress > STALL_TIMEOUT]
+        stalled_since = now - STALL_TIMEOUT
+        return [s for s in self._sessions.values() if s.lagging and s.last_progress < stalled_since]
