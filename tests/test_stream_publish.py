@@ -325,6 +325,43 @@ def test_a_hold_remembers_a_bounded_number_of_sends() -> None:
     assert len(hold._keys) == inflight.MAX_HELD
 
 
+async def test_a_waiting_line_lets_posts_go_in_order_once_one_is_throttled() -> None:
+    """The article's stream: post 0 is throttled twice; 1-3 were read meanwhile and wait in
+    line; 2 is throttled in its turn and goes back to the head, not behind 3."""
+    line = inflight.WaitingLine()
+    went: list[int] = []
+    throttles = {0: 2, 2: 1}
+    wakes = {n: asyncio.Event() for n in range(4)}
+
+    async def post(n: int) -> None:
+        holds = await line.wait_turn()
+        try:
+            while throttles.get(n, 0):
+                throttles[n] -= 1
+                if not holds:
+                    line.hold()
+                    holds = True
+                await wakes[n].wait()  # its retry timer
+                wakes[n].clear()
+            went.append(n)
+        finally:
+            if holds:
+                line.done()
+
+    posts = [asyncio.create_task(post(n)) for n in range(4)]
+    await asyncio.sleep(0)
+    assert went == []  # 0 holds the line, 1-3 wait behind it
+    for n in (0, 0, 2):
+        wakes[n].set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await asyncio.gather(*posts)
+    assert went == [0, 1, 2, 3]
+    fresh = await line.wait_turn()  # the line is empty again: a new post goes at once
+    assert fresh is False
+
+
 async def test_lines_on_a_session_the_server_refuses_time_out_saying_why() -> None:
     limits = Limits(rate=0, request_rate=0, max_sessions_per_user=1)
     config = ServerConfig(port=0, store="memory://", limits=limits)

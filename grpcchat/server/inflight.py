@@ -9,13 +9,15 @@ stream (`Hold`): they are refused too, and then let through one at a time in the
 were written, each once the one before it has come back, so a stream's messages are stored in
 the order it wrote them even though the client retries each refusal on a timer of its own. A
 held send that never comes back lapses HOLD_GRACE after its turn, and the next one's turn
-begins."""
+begins. The article's `Chat` stream cannot refuse a message, so its posts wait instead
+(`WaitingLine`): a throttled post is tried again before any later one, and those go one at a
+time in the order read."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -102,3 +104,46 @@ class Hold:
         self._keys[key] = None
         self._keys.move_to_end(key, last=False)
         self._turn_at = self._clock() + retry_after
+
+
+class WaitingLine:
+    """The article's `Chat` stream's posts while one of them is throttled (over the rate, or
+    its room busy). That one holds the line and is tried again until it is over; the posts
+    read after it wait in the line and then go one at a time, in the order read, each once the
+    one before it is over, until the line is empty. Retried on timers of their own, a later
+    post took the next token first and was stored ahead (38 pairs out of order in 200).
+
+    A post calls `wait_turn` first, `hold` when it is throttled, and `done` when it is over if
+    it held the line (`wait_turn` returned True, or it called `hold`). At most one post holds
+    it: a post that finds the line free is checked against the rate in the same step, so the
+    first one throttled holds the line before any later post looks at it."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._held = False
+
+    async def wait_turn(self) -> bool:
+        """Wait while the line is held; True if this post now holds it."""
+        if not self._held:
+            return False
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # its turn came: pass it on
+                self.done()
+            raise
+        return True
+
+    def hold(self) -> None:
+        self._held = True
+
+    def done(self) -> None:
+        """The post holding the line is over: the next one waiting holds it, or nobody."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():  # (a post cancelled while waiting has left)
+                turn.set_result(None)
+                return
+        self._held = False

@@ -28,7 +28,7 @@ from grpcchat.server.auth import Identity, TokenAuthority
 from grpcchat.server.chatlog import log_accepted
 from grpcchat.server.counters import ServerStats
 from grpcchat.server.framing import each_chat_message, frame_events
-from grpcchat.server.inflight import Hold, InFlight, in_flight_limit
+from grpcchat.server.inflight import Hold, InFlight, WaitingLine, in_flight_limit
 from grpcchat.server.status import Context, maps_errors, status_of
 from grpcchat.server.writer import write_session
 from grpcchat.wire import codec
@@ -476,23 +476,32 @@ class ChatServicer:
         )
         loop = asyncio.get_running_loop()
         throttled_until = 0.0
+        line = WaitingLine()
 
         async def post(send: pb.SendRequest) -> None:
             nonlocal throttled_until
-            while True:
-                try:
-                    await self._post(send, identity, principal, shielded=False)  # InFlight
-                    return
-                except LimitExceeded as error:
-                    if error.retry_after is None:
+            holds_line = await line.wait_turn()
+            try:
+                while True:
+                    try:
+                        await self._post(send, identity, principal, shielded=False)  # InFlight
+                        return
+                    except LimitExceeded as error:
+                        if error.retry_after is None:
+                            self._refused(error)
+                            raise
+                        # Throttled, not refused (a rate-limited try counts as rate-limited).
+                        if not holds_line:
+                            line.hold()
+                            holds_line = True
+                        throttled_until = max(throttled_until, loop.time() + error.retry_after)
+                        await asyncio.sleep(error.retry_after)
+                    except ChatError as error:
                         self._refused(error)
                         raise
-                    # Throttled, not refused (a rate-limited try counts as rate-limited).
-                    throttled_until = max(throttled_until, loop.time() + error.retry_after)
-                    await asyncio.sleep(error.retry_after)
-                except ChatError as error:
-                    self._refused(error)
-                    raise
+            finally:
+                if holds_line:
+                    line.done()
 
         try:
             async for request in requests:
