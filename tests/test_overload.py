@@ -602,6 +602,34 @@ async def test_one_address_may_hold_only_so_many_sessions() -> None:
             call.cancel()
 
 
+async def test_streams_that_never_say_hello_count_against_their_address() -> None:
+    """A Connect stream holds one of its address's slots from its start: 1,015 silent streams
+    from one address used to lock every other client out (gRPC's own call limit) while the
+    per-address limit only counted sessions, which begin at the hello."""
+    async with (
+        running(Limits(max_sessions_per_peer=2, rate=0, request_rate=0)) as (server, addr),
+        grpc.aio.insecure_channel(addr) as channel,
+    ):
+        silent = [RawSession(channel), RawSession(channel)]
+        for stream in silent:  # the server has started both calls (its headers came back)
+            await asyncio.wait_for(stream.call.initial_metadata(), WAIT)
+        third = RawSession(channel)
+        await third.hello("third")
+        [refused] = await third.until("refused")
+        assert refused.refused.code == "RESOURCE_EXHAUSTED"
+        assert "127.0.0.1 already has 2 sessions open" in refused.refused.reason
+        assert server.hub.registered_sessions == 0
+        for stream in silent:
+            stream.cancel()
+        await eventually(lambda: not server.hub._by_peer, what="the slots given back")
+        fourth = RawSession(channel)
+        await fourth.hello("fourth")
+        await fourth.join("lobby")
+        await fourth.until("joined")
+        third.cancel()
+        fourth.cancel()
+
+
 @pytest.mark.parametrize("third", ["alice", "bob"])
 async def test_names_claimed_from_one_address_share_its_rate_limit(third: str) -> None:
     async with (

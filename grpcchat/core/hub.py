@@ -25,9 +25,10 @@ overflows, and only a lagging session whose writer makes no progress at all is c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -146,13 +147,14 @@ class Hub:
 
     @asynccontextmanager
     async def connect(
-        self, name: str, *, authenticated: bool = False, peer: str = ""
+        self, name: str, *, authenticated: bool = False, peer: str = "", peer_counted: bool = False
     ) -> AsyncIterator[Session]:
         """A session for the duration of the block; it leaves all its rooms on exit.
 
         An empty name is an anonymous listener (the article's Chat stream): no presence, no
         direct messages, no name checks. `peer` is the client's address: without
-        authentication, per-client limits key on it.
+        authentication, per-client limits key on it. `peer_counted`: the call already holds
+        one of the address's slots (`peer_slot`), taken before the session could open.
         """
         self._refuse_if_draining()
         if name:
@@ -163,42 +165,51 @@ class Hub:
         limit = self.limits.max_sessions
         if limit and len(self._sessions) >= limit:
             raise LimitExceeded(f"the server is full ({limit} sessions); try again later")
+        with contextlib.nullcontext() if peer_counted else self.peer_slot(peer):
+            limit = self.limits.max_anonymous_sessions
+            if limit and not name and self._anonymous >= limit:
+                raise LimitExceeded(f"{limit} anonymous streams are open; give a name or try later")
+            session = Session(
+                name,
+                authenticated=authenticated,
+                peer=peer,
+                capacity=self.limits.queue_size,
+                max_batch=self.limits.max_batch,
+                linger=self.limits.batch_linger,
+                answer_linger=self.limits.answer_linger,
+                on_close=self._forget,
+                on_evicted=self._evicted_during_fan_out,
+                on_lag=self._pressure.lag_changed,
+            )
+            self._sessions[session.id] = session
+            if name:
+                if name not in self._by_name:
+                    self._announce(CONNECTED, name, joined=True)
+                self._by_name[name][session.id] = session
+            if not name:
+                self._anonymous += 1
+            try:
+                yield session
+            finally:
+                session.close()
+                self._forget(session)  # an evicted session is closed already: forget it anyway
+
+    @contextlib.contextmanager
+    def peer_slot(self, peer: str) -> Iterator[None]:
+        """One of `peer`'s session calls, counted until the call is over, not only while its
+        session is open: a client cut off as a slow consumer that never reads again keeps its
+        call open (its status waits behind what it does not read), and a stream that has not
+        said hello yet has no session; neither may let one address open more. Raises
+        LimitExceeded when the address holds its limit of them already."""
         limit = self.limits.max_sessions_per_peer
         if limit and peer and self._by_peer.get(peer, 0) >= limit:
             raise LimitExceeded(f"{peer} already has {limit} sessions open")
-        limit = self.limits.max_anonymous_sessions
-        if limit and not name and self._anonymous >= limit:
-            raise LimitExceeded(f"{limit} anonymous streams are open; give a name or try later")
-        session = Session(
-            name,
-            authenticated=authenticated,
-            peer=peer,
-            capacity=self.limits.queue_size,
-            max_batch=self.limits.max_batch,
-            linger=self.limits.batch_linger,
-            answer_linger=self.limits.answer_linger,
-            on_close=self._forget,
-            on_evicted=self._evicted_during_fan_out,
-            on_lag=self._pressure.lag_changed,
-        )
-        self._sessions[session.id] = session
-        if name:
-            if name not in self._by_name:
-                self._announce(CONNECTED, name, joined=True)
-            self._by_name[name][session.id] = session
         if peer:
             self._by_peer[peer] += 1
-        if not name:
-            self._anonymous += 1
         try:
-            yield session
+            yield
         finally:
-            session.close()
-            self._forget(session)  # an evicted session is closed already: forget it anyway
             if peer:
-                # Counted until its call is over, not only until the session is: a client cut
-                # off as a slow consumer that never reads again keeps its call open (its status
-                # waits behind what it does not read), and must not open more meanwhile.
                 self._by_peer[peer] -= 1
                 if not self._by_peer[peer]:
                     del self._by_peer[peer]

@@ -257,20 +257,23 @@ class ChatServicer:
         # Headers first: the client writes nothing until it knows this server has Connect
         # (and whether it may pack sends).
         await context.send_initial_metadata((codec.SENDS_HEADER,))
-        try:
-            first = await asyncio.wait_for(anext(aiter(requests), None), HELLO_TIMEOUT)
-        except TimeoutError:
-            raise TimedOut(f"no hello within {HELLO_TIMEOUT:g}s") from None
+        peer = _peer(context)
         async with contextlib.AsyncExitStack() as stack:
             try:
-                if first is None or first.WhichOneof("action") != "hello":
-                    raise InvalidInput("a session starts with a hello")
+                # Counted from now: a stream that has not said hello holds one of its
+                # address's slots too, or one address could hold thousands open.
+                stack.enter_context(self._hub.peer_slot(peer))
+                first = await _hello(requests)
                 name = identity.name if identity else first.hello.name
                 if not name:
                     raise InvalidInput("name must not be empty")
                 session = await stack.enter_async_context(
-                    self._hub.connect(name, authenticated=identity is not None, peer=_peer(context))
+                    self._hub.connect(
+                        name, authenticated=identity is not None, peer=peer, peer_counted=True
+                    )
                 )
+            except TimedOut:
+                raise  # it said nothing: nothing to wait for
             except ChatError as error:
                 await _refuse_hello(requests, context, error)
                 raise
@@ -527,6 +530,17 @@ class ChatServicer:
         finally:
             await posting.drain()
         session.close()
+
+
+async def _hello(requests: AsyncIterator[pb.ConnectRequest]) -> pb.ConnectRequest:
+    """A Connect stream's first request, which must be its hello, within HELLO_TIMEOUT."""
+    try:
+        first = await asyncio.wait_for(anext(aiter(requests), None), HELLO_TIMEOUT)
+    except TimeoutError:
+        raise TimedOut(f"no hello within {HELLO_TIMEOUT:g}s") from None
+    if first is None or first.WhichOneof("action") != "hello":
+        raise InvalidInput("a session starts with a hello")
+    return first
 
 
 async def _refuse_hello(
