@@ -338,7 +338,9 @@ async def test_a_replay_is_paged_in_lazily_and_bounded_by_the_queue(
             await hub.leave(session, "big")
             assert session._joins == {}, f"cycle {cycle} left a replay buffer"
         assert store.reads == []  # nothing is read for a writer that never asks
-        assert len(session._queue) == 30  # the 30 RoomLeft notices, nothing else
+        # Each join answered (without its replay) and each leave: nothing else.
+        kinds = [type(e.event).__name__ for e in session._queue]
+        assert kinds == ["RoomJoined", "RoomLeft"] * 30
         assert not session.closed
 
         store.probe = lambda: len(session._queue)
@@ -347,10 +349,10 @@ async def test_a_replay_is_paged_in_lazily_and_bounded_by_the_queue(
         await reader.step()
         assert len(store.reads) == 1  # the first write needed one page, not the history
         reader.start()
-        await reader.wait_for(lambda: any(isinstance(e, RoomJoined) for e in reader.events))
+        await reader.wait_for(lambda: sum(isinstance(e, RoomJoined) for e in reader.events) == 31)
 
         events = reader.events
-        assert [type(e) for e in events[:30]] == [RoomLeft] * 30
+        assert [type(e) for e in events[:60]] == [RoomJoined, RoomLeft] * 30
         assert seqs(events) == list(range(1, 5001))
         last_message = max(i for i, e in enumerate(events) if isinstance(e, Message))
         joined = events[last_message + 1]
@@ -881,6 +883,27 @@ async def test_sessions_stuck_in_one_room_are_cut_off_by_a_post_to_another(
         assert all(isinstance(m.error, SlowConsumer) for m in stuck)
         await reader.wait_for_text("to b")
         assert in_b.error is None
+
+
+async def test_a_leave_right_after_a_join_answers_the_join_first(
+    readers: Callable[..., Reader],
+) -> None:
+    """join, leave, join written at once: joined, left, joined. The leave came while the first
+    join's replay was still to be paged in, and its RoomJoined used to be dropped with it."""
+    store = MemoryStore(Retention())
+    await fill(store, "r", 5)
+    hub = make_hub(store)
+    async with hub.connect("alice") as session:
+        await hub.join(session, "r", history=5)
+        await hub.leave(session, "r")
+        await hub.join(session, "r", history=5)
+        reader = readers(session)
+        await reader.wait_for(
+            lambda: [e for e in reader.events if isinstance(e, RoomJoined)][1:] != []
+        )
+        kinds = [type(e).__name__ for e in reader.events if isinstance(e, RoomJoined | RoomLeft)]
+        assert kinds == ["RoomJoined", "RoomLeft", "RoomJoined"]
+        assert texts(reader.events)[-5:] == [f"h{i}" for i in range(1, 6)]  # the rejoin's
 
 
 async def test_one_laggard_among_healthy_readers_is_evicted_at_capacity(

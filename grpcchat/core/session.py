@@ -254,8 +254,14 @@ class Session:
         self._joins[room] = _PendingJoin()
 
     def cancel_join(self, room: str) -> None:
-        self._joins.pop(room, None)
+        """The session leaves `room`. A join of it not yet answered is answered now: its
+        RoomJoined goes out without the rest of its replay or what it held, so the RoomLeft
+        that follows answers the leave, and the join does not go unanswered."""
+        pending = self._joins.pop(room, None)
         self._replayed.pop(room, None)
+        if pending is not None and pending.done is not None and not self.closed:
+            self._queue_paged([pending.done])
+            self._wake()
 
     def start_replay(self, room: str, cursor: ReplayCursor, done: Envelope) -> None:
         """Page `cursor` in as the writer drains, then queue `done`, then the live events held
