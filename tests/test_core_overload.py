@@ -906,6 +906,24 @@ async def test_a_leave_right_after_a_join_answers_the_join_first(
         assert texts(reader.events)[-5:] == [f"h{i}" for i in range(1, 6)]  # the rejoin's
 
 
+async def test_without_auth_a_name_s_sessions_are_counted_per_address() -> None:
+    """A claimed name's session limit cannot be used up from another address (16 streams named
+    alice from one address used to keep the real alice out); with auth it is the user's."""
+    hub = make_hub(max_sessions_per_user=2)
+    async with AsyncExitStack() as stack:
+        for _ in range(2):
+            await stack.enter_async_context(hub.connect("alice", peer="10.0.0.66"))
+        refusal = r"'alice' already has 2 sessions open from 10\.0\.0\.66$"
+        with pytest.raises(LimitExceeded, match=refusal):
+            await stack.enter_async_context(hub.connect("alice", peer="10.0.0.66"))
+        await stack.enter_async_context(hub.connect("alice", peer="10.0.0.7"))  # the real one
+
+        for _ in range(2):
+            await stack.enter_async_context(hub.connect("bob", authenticated=True, peer="a"))
+        with pytest.raises(LimitExceeded, match=r"'bob' already has 2 sessions open$"):
+            await stack.enter_async_context(hub.connect("bob", authenticated=True, peer="b"))
+
+
 async def test_one_laggard_among_healthy_readers_is_evicted_at_capacity(
     readers: Callable[..., Reader],
 ) -> None:

@@ -159,9 +159,7 @@ class Hub:
         self._refuse_if_draining()
         if name:
             name = check_name(name)
-            limit = self.limits.max_sessions_per_user
-            if limit and len(self._by_name.get(name, {})) >= limit:
-                raise LimitExceeded(f"{name!r} already has {limit} sessions open")
+            self._check_sessions_per_user(name, authenticated, peer)
         limit = self.limits.max_sessions
         if limit and len(self._sessions) >= limit:
             raise LimitExceeded(f"the server is full ({limit} sessions); try again later")
@@ -193,6 +191,19 @@ class Hub:
             finally:
                 session.close()
                 self._forget(session)  # an evicted session is closed already: forget it anyway
+
+    def _check_sessions_per_user(self, name: str, authenticated: bool, peer: str) -> None:
+        """At most `max_sessions_per_user` sessions of a user. Without authentication a name is
+        only a claim, so they are counted per address: anyone could otherwise use up a name's
+        sessions and keep its user out (as rate limits, they key on the address then)."""
+        limit = self.limits.max_sessions_per_user
+        sessions = self._by_name.get(name, {}).values()
+        if authenticated:
+            if limit and len(sessions) >= limit:
+                raise LimitExceeded(f"{name!r} already has {limit} sessions open")
+        elif limit and sum(s.peer == peer for s in sessions) >= limit:
+            where = f" from {peer}" if peer else ""
+            raise LimitExceeded(f"{name!r} already has {limit} sessions open{where}")
 
     @contextlib.contextmanager
     def peer_slot(self, peer: str) -> Iterator[None]:
