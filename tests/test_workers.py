@@ -100,6 +100,7 @@ class Supervised:
     startup line; its stderr in a file."""
 
     def __init__(self, tmp: Path, *args: str, workers: int = 2) -> None:
+        self.data_dir = tmp
         self.stderr_path = tmp / f"supervisor-{uuid.uuid4().hex[:8]}.err"
         with self.stderr_path.open("w") as stderr:
             self.process = subprocess.Popen(
@@ -209,6 +210,19 @@ def test_a_port_the_workers_hold_is_busy_for_another_supervisor(
     assert "Traceback" not in result.stderr
 
 
+def test_a_data_dir_the_workers_use_is_refused_to_another_supervisor(
+    supervised: Supervised,
+) -> None:
+    """Two nats-servers on one JetStream directory lose acknowledged messages: the second
+    supervisor stops at once instead (another port, the same data dir)."""
+    result = run_cli("serve", "--workers", "2", "--port", "0", "--data-dir",
+                     str(supervised.data_dir))  # fmt: skip
+    assert result.returncode == 1
+    assert f"another grpcchat serve --workers uses {supervised.data_dir / 'nats'}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(supervised.nats()) == 1
+
+
 def test_sigterm_stops_the_workers_then_nats_and_exits_0(tmp_path: Path) -> None:
     running = Supervised(tmp_path)
     try:
@@ -224,6 +238,8 @@ def test_sigterm_stops_the_workers_then_nats_and_exits_0(tmp_path: Path) -> None
     err = running.stderr
     assert err.index("workers stopped") < err.index("nats-server stopped")
     assert "Traceback" not in err, err  # the whole stderr: a rare shutdown traceback was cut short
+    # Its ports file's directory outlived it (it used to log an error removing the file).
+    assert "[ERR]" not in (tmp_path / "nats" / "nats-server.log").read_text()
 
 
 def test_a_port_in_use_is_the_usual_error(server_process: ServerProcess, tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ JetStream files under the data dir, its log beside them, and a free port it pick
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from grpcchat.core.errors import ConfigError, StoreError
 from grpcchat.server import children
@@ -29,28 +31,33 @@ class LocalNats:
         self.log_path = directory / "nats-server.log"
         self.url = ""
         self.process: asyncio.subprocess.Process | None = None
+        self._lock: IO[bytes] | None = None
+        self._ports_dir = ""
 
     async def start(self) -> None:
         """Start it and wait (bounded) until it accepts connections. ConfigError when
-        nats-server is not installed, StoreError when it does not start."""
+        nats-server is not installed, StoreError when it does not start or another one of
+        ours uses the directory."""
         binary = nats_server_binary()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self.directory} for nats-server: {exc}") from None
-        with tempfile.TemporaryDirectory(prefix="grpcchat-nats-") as ports_dir:
-            command = [binary, "-js", "-sd", str(self.directory), "-a", "127.0.0.1", "-p", "-1"]
-            command += ["--ports_file_dir", ports_dir]
-            with self.log_path.open("ab") as log:
-                self.process = await asyncio.create_subprocess_exec(
-                    *command,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    **children.spawn_options(),
-                )
-            ports_file = Path(ports_dir) / f"nats-server_{self.process.pid}.ports"
-            self.url = await self._ready(self.process, ports_file)
+        self._lock = _lock_directory(self.directory)
+        # Kept until it stops: nats-server removes its ports file on the way out.
+        self._ports_dir = tempfile.mkdtemp(prefix="grpcchat-nats-")
+        command = [binary, "-js", "-sd", str(self.directory), "-a", "127.0.0.1", "-p", "-1"]
+        command += ["--ports_file_dir", self._ports_dir]
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                **children.spawn_options(),
+            )
+        ports_file = Path(self._ports_dir) / f"nats-server_{self.process.pid}.ports"
+        self.url = await self._ready(self.process, ports_file)
 
     async def _ready(self, process: asyncio.subprocess.Process, ports_file: Path) -> str:
         deadline = time.monotonic() + START_TIMEOUT
@@ -75,6 +82,12 @@ class LocalNats:
         if self.process is not None:
             process, self.process = self.process, None
             await children.stop(process, STOP_TIMEOUT)
+        if self._ports_dir:
+            shutil.rmtree(self._ports_dir, ignore_errors=True)
+            self._ports_dir = ""
+        if self._lock is not None:
+            self._lock.close()  # and with it the lock
+            self._lock = None
 
     async def __aenter__(self) -> LocalNats:
         try:
@@ -91,6 +104,24 @@ class LocalNats:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _lock_directory(directory: Path) -> IO[bytes]:
+    """An exclusive lock on `directory` for as long as the returned file is open: two
+    nats-servers on one JetStream directory lose acknowledged messages and corrupt it."""
+    try:
+        lock = (directory / ".grpcchat.lock").open("ab")
+    except OSError as exc:
+        raise StoreError(f"cannot lock {directory} for nats-server: {exc}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise StoreError(
+            f"another grpcchat serve --workers uses {directory}: stop it, or give this one "
+            "another --data-dir (or a --broker)"
+        ) from None
+    return lock
 
 
 def nats_server_binary() -> str:
