@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -519,6 +520,29 @@ async def test_a_message_replayed_while_still_in_its_rooms_line_arrives_once(
         await hub.post("ann", "after", room="r")
         await reader.wait_for_text("after")
         assert seqs(reader.events) == [1, 2]  # seq 1 once: replayed, not delivered again
+
+
+async def test_a_post_whose_caller_gave_up_fails_without_an_unretrieved_exception() -> None:
+    """A unary Send that timed out while the store hung, then the store failed: the post's own
+    task had a failure nobody retrieved, and asyncio logged it with a traceback."""
+    store = LateFailingStore()
+    hub = make_hub(store)
+    unhandled: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    try:
+        caller = asyncio.create_task(hub.post("ann", "fail late", room="r"))  # shielded
+        await asyncio.sleep(0)
+        caller.cancel()  # the client gave up; the append goes on
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        store.release.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()  # where asyncio reports a task's unretrieved exception
+        assert unhandled == []
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_max_replay_zero_disables_the_replay_limit(readers: Callable[..., Reader]) -> None:

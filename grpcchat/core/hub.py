@@ -28,9 +28,10 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from grpcchat.core import listing
 from grpcchat.core.cluster import CONNECTED, Cluster, MemberChange, Roster
@@ -81,6 +82,9 @@ MAX_HISTORY_PAGE = 1000
 _LOAD_ATTEMPTS = 5
 # This process's posts whose feed echo is still due, remembered at most this many.
 OWN_POSTS = 10_000
+
+
+T = TypeVar("T")
 
 
 class Hub:
@@ -463,7 +467,7 @@ class Hub:
         else:
             self._admit(room)
             storing = self._store_and_deliver(sender, text, room, key, action, reply_to, relation)
-            appended = await (asyncio.shield(storing) if shielded else storing)
+            appended = await (_shielded(storing) if shielded else storing)
         if not appended.duplicate:
             self.stats.accepted_entry(appended.message)
         return appended
@@ -695,3 +699,17 @@ class Hub:
     def session_count(self, room: str = "") -> int:
         members = self._rooms.get(check_room(room))
         return len(members) if members is not None else 0
+
+
+async def _shielded(work: Coroutine[Any, Any, T]) -> T:
+    """`work` in a task of its own that a cancelled caller does not cancel. Its outcome is
+    then nobody's: retrieved here, or asyncio logs a failure (a store gone away while the
+    client gave up) as a "Task exception was never retrieved" traceback."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_outcome_seen)
+    return await asyncio.shield(task)
+
+
+def _outcome_seen(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
