@@ -75,6 +75,8 @@ class Markers:
             config.max_msgs != self._max_markers
             or abs((config.max_age or 0.0) - max_age) > 0.001
             or config.discard != DiscardPolicy.OLD
+            # As the history's: a marker on one node is a join failing while it is down.
+            or config.num_replicas != replicas
         ):
             # JetStream keeps no dedup window longer than `max_age` (markers use none).
             window = min(config.duplicate_window or max_age, max_age)
@@ -84,6 +86,7 @@ class Markers:
                     max_age=max_age,
                     discard=DiscardPolicy.OLD,
                     duplicate_window=window,
+                    num_replicas=replicas,
                 )
             )
 
