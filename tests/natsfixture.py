@@ -93,12 +93,15 @@ class NatsNode:
     """One nats-server with JetStream on a fixed port and store dir, which survive `stop` and
     `kill`: `start` again serves the same data at the same URL."""
 
-    def __init__(self, root: Path, name: str, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, root: Path, name: str, extra: list[str] | None = None, *, jetstream: bool = True
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.root = root
         self._extra = extra or []
+        self._jetstream = jetstream
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -108,7 +111,9 @@ class NatsNode:
     def start(self) -> None:
         """Start the server and wait (bounded) until its client port accepts."""
         assert not self.running, f"{self.name} is running already"
-        command = [_nats_binary(), "-js", "-sd", str(self.root / "js"), "-n", self.name]
+        command = [_nats_binary(), "-n", self.name]
+        if self._jetstream:
+            command += ["-js", "-sd", str(self.root / "js")]
         command += ["-a", "127.0.0.1", "-p", str(self.port), *self._extra]
         with (self.root / "server.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,6 +169,30 @@ async def test_a_malformed_url_is_a_store_error(url: str) -> None:
 async def test_an_unreachable_nats_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot reach NATS"):
         await open_store("nats://127.0.0.1:1")
+
+
+async def test_a_nats_without_jetstream_is_said_so(tmp_path: Path) -> None:
+    node = NatsNode(tmp_path, "plain", jetstream=False)
+    node.start()
+    try:
+        with pytest.raises(StoreError, match="JetStream is not enabled there"):
+            await open_store(node.url)
+    finally:
+        node.stop()
+
+
+async def test_subjects_another_stream_takes_are_the_reason_given(nats_url: str) -> None:
+    """Creating the history's stream is refused; the reason was lost to "stream not found"."""
+    stream = f"CHAT_{uuid.uuid4().hex[:8]}"
+    connection = await nats.connect(nats_url)
+    try:
+        js = connection.jetstream()
+        await js.add_stream(name=f"OTHER_{stream}", subjects=[f"{stream}.>"])
+        with pytest.raises(StoreError, match="subjects overlap"):
+            await open_store(f"{nats_url}?stream={stream}")
+        await js.delete_stream(f"OTHER_{stream}")
+    finally:
+        await connection.close()
 
 
 async def test_while_nats_is_down_reads_fail_at_once_and_closing_still_closes(

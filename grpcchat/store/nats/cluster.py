@@ -37,7 +37,7 @@ from grpcchat.core.cluster import LocalNode, MemberChange
 from grpcchat.core.errors import StoreError
 from grpcchat.core.models import Message
 from grpcchat.store.nats import codec
-from grpcchat.store.nats.connection import NATS_ERRORS
+from grpcchat.store.nats.connection import NATS_ERRORS, reason
 
 log = logging.getLogger("grpcchat.store")
 
@@ -96,7 +96,7 @@ class NatsCluster:
             except NATS_ERRORS as exc:
                 if self._closed.is_set():
                     return
-                raise StoreError(f"presence on NATS failed: {exc or type(exc).__name__}") from None
+                raise StoreError(f"presence on NATS failed: {reason(exc)}") from None
         finally:
             for subscription in subscriptions:
                 with contextlib.suppress(*NATS_ERRORS):

@@ -23,6 +23,7 @@ from nats.js.api import StorageType, StreamConfig
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Retention
 from grpcchat.core.urls import redacted_url
+from grpcchat.store.nats import streams
 from grpcchat.store.nats.codec import Options
 from grpcchat.store.nats.markers import Markers
 
@@ -37,16 +38,24 @@ EPOCH_KEY = "grpcchat-epoch"
 NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
 
+def reason(exc: BaseException) -> str:
+    """What went wrong, for a person: nats-py raises some errors with no message at all."""
+    return str(exc) or type(exc).__name__
+
+
 @contextlib.contextmanager
 def errors(doing: str) -> Iterator[None]:
     """NATS failures as StoreError, naming what failed."""
     try:
         yield
+    except nats.js.errors.ServiceUnavailableError:
+        raise StoreError(
+            f"NATS refused to {doing}: JetStream is not enabled there (start nats-server with -js)"
+        ) from None
     except nats.js.errors.APIError as exc:
-        raise StoreError(f"NATS refused to {doing}: {exc.description or exc}") from None
+        raise StoreError(f"NATS refused to {doing}: {exc.description or reason(exc)}") from None
     except NATS_ERRORS as exc:
-        reason = str(exc) or type(exc).__name__
-        raise StoreError(f"could not {doing} on NATS: {reason}") from None
+        raise StoreError(f"could not {doing} on NATS: {reason(exc)}") from None
 
 
 class Link:
@@ -103,7 +112,7 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
     link = Link(options)
 
     async def report(exc: Exception) -> None:
-        log.warning("NATS connection problem (%s): %s", link.where, exc or type(exc).__name__)
+        log.warning("NATS connection problem (%s): %s", link.where, reason(exc))
 
     try:
         # Bounded here: nats-py retries the first connection for as long as it reconnects.
@@ -121,9 +130,7 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
     except TimeoutError:
         raise StoreError(f"cannot reach NATS at {link.where} within {CONNECT_TIMEOUT:g}s") from None
     except NATS_ERRORS as exc:
-        raise StoreError(
-            f"cannot reach NATS at {link.where}: {exc or type(exc).__name__}"
-        ) from None
+        raise StoreError(f"cannot reach NATS at {link.where}: {reason(exc)}") from None
     try:
         with errors(f"open the stream {options.stream}"):
             js = nc.jetstream(timeout=REQUEST_TIMEOUT)
@@ -153,10 +160,7 @@ async def _open_stream(js: JetStreamContext, options: Options, retention: Retent
             allow_direct=True,
             metadata={EPOCH_KEY: uuid.uuid4().hex},
         )
-        try:
-            info = await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            info = await js.stream_info(options.stream)  # another server created it first
+        info = await streams.add_or_find(js, config)
     epoch = (info.config.metadata or {}).get(EPOCH_KEY)
     if not epoch:
         raise StoreError(f"the NATS stream {options.stream} is not a grpcchat history")

@@ -29,7 +29,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Retention
-from grpcchat.store.nats import codec
+from grpcchat.store.nats import codec, streams
 
 ATTEMPTS = 20
 # Seconds: the shortest `max_age` the stream is given (JetStream refuses under 100 ms); a
@@ -65,11 +65,7 @@ class Markers:
                 discard=DiscardPolicy.OLD,
                 allow_direct=True,
             )
-            try:
-                await self._js.add_stream(config)
-                return
-            except nats.js.errors.BadRequestError:
-                info = await self._js.stream_info(self.stream)  # another server created it first
+            info = await streams.add_or_find(self._js, config)
         config = info.config
         if (
             config.max_msgs != self._max_markers
