@@ -486,3 +486,29 @@ async def test_more_replicas_for_a_history_are_more_for_its_read_markers_too(
                 assert (await js.stream_info(name)).config.num_replicas == 3, name
         finally:
             await connection.close()
+
+
+async def test_a_repeated_key_is_found_across_rooms_on_a_replicated_stream(
+    nats_cluster: NatsCluster,
+) -> None:
+    """The stream-wide key lookup (a publish expecting a last key no message has) relies on a
+    replicated stream checking keys first too, as a single server does."""
+    url = f"nats://{nats_cluster.servers}?stream=CHAT_{uuid.uuid4().hex}&replicas=3"
+    async with asyncio.timeout(60):
+        store = await NatsStore.open(url, Retention())
+        try:
+            now = datetime.now(UTC)
+            target = await store.append(id="t" * 32, room="a", sender="ann", text="hi", sent_at=now)
+            reply = await store.append(
+                id="r" * 32, room="a", sender="bob", text="re", sent_at=now, key="k",
+                reply_to=target.message.id,
+            )  # fmt: skip
+            again = await store.append(
+                id="x" * 32, room="b", sender="bob", text="re", sent_at=now, key="k",
+                reply_to=target.message.id,
+            )  # fmt: skip
+            assert again.duplicate
+            assert again.message.id == reply.message.id
+            assert await store.last_seq("b") == 0
+        finally:
+            await store.aclose()

@@ -419,6 +419,40 @@ async def test_a_repeated_key_returns_the_relation_without_checking_again(
     assert await store.last_seq("lobby") == 3
 
 
+async def test_a_repeated_key_is_found_whatever_room_the_retry_names(
+    store: HistoryStore,
+) -> None:
+    """The key comes first, before a reply or relation is judged in the room the retry names
+    (NATS judged it there, and refused a target that room does not have)."""
+    target = (await post(store, room="a")).id
+    await post(store, room="b")
+    reply = await post(store, "re", room="a", sender="bob", key="k", reply_to=target)
+    again = await store.append(
+        id=uuid.uuid4().hex, room="b", sender="bob", text="re", sent_at=now(), key="k",
+        reply_to=target,
+    )  # fmt: skip
+    assert again == Appended(reply, duplicate=True)
+    reaction = await relate(store, REACT, target, sender="bob", room="a", key="r")
+    repeat = await relate(store, REACT, target, sender="bob", room="b", key="r")
+    assert repeat == Appended(reaction.message, duplicate=True)
+    assert await store.last_seq("b") == 1
+
+
+async def test_a_repeated_relation_key_outlives_its_target(
+    open_history: OpenHistory,
+) -> None:
+    """A reaction retried once the count limit has pruned what it reacted to: the key comes
+    first, so the reaction is returned, not "no message" (NATS judged the target first)."""
+    store = await open_history(Retention(max_messages=2))
+    target = (await post(store)).id
+    reaction = await relate(store, REACT, target, sender="bob", key="r")
+    for _ in range(2):
+        await post(store)
+    repeat = await relate(store, REACT, target, sender="bob", key="r")
+    assert repeat.duplicate
+    assert repeat.message.id == reaction.message.id
+
+
 async def test_a_repeated_edit_key_returns_the_edit(store: HistoryStore) -> None:
     target = (await post(store, "one")).id
     first = await relate(store, EDIT, target, text="two", key="e")

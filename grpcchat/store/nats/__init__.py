@@ -23,7 +23,12 @@ which chains each new message to the one before it. A repeat is recognised while
 remembers the id: for `dedup_window` of its clock after the original, the same span as
 `sent_at` in normal use (the server dates messages itself). A repeat returns the original as its
 room's index shows it now; one whose original a DELETE erased and retention has since dropped
-from the index too is not recognised (it is stored as a new message).
+from the index too is not recognised (it is stored as a new message). The key comes first: a
+reply or relation refused in its room (no such target there, or none any more) asks
+JetStream whether the key is known anywhere in the stream before the refusal stands, with a
+publish that expects a last `Nats-Msg-Id` no message has. JetStream checks the key before that
+expectation, so it answers with the original if it knows the key and refuses the publish
+otherwise: nothing is stored either way.
 
 Retention is the engine's own, never JetStream's limits, for two reasons: a room's latest
 message is kept even when expired or beyond the count (it carries `last_seq`), and a keyed

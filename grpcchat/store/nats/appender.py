@@ -34,6 +34,8 @@ CONFLICT_PAUSE = 0.002
 # seen) least recently is forgotten, and read from the stream at its next append. Anyone can
 # make rooms by posting: without a bound, every room ever posted to stayed here, text and all.
 MAX_HEADS = 4096
+# A key no message has: the engine's are hex digits (and "#").
+_NO_KEY = "grpcchat: no message has this key"
 
 
 class _Heads(OrderedDict[str, Stored | None]):
@@ -131,6 +133,8 @@ class Appender:
                     gone = validate(state, draft, head, self._window)
                 except REFUSALS:
                     repeated = await self._repeated(state, msg_id, sent_us)
+                    if repeated is None:
+                        repeated = await self._repeated_elsewhere(subject, msg_id, sent_us)
                     if repeated is not None:
                         return Appended(repeated, duplicate=True)
                     # Refused as of what this process last saw: a target appended through
@@ -215,6 +219,31 @@ class Appender:
         if sent_us - codec.to_us(message.sent_at) >= self._window.dedup_us:
             return None
         return message
+
+    async def _repeated_elsewhere(self, subject: str, msg_id: str, sent_us: int) -> Message | None:
+        """The entry a refused append repeats when it is not in this room (a key is the
+        sender's, whatever room the retry names), as it is now. Asked of JetStream's own
+        dedup, stream-wide: with a publish that expects a last key no message has, which
+        JetStream answers as a duplicate if it knows the key and refuses otherwise, so nothing
+        is ever stored by it."""
+        if not msg_id:
+            return None
+        headers = {codec.MSG_ID: msg_id.partition("#")[0], codec.EXPECTED_LAST_MSG_ID: _NO_KEY}
+        try:
+            ack = await self._js.publish(subject, b"", headers=headers)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code == codec.WRONG_LAST_MSG_ID:
+                return None  # the key is not known: the refusal stands
+            raise
+        if not ack.duplicate:  # cannot be: no message has that key
+            raise StoreError(f"NATS stored a probe for a repeated key at {ack.seq}")
+        found = await self._reader.get(ack.seq, fresh=True)
+        if found is None:  # gone, from a room not known here: the refusal stands
+            return None
+        original = await self._original(found.message.room, ack.seq)
+        if original is None or sent_us - codec.to_us(original.sent_at) >= self._window.dedup_us:
+            return None
+        return original
 
     async def _original(self, room: str, stream_seq: int) -> Message | None:
         """The entry JetStream says an append repeats, as it is now (None if it is gone): its

@@ -48,6 +48,10 @@ MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
 NO_MESSAGE_FOUND = 10057
+# Another compare-and-set, which JetStream checks after a message's key (unlike the one
+# above): a publish expecting a last key no message has answers whether the key is known.
+EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+WRONG_LAST_MSG_ID = 10070
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
