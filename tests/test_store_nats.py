@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -221,6 +222,28 @@ async def test_while_nats_is_down_reads_fail_at_once_and_closing_still_closes(
         await asyncio.wait_for(store.aclose(), 30)
     with pytest.raises(StoreError, match="closed"):
         await store.read("lobby")
+
+
+async def test_closing_while_nats_does_not_answer_is_bounded(restartable_nats: NatsNode) -> None:
+    """NATS frozen (a partition: no reset, no answers) with an append in flight: closing takes
+    CLOSE_TIMEOUT and a moment, not the sum of every step's own timeout (14 s)."""
+    from grpcchat.store.nats.store import CLOSE_TIMEOUT, LAST_CLOSE_TIMEOUT
+
+    store = await open_store(f"{restartable_nats.url}?stream=T_{uuid.uuid4().hex}")
+    assert restartable_nats.process is not None
+    await append(store)
+    restartable_nats.process.send_signal(signal.SIGSTOP)
+    try:
+        in_flight = asyncio.create_task(append(store, text="unanswered"))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await asyncio.wait_for(store.aclose(), 30)
+        took = time.monotonic() - started
+        assert took < CLOSE_TIMEOUT + LAST_CLOSE_TIMEOUT + 1.0, took
+        with contextlib.suppress(StoreError):
+            await asyncio.wait_for(in_flight, 15)
+    finally:
+        restartable_nats.process.send_signal(signal.SIGCONT)
 
 
 def test_a_stream_message_with_an_impossible_time_is_not_ours() -> None:

@@ -126,13 +126,15 @@ class NatsCluster:
         if self._closed.is_set():
             return
         self._closed.set()
-        if self._node is not None and not self._nc.is_closed:
-            with contextlib.suppress(*NATS_ERRORS):
-                self._flush()
-                await self._publish(self._presence, {"node": self.node_id, "bye": True})
-                await self._nc.flush(timeout=1)
-        for task in self._tasks:
-            task.cancel()
+        try:
+            if self._node is not None and not self._nc.is_closed:
+                with contextlib.suppress(*NATS_ERRORS):
+                    self._flush()
+                    await self._publish(self._presence, {"node": self.node_id, "bye": True})
+                    await self._nc.flush(timeout=1)
+        finally:  # cut short too (the store closes within its own time)
+            for task in self._tasks:
+                task.cancel()
 
     # -- sending ----------------------------------------------------------------------------
 

@@ -31,7 +31,10 @@ from grpcchat.store.nats.state import RoomState
 from grpcchat.store.nats.window import Window
 
 # How long `aclose` waits for the appends under way (each request is bounded too).
-CLOSE_TIMEOUT = 2 * REQUEST_TIMEOUT
+# Closing, from its start to the connection's close, whatever NATS does meanwhile; and at
+# least this for the close itself (it sends what is still buffered).
+CLOSE_TIMEOUT = 3.0
+LAST_CLOSE_TIMEOUT = 0.5
 FLUSH_TIMEOUT = int(REQUEST_TIMEOUT)  # nats-py's flush takes whole seconds
 
 
@@ -270,25 +273,32 @@ class NatsStore:
         await self._maintenance.maintain()
 
     async def aclose(self) -> None:
-        """Stop the maintenance job, let the appends under way finish, drain the connection."""
+        """Stop the maintenance job, let the appends under way finish, flush and close the
+        connection: all of it within CLOSE_TIMEOUT (plus a moment for the close itself), so a
+        NATS that stopped answering cannot hold a shutdown up (each of those steps has a
+        timeout of its own of seconds: together, 14 s past the grace)."""
         if self._link.closing:
             return
         self._link.closing = True
         self._maintenance.close()
-        await self._cluster.close()
-        tasks = [self._maintenance.task, *self._appender.tails.values()]
-        await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
-        # A flush, not nats-py's drain: drain runs a task per subscription, and when a timeout cuts
-        # it short those tasks can fail with nobody to retrieve the error. Whatever the feed still
-        # receives has no session left to go to; what must not be lost is what this process
-        # published, and the flush's round trip proves the server has it (close sends the rest).
-        with contextlib.suppress(*NATS_ERRORS, RuntimeError):
-            await self._nc.flush(timeout=FLUSH_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_TIMEOUT
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._cluster.close()
+                await asyncio.wait([self._maintenance.task, *self._appender.tails.values()])
+                # A flush, not nats-py's drain: drain runs a task per subscription, and when a
+                # timeout cuts it short those tasks can fail with nobody to retrieve the error.
+                # Whatever the feed still receives has no session left to go to; what must not
+                # be lost is what this process published, and the flush's round trip proves
+                # the server has it (close sends the rest).
+                with contextlib.suppress(*NATS_ERRORS, RuntimeError):
+                    await self._nc.flush(timeout=FLUSH_TIMEOUT)
         # With NATS gone, nats-py's close fails sending what it still holds (ConnectionResetError;
         # under uvloop a RuntimeError, "the handler is closed") or waits on a dead link: the
         # store is closed all the same.
-        with contextlib.suppress(*NATS_ERRORS, RuntimeError):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
+        with contextlib.suppress(*NATS_ERRORS, RuntimeError, TimeoutError):
+            async with asyncio.timeout(max(deadline - loop.time(), LAST_CLOSE_TIMEOUT)):
                 await self._nc.close()
 
     # -- the feed and the Cluster: across processes (see `feed`, `cluster`) ---------------------
