@@ -465,19 +465,20 @@ async def test_the_store_fails_fast_while_disconnected_and_follows_on_from_its_p
         await other.aclose()
 
 
-async def test_more_replicas_for_a_history_are_more_for_its_read_markers_too(
+async def test_replicas_are_the_history_s_and_its_read_markers_and_kept_unless_named(
     nats_cluster: NatsCluster,
 ) -> None:
     """A history made with one replica, opened again with three: its read-marker stream gets
     three as well (it stayed on one node, and every named join failed while that one was
-    down)."""
+    down). Opened once more without `replicas=`, both keep three (a server started without
+    it used to take the cluster's copies away)."""
     import nats
 
     stream = f"CHAT_{uuid.uuid4().hex}"
     url = f"nats://{nats_cluster.servers}?stream={stream}"
     async with asyncio.timeout(60):
-        for replicas in (1, 3):
-            store = await NatsStore.open(f"{url}&replicas={replicas}", Retention())
+        for replicas in ("&replicas=1", "&replicas=3", ""):
+            store = await NatsStore.open(f"{url}{replicas}", Retention())
             await store.aclose()
         connection = await nats.connect(nats_cluster.nodes[0].url)
         try:

@@ -271,7 +271,8 @@ def serve(
             max=MAX_NATS_REPLICAS,
             rich_help_panel=SCALE_HELP,
             help="Copies of the history stream a NATS cluster keeps (e.g. 3 on a 3-node "
-            "cluster; default: the URL's replicas=, else 1). Needs --broker.",
+            "cluster; default: the URL's replicas=, else an existing stream's own, 1 for a new "
+            "one). Needs --broker.",
             show_default=False,
         ),
     ] = None,

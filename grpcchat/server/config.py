@@ -100,7 +100,8 @@ class ServerConfig:
     # nats://host:4222[,host:4222][?stream=NAME]: history, fan-out and presence shared with
     # every server on that broker (the same as a nats:// store, which it replaces).
     broker: str = ""
-    # The JetStream stream's replicas (overrides the URL's replicas=); 0: as the URL says (1).
+    # The JetStream stream's replicas (overrides the URL's replicas=); 0: as the URL says
+    # (without replicas=, an existing stream keeps its own, a new one gets 1).
     nats_replicas: int = 0
     # `grpcchat serve --workers N` (`grpcchat.server.workers`): N processes on one port.
     workers: int = 1

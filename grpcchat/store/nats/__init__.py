@@ -2,7 +2,8 @@
 
 URL: `nats://host:4222[,host2:4222...][?stream=CHAT][&replicas=1]`. `stream` names the stream
 (and the prefix of its subjects; default CHAT), `replicas` how many copies a NATS cluster keeps
-(1 to 5). The stream is created if missing; its epoch is a random id kept in the stream's
+(1 to 5; without it a new stream gets 1 and an existing one keeps its own). The stream is
+created if missing; its epoch is a random id kept in the stream's
 metadata, so it is the same for every server and every reopening of that stream.
 
 Layout (`codec`): one stream, one subject per room, one JetStream message

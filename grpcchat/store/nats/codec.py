@@ -58,11 +58,12 @@ _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 @record
 class Options:
-    """What a `nats://` URL names: the servers, the stream, its replicas."""
+    """What a `nats://` URL names: the servers, the stream, its replicas (None: not named; a
+    new stream gets one, an existing one keeps its own)."""
 
     servers: list[str]
     stream: str
-    replicas: int
+    replicas: int | None
 
     @property
     def prefix(self) -> str:
@@ -85,11 +86,14 @@ def parse_url(url: str) -> Options:
     stream = query.get("stream", [DEFAULT_STREAM])[-1]
     if not _STREAM_NAME.fullmatch(stream):
         raise StoreError(f"stream name {stream!r}: use 1-64 letters, digits, '_' or '-'")
-    replicas_text = query.get("replicas", ["1"])[-1]
-    if not replicas_text.isdigit() or not 1 <= int(replicas_text) <= 5:
-        raise StoreError(f"replicas {replicas_text!r}: use 1 to 5")
+    replicas: int | None = None
+    if "replicas" in query:
+        replicas_text = query["replicas"][-1]
+        if not replicas_text.isdigit() or not 1 <= int(replicas_text) <= 5:
+            raise StoreError(f"replicas {replicas_text!r}: use 1 to 5")
+        replicas = int(replicas_text)
     servers = [f"nats://{host}" for host in parts.netloc.split(",") if host]
-    return Options(servers=servers, stream=stream, replicas=int(replicas_text))
+    return Options(servers=servers, stream=stream, replicas=replicas)
 
 
 def room_token(room: str) -> str:

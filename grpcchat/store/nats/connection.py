@@ -134,8 +134,8 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
     try:
         with errors(f"open the stream {options.stream}"):
             js = nc.jetstream(timeout=REQUEST_TIMEOUT)
-            epoch = await _open_stream(js, options, retention)
-            await Markers(js, options.stream, epoch, retention).open(options.replicas)
+            epoch, replicas = await _open_stream(js, options, retention)
+            await Markers(js, options.stream, epoch, retention).open(replicas)
     except BaseException:
         await nc.close()
         raise
@@ -143,9 +143,13 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
     return nc, link, epoch
 
 
-async def _open_stream(js: JetStreamContext, options: Options, retention: Retention) -> str:
-    """The epoch of the stream, creating the stream (with a new epoch) if it is missing and
-    updating its dedup window and replicas if they changed."""
+async def _open_stream(
+    js: JetStreamContext, options: Options, retention: Retention
+) -> tuple[str, int]:
+    """The epoch of the stream and its replicas, creating the stream (with a new epoch) if it
+    is missing, and updating its dedup window if it changed, and its replicas if the URL names
+    others (a URL without `replicas=` leaves an existing stream's as they are: one server
+    started without them must not take a cluster's copies away)."""
     window = retention.dedup_window.total_seconds()
     try:
         info = await js.stream_info(options.stream)
@@ -155,7 +159,7 @@ async def _open_stream(js: JetStreamContext, options: Options, retention: Retent
             description="grpcchat history",
             subjects=[f"{options.prefix}>"],
             storage=StorageType.FILE,
-            num_replicas=options.replicas,
+            num_replicas=options.replicas or 1,
             duplicate_window=window,
             allow_direct=True,
             metadata={EPOCH_KEY: uuid.uuid4().hex},
@@ -164,7 +168,8 @@ async def _open_stream(js: JetStreamContext, options: Options, retention: Retent
     epoch = (info.config.metadata or {}).get(EPOCH_KEY)
     if not epoch:
         raise StoreError(f"the NATS stream {options.stream} is not a grpcchat history")
-    if info.config.duplicate_window != window or info.config.num_replicas != options.replicas:
-        config = info.config.evolve(duplicate_window=window, num_replicas=options.replicas)
+    replicas = options.replicas or info.config.num_replicas or 1
+    if info.config.duplicate_window != window or info.config.num_replicas != replicas:
+        config = info.config.evolve(duplicate_window=window, num_replicas=replicas)
         await js.update_stream(config)
-    return epoch
+    return epoch, replicas
