@@ -368,6 +368,7 @@ def test_check_config_masks_the_broker_password() -> None:
         ("nats://alice:s3cret@h:4222", "nats://alice:****@h:4222"),
         ("nats://tok3n@h:4222,h2:4222?stream=X", "nats://****@h:4222,h2:4222?stream=X"),
         ("nats://a:b:c@h:1", "nats://a:****@h:1"),
+        ("nats://u:p@h1:1,v:q@h2:2,h3:3", "nats://u:****@h1:1,v:****@h2:2,h3:3"),
         ("nats://h:4222?stream=X", "nats://h:4222?stream=X"),
         ("sqlite:///var/lib/history.db", "sqlite:///var/lib/history.db"),
         ("memory://", "memory://"),

@@ -7,11 +7,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 def redacted_url(url: str) -> str:
     """`url` with any password masked: `nats://user:****@host:4222`, and `nats://****@host:4222`
-    for a token (a user without a password)."""
+    for a token (a user without a password); each of several servers' own
+    (`nats://a:****@h1,b:****@h2`), as the engine reads them."""
     parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if not at:
+    if "@" not in parts.netloc:
         return url
+    return urlunsplit(parts._replace(netloc=",".join(map(_masked, parts.netloc.split(",")))))
+
+
+def _masked(server: str) -> str:
+    userinfo, at, host = server.rpartition("@")
+    if not at:
+        return server
     user, colon, _ = userinfo.partition(":")
-    masked = f"{user}:****" if colon else "****"
-    return urlunsplit(parts._replace(netloc=f"{masked}@{hosts}"))
+    return f"{user}:****@{host}" if colon else f"****@{host}"
