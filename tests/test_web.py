@@ -23,10 +23,11 @@ from grpcchat.core.limits import Limits
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.gen.chat.v1.chat_service_connect import ChatServiceClient
-from grpcchat.server import ChatServer
+from grpcchat.server import ChatServer, peers
 from grpcchat.server.auth import TokenAuthority
 from grpcchat.server.config import WEB_PORT_ANY, ServerConfig
 from grpcchat.web import app as web_app
+from grpcchat.web import connections as web_connections
 from grpcchat.web.app import CONTENT_SECURITY_POLICY
 
 pytestmark = pytest.mark.timeout(30)
@@ -398,3 +399,83 @@ def test_config_validates_the_web_settings() -> None:
 async def test_web_off_by_default_loads_nothing() -> None:
     async with ChatServer(_config(web_port=0)) as running:
         assert running.web_port == 0
+
+
+# -- connections ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("web_config", [_config(limits=Limits(rate=1, burst=1, request_rate=0))])
+async def test_x_forwarded_for_is_not_the_client_s_address(web: ChatServiceClient) -> None:
+    """Anyone can write the header: a fresh one per request escaped the per-address rate limit
+    (uvicorn trusts it from 127.0.0.1 unless told not to)."""
+    await web.send(pb.SendRequest(sender="a", text="one"), headers={"x-forwarded-for": "10.0.0.1"})
+    with pytest.raises(ConnectError) as refused:
+        await web.send(
+            pb.SendRequest(sender="a", text="two"), headers={"x-forwarded-for": "10.0.0.2"}
+        )
+    assert refused.value.code == Code.RESOURCE_EXHAUSTED
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """What the server wrote before closing the connection (bounded)."""
+    async with asyncio.timeout(WAIT):
+        return await reader.read()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET / HTTP/1.1\r\nHost: 127", b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /"],
+    ids=["nothing", "half a head", "half the second head"],
+)
+async def test_a_connection_without_a_whole_request_head_is_closed(
+    monkeypatch: pytest.MonkeyPatch, sent: bytes
+) -> None:
+    """uvicorn held such a connection for good: a thousand of them shut everyone out."""
+    monkeypatch.setattr(web_connections, "HEAD_DEADLINE", 0.3)
+    async with ChatServer(_config()) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.web_port)
+        try:
+            writer.write(sent)
+            await writer.drain()
+            answered = await _closed_by_server(reader)
+        finally:
+            writer.close()
+    assert answered.count(b"HTTP/1.1 200") == sent.count(b"\r\n\r\n")  # only whole requests
+
+
+async def test_one_address_may_hold_only_so_many_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(web_connections, "CONNECTION_HEADROOM", 1)
+    config = _config(limits=Limits(rate=0, request_rate=0, max_sessions_per_peer=2))
+    async with ChatServer(config) as server:
+        held = [await asyncio.open_connection("127.0.0.1", server.web_port) for _ in range(3)]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.web_port)
+            refusal = await _closed_by_server(reader)
+            writer.close()
+            assert refusal.startswith(b"HTTP/1.1 503")
+            assert b"127.0.0.1 already has 3 connections open" in refusal
+        finally:
+            for _, other in held:
+                other.close()
+        await asyncio.sleep(0.1)  # their closes are seen: the address may connect again
+        status, _, _ = await http_call(server.web_port, "GET", "/")
+        assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:127.0.0.1:5000", "127.0.0.1"),
+        ("ipv6:%5B::1%5D:5000", "::1"),
+        ("ipv6:%5B::ffff:10.0.0.1%5D:1", "10.0.0.1"),
+        ("unix:/run/chat.sock", "unix:/run/chat.sock"),
+    ],
+)
+def test_an_address_is_spelled_alike_on_both_ports(peer: str, address: str) -> None:
+    """gRPC names an IPv6 client `%5B::1%5D`, the web port `::1`: counted apart, one client
+    had each per-address limit twice."""
+    assert peers.grpc_peer(peer) == address
+    assert peers.canonical_address(address.strip("[]")) == address
+    assert peers.canonical_address("[::1]") == "::1"

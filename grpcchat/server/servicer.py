@@ -29,6 +29,7 @@ from grpcchat.server.chatlog import log_accepted
 from grpcchat.server.counters import ServerStats
 from grpcchat.server.framing import each_chat_message, frame_events
 from grpcchat.server.inflight import Hold, InFlight, WaitingLine, in_flight_limit
+from grpcchat.server.peers import grpc_peer
 from grpcchat.server.status import Context, maps_errors, status_of
 from grpcchat.server.writer import write_session
 from grpcchat.wire import codec
@@ -593,12 +594,8 @@ def _failed(session: Session, error: BaseException) -> None:
 
 
 def _peer(context: Context) -> str:
-    """The client's address without its port: `ipv4:127.0.0.1:5000` -> `127.0.0.1`."""
-    peer = context.peer() or ""
-    kind, _, address = peer.partition(":")
-    if kind in ("ipv4", "ipv6"):
-        return address.rsplit(":", 1)[0]
-    return peer
+    """The client's address without its port (see `peers`)."""
+    return grpc_peer(context.peer() or "")
 
 
 def principal(identity: Identity | None, peer: str) -> str:

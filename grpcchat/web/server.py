@@ -17,6 +17,7 @@ from grpcchat.gen.chat.v1.chat_service_connect import ChatServiceASGIApplication
 from grpcchat.server.config import ServerConfig, host_port, is_loopback_host
 from grpcchat.server.servicer import ChatServicer
 from grpcchat.web.app import MAX_HEADER_BYTES, MAX_REQUEST_BYTES, WebApp
+from grpcchat.web.connections import connections_per_address, guarded_protocol
 from grpcchat.web.service import WebChatService
 from grpcchat.web.stream import CutOff
 
@@ -61,6 +62,10 @@ class WebServer:
         self._uvicorn = _Server(
             uvicorn.Config(
                 app,
+                http=guarded_protocol(connections_per_address(config.limits)),
+                # A client's address is the socket's: X-Forwarded-For is anyone's to write
+                # (uvicorn trusts it from 127.0.0.1 by default), and per-client limits key on it.
+                proxy_headers=False,
                 lifespan="off",
                 log_config=None,  # our logging stays as configured
                 access_log=False,  # WebApp logs requests (paths only) at debug

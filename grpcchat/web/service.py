@@ -16,6 +16,7 @@ from connectrpc.request import RequestContext
 from grpcchat.core.errors import ChatError, LimitExceeded
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity
+from grpcchat.server.peers import canonical_address
 from grpcchat.server.servicer import ChatServicer
 from grpcchat.web.errors import connect_error
 from grpcchat.web.stream import stream_session
@@ -51,9 +52,10 @@ def _maps_errors(
 
 
 def peer_of(ctx: Context) -> str:
-    """The client's address without its port (`127.0.0.1:5000` -> `127.0.0.1`)."""
+    """The client's address without its port (`127.0.0.1:5000` -> `127.0.0.1`), spelled as
+    the gRPC port spells it (see `peers`)."""
     address = ctx.client_address or ""
-    return address.rsplit(":", 1)[0] if ":" in address else address
+    return canonical_address(address.rsplit(":", 1)[0] if ":" in address else address)
 
 
 class WebChatService:
