@@ -349,6 +349,34 @@ async def test_cross_origin_allowed_with_web_origin(web_server: ChatServer) -> N
     assert status == 403
 
 
+@pytest.mark.parametrize(
+    "web_config", [_config(web_origins=("http://localhost:5173", "https://chat.example:443"))]
+)
+async def test_an_allowed_origin_can_read_every_refusal(web_server: ChatServer) -> None:
+    """Refusals made before the API is reached carried no CORS headers, so the allowed page
+    could not read why; and a default port in --web-origin matches the Origin a browser sends,
+    which never has one."""
+    port, dev = web_server.web_port, {"origin": "http://localhost:5173"}
+    json_body = {**dev, "content-type": "application/json"}
+    refusals = [
+        ("/chat.v1.ChatService/History?access_token=x", json_body, b"{}", 400),
+        ("/chat.v1.ChatService/History", {**json_body, "x-pad": "a" * 20_000}, b"{}", 431),
+        ("/chat.v1.ChatService/Send", json_body, b" " * (web_app.MAX_BODY_BYTES + 1), 413),
+    ]
+    for path, headers, body, expected in refusals:
+        status, answered, text = await http_call(port, "POST", path, headers=headers, body=body)
+        assert status == expected, text
+        assert answered["access-control-allow-origin"] == "http://localhost:5173", path
+    status, answered, _ = await http_call(
+        port,
+        "OPTIONS",
+        "/chat.v1.ChatService/Send",
+        headers={"origin": "https://chat.example", "access-control-request-method": "POST"},
+    )
+    assert status == 204
+    assert answered["access-control-allow-origin"] == "https://chat.example"
+
+
 async def test_drain_ends_a_web_stream_unavailable(
     web_server: ChatServer, web: ChatServiceClient
 ) -> None:

@@ -35,6 +35,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RawHeaders = list[tuple[bytes, bytes]]
 
 STATIC_DIR = Path(__file__).parent / "static"
 RPC_PREFIX = "/chat.v1.ChatService/"
@@ -90,7 +91,7 @@ class WebApp:
 
     def __init__(self, rpc: ASGIApp, *, origins: Iterable[str] = (), loopback: bool) -> None:
         self._rpc = rpc
-        self._origins = frozenset(origin.rstrip("/").lower() for origin in origins)
+        self._origins = frozenset(map(_origin_key, origins))
         # Bound to a loopback address: only loopback Host names are ours (DNS rebinding).
         self._loopback = loopback
 
@@ -131,39 +132,35 @@ class WebApp:
         path: str = scope["path"]
         rpc = path.startswith(RPC_PREFIX)
         headers = _headers(scope)
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        cors = self._cors(scope, host, origin)
+        # Every answer to an allowed origin carries its CORS headers, refusals too: without
+        # them its page cannot read why it was refused.
+        answer = _with_headers(send, cors or [])
         query = scope.get("query_string", b"").decode("latin-1")
         if any(key.lower() in TOKEN_PARAMETERS for key, _ in parse_qsl(query)):
             message = "tokens are never accepted in URLs: send `Authorization: Bearer <token>`"
-            await _refuse(send, rpc, headers, 400, "invalid_argument", message)
+            await _refuse(answer, rpc, headers, 400, "invalid_argument", message)
             return
         if (why := _unacceptable_headers(scope)) is not None:
             status, code, message = why
-            await _refuse(send, rpc, headers, status, code, message)
+            await _refuse(answer, rpc, headers, status, code, message)
             return
-        host = headers.get("host", "")
         if self._loopback and not _is_loopback_host(host):
-            await _refuse(send, rpc, headers, 421, "permission_denied", f"unknown host {host!r}")
+            await _refuse(answer, rpc, headers, 421, "permission_denied", f"unknown host {host!r}")
             return
-        origin = headers.get("origin")
-        cors: list[tuple[bytes, bytes]] = []
-        same_origin = f"{scope.get('scheme', 'http')}://{host}".lower()  # hosts have no case
-        if origin is not None and origin.lower() != same_origin:
-            if origin.rstrip("/").lower() not in self._origins:
-                message = f"origin {origin!r} may not call this server (see --web-origin)"
-                await _refuse(send, rpc, headers, 403, "permission_denied", message)
-                return
-            cors = [
-                (b"access-control-allow-origin", origin.encode()),
-                (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode()),
-                (b"vary", b"Origin"),
-            ]
-            if scope["method"] == "OPTIONS":
-                await _preflight(send, cors)
-                return
+        if cors is None:
+            message = f"origin {origin!r} may not call this server (see --web-origin)"
+            await _refuse(send, rpc, headers, 403, "permission_denied", message)
+            return
+        if cors and scope["method"] == "OPTIONS":
+            await _preflight(send, cors)
+            return
         content_type = headers.get("content-type", "")
         if rpc and content_type.startswith("application/grpc") and "grpc-web" not in content_type:
             message = "plain gRPC is served on the gRPC port; this port speaks Connect and gRPC-Web"
-            await _refuse(send, rpc, headers, 415, "unimplemented", message)
+            await _refuse(answer, rpc, headers, 415, "unimplemented", message)
             return
         if rpc:
             body = await _read_body(receive)
@@ -171,11 +168,36 @@ class WebApp:
                 return  # the client left before its request was read: nobody to answer
             if isinstance(body, tuple):
                 status, code, message = body
-                await _refuse(send, rpc, headers, status, code, message)
+                await _refuse(answer, rpc, headers, status, code, message)
                 return
-            await self._rpc(scope, _replaying(body, receive), _with_headers(send, cors))
+            await self._rpc(scope, _replaying(body, receive), answer)
             return
-        await _static(scope, _with_headers(send, cors))
+        await _static(scope, answer)
+
+    def _cors(self, scope: Scope, host: str, origin: str | None) -> RawHeaders | None:
+        """The CORS headers for a request from `origin`: none for the page's own origin (or no
+        Origin), None for an origin --web-origin does not allow."""
+        same_origin = f"{scope.get('scheme', 'http')}://{host}".lower()  # hosts have no case
+        if origin is None or origin.lower() == same_origin:
+            return []
+        if _origin_key(origin) not in self._origins:
+            return None
+        return [
+            (b"access-control-allow-origin", origin.encode()),
+            (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode()),
+            (b"vary", b"Origin"),
+        ]
+
+
+def _origin_key(origin: str) -> str:
+    """An origin as compared: lower case, no trailing slash, no default port (a browser never
+    sends `:443` for https or `:80` for http, so `--web-origin https://host:443` must match
+    `https://host`)."""
+    key = origin.rstrip("/").lower()
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if key.startswith(scheme) and key.endswith(port):
+            return key.removesuffix(port)
+    return key
 
 
 def _headers(scope: Scope) -> dict[str, str]:
