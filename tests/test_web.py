@@ -507,3 +507,20 @@ def test_an_address_is_spelled_alike_on_both_ports(peer: str, address: str) -> N
     assert peers.grpc_peer(peer) == address
     assert peers.canonical_address(address.strip("[]")) == address
     assert peers.canonical_address("[::1]") == "::1"
+
+
+async def test_a_stop_while_a_body_is_arriving_logs_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn cancels such a request at the grace's end and logged it as an error."""
+    async with ChatServer(_config(grace_period=1.0)) as server:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.web_port)
+        writer.write(
+            b"POST /chat.v1.ChatService/Send HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/grpc-web+proto\r\nContent-Length: 50\r\n\r\n\x00"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the request is being read
+        await asyncio.wait_for(server.stop(1.0), WAIT)
+        writer.close()
+    assert not [r for r in caplog.records if r.exc_info], caplog.text

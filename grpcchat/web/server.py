@@ -30,10 +30,13 @@ log = logging.getLogger("grpcchat.web")
 
 class _CutOffFilter(logging.Filter):
     """uvicorn logs an error for a response that ends by raising: a cut-off (`CutOff`) is
-    intended and already logged by us."""
+    intended and already logged by us, and a request cancelled is one a stop did not wait for
+    past its grace (a body still arriving, say), which is no error either."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], CutOff))
+        return not (
+            record.exc_info and isinstance(record.exc_info[1], CutOff | asyncio.CancelledError)
+        )
 
 
 _uvicorn_log = logging.getLogger("uvicorn.error")
