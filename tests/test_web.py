@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -524,3 +525,28 @@ async def test_a_stop_while_a_body_is_arriving_logs_no_traceback(
         await asyncio.wait_for(server.stop(1.0), WAIT)
         writer.close()
     assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+@pytest.mark.parametrize(
+    "web_config", [_config(limits=Limits(rate=0, request_rate=1, request_burst=1))]
+)
+async def test_a_web_subscribe_over_the_rate_says_when_to_retry(
+    web: ChatServiceClient, web_server: ChatServer
+) -> None:
+    """As the gRPC port's refusal does, and as the web port's unary calls did already."""
+    await web.history(pb.HistoryRequest(room="lobby"))  # the one request allowed now
+    request = pb.SubscribeRequest(room="lobby", name="hasty").SerializeToString()
+    frame = b"\0" + len(request).to_bytes(4, "big") + request
+    status, _, body = await http_call(
+        web_server.web_port,
+        "POST",
+        "/chat.v1.ChatService/Subscribe",
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        body=frame,
+    )
+    assert status == 200
+    trailers = body[body.index(b"\x80") + 5 :].decode()
+    assert re.search(r"grpc-status: ?8\b", trailers), trailers
+    retry = re.search(r"retry-after-ms: ?(\d+)", trailers)
+    assert retry is not None, trailers
+    assert 0 < int(retry.group(1)) <= 1001

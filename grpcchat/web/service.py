@@ -42,13 +42,17 @@ def _maps_errors(
         try:
             return await handler(self, request, ctx, *args, **kwargs)
         except ChatError as error:
-            if isinstance(error, LimitExceeded) and error.retry_after is not None:
-                ctx.response_trailers[codec.RETRY_AFTER_KEY] = str(
-                    int(error.retry_after * 1000) + 1
-                )
-            raise connect_error(error) from None
+            raise _refusal(error, ctx) from None
 
     return wrapper
+
+
+def _refusal(error: ChatError, ctx: Context) -> ConnectError:
+    """The ConnectError that ends a call `error` refused; over a limit for now, the call's
+    trailers say when to retry (`retry-after-ms`), as the gRPC port's do."""
+    if isinstance(error, LimitExceeded) and error.retry_after is not None:
+        ctx.response_trailers[codec.RETRY_AFTER_KEY] = str(int(error.retry_after * 1000) + 1)
+    return connect_error(error)
 
 
 def peer_of(ctx: Context) -> str:
@@ -109,7 +113,7 @@ class WebChatService:
                 ):
                     yield response
         except ChatError as error:
-            raise connect_error(error) from None
+            raise _refusal(error, ctx) from None
 
     def chat(
         self, request: AsyncIterator[pb.ChatMessage], ctx: Context, /
