@@ -550,3 +550,27 @@ async def test_a_web_subscribe_over_the_rate_says_when_to_retry(
     retry = re.search(r"retry-after-ms: ?(\d+)", trailers)
     assert retry is not None, trailers
     assert 0 < int(retry.group(1)) <= 1001
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content_type", "status", "says"),
+    [
+        ("POST", "History", "application/grpc-web-text", 415, "not grpc-web-text"),
+        ("POST", "History", "text/plain", 415, "unsupported content type 'text/plain'"),
+        ("POST", "Nope", "application/json", 404, "no method 'Nope' in chat.v1.ChatService"),
+        ("GET", "History", "", 405, "GET is not allowed here: call a method with POST"),
+    ],
+)
+async def test_a_request_the_api_cannot_route_is_told_why(
+    web_server: ChatServer, method: str, path: str, content_type: str, status: int, says: str
+) -> None:
+    """connectrpc answered these with a bare status and an empty body."""
+    headers = {"content-type": content_type} if content_type else {}
+    body = b"{}" if method == "POST" else b""
+    answered, response_headers, text = await http_call(
+        web_server.web_port, method, f"/chat.v1.ChatService/{path}", headers=headers, body=body
+    )
+    assert answered == status
+    assert response_headers["content-type"] == "application/json"
+    assert says in json.loads(text)["message"]
+    assert "content-security-policy" in response_headers

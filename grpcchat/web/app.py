@@ -170,7 +170,7 @@ class WebApp:
                 status, code, message = body
                 await _refuse(answer, rpc, headers, status, code, message)
                 return
-            await self._rpc(scope, _replaying(body, receive), answer)
+            await self._rpc(scope, _replaying(body, receive), _explained(answer, scope, headers))
             return
         await _static(scope, answer)
 
@@ -235,6 +235,51 @@ async def _read_body(receive: Receive) -> bytes | tuple[int, str, str] | None:
             "deadline_exceeded",
             f"the request's body did not arrive within {BODY_DEADLINE:g}s",
         )
+
+
+def _explained(send: Send, scope: Scope, headers: dict[str, str]) -> Send:
+    """`send` for connectrpc, which refuses a request it cannot route with a bare status (415,
+    404, 405) and an empty body: those get a Connect error body saying what to do."""
+    held: Message | None = None
+
+    async def sending(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            held = message  # sent with the body, once it is known to be empty
+            return
+        if held is not None:
+            start, held = held, None
+            if not message.get("body") and not message.get("more_body", False):
+                why = _bare_status_reason(start["status"], scope, headers)
+                body = json.dumps({"code": "unimplemented", "message": why}).encode()
+                kept = [
+                    (key, value)
+                    for key, value in start.get("headers", ())
+                    if key.lower() not in (b"content-type", b"content-length")
+                ]
+                kind = [(b"content-type", b"application/json")]
+                await send({**start, "headers": [*kept, *kind]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(start)
+        await send(message)
+
+    return sending
+
+
+def _bare_status_reason(status: int, scope: Scope, headers: dict[str, str]) -> str:
+    if status == 415:
+        content_type = headers.get("content-type", "")
+        return (
+            f"unsupported content type {content_type!r}: this port speaks Connect "
+            "(application/json, application/proto) and gRPC-Web (application/grpc-web+proto; "
+            "not grpc-web-text)"
+        )
+    if status == 404:
+        return f"no method {scope['path'].removeprefix(RPC_PREFIX)!r} in chat.v1.ChatService"
+    if status == 405:
+        return f"{scope['method']} is not allowed here: call a method with POST"
+    return f"the request was refused ({status})"
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
