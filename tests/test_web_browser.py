@@ -389,10 +389,18 @@ async def test_auth_on_the_token_decides_who_speaks(
     await anonymous.expect_status(r"unauthenticated")
 
     # A name box that says "mallory", a token that says "alice": the token wins.
-    alice = await (await new_user()).join(
-        web_server.url, "mallory", token=authority.mint("alice", timedelta(minutes=5))
-    )
+    alice_token = authority.mint("alice", timedelta(minutes=5))
+    async with client_for(web_server, alice_token) as client:
+        await client.send("alice", "from before")
+    alice = await (await new_user()).join(web_server.url, "mallory", token=alice_token)
     await alice.expect_connected()
+    await alice.expect_message("from before", "alice")
+    # Hers from the start, before she has sent anything from the page (it used to take the
+    # name box for her until a send's answer said otherwise).
+    await alice.say("/edit from before, fixed")
+    await expect(alice.message_with_text("from before, fixed").locator(".edited")).to_have_text(
+        "(edited)"
+    )
     bob_token = authority.mint("bob", timedelta(minutes=5))
     async with (
         client_for(web_server, bob_token) as client,

@@ -17,6 +17,26 @@ export function hasToken(): boolean {
   return token !== "";
 }
 
+/**
+ * The user the token names (its `sub`), read without verifying it, to know which messages are
+ * "mine" from the start: the server verifies the token, and its name wins on everything sent.
+ * "" without a token, or with one that cannot be read.
+ */
+export function tokenName(): string {
+  const payload = token.split(".")[1];
+  if (!payload) return "";
+  try {
+    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "=")), (c) =>
+      c.charCodeAt(0),
+    );
+    const sub: unknown = JSON.parse(new TextDecoder().decode(bytes)).sub;
+    return typeof sub === "string" ? sub : "";
+  } catch {
+    return "";
+  }
+}
+
 const auth: Interceptor = (next) => (request) => {
   if (token) request.header.set("Authorization", `Bearer ${token}`);
   return next(request);

@@ -4,7 +4,7 @@
 // what is shown is marked read.
 
 import { create } from "@bufbuild/protobuf";
-import { chat, describe, hasToken, send, setToken, type Outgoing } from "./api";
+import { chat, describe, hasToken, send, setToken, tokenName, type Outgoing } from "./api";
 import { HELP, parse, type Change } from "./commands";
 import { RoomFeed } from "./feed";
 import {
@@ -44,9 +44,9 @@ function enter(room: string): void {
   typists.clear();
   view.room.value = room;
   view.enter(room);
-  // Who "me" is: the name box, until the server says otherwise (with a token, the token's
-  // name wins; the first answer to a send tells it).
-  view.me = name;
+  // Who "me" is: with a token, the token's name (the server's answers to sends confirm it);
+  // without, the name box.
+  view.me = tokenName() || name;
   members = new Set();
   joinedOnce = false;
   marker = new ReadMarker(name, room);
