@@ -28,7 +28,13 @@ from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.wire import codec
 
 room_names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,31}", fullmatch=True)
-printable = st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs")), min_size=1)
+printable = st.text(
+    st.characters(
+        blacklist_categories=("Cc", "Cf", "Cs", "Zl", "Zp", "Mn", "Mc", "Me"),
+        blacklist_characters="\u115f\u1160\u3164\uffa0\u2800",
+    ),
+    min_size=1,
+)
 
 
 @given(room_names)
@@ -59,6 +65,20 @@ def test_printable_names_are_accepted_stripped(name: str) -> None:
 def test_names_with_control_or_format_characters_are_refused(prefix: str, bad: str) -> None:
     with pytest.raises(InvalidInput):
         check_name(prefix + "x" + bad + "y")
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("\u3164", "blank letters"),  # HANGUL FILLER: a name that shows as nothing
+        ("bob\u2800", "blank letters"),  # BRAILLE PATTERN BLANK: "bob" and one more
+        ("bob\u2028alice", "line separators"),
+        ("\u0301\u0301", "combining mark"),  # accents on nothing
+    ],
+)
+def test_names_that_look_empty_like_another_or_two_lines_are_refused(name: str, why: str) -> None:
+    with pytest.raises(InvalidInput, match=why):
+        check_name(name)
 
 
 @given(st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=32))
@@ -111,10 +131,16 @@ def reference_check_name(name: str) -> str:
         raise InvalidInput("name must not be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
-    if refused := _first_forbidden(name, ("Cc", "Cf", "Cs"), frozenset()):
-        if refused == "Cs":  # a lone surrogate: bytes that were not UTF-8
+    for ch in name:
+        category = unicodedata.category(ch)
+        if category == "Cs":  # a lone surrogate: bytes that were not UTF-8
             raise InvalidInput("name is not valid UTF-8")
-        raise InvalidInput("name must not contain control characters")
+        if category in ("Cc", "Cf"):
+            raise InvalidInput("name must not contain control characters")
+        if category in ("Zl", "Zp") or ch in "\u115f\u1160\u3164\uffa0\u2800":
+            raise InvalidInput("name must not contain blank letters or line separators")
+    if unicodedata.category(name[0]).startswith("M"):
+        raise InvalidInput("name must not start with a combining mark")
     return name
 
 
@@ -149,7 +175,7 @@ any_character = st.one_of(
     st.characters(blacklist_categories=()),
     st.characters(min_codepoint=0x10000, blacklist_categories=()),
     st.sampled_from(SPECIAL),
-    st.sampled_from(" \t\n\r\u00a0\u2028\u3000"),
+    st.sampled_from(" \t\n\r\u00a0\u2028\u2029\u3000\u3164\u2800\u0301"),
     st.characters(max_codepoint=0x7F),
 )
 mixed_text = st.text(any_character, max_size=MAX_TEXT_LENGTH + 2)
@@ -171,7 +197,10 @@ def test_the_character_classes_match_unicodedata_on_every_code_point() -> None:
         for code in range(sys.maxunicode + 1)
         if (
             bool(validation._FORBIDDEN_IN_NAME.search(ch := chr(code)))
-            != (unicodedata.category(ch) in {"Cc", "Cf", "Cs"})
+            != (
+                unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"}
+                or ch in "\u115f\u1160\u3164\uffa0\u2800"
+            )
             or bool(validation._FORBIDDEN_IN_TEXT.search(ch))
             != (unicodedata.category(ch) in {"Cc", "Cs"} and ch not in "\n\t")
         )

@@ -61,8 +61,13 @@ _SURROGATES = r"\ud800-\udfff"
 # One regex search each: the scan runs in C, never a Python step per character.
 _FORBIDDEN_IN_TEXT = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_SURROGATES}]")
 # Names also refuse format characters (Cf): invisible joiners and bidi overrides let one name
-# pass for another.
-_FORBIDDEN_IN_NAME = re.compile(f"[{_CONTROL}{_char_class(_format_ranges())}{_SURROGATES}]")
+# pass for another. And what makes a name look empty, like another, or two lines: the letters
+# that show as nothing (the Hangul fillers, the blank braille pattern), and the line and
+# paragraph separators (Zl, Zp: exactly these two, by Unicode's stability policy).
+_NAME_BLANKS = "\u115f\u1160\u3164\uffa0\u2800\u2028\u2029"
+_FORBIDDEN_IN_NAME = re.compile(
+    f"[{_CONTROL}{_char_class(_format_ranges())}{_SURROGATES}{_NAME_BLANKS}]"
+)
 _SURROGATE = re.compile(f"[{_SURROGATES}]")
 # An idempotency key is an identifier, like a name, not text to show: no control characters
 # (U+0000 would not even survive SQLite's JSON functions, with which a group's keys are looked up).
@@ -84,7 +89,11 @@ def check_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
     if found := _FORBIDDEN_IN_NAME.search(name):
+        if found.group() in _NAME_BLANKS:
+            raise InvalidInput("name must not contain blank letters or line separators")
         raise _not_utf8(found, "name") or InvalidInput("name must not contain control characters")
+    if unicodedata.category(name[0]).startswith("M"):
+        raise InvalidInput("name must not start with a combining mark")
     return name
 
 
