@@ -574,3 +574,26 @@ async def test_a_request_the_api_cannot_route_is_told_why(
     assert response_headers["content-type"] == "application/json"
     assert says in json.loads(text)["message"]
     assert "content-security-policy" in response_headers
+
+
+async def test_a_connect_stream_refused_before_the_api_ends_with_its_error(
+    web_server: ChatServer,
+) -> None:
+    """The page's Subscribe (a Connect stream): a refusal made before connectrpc is reached is
+    the stream's end-of-stream message in a 200, as the protocol has it (a 400 read as "HTTP
+    400" by the client, the message lost)."""
+    request = json.dumps({"room": "lobby", "name": "x"}).encode()
+    status, headers, body = await http_call(
+        web_server.web_port,
+        "POST",
+        "/chat.v1.ChatService/Subscribe?access_token=x",
+        headers={"content-type": "application/connect+json", "connect-protocol-version": "1"},
+        body=b"\0" + len(request).to_bytes(4, "big") + request,
+    )
+    assert status == 200
+    assert headers["content-type"] == "application/connect+json"
+    assert body[0] == 2  # end of stream
+    assert int.from_bytes(body[1:5], "big") == len(body) - 5
+    error = json.loads(body[5:])["error"]
+    assert error["code"] == "invalid_argument"
+    assert "tokens are never accepted in URLs" in error["message"]

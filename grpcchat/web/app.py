@@ -353,6 +353,14 @@ async def _refuse(
     """Refuse a request before it is served: a Connect error (or a gRPC-Web trailers-only
     status) for an RPC, plain text for anything else."""
     content_type = headers.get("content-type", "")
+    if rpc and content_type.startswith("application/connect+"):
+        # A Connect stream (the page's Subscribe): its error is the end-of-stream message, in
+        # a 200 (a client reads another status as "HTTP 400" and loses the message).
+        end = json.dumps({"error": {"code": code, "message": message}}).encode()
+        response = [(b"content-type", content_type.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": response})
+        await send({"type": "http.response.body", "body": b"\x02" + _frame_length(end) + end})
+        return
     if rpc and content_type.startswith("application/grpc"):
         grpc_code = _GRPC_CODES[code]
         response = [
@@ -373,6 +381,10 @@ async def _refuse(
         {"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]}
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _frame_length(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big")
 
 
 async def _static(scope: Scope, send: Send) -> None:
