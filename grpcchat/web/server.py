@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 from collections.abc import Iterator
@@ -75,7 +76,7 @@ class WebServer:
                 server_header=False,
                 h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                 limit_concurrency=max_sessions + UNARY_HEADROOM if max_sessions else None,
-                timeout_graceful_shutdown=int(config.grace_period) + 1,
+                timeout_graceful_shutdown=_whole_seconds(config.grace_period) + 1,
                 ssl_certfile=config.tls_cert if tls else None,
                 ssl_keyfile=config.tls_key if tls else None,
                 ssl_ca_certs=config.tls_client_ca or None,
@@ -112,7 +113,7 @@ class WebServer:
         if self._task is None:
             return
         task, self._task = self._task, None
-        self._uvicorn.config.timeout_graceful_shutdown = max(int(grace), 0) or None
+        self._uvicorn.config.timeout_graceful_shutdown = _whole_seconds(grace) or None
         self._uvicorn.should_exit = True
         if grace <= 0:
             self._uvicorn.force_exit = True
@@ -121,6 +122,12 @@ class WebServer:
             self._uvicorn.force_exit = True
             task.cancel()
             await asyncio.wait([task], timeout=1.0)
+
+
+def _whole_seconds(grace: float) -> int:
+    """uvicorn's graceful timeout takes whole seconds, and 0 means "no limit": a grace below a
+    second rounds up, not down to none."""
+    return max(math.ceil(grace), 0)
 
 
 def _bind(host: str, port: int) -> socket.socket:
