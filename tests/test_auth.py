@@ -535,6 +535,24 @@ async def test_the_legacy_stream_is_throttled_not_cut() -> None:
         call.cancel()
 
 
+async def test_a_direct_message_on_the_article_s_stream_says_it_is_one(
+    addr: str, channel: grpc.aio.Channel
+) -> None:
+    """Bob's article client (authenticated, so his direct messages reach it) shows every line
+    as said in the lobby: a direct one names both ends in its sender, or it reads as public."""
+    call = pb_grpc.ChatServiceStub(channel).Chat(metadata=bearer(token("bob")))  # type: ignore[call-arg]
+    await asyncio.wait_for(call.initial_metadata(), WAIT)
+    async with client_as(addr, "alice") as alice:
+        await alice.send("alice", "just for you", recipient="bob")
+        await alice.send("alice", "for everyone")
+    shown = [await asyncio.wait_for(call.read(), WAIT) for _ in range(2)]
+    assert [(m.sender, m.text) for m in shown] == [  # type: ignore[union-attr]
+        ("alice → bob", "just for you"),
+        ("alice", "for everyone"),
+    ]
+    call.cancel()
+
+
 async def test_a_client_with_a_short_timeout_gives_up_on_the_rate_limit() -> None:
     async with rate_limited_server() as addr:
         config = ClientConfig(addr=addr, token=token("alice"), timeout=0.2)

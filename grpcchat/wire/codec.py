@@ -4,6 +4,7 @@ import generated code)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -245,8 +246,13 @@ _recent_messages: dict[int, tuple[Message, bytes]] = {}
 
 def encode_chat_message(event: Event) -> bytes:
     """Wire bytes of a ChatMessage (the article's stream carries nothing else: relations are
-    kept from it before they get here)."""
+    kept from it before they get here). The article's clients show each as a line of the one
+    room they know, `[sender]: text`: a direct message (an authenticated user's stream gets
+    theirs) says so in its sender, `alice → bob`, or it would read as said to everyone."""
     assert isinstance(event, Message)
+    if event.recipient:
+        shown = replace(event, sender=f"{event.sender} → {event.recipient}")
+        return to_proto(shown).SerializeToString()
     return message_bytes(event)
 
 
