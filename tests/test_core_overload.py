@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from grpcchat.core import pressure
+from grpcchat.core import listing, pressure
 from grpcchat.core.errors import (
     AlreadyJoined,
     ChatError,
@@ -946,6 +946,25 @@ async def test_without_auth_a_name_s_sessions_are_counted_per_address() -> None:
             await stack.enter_async_context(hub.connect("bob", authenticated=True, peer="a"))
         with pytest.raises(LimitExceeded, match=r"'bob' already has 2 sessions open$"):
             await stack.enter_async_context(hub.connect("bob", authenticated=True, peer="b"))
+
+
+async def test_unread_counts_come_a_bounded_page_at_a_time_and_cost_more() -> None:
+    """Counting a room's unread messages is the store's work: a page with counts holds at most
+    UNREAD_PAGE rooms and costs a request per UNREAD_ROOMS_PER_REQUEST of them (one client
+    asking for 1,000 rooms' counts kept SQLite's thread busy for 0.4 s a page)."""
+    store = MemoryStore(Retention())
+    for n in range(150):
+        await fill(store, f"r{n:03d}", 1)
+    hub = make_hub(store, request_rate=1, request_burst=25)
+    counted, token = await hub.rooms(limit=1000, principal="p", user="alice")
+    assert len(counted) == listing.UNREAD_PAGE == 100
+    assert token == "r099"
+    assert all(room.unread == 1 for room in counted)
+    await hub.rooms(after=token, limit=1000, principal="p", user="alice")  # 20 of 25 spent
+    with pytest.raises(LimitExceeded):
+        await hub.rooms(limit=1000, principal="p", user="alice")
+    plain, _ = await hub.rooms(limit=1000, principal="q")  # without counts: one request
+    assert len(plain) == 150
 
 
 async def test_one_laggard_among_healthy_readers_is_evicted_at_capacity(

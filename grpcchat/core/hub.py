@@ -362,7 +362,11 @@ class Hub:
     ) -> tuple[list[RoomInfo], str]:
         """One page of the rooms with members or history, and the next page's token; with a
         `user`, each room's count of messages that user has not read."""
-        self._limit_requests(principal)
+        if user:
+            limit = listing.unread_page_size(limit)
+            self._limit_requests(principal, listing.unread_page_cost(limit))
+        else:
+            self._limit_requests(principal)
         user = self._markers.user(user) if user else ""
         live = [*self._rooms, *self.roster.rooms()]
         return await listing.rooms_page(
@@ -627,9 +631,10 @@ class Hub:
             room, before=before, after=after, limit=limit, newest_first=newest_first
         )
 
-    def _limit_requests(self, principal: str) -> None:
-        """Joins, leaves, reads and read markers have their own rate, per principal."""
-        wait = self._request_rate.wait_time(principal) if principal else 0.0
+    def _limit_requests(self, principal: str, cost: float = 1.0) -> None:
+        """Joins, leaves, reads and read markers have their own rate, per principal; a read
+        that makes the store work harder costs more than one request."""
+        wait = self._request_rate.wait_time(principal, cost) if principal else 0.0
         if wait:
             self.stats.rate_limited_requests += 1
             raise LimitExceeded(

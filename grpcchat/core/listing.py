@@ -26,8 +26,25 @@ class MembersPage:
     next_token: str  # "" when this was the last page
 
 
+# With a user's unread counts, a rooms page is at most this many rooms and costs a request per
+# UNREAD_ROOMS_PER_REQUEST of them: each count is the store's work (up to MAX_UNREAD entries of
+# an index), and one client asking for 1,000 full rooms' counts, 0.4 s of SQLite's thread a
+# page, could keep it busy for everyone at the request rate.
+UNREAD_PAGE = 100
+UNREAD_ROOMS_PER_REQUEST = 10
+
+
 def page_size(limit: int) -> int:
     return min(limit, MAX_PAGE) if limit > 0 else DEFAULT_PAGE
+
+
+def unread_page_size(limit: int) -> int:
+    return min(page_size(limit), UNREAD_PAGE)
+
+
+def unread_page_cost(size: int) -> float:
+    """In requests: a page of `size` rooms with their unread counts."""
+    return max(1.0, size / UNREAD_ROOMS_PER_REQUEST)
 
 
 def members_page(

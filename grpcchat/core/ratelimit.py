@@ -14,7 +14,8 @@ MAX_BUCKETS = 100_000
 
 @dataclass
 class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up; one token per request."""
+    """`rate` tokens a second, at most `burst` saved up; a token per request (more for one
+    that costs more)."""
 
     rate: float
     burst: float
@@ -24,13 +25,15 @@ class TokenBucket:
     def __post_init__(self) -> None:
         self._tokens = self.burst
 
-    def take(self) -> float:
-        """Spend a token and return 0, or return how many seconds until one is available."""
+    def take(self, cost: float = 1.0) -> float:
+        """Spend `cost` tokens (at most the burst) and return 0, or return how many seconds
+        until they are available."""
+        cost = min(cost, self.burst)
         self._refill()
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if self._tokens >= cost:
+            self._tokens -= cost
             return 0.0
-        return (1 - self._tokens) / self.rate
+        return (cost - self._tokens) / self.rate
 
     def spend(self) -> None:
         """Spend a token if there is one, without asking (one used on another node)."""
@@ -52,7 +55,9 @@ class RateLimiter:
         self._max_buckets = max_buckets
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def wait_time(self, principal: str) -> float:
+    def wait_time(self, principal: str, cost: float = 1.0) -> float:
+        """0 if `principal` may make a request costing `cost` now (and it is counted), else
+        the seconds until it may."""
         if self._rate <= 0:
             return 0.0
         bucket = self._buckets.get(principal)
@@ -62,7 +67,7 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(principal)
-        return bucket.take()
+        return bucket.take(cost)
 
     def charge(self, principal: str) -> None:
         """Count a request made elsewhere (another node) against `principal`, if it has been
