@@ -53,8 +53,9 @@ def guarded_protocol(max_per_address: int) -> type[H11Protocol]:
             if max_per_address and address and open_by_address[address] >= max_per_address:
                 _refuse(transport, f"{address} already has {max_per_address} connections open")
                 return
-            self._address = address
-            open_by_address[address] += 1
+            if address:
+                self._address = address
+                open_by_address[address] += 1
             self._await_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
