@@ -453,6 +453,28 @@ async def test_a_repeated_relation_key_outlives_its_target(
     assert repeat.message.id == reaction.message.id
 
 
+async def test_a_delete_erases_the_key_of_an_edit_that_expired_before_it(
+    open_history: OpenHistory,
+) -> None:
+    """An edit stamped by a clock that stepped back expires (and is deleted) while its message
+    stays; deleting the message then erases the edit's text from its key too (SQLite found the
+    edits to erase among the stored entries, where this one was no longer)."""
+    store = await open_history(
+        Retention(max_age=timedelta(hours=1), dedup_window=timedelta(hours=3))
+    )
+    target = await post(store, "hello")
+    stepped_back = now() - timedelta(hours=2)
+    await relate(store, EDIT, target.id, text="SECRET edit", key="e", at=stepped_back)
+    if isinstance(maintain := getattr(store, "maintain", None), Callable):
+        await maintain()  # the expired edit deleted, where the engine has a job for it
+    await relate(store, DELETE, target.id)
+    retry = await relate(
+        store, EDIT, target.id, text="again", key="e", at=stepped_back + timedelta(seconds=1)
+    )
+    assert retry.duplicate
+    assert retry.message.text == ""
+
+
 async def test_a_repeated_edit_key_returns_the_edit(store: HistoryStore) -> None:
     target = (await post(store, "one")).id
     first = await relate(store, EDIT, target, text="two", key="e")

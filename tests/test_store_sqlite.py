@@ -24,6 +24,7 @@ import pytest
 
 from grpcchat.core.errors import StoreError
 from grpcchat.core.history import Appended, HistoryStore, Retention, RoomCount
+from grpcchat.core.models import Relation, RelationKind
 from grpcchat.server.engines import open_store
 from grpcchat.store import sqlite as engine
 from grpcchat.store import sqlite_database
@@ -251,6 +252,32 @@ async def test_pruned_rows_leave_the_file(tmp_path: Path) -> None:
             ("aged", 1),
             ("counted", 3),
         ]
+    finally:
+        await store.aclose()
+
+
+def _files_holding(directory: Path, secret: bytes) -> list[str]:
+    return [f.name for f in sorted(directory.glob("history.db*")) if secret in f.read_bytes()]
+
+
+async def test_a_deleted_text_leaves_every_file_at_once(tmp_path: Path) -> None:
+    """The tables lose it with the delete's commit; the WAL kept the pages as they were (six
+    copies of it) until a checkpoint, up to 40 MB of appends later."""
+    path = tmp_path / "history.db"
+    store = await open_sqlite(path)
+    try:
+        secret = "my SECRET-PASSWORD-42, oops"
+        target = "m" * 32
+        for id, text, relation in (
+            (target, secret, None),
+            ("e" * 32, secret, Relation(RelationKind.EDIT, target)),
+            ("d" * 32, "", Relation(RelationKind.DELETE, target)),
+        ):
+            await store.append(
+                id=id, room="r", sender="ann", text=text, sent_at=datetime.now(UTC),
+                key=id[0], relation=relation,
+            )  # fmt: skip
+        assert await asyncio.to_thread(_files_holding, tmp_path, b"SECRET-PASSWORD-42") == []
     finally:
         await store.aclose()
 

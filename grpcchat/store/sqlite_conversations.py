@@ -51,12 +51,11 @@ def apply(conn: sqlite3.Connection, target: Message, entry: Message) -> None:
             # The text goes from everywhere it is kept: the message, its edits, its key (whose
             # copy of the message reads as deleted too, once the message itself is pruned).
             # The keys are found under their sender (the author, the only one who may edit or
-            # delete), a range of dedup's primary key: no index of its own to keep up.
+            # delete), a range of dedup's primary key: no index of its own to keep up. An
+            # edit's key by its own columns: the edit may have left `messages` already.
             conn.execute(
                 "UPDATE dedup SET text = '', deleted = deleted OR id = ?"
-                " WHERE sender = ? AND (id = ? OR id IN (SELECT id"
-                " FROM messages INDEXED BY messages_by_target WHERE target = ? AND kind = 'edit'"
-                " AND kind != '' AND room = ?))",
+                " WHERE sender = ? AND (id = ? OR (kind = 'edit' AND target = ? AND room = ?))",
                 (target.id, target.sender, target.id, target.id, room),
             )
             conn.execute(

@@ -17,7 +17,7 @@ from typing import TypeAlias
 from grpcchat.core import relations
 from grpcchat.core.errors import ChatError
 from grpcchat.core.history import Appended, Retention, RoomCount
-from grpcchat.core.models import Message, Relation
+from grpcchat.core.models import Message, Relation, RelationKind
 from grpcchat.store import sqlite_conversations as conversations
 from grpcchat.store.sqlite_file import (
     Transaction,
@@ -161,6 +161,7 @@ class Database:
             return [self._append_alone(request) for request in requests]
         for outcome, request in zip(outcomes, requests, strict=True):
             self._appended(outcome, request)
+        self._erase_after_deletes(outcomes, requests)
         return outcomes
 
     def _append_alone(self, request: AppendRequest) -> Outcome:
@@ -173,7 +174,22 @@ class Database:
             self._forget_unwritten()
             return exc
         self._appended(outcome, request)
+        self._erase_after_deletes([outcome], [request])
         return outcome
+
+    def _erase_after_deletes(
+        self, outcomes: Sequence[Outcome], requests: Sequence[AppendRequest]
+    ) -> None:
+        """After a committed delete: the text it erased from the tables is still in the WAL,
+        in the pages as they were, until a checkpoint copies the pages back and the WAL is cut
+        to nothing. Deletes are rare, so each group with one checkpoints at once (else the
+        text stays on disk for up to 40 MB of appends)."""
+        for outcome, request in zip(outcomes, requests, strict=True):
+            relation = request[8]
+            deleted = relation is not None and relation.kind is RelationKind.DELETE
+            if deleted and isinstance(outcome, Appended) and not outcome.duplicate:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return
 
     def _append_or_refuse(self, request: AppendRequest) -> Appended | ChatError:
         """`_append`, or why the rules of relations refuse it: every check comes before the
