@@ -202,6 +202,44 @@ async def test_an_unusable_file_is_refused_at_open_and_left_alone(
     assert snapshot(tmp_path) == before
 
 
+async def test_a_file_another_server_has_open_is_refused_until_it_closes(
+    tmp_path: Path,
+) -> None:
+    """Two servers on one file would each deliver only their own appends live."""
+    path = tmp_path / "history.db"
+    first = await open_sqlite(path)
+    try:
+        with pytest.raises(StoreError) as refused:
+            await open_sqlite(path)
+        assert str(refused.value) == (
+            f"cannot use the history file {path}: another grpcchat serve uses it; stop that "
+            "one, or give this one another --data-dir (or --store)"
+        )
+    finally:
+        await first.aclose()
+    second = await open_sqlite(path)  # given back with the close
+    await second.aclose()
+
+
+async def test_a_file_another_program_holds_locked_is_not_called_unreadable(
+    tmp_path: Path,
+) -> None:
+    """After SQLite's busy timeout (5 s): a lock is no reason to move a history away, which is
+    what "not a readable SQLite database ... Move it away" told the operator to do."""
+    path = tmp_path / "history.db"
+    await (await open_sqlite(path)).aclose()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("PRAGMA locking_mode = EXCLUSIVE")
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError) as refused:
+            await open_sqlite(path)
+        assert "another program holds it locked" in str(refused.value)
+        assert "Move it away" not in str(refused.value)
+    finally:
+        other.close()
+
+
 async def test_appends_leave_the_event_loop_free(tmp_path: Path) -> None:
     ticks = 0
 

@@ -24,8 +24,10 @@ from grpcchat.store.sqlite_file import (
     check_is_history,
     create_schema,
     existing_epoch,
+    hold,
     migrate,
-    unreadable,
+    open_failure,
+    release,
     unusable,
 )
 from grpcchat.store.sqlite_rows import COLUMNS, KEYED_COLUMNS, Row, message, now_us, to_us
@@ -79,6 +81,8 @@ class Database:
         # The (sender, key)s the open transaction's appends may repeat, with when each
         # remembered append was made: only these need the dedup table looked at.
         self._known_keys: dict[tuple[str, str], int] = {}
+        # The lock that keeps other servers off the file while it is open (see `hold`).
+        self._held: int | None = None
         self.epoch = existing_epoch(conn, path) or create_schema(conn, path)
         migrate(conn)
         self._enforce_count_limit()
@@ -95,10 +99,12 @@ class Database:
         except OSError as exc:
             why = f"cannot create its directory {path.parent} ({exc.strerror})"
             raise unusable(path, why) from exc
+        held = hold(path)
         try:
             conn = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
-            raise unusable(path, unreadable(path, exc)) from exc
+            release(held)
+            raise open_failure(path, exc) from exc
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
@@ -116,13 +122,17 @@ class Database:
             # A deleted message's text is zeroed in the pages it leaves, where that costs no
             # extra I/O, rather than lingering in free space.
             conn.execute("PRAGMA secure_delete = FAST")
-            return cls(conn, path, retention)
+            database = cls(conn, path, retention)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise unusable(path, unreadable(path, exc)) from exc
+            release(held)
+            raise open_failure(path, exc) from exc
         except BaseException:
             conn.close()
+            release(held)
             raise
+        database._held = held
+        return database
 
     def _enforce_count_limit(self) -> None:
         """Delete what lies beyond the count limit in every room: appends keep each room
@@ -429,6 +439,8 @@ class Database:
 
     def close(self) -> None:
         self._conn.close()
+        release(self._held)
+        self._held = None
 
     def _oldest_kept_us(self) -> int:
         return now_us() - self._max_age_us

@@ -4,6 +4,7 @@ write uses. `sqlite.py` is the engine built on it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import uuid
@@ -112,6 +113,49 @@ def unusable(path: Path, why: str) -> StoreError:
         f"cannot use the history file {path}: {why}. Move it away (a new, empty history will "
         "start there), choose another path, or use --store memory://"
     )
+
+
+def open_failure(path: Path, exc: sqlite3.Error) -> StoreError:
+    """Why the file could not be opened or checked, worded so that nobody moves a healthy
+    history away: a lock another program holds, or a directory SQLite cannot write its -wal
+    and -shm files into, is no reason to."""
+    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF  # the primary code
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(
+            f"cannot use the history file {path}: another program holds it locked; stop it, "
+            "or choose another path"
+        )
+    if path.exists() and not os.access(path.parent, os.W_OK):
+        return StoreError(
+            f"cannot use the history file {path}: its directory {path.parent} is not "
+            "writable (SQLite keeps its -wal and -shm files beside it)"
+        )
+    return unusable(path, unreadable(path, exc))
+
+
+def hold(path: Path) -> int | None:
+    """An exclusive lock on the history file (created if missing), held by the returned file
+    descriptor until `release`: two servers on one file would each deliver only their own
+    appends live. A BSD lock (flock), which SQLite's own locks (fcntl) never meet. None when
+    the file cannot be opened here: SQLite says why then."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(
+            f"cannot use the history file {path}: another grpcchat serve uses it; stop that "
+            "one, or give this one another --data-dir (or --store)"
+        ) from None
+    return fd
+
+
+def release(held: int | None) -> None:
+    if held is not None:
+        os.close(held)
 
 
 def unreadable(path: Path, exc: sqlite3.Error) -> str:
