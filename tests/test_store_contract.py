@@ -575,3 +575,17 @@ def test_history_matches_the_model(store_url: Callable[[], str]) -> None:
             phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
         ),
     )
+
+
+async def test_the_memory_engine_forgets_keys_past_one_stamped_far_ahead() -> None:
+    """A key stamped a day ahead (a clock stepped back since) held every key made after it in
+    memory until its stamp came: forgetting follows the stamps, not the order of arrival."""
+    from grpcchat.store.memory import MemoryStore
+
+    store = MemoryStore(Retention(dedup_window=timedelta(minutes=10)))
+    await append(store, key="ahead", at=now() + timedelta(days=1))
+    start = now() - timedelta(hours=2)  # the clock, back where it belongs
+    for n in range(1_000):
+        await append(store, key=f"k{n}", at=start + timedelta(seconds=n))
+    held = len(store._keys)
+    assert held <= 602, held  # the last ten minutes' (one a second), and the one ahead

@@ -18,6 +18,7 @@ permitting), whenever a marker moves.
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
@@ -86,12 +87,17 @@ class MemoryStore:
         self._rooms: dict[str, _Room] = {}
         # Names of the rooms holding messages, sorted: a `rooms` page is a slice of it.
         self._listed: list[str] = []
-        # (sender, key) -> the message first stored under it, oldest first, so forgetting the
-        # expired ones is a pop from the front; and the key of each id held there, so a delete
-        # can erase the text remembered with a key too. A repeat returns the entry as the room
-        # holds it now; this copy only once retention has removed it from the room.
-        self._keys: OrderedDict[tuple[str, str], Message] = OrderedDict()
+        # (sender, key) -> the message first stored under it; and the key of each id held
+        # there, so a delete can erase the text remembered with a key too. A repeat returns
+        # the entry as the room holds it now; this copy only once retention has removed it
+        # from the room.
+        self._keys: dict[tuple[str, str], Message] = {}
         self._key_of: dict[str, tuple[str, str]] = {}
+        # The keys by their message's `sent_at`, earliest first, so forgetting the expired ones
+        # is a pop from a heap: in the order they were made, a key stamped far ahead (by a
+        # clock stepped back since) held every key behind it in memory until its stamp came.
+        # An entry whose key was made again since is passed over when it comes up.
+        self._key_times: list[tuple[datetime, tuple[str, str]]] = []
         # (user, room) -> (the seq up to which the user has read, when it last moved), least
         # recently moved first: at most `retention.max_markers`, none older than `max_age`.
         self._markers: OrderedDict[tuple[str, str], tuple[int, datetime]] = OrderedDict()
@@ -121,9 +127,11 @@ class MemoryStore:
         # Forgotten for good only once past it by the clock too, as SQLite's maintenance does:
         # an append stamped later than a retry (a clock stepped back) must not drop its key.
         forgotten_before = min(sent_at, datetime.now(UTC)) - self._retention.dedup_window
-        while self._keys and next(iter(self._keys.values())).sent_at <= forgotten_before:
-            _, forgotten = self._keys.popitem(last=False)
-            self._key_of.pop(forgotten.id, None)
+        while self._key_times and self._key_times[0][0] <= forgotten_before:
+            made, held = heapq.heappop(self._key_times)
+            if (forgotten := self._keys.get(held)) is not None and forgotten.sent_at == made:
+                del self._keys[held]
+                self._key_of.pop(forgotten.id, None)
         original = self._keys.get((sender, key)) if key else None
         oldest_kept = self._oldest_kept()
         if original is not None and original.sent_at > expired_before:
@@ -183,6 +191,7 @@ class MemoryStore:
             if replaced is not None:
                 self._key_of.pop(replaced.id, None)
             self._keys[sender, key] = message
+            heapq.heappush(self._key_times, (sent_at, (sender, key)))
             self._key_of[id] = (sender, key)
         self._prune(state, oldest_kept)
         return Appended(message, duplicate=False)
