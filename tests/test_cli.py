@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -9,12 +10,15 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.conftest import ServerProcess, cli_env, grpcchat_command, run_cli
+from tests.conftest import ServerProcess, cli_env, grpcchat_command, run_cli, run_cli_async
+from tests.natsfixture import free_port
 
 
 def test_help_teaches_every_command() -> None:
@@ -382,3 +386,74 @@ def test_exit_codes_tell_a_retryable_failure_from_a_refusal() -> None:
     assert exit_code("DEADLINE_EXCEEDED") == EXIT_TIMEOUT
     assert exit_code("INVALID_ARGUMENT") == EXIT_REJECTED
     assert exit_code("NOT_FOUND") == EXIT_REJECTED
+
+
+class _NeverAnswers(grpc.GenericRpcHandler):
+    """Takes every call and never answers, not even with headers (a wedged server)."""
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
+        async def unary(request: bytes, context: object) -> bytes:
+            await asyncio.sleep(3600)
+            return b""
+
+        async def stream(requests: object, context: object) -> AsyncIterator[bytes]:
+            await asyncio.sleep(3600)
+            yield b""
+
+        if details.method.endswith(("/Connect", "/Chat", "/Subscribe")):  # type: ignore[attr-defined]
+            return grpc.stream_stream_rpc_method_handler(stream)
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+
+@pytest.fixture
+async def wedged_addr() -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_NeverAnswers(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+@pytest.mark.parametrize("command", ["send", "join"])
+async def test_piped_lines_to_a_server_that_never_answers_time_out(
+    wedged_addr: str, command: str
+) -> None:
+    """The session's stream waited for the server's headers, and join and a piped send for the
+    session, without a bound: they hung for good. --timeout bounds them, and a next address
+    is tried within it."""
+    started = time.monotonic()
+    code, _, err = await run_cli_async(
+        command, "--addr", wedged_addr, "--name", "bob", "--timeout", "1", stdin="a\nb\n"
+    )
+    assert (code, time.monotonic() - started < 10) == (5, True), err
+    assert f"no answer from {wedged_addr} within 1s" in err
+
+
+async def test_piped_lines_fail_over_from_a_server_that_never_answers(
+    wedged_addr: str, server_process: ServerProcess
+) -> None:
+    addrs = f"{wedged_addr},{server_process.addr}"
+    code, out, err = await run_cli_async(
+        "send", "--addr", addrs, "--name", "bob", "--timeout", "4", stdin="a\nb\n"
+    )
+    assert code == 0, err
+    assert out.count("✓ #lobby") == 2
+
+
+async def test_piped_lines_wait_for_a_server_that_comes_up_within_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """As a one-line send does: a piped one gave up at once (exit 3) on a server not up yet."""
+    port = free_port()
+    args = ("--addr", f"127.0.0.1:{port}", "--name", "bot", "--timeout", "15")
+    sending = asyncio.create_task(run_cli_async("send", *args, stdin="two\nthree\n"))
+    await asyncio.sleep(1.0)
+    assert not sending.done()  # still trying
+    server = await asyncio.to_thread(ServerProcess, "--data-dir", str(tmp_path), port=port)
+    try:
+        code, out, err = await asyncio.wait_for(sending, 30)
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert code == 0, err
+    assert out.count("✓ #lobby") == 2

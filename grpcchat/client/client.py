@@ -275,14 +275,21 @@ class ChatClient:
     # -- live sessions ----------------------------------------------------------------------
 
     def session(
-        self, name: str, rooms: str | Sequence[str] = (DEFAULT_ROOM,), *, history: int = 0
+        self,
+        name: str,
+        rooms: str | Sequence[str] = (DEFAULT_ROOM,),
+        *,
+        history: int = 0,
+        patient: bool = False,
     ) -> ChatSession:
         """A live session as `name` in `rooms`, replaying up to `history` recent messages of
-        each room on first join."""
+        each room on first join. `patient`: a first connection that fails is retried too (the
+        caller bounds how long), not raised."""
         from grpcchat.client.session import ChatSession
 
         wanted = [rooms] if isinstance(rooms, str) else list(rooms)
-        return ChatSession(self, check_name(name), [check_room(r) for r in wanted], history)
+        rooms = [check_room(r) for r in wanted]
+        return ChatSession(self, check_name(name), rooms, history, patient=patient)
 
 
 _Item = TypeVar("_Item")

@@ -70,8 +70,8 @@ async def send_lines(
                 return 1
             if key:
                 raise InvalidInput("an idempotency key is for a single message; there are several")
-            session = client.session(sender, ())
-            async with _live(session):
+            session = client.session(sender, (), patient=True)
+            async with _live(session, config.timeout):
                 lines_in_order = _then(first, following, source)
                 return await _pipeline(
                     session, lines_in_order, on_accepted, room, to, action, reply_to, window
@@ -192,8 +192,9 @@ async def _then(
 
 
 @contextlib.asynccontextmanager
-async def _live(session: ChatSession) -> AsyncIterator[None]:
-    """Run the session's stream in the background while the block sends on it."""
+async def _live(session: ChatSession, timeout: float) -> AsyncIterator[None]:  # noqa: ASYNC109
+    """Run the session's stream in the background while the block sends on it, once it is
+    connected: within `timeout`, retrying as a one-line send does, or raise why it is not."""
     connected = asyncio.Event()
     failure: list[BaseException] = []
 
@@ -209,7 +210,11 @@ async def _live(session: ChatSession) -> AsyncIterator[None]:
 
     follower = asyncio.create_task(follow())
     try:
-        await connected.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                await connected.wait()
+        except TimeoutError:
+            raise session.not_connected(timeout) from None
         if failure:
             raise failure[0]
         yield

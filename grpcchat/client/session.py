@@ -50,8 +50,19 @@ class ChatSession:
     and nothing is shown twice.
     """
 
-    def __init__(self, client: ChatClient, name: str, rooms: Iterable[str], history: int):
+    def __init__(
+        self,
+        client: ChatClient,
+        name: str,
+        rooms: Iterable[str],
+        history: int,
+        *,
+        patient: bool = False,
+    ):
         self.client = client
+        # Whether a first connection that fails is retried like a lost one (`send` reading a
+        # pipe: its caller bounds the wait) rather than raised at once (`join`: "unreachable").
+        self._patient = patient
         self.name = name
         self.rooms: list[str] = list(dict.fromkeys(rooms))
         self.history = history
@@ -77,6 +88,14 @@ class ChatSession:
         self._lost_because = ""
         # The status of why the stream was lost: what a send that times out meanwhile ends with.
         self._lost_status = "UNAVAILABLE"
+
+    def not_connected(self, waited: float) -> RemoteError:
+        """Why the session is not connected after `waited` seconds: the last attempt's
+        failure, or that nothing answered."""
+        if self._lost_because:
+            return RemoteError(self._lost_status, self._lost_because)
+        silent = f"no answer from {self._connection.addr} within {waited:g}s"
+        return RemoteError("DEADLINE_EXCEEDED", silent)
 
     @property
     def legacy(self) -> bool:
@@ -112,7 +131,8 @@ class ChatSession:
                     yield event
                 reason, status = "the server ended the stream", "UNAVAILABLE"
             except RemoteError as error:
-                if error.status not in RETRYABLE or (not connected_once and spare <= 0):
+                given_up = not connected_once and spare <= 0 and not self._patient
+                if error.status not in RETRYABLE or given_up:
                     raise
                 if not connected_once:
                     spare -= 1
@@ -141,6 +161,21 @@ class ChatSession:
             join.after.CopyFrom(codec.position_to_proto(position))
         return pb.ConnectRequest(join=join)
 
+    async def _headers(
+        self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]
+    ) -> grpc.aio.Metadata:
+        """The stream's headers, within --timeout shared among the addresses: a server that
+        takes the call and never answers (not even its headers) must not hold a session, or
+        the other addresses, for good."""
+        wait = self._connection.config.timeout / len(self._connection.addrs)
+        try:
+            async with asyncio.timeout(wait):
+                return await call.initial_metadata()
+        except TimeoutError:
+            call.cancel()
+            silent = f"no answer from {self._connection.addr} within {wait:g}s"
+            raise RemoteError("DEADLINE_EXCEEDED", silent) from None
+
     async def _connect(self, first: bool) -> AsyncIterator[FeedEvent]:
         """One `Connect` stream, until it ends. A server without `Connect` leaves the session
         on the article's stream instead (`self._legacy`)."""
@@ -155,7 +190,7 @@ class ChatSession:
         try:
             # Nothing is written before the server's headers: a server without Connect (the
             # article's) must be able to answer UNIMPLEMENTED without our writes racing it.
-            packs = codec.reads_packed_sends(await call.initial_metadata())
+            packs = codec.reads_packed_sends(await self._headers(call))
             if call.done():
                 await raise_status(call)
             if self._closed:  # aclose() came while the stream was opening: nothing to say
