@@ -16,14 +16,16 @@ import grpc
 import pytest
 
 from grpcchat.client import ChatClient, FeedEvent
+from grpcchat.client.config import ClientConfig
 from grpcchat.core.errors import RemoteError
+from grpcchat.core.limits import Limits
 from grpcchat.core.models import Message, PresenceChange, RequestRefused, RoomJoined, RoomLeft
 from grpcchat.core.validation import MAX_ROOM_LENGTH
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
 from tests.conftest import run_cli_async
-from tests.helpers import Follower
+from tests.helpers import Follower, served
 
 WAIT = 5.0
 Metadata = tuple[tuple[str, str], ...]
@@ -589,3 +591,52 @@ async def test_cli_rooms_and_who(client: ChatClient, addr: str) -> None:
         assert out == ""
         assert len(err.strip().splitlines()) == 1
         assert "room name 'Bad Room' is not allowed" in err
+
+
+async def test_pages_over_the_request_rate_are_waited_for_within_the_timeout() -> None:
+    """A user's unread counts cost a request per 10 rooms: listing 250 rooms runs past a small
+    request rate, and the client waits as the server says instead of giving up at once."""
+    async with served(Limits(rate=0, request_rate=10, request_burst=10), timeout=10) as (
+        server,
+        client,
+    ):
+        for n in range(250):
+            await server.hub.post("bob", "hi", room=f"r{n:03d}")
+        rooms = await client.rooms(name="alice")
+    assert len(rooms) == 250
+    assert all(room.unread == 1 for room in rooms)
+
+
+class _SlowPages(grpc.GenericRpcHandler):
+    """A server whose every ListRooms page takes 0.4 s and has a next one."""
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
+        async def rooms(request: pb.ListRoomsRequest, context: object) -> pb.ListRoomsResponse:
+            await asyncio.sleep(0.4)
+            page = int(request.page_token or 0)
+            return pb.ListRoomsResponse(
+                rooms=[pb.RoomInfo(name=f"r{page}")], next_page_token=str(page + 1)
+            )
+
+        return grpc.unary_unary_rpc_method_handler(
+            rooms,
+            request_deserializer=pb.ListRoomsRequest.FromString,
+            response_serializer=pb.ListRoomsResponse.SerializeToString,
+        )
+
+
+async def test_every_page_of_a_command_shares_its_timeout() -> None:
+    """Each page had a --timeout of its own: `rooms --timeout 1` took 26 s on 30 pages."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_SlowPages(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with ChatClient(ClientConfig(addr=f"127.0.0.1:{port}", timeout=1.0)) as client:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(RemoteError) as timed_out:
+                await client.rooms()
+            assert asyncio.get_running_loop().time() - started < 2.0
+        assert timed_out.value.status == "DEADLINE_EXCEEDED"
+    finally:
+        await server.stop(0)

@@ -9,6 +9,7 @@ deterministic, and every error names the address it is about."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -17,7 +18,7 @@ import grpc
 from grpc import aio
 
 from grpcchat.client.config import ClientConfig
-from grpcchat.client.errors import NOT_CONNECTED, remote_error
+from grpcchat.client.errors import NOT_CONNECTED, remote_error, retry_after
 from grpcchat.core.errors import ConfigError, RemoteError
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 
@@ -111,6 +112,7 @@ def open_channel(config: ClientConfig, addr: str | None = None) -> tuple[aio.Cha
 
 
 _T = TypeVar("_T")
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def fails_over(error: grpc.RpcError, state: grpc.ChannelConnectivity) -> bool:
@@ -176,7 +178,8 @@ class Connection:
         then at each other address once if it cannot be reached, all within `timeout`.
 
         A server not yet connected gets its share of the time left, so one that never
-        answers leaves time for the rest; a connected one gets all of it."""
+        answers leaves time for the rest; a connected one gets all of it. Over a rate limit,
+        the call is made again when the server says it may be, if that is within `timeout`."""
         deadline = time.monotonic() + timeout
         tried: list[str] = []
         while True:
@@ -186,6 +189,10 @@ class Connection:
             try:
                 return await invoke(remaining if ready or untried <= 1 else remaining / untried)
             except grpc.RpcError as error:
+                wait = retry_after(error) if error.code() == RESOURCE_EXHAUSTED else None
+                if wait is not None and time.monotonic() + wait < deadline:
+                    await asyncio.sleep(wait)
+                    continue
                 tried.append(self.addr)
                 state = self.channel.get_state(try_to_connect=False)
                 last = len(tried) >= len(self.addrs) or time.monotonic() >= deadline

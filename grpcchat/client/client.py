@@ -158,7 +158,10 @@ class ChatClient:
         before: int = 0,
         after: int = 0,
         newest_first: bool = False,
+        deadline: float | None = None,
     ) -> list[Message]:
+        """One page of `room`'s history; `deadline` (time.monotonic()): that of a command
+        making several calls, else --timeout from now."""
         request = pb.HistoryRequest(
             room=check_room(room),
             limit=limit,
@@ -167,7 +170,8 @@ class ChatClient:
             newest_first=newest_first,
         )
         response = await self._unary(
-            lambda timeout: self.connection.stub.History(request, **self._call_options(timeout))
+            lambda timeout: self.connection.stub.History(request, **self._call_options(timeout)),
+            deadline,
         )
         return [codec.from_proto(m) for m in response.messages]
 
@@ -197,8 +201,11 @@ class ChatClient:
         until `limit` messages are found (at most MAX_PAGES pages)."""
         found: list[Message] = []
         cursor = before
+        deadline = self._deadline()
         for _ in range(MAX_PAGES):
-            page = await self.history(room, limit=limit, before=cursor, newest_first=True)
+            page = await self.history(
+                room, limit=limit, before=cursor, newest_first=True, deadline=deadline
+            )
             found += [m for m in page if m.relation is None][: limit - len(found)]
             if len(found) >= limit or len(page) < limit or page[-1].seq <= 1:
                 break
@@ -209,13 +216,15 @@ class ChatClient:
         """Rooms with members or history, by name: every page (or the first `limit` rooms).
         With `name` (or with a token: the token's user) each has that user's unread count."""
         name = check_name(name) if name else ""
+        deadline = self._deadline()
 
         async def page(token: str) -> tuple[list[RoomInfo], str]:
             request = pb.ListRoomsRequest(page_token=token, name=name)
             response = await self._unary(
                 lambda timeout: self.connection.stub.ListRooms(
                     request, **self._call_options(timeout)
-                )
+                ),
+                deadline,
             )
             rooms = [RoomInfo(r.name, r.members, r.messages, r.unread) for r in response.rooms]
             return rooms, response.next_page_token
@@ -245,13 +254,15 @@ class ChatClient:
     async def members(self, room: str = "", *, limit: int = 0) -> list[str]:
         """The room's members, sorted: every page (or the first `limit` names)."""
         room = check_room(room)
+        deadline = self._deadline()
 
         async def page(token: str) -> tuple[list[str], str]:
             request = pb.ListMembersRequest(room=room, page_token=token)
             response = await self._unary(
                 lambda timeout: self.connection.stub.ListMembers(
                     request, **self._call_options(timeout)
-                )
+                ),
+                deadline,
             )
             return list(response.members), response.next_page_token
 
@@ -260,11 +271,19 @@ class ChatClient:
     def _call_options(self, timeout: float) -> dict[str, Any]:
         return {"timeout": timeout, "metadata": self.connection.metadata}
 
-    async def _unary(self, invoke: Callable[[float], Awaitable[_Reply]]) -> _Reply:
-        """One call, at each address in turn if it cannot be reached, within the timeout
-        (UNIMPLEMENTED: the article's server)."""
+    def _deadline(self) -> float:
+        """When a command making several calls (pages) must be done: --timeout from now, for
+        all of them together."""
+        return time.monotonic() + self.config.timeout
+
+    async def _unary(
+        self, invoke: Callable[[float], Awaitable[_Reply]], deadline: float | None = None
+    ) -> _Reply:
+        """One call, at each address in turn if it cannot be reached, within --timeout or
+        until `deadline` (UNIMPLEMENTED: the article's server)."""
+        timeout = self.config.timeout if deadline is None else deadline - time.monotonic()
         try:
-            return await self.connection.unary(invoke, self.config.timeout)
+            return await self.connection.unary(invoke, timeout)
         except RemoteError as error:
             if error.status == "UNIMPLEMENTED":
                 from grpcchat.client import legacy
