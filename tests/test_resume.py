@@ -676,3 +676,41 @@ async def test_closing_a_session_while_its_stream_opens_ends_it() -> None:
         await asyncio.wait_for(following, 5)  # events() ends: no stream, no room joined
         assert seen == []
         assert server.hub.session_count("lobby") == 0
+
+
+async def test_a_piped_send_keeps_its_order_across_a_restart_while_rate_limited(
+    tmp_path: Path,
+) -> None:
+    """Lines over the rate wait to be written again; a send refused for now used to be put
+    back at the end of what the next stream was written, behind the lines after it, and the
+    restarted server stored them out of order (seqs 74-80 held lines 119, 129, 89, 99...)."""
+    args = ("--data-dir", str(tmp_path / "data"), "--rate", "20", "--quiet")
+    server = await asyncio.to_thread(ServerProcess, *args)
+    servers = [server]
+    texts = [f"line {n:03d}" for n in range(120)]
+    sending = await start_cli(
+        "send", "--addr", server.addr, "--name", "bot", "--room", "pipe", "--timeout", "30"
+    )
+    assert sending.stdin is not None
+    try:
+        for n, text in enumerate(texts):
+            if n == 80:  # past the burst of 60: sends are being refused for now and retried
+                server.process.kill()
+                await asyncio.to_thread(server.process.wait, 10)
+                server = await asyncio.to_thread(ServerProcess, *args, port=server.port)
+                servers.append(server)
+            sending.stdin.write(f"{text}\n".encode())
+            await sending.stdin.drain()
+            await asyncio.sleep(0.005)
+        sending.stdin.close()
+        _, err = await asyncio.wait_for(sending.communicate(), 60)
+        assert sending.returncode == 0, err.decode()
+        async with ChatClient(ClientConfig(addr=server.addr, timeout=10)) as reader:
+            stored = await reader.history("pipe", limit=1000)
+    finally:
+        if sending.returncode is None:
+            sending.kill()
+            await sending.wait()
+        for running in servers:
+            running.stop()
+    assert [m.text for m in stored] == texts

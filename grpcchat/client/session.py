@@ -356,33 +356,37 @@ class ChatSession:
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.client.config.timeout
-        while True:
-            framed, answer = self._outbox.add(request)
-            if self._requests is not None:
-                self._requests.put_nowait(framed)
-            try:
-                ack = await asyncio.wait_for(answer, max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                self._outbox.forget(request.key)
-                # While reconnecting, the reason is why there was no answer (a server down is
-                # UNAVAILABLE, as for a unary send), not the deadline.
-                status, lost = "DEADLINE_EXCEEDED", ""
-                if self._lost_because:
-                    status, lost = self._lost_status, f" (reconnecting: {self._lost_because})"
-                raise RemoteError(
-                    status, f"no answer from {self._connection.addr} in time{lost}"
-                ) from None
-            if not ack.code and ack.message is not None:
-                # The key is this call's own: a duplicate is its own earlier write, answered
-                # after a reconnect, so the message was posted by this call.
-                message = check_accepted(request, ack.message, self._connection.addr)
-                return Sent(message, duplicate=False)
-            retry = ack.retry_after
-            if ack.code != "RESOURCE_EXHAUSTED" or retry is None:
-                raise RemoteError(ack.code or "UNKNOWN", ack.reason)
-            if loop.time() + retry >= deadline:
-                raise RemoteError(ack.code, ack.reason)
-            await asyncio.sleep(retry)
+        framed, answer = self._outbox.add(request)
+        try:
+            while True:
+                # (Answered already: written again on a new stream while waiting out a refusal.)
+                if self._requests is not None and not answer.done():
+                    self._requests.put_nowait(framed)
+                try:
+                    ack = await asyncio.wait_for(answer, max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    # While reconnecting, the reason is why there was no answer (a server down
+                    # is UNAVAILABLE, as for a unary send), not the deadline.
+                    status, lost = "DEADLINE_EXCEEDED", ""
+                    if self._lost_because:
+                        status, lost = self._lost_status, f" (reconnecting: {self._lost_because})"
+                    raise RemoteError(
+                        status, f"no answer from {self._connection.addr} in time{lost}"
+                    ) from None
+                if not ack.code and ack.message is not None:
+                    # The key is this call's own: a duplicate is its own earlier write,
+                    # answered after a reconnect, so the message was posted by this call.
+                    message = check_accepted(request, ack.message, self._connection.addr)
+                    return Sent(message, duplicate=False)
+                retry = ack.retry_after
+                if ack.code != "RESOURCE_EXHAUSTED" or retry is None:
+                    raise RemoteError(ack.code or "UNKNOWN", ack.reason)
+                if loop.time() + retry >= deadline:
+                    raise RemoteError(ack.code, ack.reason)
+                answer = self._outbox.again(request.key)  # kept in its place meanwhile
+                await asyncio.sleep(retry)
+        finally:
+            self._outbox.settle(request.key)
 
     async def typing(self, room: str, active: bool) -> None:
         """Tell `room`'s other members this user is typing (`active`) or stopped. A notice
