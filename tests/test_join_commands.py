@@ -448,3 +448,23 @@ def test_markup_in_a_terminal_is_neither_styled_nor_hidden(
     assert "".join(c.data for c in cells) == text
     assert not any(c.bold for c in cells), alice.dump()
     assert {c.fg for c in cells} == {"default"}
+
+
+async def test_lines_read_wait_while_enough_are_pending() -> None:
+    """Piped into join against a rate limit, every line was read into memory at once (400,000
+    lines: 210 MB); reading now waits while PENDING_ACTIONS lines are not done."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from grpcchat.cli.interactive import PENDING_ACTIONS, _Chatroom
+
+    session = SimpleNamespace(client=None, name="pipe", rooms=["lobby"], legacy=False)
+    room = _Chatroom(session, Console(), interactive=False)  # type: ignore[arg-type]
+    for n in range(PENDING_ACTIONS):
+        assert await room.handle(f"line {n}")
+    blocked = asyncio.create_task(room.handle("one too many"))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    await room.actions.get()  # one is done: the next is taken
+    assert await asyncio.wait_for(blocked, 5)

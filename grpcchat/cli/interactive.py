@@ -62,6 +62,9 @@ HELP = """\
 /history [N]     the last N messages of the current room
 /help            this list
 /quit, exit      leave (Ctrl-D and Ctrl-C too)"""
+# Lines read and not yet done, at most: past it, reading waits (piped into `join`, 400,000 lines
+# were read into memory while a rate limit let 20 a second out).
+PENDING_ACTIONS = 64
 # Read markers go out at most this often (seconds).
 MARK_READ_EVERY = 1.0
 # How long leaving waits for the last read marker and typing notice to go out (seconds).
@@ -86,7 +89,7 @@ class _Chatroom:
         self.interactive = interactive
         self.current: str | None = session.rooms[0] if session.rooms else None
         self.connected = asyncio.Event()
-        self.actions: asyncio.Queue[Action | None] = asyncio.Queue()
+        self.actions: asyncio.Queue[Action | None] = asyncio.Queue(PENDING_ACTIONS)
         self.timeline = Timeline(
             session.name, several=self._several, handles=interactive, unread=interactive
         )
@@ -197,8 +200,9 @@ class _Chatroom:
             except ChatError as error:
                 self.fail(str(error), error_exit_code(error))
 
-    def handle(self, line: str) -> bool:
-        """Queue what a typed line asks for; False when it asks to leave."""
+    async def handle(self, line: str) -> bool:
+        """Queue what a typed line asks for (waiting while PENDING_ACTIONS are); False when it
+        asks to leave."""
         text = line.strip()
         if not text:
             return True
@@ -207,13 +211,13 @@ class _Chatroom:
         if not text.startswith("/") or text.startswith("//"):
             # Only the escaping slash goes; blanks before it stay, as in any other line.
             body = line.replace("//", "/", 1) if text.startswith("//") else line
-            self.actions.put_nowait(lambda: self._say(body))
+            await self.actions.put(lambda: self._say(body))
             return True
         command, _, rest = text.partition(" ")
         rest = rest.strip()
         action = self._command(command.lower(), rest)
         if action is not None:
-            self.actions.put_nowait(action)
+            await self.actions.put(action)
         return True
 
     def _command(self, command: str, rest: str) -> Action | None:
@@ -450,7 +454,7 @@ async def run_join(config: ClientConfig, options: JoinOptions, console: Console)
                 )
             typing = asyncio.create_task(_read_input(room, options.interactive))
             await _first_of(typing, receiver)
-            room.actions.put_nowait(None)
+            await room.actions.put(None)
             # Leaving waits for everything typed to be done; each send has its own deadline.
             await worker
             return room.exit_code
@@ -483,5 +487,5 @@ async def _read_input(room: _Chatroom, interactive: bool) -> None:
         context = nullcontext()
     with context:
         async for line in _typed_lines(room, interactive):
-            if not room.handle(line):
+            if not await room.handle(line):
                 break
