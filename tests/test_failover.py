@@ -153,6 +153,7 @@ def test_no_address_reachable_is_one_clear_line_naming_them_all(
         ("127.0.0.1:4001,nohost", "is not host:port"),
         ("127.0.0.1:99999", "is not host:port"),
         ("bad host:4001", "is not host:port"),
+        ("unix:", "names no socket"),
     ],
 )
 def test_a_bad_address_list_is_a_usage_error(addr: str, wording: str) -> None:

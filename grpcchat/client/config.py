@@ -31,6 +31,8 @@ def parse_addrs(addr: str) -> tuple[str, ...]:
         raise AddressError(f"--addr {addr!r} has an empty entry; give host:port[,host:port...]")
     for entry in entries:
         if entry.startswith("unix:"):
+            if not entry.removeprefix("unix:").lstrip("/"):
+                raise AddressError(f"--addr: {entry!r} names no socket (unix:/path/to/socket)")
             continue
         match = _HOST_PORT.fullmatch(entry)
         if match is None or not 1 <= int(match.group(1)) <= 65535:
