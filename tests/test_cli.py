@@ -457,3 +457,11 @@ async def test_piped_lines_wait_for_a_server_that_comes_up_within_the_timeout(
         await asyncio.to_thread(server.stop)
     assert code == 0, err
     assert out.count("✓ #lobby") == 2
+
+
+def test_a_key_for_several_lines_is_a_usage_error(server_process: ServerProcess) -> None:
+    done = run_cli(
+        "send", "--addr", server_process.addr, "--name", "bot", "--key", "k", stdin="a\nb\n"
+    )
+    assert done.returncode == 2
+    assert "--key applies to a single message; stdin has several" in done.stderr

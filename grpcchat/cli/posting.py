@@ -93,7 +93,7 @@ def post(
         if key:
             lines = stdin.read_lines()
             if len(lines) > 1:
-                fail("--key applies to a single message; stdin has several")
+                fail("--key applies to a single message; stdin has several", EXIT_USAGE)
         else:
             lines = stdin.lines_as_they_come()
 
