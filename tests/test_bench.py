@@ -175,6 +175,17 @@ async def test_starts_its_own_server_and_stops_it() -> None:
         socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=2).close()
 
 
+async def test_its_own_server_ignores_the_user_s_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With GRPCCHAT_AUTH_SECRET exported (as the README's token section has users do), its own
+    server required a token the benchmark does not have."""
+    monkeypatch.setenv("GRPCCHAT_AUTH_SECRET", "s" * 32)
+    monkeypatch.setenv("GRPCCHAT_WORKERS", "2")
+    result = await run_bench(
+        BenchConfig(subscribers=2, publishers=1, rate=20, duration=0.5, processes=1)
+    )
+    _check_exact(result, subscribers=2)
+
+
 async def test_unreachable_server_is_an_error_not_a_hang() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -365,9 +376,11 @@ class _FaultyV1Server:
     it drops every `drop_every`-th message or sends message number `duplicate` twice. Pings of
     the bench always go through; only data messages are numbered."""
 
-    def __init__(self, *, drop_every: int = 0, duplicate: int = 0) -> None:
+    def __init__(self, *, drop_every: int = 0, duplicate: int = 0, delay: float = 0.0) -> None:
         self.drop_every = drop_every
         self.duplicate = duplicate
+        self.delay = delay  # seconds a message waits before it goes to the other streams
+        self._later: set[asyncio.Task[None]] = set()
         self.received = 0
         self._streams: dict[int, Any] = {}
         self._lock = asyncio.Lock()
@@ -385,13 +398,27 @@ class _FaultyV1Server:
                         copies = 0
                     elif self.received == self.duplicate:
                         copies = 2
-                async with self._lock:
-                    for stream in list(self._streams.values()):
-                        for _ in range(copies):
-                            with contextlib.suppress(Exception):
-                                await stream.write(data)
+                if self.delay and "/ping>" not in text:  # the sender's echo at once
+                    await self._broadcast(data, copies, only=key)
+                    task = asyncio.create_task(self._broadcast(data, copies, self.delay, key))
+                    self._later.add(task)
+                    task.add_done_callback(self._later.discard)
+                else:
+                    await self._broadcast(data, copies)
         finally:
             del self._streams[key]
+
+    async def _broadcast(
+        self, data: bytes, copies: int, after: float = 0.0, but: int = 0, only: int = 0
+    ) -> None:
+        await asyncio.sleep(after)
+        async with self._lock:
+            for key, stream in list(self._streams.items()):
+                if key == but or (only and key != only):
+                    continue
+                for _ in range(copies):
+                    with contextlib.suppress(Exception):
+                        await stream.write(data)
 
 
 @contextlib.asynccontextmanager
@@ -444,6 +471,19 @@ async def test_counts_exactly_what_a_lossy_server_drops(reader: str) -> None:
     assert result.expected == 3 * result.sent
     assert result.duplicates == 0
     assert not result.ok
+
+
+async def test_a_server_slow_to_fan_out_loses_nothing_within_the_drain() -> None:
+    """Nothing arrives for 3 s, then everything: the drain ended after 2 s without a delivery
+    whatever --drain said, and counted it all as lost."""
+    async with _faulty_server(delay=3.0) as (addr, _):
+        config = BenchConfig(
+            addr=addr, protocol="v1", subscribers=2, publishers=1, rate=20, duration=1.0,
+            processes=1, drain_timeout=10.0,
+        )  # fmt: skip
+        result = await run_bench(config)
+    assert result.expected == 2 * result.sent >= 2 * 15
+    assert (result.delivered, result.lost) == (result.expected, 0)
 
 
 @pytest.mark.parametrize("reader", ["h2", "grpc"])

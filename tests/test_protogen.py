@@ -243,6 +243,28 @@ def test_cli_gen_proto_check_and_regenerate(tmp_path: Path) -> None:
     assert "not inside a grpcchat source checkout" in outside.stderr
 
 
+def test_cli_gen_proto_takes_a_relative_root(tmp_path: Path) -> None:
+    """`--root .` printed nothing but a traceback (after writing), its paths not resolved."""
+    root = make_repo(tmp_path / "repo")
+    add_field(root)
+    stale = gen_proto(tmp_path, "--check", "--root", "repo")
+    assert stale.returncode == 1, stale.stderr
+    assert f"stale: {GEN_V1}/chat_service_pb2.py" in stale.stdout
+    regenerated = gen_proto(root, "--root", ".")
+    assert regenerated.returncode == 0, regenerated.stderr
+    assert f"wrote: {GEN_V1}/chat_service_pb2.py" in regenerated.stdout
+
+
+def test_a_file_that_cannot_be_written_is_one_error(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "repo")
+    add_field(root)
+    stale = root / GEN_V1 / "chat_service_pb2.py"
+    stale.unlink()
+    stale.mkdir()  # a directory in the way: writing the file fails, even as root
+    with pytest.raises(ProtogenError, match=r"cannot write .*chat_service_pb2\.py: "):
+        protogen.generate(root)
+
+
 # -- buf -----------------------------------------------------------------------------------------
 
 

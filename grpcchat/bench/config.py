@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from grpcchat.bench.frames import MIN_MESSAGE_SIZE
 from grpcchat.client.config import parse_addrs
-from grpcchat.core.errors import ChatError, InvalidInput
+from grpcchat.core.errors import ConfigError, InvalidInput
 from grpcchat.core.models import DEFAULT_ROOM
 from grpcchat.core.records import record
 from grpcchat.core.validation import MAX_TEXT_LENGTH, check_room
@@ -29,9 +29,9 @@ PUBLISH_MODES = ("auto", "stream", "unary")
 READERS = ("h2", "grpc")
 
 
-class BenchError(ChatError):
+class BenchError(ConfigError):
     """The benchmark could not run: the server did not start, subscribers did not connect, a
-    worker process failed."""
+    worker process failed (a local problem, exit 1: not input the server refused)."""
 
 
 def parse_pids(text: str) -> int | tuple[int, ...]:

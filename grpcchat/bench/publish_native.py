@@ -46,17 +46,15 @@ class SessionStream(PublisherBase):
 
     async def submit(self, seq: int) -> None:
         await self._window.acquire()
-        self._check()
+        if any(task.done() for task in self._tasks):
+            # Counted as tried (the caller issued it): failed, not expected of subscribers.
+            self._tally.fail(self._index, seq, RemoteError("UNAVAILABLE", "the stream ended"))
+            raise Stopped
         key = str(seq)
         request = frames.send_request(self._text(seq), self._room, key)
         self._pending[key] = (seq, request)
         self._idle.clear()
         self._writes.put_nowait(request)  # one writer: one write may be pending per stream
-
-    def _check(self) -> None:
-        for task in self._tasks:
-            if task.done():
-                raise Stopped
 
     async def _write_all(self) -> None:
         call = self._call

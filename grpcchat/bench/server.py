@@ -11,6 +11,7 @@ import sys
 from collections import deque
 
 from grpcchat.bench.config import STOP_GRACE, BenchError
+from grpcchat.server import children
 
 # How the benchmark starts its own server: loopback, a free port, history in memory (not the
 # user's history database), no per-user rate limit (publishers post far faster than a person),
@@ -54,7 +55,10 @@ class ServerProcess:
 
     async def start(self) -> None:
         """Start the server and wait (at most START_TIMEOUT) for the address it listens on."""
-        env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+        # Its flags alone say how it runs: the user's GRPCCHAT_* settings (an auth secret,
+        # TLS files, --workers) made it a server the benchmark could not use.
+        own = {k: v for k, v in os.environ.items() if not k.startswith("GRPCCHAT_")}
+        env = {**own, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
         self._process = process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -65,6 +69,8 @@ class ServerProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
+            # Stopped with the benchmark however it ends: SIGTERM'ed, it left the server up.
+            **children.spawn_options(),
         )
         assert process.stdout is not None
         assert process.stderr is not None

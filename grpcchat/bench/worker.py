@@ -367,12 +367,13 @@ class _Worker:
                 await asyncio.sleep(POLL)
 
     async def _drain(self, finish: Finish) -> None:
-        """Wait until every subscriber has every message, or nothing more arrives, or time's up."""
-        start = time.monotonic()
-        deadline = start + finish.drain_timeout
-        idle_after = min(_IDLE_AFTER, finish.drain_timeout)
+        """Wait until every subscriber has every message, or time's up (--drain), or nothing
+        more has arrived for _IDLE_AFTER since the drain's last delivery. Only since one: a
+        server slow to fan out (3 s here) delivers nothing for a while, then everything, and
+        was counted as having lost it all."""
+        deadline = time.monotonic() + finish.drain_timeout
         expected = finish.expected
-        last_total, last_change = -1, start
+        last_total, last_change = self._delivered(), None
         while True:
             self._check()
             self._report()
@@ -382,7 +383,8 @@ class _Worker:
             total = self._delivered()
             if total != last_total:
                 last_total, last_change = total, now
-            if now >= deadline or now - last_change >= idle_after:
+            idle = last_change is not None and now - last_change >= _IDLE_AFTER
+            if now >= deadline or idle:
                 return
             await asyncio.sleep(POLL)
 

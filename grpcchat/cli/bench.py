@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from enum import StrEnum
 from typing import Annotated
 
@@ -142,6 +143,8 @@ def bench(
         def on_progress(phase: str, done: float) -> None:
             progress.update(tasks[phase], completed=done, visible=True)
 
+        # SIGTERM ends it as Ctrl-C does: its server and subscriber processes stopped first.
+        signal.signal(signal.SIGTERM, _interrupted)
         result = run(run_bench(config, on_progress))
     if as_json:
         print(json.dumps(result.as_json(), default=str))
@@ -149,3 +152,7 @@ def bench(
         console.print(render_result(result))
     if not result.ok:
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -33,7 +33,7 @@ def gen_proto(
     from grpcchat.protogen import web
 
     try:
-        repo = root or protogen.find_repo_root()
+        repo = (root or protogen.find_repo_root()).resolve()  # paths print relative to it
         no_web = web.unavailable(repo)
         if check:
             stale = protogen.check(repo)

@@ -368,11 +368,28 @@ def _read_tree(root: Path) -> dict[str, bytes]:
     return tree
 
 
-def _differences(expected: dict[str, bytes], actual: dict[str, bytes]) -> list[str]:
+def differences(expected: dict[str, bytes], actual: dict[str, bytes]) -> list[str]:
     """Relative paths that are stale (different bytes), missing or extra in `actual`."""
     return sorted(
         name for name in expected.keys() | actual.keys() if expected.get(name) != actual.get(name)
     )
+
+
+def apply_changes(root: Path, fresh: dict[str, bytes], changed: list[str]) -> list[Path]:
+    """Write each of `changed` (relative to `root`) as `fresh` has it, or remove it if `fresh`
+    has none; the paths. ProtogenError naming the file if one cannot be written or removed
+    (a read-only tree, a full disk)."""
+    for name in changed:
+        path = root / name
+        try:
+            if name in fresh:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(fresh[name])
+            else:
+                path.unlink()
+        except OSError as exc:
+            raise ProtogenError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return [root / name for name in changed]
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -394,16 +411,9 @@ def generate(repo_root: Path, out_dir: Path | None = None, use_buf: bool = False
     with tempfile.TemporaryDirectory(prefix="grpcchat-protogen-") as scratch:
         fresh = _render(repo_root, Path(scratch), use_buf)
     current = _read_tree(target)
-    changed = _differences(fresh, current)
-    for name in changed:
-        path = target / name
-        if name in fresh:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(fresh[name])
-        else:
-            path.unlink()
+    written = apply_changes(target, fresh, differences(fresh, current))
     _prune_empty_dirs(target / GEN_PREFIX)
-    return [target / name for name in changed]
+    return written
 
 
 def _prune_empty_dirs(gen_root: Path) -> None:
@@ -428,4 +438,4 @@ def check(repo_root: Path) -> list[Path]:
     repo_root = repo_root.resolve()
     with tempfile.TemporaryDirectory(prefix="grpcchat-protogen-") as scratch:
         fresh = _render(repo_root, Path(scratch), use_buf=False)
-    return [repo_root / name for name in _differences(fresh, _read_tree(repo_root))]
+    return [repo_root / name for name in differences(fresh, _read_tree(repo_root))]

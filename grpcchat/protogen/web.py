@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from grpcchat.protogen.generate import PROTO_DIR, ProtogenError
+from grpcchat.protogen.generate import PROTO_DIR, ProtogenError, apply_changes, differences
 
 __all__ = ["STATIC_DIR", "WEB_GEN", "check_web", "generate_web", "unavailable"]
 
@@ -121,28 +121,14 @@ def _current(repo_root: Path) -> dict[str, bytes]:
     return tree
 
 
-def _differences(fresh: dict[str, bytes], current: dict[str, bytes]) -> list[str]:
-    return sorted(
-        name for name in fresh.keys() | current.keys() if fresh.get(name) != current.get(name)
-    )
-
-
 def generate_web(repo_root: Path) -> list[Path]:
     """Rebuild the page; return the paths written or removed (empty: it was up to date)."""
     repo_root = repo_root.resolve()
     fresh = _render(repo_root)
-    changed = _differences(fresh, _current(repo_root))
-    for name in changed:
-        path = repo_root / name
-        if name in fresh:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(fresh[name])
-        else:
-            path.unlink()
-    return [repo_root / name for name in changed]
+    return apply_changes(repo_root, fresh, differences(fresh, _current(repo_root)))
 
 
 def check_web(repo_root: Path) -> list[Path]:
     """The page's generated or built files that are stale, missing or extra; writes nothing."""
     repo_root = repo_root.resolve()
-    return [repo_root / name for name in _differences(_render(repo_root), _current(repo_root))]
+    return [repo_root / name for name in differences(_render(repo_root), _current(repo_root))]
