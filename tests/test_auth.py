@@ -651,3 +651,16 @@ def test_cli_serve_with_auth_secret() -> None:
     short = run_cli("serve", "--port", "0", "--store", "memory://", "--auth-secret", "short")
     assert short.returncode == 1
     assert f"at least {MIN_SECRET_LENGTH} characters" in _one_line(short.stderr)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "says"),
+    [("0s", "must be positive"), ("2931000d", "too long"), ("0", "is not a duration")],
+)
+async def test_cli_token_refuses_a_bad_ttl_as_a_usage_error(ttl: str, says: str) -> None:
+    """Every bad --ttl exits 2: `0s` and one past the year 9999 exited 1."""
+    code, out, err = await run_cli_async(
+        "token", "alice", "--ttl", ttl, env=cli_env(GRPCCHAT_AUTH_SECRET=SECRET)
+    )
+    assert (code, out) == (2, "")
+    assert says in err

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from grpcchat.cli.durations import parse_duration
-from grpcchat.cli.exits import fail
+from grpcchat.cli.exits import EXIT_USAGE, fail
 from grpcchat.cli.options import auth_secret_option
 from grpcchat.core.errors import ChatError
 
@@ -24,6 +24,12 @@ def token(
         fail("no secret: pass --auth-secret or set GRPCCHAT_AUTH_SECRET")
     lifetime = parse_duration(ttl)
     try:
-        print(TokenAuthority(secret).mint(name, lifetime))
+        authority = TokenAuthority(secret)
     except (ValueError, ChatError) as error:
+        fail(str(error))
+    try:
+        print(authority.mint(name, lifetime))
+    except ValueError as error:  # the lifetime (0s, or past the year 9999): a bad option value
+        fail(f"--ttl {ttl}: {error}", EXIT_USAGE)
+    except ChatError as error:  # the name
         fail(str(error))
