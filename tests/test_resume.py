@@ -250,11 +250,7 @@ async def test_join_command_shows_what_was_sent_while_it_was_away_once(tmp_path:
             await bob.send("bob", "after")
             await read_until("bob: after")
     finally:
-        if join.returncode is None:
-            join.kill()
-        await join.wait()
-        for running in servers:
-            running.stop()
+        await _end(join, servers)
     said = [line.split(" ", 1)[1] for line in lines if " bob: " in line]
     # The two latest on entry, then everything live or resumed, each once, in order (the five
     # concurrent sends in whatever order the server numbered them).
@@ -708,9 +704,14 @@ async def test_a_piped_send_keeps_its_order_across_a_restart_while_rate_limited(
         async with ChatClient(ClientConfig(addr=server.addr, timeout=10)) as reader:
             stored = await reader.history("pipe", limit=1000)
     finally:
-        if sending.returncode is None:
-            sending.kill()
-            await sending.wait()
-        for running in servers:
-            running.stop()
+        await _end(sending, servers)
     assert [m.text for m in stored] == texts
+
+
+async def _end(process: asyncio.subprocess.Process, servers: list[ServerProcess]) -> None:
+    """Kill the command if it still runs, and stop every server the test started."""
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
+    for running in servers:
+        running.stop()
