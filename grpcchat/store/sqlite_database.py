@@ -6,6 +6,7 @@ method here runs on its thread, never on the event loop."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections import Counter
@@ -198,7 +199,11 @@ class Database:
             relation = request[8]
             deleted = relation is not None and relation.kind is RelationKind.DELETE
             if deleted and isinstance(outcome, Appended) and not outcome.duplicate:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # The group is committed whatever happens here: a checkpoint that cannot run
+                # now (the disk full, say) leaves the text to the next one, and no append may
+                # be reported failed for it.
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 return
 
     def _append_or_refuse(self, request: AppendRequest) -> Appended | ChatError:
