@@ -23,6 +23,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._sends)
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._sends
+
     def add(self, request: pb.SendRequest) -> tuple[pb.ConnectRequest, asyncio.Future[SendAck]]:
         """Keep `request` (whose key must be new) until `settle`; the request to write, and
         its next answer."""

@@ -383,6 +383,8 @@ class ChatSession:
                     raise RemoteError(ack.code or "UNKNOWN", ack.reason)
                 if loop.time() + retry >= deadline:
                     raise RemoteError(ack.code, ack.reason)
+                if request.key not in self._outbox:  # the session ended meanwhile
+                    raise RemoteError("CANCELLED", "the session ended before an answer")
                 answer = self._outbox.again(request.key)  # kept in its place meanwhile
                 await asyncio.sleep(retry)
         finally:
