@@ -39,9 +39,9 @@ _EXIT_BY_STATUS = {
 }
 
 # What writing the output can fail with besides EPIPE (a reader that went away, which ends
-# the command quietly, as Click ends it): a full disk or quota, a file grown too large, an
-# I/O error.
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+# the command quietly, as Click ends it): a full disk or quota, a file grown too large. (Not
+# EIO: reading a terminal that went away fails with it too.)
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def exit_code(status: str) -> int:
@@ -80,7 +80,9 @@ def fail_to_write(error: OSError) -> NoReturn:
     """`grpcchat ... > /dev/full`: one red line on stderr and exit 1, instead of a traceback.
     What is still buffered for stdout goes to /dev/null, so exiting does not fail again."""
     with contextlib.suppress(OSError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     what = f"cannot write {error.filename}" if error.filename else "cannot write the output"
     with contextlib.suppress(OSError):  # stderr is full too: the exit code has to say it
         emit_error(f"{what}: {error.strerror}")

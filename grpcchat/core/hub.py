@@ -453,6 +453,8 @@ class Hub:
         if relation is None:
             text = check_text(text)
         room, key = check_room(room), check_key(key)
+        # Refused for the rate (or, below, as busy) before the first suspension: the article's
+        # stream keeps a throttled post's order on it (see `inflight.WaitingLine`).
         wait = self._message_rate.wait_time(principal or sender)
         if wait:
             self.stats.rate_limited_messages += 1

@@ -54,6 +54,9 @@ class LocalNats:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                # nats-server holds the lock too, until it has exited: a supervisor killed
+                # with -9 lets go at once, while its nats-server still writes the files.
+                pass_fds=(self._lock.fileno(),),
                 **children.spawn_options(),
             )
         ports_file = Path(self._ports_dir) / f"nats-server_{self.process.pid}.ports"

@@ -40,6 +40,8 @@ MAINTENANCE_BATCH = 1_000
 _MICROSECOND = timedelta(microseconds=1)
 _MAX_SEQ = 2**63 - 1  # SQLite's largest integer: an open bound
 
+# How long a statement waits for another connection's lock (another program reading the file).
+BUSY_TIMEOUT_MS = 5000
 # One queued append: id, room, sender, text, sent_at_us, key, action, reply_to, relation.
 AppendRequest: TypeAlias = tuple[str, str, str, str, int, str, bool, str, Relation | None]
 _INSERT_MESSAGES = (
@@ -100,14 +102,17 @@ class Database:
         except OSError as exc:
             why = f"cannot create its directory {path.parent} ({exc.strerror})"
             raise unusable(path, why) from exc
-        held = hold(path)
         try:
-            conn = sqlite3.connect(path, isolation_level=None)
+            conn = sqlite3.connect(path, isolation_level=None)  # creates the file if missing
         except sqlite3.Error as exc:
-            release(held)
             raise open_failure(path, exc) from exc
         try:
-            conn.execute("PRAGMA busy_timeout = 5000")
+            held = hold(path)
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 raise unusable(path, f"it is damaged ({problems[0]})")
@@ -202,8 +207,12 @@ class Database:
                 # The group is committed whatever happens here: a checkpoint that cannot run
                 # now (the disk full, say) leaves the text to the next one, and no append may
                 # be reported failed for it.
+                # Nor may it wait for a reader (another program's): the busy handler would hold
+                # every append behind it for up to busy_timeout.
                 with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA busy_timeout = 0")
                     self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 return
 
     def _append_or_refuse(self, request: AppendRequest) -> Appended | ChatError:

@@ -134,14 +134,18 @@ def open_failure(path: Path, exc: sqlite3.Error) -> StoreError:
 
 
 def hold(path: Path) -> int | None:
-    """An exclusive lock on the history file (created if missing), held by the returned file
+    """An exclusive lock on the history file (SQLite has opened it), held by the returned file
     descriptor until `release`: two servers on one file would each deliver only their own
-    appends live. A BSD lock (flock), which SQLite's own locks (fcntl) never meet. None when
-    the file cannot be opened here: SQLite says why then."""
+    appends live. A BSD lock (flock), which SQLite's own locks (fcntl) never meet; taken on a
+    read-only descriptor if the file is not writable here (SQLite then says why it fails).
+    None only when the file cannot be opened at all: SQLite says why then too."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError:
-        return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

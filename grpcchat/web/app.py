@@ -239,12 +239,13 @@ async def _read_body(receive: Receive) -> bytes | tuple[int, str, str] | None:
 
 def _explained(send: Send, scope: Scope, headers: dict[str, str]) -> Send:
     """`send` for connectrpc, which refuses a request it cannot route with a bare status (415,
-    404, 405) and an empty body: those get a Connect error body saying what to do."""
+    404, 405) and an empty body: those get a Connect error body saying what to do (any other
+    answer goes as it is)."""
     held: Message | None = None
 
     async def sending(message: Message) -> None:
         nonlocal held
-        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+        if message["type"] == "http.response.start" and message["status"] in _BARE_STATUSES:
             held = message  # sent with the body, once it is known to be empty
             return
         if held is not None:
@@ -267,6 +268,10 @@ def _explained(send: Send, scope: Scope, headers: dict[str, str]) -> Send:
     return sending
 
 
+# What connectrpc answers with a bare status when it cannot route a request at all.
+_BARE_STATUSES = frozenset({404, 405, 415})
+
+
 def _bare_status_reason(status: int, scope: Scope, headers: dict[str, str]) -> str:
     if status == 415:
         content_type = headers.get("content-type", "")
@@ -277,9 +282,7 @@ def _bare_status_reason(status: int, scope: Scope, headers: dict[str, str]) -> s
         )
     if status == 404:
         return f"no method {scope['path'].removeprefix(RPC_PREFIX)!r} in chat.v1.ChatService"
-    if status == 405:
-        return f"{scope['method']} is not allowed here: call a method with POST"
-    return f"the request was refused ({status})"
+    return f"{scope['method']} is not allowed here: call a method with POST"
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
