@@ -465,3 +465,18 @@ def test_a_key_for_several_lines_is_a_usage_error(server_process: ServerProcess)
     )
     assert done.returncode == 2
     assert "--key applies to a single message; stdin has several" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [("history", "no messages in #lobby"), ("health", "SERVING"), ("who", "#lobby: nobody")],
+)
+async def test_a_one_shot_read_fails_over_from_a_server_that_never_answers(
+    wedged_addr: str, server_process: ServerProcess, command: str, says: str
+) -> None:
+    """Connected and silent, the first address kept the call until --timeout ran out: the
+    next was tried only when the first could not be connected to at all."""
+    addrs = f"{wedged_addr},{server_process.addr}"
+    code, out, err = await run_cli_async(command, "--addr", addrs, "--timeout", "4")
+    assert code == 0, err
+    assert says in out + err

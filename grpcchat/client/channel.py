@@ -18,7 +18,7 @@ import grpc
 from grpc import aio
 
 from grpcchat.client.config import ClientConfig
-from grpcchat.client.errors import NOT_CONNECTED, remote_error, retry_after
+from grpcchat.client.errors import remote_error, retry_after
 from grpcchat.core.errors import ConfigError, RemoteError
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 
@@ -115,13 +115,12 @@ _T = TypeVar("_T")
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def fails_over(error: grpc.RpcError, state: grpc.ChannelConnectivity) -> bool:
+def fails_over(error: grpc.RpcError) -> bool:
     """Whether a failed call is worth trying at the next address: the server could not be
-    reached or is going away (UNAVAILABLE), or gave no answer without ever being connected."""
-    code = error.code()
-    return code == grpc.StatusCode.UNAVAILABLE or (
-        code == grpc.StatusCode.DEADLINE_EXCEEDED and state in NOT_CONNECTED
-    )
+    reached or is going away (UNAVAILABLE), or gave no answer in its share of the time, be it
+    not connected or connected and silent (every call made this way only reads, or moves a
+    read marker forward: made twice, it does no harm)."""
+    return error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Connection:
@@ -177,26 +176,24 @@ class Connection:
         """`invoke(timeout)` (one call on `self.stub`/`self.channel`) at the address in use,
         then at each other address once if it cannot be reached, all within `timeout`.
 
-        A server not yet connected gets its share of the time left, so one that never
-        answers leaves time for the rest; a connected one gets all of it. Over a rate limit,
-        the call is made again when the server says it may be, if that is within `timeout`."""
+        Each address gets its share of the time left, so one that never answers (not
+        connected, or connected and silent) leaves time for the rest. Over a rate limit, the
+        call is made again when the server says it may be, if that is within `timeout`."""
         deadline = time.monotonic() + timeout
         tried: list[str] = []
         while True:
             remaining = max(0.05, deadline - time.monotonic())
             untried = len(self.addrs) - len(tried)
-            ready = self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
             try:
-                return await invoke(remaining if ready or untried <= 1 else remaining / untried)
+                return await invoke(remaining / max(untried, 1))
             except grpc.RpcError as error:
                 wait = retry_after(error) if error.code() == RESOURCE_EXHAUSTED else None
                 if wait is not None and time.monotonic() + wait < deadline:
                     await asyncio.sleep(wait)
                     continue
                 tried.append(self.addr)
-                state = self.channel.get_state(try_to_connect=False)
                 last = len(tried) >= len(self.addrs) or time.monotonic() >= deadline
-                if last or not fails_over(error, state):
+                if last or not fails_over(error):
                     raise self.error(error, tried) from None
                 self.next_address()
 
