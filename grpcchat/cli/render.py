@@ -66,26 +66,26 @@ def render_message(
     line.append(" ")
     if message.recipient:
         line.append("[", style="magenta")
-        line.append(visible(message.sender), style=sender_style(message.sender))
+        _append_name(line, message.sender)
         line.append(" → ", style="magenta")
-        line.append(visible(message.recipient), style=sender_style(message.recipient))
+        _append_name(line, message.recipient)
         line.append("] ", style="magenta")
     elif show_room:
         line.append(f"#{visible(message.room)} ", style="dim cyan")
     if message.deleted:
-        line.append(visible(message.sender), style=sender_style(message.sender))
+        _append_name(line, message.sender)
         line.append(": ")
         line.append(DELETED, style="italic")
         line.stylize("dim")
         return line
     if message.action:
         line.append("* ", style="italic")
-        line.append(visible(message.sender), style=sender_style(message.sender))
+        _append_name(line, message.sender)
         line.append(" ")
         _append_text(line, message.text, handle, style="italic")
     else:
         if not message.recipient:
-            line.append(visible(message.sender), style=sender_style(message.sender))
+            _append_name(line, message.sender)
             line.append(": ")
         _append_text(line, message.text, handle)
     if message.edited_at is not None:
@@ -126,7 +126,7 @@ def render_quote(quoted: Message | None, *, handle: bool = False) -> Text:
         return line
     if quoted.seq and handle:
         line.append(f"{quoted.seq} ")
-    line.append(visible(quoted.sender), style="dim " + sender_style(quoted.sender))
+    _append_name(line, quoted.sender, dim=True)
     line.append(": ")
     if quoted.deleted:
         line.append(DELETED, style="italic")
@@ -157,7 +157,7 @@ def render_unseen_change(entry: Message) -> Text:
     relation = entry.relation
     assert relation is not None
     line = Text(f"{local_time(entry.sent_at)} ", style="dim")
-    line.append(visible(entry.sender), style="dim " + sender_style(entry.sender))
+    _append_name(line, entry.sender, dim=True)
     match relation.kind.value:
         case "edit":
             line.append(" edited an earlier message: ", style="dim")
@@ -175,6 +175,11 @@ def render_unseen_change(entry: Message) -> Text:
 def render_unread() -> Text:
     """The divider between what was read and what was not."""
     return Text(UNREAD_DIVIDER, style="bold yellow")
+
+
+def _append_name(line: Text, name: str, *, dim: bool = False) -> None:
+    """A user's name in its colour (dimmed in a quote or a notice), shown, never obeyed."""
+    line.append(visible(name), style=("dim " if dim else "") + sender_style(name))
 
 
 def _append_text(line: Text, text: str, handle: bool, style: str = "") -> None:
@@ -196,7 +201,7 @@ def render_presence(change: PresenceChange, *, show_room: bool = True) -> Text:
     """`→ alice joined #lobby`, dimmed: never mistaken for a message from a user."""
     arrow, verb = ("→", "joined") if change.joined else ("←", "left")
     line = Text(f"{local_time(change.at)} {arrow} ", style="dim")
-    line.append(visible(change.name), style="dim " + sender_style(change.name))
+    _append_name(line, change.name, dim=True)
     line.append(f" {verb}" + (f" #{visible(change.room)}" if show_room else ""), style="dim")
     return line
 
@@ -246,7 +251,7 @@ def render_members(room: str, members: list[str]) -> Text:
     for i, name in enumerate(members):
         if i:
             line.append(", ")
-        line.append(visible(name), style=sender_style(name))
+        _append_name(line, name)
     if not members:
         line.append("nobody", style="dim")
     return line

@@ -25,7 +25,6 @@ NOT_SET = "not set"
 DERIVED = ("bind_address", "store_url")
 
 
-# Files the server reads at start (their contents are never shown, only whether they read).
 def settings(config: object, prefix: str = "") -> list[tuple[str, str, bool]]:
     """`(name, shown value, secret)` for every field of the dataclass `config`, in declaration
     order, nested dataclasses flattened under their field's name."""
@@ -79,7 +78,7 @@ def _duration(value: timedelta) -> str:
 
 def check_files(config: object) -> None:
     """Read every file the server would read at start, as it would (a ConfigError naming the
-    one that cannot be read); nothing read is kept or shown."""
+    one that cannot be read); nothing read is kept or shown, only whether it read."""
     if cert := getattr(config, "tls_cert", ""):
         read_tls_files(cert, getattr(config, "tls_key", ""), getattr(config, "tls_client_ca", ""))
 
