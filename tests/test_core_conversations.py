@@ -122,6 +122,11 @@ async def test_the_article_stream_frames_no_relation_and_no_notice() -> None:
         ("", Relation(REACT, "x" * 32, "thumbs up"), {}, InvalidInput, "blanks"),
         ("", Relation(UNREACT, "x" * 32, "e" * 65), {}, InvalidInput, "65 bytes"),
         ("", Relation(REACT, "x" * 32, "\u202e👍"), {}, InvalidInput, "text-direction"),
+        # What shows as nothing: a lone joiner, variation selector or combining mark, a filler.
+        ("", Relation(REACT, "x" * 32, "\u200d"), {}, InvalidInput, "start with a joiner"),
+        ("", Relation(REACT, "x" * 32, "\ufe0f"), {}, InvalidInput, "start with a joiner"),
+        ("", Relation(REACT, "x" * 32, "\u0301+"), {}, InvalidInput, "start with a joiner"),
+        ("", Relation(REACT, "x" * 32, "\u3164"), {}, InvalidInput, "blanks"),
         ("", Relation(REACT, "x" * 32, "👍"), {"action": True}, InvalidInput, "not an action"),
         ("", Relation(DELETE, "x" * 32, "👍"), {}, InvalidInput, "takes no emoji"),
         ("", Relation(DELETE, ""), {}, InvalidInput, "its id is empty"),

@@ -161,9 +161,14 @@ def check_text(text: str) -> str:
 MAX_EMOJI_BYTES = 64
 # Emoji sequences need the zero-width joiner and tag characters, so not every invisible format
 # character is refused as in names: only the ones that reorder or hide text around them.
+# The letters that show as nothing are refused as in names. And a key must start with something
+# visible: a joiner, a variation selector or a combining mark on its own shows as nothing (or
+# lands on the text before it).
 _FORBIDDEN_IN_EMOJI = re.compile(
-    r"[\s\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+    r"[\s\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+    f"{_NAME_BLANKS}]"
 )
+_INVISIBLE_ALONE = frozenset({"Cf", "Mn", "Mc", "Me"})
 # A message id as the server hands them out (32 hex digits); a little room for other engines.
 MAX_MESSAGE_ID_LENGTH = 64
 
@@ -182,6 +187,8 @@ def check_emoji(emoji: str) -> str:
         raise InvalidInput(
             "a reaction must not contain blanks, control or text-direction characters"
         )
+    if unicodedata.category(emoji[0]) in _INVISIBLE_ALONE:
+        raise InvalidInput("a reaction must not start with a joiner or combining mark")
     return emoji
 
 
