@@ -532,6 +532,45 @@ async def test_a_repeated_key_of_a_pruned_original_returns_it_as_stored(
     assert await store.last_seq("lobby") == 7
 
 
+async def test_a_repeated_key_of_an_expired_original_returns_it_as_stored(
+    open_history: OpenHistory,
+) -> None:
+    """An original past the age limit, though still stored until maintenance removes it: the
+    repeat returns it as stored, not with the edit it took while it was kept (NATS did)."""
+    store = await open_history(
+        Retention(max_age=timedelta(hours=1), dedup_window=timedelta(hours=3))
+    )
+    original = await post(store, "old", key="k", at=now() - timedelta(hours=1, seconds=-0.5))
+    await edit(store, original.id, "old, edited")
+    await asyncio.sleep(1.0)  # the original's age passes the limit: time is the only marker
+    repeat = await post(store, "again", key="k")
+    assert (repeat.id, repeat.text, repeat.edited_at) == (original.id, "old", None)
+
+
+async def test_a_repeated_edit_key_after_a_delete_is_known_to_a_reopened_store(
+    store_url: Callable[[], str],
+) -> None:
+    """A retry of an edit whose message was deleted since, asked of a store opened afterwards
+    (a restart, or another node): the edit is returned, erased, not "nothing to edit" (NATS
+    rebuilt the erased edits in the room's index without their keys)."""
+    url = store_url()
+    if url.startswith("memory:"):
+        pytest.skip("the memory engine keeps nothing to reopen")
+    store = await open_store(url)
+    try:
+        target = (await post(store, "hello")).id
+        first = (await relate(store, EDIT, target, text="hello, edited", key="e")).message
+        await relate(store, DELETE, target)
+    finally:
+        await store.aclose()
+    store = await open_store(url)
+    try:
+        retry = await relate(store, EDIT, target, text="hello, edited", key="e")
+    finally:
+        await store.aclose()
+    assert retry == Appended(replace(first, text=""), duplicate=True)
+
+
 # -- read markers and unread counts -----------------------------------------------------------
 
 

@@ -134,7 +134,7 @@ class Appender:
                 except REFUSALS:
                     repeated = await self._repeated(state, msg_id, sent_us)
                     if repeated is None:
-                        repeated = await self._repeated_elsewhere(subject, msg_id, sent_us)
+                        repeated = await self._repeated_elsewhere(draft.room, msg_id, sent_us)
                     if repeated is not None:
                         return Appended(repeated, duplicate=True)
                     # Refused as of what this process last saw: a target appended through
@@ -215,32 +215,31 @@ class Appender:
             return None
         seq, stream_seq = found
         original = await self._reader.get(stream_seq)
-        message = state.current(original.message) if original else state.shown(seq)
+        message = self._as_now(state, original.message) if original else state.shown(seq)
         if sent_us - codec.to_us(message.sent_at) >= self._window.dedup_us:
             return None
         return message
 
-    async def _repeated_elsewhere(self, subject: str, msg_id: str, sent_us: int) -> Message | None:
-        """The entry a refused append repeats when it is not in this room (a key is the
-        sender's, whatever room the retry names), as it is now. Asked of JetStream's own
-        dedup, stream-wide: with a publish that expects a last key no message has, which
-        JetStream answers as a duplicate if it knows the key and refuses otherwise, so nothing
-        is ever stored by it."""
+    async def _repeated_elsewhere(self, room: str, msg_id: str, sent_us: int) -> Message | None:
+        """The entry a refused append to `room` repeats when the room's index does not know
+        its key (a key is the sender's, whatever room the retry names; an index rebuilt after
+        a delete knows the erased edits but not their keys), as it is now. Asked of
+        JetStream's own dedup, stream-wide: with a publish that expects a last key no message
+        has, which JetStream answers as a duplicate if it knows the key and refuses otherwise,
+        so nothing is ever stored by it."""
         if not msg_id:
             return None
         headers = {codec.MSG_ID: msg_id.partition("#")[0], codec.EXPECTED_LAST_MSG_ID: _NO_KEY}
         try:
-            ack = await self._js.publish(subject, b"", headers=headers)
+            ack = await self._js.publish(self._reader.subject(room), b"", headers=headers)
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code == codec.WRONG_LAST_MSG_ID:
                 return None  # the key is not known: the refusal stands
             raise
         if not ack.duplicate:  # cannot be: no message has that key
             raise StoreError(f"NATS stored a probe for a repeated key at {ack.seq}")
-        found = await self._reader.get(ack.seq, fresh=True)
-        if found is None:  # gone, from a room not known here: the refusal stands
-            return None
-        original = await self._original(found.message.room, ack.seq)
+        # Erased from another room than the retry names, it is not found: the refusal stands.
+        original = await self._original(room, ack.seq)
         if original is None or sent_us - codec.to_us(original.sent_at) >= self._window.dedup_us:
             return None
         return original
@@ -255,11 +254,21 @@ class Appender:
             state = await self._indexes.upto(
                 original.message.room, await self._reader.last(subject, fresh=True)
             )
-            return state.current(original.message)
+            return self._as_now(state, original.message)
         # Erased by a DELETE (or pruned): a tombstone is what the room's index shows then.
         last = await self._reader.last(self._reader.subject(room), fresh=True)
         state = await self._indexes.upto(room, last)
         return state.erased_stream_seq(stream_seq)
+
+    def _as_now(self, state: RoomState, stored: Message) -> Message:
+        """A stored entry as a repeat returns it: as it is now while retention keeps it, as it
+        was stored once retention has removed it (still in the stream until maintenance runs),
+        which is what the other engines' copy of a key holds then."""
+        if stored.relation is None and state.last is not None:
+            window_start = self._window.start(state.last.seq)
+            if state.target(stored.id, window_start, self._window.oldest_kept_us()) is None:
+                return stored
+        return state.current(stored)
 
 
 def _stream_seq(stored: Stored | None) -> int:
