@@ -39,6 +39,7 @@ from tests.webfixture import (
     WEB_MARKS,
     ChatPage,
     NewUser,
+    StallingProxy,
     WebServer,
     WebServerFactory,
 )
@@ -236,6 +237,59 @@ async def test_page_resumes_after_a_server_restart(
     assert [r["id"] for r in rows] == [m.id for m in history]
     assert {m.id for m in during} | {after.id} <= {r["id"] for r in rows}
     await expect(page.notices.filter(has_text=re.compile("truncated", re.I))).to_have_count(0)
+    assert not page.errors
+
+
+async def test_page_resumes_after_its_connection_went_silent(
+    web_server_factory: WebServerFactory, new_user: NewUser
+) -> None:
+    """A connection that goes silent without closing (a laptop that slept, a NAT that forgot
+    the flow) gives the browser no error: the page ends the stream once the server's
+    heartbeats stop coming and resumes. While the server still holds the lost session, the
+    resume's ALREADY_EXISTS is retried, not final."""
+    web_server = await web_server_factory(heartbeat=0.5)
+    proxy = await StallingProxy(web_server.web_port).start()
+    try:
+        page = await (await new_user()).open(proxy.url, name="alice")
+        await page.expect_connected()
+        proxy.stall()
+        async with client_for(web_server) as client:
+            await client.send("bob", "while silent")
+            await page.expect_status(r"reconnecting.*ALREADY_EXISTS")
+            proxy.release()  # the server sees the old connection end, and lets go
+            await page.expect_connected()
+            await page.expect_message("while silent", "bob")
+            await page.say("back")
+            await page.expect_message("back", "alice")
+    finally:
+        await proxy.close()
+    assert not page.errors
+
+
+async def test_after_the_history_is_replaced_handles_name_the_new_messages(
+    web_server_factory: WebServerFactory, new_user: NewUser
+) -> None:
+    """A memory server restarted: a new history whose seqs start again from 1. The lines shown
+    stay, without handles; /react 1 names the new message 1, and the read marker moves in the
+    new history (it stayed at the old one's last seq, so nothing new was ever marked read)."""
+    web_server = await web_server_factory()
+    page = await (await new_user()).open(web_server.url, name="alice")
+    await page.expect_connected()
+    async with client_for(web_server) as client:
+        for i in range(3):
+            await client.send("bob", f"old {i}")
+        await page.expect_message("old 2", "bob")
+        await until_all_read(client, "alice", "lobby")
+    await web_server.restart()
+    await expect(page.notices.filter(has_text=re.compile("truncated", re.I))).to_have_count(1)
+    async with client_for(web_server) as client:
+        new = (await client.send("bob", "new 0")).message
+        assert new.seq == 1
+        await page.expect_message("new 0", "bob")
+        await page.say("/react 1 🎉")
+        await expect(page.message_with_text("new 0").locator(".reactions")).to_have_text("🎉 alice")
+        await until_all_read(client, "alice", "lobby")
+    await expect(page.message_with_text("old 0").locator(".seq")).to_have_count(0)
     assert not page.errors
 
 
@@ -636,6 +690,18 @@ async def test_the_pages_commands_edit_delete_react_and_reply(
         # Someone else's message: the server refuses, and the page says why.
         await page.say(f"/edit {bobs.seq} not mine")
         await expect(page.notices.filter(has_text="PERMISSION_DENIED")).to_have_count(1)
+        # A handle alone is an incomplete /edit (sent, it would make a message read "N"), and
+        # a room named "#" is no room (not the lobby).
+        await page.say(f"/edit {bobs.seq}")
+        await expect(page.notices.filter(has_text="incomplete command /edit")).to_have_count(1)
+        await page.say("/join #")
+        await expect(page.notices.filter(has_text="incomplete command /join")).to_have_count(1)
+        # A refused send is told in the log, its text back in the box; the stream is fine.
+        await page.say("/msg nobody are you there")
+        await expect(page.notices.filter(has_text="/msg: NOT_FOUND")).to_have_count(1)
+        await expect(page.message_box).to_have_value("/msg nobody are you there")
+        await page.expect_connected()
+        await page.message_box.fill("")
 
         history = {m.id: m for m in await client.history("lobby") if m.relation is None}
         reply = next(m for m in history.values() if m.reply_to == bobs.id)

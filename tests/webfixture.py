@@ -142,6 +142,77 @@ class WebServer:
 WebServerFactory = Callable[..., Awaitable[WebServer]]
 
 
+class StallingProxy:
+    """A TCP proxy in front of a web port. `stall()` makes the connections open now go silent
+    both ways, closing neither side: what a page sees when a laptop sleeps or a NAT forgets
+    the flow (no FIN, no RST, nothing, so the browser reports no error). `release()` closes
+    them, as the server's kernel does in time. Connections made later pass through."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._open: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._stalled: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> StallingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stall(self) -> None:
+        self._stalled += self._open
+        self._open = []
+
+    def release(self) -> None:
+        for pair in self._stalled:
+            for writer in pair:
+                writer.transport.abort()
+        self._stalled = []
+
+    async def close(self) -> None:
+        self._open, self._stalled = [], self._open + self._stalled
+        self.release()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream = await asyncio.open_connection(
+                "127.0.0.1", self._target_port
+            )
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = (writer, upstream)
+        self._open.append(pair)
+        await asyncio.gather(
+            self._pipe(pair, reader, upstream), self._pipe(pair, upstream_reader, writer)
+        )
+
+    async def _pipe(
+        self,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+    ) -> None:
+        try:
+            while data := await source.read(65536):
+                if pair not in self._open:
+                    return  # stalled (nothing more is passed on) or released
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            pass
+        if pair in self._open:
+            sink.close()
+
+
 @pytest_asyncio.fixture(loop_scope="module")
 async def web_server_factory() -> AsyncIterator[WebServerFactory]:
     """`await web_server_factory(**ServerConfig fields)`: a started `WebServer`, stopped at the

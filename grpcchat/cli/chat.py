@@ -27,7 +27,15 @@ def join(
         room_option("Room(s) to enter: repeat, or a comma list (default: lobby)."),
     ] = None,
     history: Annotated[
-        int, typer.Option(min=0, max=1000, help="Recent messages to show per room on entry.")
+        int,
+        typer.Option(
+            min=0,
+            max=1000,
+            help=(
+                "Recent entries of each room to show on entry (messages, and the edits and "
+                "reactions among them)."
+            ),
+        ),
     ] = 20,
 ) -> None:
     """Chat interactively. Type messages; /help lists commands; exit or Ctrl-D leaves.

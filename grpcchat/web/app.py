@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from grpcchat.web.stream import CutOff, Exchange, current_exchange
+from grpcchat.web.stream import HEARTBEAT_HEADER, CutOff, Exchange, current_exchange
 
 # The same bounds as the gRPC port's (lifecycle's MAX_REQUEST_BYTES, MAX_METADATA_BYTES).
 MAX_REQUEST_BYTES = 64 * 1024
@@ -71,7 +71,8 @@ CORS_ALLOW_HEADERS = (
     "connect-accept-encoding, connect-content-encoding, grpc-timeout, x-grpc-web, x-user-agent"
 )
 CORS_EXPOSE_HEADERS = (
-    "grpc-status, grpc-message, grpc-status-details-bin, retry-after-ms, trailer-retry-after-ms"
+    "grpc-status, grpc-message, grpc-status-details-bin, retry-after-ms, trailer-retry-after-ms, "
+    f"{HEARTBEAT_HEADER}"
 )
 
 # gRPC's numeric codes of the refusals `_refuse` answers gRPC-Web with.

@@ -19,7 +19,7 @@ from grpcchat.server.auth import Identity
 from grpcchat.server.peers import canonical_address
 from grpcchat.server.servicer import ChatServicer
 from grpcchat.web.errors import connect_error
-from grpcchat.web.stream import stream_session
+from grpcchat.web.stream import HEARTBEAT_HEADER, stream_session
 from grpcchat.wire import codec
 
 _S = TypeVar("_S")
@@ -104,12 +104,16 @@ class WebChatService:
         self, request: pb.SubscribeRequest, ctx: Context, /
     ) -> AsyncIterator[pb.SubscribeResponse]:
         """Follow one room. The first response is empty: it says the stream is registered, so
-        everything posted from then on reaches it (gRPC clients learn it from the headers)."""
+        everything posted from then on reaches it (gRPC clients learn it from the headers).
+        A header tells the heartbeat: a browser cannot see a dead connection (no pings), so
+        the page ends a stream that stays silent much longer than that and resumes."""
         try:
             identity = self._identify(ctx)
+            heartbeat = self._servicer.heartbeat
+            ctx.response_headers[HEARTBEAT_HEADER] = str(round(heartbeat * 1000))
             async with self._servicer.subscription(request, identity, peer_of(ctx)) as session:
                 async for response in stream_session(
-                    session, identity, self._servicer.stats, self._servicer.heartbeat
+                    session, identity, self._servicer.stats, heartbeat
                 ):
                     yield response
         except ChatError as error:

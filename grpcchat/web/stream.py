@@ -24,6 +24,9 @@ from grpcchat.server.writer import (
 # client, only behind the others) before its connection is closed.
 SLOW_CONSUMER_GRACE = 1.0
 
+# The response header of a Subscribe that tells its heartbeat in milliseconds ("0": none).
+HEARTBEAT_HEADER = "grpcchat-heartbeat-ms"
+
 log = logging.getLogger("grpcchat.web.stream")
 
 

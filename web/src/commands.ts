@@ -50,9 +50,11 @@ export function parse(line: string): Command {
   const [first = "", tail = ""] = /^(\S*)\s*([\s\S]*)$/.exec(rest)?.slice(1) ?? [];
   const seq = handle(first);
   switch (command) {
-    case "/join":
-      if (rest) return { kind: "join", room: rest.replace(/^#/, "") };
+    case "/join": {
+      const room = rest.replace(/^#/, "");
+      if (room) return { kind: "join", room };
       break;
+    }
     case "/leave":
       return { kind: "leave" };
     case "/who":
@@ -73,8 +75,12 @@ export function parse(line: string): Command {
       if (seq !== undefined && tail) return { kind: "reply", seq, text: tail };
       break;
     case "/edit":
-      // "/edit 12 new text" edits 12; "/edit new text" (or "/edit 12" alone) your last one.
-      if (seq !== undefined && tail) return { kind: "change", change: "edit", seq, text: tail };
+      // "/edit 12 new text" edits 12; "/edit new text" your last one. "/edit 12" alone is
+      // incomplete, as in the terminal client: sent, it would make a message read "12".
+      if (seq !== undefined) {
+        if (tail) return { kind: "change", change: "edit", seq, text: tail };
+        break;
+      }
       if (rest) return { kind: "change", change: "edit", text: rest };
       break;
     case "/delete":

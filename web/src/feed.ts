@@ -8,6 +8,10 @@ import { backoff, chat, describe, isTerminal, sleep } from "./api";
 import type { Event } from "./gen/chat/v1/chat_service_pb";
 
 const HISTORY = 50;
+/** The Subscribe response header with the server's heartbeat (ms; "0": it sends none). */
+const HEARTBEAT_HEADER = "grpcchat-heartbeat-ms";
+/** A stream silent for two heartbeats and this margin (at most one more) is taken for dead. */
+const HEARTBEAT_SLACK_MS = 5_000;
 /** How many direct-message ids to remember for dropping repeats (they carry no seq). */
 const SEEN_IDS = 500;
 
@@ -27,6 +31,8 @@ export class RoomFeed {
   private readonly seenIds: string[] = [];
   /** The seq after which we already resumed over a jump once (do not loop on a real hole). */
   private jumpedAt = -1n;
+  /** How long a stream may stay silent (ms) before it is taken for dead; 0: no limit. */
+  private quietLimit = 0;
 
   constructor(
     readonly name: string,
@@ -52,13 +58,33 @@ export class RoomFeed {
       const unlink = () => call.abort(this.stopper.signal.reason);
       this.stopper.signal.addEventListener("abort", unlink, { once: true });
       let reason = "the server ended the stream";
+      // A browser sees no pings: a connection that died without a word (a laptop that slept,
+      // a NAT that forgot the flow) looks like a quiet room. The server says how often it
+      // writes at the least; a stream silent much longer than that is ended and resumed. The
+      // limit it last said holds from the start of the next call too: the browser may send
+      // that on a kept-alive connection that died the same way, and never get an answer.
+      let watchdog: ReturnType<typeof setTimeout> | undefined;
+      const rearm = () => {
+        clearTimeout(watchdog);
+        if (this.quietLimit > 0) {
+          const dead = new ConnectError("the connection went silent", Code.Unavailable);
+          watchdog = setTimeout(() => call.abort(dead), this.quietLimit);
+        }
+      };
+      rearm();
+      const resume = this.epoch !== "" || this.seq > 0n;
       try {
-        const resume = this.epoch !== "" || this.seq > 0n;
         const request = resume
           ? { name: this.name, room: this.room, after: { seq: this.seq, epoch: this.epoch } }
           : { name: this.name, room: this.room, history: HISTORY };
+        const onHeader = (headers: Headers) => {
+          const heartbeat = Number(headers.get(HEARTBEAT_HEADER) ?? "0");
+          this.quietLimit = heartbeat > 0 ? 2 * heartbeat + Math.min(heartbeat, HEARTBEAT_SLACK_MS) : 0;
+          rearm();
+        };
         let gapSeen = false;
-        for await (const response of chat.subscribe(request, { signal: call.signal })) {
+        for await (const response of chat.subscribe(request, { signal: call.signal, onHeader })) {
+          rearm();
           for (const event of response.events) {
             if (event.kind.case === "joined") attempt = 0;
             if (event.kind.case === "gap") gapSeen = true;
@@ -68,13 +94,17 @@ export class RoomFeed {
       } catch (error) {
         if (this.stopped) return;
         if (error instanceof ResumeNow) continue;
-        if (isTerminal(error)) {
+        // A resume refused because the name is taken: most likely by this page's own session
+        // on a connection the server has not seen die yet. It lets go in time; ask again.
+        const stillHeld = resume && error instanceof ConnectError && error.code === Code.AlreadyExists;
+        if (isTerminal(error) && !stillHeld) {
           this.on.status(describe(error), "error");
           this.stopper.abort(error);
           return;
         }
         reason = describe(error);
       } finally {
+        clearTimeout(watchdog);
         this.stopper.signal.removeEventListener("abort", unlink);
         call.abort();
       }

@@ -97,6 +97,11 @@ function show(room: string, event: Event): void {
     }
     case "gap":
       view.notice(`history truncated: ${kind.value.reason || "some history is no longer available"}`, "gap");
+      if (kind.value.firstSeq === 0n && kind.value.lastSeq === 0n) {
+        // The whole history was replaced: numbers start again, naming other messages.
+        view.forget();
+        marker?.reset();
+      }
       break;
     case "joined":
       marker?.known(kind.value.readSeq);
@@ -162,13 +167,15 @@ async function refreshRooms(): Promise<void> {
   }
 }
 
-async function post(message: Outgoing, what = ""): Promise<void> {
+/** Send; a refusal is told in the log (the status line tells the stream's state). `typed`:
+ * the line as typed, put back in the empty message box if the send fails, not to be lost. */
+async function post(message: Outgoing, what = "", typed?: string): Promise<void> {
   try {
     const sent = await send(message);
     if (sent?.sender && sent.sender !== view.me) view.me = sent.sender; // the token's name
   } catch (error) {
-    if (what) view.notice(`${what}: ${describe(error)}`, "error");
-    else view.status(describe(error), "error");
+    view.notice(what ? `${what}: ${describe(error)}` : `not sent: ${describe(error)}`, "error");
+    if (typed !== undefined && view.message.value === "") view.message.value = typed;
   }
 }
 
@@ -195,7 +202,13 @@ async function messageAt(room: string, seq: bigint): Promise<Post> {
 }
 
 /** /edit, /delete, /react, /unreact of message `seq` (none: the user's last message). */
-async function changeMessage(room: string, change: Change, seq: bigint | undefined, text: string): Promise<void> {
+async function changeMessage(
+  room: string,
+  change: Change,
+  seq: bigint | undefined,
+  text: string,
+  typed?: string,
+): Promise<void> {
   let target: Post | undefined;
   try {
     target = seq === undefined ? view.lastOf(view.me) : await messageAt(room, seq);
@@ -205,17 +218,17 @@ async function changeMessage(room: string, change: Change, seq: bigint | undefin
   if (!target) return view.notice(`no message of yours in #${room} to ${change}; /${change} N names one`, "error");
   const reaction = change === "react" || change === "unreact";
   const relation = { kind: RELATION[change], target: target.id, emoji: reaction ? text : "" };
-  await post({ sender: view.me, room, text: change === "edit" ? text : "", relation }, `/${change}`);
+  await post({ sender: view.me, room, text: change === "edit" ? text : "", relation }, `/${change}`, typed);
 }
 
-async function reply(room: string, seq: bigint, text: string): Promise<void> {
+async function reply(room: string, seq: bigint, text: string, typed: string): Promise<void> {
   let target: Post;
   try {
     target = await messageAt(room, seq);
   } catch (error) {
     return view.notice(`/reply: ${describe(error)}`, "error");
   }
-  await post({ sender: view.me, room, text, replyTo: target.id }, "/reply");
+  await post({ sender: view.me, room, text, replyTo: target.id }, "/reply", typed);
 }
 
 /** A reaction chip was clicked: the same emoji from the user, or taken back if it is theirs. */
@@ -244,15 +257,15 @@ function submitLine(line: string): void {
   const room = feed.room;
   switch (command.kind) {
     case "say":
-      return void post({ sender, room, text: command.text });
+      return void post({ sender, room, text: command.text }, "", line);
     case "me":
-      return void post({ sender, room, text: command.text, action: true });
+      return void post({ sender, room, text: command.text, action: true }, "/me", line);
     case "msg":
-      return void post({ sender, room: "", text: command.text, recipient: command.to });
+      return void post({ sender, room: "", text: command.text, recipient: command.to }, "/msg", line);
     case "reply":
-      return void reply(room, command.seq, command.text);
+      return void reply(room, command.seq, command.text, line);
     case "change":
-      return void changeMessage(room, command.change, command.seq, command.text);
+      return void changeMessage(room, command.change, command.seq, command.text, line);
     case "join":
       return enter(command.room);
     case "leave":

@@ -28,6 +28,12 @@ export class ReadMarker {
     if (seq > this.marked) this.marked = seq;
   }
 
+  /** The room's history was replaced (a new epoch): its seqs start again from 1. */
+  reset(): void {
+    this.marked = 0n;
+    this.seen = 0n;
+  }
+
   /** Everything up to `seq` is on the screen. */
   shown(seq: bigint): void {
     if (seq > this.seen) this.seen = seq;

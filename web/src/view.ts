@@ -113,6 +113,17 @@ export class View {
     });
   }
 
+  /** The room's history was replaced (a new epoch): the lines shown stay, as a record, but
+   * name messages that are gone, so their numbers and reaction chips no longer act. */
+  forget(): void {
+    for (const { item } of this.shown.values()) {
+      item.querySelector(":scope > .seq")?.remove();
+      for (const chip of item.querySelectorAll("button")) chip.disabled = true;
+    }
+    this.shown.clear();
+    this.replies.clear();
+  }
+
   /** Message `seq` of the room, if shown. */
   at(seq: bigint): Post | undefined {
     for (const { post } of this.shown.values()) if (post.seq === seq) return post;
