@@ -240,10 +240,15 @@ def test_every_config_field_is_shown() -> None:
         ["--store", "sqlite://"],
         ["--port", "14600", "--metrics-port", "14600"],  # the second would fail to bind
         ["--metrics-port", "14602", "--web-port", "14602"],
+        # A NATS URL's options, checked before any connection (127.0.0.1:1 takes none).
+        ["--broker", "nats://127.0.0.1:1?replicas=9"],
+        ["--broker", "nats://127.0.0.1:1?bogus=1"],
+        ["--store", "nats://127.0.0.1:1?stream=a.b"],
     ],
 )
 def test_a_bad_config_fails_as_serve_does(bad: list[str], held_port: int) -> None:
-    common = ["--store", "memory://", *bad] if "--store" not in bad else bad
+    names_history = {"--store", "--broker"} & set(bad)
+    common = bad if names_history else ["--store", "memory://", *bad]
     if "--port" not in bad:
         # Should serve get past the config, it fails to bind instead of serving.
         common += ["--port", str(held_port)]

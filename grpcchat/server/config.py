@@ -218,6 +218,10 @@ class ServerConfig:
                     f"--broker {redacted_url(self.broker)} keeps history on the broker: "
                     f"drop --store {redacted_url(self.store)} (or give the same URL)"
                 )
+            try:
+                check_store_url(self.broker)
+            except StoreError as error:
+                raise ValueError(str(error)) from None
         shared = self.broker or self.store
         on_nats = shared.startswith("nats://")
         if not 0 <= self.nats_replicas <= MAX_NATS_REPLICAS:

@@ -53,3 +53,9 @@ def check_store_url(url: str) -> None:
         )
     if scheme == "sqlite" and not path:
         raise StoreError("the sqlite store needs a path: sqlite:///path/to/history.db")
+    if scheme == "nats":
+        try:
+            from grpcchat.store.nats.codec import parse_url
+        except ImportError:
+            return  # without nats-py: the command says what to install instead
+        parse_url(url)  # its stream, replicas and unknown options
