@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import select
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # `nats_url`: a real nats-server for the session, started only by tests that ask for it.
 # `browser`, `new_user`, `web_server`: the web page in headless Chromium (tests/webfixture.py).
 pytest_plugins = ["tests.natsfixture", "tests.webfixture"]
+
+# Tests skip, with a reason, where this machine lacks a part they need (nats-server, Chromium,
+# an extra). In CI (`CI` set) that would pass a run that tested less: such a skip fails it.
+IN_CI = bool(os.environ.get("CI"))
+_MISSING_PART = re.compile(r"not installed|could not import|cannot be imported|no chromium", re.I)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if not IN_CI or reporter is None:
+        return
+    missing = sorted(
+        {
+            str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+            for report in reporter.stats.get("skipped", [])
+            if _MISSING_PART.search(str(report.longrepr))
+        }
+    )
+    if missing:
+        for reason in missing:
+            reporter.write_line(f"CI: tests skipped for a missing part: {reason}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -123,6 +146,10 @@ def send_as(addr: str, name: str, text: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+# How long a `grpcchat serve` subprocess may take to print its startup line.
+STARTUP_TIMEOUT = 30.0
+
+
 class ServerProcess:
     """`grpcchat serve --port 0` as a subprocess, with the port read from its startup line."""
 
@@ -138,7 +165,10 @@ class ServerProcess:
             env=cli_env(),
         )
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()  # bounded by the test's timeout
+        # Bounded here, not by the test's timeout: built in a worker thread (asyncio.to_thread),
+        # a blocked readline would outlive pytest-timeout's interrupt.
+        ready, _, _ = select.select([self.process.stdout], [], [], STARTUP_TIMEOUT)
+        line = self.process.stdout.readline() if ready else ""
         match = re.search(r"listening on \S+:(\d+)", line)
         if match is None:
             self.process.kill()

@@ -199,9 +199,10 @@ def test_own_message_is_shown_once_with_local_time_and_colour(
     alice = join_ready(join(server_process.addr, colour=True))
     alice.type("mine\r")
     alice.wait_for(lambda: bool(message_rows(alice, "alice", "mine")), "alice's message")
-    # Anything printed twice would be on screen once the prompt is back and output is quiet.
+    # Anything printed twice would be on screen before a line sent after it.
     wait_for_prompt(alice)
-    alice.settle()
+    alice.type("next\r")
+    alice.wait_for(lambda: bool(message_rows(alice, "alice", "next")), "alice's next message")
 
     rows = message_rows(alice, "alice", "mine")
     assert len(rows) == 1, alice.dump()
