@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -309,12 +310,27 @@ def test_serve_rejects_a_busy_port(server_process: ServerProcess) -> None:
     assert "cannot listen" in result.stderr
 
 
+def test_serve_with_json_logs_says_a_busy_port_in_json_only(server_process: ServerProcess) -> None:
+    """gRPC core's own line about the failed bind (not JSON) is left out; the error is a
+    JSON record like every other line."""
+    result = run_cli("serve", "--port", str(server_process.port), "--log-format", "json")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    record = json.loads(line)
+    assert (record["level"], record["event"]) == ("error", "server_failed")
+    assert "cannot listen" in record["message"]
+
+
 def test_serve_bad_options() -> None:
     assert run_cli("serve", "--port", "70000").returncode == 2
     for option in ("--log-level", "--log-format"):
         bad = run_cli("serve", "--port", "0", option, "loud")
         assert bad.returncode == 2, option
         assert f"unknown {option.removeprefix('--').replace('-', ' ')} 'loud'" in bad.stderr
+    # --quiet never makes a bad level good, nor a quieter one louder.
+    assert run_cli("serve", "--check-config", "-q", "--log-level", "loud").returncode == 2
+    shown = run_cli("serve", "--check-config", "-q", "--log-level", "error", "--store", "memory://")
+    assert re.search(r"^log_level = error$", shown.stdout, re.M), shown.stdout
 
 
 @pytest.mark.parametrize(

@@ -240,6 +240,10 @@ def test_every_config_field_is_shown() -> None:
         ["--store", "sqlite://"],
         ["--port", "14600", "--metrics-port", "14600"],  # the second would fail to bind
         ["--metrics-port", "14602", "--web-port", "14602"],
+        # Past what gRPC's call limit or an engine's integers hold; not a number of seconds.
+        ["--max-sessions", "3000000000"],
+        ["--keep-messages", "99999999999999999999999"],
+        ["--grace", "inf"],
         # A NATS URL's options, checked before any connection (127.0.0.1:1 takes none).
         ["--broker", "nats://127.0.0.1:1?replicas=9"],
         ["--broker", "nats://127.0.0.1:1?bogus=1"],

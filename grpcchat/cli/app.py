@@ -6,13 +6,13 @@ server, the client) happen inside the commands, so `grpcchat --help` starts quic
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
 
 from grpcchat.cli.bench import bench
 from grpcchat.cli.chat import join, send
+from grpcchat.cli.grpclogs import set_grpc_core_logs
 from grpcchat.cli.health import health
 from grpcchat.cli.proto import gen_proto
 from grpcchat.cli.reading import history, rooms, who
@@ -59,8 +59,5 @@ def _options(
 def main() -> None:
     """The Typer app alone, without `grpcchat.cli.fast`'s fast path for `send` (the console
     script is `grpcchat.cli.main`, which is that fast path)."""
-    # gRPC core logs connection details (TLS handshakes, GOAWAYs) to stderr at INFO; a
-    # command's stderr is for its own one-line errors. The commands import grpc lazily, so
-    # this is in time.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    set_grpc_core_logs("ERROR")
     app()

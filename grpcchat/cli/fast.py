@@ -22,6 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, NoReturn
 
+from grpcchat.cli.grpclogs import set_grpc_core_logs
 from grpcchat.cli.version import VERSION_OPTIONS, version_line
 from grpcchat.client.config import DEFAULT_ADDR, DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT
 
@@ -98,10 +99,7 @@ CHANGES = ("edit", "delete", "react", "unreact", "reply_to")
 
 
 def main() -> None:
-    # gRPC core logs connection details (TLS handshakes, GOAWAYs) to stderr at INFO; a
-    # command's stderr is for its own one-line errors. grpc is imported later, so this is
-    # in time.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    set_grpc_core_logs("ERROR")
     try:
         if len(sys.argv) == 2 and sys.argv[1] in VERSION_OPTIONS:  # as the Typer app's
             print(version_line())

@@ -11,9 +11,10 @@ import typer
 
 from grpcchat.cli import render
 from grpcchat.cli.consoles import console, err_console
-from grpcchat.cli.exits import EXIT_USAGE, fail
+from grpcchat.cli.exits import EXIT_FAILURE, EXIT_USAGE, fail
+from grpcchat.cli.grpclogs import set_grpc_core_logs
 from grpcchat.cli.options import SECURITY_HELP, auth_secret_option, tls_cert_option, tls_key_option
-from grpcchat.cli.serverlog import LOG_FORMATS, configure_logging
+from grpcchat.cli.serverlog import LOG_FORMATS, LOG_LEVELS, configure_logging
 from grpcchat.core.errors import ChatError, ConfigError
 from grpcchat.core.history import MAX_AGE, MAX_MESSAGES_PER_ROOM, Retention
 from grpcchat.core.limits import (
@@ -295,10 +296,14 @@ def serve(
     ] = False,
 ) -> None:
     """Run a chat server. Ctrl-C drains gracefully; a second Ctrl-C stops at once."""
-    level = logging.WARNING if quiet else logging.getLevelNamesMapping().get(log_level.upper())
+    if log_format.lower() == "json":
+        set_grpc_core_logs("NONE")  # its lines cannot be JSON
+    level = LOG_LEVELS.get(log_level.lower())
     if level is None:
         # As for an unknown --log-format: a choice Click would have refused (exit 2).
         fail(f"unknown log level {log_level!r}; use debug, info, warning or error", EXIT_USAGE)
+    if quiet:  # warnings and errors only: never more than --log-level asks for
+        level = max(level, logging.WARNING)
     if log_format.lower() not in LOG_FORMATS:
         fail(f"unknown log format {log_format!r}; use text or json", EXIT_USAGE)
     try:
@@ -396,6 +401,9 @@ def run_server(
     try:
         serve_until_stopped(config, started)
     except (OSError, ChatError) as error:
+        if log_format == "json":  # one JSON object a line, this one too (written at exit)
+            logging.getLogger("grpcchat.server").error(str(error), extra={"event": "server_failed"})
+            raise SystemExit(EXIT_FAILURE) from None
         fail(str(error))
 
 

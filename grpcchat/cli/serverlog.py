@@ -47,6 +47,12 @@ def _not_on_terminal(record: logging.LogRecord) -> bool:
 
 # `--log-format`: Rich or plain lines (by whether stderr is a terminal), or JSON lines.
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 # Records waiting for the log thread.
 QUEUE_SIZE = 10_000
 # How often the log is written (everything queued since the last time), and how many lines one

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from grpcchat.core.limits import MAX_COUNT
 from grpcchat.core.models import Message, Relation
 from grpcchat.core.records import record
 
@@ -53,8 +54,8 @@ class Retention:
     max_markers: int = MAX_MARKERS
 
     def __post_init__(self) -> None:
-        if self.max_messages < 1:
-            raise ValueError("a room must keep at least one message")
+        if not 1 <= self.max_messages <= MAX_COUNT:
+            raise ValueError(f"a room keeps 1 to {MAX_COUNT:,} messages, not {self.max_messages:,}")
         if self.max_markers < 1:
             raise ValueError("the store must keep at least one read marker")
         # Ages are subtracted from "now": beyond a century they leave the calendar.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from grpcchat.core.records import record
 
 DEFAULT_QUEUE_SIZE = 1024
@@ -10,6 +12,9 @@ DEFAULT_REQUEST_RATE = 50.0
 DEFAULT_MAX_SESSIONS = 20_000
 DEFAULT_MAX_SESSIONS_PER_PEER = 2_000
 DEFAULT_MAX_ANONYMOUS_SESSIONS = 10_000
+# The largest count a limit takes: far past what one process holds, and small enough for every
+# engine and gRPC's own counters (a C int, with headroom) to store it.
+MAX_COUNT = 1_000_000_000
 
 
 @record
@@ -49,15 +54,23 @@ class Limits:
         if self.queue_size < 1 or self.max_batch < 1:
             raise ValueError("queue size and max batch must be at least 1")
         lingers = (self.batch_linger, self.answer_linger)
-        if min(*lingers, self.rate, self.burst, self.request_rate, self.request_burst) < 0:
+        rates = (self.rate, self.burst, self.request_rate, self.request_burst)
+        if min(*lingers, *rates) < 0:
             raise ValueError("lingers, rates and bursts must not be negative")
-        counts = (
-            self.max_rooms_per_session,
-            self.max_sessions_per_user,
-            self.max_sessions,
-            self.max_sessions_per_peer,
-            self.max_anonymous_sessions,
-            self.max_replay,
-        )
-        if min(counts) < 0:
+        if not all(math.isfinite(value) for value in (*lingers, *rates)):
+            raise ValueError("lingers, rates and bursts must be finite (a rate of 0: no limit)")
+        counts = {
+            "queue size": self.queue_size,
+            "max batch": self.max_batch,
+            "max rooms per session": self.max_rooms_per_session,
+            "max sessions per user": self.max_sessions_per_user,
+            "max sessions": self.max_sessions,
+            "max sessions per peer": self.max_sessions_per_peer,
+            "max anonymous sessions": self.max_anonymous_sessions,
+            "max replay": self.max_replay,
+        }
+        if min(counts.values()) < 0:
             raise ValueError("limits must not be negative")
+        for name, count in counts.items():
+            if count > MAX_COUNT:
+                raise ValueError(f"{name} must be at most {MAX_COUNT:,}, not {count:,}")

@@ -121,8 +121,10 @@ class ServerConfig:
             raise ValueError(
                 f"metrics port must be between 0 (off) and 65535, not {self.metrics_port}"
             )
-        if self.grace_period < 0:
-            raise ValueError("grace period must not be negative")
+        if not 0 <= self.grace_period < math.inf:
+            raise ValueError(
+                f"grace period must be 0 or more seconds (and finite), not {self.grace_period}"
+            )
         for what, seconds in (
             ("heartbeat", self.heartbeat),
             ("max connection age", self.max_connection_age),

@@ -199,6 +199,8 @@ class SqliteStore:
             try:
                 await self.maintain()
             except StoreError as exc:
+                if self._closed:
+                    return  # closed before its first run (a server that failed to start)
                 log.warning(
                     "deleting expired history failed (retrying in %gs): %s",
                     MAINTENANCE_INTERVAL,
