@@ -346,3 +346,35 @@ async def test_join_shows_what_drives_a_terminal_as_visible_characters(
     line = shown.decode()
     assert line.endswith("evil␛[2J: ␛]0;pwned␇␛[31mred�0m\n")
     assert not any(0x80 <= ord(c) < 0xA0 or (ord(c) < 32 and c != "\n") for c in line)
+
+
+async def test_join_shows_a_name_that_breaks_the_line_on_one_line(
+    article_server: V1Server,
+) -> None:
+    """A name is shown on one line: one with line breaks (the article's server relays any
+    name) would otherwise print a line of its own that reads as a join notice."""
+    fake = "mallory\n12:00:00 → carol joined #lobby\nx"
+    process = await start_cli("join", "--addr", article_server.addr, "--name", "dave")
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        async with V1Client(article_server.addr) as mallory:
+            await mallory.join("mallory")
+            process.stdin.write(b"ready\n")
+            await process.stdin.drain()
+            async with asyncio.timeout(WAIT):  # dave's own line is back: he is reading
+                while b"dave: ready" not in await process.stdout.readline():
+                    pass
+            await mallory.send(fake, "hi")
+            async with asyncio.timeout(WAIT):
+                shown = await process.stdout.readline()
+                while b"hi" not in shown:
+                    shown = await process.stdout.readline()
+        process.stdin.close()
+        async with asyncio.timeout(WAIT):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert shown.decode().endswith("mallory␊12:00:00 → carol joined #lobby␊x: hi\n")

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from grpcchat.cli import render
 from grpcchat.cli.exits import EXIT_REJECTED, EXIT_USAGE, error_exit_code, exit_code
+from grpcchat.cli.lines import visible_inline
 from grpcchat.cli.roomarg import room_argument
 from grpcchat.cli.timeline import Timeline
 from grpcchat.cli.typists import TypingSender, Typists, typing_line
@@ -346,7 +347,8 @@ class _Chatroom:
         prompt = self._prompt
         if prompt is None:
             return
-        line = typing_line(self.typists.names(self.current)) if self.current else ""
+        names = self.typists.names(self.current) if self.current else []
+        line = typing_line([visible_inline(name) for name in names])
         prompt.bottom_toolbar = f" {line}" if line else None
         prompt.app.invalidate()
         if self._toolbar_refresh is not None:

@@ -37,9 +37,19 @@ _VISIBLE = (
 _CHANGES = {"edit": "edited", "delete": "deleted", "react": "reacted", "unreact": "took back"}
 
 
+# What is shown within one line (a name, a room, an emoji) shows a newline and a tab too: a
+# name that broke the line could pass for a line of its own (`→ bob joined #lobby`).
+_VISIBLE_INLINE = _VISIBLE | {9: 0x2409, 10: 0x240A}
+
+
 def visible(text: str) -> str:
     """`text` with every character that could drive the terminal shown instead."""
     return text.translate(_VISIBLE)
+
+
+def visible_inline(text: str) -> str:
+    """`visible`, for what is shown within one line: its line breaks and tabs shown too."""
+    return text.translate(_VISIBLE_INLINE)
 
 
 def local_time(moment: datetime) -> str:

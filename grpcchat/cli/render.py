@@ -14,7 +14,14 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from grpcchat.cli.lines import StyledLine, error_line, local_time, sent_line, visible
+from grpcchat.cli.lines import (
+    StyledLine,
+    error_line,
+    local_time,
+    sent_line,
+    visible,
+    visible_inline,
+)
 from grpcchat.core.history import MAX_UNREAD
 
 if TYPE_CHECKING:
@@ -71,7 +78,7 @@ def render_message(
         _append_name(line, message.recipient)
         line.append("] ", style="magenta")
     elif show_room:
-        line.append(f"#{visible(message.room)} ", style="dim cyan")
+        line.append(f"#{visible_inline(message.room)} ", style="dim cyan")
     if message.deleted:
         _append_name(line, message.sender)
         line.append(": ")
@@ -145,8 +152,8 @@ def render_reactions(message: Message, *, handle: bool = False, changed: bool = 
     for i, reaction in enumerate(message.reactions):
         if i:
             line.append(" · ", style="dim")
-        line.append(f"{visible(reaction.emoji)} ")
-        line.append(visible(", ".join(reaction.names)), style="dim")
+        line.append(f"{visible_inline(reaction.emoji)} ")
+        line.append(visible_inline(", ".join(reaction.names)), style="dim")
     if not message.reactions:
         line.append("no reactions", style="dim italic")
     return line
@@ -165,9 +172,11 @@ def render_unseen_change(entry: Message) -> Text:
         case "delete":
             line.append(" deleted an earlier message", style="dim")
         case "react":
-            line.append(f" reacted {visible(relation.emoji)} to an earlier message", style="dim")
+            line.append(
+                f" reacted {visible_inline(relation.emoji)} to an earlier message", style="dim"
+            )
         case _:
-            emoji = visible(relation.emoji)
+            emoji = visible_inline(relation.emoji)
             line.append(f" took back {emoji} from an earlier message", style="dim")
     return line
 
@@ -179,7 +188,7 @@ def render_unread() -> Text:
 
 def _append_name(line: Text, name: str, *, dim: bool = False) -> None:
     """A user's name in its colour (dimmed in a quote or a notice), shown, never obeyed."""
-    line.append(visible(name), style=("dim " if dim else "") + sender_style(name))
+    line.append(visible_inline(name), style=("dim " if dim else "") + sender_style(name))
 
 
 def _append_text(line: Text, text: str, handle: bool, style: str = "") -> None:
@@ -202,13 +211,13 @@ def render_presence(change: PresenceChange, *, show_room: bool = True) -> Text:
     arrow, verb = ("→", "joined") if change.joined else ("←", "left")
     line = Text(f"{local_time(change.at)} {arrow} ", style="dim")
     _append_name(line, change.name, dim=True)
-    line.append(f" {verb}" + (f" #{visible(change.room)}" if show_room else ""), style="dim")
+    line.append(f" {verb}" + (f" #{visible_inline(change.room)}" if show_room else ""), style="dim")
     return line
 
 
 def render_joined(joined: RoomJoined) -> Text:
-    line = Text(f"── #{visible(joined.room)}: ", style="dim")
-    line.append(visible(", ".join(joined.members)) or "nobody else here", style="dim")
+    line = Text(f"── #{visible_inline(joined.room)}: ", style="dim")
+    line.append(visible_inline(", ".join(joined.members)) or "nobody else here", style="dim")
     line.append(" ──", style="dim")
     return line
 
@@ -231,7 +240,7 @@ def render_rooms(rooms: list[RoomInfo], *, unread: bool = False) -> Table:
         table.add_column("unread", justify="right", style="bold")
     for room in rooms:
         cells: list[RenderableType] = [
-            Text(f"#{visible(room.name)}"),
+            Text(f"#{visible_inline(room.name)}"),
             str(room.members),
             str(room.messages),
         ]
@@ -247,7 +256,7 @@ def _unread(count: int) -> str:
 
 
 def render_members(room: str, members: list[str]) -> Text:
-    line = Text(f"#{visible(room)}: ", style="cyan")
+    line = Text(f"#{visible_inline(room)}: ", style="cyan")
     for i, name in enumerate(members):
         if i:
             line.append(", ")
