@@ -20,6 +20,8 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +29,7 @@ from grpcchat.cli import render
 from grpcchat.cli.interactive import HELP
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
+from grpcchat.server.auth import TokenAuthority
 from tests.conftest import (
     ServerProcess,
     cli_env,
@@ -45,13 +48,16 @@ WAIT = 5.0
 
 
 class PipedJoin:
-    """`grpcchat join` with stdin a pipe; every line it prints is kept in `seen` once read."""
+    """`grpcchat join` with stdin a pipe; every line it prints is kept in `seen` once read:
+    the chat from stdout, its errors from stderr (off a terminal, errors go there)."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self.seen: list[str] = []
+        self.errors: list[str] = []
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
+        self._error_reader = asyncio.create_task(self._read_errors())
         self._syncs = 0
 
     @classmethod
@@ -65,7 +71,14 @@ class PipedJoin:
         assert self.process.stdout is not None
         while line := await self.process.stdout.readline():
             self._lines.put_nowait(line.decode().rstrip("\r\n"))
+        await self._error_reader  # its last lines before the end
         self._lines.put_nowait(None)
+
+    async def _read_errors(self) -> None:
+        assert self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            self.errors.append(line.decode().rstrip("\r\n"))
+            self._lines.put_nowait(self.errors[-1])
 
     def type(self, *lines: str) -> None:
         assert self.process.stdin is not None
@@ -115,13 +128,11 @@ class PipedJoin:
             self.process.kill()
             await self.process.wait()
         self._reader.cancel()
+        self._error_reader.cancel()
 
     async def _report(self) -> str:
-        stderr = ""
-        if self.process.returncode is not None and self.process.stderr is not None:
-            stderr = (await self.process.stderr.read()).decode()
-        return "\n".join(f"  |{line}" for line in self.seen) + (
-            f"\nstderr: {stderr}" * bool(stderr)
+        return "\n".join(f"  |{line}" for line in self.seen) + "".join(
+            f"\nstderr: {line}" for line in self.errors
         )
 
     def count(self, pattern: str) -> int:
@@ -269,6 +280,70 @@ async def test_msg_reaches_the_named_user_only(chat: ChatClient, start_join: Sta
         assert await texts(chat, "lobby") == ["marker"]
 
 
+async def test_a_line_after_a_refused_join_stays_in_the_room_it_was_typed_in(
+    chat: ChatClient, start_join: StartJoin
+) -> None:
+    """A line typed right after a /join the server refuses goes where the user still is: it
+    went to the refused room, where its sender never saw it."""
+    async with Follower(chat.session("alice", ["taken"], history=0)):  # the name is taken there
+        alice = await start_join()
+        alice.type("/join taken", "hello after the refusal")
+        await alice.expect(said("alice", "hello after the refusal"))
+    assert await texts(chat, "lobby") == ["hello after the refusal"]
+    assert await texts(chat, "taken") == []
+    assert alice.errors == ["error: #taken: the name 'alice' is already taken in #taken"]
+
+
+async def test_lines_typed_in_an_outage_longer_than_the_timeout_are_dropped_together(
+    tmp_path: Path,
+) -> None:
+    """The server is down for longer than --timeout while three lines are typed: the first
+    is not answered in time, and the two behind it are not sent either (sent once the server
+    was back, they would read as if the first had never been typed). Each says so."""
+    server = await asyncio.to_thread(ServerProcess, "--data-dir", str(tmp_path))
+    port = server.port
+    try:
+        async with piped_joins(server.addr) as start:
+            alice = await start("--timeout", "2")
+            alice.type("before")
+            await alice.expect(said("alice", "before"))
+            server.process.kill()
+            await asyncio.to_thread(server.process.wait)
+            alice.type("during 0", "during 1", "during 2")
+            await alice.expect(r"error: not sent: 'during 2': a line before it was not sent")
+            server = await asyncio.to_thread(ServerProcess, "--data-dir", str(tmp_path), port=port)
+            async with ChatClient(ClientConfig(addr=server.addr, timeout=WAIT)) as chat:
+                await chat.send("bob", "welcome back")
+                # Shown once alice's session has resumed (its reconnect backs off up to 5 s).
+                await alice.expect(said("bob", "welcome back"), timeout=WAIT + 10)
+                alice.type("after")
+                await alice.expect(said("alice", "after"))
+                assert await texts(chat, "lobby") == ["before", "welcome back", "after"]
+            assert alice.errors[0].startswith("error: not sent: 'during 0': "), alice.errors
+            assert alice.errors[1:] == [
+                f"error: not sent: 'during {i}': a line before it was not sent" for i in (1, 2)
+            ]
+    finally:
+        server.stop()
+
+
+async def test_with_a_token_join_is_the_tokens_user_whatever_name_says() -> None:
+    """The server posts as the token's user: `--name bob` with alice's token was bob to the
+    client, whose /edit then found no message of "bob's" to edit."""
+    secret = "join-tests-secret-0123456789abcdef"
+    alices = TokenAuthority(secret).mint("alice", timedelta(minutes=5))
+    server = await asyncio.to_thread(ServerProcess, "--auth-secret", secret)
+    try:
+        async with piped_joins(server.addr) as start:
+            alice = await start("--token", alices, name="bob")
+            alice.type("helo", "/edit hello")
+            await alice.expect(said("alice", "helo"))
+            await alice.expect(said("alice", "hello (edited)"))
+            assert alice.errors == []
+    finally:
+        server.stop()
+
+
 async def test_me_shows_an_action_and_stores_it_as_one(
     chat: ChatClient, start_join: StartJoin
 ) -> None:
@@ -299,7 +374,7 @@ async def test_a_bad_command_is_one_error_line_and_the_session_goes_on(
         "error: unknown or incomplete command '/dance'; /help lists them",
         "error: unknown or incomplete command '/join'; /help lists them",
         "error: not in #games",
-        "error: 'nobody' is not connected",
+        "error: not sent: 'hello?': 'nobody' is not connected",
     ]
     await alice.expect(said("alice", "still here"))
     # One line each, in any order (a command that needs no server answers at once).

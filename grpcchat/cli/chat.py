@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
+import click
 import typer
 
 from grpcchat.cli.consoles import console
@@ -59,12 +60,15 @@ def join(
     from grpcchat.cli.interactive import JoinOptions, run_join
 
     interactive = sys.stdin is not None and sys.stdin.isatty()
-    if name is None and client.token:
-        name = token_name(client.token)
+    if client.token and (owner := token_name(client.token)):
+        name = owner  # the server posts as the token's user, whatever --name says
     if name is None:
         if not interactive:
             fail("--name is required when stdin is not a terminal", EXIT_USAGE)
-        name = typer.prompt("Enter your name")
+        try:
+            name = typer.prompt("Enter your name")
+        except click.exceptions.Abort:  # Ctrl-C (or Ctrl-D) at the prompt: as at the chat's
+            raise SystemExit(130) from None
     options = JoinOptions(name, _rooms(room), history, interactive)
     code = run(run_join(client, options, console))
     if code:

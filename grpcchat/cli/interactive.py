@@ -23,6 +23,7 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from grpcchat.cli import render
+from grpcchat.cli.consoles import err_console
 from grpcchat.cli.exits import EXIT_REJECTED, EXIT_USAGE, error_exit_code, exit_code
 from grpcchat.cli.lines import visible_inline
 from grpcchat.cli.roomarg import room_argument
@@ -72,6 +73,27 @@ MARK_READ_EVERY = 1.0
 CLOSING_WAIT = 1.0
 
 Action = Callable[[], Awaitable[None]]
+# Why a send got no answer: the lines typed behind it are not sent either.
+NO_ANSWER = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
+# How much of a line not sent is quoted in the error.
+QUOTED_LENGTH = 40
+
+
+class _Line:
+    """An action that posts a typed line, which a failure names."""
+
+    __slots__ = ("_post", "text")
+
+    def __init__(self, text: str, post: Action) -> None:
+        self.text = text
+        self._post = post
+
+    def __call__(self) -> Awaitable[None]:
+        return self._post()
+
+    def quoted(self) -> str:
+        text = " ".join(self.text.split())
+        return repr(text if len(text) <= QUOTED_LENGTH else text[: QUOTED_LENGTH - 1] + "…")
 
 
 @record
@@ -105,6 +127,8 @@ class _Chatroom:
         self._read: dict[str, int] = {}
         self._mark_flush: asyncio.TimerHandle | None = None
         self._marked_at = 0.0
+        # Rooms a /join waits to enter: whether the server let the session in.
+        self._joins: dict[str, asyncio.Future[bool]] = {}
         # Typing notices and read markers are sent in the background; kept until done.
         self._background: set[asyncio.Task[None]] = set()
         # Off a terminal, the exit code of the first thing refused (0: none): a script piping
@@ -123,9 +147,13 @@ class _Chatroom:
             self.show(line)
 
     def fail(self, text: str, code: int = EXIT_REJECTED) -> None:
-        self.show(render.render_error(text))
-        if not self.interactive:
-            self.exit_code = self.exit_code or code
+        """Say what went wrong: on the screen among the messages for a person, on stderr for a
+        script (whose stdout is the chat), which also learns the first refusal's exit code."""
+        if self.interactive:
+            self.show(render.render_error(text))
+            return
+        err_console.print(render.render_error(text), soft_wrap=True)
+        self.exit_code = self.exit_code or code
 
     async def receive(self) -> None:
         """Print the session's events until cancelled; raises if the first connection fails."""
@@ -152,6 +180,7 @@ class _Chatroom:
                         self.show(render.render_joined(event))
                     self.show_all(self.timeline.joined(event))
                     self._shown(event.room)
+                    self._settle_join(event.room, joined=True)
                 case RoomLeft():
                     self.show(render.render_notice(f"left #{event.room}"))
                 case HistoryGap():
@@ -164,9 +193,10 @@ class _Chatroom:
                             self.fail(f"#{event.room}: {event.reason}", exit_code(event.code))
                         continue
                     self.timeline.unjoined(event.room)
-                    if self.current == event.room:  # a refused /join: stay where we were
+                    if self.current == event.room:  # a refused rejoin: where else we are
                         self.current = self.session.rooms[-1] if self.session.rooms else None
                     self.fail(f"#{event.room}: {event.reason}", exit_code(event.code))
+                    self._settle_join(event.room, joined=False)
                 case Connected():
                     if event.legacy:
                         for room in event.rooms:
@@ -199,7 +229,26 @@ class _Chatroom:
             try:
                 await action()
             except ChatError as error:
-                self.fail(str(error), error_exit_code(error))
+                if not isinstance(action, _Line):
+                    self.fail(str(error), error_exit_code(error))
+                    continue
+                self.fail(f"not sent: {action.quoted()}: {error}", error_exit_code(error))
+                if isinstance(error, RemoteError) and error.status in NO_ANSWER:
+                    self._drop_lines_queued(error_exit_code(error))
+
+    def _drop_lines_queued(self, code: int) -> None:
+        """After a line the server never answered (an outage longer than --timeout), the lines
+        typed behind it are not sent either, each said so: sent once the server is back, they
+        would read as if the first had never been typed."""
+        kept: list[Action | None] = []
+        while not self.actions.empty():
+            queued = self.actions.get_nowait()
+            if isinstance(queued, _Line):
+                self.fail(f"not sent: {queued.quoted()}: a line before it was not sent", code)
+            else:
+                kept.append(queued)
+        for queued in kept:
+            self.actions.put_nowait(queued)
 
     async def handle(self, line: str) -> bool:
         """Queue what a typed line asks for (waiting while PENDING_ACTIONS are); False when it
@@ -207,12 +256,12 @@ class _Chatroom:
         text = line.strip()
         if not text:
             return True
-        if text.lower() in QUIT_COMMANDS:
+        if text.lower() in QUIT_COMMANDS or text.split()[0].lower() in ("/quit", "/exit"):
             return False
         if not text.startswith("/") or text.startswith("//"):
             # Only the escaping slash goes; blanks before it stay, as in any other line.
             body = line.replace("//", "/", 1) if text.startswith("//") else line
-            await self.actions.put(lambda: self._say(body))
+            await self.actions.put(_Line(body, lambda: self._say(body)))
             return True
         command, _, rest = text.partition(" ")
         rest = rest.strip()
@@ -233,11 +282,11 @@ class _Chatroom:
                 return lambda: self._who(room_argument(rest) or self.current)
             case "/msg" if len(rest.split(maxsplit=1)) == 2:
                 name, text = rest.split(maxsplit=1)
-                return lambda: self._say(text, recipient=name)
+                return _Line(text, lambda: self._say(text, recipient=name))
             case "/me" if rest:
-                return lambda: self._say(rest, action=True)
+                return _Line(rest, lambda: self._say(rest, action=True))
             case "/reply" if len(parts := rest.split(maxsplit=1)) == 2 and _is_handle(parts[0]):
-                return lambda: self._reply(int(parts[0]), parts[1])
+                return _Line(parts[1], lambda: self._reply(int(parts[0]), parts[1]))
             case "/edit" if rest and not _is_handle(rest):
                 handle, text = _handle_and_text(rest)
                 return lambda: self._change(RelationKind.EDIT, handle, text)
@@ -252,9 +301,15 @@ class _Chatroom:
             case "/help":
                 self.show(render.render_notice(HELP))
             case _:
-                self.fail(
-                    f"unknown or incomplete command {command!r}; /help lists them", EXIT_USAGE
-                )
+                error = f"unknown or incomplete command {command!r}; /help lists them"
+                if self.interactive:
+                    self.fail(error, EXIT_USAGE)
+                else:  # in its place among the lines read before and after it
+
+                    async def refuse() -> None:
+                        self.fail(error, EXIT_USAGE)
+
+                    return refuse
         return None
 
     async def _say(
@@ -298,11 +353,29 @@ class _Chatroom:
         return shown if shown is not None else await self.client.message_at(room, seq)
 
     async def _join(self, room: str) -> None:
+        """Enter `room` and make it the current one once the server has let the session in:
+        lines typed right after a /join it refuses went to the refused room (never shown).
+        With no answer within --timeout (a reconnect under way), the join stands: it is
+        asked again on the next stream."""
         if room not in self.session.rooms:
             self.timeline.joining(room, first=True)
-        await self.session.join(room)
+            outcome = self._joins[room] = asyncio.get_running_loop().create_future()
+            try:
+                await self.session.join(room)
+                async with asyncio.timeout(self.client.config.timeout):
+                    if not await outcome:
+                        return  # refused: `receive` said why
+            except TimeoutError:
+                pass
+            finally:
+                self._joins.pop(room, None)
         self.current = room
         self._refresh_toolbar()
+
+    def _settle_join(self, room: str, joined: bool) -> None:
+        outcome = self._joins.get(room)
+        if outcome is not None and not outcome.done():
+            outcome.set_result(joined)
 
     async def _leave(self, room: str | None) -> None:
         if room is None or room not in self.session.rooms:
