@@ -327,6 +327,27 @@ async def test_lines_typed_in_an_outage_longer_than_the_timeout_are_dropped_toge
         server.stop()
 
 
+async def test_after_the_history_is_replaced_commands_name_the_new_messages() -> None:
+    """A memory server restarted: a new history whose seqs start again. "Your last message"
+    and handles name the new history's messages (/edit changed a message gone with the old)."""
+    server = await asyncio.to_thread(ServerProcess)
+    port = server.port
+    try:
+        async with piped_joins(server.addr) as start:
+            alice = await start()
+            alice.type("old 0", "old 1", "old 2")
+            await alice.expect(said("alice", "old 2"))
+            server.stop()
+            server = await asyncio.to_thread(ServerProcess, port=port)
+            await alice.expect(r".*no longer available.*", timeout=WAIT + 10)
+            alice.type("new one", "/edit new one, edited", "/react 1 👍")
+            await alice.expect(said("alice", "new one, edited (edited)"))
+            await alice.expect(r"\s+↳ 1 👍 alice")
+            assert alice.errors == []
+    finally:
+        server.stop()
+
+
 async def test_with_a_token_join_is_the_tokens_user_whatever_name_says() -> None:
     """The server posts as the token's user: `--name bob` with alice's token was bob to the
     client, whose /edit then found no message of "bob's" to edit."""

@@ -185,6 +185,9 @@ class _Chatroom:
                     self.show(render.render_notice(f"left #{event.room}"))
                 case HistoryGap():
                     self.show(render.render_gap(event))
+                    if event.first_seq == event.last_seq == 0:
+                        self.timeline.replaced(event.room)
+                        self._read.pop(event.room, None)
                 case RequestRefused():
                     if event.room in self.session.rooms:
                         # Not a join (the session would have given the room up): a typing

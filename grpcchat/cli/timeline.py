@@ -91,6 +91,12 @@ class Timeline:
             None,
         )
 
+    def replaced(self, room: str) -> None:
+        """`room`'s whole history was replaced (a new epoch): its seqs start again, so the
+        messages shown no longer answer to their handles, nor to "your last message"."""
+        self._logs.pop(room, None)
+        self.latest.pop(room, None)
+
     # -- messages ---------------------------------------------------------------------------
 
     def message(self, message: Message) -> list[Text]:
