@@ -29,7 +29,9 @@ pytest_plugins = ["tests.natsfixture", "tests.webfixture"]
 # Tests skip, with a reason, where this machine lacks a part they need (nats-server, Chromium,
 # an extra). In CI (`CI` set) that would pass a run that tested less: such a skip fails it.
 IN_CI = bool(os.environ.get("CI"))
-_MISSING_PART = re.compile(r"not installed|could not import|cannot be imported|no chromium", re.I)
+_MISSING_PART = re.compile(
+    r"not installed|could not import|cannot be imported|no chromium|not found on PATH", re.I
+)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

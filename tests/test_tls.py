@@ -227,6 +227,25 @@ async def test_a_key_of_another_certificate_is_a_clear_error(pki: Pki) -> None:
     assert "do not load as a pair" in checked.stderr
 
 
+async def test_a_clients_files_that_cannot_work_are_a_clear_error(pki: Pki) -> None:
+    """A client key of another certificate, or a CA file that holds a key: one line about the
+    file and exit 1, before connecting (gRPC failed each call as if the server could not be
+    reached, retrying for the whole --timeout: exit 3)."""
+    with pytest.raises(ConfigError, match=r"do not load as a pair \(KEY_VALUES_MISMATCH\)"):
+        ChatClient(
+            ClientConfig(
+                addr="127.0.0.1:1", tls_ca=pki.ca, tls_cert=pki.client_cert, tls_key=pki.rogue_key
+            )
+        )
+    sent = await run_cli_async(
+        "send", "--addr", "127.0.0.1:1", "--name", "bot", "--tls-ca", pki.server_key, "hi"
+    )
+    assert sent.returncode == 1
+    assert sent.stderr.startswith("error: the CA file ")
+    assert "does not load (NO_CERTIFICATE_OR_CRL_FOUND)" in sent.stderr
+    assert len(sent.stderr.splitlines()) == 1
+
+
 # -- tokens and transport -----------------------------------------------------------------------
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
 
 from grpcchat.cli.consoles import console
@@ -67,7 +66,7 @@ def join(
             fail("--name is required when stdin is not a terminal", EXIT_USAGE)
         try:
             name = typer.prompt("Enter your name")
-        except click.exceptions.Abort:  # Ctrl-C (or Ctrl-D) at the prompt: as at the chat's
+        except typer.Abort:  # Ctrl-C (or Ctrl-D) at the prompt: as at the chat's
             raise SystemExit(130) from None
     options = JoinOptions(name, _rooms(room), history, interactive)
     code = run(run_join(client, options, console))

@@ -98,15 +98,19 @@ def open_channel(config: ClientConfig, addr: str | None = None) -> tuple[aio.Cha
     if not config.uses_tls:
         return aio.insecure_channel(addr, options=_CHANNEL_OPTIONS), metadata
 
-    from grpcchat.core.files import read_pem
+    from grpcchat.core.files import check_client_tls_files, read_pem
 
     def optional(path: str, what: str) -> bytes | None:
         return read_pem(path, what) if path else None
 
+    root_certificates = optional(config.tls_ca, "CA file")
+    private_key = optional(config.tls_key, "client key")
+    certificate_chain = optional(config.tls_cert, "client certificate")
+    check_client_tls_files(config.tls_cert, config.tls_key, config.tls_ca)
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=optional(config.tls_ca, "CA file"),
-        private_key=optional(config.tls_key, "client key"),
-        certificate_chain=optional(config.tls_cert, "client certificate"),
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
     )
     return aio.secure_channel(addr, credentials, options=_CHANNEL_OPTIONS), metadata
 

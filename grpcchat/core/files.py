@@ -37,20 +37,36 @@ def check_tls_files(cert: str, key: str, client_ca: str = "") -> None:
     address were in use."""
     import ssl
 
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        # An encrypted key gets no password (gRPC takes none): refused, never prompted for.
-        context.load_cert_chain(cert, key, password=lambda: b"")
-    except (ssl.SSLError, OSError) as error:
-        raise ConfigError(
-            f"the TLS certificate {cert} and key {key} do not load as a pair "
-            f"({_why(error)}): is the key the certificate's?"
-        ) from None
-    if client_ca:
+    _check_tls_files(ssl.PROTOCOL_TLS_SERVER, cert, key, client_ca, "client CA")
+
+
+def check_client_tls_files(cert: str, key: str, ca: str) -> None:
+    """The same for a client's files (each optional): gRPC, given a key of another
+    certificate or a CA file that is no certificate, fails every call as if the server could
+    not be reached, and retries."""
+    import ssl
+
+    _check_tls_files(ssl.PROTOCOL_TLS_CLIENT, cert, key, ca, "CA file")
+
+
+def _check_tls_files(protocol: int, cert: str, key: str, ca: str, ca_is: str) -> None:
+    import ssl
+
+    context = ssl.SSLContext(protocol)
+    if cert or key:
         try:
-            context.load_verify_locations(client_ca)
+            # An encrypted key gets no password (gRPC takes none): refused, never prompted for.
+            context.load_cert_chain(cert, key or None, password=lambda: b"")
         except (ssl.SSLError, OSError) as error:
-            raise ConfigError(f"the client CA {client_ca} does not load ({_why(error)})") from None
+            raise ConfigError(
+                f"the TLS certificate {cert} and key {key} do not load as a pair "
+                f"({_why(error)}): is the key the certificate's?"
+            ) from None
+    if ca:
+        try:
+            context.load_verify_locations(ca)
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigError(f"the {ca_is} {ca} does not load ({_why(error)})") from None
 
 
 def _why(error: OSError) -> str:
