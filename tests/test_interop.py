@@ -122,10 +122,16 @@ async def test_bad_input_from_an_article_client_ends_only_its_stream(
         assert texts(await dora.recv_until("eve", "eve joined")) == [("eve", "eve joined")]
 
         await eve.send(sender, text)
-        code, got_details, _ = await eve.finish(WAIT)
+        code, got_details, seen = await eve.finish(WAIT)
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert got_details == details
         assert got_details.isprintable()
+        # The article's client shows what it receives, not how the stream ended: the server
+        # says it on the stream first (its user saw nothing, and what they typed went nowhere).
+        assert texts(seen)[-1] == (
+            "grpcchat",
+            f"not sent: {details} (INVALID_ARGUMENT); this chat has ended, start it again",
+        )
 
         # dora's stream lives on, and the refused message never reached it: had it been
         # posted, it would have been queued before this one.

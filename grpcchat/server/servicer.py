@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
 
 import grpc
 
@@ -21,7 +22,15 @@ from grpcchat.core.errors import (
     TimedOut,
 )
 from grpcchat.core.hub import Hub
-from grpcchat.core.models import DEFAULT_ROOM, Envelope, Relation, RequestRefused, SendAck
+from grpcchat.core.ids import new_message_id
+from grpcchat.core.models import (
+    DEFAULT_ROOM,
+    Envelope,
+    Message,
+    Relation,
+    RequestRefused,
+    SendAck,
+)
 from grpcchat.core.session import Session
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity, TokenAuthority
@@ -475,9 +484,12 @@ class ChatServicer:
         be posted; HTTP/2 flow control holds the client back) instead of being ended. Messages
         are posted concurrently (see InFlight); a refused one (a bad text) ends the call with
         its status, as before."""
-        posting = InFlight(
-            lambda error: _failed(session, error), in_flight_limit(self._hub.limits.queue_size)
-        )
+
+        def failed(error: BaseException) -> None:
+            _tell_article_client(session, error)
+            _failed(session, error)
+
+        posting = InFlight(failed, in_flight_limit(self._hub.limits.queue_size))
         loop = asyncio.get_running_loop()
         throttled_until = 0.0
         line = WaitingLine()
@@ -517,6 +529,7 @@ class ChatServicer:
                 send = pb.SendRequest(sender=request.sender, text=request.text)
                 await posting.start(functools.partial(post, send))
         except ChatError as error:
+            _tell_article_client(session, error)
             session.close(error)
             return
         except Exception:
@@ -580,6 +593,22 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+# Who a line of the server's own on the article's stream is from.
+SERVER_SENDER = "grpcchat"
+
+
+def _tell_article_client(session: Session, error: BaseException) -> None:
+    """A refusal that ends an article `Chat` stream is said on the stream too, as a line from
+    the server, before its status: the article's client shows what it receives but not how a
+    stream ended, so its user saw nothing, and what they typed next went nowhere."""
+    if not isinstance(error, ChatError) or session.closed:
+        return
+    code = status_of(error).name
+    text = f"not sent: {error} ({code}); this chat has ended, start it again"
+    notice = Message(new_message_id(), DEFAULT_ROOM, SERVER_SENDER, text, datetime.now(UTC), 0)
+    session.offer(Envelope(notice))
 
 
 def _failed(session: Session, error: BaseException) -> None:
