@@ -346,6 +346,8 @@ def article_server() -> Iterator[V1Server]:
         (("--delete", "0123456789abcdef0123456789abcdef"), "deletes"),
         (("--react", "0123456789abcdef0123456789abcdef", "👍"), "reactions"),
         (("--reply-to", "0123456789abcdef0123456789abcdef", "x"), "replies"),
+        # Its stream would carry the text as said, not done.
+        (("--me", "waves"), "actions (/me)"),
     ],
 )
 def test_the_article_server_does_not_support_changes(

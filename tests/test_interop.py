@@ -23,8 +23,10 @@ from grpcchat.client import ChatClient, ChatSession, Connected, FeedEvent, Recon
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.errors import RemoteError
 from grpcchat.core.models import Message
+from grpcchat.gen.chat.v1 import chat_service_pb2 as chat_pb
 from tests.conftest import run_cli_async, start_cli
-from tests.v1_peer import V1Client, V1Message, V1Server
+from tests.helpers import Follower
+from tests.v1_peer import V1Client, V1Message, V1Server, new_chat_message
 
 WAIT = 5.0
 # A timestamp no server would stamp: the article's client could send anything.
@@ -87,6 +89,11 @@ async def test_article_clients_chat_through_our_server(addr: str, client: ChatCl
             assert message.sent_at is not None
             assert abs(message.sent_at - accepted.sent_at) < timedelta(milliseconds=1)
             assert_recent(message.sent_at, before)
+
+        # An action (/me) says so in its sender there, or it would read as said.
+        await client.send("alice", "waves", action=True)
+        for peer in (grace, adrian):
+            assert texts([await peer.recv(WAIT)]) == [("* alice", "waves")]
 
         # Typing `exit` half-closes: the stream ends OK, as with the article's server.
         await adrian.close_send()
@@ -182,6 +189,27 @@ async def test_send_to_a_room_on_the_article_server_is_refused(
         await article_client.send("bot", "hello", "dev")
     assert refused.value.status == "UNIMPLEMENTED"
     assert article_server.log == []
+
+
+async def test_a_session_on_the_article_server_reads_only_the_contracts_fields(
+    article_server: V1Server, article_client: ChatClient
+) -> None:
+    """That server relays whatever its clients write: a room, a recipient or a position beside
+    sender, text and sent_at are any client's say-so (a line read as private, or as said in
+    another room)."""
+    extended = chat_pb.ChatMessage(
+        sender="mallory", text="psst", room="games", recipient="alice", seq=7, action=True
+    )
+    async with (
+        V1Client(article_server.addr) as mallory,
+        Follower(article_client.session("alice")) as alice,
+    ):
+        await mallory.join("mallory")
+        as_written = new_chat_message("mallory", "psst")
+        as_written.MergeFromString(extended.SerializeToString())  # the extra fields, unknown
+        await mallory.write(as_written)
+        [message] = [m for m in await alice.messages(2) if m.text == "psst"]
+    assert (message.room, message.recipient, message.seq, message.action) == ("lobby", "", 0, False)
 
 
 async def test_session_on_the_article_server(

@@ -279,6 +279,11 @@ class V1Client:
         """`stream.Send(&chatv1.ChatMessage{Sender: name, Text: text, SentAt: ...})`."""
         await self._call.write(new_chat_message(sender, text, sent_at))
 
+    async def write(self, message: Any) -> None:
+        """Write a ChatMessage as built: one carrying fields the contract lacks (as unknown
+        fields) is what a client that sets them sends."""
+        await self._call.write(message)
+
     async def close_send(self) -> None:
         """What typing `exit` does: half-close; the server's Recv sees io.EOF."""
         await self._call.done_writing()

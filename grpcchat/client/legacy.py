@@ -96,7 +96,7 @@ class LegacyStream:
             await call.wait_for_connection()
             yield Connected((DEFAULT_ROOM,), legacy=True, addr=connection.addr)
             async for message in call:
-                yield codec.from_proto(message, DEFAULT_ROOM)
+                yield codec.from_article_message(message)
         except grpc.RpcError as error:
             raise connection.error(error) from None
         finally:

@@ -72,6 +72,8 @@ def feature(request: pb.SendRequest) -> str | None:
     if request.HasField("relation"):
         relation = codec.relation_from_proto(request.relation)
         return _FEATURES[relation.kind] if relation is not None else "relations"
+    if request.action:  # the article's stream would carry the text as said, not done
+        return "actions (/me)"
     return "replies" if request.reply_to else None
 
 
@@ -86,8 +88,10 @@ def check_accepted(request: pb.SendRequest, message: Message, addr: str) -> Mess
     what = feature(request)
     if what is None:
         return message
-    if (request.HasField("relation") and message.relation is None) or (
-        request.reply_to and not message.reply_to
+    if (
+        (request.HasField("relation") and message.relation is None)
+        or (request.reply_to and not message.reply_to)
+        or (request.action and not message.action)
     ):
         raise unsupported(what, addr, ": it posted the text as a new message")
     return message

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from grpcchat.core.models import (
+    DEFAULT_ROOM,
     Event,
     HistoryGap,
     Message,
@@ -125,6 +126,15 @@ def from_proto(message: pb.ChatMessage, default_room: str = "") -> Message:
             Reaction(reaction.emoji, tuple(reaction.names)) for reaction in message.reactions
         ),
     )
+
+
+def from_article_message(message: pb.ChatMessage) -> Message:
+    """A message read from the article's server: only the contract's three fields. That server
+    relays whatever its clients write, so the others (a room, a recipient, a position, an
+    edit) are any client's say-so, and would let one make a line read as private or as
+    another room's."""
+    sent_at = _datetime(message.sent_at, message.HasField("sent_at"))
+    return Message("", DEFAULT_ROOM, message.sender, message.text, sent_at, 0)
 
 
 def relation_to_proto(relation: Relation) -> pb.Relation:
@@ -253,11 +263,14 @@ def encode_chat_message(event: Event) -> bytes:
     """Wire bytes of a ChatMessage (the article's stream carries nothing else: relations are
     kept from it before they get here). The article's clients show each as a line of the one
     room they know, `[sender]: text`: a direct message (an authenticated user's stream gets
-    theirs) says so in its sender, `alice → bob`, or it would read as said to everyone."""
+    theirs) says so in its sender, `alice → bob`, or it would read as said to everyone; an
+    action (/me) too, `* alice`, or it would read as said."""
     assert isinstance(event, Message)
     if event.recipient:
         shown = replace(event, sender=f"{event.sender} → {event.recipient}")
         return to_proto(shown).SerializeToString()
+    if event.action:
+        return to_proto(replace(event, sender=f"* {event.sender}")).SerializeToString()
     return message_bytes(event)
 
 
