@@ -200,15 +200,16 @@ async def test_a_session_on_the_article_server_reads_only_the_contracts_fields(
     extended = chat_pb.ChatMessage(
         sender="mallory", text="psst", room="games", recipient="alice", seq=7, action=True
     )
-    async with (
-        V1Client(article_server.addr) as mallory,
-        Follower(article_client.session("alice")) as alice,
-    ):
-        await mallory.join("mallory")
-        as_written = new_chat_message("mallory", "psst")
-        as_written.MergeFromString(extended.SerializeToString())  # the extra fields, unknown
-        await mallory.write(as_written)
-        [message] = [m for m in await alice.messages(2) if m.text == "psst"]
+    async with Follower(article_client.session("alice")) as alice:
+        # Her own line back: her stream is in the server's broadcast set.
+        await alice.session.send("alice here")
+        assert [m.text for m in await alice.messages(1)] == ["alice here"]
+        async with V1Client(article_server.addr) as mallory:
+            as_written = new_chat_message("mallory", "psst")
+            as_written.MergeFromString(extended.SerializeToString())  # the extra fields, unknown
+            await mallory.write(as_written)
+            [message] = await alice.messages(1)
+    assert (message.sender, message.text) == ("mallory", "psst")
     assert (message.room, message.recipient, message.seq, message.action) == ("lobby", "", 0, False)
 
 
