@@ -29,6 +29,13 @@ def test_help_teaches_every_command() -> None:
         assert command in result.stdout
 
 
+@pytest.mark.parametrize("command", [(), ("send",), ("serve",), ("join",)])
+def test_dash_h_is_help_too(command: tuple[str, ...]) -> None:
+    result = run_cli(*command, "-h")
+    assert result.returncode == 0, result.stderr
+    assert f"Usage: python -m grpcchat {' '.join(command)}".rstrip() in result.stdout
+
+
 def test_send_prints_what_the_server_accepted(server_process: ServerProcess) -> None:
     result = run_cli("send", "--addr", server_process.addr, "--name", "bot", "hello")
     assert result.returncode == 0, result.stderr

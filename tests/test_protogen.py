@@ -71,13 +71,10 @@ def add_field(root: Path) -> None:
 @pytest.fixture
 def buf_on_path(monkeypatch: pytest.MonkeyPatch) -> Path:
     """The buf binary, made findable on PATH for tmp checkouts; skip when it is not installed."""
-    found = shutil.which("buf") or shutil.which("buf", path=str(REPO / "node_modules" / ".bin"))
-    if not found:
-        pytest.skip(
-            "buf not found on PATH or in <repo>/node_modules/.bin "
-            "(npm install @bufbuild/buf, or put its node_modules/.bin on PATH)"
-        )
-    buf = Path(found)
+    try:
+        buf = protogen.find_buf(REPO)
+    except ProtogenError as error:
+        pytest.skip(str(error))
     monkeypatch.setenv("PATH", f"{buf.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     return buf
 
@@ -255,6 +252,15 @@ def test_cli_gen_proto_takes_a_relative_root(tmp_path: Path) -> None:
     assert f"wrote: {GEN_V1}/chat_service_pb2.py" in regenerated.stdout
 
 
+def test_cli_gen_proto_refuses_a_root_that_is_no_checkout(tmp_path: Path) -> None:
+    """Any directory with a proto/ got a grpcchat/gen written (and pruned) in it."""
+    shutil.copytree(REPO / "proto", tmp_path / "proto")
+    refused = gen_proto(tmp_path, "--root", ".")
+    assert refused.returncode == 1
+    assert "is not a grpcchat source checkout" in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proto"]
+
+
 def test_a_file_that_cannot_be_written_is_one_error(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "repo")
     add_field(root)
@@ -275,9 +281,23 @@ def test_buf_not_found_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ProtogenError) as excinfo:
         protogen.generate(root, use_buf=True)
     assert str(excinfo.value) == (
-        "buf not found on PATH; install it with `npm install -g @bufbuild/buf` "
-        "or run without --with-buf"
+        "buf not found on PATH nor in node_modules/.bin (of the checkout or web/); install it "
+        "with `npm install -g @bufbuild/buf` (or `npm ci` in web/) or run without --with-buf"
     )
+
+
+def test_buf_is_found_where_the_web_page_build_installs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gen-proto --with-buf` said "buf not found" beside the pinned buf of `npm ci` in web/."""
+    root = make_repo(tmp_path / "repo")
+    pinned = root / "web" / "node_modules" / ".bin" / "buf"
+    pinned.parent.mkdir(parents=True)
+    pinned.write_text("#!/bin/sh\n", encoding="utf-8")
+    pinned.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    assert protogen.find_buf(root) == pinned
 
 
 def test_buf_generate_is_byte_identical(tmp_path: Path, buf_on_path: Path) -> None:

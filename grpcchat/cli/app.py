@@ -27,6 +27,7 @@ app = typer.Typer(
     # --install-completion / --show-completion; the fast path leaves completion to Typer.
     add_completion=True,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 # In the order `grpcchat --help` lists them.
 for _command in (serve, join, send, history, rooms, who, health, token, bench):

@@ -33,7 +33,8 @@ def gen_proto(
     from grpcchat.protogen import web
 
     try:
-        repo = (root or protogen.find_repo_root()).resolve()  # paths print relative to it
+        # Paths print relative to it.
+        repo = protogen.check_repo_root(root) if root else protogen.find_repo_root()
         no_web = web.unavailable(repo)
         if check:
             stale = protogen.check(repo)

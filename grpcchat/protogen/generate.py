@@ -101,8 +101,8 @@ _PLUGIN_PACKAGES = {"connectrpc": "protoc-gen-connectrpc (pip install 'grpcchat[
 _BUF_TIMEOUT_S = 120.0
 
 _BUF_INSTALL_HINT = (
-    "buf not found on PATH; install it with `npm install -g @bufbuild/buf` "
-    "or run without --with-buf"
+    "buf not found on PATH nor in node_modules/.bin (of the checkout or web/); install it "
+    "with `npm install -g @bufbuild/buf` (or `npm ci` in web/) or run without --with-buf"
 )
 
 
@@ -176,16 +176,31 @@ def find_plugin(executable: str, package: str = "mypy-protobuf") -> Path:
 
 def find_buf(repo_root: Path | None = None) -> Path:
     """Locate the `buf` executable: on PATH, else in `node_modules/.bin` of the repository root
-    (or of the current directory), where `npm install @bufbuild/buf` puts it."""
+    (or of the current directory), where `npm install @bufbuild/buf` puts it, else the one the
+    web page's build pins (`web/node_modules/.bin`, after `npm ci` there)."""
     on_path = shutil.which("buf")
     if on_path:
         return Path(on_path)
     roots = [r for r in (repo_root, Path.cwd()) if r is not None]
-    for root in roots:
-        local = shutil.which("buf", path=str(root / "node_modules" / ".bin"))
+    for bin_dir in [r / "node_modules" / ".bin" for r in roots] + (
+        [repo_root / "web" / "node_modules" / ".bin"] if repo_root is not None else []
+    ):
+        local = shutil.which("buf", path=str(bin_dir))
         if local:
             return Path(local)
     raise ProtogenError(_BUF_INSTALL_HINT)
+
+
+def check_repo_root(root: Path) -> Path:
+    """`root` resolved, if it is a grpcchat checkout (as `find_repo_root` finds one): the
+    generated code is written, and stale files pruned, under its `grpcchat/gen`."""
+    root = root.resolve()
+    if not ((root / PROTO_DIR / "buf.yaml").is_file() and (root / "grpcchat").is_dir()):
+        raise ProtogenError(
+            f"{root} is not a grpcchat source checkout: it needs both {PROTO_DIR}/buf.yaml "
+            "and grpcchat/ (give --root the repository's top directory)"
+        )
+    return root
 
 
 def _wkt_include() -> str:
