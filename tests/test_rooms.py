@@ -475,6 +475,17 @@ async def test_a_retried_direct_message_is_delivered_once(client: ChatClient) ->
         assert [m.id for m in got] == [first.message.id, other.message.id]
 
 
+async def test_a_direct_messages_room_is_ignored(client: ChatClient, addr: str) -> None:
+    """As the contract says: a room no room could have did not refuse a direct message."""
+    async with Follower(client.session("bob")) as bob, grpc.aio.insecure_channel(addr) as channel:
+        stub = pb_grpc.ChatServiceStub(channel)
+        request = pb.SendRequest(sender="alice", text="psst", recipient="bob", room="NOT A ROOM!")
+        accepted = (await stub.Send(request)).message
+        assert (accepted.recipient, accepted.room) == ("bob", "")
+        [message] = await bob.messages(1)
+        assert (message.sender, message.text, message.recipient) == ("alice", "psst", "bob")
+
+
 async def test_a_direct_message_to_nobody_is_not_found(client: ChatClient, addr: str) -> None:
     async with Follower(client.session("alice")) as alice:
         with pytest.raises(RemoteError) as caught:

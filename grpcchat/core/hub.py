@@ -452,7 +452,9 @@ class Hub:
         sender = check_name(sender)
         if relation is None:
             text = check_text(text)
-        room, key = check_room(room), check_key(key)
+        key = check_key(key)
+        if not recipient:  # a direct message goes to a person: its room is ignored
+            room = check_room(room)
         # Refused for the rate (or, below, as busy) before the first suspension: the article's
         # stream keeps a throttled post's order on it (see `inflight.WaitingLine`).
         wait = self._message_rate.wait_time(principal or sender)

@@ -524,7 +524,10 @@ Global___ReadMarker: _TypeAlias = ReadMarker  # noqa: Y015
 
 @_typing.final
 class RequestRefused(_message.Message):
-    """RequestRefused says why a join or leave on a session stream failed."""
+    """RequestRefused says why a request on a session stream failed: a join or
+    leave, a typing notice or read marker (over its rate, or for a room the
+    session is not in), or a hello after the first.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -532,7 +535,7 @@ class RequestRefused(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     room: _builtins.str
-    """The room the request named."""
+    """The room the request named ("" for one that names none, such as a hello)."""
     code: _builtins.str
     """The gRPC status code name that a unary call would have failed with,
     e.g. "INVALID_ARGUMENT" or "ALREADY_EXISTS".

@@ -598,13 +598,15 @@ export const ReadMarkerSchema: GenMessage<ReadMarker> = /*@__PURE__*/
   messageDesc(file_chat_v1_chat_service, 10);
 
 /**
- * RequestRefused says why a join or leave on a session stream failed.
+ * RequestRefused says why a request on a session stream failed: a join or
+ * leave, a typing notice or read marker (over its rate, or for a room the
+ * session is not in), or a hello after the first.
  *
  * @generated from message chat.v1.RequestRefused
  */
 export type RequestRefused = Message<"chat.v1.RequestRefused"> & {
   /**
-   * The room the request named.
+   * The room the request named ("" for one that names none, such as a hello).
    *
    * @generated from field: string room = 1;
    */
