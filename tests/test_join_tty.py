@@ -277,3 +277,19 @@ def test_reconnects_when_the_server_returns_on_the_same_port(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_join_says_where_plain_lines_go_once_in_several_rooms(
+    server_process: ServerProcess, join: Callable[..., Terminal]
+) -> None:
+    """The prompt does not name the room it posts to: switching rooms printed nothing."""
+    alice = join_ready(join(server_process.addr))
+    alice.type("/join games\r")
+    alice.wait_for_text("plain lines now go to #games")
+    alice.type("/join lobby\r")  # joined already: a switch
+    alice.wait_for_text("plain lines now go to #lobby")
+    alice.type("back in the lobby\r")
+    alice.wait_for(
+        lambda: any(line.endswith("#lobby alice: back in the lobby") for line in alice.lines()),
+        "alice's message, labelled with its room",
+    )

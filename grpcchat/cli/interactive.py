@@ -373,6 +373,8 @@ class _Chatroom:
             finally:
                 self._joins.pop(room, None)
         self.current = room
+        if self.interactive and len(self.session.rooms) > 1:  # which one the prompt posts to
+            self.show(render.render_notice(f"plain lines now go to #{room}"))
         self._refresh_toolbar()
 
     def _settle_join(self, room: str, joined: bool) -> None:
