@@ -300,7 +300,14 @@ def test_an_envelope_encodes_once_per_codec(message: Message) -> None:
 
 @pytest.mark.parametrize(
     "stamp",
-    [Timestamp(seconds=2**62), Timestamp(seconds=-(2**62)), Timestamp(seconds=5, nanos=-1)],
+    [
+        Timestamp(seconds=2**62),
+        Timestamp(seconds=-(2**62)),
+        Timestamp(seconds=5, nanos=-1),
+        # Protobuf's first and last seconds: in range, but not in every local time zone.
+        Timestamp(seconds=-62135596800),
+        Timestamp(seconds=253402300799),
+    ],
 )
 def test_a_time_no_calendar_holds_reads_as_the_time_it_is_read(stamp: Timestamp) -> None:
     """The article's server relays whatever its clients write: such a time ended every
@@ -310,3 +317,11 @@ def test_a_time_no_calendar_holds_reads_as_the_time_it_is_read(stamp: Timestamp)
     assert message.edited_at is not None
     assert before <= message.sent_at <= datetime.now(UTC)
     assert before <= message.edited_at <= datetime.now(UTC)
+
+
+@pytest.mark.parametrize("emoji", ["\u200d", "\ufe0f", "\u0301+", "\u3164"])
+def test_a_reaction_that_shows_as_nothing_is_refused_but_can_be_taken_back(emoji: str) -> None:
+    """Refused as a new reaction; one stored before the rule can still be taken back."""
+    with pytest.raises(InvalidInput):
+        validation.check_emoji(emoji)
+    assert validation.check_emoji(emoji, new=False) == emoji

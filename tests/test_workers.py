@@ -500,7 +500,14 @@ def test_the_port_is_held_despite_connections_of_a_server_stopped_a_moment_ago()
             accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
             client.recv(1)
     held = hold_port("127.0.0.1", port)
-    held.close()
+    try:
+        # Still held against another program, even one whose socket sets SO_REUSEADDR.
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
+    finally:
+        held.close()
 
 
 def test_workers_without_nats_py_are_refused_before_anything_starts(

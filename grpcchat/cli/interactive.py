@@ -24,14 +24,20 @@ from rich.text import Text
 
 from grpcchat.cli import render
 from grpcchat.cli.consoles import err_console
-from grpcchat.cli.exits import EXIT_REJECTED, EXIT_USAGE, error_exit_code, exit_code
+from grpcchat.cli.exits import (
+    EXIT_REJECTED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    error_exit_code,
+    exit_code,
+)
 from grpcchat.cli.lines import visible_inline
 from grpcchat.cli.roomarg import room_argument
 from grpcchat.cli.timeline import Timeline
 from grpcchat.cli.typists import TypingSender, Typists, typing_line
 from grpcchat.client import ChatClient, ChatSession, Connected, Reconnecting
 from grpcchat.client.config import ClientConfig
-from grpcchat.core.errors import ChatError, RemoteError
+from grpcchat.core.errors import ChatError, NoAnswer, RemoteError
 from grpcchat.core.models import (
     HistoryGap,
     Message,
@@ -73,8 +79,6 @@ MARK_READ_EVERY = 1.0
 CLOSING_WAIT = 1.0
 
 Action = Callable[[], Awaitable[None]]
-# Why a send got no answer: the lines typed behind it are not sent either.
-NO_ANSWER = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
 # How much of a line not sent is quoted in the error.
 QUOTED_LENGTH = 40
 
@@ -127,6 +131,9 @@ class _Chatroom:
         self._read: dict[str, int] = {}
         self._mark_flush: asyncio.TimerHandle | None = None
         self._marked_at = 0.0
+        # A line got no answer (see `_drop_lines_queued`): until the session is connected
+        # again, lines read are not sent either.
+        self._dropping = False
         # Rooms a /join waits to enter: whether the server let the session in.
         self._joins: dict[str, asyncio.Future[bool]] = {}
         # Typing notices and read markers are sent in the background; kept until done.
@@ -201,6 +208,7 @@ class _Chatroom:
                     self.fail(f"#{event.room}: {event.reason}", exit_code(event.code))
                     self._settle_join(event.room, joined=False)
                 case Connected():
+                    self._dropping = False  # back: what is typed from now on is sent
                     if event.legacy:
                         for room in event.rooms:
                             self.timeline.unjoined(room)
@@ -229,6 +237,9 @@ class _Chatroom:
     async def work(self) -> None:
         """Run queued actions in order until a None arrives; a failed one is reported."""
         while (action := await self.actions.get()) is not None:
+            if self._dropping and isinstance(action, _Line) and not self.connected.is_set():
+                self._not_sent(action, EXIT_UNAVAILABLE)
+                continue
             try:
                 await action()
             except ChatError as error:
@@ -236,22 +247,27 @@ class _Chatroom:
                     self.fail(str(error), error_exit_code(error))
                     continue
                 self.fail(f"not sent: {action.quoted()}: {error}", error_exit_code(error))
-                if isinstance(error, RemoteError) and error.status in NO_ANSWER:
+                if isinstance(error, NoAnswer):
+                    self._dropping = True
                     self._drop_lines_queued(error_exit_code(error))
 
     def _drop_lines_queued(self, code: int) -> None:
         """After a line the server never answered (an outage longer than --timeout), the lines
         typed behind it are not sent either, each said so: sent once the server is back, they
-        would read as if the first had never been typed."""
+        would read as if the first had never been typed. So are the lines read later while
+        the session is still reconnecting (see `_say`)."""
         kept: list[Action | None] = []
         while not self.actions.empty():
             queued = self.actions.get_nowait()
             if isinstance(queued, _Line):
-                self.fail(f"not sent: {queued.quoted()}: a line before it was not sent", code)
+                self._not_sent(queued, code)
             else:
                 kept.append(queued)
         for queued in kept:
             self.actions.put_nowait(queued)
+
+    def _not_sent(self, line: _Line, code: int) -> None:
+        self.fail(f"not sent: {line.quoted()}: a line before it was not sent", code)
 
     async def handle(self, line: str) -> bool:
         """Queue what a typed line asks for (waiting while PENDING_ACTIONS are); False when it
@@ -360,7 +376,9 @@ class _Chatroom:
         lines typed right after a /join it refuses went to the refused room (never shown).
         With no answer within --timeout (a reconnect under way), the join stands: it is
         asked again on the next stream."""
-        if room not in self.session.rooms:
+        if room not in self.session.rooms and self.session.legacy:
+            await self.session.join(room)  # the article's server: no answer ever comes
+        elif room not in self.session.rooms:
             self.timeline.joining(room, first=True)
             outcome = self._joins[room] = asyncio.get_running_loop().create_future()
             try:

@@ -62,7 +62,7 @@ def send_request(
     if relation is not None:
         check_message_id(relation.target)
         if relation.kind in (RelationKind.REACT, RelationKind.UNREACT):
-            check_emoji(relation.emoji)
+            check_emoji(relation.emoji, new=relation.kind is RelationKind.REACT)
         request.relation.CopyFrom(codec.relation_to_proto(relation))
     return request
 
@@ -83,15 +83,15 @@ def unsupported(what: str, addr: str, why: str = "") -> RemoteError:
 
 
 def check_accepted(request: pb.SendRequest, message: Message, addr: str) -> Message:
-    """`message` as the server accepted `request`; a server that took a relation or a reply as a
-    plain message (it predates them) is told as one that does not support it."""
-    what = feature(request)
-    if what is None:
-        return message
-    if (
-        (request.HasField("relation") and message.relation is None)
-        or (request.reply_to and not message.reply_to)
-        or (request.action and not message.action)
-    ):
-        raise unsupported(what, addr, ": it posted the text as a new message")
+    """`message` as the server accepted `request`; a server that took a relation, a reply or
+    an action as a plain message (it predates them) is told as one that does not support it."""
+    dropped = (
+        feature(request) if request.HasField("relation") and message.relation is None else None
+    )
+    if request.reply_to and not message.reply_to:
+        dropped = "replies"
+    elif request.action and not message.action:
+        dropped = "actions (/me)"
+    if dropped is not None:
+        raise unsupported(dropped, addr, ": it posted the text as a new message")
     return message

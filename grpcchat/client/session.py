@@ -18,7 +18,7 @@ from grpcchat.client.legacy import V1_SERVER, LegacyStream, require_lobby
 from grpcchat.client.outbox import Outbox
 from grpcchat.client.packing import packed_requests
 from grpcchat.client.posts import check_accepted, feature, send_request, unsupported
-from grpcchat.core.errors import RemoteError
+from grpcchat.core.errors import NoAnswer, RemoteError
 from grpcchat.core.models import (
     DEFAULT_ROOM,
     Event,
@@ -370,7 +370,7 @@ class ChatSession:
                     status, lost = "DEADLINE_EXCEEDED", ""
                     if self._lost_because:
                         status, lost = self._lost_status, f" (reconnecting: {self._lost_because})"
-                    raise RemoteError(
+                    raise NoAnswer(
                         status, f"no answer from {self._connection.addr} in time{lost}"
                     ) from None
                 if not ack.code and ack.message is not None:

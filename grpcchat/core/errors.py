@@ -76,3 +76,8 @@ class RemoteError(ChatError):
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class NoAnswer(RemoteError):
+    """A send a session wrote that got no answer within the client's timeout: the server was
+    unreachable all along, or never answered (not one it refused)."""

@@ -31,7 +31,7 @@ def check_relation(
     elif text:
         raise InvalidInput(f"a {relation.kind.value} carries no text")
     if relation.kind in _NEEDS_EMOJI:
-        check_emoji(relation.emoji)
+        check_emoji(relation.emoji, new=relation.kind is RelationKind.REACT)
     elif relation.emoji:
         raise InvalidInput(f"a {relation.kind.value} takes no emoji")
     check_message_id(relation.target)

@@ -161,21 +161,21 @@ def check_text(text: str) -> str:
 MAX_EMOJI_BYTES = 64
 # Emoji sequences need the zero-width joiner and tag characters, so not every invisible format
 # character is refused as in names: only the ones that reorder or hide text around them.
-# The letters that show as nothing are refused as in names. And a key must start with something
-# visible: a joiner, a variation selector or a combining mark on its own shows as nothing (or
-# lands on the text before it).
 _FORBIDDEN_IN_EMOJI = re.compile(
-    r"[\s\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
-    f"{_NAME_BLANKS}]"
+    r"[\s\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
 )
+# A new reaction must also show: not the letters that show as nothing (as in names), and not
+# starting with a joiner, a variation selector or a combining mark (alone, one shows as
+# nothing, or lands on the text before it). One stored before that rule can be taken back.
+_BLANK_IN_EMOJI = re.compile(f"[{_NAME_BLANKS}]")
 _INVISIBLE_ALONE = frozenset({"Cf", "Mn", "Mc", "Me"})
 # A message id as the server hands them out (32 hex digits); a little room for other engines.
 MAX_MESSAGE_ID_LENGTH = 64
 
 
-def check_emoji(emoji: str) -> str:
+def check_emoji(emoji: str, *, new: bool = True) -> str:
     """Return a reaction key of 1..MAX_EMOJI_BYTES UTF-8 bytes without blanks or control
-    characters, or raise InvalidInput."""
+    characters (a `new` one: that shows as something), or raise InvalidInput."""
     if not emoji:
         raise InvalidInput("a reaction needs an emoji")
     if _SURROGATE.search(emoji):
@@ -183,11 +183,11 @@ def check_emoji(emoji: str) -> str:
     size = len(emoji.encode("utf-8"))
     if size > MAX_EMOJI_BYTES:
         raise InvalidInput(f"reaction is {size} bytes long; the limit is {MAX_EMOJI_BYTES}")
-    if _FORBIDDEN_IN_EMOJI.search(emoji):
+    if _FORBIDDEN_IN_EMOJI.search(emoji) or (new and _BLANK_IN_EMOJI.search(emoji)):
         raise InvalidInput(
             "a reaction must not contain blanks, control or text-direction characters"
         )
-    if unicodedata.category(emoji[0]) in _INVISIBLE_ALONE:
+    if new and unicodedata.category(emoji[0]) in _INVISIBLE_ALONE:
         raise InvalidInput("a reaction must not start with a joiner or combining mark")
     return emoji
 

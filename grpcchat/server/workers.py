@@ -91,10 +91,13 @@ def hold_port(host: str, port: int) -> socket.socket:
         raise in_use from None
     try:
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        # As gRPC's own listeners do: a server stopped a moment ago leaves connections in
-        # TIME_WAIT on the port, which would refuse the bind for a minute.
+        # A server stopped a moment ago leaves connections in TIME_WAIT on the port, which
+        # refuse a bind for a minute without SO_REUSEADDR (gRPC's listeners set it). Cleared
+        # once bound: set, it would let another program's SO_REUSEADDR socket bind and listen
+        # on the port held (this one never listens), while no worker does.
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         held.bind(sockaddr)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
     except OSError:
         held.close()
         raise in_use from None

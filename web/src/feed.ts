@@ -78,7 +78,9 @@ export class RoomFeed {
           ? { name: this.name, room: this.room, after: { seq: this.seq, epoch: this.epoch } }
           : { name: this.name, room: this.room, history: HISTORY };
         const onHeader = (headers: Headers) => {
-          const heartbeat = Number(headers.get(HEARTBEAT_HEADER) ?? "0");
+          const said = headers.get(HEARTBEAT_HEADER);
+          if (said === null) return; // (a refusal may come without it: the last one holds)
+          const heartbeat = Number(said);
           this.quietLimit = heartbeat > 0 ? 2 * heartbeat + Math.min(heartbeat, HEARTBEAT_SLACK_MS) : 0;
           rearm();
         };
