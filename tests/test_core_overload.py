@@ -37,12 +37,15 @@ from grpcchat.core.models import (
     Position,
     PresenceChange,
     PresenceSummary,
+    Relation,
+    RelationKind,
     RoomJoined,
     RoomLeft,
 )
 from grpcchat.core.presence import DETAIL_LIMIT
 from grpcchat.core.pressure import STALL_TIMEOUT
 from grpcchat.core.ratelimit import RateLimiter
+from grpcchat.core.replay import MIN_ENTRIES_SCANNED
 from grpcchat.core.session import Session
 from grpcchat.store.memory import MemoryStore
 
@@ -419,6 +422,43 @@ async def test_a_resume_past_retention_reports_the_gap(readers: Callable[..., Re
     assert (gap.first_seq, gap.last_seq) == (3, 20)
     assert "retention" in gap.reason
     assert seqs(events) == list(range(21, 31))
+
+
+async def test_a_join_replays_its_last_messages_with_the_changes_among_them(
+    readers: Callable[..., Reader],
+) -> None:
+    """Seqs number edits and reactions too: the last 3 seqs of a room whose last message took
+    30 reactions were 3 reactions, and the join showed no message at all."""
+    hub = make_hub()
+    await fill(hub.store, "r", 5)  # h1..h5, seqs 1..5
+    [h5] = [m for m in await hub.store.read("r") if m.text == "h5"]
+    for i in range(30):
+        react = Relation(RelationKind.REACT, h5.id, "👍")
+        await hub.store.append(
+            id=uuid.uuid4().hex,
+            room="r",
+            sender=f"fan{i}",
+            text="",
+            sent_at=datetime.now(UTC),
+            relation=react,
+        )
+    events = await _joined_events(hub, readers, "r", history=3)
+    shown = [e for e in events if isinstance(e, Message) and e.relation is None]
+    assert [m.text for m in shown] == ["h3", "h4", "h5"]
+    assert len(seqs(events)) == 33  # and the 30 reactions after them
+    # A bound on what is read for them: a room of changes replays fewer messages instead.
+    for i in range(30, 30 + MIN_ENTRIES_SCANNED):
+        react = Relation(RelationKind.REACT, h5.id, "🎉")
+        await hub.store.append(
+            id=uuid.uuid4().hex,
+            room="r",
+            sender=f"fan{i}",
+            text="",
+            sent_at=datetime.now(UTC),
+            relation=react,
+        )
+    events = await _joined_events(hub, readers, "r", history=3)
+    assert len(seqs(events)) == MIN_ENTRIES_SCANNED
 
 
 @pytest.mark.parametrize(

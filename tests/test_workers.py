@@ -504,7 +504,7 @@ def test_the_port_is_held_despite_connections_of_a_server_stopped_a_moment_ago()
         # Still held against another program, even one whose socket sets SO_REUSEADDR.
         with socket.socket() as other:
             other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            with pytest.raises(OSError):
+            with pytest.raises(OSError, match="in use"):
                 other.bind(("127.0.0.1", port))
     finally:
         held.close()

@@ -31,10 +31,7 @@ def join(
         typer.Option(
             min=0,
             max=1000,
-            help=(
-                "Recent entries of each room to show on entry (messages, and the edits and "
-                "reactions among them)."
-            ),
+            help="Recent messages to show per room on entry (with their edits and reactions).",
         ),
     ] = 20,
 ) -> None:

@@ -83,6 +83,39 @@ class ReplayCursor:
             self._stats.gaps += 1
 
 
+# A join's replay of its last N messages looks back at most this many entries per message, or
+# MIN_ENTRIES_SCANNED (edits and reactions are entries of their own): a room of reactions
+# replays few messages rather than reading its whole history to find them.
+ENTRIES_PER_MESSAGE_SCANNED = 4
+MIN_ENTRIES_SCANNED = 200
+_SCAN_PAGE = 200
+
+
+async def _start_of_last_messages(store: HistoryStore, room: str, count: int, last_seq: int) -> int:
+    """The seq after which the room's last `count` messages start: seqs number every entry,
+    edits and reactions too, so the last `count` seqs were as few messages as there were
+    changes among them. Read newest first, within a bound (see above)."""
+    if count <= 0 or last_seq <= count:
+        return max(0, last_seq - count)
+    budget = max(count * ENTRIES_PER_MESSAGE_SCANNED, MIN_ENTRIES_SCANNED)
+    before = last_seq + 1
+    found = 0
+    while budget > 0:
+        page = await store.read(
+            room, before=before, limit=min(_SCAN_PAGE, budget), newest_first=True
+        )
+        for entry in page:
+            if entry.relation is None:
+                found += 1
+                if found == count:
+                    return entry.seq - 1
+        if len(page) < min(_SCAN_PAGE, budget):
+            return 0  # the start of what the room keeps
+        before = page[-1].seq
+        budget -= len(page)
+    return before - 1
+
+
 async def plan_replay(
     store: HistoryStore,
     room: str,
@@ -93,8 +126,8 @@ async def plan_replay(
     stats: HubStats | None = None,
 ) -> ReplayCursor:
     """The cursor for a join: everything after a resume position (at most the newest
-    `max_replay`; 0: no limit), or the latest `history` messages; reads nothing but the room's
-    last seq. The gaps it reports are counted in `stats`."""
+    `max_replay`; 0: no limit), or the latest `history` messages with the changes among them.
+    The gaps it reports are counted in `stats`."""
     epoch = store.epoch
     last_seq = await store.last_seq(room)
     # A position past the end of this epoch's history means the history was rewound (a
@@ -105,11 +138,9 @@ async def plan_replay(
         if after is not None and after.seq:
             reason = "rewound" if rewound else "replaced"
             gap = HistoryGap(room, 0, 0, f"the server's history was {reason} since you left")
-        # Seqs are contiguous within an epoch, so the latest N messages are the last N seqs.
         count = min(history, max_replay) if max_replay else history
-        return ReplayCursor(
-            store, room, after=max(0, last_seq - count), until=last_seq, gap=gap, stats=stats
-        )
+        start = await _start_of_last_messages(store, room, count, last_seq)
+        return ReplayCursor(store, room, after=start, until=last_seq, gap=gap, stats=stats)
     start = max(after.seq, last_seq - max_replay) if max_replay else after.seq
     cut = f"more than {max_replay} messages were missed" if start > after.seq else ""
     return ReplayCursor(
