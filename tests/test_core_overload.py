@@ -432,31 +432,25 @@ async def test_a_join_replays_its_last_messages_with_the_changes_among_them(
     hub = make_hub()
     await fill(hub.store, "r", 5)  # h1..h5, seqs 1..5
     [h5] = [m for m in await hub.store.read("r") if m.text == "h5"]
-    for i in range(30):
-        react = Relation(RelationKind.REACT, h5.id, "👍")
-        await hub.store.append(
-            id=uuid.uuid4().hex,
-            room="r",
-            sender=f"fan{i}",
-            text="",
-            sent_at=datetime.now(UTC),
-            relation=react,
-        )
+
+    async def react(fans: range, emoji: str) -> None:
+        for i in fans:
+            await hub.store.append(
+                id=uuid.uuid4().hex,
+                room="r",
+                sender=f"fan{i}",
+                text="",
+                sent_at=datetime.now(UTC),
+                relation=Relation(RelationKind.REACT, h5.id, emoji),
+            )
+
+    await react(range(30), "👍")
     events = await _joined_events(hub, readers, "r", history=3)
     shown = [e for e in events if isinstance(e, Message) and e.relation is None]
     assert [m.text for m in shown] == ["h3", "h4", "h5"]
     assert len(seqs(events)) == 33  # and the 30 reactions after them
     # A bound on what is read for them: a room of changes replays fewer messages instead.
-    for i in range(30, 30 + MIN_ENTRIES_SCANNED):
-        react = Relation(RelationKind.REACT, h5.id, "🎉")
-        await hub.store.append(
-            id=uuid.uuid4().hex,
-            room="r",
-            sender=f"fan{i}",
-            text="",
-            sent_at=datetime.now(UTC),
-            relation=react,
-        )
+    await react(range(30, 30 + MIN_ENTRIES_SCANNED), "🎉")
     events = await _joined_events(hub, readers, "r", history=3)
     assert len(seqs(events)) == MIN_ENTRIES_SCANNED
 

@@ -350,11 +350,9 @@ async def test_cli_join_with_piped_input_on_the_article_server(article_server: V
         assert "dave: hello from dave" in out
 
 
-async def test_join_shows_what_drives_a_terminal_as_visible_characters(
-    article_server: V1Server,
-) -> None:
-    """The article's server relays whatever its clients send: escape sequences that would
-    clear the screen, retitle the window or colour the rest reach `join` as text to show."""
+async def _line_join_shows(article_server: V1Server, sender: str, text: str, mark: bytes) -> str:
+    """The line `grpcchat join` prints (as dave) for what mallory writes on the article's
+    server, `mark` being in it."""
     process = await start_cli("join", "--addr", article_server.addr, "--name", "dave")
     assert process.stdin is not None
     assert process.stdout is not None
@@ -366,10 +364,10 @@ async def test_join_shows_what_drives_a_terminal_as_visible_characters(
             async with asyncio.timeout(WAIT):  # dave's own line is back: he is reading
                 while b"dave: ready" not in await process.stdout.readline():
                     pass
-            await mallory.send("evil\x1b[2J", "\x1b]0;pwned\x07\x1b[31mred\x9b0m")
+            await mallory.send(sender, text)
             async with asyncio.timeout(WAIT):
                 shown = await process.stdout.readline()
-                while b"red" not in shown:
+                while mark not in shown:
                     shown = await process.stdout.readline()
         process.stdin.close()
         async with asyncio.timeout(WAIT):
@@ -378,7 +376,17 @@ async def test_join_shows_what_drives_a_terminal_as_visible_characters(
         if process.returncode is None:
             process.kill()
             await process.wait()
-    line = shown.decode()
+    return shown.decode()
+
+
+async def test_join_shows_what_drives_a_terminal_as_visible_characters(
+    article_server: V1Server,
+) -> None:
+    """The article's server relays whatever its clients send: escape sequences that would
+    clear the screen, retitle the window or colour the rest reach `join` as text to show."""
+    line = await _line_join_shows(
+        article_server, "evil\x1b[2J", "\x1b]0;pwned\x07\x1b[31mred\x9b0m", b"red"
+    )
     assert line.endswith("evil␛[2J: ␛]0;pwned␇␛[31mred�0m\n")
     assert not any(0x80 <= ord(c) < 0xA0 or (ord(c) < 32 and c != "\n") for c in line)
 
@@ -389,27 +397,5 @@ async def test_join_shows_a_name_that_breaks_the_line_on_one_line(
     """A name is shown on one line: one with line breaks (the article's server relays any
     name) would otherwise print a line of its own that reads as a join notice."""
     fake = "mallory\n12:00:00 → carol joined #lobby\nx"
-    process = await start_cli("join", "--addr", article_server.addr, "--name", "dave")
-    assert process.stdin is not None
-    assert process.stdout is not None
-    try:
-        async with V1Client(article_server.addr) as mallory:
-            await mallory.join("mallory")
-            process.stdin.write(b"ready\n")
-            await process.stdin.drain()
-            async with asyncio.timeout(WAIT):  # dave's own line is back: he is reading
-                while b"dave: ready" not in await process.stdout.readline():
-                    pass
-            await mallory.send(fake, "hi")
-            async with asyncio.timeout(WAIT):
-                shown = await process.stdout.readline()
-                while b"hi" not in shown:
-                    shown = await process.stdout.readline()
-        process.stdin.close()
-        async with asyncio.timeout(WAIT):
-            await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert shown.decode().endswith("mallory␊12:00:00 → carol joined #lobby␊x: hi\n")
+    line = await _line_join_shows(article_server, fake, "hi", b"hi")
+    assert line.endswith("mallory␊12:00:00 → carol joined #lobby␊x: hi\n")
