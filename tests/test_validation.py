@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from grpcchat.cli.lines import local_time
 from grpcchat.core import validation
 from grpcchat.core.errors import InvalidInput
 from grpcchat.core.models import Envelope, Message, Reaction, Relation, RelationKind, SendAck
@@ -300,14 +302,7 @@ def test_an_envelope_encodes_once_per_codec(message: Message) -> None:
 
 @pytest.mark.parametrize(
     "stamp",
-    [
-        Timestamp(seconds=2**62),
-        Timestamp(seconds=-(2**62)),
-        Timestamp(seconds=5, nanos=-1),
-        # Protobuf's first and last seconds: in range, but not in every local time zone.
-        Timestamp(seconds=-62135596800),
-        Timestamp(seconds=253402300799),
-    ],
+    [Timestamp(seconds=2**62), Timestamp(seconds=-(2**62)), Timestamp(seconds=5, nanos=-1)],
 )
 def test_a_time_no_calendar_holds_reads_as_the_time_it_is_read(stamp: Timestamp) -> None:
     """The article's server relays whatever its clients write: such a time ended every
@@ -325,3 +320,20 @@ def test_a_reaction_that_shows_as_nothing_is_refused_but_can_be_taken_back(emoji
     with pytest.raises(InvalidInput):
         validation.check_emoji(emoji)
     assert validation.check_emoji(emoji, new=False) == emoji
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo"])
+def test_the_calendars_first_and_last_seconds_show_in_any_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In range for protobuf, but no local zone west (or east) of UTC holds them: showing one
+    the article's server relayed ended `join` with a traceback."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        for seconds in (-62135596800, 253402300799):
+            message = codec.from_proto(pb.ChatMessage(sent_at=Timestamp(seconds=seconds)))
+            assert re.fullmatch(r"\d\d:\d\d:\d\d", local_time(message.sent_at))
+    finally:
+        monkeypatch.undo()
+        time.tzset()

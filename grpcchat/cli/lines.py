@@ -53,7 +53,12 @@ def visible_inline(text: str) -> str:
 
 
 def local_time(moment: datetime) -> str:
-    return moment.astimezone().strftime("%H:%M:%S")
+    """The time of day in the local zone; in UTC for a moment the local zone cannot hold (the
+    calendar's first or last day: a time the article's server relayed as a client wrote it)."""
+    try:
+        return moment.astimezone().strftime("%H:%M:%S")
+    except OverflowError:
+        return moment.strftime("%H:%M:%S")
 
 
 def error_line(text: str) -> StyledLine:

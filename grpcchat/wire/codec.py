@@ -74,13 +74,9 @@ def _datetime(stamp: Timestamp, present: bool) -> datetime:
     relays whatever its clients write) the time it is read."""
     if present:
         try:
-            moment = stamp.ToDatetime(tzinfo=UTC)
+            return stamp.ToDatetime(tzinfo=UTC)
         except (ValueError, OverflowError):
             pass
-        else:
-            # The calendar's first and last years: no local time zone can show them.
-            if 1 < moment.year < 9999:
-                return moment
     return datetime.now(UTC)
 
 
