@@ -453,6 +453,9 @@ async def test_a_join_replays_its_last_messages_with_the_changes_among_them(
     await react(range(30, 30 + MIN_ENTRIES_SCANNED), "🎉")
     events = await _joined_events(hub, readers, "r", history=3)
     assert len(seqs(events)) == MIN_ENTRIES_SCANNED
+    # ...and never past what a replay may hold.
+    capped = make_hub(hub.store, max_replay=50)
+    assert len(seqs(await _joined_events(capped, readers, "r", history=3))) == 50
 
 
 @pytest.mark.parametrize(

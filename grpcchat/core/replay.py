@@ -91,13 +91,18 @@ MIN_ENTRIES_SCANNED = 200
 _SCAN_PAGE = 200
 
 
-async def _start_of_last_messages(store: HistoryStore, room: str, count: int, last_seq: int) -> int:
+async def _start_of_last_messages(
+    store: HistoryStore, room: str, count: int, last_seq: int, max_replay: int
+) -> int:
     """The seq after which the room's last `count` messages start: seqs number every entry,
     edits and reactions too, so the last `count` seqs were as few messages as there were
-    changes among them. Read newest first, within a bound (see above)."""
+    changes among them. Read newest first, within a bound (see above), and never more than
+    a replay may hold (`max_replay`; 0: no limit)."""
     if count <= 0 or last_seq <= count:
         return max(0, last_seq - count)
     budget = max(count * ENTRIES_PER_MESSAGE_SCANNED, MIN_ENTRIES_SCANNED)
+    if max_replay:
+        budget = max(count, min(budget, max_replay))
     before = last_seq + 1
     found = 0
     while budget > 0:
@@ -139,7 +144,7 @@ async def plan_replay(
             reason = "rewound" if rewound else "replaced"
             gap = HistoryGap(room, 0, 0, f"the server's history was {reason} since you left")
         count = min(history, max_replay) if max_replay else history
-        start = await _start_of_last_messages(store, room, count, last_seq)
+        start = await _start_of_last_messages(store, room, count, last_seq, max_replay)
         return ReplayCursor(store, room, after=start, until=last_seq, gap=gap, stats=stats)
     start = max(after.seq, last_seq - max_replay) if max_replay else after.seq
     cut = f"more than {max_replay} messages were missed" if start > after.seq else ""
