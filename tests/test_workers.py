@@ -240,6 +240,9 @@ def test_sigterm_stops_the_workers_then_nats_and_exits_0(tmp_path: Path) -> None
         assert not _alive(pid), f"pid {pid} outlived the supervisor"
     err = running.stderr
     assert err.index("workers stopped") < err.index("nats-server stopped")
+    # How to force the stop is said once, by the supervisor: the workers get no Ctrl-C.
+    assert err.count("Ctrl-C again to force") == 1, err
+    assert err.count("shutting down: draining for up to") == 2, err
     assert "Traceback" not in err, err  # the whole stderr: a rare shutdown traceback was cut short
     # Its ports file's directory outlived it (it used to log an error removing the file).
     assert "[ERR]" not in (tmp_path / "nats" / "nats-server.log").read_text()

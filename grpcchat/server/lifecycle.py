@@ -364,9 +364,13 @@ async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) 
         on_started(server)
         log.info("listening on %s", server.address, extra=_started_fields(server))
         await stop_requested.wait()
+        # A worker of `--workers` gets no Ctrl-C (its own process group): its supervisor says
+        # how to force the stop, once.
+        force = "" if config.reuse_port else " (Ctrl-C again to force)"
         log.info(
-            "shutting down: draining for up to %.1fs (Ctrl-C again to force)",
+            "shutting down: draining for up to %.1fs%s",
             config.grace_period,
+            force,
             extra={"event": "draining", "grace_seconds": config.grace_period},
         )
         drain = asyncio.ensure_future(server.stop())
