@@ -116,6 +116,8 @@ def open_channel(config: ClientConfig, addr: str | None = None) -> tuple[aio.Cha
 
 
 _T = TypeVar("_T")
+# The status of a call on a closed client: not one a session rides out by reconnecting.
+CLIENT_CLOSED = "FAILED_PRECONDITION"
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -143,7 +145,8 @@ class Connection:
         self.metadata = _metadata(config)
         self._channels: dict[str, tuple[aio.Channel, pb_grpc.ChatServiceAsyncStub]] = {}
         self._index = 0
-        self.channel, self.stub = self._open(self.addrs[0])
+        self.closed = False
+        self.channel, self._stub = self._open(self.addrs[0])
         # Learned on the first UNIMPLEMENTED: the peer is the article's server.
         self.legacy_server = False
 
@@ -156,6 +159,14 @@ class Connection:
     def several(self) -> bool:
         return len(self.addrs) > 1
 
+    @property
+    def stub(self) -> pb_grpc.ChatServiceAsyncStub:
+        """The stub every call goes through; once the client is closed, a call is a clear
+        error (gRPC's own is a UsageError, no ChatError)."""
+        if self.closed:
+            raise RemoteError(CLIENT_CLOSED, "this ChatClient was closed: open another")
+        return self._stub
+
     def _open(self, addr: str) -> tuple[aio.Channel, pb_grpc.ChatServiceAsyncStub]:
         if addr not in self._channels:
             channel, _ = open_channel(self.config, addr)
@@ -165,7 +176,7 @@ class Connection:
     def next_address(self) -> str:
         """Move on to the next address (round-robin) and return it; one address: itself."""
         self._index = (self._index + 1) % len(self.addrs)
-        self.channel, self.stub = self._open(self.addr)
+        self.channel, self._stub = self._open(self.addr)
         return self.addr
 
     def error(self, error: grpc.RpcError, tried: Sequence[str] = ()) -> RemoteError:
@@ -202,5 +213,6 @@ class Connection:
                 self.next_address()
 
     async def aclose(self) -> None:
+        self.closed = True
         for channel, _ in self._channels.values():
             await channel.close(None)

@@ -21,7 +21,7 @@ from grpcchat.client.config import ClientConfig
 from grpcchat.client.errors import retry_after
 from grpcchat.client.events import Sent
 from grpcchat.client.posts import check_accepted, feature, send_request, unsupported
-from grpcchat.core.errors import RemoteError
+from grpcchat.core.errors import InvalidInput, RemoteError
 from grpcchat.core.models import DEFAULT_ROOM, Message, Relation, RoomInfo
 from grpcchat.core.validation import check_name, check_room
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
@@ -164,9 +164,9 @@ class ChatClient:
         making several calls, else --timeout from now."""
         request = pb.HistoryRequest(
             room=check_room(room),
-            limit=limit,
-            before_seq=before,
-            after_seq=after,
+            limit=_uint(limit, "limit", 2**32 - 1),
+            before_seq=_uint(before, "before"),
+            after_seq=_uint(after, "after"),
             newest_first=newest_first,
         )
         response = await self._unary(
@@ -180,7 +180,7 @@ class ChatClient:
         person's short handle for a message (its seq) becomes its id. NOT_FOUND when no
         message is kept there; INVALID_ARGUMENT when that entry is an edit, delete or reaction."""
         room = check_room(room)
-        found = await self.history(room, after=seq - 1, limit=1) if seq > 0 else []
+        found = await self.history(room, after=_uint(seq, "seq") - 1, limit=1) if seq > 0 else []
         if not found or found[0].seq != seq:
             raise RemoteError(
                 "NOT_FOUND", f"no message {seq} in #{room} (it may be past retention)"
@@ -235,7 +235,7 @@ class ChatClient:
         """Move `name`'s read marker in `room` up to `seq` (with a token: the token's user's);
         it only moves forward. Returns the marker afterwards."""
         request = pb.MarkReadRequest(
-            room=check_room(room), seq=seq, name=check_name(name) if name else ""
+            room=check_room(room), seq=_uint(seq, "seq"), name=check_name(name) if name else ""
         )
         try:
             response = await self.connection.unary(
@@ -325,6 +325,14 @@ async def _every_page(
         found += items
         if not token or (limit and len(found) >= limit):
             return found[:limit] if limit else found
+
+
+def _uint(value: int, what: str, most: int = 2**63 - 1) -> int:
+    """`value` as a request's unsigned field takes it (a seq: what a store's integers hold),
+    else InvalidInput (protobuf's own ValueError names no field)."""
+    if not 0 <= value <= most:
+        raise InvalidInput(f"{what} must be 0 to {most}, not {value}")
+    return value
 
 
 __all__ = ["ChatClient"]

@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 import grpc
 
 from grpcchat.client.backoff import Backoff
+from grpcchat.client.channel import CLIENT_CLOSED
 from grpcchat.client.errors import RETRYABLE, raise_status
 from grpcchat.client.events import Connected, FeedEvent, Reconnecting, Sent
 from grpcchat.client.legacy import V1_SERVER, LegacyStream, require_lobby
 from grpcchat.client.outbox import Outbox
 from grpcchat.client.packing import packed_requests
 from grpcchat.client.posts import check_accepted, feature, send_request, unsupported
-from grpcchat.core.errors import NoAnswer, RemoteError
+from grpcchat.core.errors import ChatError, NoAnswer, RemoteError
 from grpcchat.core.models import (
     DEFAULT_ROOM,
     Event,
@@ -102,14 +103,27 @@ class ChatSession:
         """The server speaks only the article's Chat stream."""
         return self._legacy is not None
 
-    async def events(self) -> AsyncIterator[FeedEvent]:
+    async def events(self) -> AsyncGenerator[FeedEvent, None]:
         """Events of the session's rooms, with Connected/Reconnecting in between, until
         `aclose()`. The first connection must succeed (else RemoteError); after that, lost
-        streams are retried and only non-retryable failures are raised."""
+        streams are retried and only non-retryable failures are raised. One at a time: a
+        session is one stream (ChatError for a second, or after `aclose()`)."""
+        if self._streaming:
+            raise ChatError("this session's events() is already running: a session is one stream")
+        if self._closed:
+            raise ChatError("this session was closed: open another with client.session()")
         self._streaming = True
         try:
             async for event in self._reconnecting(Backoff()):
                 yield event
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._connection.closed and task is not None and not task.cancelling():
+                # The client's channels were closed under the stream: this task was not
+                # cancelled, and must not look so to whoever awaits it.
+                closed = "the ChatClient was closed under this session"
+                raise RemoteError(CLIENT_CLOSED, closed) from None
+            raise
         except RemoteError as error:
             self._outbox.fail_all(error)  # the sends waiting end as the session did
             raise
@@ -293,6 +307,8 @@ class ChatSession:
 
     async def join(self, room: str) -> None:
         """Enter another room; its RoomJoined (or RequestRefused) event follows."""
+        if self._closed:
+            raise ChatError("this session was closed: open another with client.session()")
         room = check_room(room)
         if self._legacy is not None:
             require_lobby(room)

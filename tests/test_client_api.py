@@ -1,0 +1,80 @@
+"""The client library as a program uses it (not through the CLI): what it refuses, and that
+every failure is a ChatError, never a raw gRPC or protobuf one, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from grpcchat.client import ChatClient, Connected
+from grpcchat.client.config import ClientConfig
+from grpcchat.core.errors import ChatError, InvalidInput, RemoteError
+from grpcchat.core.models import Message
+from tests.helpers import Follower
+
+
+async def test_a_second_events_of_one_session_is_refused_and_the_first_goes_on(
+    client: ChatClient,
+) -> None:
+    """It failed as if the name were taken, and broke the first stream's state on its way."""
+    async with Follower(client.session("hank")) as hank:
+        with pytest.raises(ChatError, match="already running"):
+            await anext(hank.session.events())
+        await hank.session.join("ops")
+        await client.send("bob", "still here", "ops")
+        [message] = await hank.messages(1)
+        assert (message.room, message.text) == ("ops", "still here")
+
+
+async def test_a_closed_session_refuses_to_stream_or_join(client: ChatClient) -> None:
+    session = client.session("ivy")
+    await session.aclose()
+    with pytest.raises(ChatError, match="closed"):
+        await anext(session.events())
+    with pytest.raises(ChatError, match="closed"):
+        await session.join("ops")
+
+
+@pytest.mark.parametrize(
+    ("call", "says"),
+    [
+        (lambda c: c.history("lobby", limit=-5), "limit must be 0 to"),
+        (lambda c: c.history("lobby", before=-1), "before must be 0 to"),
+        (lambda c: c.message_at("lobby", 2**70), "seq must be 0 to"),
+        (lambda c: c.mark_read("lobby", -1, "ann"), "seq must be 0 to"),
+    ],
+)
+async def test_numbers_out_of_range_are_invalid_input(client: ChatClient, call, says: str) -> None:  # type: ignore[no-untyped-def]
+    """They were protobuf's bare ValueError ("Value out of range"), naming no field."""
+    with pytest.raises(InvalidInput, match=says):
+        await call(client)
+
+
+async def test_a_closed_client_says_so_and_its_live_session_ends_with_an_error(
+    addr: str,
+) -> None:
+    """Calls on it raised gRPC's UsageError; a session streaming on it ended its reader task
+    as if it had been cancelled (a CancelledError nobody asked for)."""
+    client = ChatClient(ClientConfig(addr=addr, timeout=5))
+    session = client.session("jo")
+    connected, got_message = asyncio.Event(), asyncio.Event()
+
+    async def read() -> None:
+        async for event in session.events():
+            if isinstance(event, Connected):
+                connected.set()
+            elif isinstance(event, Message):
+                got_message.set()
+
+    reader = asyncio.create_task(read())
+    await asyncio.wait_for(connected.wait(), 5)
+    await client.send("bob", "hi")
+    await asyncio.wait_for(got_message.wait(), 5)
+    await client.aclose()
+    with pytest.raises(RemoteError, match="closed"):
+        await asyncio.wait_for(reader, 5)
+    assert not reader.cancelled()
+    with pytest.raises(RemoteError, match="was closed") as refused:
+        await client.send("bob", "after")
+    assert refused.value.status == "FAILED_PRECONDITION"
