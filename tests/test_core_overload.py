@@ -28,7 +28,7 @@ from grpcchat.core.errors import (
     StoreError,
 )
 from grpcchat.core.history import Appended, Retention
-from grpcchat.core.hub import BUSY_RETRY, Hub
+from grpcchat.core.hub import BUSY_RETRY, MAX_HISTORY_PAGE_BYTES, Hub
 from grpcchat.core.limits import Limits
 from grpcchat.core.models import (
     Event,
@@ -1133,3 +1133,21 @@ async def test_anonymous_streams_have_a_cap_of_their_own() -> None:
         await stack.enter_async_context(hub.connect("alice"))
     async with hub.connect(""):  # the count went back down as the streams ended
         assert hub.registered_sessions == 1
+
+
+async def test_a_history_page_ends_by_bytes_and_costs_its_size_in_requests() -> None:
+    """1,000 messages of 4,096 four-byte characters made one request a 16 MB answer, held whole
+    for a client that never reads it, and counted as one request."""
+    hub = make_hub(request_rate=1, request_burst=20)
+    big = "😀" * 4096  # 16 KiB of UTF-8: 64 of them are a page's 1 MiB
+    for _ in range(100):
+        await hub.store.append(
+            id=uuid.uuid4().hex, room="r", sender="old", text=big, sent_at=datetime.now(UTC)
+        )
+    page = await hub.history("r", limit=100, principal="p")
+    assert len(page) == MAX_HISTORY_PAGE_BYTES // len(big.encode())
+    rest = await hub.history("r", limit=100, after=page[-1].seq, principal="p")
+    assert len(rest) == 100 - len(page)
+    # Each page cost a request and one more per 64 KiB of text (16 and 9): the 20 are spent.
+    with pytest.raises(LimitExceeded):
+        await hub.history("r", limit=1, principal="p")

@@ -207,7 +207,8 @@ class ChatClient:
                 room, limit=limit, before=cursor, newest_first=True, deadline=deadline
             )
             found += [m for m in page if m.relation is None][: limit - len(found)]
-            if len(found) >= limit or len(page) < limit or page[-1].seq <= 1:
+            # (A page shorter than asked is not the end: a server ends one early by bytes.)
+            if len(found) >= limit or not page or page[-1].seq <= 1:
                 break
             cursor = page[-1].seq
         return found[::-1]

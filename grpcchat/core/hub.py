@@ -78,6 +78,12 @@ from grpcchat.core.validation import (
 )
 
 MAX_HISTORY_PAGE = 1000
+# A History page also ends before its text passes this many bytes (the rest is the next page):
+# 1,000 messages of 4,096 four-byte characters made one 20-byte request a 16 MB answer, held
+# whole for a client that never reads it. Each HISTORY_BYTES_PER_REQUEST of a page's text
+# counts as one more request against the request rate.
+MAX_HISTORY_PAGE_BYTES = 1 << 20
+HISTORY_BYTES_PER_REQUEST = 64 << 10
 # `load()` from another thread retries this often before it settles for the plain sizes.
 _LOAD_ATTEMPTS = 5
 # This process's posts whose feed echo is still due, remembered at most this many.
@@ -631,9 +637,18 @@ class Hub:
         room = check_room(room)
         self._limit_requests(principal)
         limit = max(1, min(limit, MAX_HISTORY_PAGE))
-        return await self.store.read(
+        messages = await self.store.read(
             room, before=before, after=after, limit=limit, newest_first=newest_first
         )
+        size = 0
+        for taken, message in enumerate(messages):
+            size += len(message.text.encode())
+            if size > MAX_HISTORY_PAGE_BYTES and taken:
+                messages = messages[:taken]
+                break
+        if principal and size >= HISTORY_BYTES_PER_REQUEST:
+            self._request_rate.charge(principal, size // HISTORY_BYTES_PER_REQUEST)
+        return messages
 
     def _limit_requests(self, principal: str, cost: float = 1.0) -> None:
         """Joins, leaves, reads and read markers have their own rate, per principal; a read

@@ -35,10 +35,11 @@ class TokenBucket:
             return 0.0
         return (cost - self._tokens) / self.rate
 
-    def spend(self) -> None:
-        """Spend a token if there is one, without asking (one used on another node)."""
+    def spend(self, cost: float = 1.0) -> None:
+        """Spend `cost` tokens, as many as there are, without asking (used on another node,
+        or found to cost more once done)."""
         self._refill()
-        self._tokens = max(0.0, self._tokens - 1)
+        self._tokens = max(0.0, self._tokens - cost)
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -69,12 +70,13 @@ class RateLimiter:
             self._buckets.move_to_end(principal)
         return bucket.take(cost)
 
-    def charge(self, principal: str) -> None:
-        """Count a request made elsewhere (another node) against `principal`, if it has been
-        active here lately: its rate is then what it may spend across nodes."""
+    def charge(self, principal: str, cost: float = 1.0) -> None:
+        """Count a request made elsewhere (another node), or the rest of one that turned out
+        to cost more, against `principal`, if it has been active here lately: its rate is then
+        what it may spend in all."""
         bucket = self._buckets.get(principal)
         if bucket is not None:
-            bucket.spend()
+            bucket.spend(cost)
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -1066,7 +1066,9 @@ class HistoryRequest(_message.Message):
     after_seq: _builtins.int
     """Only messages with seq > after_seq (0: no bound)."""
     limit: _builtins.int
-    """Page size, 1..1000; 0 means 50."""
+    """Page size, 1..1000; 0 means 50. A page also ends before its text passes
+    1 MiB, so a shorter page is not the end: page on until an empty one.
+    """
     newest_first: _builtins.bool
     """Newest first (paging backwards) instead of oldest first."""
     def __init__(

@@ -1191,7 +1191,8 @@ export type HistoryRequest = Message<"chat.v1.HistoryRequest"> & {
   afterSeq: bigint;
 
   /**
-   * Page size, 1..1000; 0 means 50.
+   * Page size, 1..1000; 0 means 50. A page also ends before its text passes
+   * 1 MiB, so a shorter page is not the end: page on until an empty one.
    *
    * @generated from field: uint32 limit = 4;
    */
