@@ -1151,3 +1151,12 @@ async def test_a_history_page_ends_by_bytes_and_costs_its_size_in_requests() -> 
     # Each page cost a request and one more per 64 KiB of text (16 and 9): the 20 are spent.
     with pytest.raises(LimitExceeded):
         await hub.history("r", limit=1, principal="p")
+
+
+def test_sends_seen_from_another_node_count_for_a_user_not_seen_here_yet() -> None:
+    """Counted only for a user with a bucket here: a user's first sends on each node each had
+    a whole burst (two nodes, rate 1/s, burst 3: six accepted)."""
+    limiter = RateLimiter(0.001, 3)
+    for _ in range(3):
+        limiter.charge("alice")  # her burst, spent on the other node
+    assert limiter.wait_time("alice") > 0

@@ -61,6 +61,19 @@ class RateLimiter:
         the seconds until it may."""
         if self._rate <= 0:
             return 0.0
+        return self._bucket(principal).take(cost)
+
+    def charge(self, principal: str, cost: float = 1.0) -> None:
+        """Count a request made elsewhere (another node), or the rest of one that turned out
+        to cost more, against `principal`: its rate is then what it may spend in all. A
+        principal not seen here yet gets its bucket now (else a user's first sends on each
+        node each had a whole burst)."""
+        if self._rate > 0:
+            self._bucket(principal).spend(cost)
+
+    def _bucket(self, principal: str) -> TokenBucket:
+        """`principal`'s bucket, made on first use; the least recently used ones past
+        `max_buckets` are forgotten (a forgotten principal starts again with a full burst)."""
         bucket = self._buckets.get(principal)
         if bucket is None:
             bucket = self._buckets[principal] = TokenBucket(self._rate, self._burst)
@@ -68,15 +81,7 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(principal)
-        return bucket.take(cost)
-
-    def charge(self, principal: str, cost: float = 1.0) -> None:
-        """Count a request made elsewhere (another node), or the rest of one that turned out
-        to cost more, against `principal`, if it has been active here lately: its rate is then
-        what it may spend in all."""
-        bucket = self._buckets.get(principal)
-        if bucket is not None:
-            bucket.spend(cost)
+        return bucket
 
     def __len__(self) -> int:
         return len(self._buckets)
