@@ -343,8 +343,9 @@ class ChatSession:
         (a reply; an edit, delete or reaction of an earlier message).
 
         While `events()` runs, the message goes on the session's own stream: many sends may
-        be in flight at once, each answered on the stream, and one unanswered when the stream
-        is lost is written again (same key) once it is back. Otherwise it is a unary `Send`.
+        be in flight at once, each answered on the stream (so `events()` must be read in a
+        task of its own meanwhile), and one unanswered when the stream is lost is written
+        again (same key) once it is back. Otherwise it is a unary `Send`.
         Either way rate limits are waited out until the client's timeout."""
         room = room or (self.rooms[0] if self.rooms else DEFAULT_ROOM)
         request = send_request(
