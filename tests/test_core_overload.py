@@ -45,7 +45,7 @@ from grpcchat.core.models import (
 from grpcchat.core.presence import DETAIL_LIMIT
 from grpcchat.core.pressure import STALL_TIMEOUT
 from grpcchat.core.ratelimit import RateLimiter
-from grpcchat.core.replay import MIN_ENTRIES_SCANNED
+from grpcchat.core.replay import MAX_REPLAY_PAGE_BYTES, MIN_ENTRIES_SCANNED, ReplayCursor
 from grpcchat.core.session import Session
 from grpcchat.store.memory import MemoryStore
 
@@ -1160,3 +1160,19 @@ def test_sends_seen_from_another_node_count_for_a_user_not_seen_here_yet() -> No
     for _ in range(3):
         limiter.charge("alice")  # her burst, spent on the other node
     assert limiter.wait_time("alice") > 0
+
+
+async def test_a_replay_page_ends_by_bytes_and_the_next_one_goes_on() -> None:
+    """A session that stops reading holds one replay page: 512 messages of 16 KiB were 8 MB."""
+    store = MemoryStore(Retention())
+    big = "😀" * 4096  # 16 KiB of UTF-8
+    for _ in range(100):
+        await store.append(
+            id=uuid.uuid4().hex, room="r", sender="old", text=big, sent_at=datetime.now(UTC)
+        )
+    cursor = ReplayCursor(store, "r", after=0, until=100)
+    pages = []
+    while page := await cursor.next_page(512):
+        pages.append([e.event.seq for e in page if isinstance(e.event, Message)])
+    assert max(map(len, pages)) == MAX_REPLAY_PAGE_BYTES // len(big.encode())
+    assert [seq for page in pages for seq in page] == list(range(1, 101))

@@ -64,7 +64,7 @@ from grpcchat.core.presence import DETAIL_LIMIT, PresenceNotices
 from grpcchat.core.pressure import BUSY_RETRY, STALL_TIMEOUT, Pressure
 from grpcchat.core.ratelimit import RateLimiter
 from grpcchat.core.relating import check_relation, check_reply
-from grpcchat.core.replay import plan_replay
+from grpcchat.core.replay import plan_replay, within_bytes
 from grpcchat.core.rooms import Room
 from grpcchat.core.session import Session
 from grpcchat.core.stats import HubStats, Load
@@ -640,12 +640,7 @@ class Hub:
         messages = await self.store.read(
             room, before=before, after=after, limit=limit, newest_first=newest_first
         )
-        size = 0
-        for taken, message in enumerate(messages):
-            size += len(message.text.encode())
-            if size > MAX_HISTORY_PAGE_BYTES and taken:
-                messages = messages[:taken]
-                break
+        messages, size = within_bytes(messages, MAX_HISTORY_PAGE_BYTES)
         if principal and size >= HISTORY_BYTES_PER_REQUEST:
             self._request_rate.charge(principal, size // HISTORY_BYTES_PER_REQUEST)
         return messages

@@ -9,8 +9,23 @@ a `HistoryGap`, never skipped silently.
 from __future__ import annotations
 
 from grpcchat.core.history import HistoryStore
-from grpcchat.core.models import Envelope, HistoryGap, Position
+from grpcchat.core.models import Envelope, HistoryGap, Message, Position
 from grpcchat.core.stats import HubStats
+
+# A replay page also ends before its text passes this many bytes (the rest is the next page):
+# a session that stops reading holds one page, and 512 messages of 16 KiB were 8 MB of it.
+MAX_REPLAY_PAGE_BYTES = 512 << 10
+
+
+def within_bytes(messages: list[Message], most: int) -> tuple[list[Message], int]:
+    """The first of `messages` whose text comes to at most `most` bytes (the first always),
+    and the bytes counted to tell."""
+    size = 0
+    for taken, message in enumerate(messages):
+        size += len(message.text.encode())
+        if size > most and taken:
+            return messages[:taken], size
+    return messages, size
 
 
 class ReplayCursor:
@@ -74,6 +89,7 @@ class ReplayCursor:
         if not messages:
             self._after = self.until  # the rest was pruned meanwhile
             return page
+        messages, _ = within_bytes(messages, MAX_REPLAY_PAGE_BYTES)
         page += [Envelope(m) for m in messages]
         self._after = self.last_replayed = messages[-1].seq
         return page
