@@ -255,7 +255,7 @@ class _Chatroom:
         """After a line the server never answered (an outage longer than --timeout), the lines
         typed behind it are not sent either, each said so: sent once the server is back, they
         would read as if the first had never been typed. So are the lines read later while
-        the session is still reconnecting (see `_say`)."""
+        the session is still reconnecting (see `work`)."""
         kept: list[Action | None] = []
         while not self.actions.empty():
             queued = self.actions.get_nowait()
@@ -378,22 +378,27 @@ class _Chatroom:
         asked again on the next stream."""
         if room not in self.session.rooms and self.session.legacy:
             await self.session.join(room)  # the article's server: no answer ever comes
-        elif room not in self.session.rooms:
-            self.timeline.joining(room, first=True)
-            outcome = self._joins[room] = asyncio.get_running_loop().create_future()
-            try:
-                await self.session.join(room)
-                async with asyncio.timeout(self.client.config.timeout):
-                    if not await outcome:
-                        return  # refused: `receive` said why
-            except TimeoutError:
-                pass
-            finally:
-                self._joins.pop(room, None)
+        elif room not in self.session.rooms and not await self._joined(room):
+            return  # refused: `receive` said why
         self.current = room
         if self.interactive and len(self.session.rooms) > 1:  # which one the prompt posts to
             self.show(render.render_notice(f"plain lines now go to #{room}"))
         self._refresh_toolbar()
+
+    async def _joined(self, room: str) -> bool:
+        """Ask to enter `room` and wait for the answer: False if refused; True once in, or
+        with no answer within --timeout (a reconnect under way: the join stands)."""
+        self.timeline.joining(room, first=True)
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._joins[room] = outcome
+        try:
+            await self.session.join(room)
+            async with asyncio.timeout(self.client.config.timeout):
+                return await outcome
+        except TimeoutError:
+            return True
+        finally:
+            self._joins.pop(room, None)
 
     def _settle_join(self, room: str, joined: bool) -> None:
         outcome = self._joins.get(room)

@@ -296,7 +296,8 @@ def serve(
     ] = False,
 ) -> None:
     """Run a chat server. Ctrl-C drains gracefully; a second Ctrl-C stops at once."""
-    if log_format.lower() == "json":
+    log_shape = log_format.lower()
+    if log_shape == "json":
         set_grpc_core_logs("NONE")  # its lines cannot be JSON
     level = LOG_LEVELS.get(log_level.lower())
     if level is None:
@@ -304,7 +305,7 @@ def serve(
         fail(f"unknown log level {log_level!r}; use debug, info, warning or error", EXIT_USAGE)
     if quiet:  # warnings and errors only: never more than --log-level asks for
         level = max(level, logging.WARNING)
-    if log_format.lower() not in LOG_FORMATS:
+    if log_shape not in LOG_FORMATS:
         fail(f"unknown log format {log_format!r}; use text or json", EXIT_USAGE)
     try:
         config = ServerConfig(
@@ -351,12 +352,12 @@ def serve(
     if check_config:
         from grpcchat.cli.settings import check_and_print
 
-        check_and_print(config, console, log_format=log_format.lower(), log_messages=log_messages)
+        check_and_print(config, console, log_format=log_shape, log_messages=log_messages)
         return
     if config.workers > 1:
-        run_workers(config, _worker_command(ctx), log_format=log_format.lower())
+        run_workers(config, _worker_command(ctx), log_format=log_shape)
         return
-    run_server(config, log_format=log_format.lower(), log_messages=log_messages)
+    run_server(config, log_format=log_shape, log_messages=log_messages)
 
 
 def check_extras(config: ServerConfig) -> None:

@@ -95,8 +95,16 @@ class ChatSession:
         failure, or that nothing answered."""
         if self._lost_because:
             return RemoteError(self._lost_status, self._lost_because)
-        silent = f"no answer from {self._connection.addr} within {waited:g}s"
-        return RemoteError("DEADLINE_EXCEEDED", silent)
+        return self._silent(waited)
+
+    def _silent(self, waited: float) -> RemoteError:
+        return RemoteError(
+            "DEADLINE_EXCEEDED", f"no answer from {self._connection.addr} within {waited:g}s"
+        )
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise ChatError("this session was closed: open another with client.session()")
 
     @property
     def legacy(self) -> bool:
@@ -110,8 +118,7 @@ class ChatSession:
         session is one stream (ChatError for a second, or after `aclose()`)."""
         if self._streaming:
             raise ChatError("this session's events() is already running: a session is one stream")
-        if self._closed:
-            raise ChatError("this session was closed: open another with client.session()")
+        self._refuse_if_closed()
         self._streaming = True
         try:
             async for event in self._reconnecting(Backoff()):
@@ -187,8 +194,7 @@ class ChatSession:
                 return await call.initial_metadata()
         except TimeoutError:
             call.cancel()
-            silent = f"no answer from {self._connection.addr} within {wait:g}s"
-            raise RemoteError("DEADLINE_EXCEEDED", silent) from None
+            raise self._silent(wait) from None
 
     async def _connect(self, first: bool) -> AsyncIterator[FeedEvent]:
         """One `Connect` stream, until it ends. A server without `Connect` leaves the session
@@ -307,8 +313,7 @@ class ChatSession:
 
     async def join(self, room: str) -> None:
         """Enter another room; its RoomJoined (or RequestRefused) event follows."""
-        if self._closed:
-            raise ChatError("this session was closed: open another with client.session()")
+        self._refuse_if_closed()
         room = check_room(room)
         if self._legacy is not None:
             require_lobby(room)

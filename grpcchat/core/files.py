@@ -35,24 +35,21 @@ def check_tls_files(cert: str, key: str, client_ca: str = "") -> None:
     """A ConfigError unless the certificate chain and key load and belong together (and the
     client CA, if any, loads): gRPC, given a key of another certificate, fails as if the
     address were in use."""
-    import ssl
-
-    _check_tls_files(ssl.PROTOCOL_TLS_SERVER, cert, key, client_ca, "client CA")
+    _check_tls_files(cert, key, client_ca, server=True)
 
 
 def check_client_tls_files(cert: str, key: str, ca: str) -> None:
     """The same for a client's files (each optional): gRPC, given a key of another
     certificate or a CA file that is no certificate, fails every call as if the server could
     not be reached, and retries."""
+    _check_tls_files(cert, key, ca, server=False)
+
+
+def _check_tls_files(cert: str, key: str, ca: str, *, server: bool) -> None:
     import ssl
 
-    _check_tls_files(ssl.PROTOCOL_TLS_CLIENT, cert, key, ca, "CA file")
-
-
-def _check_tls_files(protocol: int, cert: str, key: str, ca: str, ca_is: str) -> None:
-    import ssl
-
-    context = ssl.SSLContext(protocol)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ca_is = "client CA" if server else "CA file"
     if cert or key:
         try:
             # An encrypted key gets no password (gRPC takes none): refused, never prompted for.
