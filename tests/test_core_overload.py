@@ -844,13 +844,19 @@ async def test_the_registry_is_empty_after_every_kind_of_ending(
 
 
 async def _members_not_reading(
-    hub: Hub, stack: AsyncExitStack, readers: Callable[..., Reader], room: str
+    hub: Hub,
+    stack: AsyncExitStack,
+    readers: Callable[..., Reader],
+    room: str,
+    *,
+    peer: str = "",
+    names: str = "m",
 ) -> list[Reader]:
-    """Three members of `room`, each of which read its RoomJoined and the others' arrivals,
-    and then nothing: from here on their queues fill in step."""
+    """Three members of `room` (`names`0 to 2, from `peer`), each of which read its RoomJoined
+    and the others' arrivals, and then nothing: from here on their queues fill in step."""
     members: list[Reader] = []
     for i in range(3):
-        session = await stack.enter_async_context(hub.connect(f"m{i}"))
+        session = await stack.enter_async_context(hub.connect(f"{names}{i}", peer=peer))
         await hub.join(session, room)
         members.append(readers(session, start=False))
     hub._presence.flush(room)
@@ -897,6 +903,48 @@ async def test_a_majority_lagging_refuses_posts_until_readers_catch_up(
         for member in members:
             await member.wait_for_text("accepted")
             assert seqs(member.events) == list(range(1, accepted + 2))
+
+
+async def test_one_address_of_never_reading_sessions_is_one_voice_not_a_majority(
+    readers: Callable[..., Reader],
+) -> None:
+    """Six sessions from one address that never read outnumber two readers from two others: by
+    session a majority lags and every post would be refused; by principal it is one of three,
+    so posts go on, the readers get every one, and the six overflow as slow consumers."""
+    hub = make_hub(queue_size=8)
+    async with AsyncExitStack() as stack:
+        followers = []
+        for i in (1, 2):
+            session = await stack.enter_async_context(hub.connect(f"r{i}", peer=f"10.0.0.{i}"))
+            await hub.join(session, "busy")
+            followers.append(readers(session))
+        silent = [
+            *await _members_not_reading(hub, stack, readers, "busy", peer="10.0.0.9", names="x"),
+            *await _members_not_reading(hub, stack, readers, "busy", peer="10.0.0.9", names="y"),
+        ]
+        lagged = False
+        for n in range(12):  # never refused as busy
+            await post_paced(hub, "busy", [f"m{n}"], followers)
+            lagged = lagged or hub.lagging_sessions >= 4
+        assert lagged  # by session, a majority lagged on the way
+        for follower in followers:
+            assert texts(follower.events) == [f"m{n}" for n in range(12)]
+        assert all(member.session.closed for member in silent)
+        assert hub.stats.slow_consumers == 6
+
+
+async def test_a_single_address_load_still_pushes_back_as_one_lagging_principal(
+    readers: Callable[..., Reader],
+) -> None:
+    """Every session from one address (a load generator, one NAT): most of them lagging make
+    that principal lag, and it is the room's only one."""
+    hub = make_hub(queue_size=8)
+    async with AsyncExitStack() as stack:
+        members = await _members_not_reading(hub, stack, readers, "busy", peer="10.0.0.1")
+        _, refused = await _post_until_refused(hub, "busy")
+        assert refused.retry_after == BUSY_RETRY
+        assert sum(m.session.lagging for m in members) >= 2
+        assert not any(m.session.closed for m in members)
 
 
 async def test_stuck_means_no_progress_while_lagging_not_an_old_last_write(

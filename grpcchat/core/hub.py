@@ -190,6 +190,7 @@ class Hub:
                 on_lag=self._pressure.lag_changed,
             )
             self._sessions[session.id] = session
+            self._pressure.register(session)
             if name:
                 if name not in self._by_name:
                     self._announce(CONNECTED, name, joined=True)

@@ -2,10 +2,10 @@
 and which lagging sessions are stuck rather than slow.
 
 A session lags while more than half of its queue is waiting (see `Session`). A room is behind
-when a majority of its sessions lag, the server when a majority of all sessions do; then the
-hub pushes back on publishers instead of letting healthy readers overflow. Below
-MIN_PUSHBACK_SESSIONS sessions a lagging one is simply slow: it overflows and resumes, and is
-never a reason to hold publishers back.
+when a majority of its principals lag, the server when a majority of all do (a principal lags
+when most of its sessions do: see `LagTally`); then the hub pushes back on publishers instead
+of letting healthy readers overflow. Below MIN_PUSHBACK_SESSIONS sessions a lagging one is
+simply slow: it overflows and resumes, and is never a reason to hold publishers back.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from grpcchat.core.lagtally import LagTally
 from grpcchat.core.rooms import Room
 from grpcchat.core.session import Session
 
@@ -29,32 +30,37 @@ class Pressure:
     def __init__(self, sessions: Mapping[int, Session], rooms: Mapping[str, Room]) -> None:
         self._sessions = sessions
         self._rooms = rooms
-        # Sessions whose queue is more than half full, server-wide.
-        self.lagging = 0
+        # Every registered session, server-wide.
+        self._server = LagTally()
         self._stall_check = 0.0
+
+    @property
+    def lagging(self) -> int:
+        """Sessions whose queue is more than half full, server-wide."""
+        return self._server.lagging
+
+    def register(self, session: Session) -> None:
+        self._server.add(session.principal, session.lagging)
 
     def lag_changed(self, session: Session) -> None:
         """A registered session started or stopped lagging: count it in its rooms too."""
         if session.id not in self._sessions:
             return
-        delta = 1 if session.lagging else -1
-        self.lagging += delta
+        self._server.lag_changed(session.principal, session.lagging)
         for name in session.rooms:
             room = self._rooms.get(name)
             if room is not None and session.id in room.sessions:
-                room.lagging += delta
+                room.lag.lag_changed(session.principal, session.lagging)
 
     def forget(self, session: Session) -> None:
-        """A lagging session is leaving the server (its rooms uncount it themselves)."""
-        if session.lagging:
-            self.lagging -= 1
+        """A registered session is leaving the server (its rooms uncount it themselves)."""
+        self._server.remove(session.principal, session.lagging)
 
     def behind(self, room: Room | None) -> bool:
-        """Whether most sessions of the room, or of the server, lag behind."""
-        if room is not None and len(room) >= MIN_PUSHBACK_SESSIONS and room.lagging * 2 > len(room):
+        """Whether most principals of the room, or of the server, lag behind."""
+        if room is not None and len(room) >= MIN_PUSHBACK_SESSIONS and room.lag.majority_lags():
             return True
-        total = len(self._sessions)
-        return total >= MIN_PUSHBACK_SESSIONS and self.lagging * 2 > total
+        return self._server.sessions >= MIN_PUSHBACK_SESSIONS and self._server.majority_lags()
 
     def stuck(self) -> list[Session]:
         """Lagging sessions whose writer made no progress for STALL_TIMEOUT: clients that

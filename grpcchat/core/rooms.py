@@ -1,24 +1,25 @@
-"""One room's live membership, kept incrementally: who is in it (by session and by name), how
-many of its sessions lag behind, and a sorted member list rebuilt only after it changed."""
+"""One room's live membership, kept incrementally: who is in it (by session and by name), who of
+them lags behind, and a sorted member list rebuilt only after it changed."""
 
 from __future__ import annotations
 
 import itertools
 from bisect import bisect_right
 
+from grpcchat.core.lagtally import LagTally
 from grpcchat.core.session import Session
 
 
 class Room:
-    __slots__ = ("_sorted", "lagging", "name", "names", "sessions", "shared")
+    __slots__ = ("_sorted", "lag", "name", "names", "sessions", "shared")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.sessions: dict[int, Session] = {}
         # name -> that name's sessions here (several only for one authenticated user).
         self.names: dict[str, dict[int, Session]] = {}
-        # Sessions of this room whose queue is more than half full.
-        self.lagging = 0
+        # Who of this room's sessions has a queue more than half full.
+        self.lag = LagTally()
         # Names here that other nodes have in the room too (kept by the hub: see `cluster`).
         self.shared = 0
         self._sorted: list[str] | None = None
@@ -34,8 +35,7 @@ class Room:
     def add(self, session: Session) -> bool:
         """Add a session; True when its name was not in the room before."""
         self.sessions[session.id] = session
-        if session.lagging:
-            self.lagging += 1
+        self.lag.add(session.principal, session.lagging)
         if not session.name:
             return False
         same_name = self.names.get(session.name)
@@ -50,8 +50,7 @@ class Room:
         """Remove a session; True when it was the last of its name here."""
         if self.sessions.pop(session.id, None) is None:
             return False
-        if session.lagging:
-            self.lagging -= 1
+        self.lag.remove(session.principal, session.lagging)
         same_name = self.names.get(session.name)
         if same_name is None:
             return False
