@@ -15,6 +15,7 @@ import trustme
 from grpcchat.client import ChatClient
 from grpcchat.client.channel import InsecureTokenError, is_loopback
 from grpcchat.client.config import ClientConfig
+from grpcchat.client.probe import host_port
 from grpcchat.core.errors import ChatError, ConfigError, RemoteError
 from grpcchat.core.limits import Limits
 from grpcchat.server import ChatServer
@@ -342,6 +343,53 @@ async def test_cli_tls_failure_is_one_line(pki: Pki) -> None:
     assert out == ""
     [line] = err.strip().splitlines()
     assert "CERTIFICATE_VERIFY_FAILED" in line
+
+
+async def test_cli_plaintext_at_a_tls_server_says_it_speaks_tls(pki: Pki) -> None:
+    """gRPC says only "Socket closed", as for a server restarting: the command asks the server
+    once it gives up, and the mistake is a setup problem (exit 1), not one to retry (3)."""
+    async with serving(tls_server(pki)) as server:
+        addr = f"127.0.0.1:{server.port}"
+        for command in ("send", "join"):
+            code, out, err = await run_cli_async(
+                command, "--addr", addr, "--name", "a", "--timeout", "1", stdin="hi\n"
+            )
+            assert (code, out) == (1, "")
+            [line] = err.strip().splitlines()
+            assert line.endswith(
+                f"The server at {addr} speaks TLS: add --tls (trusting the system's CAs) "
+                "or --tls-ca FILE"
+            ), line
+        code, out, err = await run_cli_async("health", "--addr", addr, "--timeout", "1")
+        assert (code, out) == (1, "")
+        assert "speaks TLS" in err
+
+
+async def test_cli_plaintext_at_a_plaintext_server_gone_gets_no_tls_hint() -> None:
+    async with serving(BASE) as server:
+        addr = f"127.0.0.1:{server.port}"
+    code, _, err = await run_cli_async("send", "--addr", addr, "--timeout", "1", "-n", "a", "hi")
+    assert code == 3
+    assert "cannot reach a chat server" in err
+    assert "TLS" not in err
+
+
+@pytest.mark.parametrize(
+    ("addr", "where"),
+    [
+        ("127.0.0.1:4000", ("127.0.0.1", 4000)),
+        ("chat.example.org:443", ("chat.example.org", 443)),
+        ("[::1]:4000", ("::1", 4000)),
+        ("dns:///chat.example.org:443", ("chat.example.org", 443)),
+        ("ipv4:10.0.0.1:7", ("10.0.0.1", 7)),
+        ("unix:/tmp/chat.sock", None),
+        ("localhost", None),
+        ("localhost:http", None),
+        ("localhost:70000", None),
+    ],
+)
+def test_the_tls_probe_dials_host_and_port_only(addr: str, where: tuple[str, int] | None) -> None:
+    assert host_port(addr) == where
 
 
 def test_cli_refuses_to_send_a_token_in_plaintext() -> None:

@@ -67,6 +67,9 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
     except ChatError as error:
+        from grpcchat.client.probe import explain
+
+        error = explain(error)
         fail(str(error), error_exit_code(error))
     except KeyboardInterrupt:
         raise SystemExit(EXIT_INTERRUPTED) from None

@@ -55,11 +55,12 @@ def health(
     Example: grpcchat health --addr localhost:4000
     """
     from grpcchat.client.health import SERVING, check_health
+    from grpcchat.client.probe import explain
 
     try:
         status = asyncio.run(check_health(client, service))
     except ChatError as error:
-        fail(str(error), EXIT_FAILURE)
+        fail(str(explain(error)), EXIT_FAILURE)
     except KeyboardInterrupt:
         raise SystemExit(EXIT_INTERRUPTED) from None
     print(status, flush=True)

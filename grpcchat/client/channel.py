@@ -184,7 +184,7 @@ class Connection:
         state is the one the call failed in. `tried`: every address the call was tried at,
         when more than the one in use (the message names them all)."""
         state = self.channel.get_state(try_to_connect=False)
-        where = " or ".join(tried) if len(tried) > 1 else self.addr
+        where = tried if len(tried) > 1 else (self.addr,)
         return remote_error(error, where, state=state, tls=self.config.uses_tls)
 
     async def unary(self, invoke: Callable[[float], Awaitable[_T]], timeout: float) -> _T:  # noqa: ASYNC109

@@ -7,7 +7,7 @@ call's trailing metadata. The details gRPC or the server wrote are shown, never 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 import grpc
@@ -35,24 +35,41 @@ NOT_CONNECTED = frozenset(
 )
 
 
+class Unreachable(RemoteError):
+    """UNAVAILABLE with no connection to the server: `addrs` were tried, over TLS or not."""
+
+    def __init__(self, message: str, addrs: Sequence[str], *, tls: bool) -> None:
+        super().__init__("UNAVAILABLE", message)
+        self.addrs = tuple(addrs)
+        self.tls = tls
+
+
 def remote_error(
-    error: grpc.RpcError, addr: str, *, state: grpc.ChannelConnectivity, tls: bool
+    error: grpc.RpcError,
+    addrs: Sequence[str],
+    *,
+    state: grpc.ChannelConnectivity,
+    tls: bool,
 ) -> RemoteError:
     """Turn a gRPC failure into a RemoteError with a message a person understands.
 
-    `state` is the channel's connectivity when the call failed and `tls` whether this client
-    uses TLS. An unreachable server gets the TLS hint when the client speaks TLS: the
-    handshake is then part of connecting, and gRPC reports a refused handshake (wrong CA,
-    plaintext server, missing client certificate) exactly as it reports a refused connection,
-    by the same code and state, so only the client's own configuration says TLS is in play.
+    `addrs` are the addresses the call was tried at, `state` the channel's connectivity when
+    it failed and `tls` whether this client uses TLS. An unreachable server gets the TLS hint
+    when the client speaks TLS: the handshake is then part of connecting, and gRPC reports a
+    refused handshake (wrong CA, plaintext server, missing client certificate) exactly as it
+    reports a refused connection, by the same code and state, so only the client's own
+    configuration says TLS is in play. (A plaintext client at a TLS server looks the same
+    again: `probe.explain` asks the server, once a command gives up.)
     """
     code: grpc.StatusCode = error.code()
     details = error.details() or ""
+    addr = " or ".join(addrs)
     if code == grpc.StatusCode.UNAVAILABLE and (state in NOT_CONNECTED or not details):
         message = f"cannot reach a chat server at {addr} ({details or 'no response'})"
-        if tls and state in NOT_CONNECTED:
-            message = f"{message}. {TLS_HINT}"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if state not in NOT_CONNECTED:
+            return RemoteError(code.name, message)
+        return Unreachable(f"{message}. {TLS_HINT}" if tls else message, addrs, tls=tls)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"no answer from {addr} in time"
     elif code == grpc.StatusCode.UNAUTHENTICATED:
         message = f"not authenticated: {details}"
