@@ -78,3 +78,27 @@ async def test_a_closed_client_says_so_and_its_live_session_ends_with_an_error(
     with pytest.raises(RemoteError, match="was closed") as refused:
         await client.send("bob", "after")
     assert refused.value.status == "FAILED_PRECONDITION"
+
+
+async def test_a_send_awaited_in_the_loop_reading_events_is_answered(client: ChatClient) -> None:
+    """A bot that answers each message inside its `async for` over events(): the answer to
+    its send comes on the stream that loop reads, so it waited until --timeout for an answer
+    only its own loop would have read, and failed. Now the stream is read ahead of it."""
+    bot = client.session("echo-bot")
+    replies: list[str] = []
+
+    async def run_bot() -> None:
+        async for event in bot.events():
+            if isinstance(event, Connected):
+                await client.send("ann", "ping 1")
+            elif isinstance(event, Message) and event.sender == "ann":
+                sent = await bot.send(f"pong {event.text}")  # inside the loop
+                replies.append(sent.message.text)
+                if len(replies) < 3:
+                    await client.send("ann", f"ping {len(replies) + 1}")
+                else:
+                    return
+
+    await asyncio.wait_for(run_bot(), 4)  # each send's own timeout is 5 s
+    assert replies == ["pong ping 1", "pong ping 2", "pong ping 3"]
+    await bot.aclose()

@@ -5,6 +5,7 @@ which has no `Connect`, the session hands over to `grpcchat.client.legacy`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import TYPE_CHECKING
@@ -38,6 +39,10 @@ from grpcchat.wire import codec
 if TYPE_CHECKING:
     from grpcchat.client.client import ChatClient
 
+# Responses read ahead of a program that reads `events()` (see `_read_ahead`): a server writes a
+# batch of events a response, so this is hundreds of events; past it, the stream waits for the
+# program, and HTTP/2 flow control holds the server back.
+READ_AHEAD = 16
 # Reconnect attempts (with backoff up to 5 s) before a room whose rejoin keeps being refused
 # is given up.
 MAX_REJOIN_ATTEMPTS = 10
@@ -224,27 +229,20 @@ class ChatSession:
             self._requests = requests
             if not waiting:
                 yield Connected((), legacy=False, addr=self._connection.addr)
-            async for response in call:
-                for item in response.events:
-                    decoded = codec.event_from_proto(item)
-                    if isinstance(decoded, SendAck):
-                        self._outbox.answer(decoded)
-                        continue
-                    if decoded is None or not self._track(decoded):
-                        continue
-                    if isinstance(decoded, RequestRefused):
-                        self._check_refusal(decoded, decoded.room in waiting, first)
-                    yield decoded
-                    if isinstance(decoded, RoomJoined | RequestRefused):
-                        self._joining.discard(decoded.room)
-                    if isinstance(decoded, RoomJoined):
-                        self._joined.add(decoded.room)
-                    if isinstance(decoded, RoomJoined | RequestRefused) and decoded.room in waiting:
-                        waiting.discard(decoded.room)
-                        if not waiting:
-                            yield Connected(
-                                tuple(self.rooms), legacy=False, addr=self._connection.addr
-                            )
+            async for decoded in self._read_ahead(call):
+                if not self._track(decoded):
+                    continue
+                if isinstance(decoded, RequestRefused):
+                    self._check_refusal(decoded, decoded.room in waiting, first)
+                yield decoded
+                if isinstance(decoded, RoomJoined | RequestRefused):
+                    self._joining.discard(decoded.room)
+                if isinstance(decoded, RoomJoined):
+                    self._joined.add(decoded.room)
+                if isinstance(decoded, RoomJoined | RequestRefused) and decoded.room in waiting:
+                    waiting.discard(decoded.room)
+                    if not waiting:
+                        yield Connected(tuple(self.rooms), legacy=False, addr=self._connection.addr)
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise self._connection.error(error) from None
@@ -256,6 +254,55 @@ class ChatSession:
             call.cancel()
         if unimplemented:
             self._legacy = LegacyStream(self._connection, self.name, self.rooms)
+
+    async def _read_ahead(
+        self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]
+    ) -> AsyncIterator[Event]:
+        """The stream's events, read by a task of their own up to READ_AHEAD responses ahead of
+        the caller, which answers each `SendAck` as it arrives: a program that awaits a
+        `send()` in the loop that reads `events()` (a bot answering a message) gets its answer,
+        instead of waiting for one that only its own loop would read."""
+        # Unbounded as a queue, so the pump can always leave its last word; bounded by the pump,
+        # which waits for room before reading on.
+        ahead: asyncio.Queue[list[Event] | BaseException | None] = asyncio.Queue()
+        room_ahead = asyncio.Event()
+
+        async def pump() -> None:
+            try:
+                async for response in call:
+                    events: list[Event] = []
+                    for item in response.events:
+                        decoded = codec.event_from_proto(item)
+                        if isinstance(decoded, SendAck):
+                            self._outbox.answer(decoded)
+                        elif decoded is not None:
+                            events.append(decoded)
+                    if events:
+                        ahead.put_nowait(events)
+                    while ahead.qsize() >= READ_AHEAD:
+                        room_ahead.clear()
+                        await room_ahead.wait()
+                ahead.put_nowait(None)
+            except BaseException as error:
+                # Raised where the caller reads: gRPC's failures, and the CancelledError of a
+                # call whose channel was closed under it (events() tells that one apart).
+                ahead.put_nowait(error)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # cancelled by the reader, which is gone
+
+        reader = asyncio.create_task(pump())
+        try:
+            while (events := await ahead.get()) is not None:
+                room_ahead.set()
+                if isinstance(events, BaseException):
+                    raise events
+                for event in events:
+                    yield event
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
     def _check_refusal(self, refused: RequestRefused, initial: bool, first: bool) -> None:
         """Raise for refusals that end this attempt: the session itself (room ""), a room of the
@@ -348,9 +395,10 @@ class ChatSession:
         (a reply; an edit, delete or reaction of an earlier message).
 
         While `events()` runs, the message goes on the session's own stream: many sends may
-        be in flight at once, each answered on the stream (so `events()` must be read in a
-        task of its own meanwhile), and one unanswered when the stream is lost is written
-        again (same key) once it is back. Otherwise it is a unary `Send`.
+        be in flight at once, each answered on the stream (read ahead of the loop over
+        `events()`, so a send may be awaited inside that loop), and one unanswered when the
+        stream is lost is written again (same key) once it is back. Otherwise it is a unary
+        `Send`.
         Either way rate limits are waited out until the client's timeout."""
         room = room or (self.rooms[0] if self.rooms else DEFAULT_ROOM)
         request = send_request(
