@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from tests.conftest import ServerProcess, cli_env, grpcchat_command, run_cli, run_cli_async
 from tests.natsfixture import free_port
 
@@ -285,11 +286,17 @@ def test_send_to_nothing_is_exit_3() -> None:
     assert result.returncode == 3
     assert "cannot reach a chat server at 127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "may have been posted" not in result.stderr  # it never reached a server
 
 
-def test_send_timeout_is_exit_5() -> None:
-    # A server that accepts the call and never answers: only the deadline can end it.
+def test_send_timeout_is_exit_5_and_names_the_key_that_posts_it_at_most_once() -> None:
+    """A server that accepts the call and never answers: only the deadline can end it. It may
+    have posted the message, so a retry without the key could post it twice: the error names
+    the key every attempt carried."""
+    keys: list[str] = []
+
     def hang(request: bytes, context: grpc.ServicerContext) -> bytes:
+        keys.append(pb.SendRequest.FromString(request).key)
         time.sleep(5)
         return b""
 
@@ -309,6 +316,10 @@ def test_send_timeout_is_exit_5() -> None:
     assert result.returncode == 5
     assert "no answer from" in result.stderr
     assert "Traceback" not in result.stderr
+    assert len(set(keys)) == 1, keys
+    assert result.stderr.strip().endswith(
+        f"it may have been posted: the same send with key {keys[0]} posts it at most once"
+    )
 
 
 def test_serve_rejects_a_busy_port(server_process: ServerProcess) -> None:

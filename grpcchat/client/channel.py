@@ -18,7 +18,7 @@ import grpc
 from grpc import aio
 
 from grpcchat.client.config import ClientConfig
-from grpcchat.client.errors import remote_error, retry_after
+from grpcchat.client.errors import NOT_CONNECTED, remote_error, retry_after
 from grpcchat.core.errors import ConfigError, RemoteError
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 
@@ -178,6 +178,11 @@ class Connection:
         self._index = (self._index + 1) % len(self.addrs)
         self.channel, self._stub = self._open(self.addr)
         return self.addr
+
+    @property
+    def connected(self) -> bool:
+        """Whether the channel in use has (or just had) a connection to its server."""
+        return self.channel.get_state(try_to_connect=False) not in NOT_CONNECTED
 
     def error(self, error: grpc.RpcError, tried: Sequence[str] = ()) -> RemoteError:
         """`error` as a RemoteError; call it as soon as the call fails, so the channel's

@@ -105,6 +105,9 @@ class ChatClient:
         # Addresses that could not be reached since the last answer: with several, the next
         # one is tried at once; once all have failed, a backoff, and round again.
         unreachable: list[str] = []
+        # Whether an attempt may have reached the server (no answer, or a connection lost):
+        # if it did, the message may be posted although this call ends without an answer.
+        maybe_posted = False
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -132,11 +135,18 @@ class ChatClient:
                 elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     if connection.addr not in unreachable:
                         unreachable.append(connection.addr)
+                    maybe_posted = maybe_posted or connection.connected
                     failure = connection.error(error, unreachable)
                     delay = 0.0
                     if len(unreachable) >= len(connection.addrs):
                         delay = backoff.next_delay()
                     if time.monotonic() + delay >= deadline:
+                        if maybe_posted:
+                            raise RemoteError(
+                                failure.status,
+                                f"{failure}; it may have been posted: the same send with key "
+                                f"{request.key} posts it at most once",
+                            ) from None
                         raise failure from None
                     if connection.several:
                         connection.next_address()
