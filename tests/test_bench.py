@@ -195,9 +195,27 @@ async def test_unreachable_server_is_an_error_not_a_hang() -> None:
     config = BenchConfig(
         addr=f"127.0.0.1:{port}", subscribers=1, duration=1, processes=1, connect_timeout=20
     )
+    started = time.monotonic()
     with pytest.raises(RemoteError) as caught:
         await run_bench(config)
     assert caught.value.status == "UNAVAILABLE"
+    # Said at once, not after connect_timeout: nothing listens there.
+    assert str(caught.value).endswith("(Connection refused)")
+    assert time.monotonic() - started < 10
+
+
+async def test_a_server_that_requires_tokens_is_a_clear_error() -> None:
+    """The server's own words said to pass --token, which the bench has not."""
+    config = ServerConfig(port=0, store="memory://", auth_secret="b" * 32)
+    async with ChatServer(config) as server:
+        bench = BenchConfig(addr=f"127.0.0.1:{server.port}", subscribers=1, duration=1, processes=1)
+        with pytest.raises(RemoteError) as caught:
+            await run_bench(bench)
+    assert caught.value.status == "UNAUTHENTICATED"
+    assert str(caught.value) == (
+        f"the server at 127.0.0.1:{server.port} requires authentication, and the bench has no "
+        "tokens to present: load a server without --auth-secret"
+    )
 
 
 @pytest.mark.parametrize(

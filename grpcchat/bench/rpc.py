@@ -10,11 +10,13 @@ module needs nothing from gRPC but the channel.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, Protocol
 
 from grpcchat.bench import frames
 from grpcchat.client.channel import Connection
 from grpcchat.client.config import ClientConfig
+from grpcchat.client.probe import host_port
 from grpcchat.core.errors import RemoteError
 
 SERVICE = "/chat.v1.ChatService/"
@@ -101,6 +103,7 @@ def is_data(response: object) -> bool:
 async def check_protocol(addr: str, protocol: str, name: str, room: str, within: float) -> None:
     """Raise a RemoteError now, with the server's own status, if the server at `addr` cannot be
     reached or does not speak `protocol` (subscribers read raw HTTP/2 and see no statuses)."""
+    await _check_listening(addr, within)
     raw = Raw(addr, within)
     try:
         try:
@@ -129,9 +132,32 @@ async def check_protocol(addr: str, protocol: str, name: str, room: str, within:
                         f"the server at {addr} has no Subscribe (the article's server?): "
                         "use --protocol v1",
                     )
+                if error is not None and error.status == "UNAUTHENTICATED":
+                    raise RemoteError(
+                        error.status,
+                        f"the server at {addr} requires authentication, and the bench has no "
+                        "tokens to present: load a server without --auth-secret",
+                    )
                 if error is not None:
                     raise error
         finally:
             call.cancel()
     finally:
         await raw.aclose()
+
+
+async def _check_listening(addr: str, within: float) -> None:
+    """Raise at once for an address nothing listens at (gRPC's channel would keep trying it
+    for `within`, and then say only that it never became ready)."""
+    where = host_port(addr)
+    if where is None:
+        return
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(*where), within)
+    except TimeoutError:
+        raise RemoteError("UNAVAILABLE", f"cannot reach a chat server at {addr}") from None
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        message = f"cannot reach a chat server at {addr} ({reason})"
+        raise RemoteError("UNAVAILABLE", message) from None
+    writer.close()
