@@ -11,6 +11,7 @@ from grpcchat.client import ChatClient, Connected
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.errors import ChatError, InvalidInput, RemoteError
 from grpcchat.core.models import Message
+from grpcchat.server import ChatServer
 from tests.helpers import Follower
 
 
@@ -102,3 +103,16 @@ async def test_a_send_awaited_in_the_loop_reading_events_is_answered(client: Cha
     await asyncio.wait_for(run_bot(), 4)  # each send's own timeout is 5 s
     assert replies == ["pong ping 1", "pong ping 2", "pong ping 3"]
     await bot.aclose()
+
+
+async def test_a_send_the_server_refuses_as_unavailable_is_not_said_maybe_posted(
+    server: ChatServer, addr: str
+) -> None:
+    """Only a send that got no answer in time may have been posted; a suspended server's own
+    UNAVAILABLE posted nothing, and its error must not send a user retrying with a key."""
+    server.hub.suspend("the message bus is unreachable")
+    async with ChatClient(ClientConfig(addr=addr, timeout=1)) as client:
+        with pytest.raises(RemoteError) as refused:
+            await client.send("ann", "hello")
+    assert refused.value.status == "UNAVAILABLE"
+    assert str(refused.value) == "the message bus is unreachable"

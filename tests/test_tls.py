@@ -350,9 +350,9 @@ async def test_cli_plaintext_at_a_tls_server_says_it_speaks_tls(pki: Pki) -> Non
     once it gives up, and the mistake is a setup problem (exit 1), not one to retry (3)."""
     async with serving(tls_server(pki)) as server:
         addr = f"127.0.0.1:{server.port}"
-        for command in ("send", "join"):
+        for command, lines in (("send", "hi\n"), ("send", "a\nb\nc\n"), ("join", "hi\n")):
             code, out, err = await run_cli_async(
-                command, "--addr", addr, "--name", "a", "--timeout", "1", stdin="hi\n"
+                command, "--addr", addr, "--name", "a", "--timeout", "1", stdin=lines
             )
             assert (code, out) == (1, "")
             [line] = err.strip().splitlines()

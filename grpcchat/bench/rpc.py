@@ -157,7 +157,10 @@ async def _check_listening(addr: str, within: float) -> None:
     except TimeoutError:
         raise RemoteError("UNAVAILABLE", f"cannot reach a chat server at {addr}") from None
     except OSError as error:
-        reason = os.strerror(error.errno) if error.errno else str(error)
+        # (asyncio's "Connect call failed (...)" is its strerror, the errno says why; a name
+        # that does not resolve has a negative errno, which only its strerror explains.)
+        code = error.errno or 0
+        reason = os.strerror(code) if code > 0 else error.strerror or str(error)
         message = f"cannot reach a chat server at {addr} ({reason})"
         raise RemoteError("UNAVAILABLE", message) from None
     writer.close()

@@ -105,8 +105,8 @@ class ChatClient:
         # Addresses that could not be reached since the last answer: with several, the next
         # one is tried at once; once all have failed, a backoff, and round again.
         unreachable: list[str] = []
-        # Whether an attempt may have reached the server (no answer, or a connection lost):
-        # if it did, the message may be posted although this call ends without an answer.
+        # Whether an attempt reached the server and got no answer in time: if one did, the
+        # message may be posted although this call ends without an answer.
         maybe_posted = False
         while True:
             remaining = deadline - time.monotonic()
@@ -135,7 +135,9 @@ class ChatClient:
                 elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     if connection.addr not in unreachable:
                         unreachable.append(connection.addr)
-                    maybe_posted = maybe_posted or connection.connected
+                    # (An UNAVAILABLE may be the server's own word, draining: nothing posted.)
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED and connection.connected:
+                        maybe_posted = True
                     failure = connection.error(error, unreachable)
                     delay = 0.0
                     if len(unreachable) >= len(connection.addrs):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import time
 
 from grpcchat.client.errors import Unreachable
 from grpcchat.core.errors import ChatError, ConfigError
 
 # A TLS server answers a ClientHello at once; the probe only runs when the command has failed.
+# Every address it asks shares this time (a host name's lookup is the system's: not bounded).
 PROBE_TIMEOUT = 1.0
 
 
@@ -64,8 +66,12 @@ def explain(error: ChatError) -> ChatError:
     a server that speaks TLS, as the setup problem it is, saying what to do about it."""
     if not isinstance(error, Unreachable) or error.tls:
         return error
+    deadline = time.monotonic() + PROBE_TIMEOUT
     for addr in error.addrs:
-        if speaks_tls(addr):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if speaks_tls(addr, left):
             return ConfigError(
                 f"{error}. The server at {addr} speaks TLS: add --tls (trusting the system's "
                 "CAs) or --tls-ca FILE"

@@ -94,10 +94,15 @@ class ChatSession:
         self._lost_because = ""
         # The status of why the stream was lost: what a send that times out meanwhile ends with.
         self._lost_status = "UNAVAILABLE"
+        # The error that ended the last attempt, if one did (a server that could not be reached
+        # says so in its type: see `probe.explain`).
+        self._lost_error: RemoteError | None = None
 
     def not_connected(self, waited: float) -> RemoteError:
         """Why the session is not connected after `waited` seconds: the last attempt's
         failure, or that nothing answered."""
+        if self._lost_error is not None:
+            return self._lost_error
         if self._lost_because:
             return RemoteError(self._lost_status, self._lost_because)
         return self._silent(waited)
@@ -153,9 +158,10 @@ class ChatSession:
                     if isinstance(event, Connected):
                         connected_once = True
                         backoff.reset()
-                        self._lost_because = ""
+                        self._lost_because, self._lost_error = "", None
                     yield event
                 reason, status = "the server ended the stream", "UNAVAILABLE"
+                self._lost_error = None
             except RemoteError as error:
                 given_up = not connected_once and spare <= 0 and not self._patient
                 if error.status not in RETRYABLE or given_up:
@@ -163,6 +169,7 @@ class ChatSession:
                 if not connected_once:
                     spare -= 1
                 reason, status = str(error), error.status
+                self._lost_error = error
             if self._closed:
                 return
             self._lost_because, self._lost_status = reason, status
@@ -271,14 +278,16 @@ class ChatSession:
             try:
                 async for response in call:
                     events: list[Event] = []
-                    for item in response.events:
-                        decoded = codec.event_from_proto(item)
-                        if isinstance(decoded, SendAck):
-                            self._outbox.answer(decoded)
-                        elif decoded is not None:
-                            events.append(decoded)
-                    if events:
-                        ahead.put_nowait(events)
+                    try:
+                        for item in response.events:
+                            decoded = codec.event_from_proto(item)
+                            if isinstance(decoded, SendAck):
+                                self._outbox.answer(decoded)
+                            elif decoded is not None:
+                                events.append(decoded)
+                    finally:  # (what came before an event that cannot be read is delivered)
+                        if events:
+                            ahead.put_nowait(events)
                     while ahead.qsize() >= READ_AHEAD:
                         room_ahead.clear()
                         await room_ahead.wait()
@@ -396,7 +405,8 @@ class ChatSession:
 
         While `events()` runs, the message goes on the session's own stream: many sends may
         be in flight at once, each answered on the stream (read ahead of the loop over
-        `events()`, so a send may be awaited inside that loop), and one unanswered when the
+        `events()`, so a send may be awaited inside that loop, and may return before that
+        loop has seen the events that came before its answer), and one unanswered when the
         stream is lost is written again (same key) once it is back. Otherwise it is a unary
         `Send`.
         Either way rate limits are waited out until the client's timeout."""

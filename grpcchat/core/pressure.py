@@ -67,7 +67,7 @@ class Pressure:
         stopped reading. Empty when asked again within STALL_CHECK_INTERVAL.
 
         Every session of the server, whatever room a refusal was for: the server is behind
-        when most of all its sessions lag, so a few stuck in one room can hold posts to every
+        when most of all its principals lag, so a few stuck in one room can hold posts to every
         other room back, and one room's checks must not use up another's (a scan of 10,000
         sessions is a millisecond, once a second)."""
         now = time.monotonic()
