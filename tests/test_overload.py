@@ -14,7 +14,8 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -25,6 +26,7 @@ from grpcchat.core.models import Message
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
+from grpcchat.server.auth import TokenAuthority
 from grpcchat.server.config import ServerConfig
 from grpcchat.server.lifecycle import MAX_METADATA_BYTES, MAX_REQUEST_BYTES
 from grpcchat.wire.codec import RETRY_AFTER_KEY
@@ -186,6 +188,72 @@ async def test_a_storm_of_idle_sessions_costs_the_readers_nothing() -> None:
         # No reader was ever cut off (the client library resumed them, so nothing was lost
         # above, but the server must not evict readers that keep up).
         assert reconnects == [[]] * STORM_READERS, reconnects[0]
+
+
+IDLE_PRINCIPAL_STREAMS = 40
+PRINCIPAL_POSTS = 80
+
+
+@pytest.mark.timeout(120)
+async def test_one_users_never_reading_streams_do_not_hold_back_everyones_posts() -> None:
+    """Pushback counts principals, not sessions (core/lagtally.py): 40 streams of one user that
+    never read outnumber two readers, and by session most of the server lagged, so every post
+    was refused as busy until the stall check cut them off (10 s), again on every reconnect.
+    Now they are one voice of three: no post is refused, the readers get every one, and the 40
+    overflow as slow consumers."""
+    secret = "pushback-by-principal-0123456789abcdef"
+    authority = TokenAuthority(secret)
+
+    def bearer(name: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {authority.mint(name, timedelta(minutes=5))}"),)
+
+    limits = Limits(queue_size=16, rate=0, request_rate=0, max_sessions_per_user=64)
+    config = ServerConfig(
+        port=0, store="memory://", limits=limits, grace_period=0.5, auth_secret=secret
+    )
+    async with ChatServer(config) as server:
+        addr = f"127.0.0.1:{server.port}"
+        readers = []
+        async with AsyncExitStack() as stack:
+            for name in ("alice", "bob"):
+                token = authority.mint(name, timedelta(minutes=5))
+                client = await stack.enter_async_context(
+                    ChatClient(ClientConfig(addr=addr, token=token, timeout=10))
+                )
+                readers.append(await stack.enter_async_context(Follower(client.session(name))))
+            idle_channels = [
+                grpc.aio.insecure_channel(addr, options=IDLE_CLIENT)
+                for _ in range(IDLE_PRINCIPAL_STREAMS)
+            ]
+            stack.push_async_callback(close_all, idle_channels)
+            idle = [
+                pb_grpc.ChatServiceStub(channel).Subscribe(
+                    pb.SubscribeRequest(name="mallory"), metadata=bearer("mallory")
+                )
+                for channel in idle_channels
+            ]
+            await asyncio.wait_for(asyncio.gather(*(c.initial_metadata() for c in idle)), 30)
+            assert server.hub.registered_sessions == IDLE_PRINCIPAL_STREAMS + 2
+
+            poster = await stack.enter_async_context(grpc.aio.insecure_channel(addr))
+            send = pb_grpc.ChatServiceStub(poster).Send
+            text = "x" * 2000  # the idle streams' flow-control windows fill after a few dozen
+            majority_lagged = False
+            # Each post once both readers have the last: they keep up (they are in this
+            # process, with the server; unpaced, they could lag too, and then pushback is right).
+            for i in range(PRINCIPAL_POSTS):  # no retries: a refusal as busy fails the test
+                request = pb.SendRequest(text=f"{i} {text}", room="lobby", key=f"k{i}")
+                await asyncio.wait_for(send(request, metadata=bearer("carol")), WAIT)
+                hub = server.hub
+                majority_lagged |= hub.lagging_sessions * 2 > hub.registered_sessions
+                for reader in readers:
+                    [got] = await reader.messages(1)
+                    assert got.text.split()[0] == str(i)
+            # By session, most of the server lagged on the way; mallory's streams overflowed.
+            assert majority_lagged
+            assert server.hub.stats.slow_consumers >= IDLE_PRINCIPAL_STREAMS // 2
+            for call in idle:
+                call.cancel()
 
 
 # -- 2. the article's Chat stream under overload ------------------------------------------------
