@@ -9,7 +9,7 @@ import pytest
 
 from grpcchat.client import ChatClient, Connected
 from grpcchat.client.config import ClientConfig
-from grpcchat.core.errors import ChatError, InvalidInput, RemoteError
+from grpcchat.core.errors import ChatError, ConfigError, InvalidInput, RemoteError
 from grpcchat.core.models import Message
 from grpcchat.server import ChatServer
 from tests.helpers import Follower
@@ -116,3 +116,10 @@ async def test_a_send_the_server_refuses_as_unavailable_is_not_said_maybe_posted
             await client.send("ann", "hello")
     assert refused.value.status == "UNAVAILABLE"
     assert str(refused.value) == "the message bus is unreachable"
+
+
+def test_a_client_made_outside_a_running_loop_says_so() -> None:
+    """Its channel belonged to no loop, and its first call failed inside gRPC with 'attached to
+    a different loop'."""
+    with pytest.raises(ConfigError, match="inside a running event loop"):
+        ChatClient(ClientConfig(addr="127.0.0.1:9", timeout=1))

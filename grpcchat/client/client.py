@@ -21,7 +21,7 @@ from grpcchat.client.config import ClientConfig
 from grpcchat.client.errors import retry_after
 from grpcchat.client.events import Sent
 from grpcchat.client.posts import check_accepted, feature, send_request, unsupported
-from grpcchat.core.errors import InvalidInput, RemoteError
+from grpcchat.core.errors import ConfigError, InvalidInput, RemoteError
 from grpcchat.core.models import DEFAULT_ROOM, Message, Relation, RoomInfo
 from grpcchat.core.validation import check_name, check_room
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
@@ -40,6 +40,15 @@ class ChatClient:
     """A connection to one chat server. `async with ChatClient(config) as client: ...`"""
 
     def __init__(self, config: ClientConfig) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # Made outside, its channel would belong to no loop, and its first call fail with
+            # gRPC's "attached to a different loop".
+            raise ConfigError(
+                "make a ChatClient inside a running event loop (in a coroutine, such as the one "
+                "asyncio.run runs): its gRPC channel belongs to the loop it is made in"
+            ) from None
         self.config = config
         # The channel, stub and call metadata, shared with this client's sessions.
         self.connection = Connection(config)
