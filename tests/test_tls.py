@@ -14,8 +14,7 @@ import trustme
 
 from grpcchat.client import ChatClient
 from grpcchat.client.channel import InsecureTokenError, is_loopback
-from grpcchat.client.config import ClientConfig
-from grpcchat.client.probe import host_port
+from grpcchat.client.config import ClientConfig, host_and_port
 from grpcchat.core.errors import ChatError, ConfigError, RemoteError
 from grpcchat.core.limits import Limits
 from grpcchat.server import ChatServer
@@ -389,7 +388,7 @@ async def test_cli_plaintext_at_a_plaintext_server_gone_gets_no_tls_hint() -> No
     ],
 )
 def test_the_tls_probe_dials_host_and_port_only(addr: str, where: tuple[str, int] | None) -> None:
-    assert host_port(addr) == where
+    assert host_and_port(addr) == where
 
 
 def test_cli_refuses_to_send_a_token_in_plaintext() -> None:

@@ -15,8 +15,7 @@ from typing import Any, Protocol
 
 from grpcchat.bench import frames
 from grpcchat.client.channel import Connection
-from grpcchat.client.config import ClientConfig
-from grpcchat.client.probe import host_port
+from grpcchat.client.config import ClientConfig, host_and_port
 from grpcchat.core.errors import RemoteError
 
 SERVICE = "/chat.v1.ChatService/"
@@ -149,7 +148,7 @@ async def check_protocol(addr: str, protocol: str, name: str, room: str, within:
 async def _check_listening(addr: str, within: float) -> None:
     """Raise at once for an address nothing listens at (gRPC's channel would keep trying it
     for `within`, and then say only that it never became ready)."""
-    where = host_port(addr)
+    where = host_and_port(addr)
     if where is None:
         return
     try:

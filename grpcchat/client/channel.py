@@ -17,7 +17,7 @@ from typing import TypeVar
 import grpc
 from grpc import aio
 
-from grpcchat.client.config import ClientConfig
+from grpcchat.client.config import ClientConfig, host_and_port
 from grpcchat.client.errors import NOT_CONNECTED, remote_error, retry_after
 from grpcchat.core.errors import ConfigError, RemoteError
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
@@ -56,10 +56,8 @@ class InsecureTokenError(ConfigError):
 
 
 def _host(addr: str) -> str:
-    target = addr.split("://", 1)[-1]
-    if target.startswith("["):
-        return target[1 : target.find("]")]
-    return target.rsplit(":", 1)[0] if ":" in target else target
+    where = host_and_port(addr)
+    return where[0] if where is not None else addr
 
 
 def is_loopback(addr: str) -> bool:

@@ -43,6 +43,27 @@ def parse_addrs(addr: str) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def host_and_port(addr: str) -> tuple[str, int] | None:
+    """`host:port` or `[v6]:port` (gRPC's `dns:` and `ipv4:`/`ipv6:` prefixes allowed) as a
+    pair, the host without brackets; None for a target no socket can dial (a Unix socket, no
+    port)."""
+    target = addr
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme) :]
+            break
+    if ":" not in target or target.startswith("unix"):
+        return None
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, _, port = target.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 @record
 class ClientConfig:
     """Where and how a client connects."""

@@ -13,6 +13,7 @@ import socket
 import ssl
 import time
 
+from grpcchat.client.config import host_and_port
 from grpcchat.client.errors import Unreachable
 from grpcchat.core.errors import ChatError, ConfigError
 
@@ -21,29 +22,9 @@ from grpcchat.core.errors import ChatError, ConfigError
 PROBE_TIMEOUT = 1.0
 
 
-def host_port(addr: str) -> tuple[str, int] | None:
-    """`host:port` or `[v6]:port` (gRPC's `dns:` and `ipv4:`/`ipv6:` prefixes allowed) as a
-    pair; None for a target the probe cannot dial (a Unix socket, no port)."""
-    target = addr
-    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
-        if target.startswith(scheme):
-            target = target[len(scheme) :]
-            break
-    if ":" not in target or target.startswith("unix"):
-        return None
-    if target.startswith("["):
-        host, _, rest = target[1:].partition("]")
-        port = rest.removeprefix(":")
-    else:
-        host, _, port = target.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host, int(port)
-
-
 def speaks_tls(addr: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Whether the server at `addr` completes a TLS handshake."""
-    where = host_port(addr)
+    where = host_and_port(addr)
     if where is None:
         return False
     context = ssl.create_default_context()
