@@ -139,6 +139,17 @@ def test_piped_join_exits_with_the_first_refusal(
     assert [json.loads(line)["text"] for line in history.stdout.splitlines()][-1] == "two"
 
 
+def test_join_with_more_rooms_than_a_session_may_be_in_is_rejected_not_retry_later(
+    server_process: ServerProcess,
+) -> None:
+    """Waiting does not lift the cap, so the exit code is 4, not 3 ("retry later")."""
+    rooms = ",".join(f"r{i}" for i in range(40))
+    done = run_cli("join", "--addr", server_process.addr, "--name", "greedy", "--room", rooms)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "at most 32 rooms: leave one first" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 def test_a_room_may_be_typed_as_it_is_printed(server_process: ServerProcess) -> None:
     """`#ops` names room ops for every command, as join always took it; a lone `#` is refused,
     not taken for the default room."""

@@ -14,6 +14,7 @@ import pytest
 from grpcchat.client import ChatClient
 from grpcchat.client.config import ClientConfig
 from grpcchat.core.errors import RemoteError
+from grpcchat.core.history import MAX_DISTINCT_EMOJI
 from grpcchat.core.models import Reaction, Relation, RelationKind
 from tests.conftest import CliResult, ServerProcess, run_cli, run_cli_async
 from tests.helpers import Follower
@@ -142,6 +143,19 @@ async def test_an_edit_and_a_reply_in_another_room_with_stdin(
 
 
 # -- refusals -----------------------------------------------------------------------------------
+
+
+async def test_a_cap_that_waiting_does_not_lift_is_a_refusal_not_retry_later(
+    addr: str, client: ChatClient
+) -> None:
+    """A message's emoji at their cap: exit code 4 (it once exited 3, "retry later")."""
+    hello = await send_json(addr, "alice", "hello")
+    for emoji in range(MAX_DISTINCT_EMOJI):
+        react = Relation(RelationKind.REACT, hello["id"], f"e{emoji}")
+        await client.send("carol", "", "lobby", relation=react)
+    capped = await cli(addr, "carol", "--react", str(hello["seq"]), "one-more")
+    assert capped.returncode == 4, capped.stderr  # FAILED_PRECONDITION
+    assert f"has {MAX_DISTINCT_EMOJI} emoji already" in one_error_line(capped)
 
 
 async def test_refusals_are_one_line_with_the_right_exit_code(

@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from grpcchat.core import relations
 from grpcchat.core.errors import (
     AlreadyExists,
+    CapReached,
     ChatError,
     InvalidInput,
-    LimitExceeded,
     NotFound,
     PermissionDenied,
 )
@@ -352,7 +352,7 @@ async def test_a_target_beyond_retention_is_not_found(open_history: OpenHistory)
 async def test_a_message_takes_at_most_max_edits(store: HistoryStore) -> None:
     target = (await post(store, "v0")).id
     await asyncio.gather(*(edit(store, target, f"v{i}") for i in range(1, MAX_EDITS + 1)))
-    with pytest.raises(LimitExceeded, match="edited"):
+    with pytest.raises(CapReached, match="edited"):
         await edit(store, target, "one more")
     assert (await current(store, target)).text == f"v{MAX_EDITS}"
     assert await store.last_seq("lobby") == MAX_EDITS + 1
@@ -365,7 +365,7 @@ async def test_a_message_takes_at_most_max_distinct_emoji(store: HistoryStore) -
     target = (await post(store)).id
     emoji = [f"e{i}" for i in range(MAX_DISTINCT_EMOJI)]
     await asyncio.gather(*(react(store, target, "bob", e) for e in emoji))
-    with pytest.raises(LimitExceeded, match="emoji"):
+    with pytest.raises(CapReached, match="emoji"):
         await react(store, target, "bob", "one-more")
     # A name more on an emoji already there is fine.
     await react(store, target, "cy", emoji[0])
@@ -380,7 +380,7 @@ async def test_a_message_takes_at_most_max_reactions(store: HistoryStore) -> Non
     names = [f"n{i}" for i in range(-(-MAX_REACTIONS // MAX_DISTINCT_EMOJI))]
     pairs = list(itertools.product(names, emoji))[:MAX_REACTIONS]
     await asyncio.gather(*(react(store, target, name, e) for name, e in pairs))
-    with pytest.raises(LimitExceeded, match="reactions"):
+    with pytest.raises(CapReached, match="reactions"):
         await react(store, target, "latecomer", emoji[0])
     await relate(store, UNREACT, target, sender=names[0], emoji=emoji[0])
     await react(store, target, "latecomer", emoji[0])

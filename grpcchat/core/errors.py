@@ -48,12 +48,18 @@ class AlreadyExists(ChatError):
 
 
 class LimitExceeded(ChatError):
-    """Too many rooms, sessions or messages (RESOURCE_EXHAUSTED). `retry_after` is in seconds
+    """Too many sessions, messages or requests (RESOURCE_EXHAUSTED). `retry_after` is in seconds
     when waiting helps (a rate limit), None when it does not."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CapReached(ChatError):
+    """A count that waiting does not lower is at its cap: the rooms a session is in, a
+    message's edits, emoji or reactions (FAILED_PRECONDITION, not RESOURCE_EXHAUSTED: a retry
+    succeeds only once something changes it, such as leaving a room, and never for edits)."""
 
 
 class Unauthenticated(ChatError):

@@ -131,9 +131,9 @@ class HistoryStore(Protocol):
       room's log) or InvalidInput (the target is a relation). EDIT and DELETE are the target's
       sender's only, else PermissionDenied. EDIT: the entry's `text` is the target's new text,
       its `sent_at` the target's `edited_at`; a target edited MAX_EDITS times refuses more
-      (LimitExceeded). DELETE: the target's text, and the text of every EDIT of it, is erased
+      (CapReached). DELETE: the target's text, and the text of every EDIT of it, is erased
       from storage (""), its reactions are gone, it reads as `deleted`. REACT adds
-      (sender, emoji) to the target's reactions (AlreadyExists if there; LimitExceeded beyond
+      (sender, emoji) to the target's reactions (AlreadyExists if there; CapReached beyond
       MAX_DISTINCT_EMOJI emoji or MAX_REACTIONS pairs), UNREACT removes it (NotFound if not
       there); an emoji whose last name goes leaves the list. A refused relation leaves nothing
       (no seq consumed, no key remembered), like any failed append. The key check comes

@@ -38,6 +38,7 @@ from grpcchat.core.cluster import CONNECTED, Cluster, MemberChange, Roster
 from grpcchat.core.direct import DirectMessages
 from grpcchat.core.errors import (
     AlreadyJoined,
+    CapReached,
     LimitExceeded,
     NameTaken,
     NotFound,
@@ -289,7 +290,7 @@ class Hub:
         self._limit_requests(session.principal)
         limit = self.limits.max_rooms_per_session
         if limit and len(session.rooms) >= limit:
-            raise LimitExceeded(f"a session may be in at most {limit} rooms")
+            raise CapReached(f"a session may be in at most {limit} rooms: leave one first")
         members = self._rooms.get(room)
         if members is None:
             members = self._rooms[room] = Room(room)

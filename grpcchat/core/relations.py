@@ -12,8 +12,8 @@ from dataclasses import replace
 
 from grpcchat.core.errors import (
     AlreadyExists,
+    CapReached,
     InvalidInput,
-    LimitExceeded,
     NotFound,
     PermissionDenied,
 )
@@ -53,15 +53,15 @@ def check_relation(target: Message, sender: str, relation: Relation, edits: int 
     if relation.kind in (RelationKind.EDIT, RelationKind.DELETE) and sender != target.sender:
         raise PermissionDenied(f"only {target.sender} may {verb} their message {target.id}")
     if relation.kind is RelationKind.EDIT and edits >= MAX_EDITS:
-        raise LimitExceeded(f"message {target.id} was edited {MAX_EDITS} times: no more edits")
+        raise CapReached(f"message {target.id} was edited {MAX_EDITS} times: no more edits")
     if relation.kind is RelationKind.REACT:
         reaction = _find(target.reactions, relation.emoji)
         if reaction is not None and sender in reaction.names:
             raise AlreadyExists(f"{sender} already reacted {relation.emoji} to {target.id}")
         if reaction is None and len(target.reactions) >= MAX_DISTINCT_EMOJI:
-            raise LimitExceeded(f"message {target.id} has {MAX_DISTINCT_EMOJI} emoji already")
+            raise CapReached(f"message {target.id} has {MAX_DISTINCT_EMOJI} emoji already")
         if sum(len(r.names) for r in target.reactions) >= MAX_REACTIONS:
-            raise LimitExceeded(f"message {target.id} has {MAX_REACTIONS} reactions already")
+            raise CapReached(f"message {target.id} has {MAX_REACTIONS} reactions already")
     if relation.kind is RelationKind.UNREACT:
         reaction = _find(target.reactions, relation.emoji)
         if reaction is None or sender not in reaction.names:

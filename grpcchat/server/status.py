@@ -13,6 +13,7 @@ from grpc import aio
 from grpcchat.core.errors import (
     AlreadyExists,
     AlreadyJoined,
+    CapReached,
     ChatError,
     InvalidInput,
     LimitExceeded,
@@ -43,6 +44,7 @@ _STATUS_OF: dict[type[ChatError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     SlowConsumer: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    CapReached: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ServerDraining: grpc.StatusCode.UNAVAILABLE,
     # The history failed (disk full, I/O error): the server's fault, maybe passing.

@@ -6,6 +6,7 @@ from __future__ import annotations
 from grpcchat.core import relations
 from grpcchat.core.errors import (
     AlreadyExists,
+    CapReached,
     InvalidInput,
     LimitExceeded,
     NotFound,
@@ -17,7 +18,7 @@ from grpcchat.store.nats.state import RoomState
 from grpcchat.store.nats.window import Window
 
 # What a relation or reply may be refused with (the store's validation, see the contract).
-REFUSALS = (NotFound, PermissionDenied, AlreadyExists, LimitExceeded, InvalidInput)
+REFUSALS = (NotFound, PermissionDenied, AlreadyExists, LimitExceeded, CapReached, InvalidInput)
 
 
 def validate(state: RoomState, draft: Message, head: Stored | None, window: Window) -> Gone | None:
