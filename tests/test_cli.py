@@ -35,6 +35,8 @@ def test_dash_h_is_help_too(command: tuple[str, ...]) -> None:
     result = run_cli(*command, "-h")
     assert result.returncode == 0, result.stderr
     assert f"Usage: python -m grpcchat {' '.join(command)}".rstrip() in result.stdout
+    # A flag takes no value: no value type beside it (Typer 0.29 printed `<bool>`).
+    assert "<bool>" not in result.stdout
 
 
 def test_send_prints_what_the_server_accepted(server_process: ServerProcess) -> None:

@@ -6,9 +6,10 @@ server, the client) happen inside the commands, so `grpcchat --help` starts quic
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from grpcchat.cli.bench import bench
 from grpcchat.cli.chat import join, send
@@ -20,8 +21,29 @@ from grpcchat.cli.serve import serve
 from grpcchat.cli.token import token
 from grpcchat.cli.version import VERSION_OPTIONS, version_line
 
+
+def _flags_without_a_type(params: list[Any]) -> list[Any]:
+    """Typer 0.29 prints a value type beside every option, a flag's too (`--quiet <bool>`,
+    even its own `--help`), though a flag takes no value: an empty metavar leaves it out."""
+    for param in params:
+        if getattr(param, "is_bool_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_a_type(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_a_type(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="grpcchat",
+    cls=_Group,
     help="Session-based real-time chat over gRPC: run a server, join rooms, script messages.",
     no_args_is_help=True,
     # --install-completion / --show-completion; the fast path leaves completion to Typer.
@@ -31,8 +53,8 @@ app = typer.Typer(
 )
 # In the order `grpcchat --help` lists them.
 for _command in (serve, join, send, history, rooms, who, health, token, bench):
-    app.command()(_command)
-app.command("gen-proto")(gen_proto)
+    app.command(cls=_Command)(_command)
+app.command("gen-proto", cls=_Command)(gen_proto)
 
 
 def _print_version(value: bool) -> None:
