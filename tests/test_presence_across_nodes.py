@@ -201,6 +201,36 @@ async def test_direct_messages_reach_the_recipient_on_any_node_once(
             await cy_events.stop()
 
 
+async def test_a_direct_message_posted_on_two_nodes_at_once_reaches_each_session_once(
+    three_nodes: tuple[ChatServer, ...],
+) -> None:
+    """The same key on two nodes before either has heard of the other's post: both post (no
+    node can know), but each session gets one of the two, never both."""
+    a, b, _ = three_nodes
+    async with a.hub.connect("ann") as ann, b.hub.connect("cy") as cy:
+        ann_events, cy_events = Events(ann), Events(cy)
+        try:
+            await until(lambda: _known(a.hub, "cy"))
+            await until(lambda: _known(b.hub, "ann"))
+            await asyncio.gather(
+                a.hub.post("cy", "once", recipient="ann", key="k2"),
+                b.hub.post("cy", "once", recipient="ann", key="k2"),
+            )
+            # Forwarded by b after its copy of "once": when a delivers it, it has had that too.
+            await b.hub.post("cy", "marker", recipient="ann")
+            await ann_events.until(lambda _: "marker" in [m.text for m in ann_events.messages()])
+            await cy_events.until(lambda _: "marker" in [m.text for m in cy_events.messages()])
+            assert [m.text for m in ann_events.messages()] == ["once", "marker"]
+            # cy's session on b sent "marker" there after a's forwarded copy could arrive:
+            # wait for that copy's turn with a second marker, forwarded by a.
+            await a.hub.post("ann", "marker 2", recipient="cy")
+            await cy_events.until(lambda _: "marker 2" in [m.text for m in cy_events.messages()])
+            assert [m.text for m in cy_events.messages()] == ["once", "marker", "marker 2"]
+        finally:
+            await ann_events.stop()
+            await cy_events.stop()
+
+
 async def test_a_rate_is_per_user_across_nodes(three_nodes: tuple[ChatServer, ...]) -> None:
     a, b, _ = three_nodes
     async with a.hub.connect("ed") as on_a, b.hub.connect("eve") as on_b:

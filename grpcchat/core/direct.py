@@ -64,7 +64,11 @@ class DirectMessages:
 
     def receive(self, message: Message, key: str) -> None:
         """Deliver a message (sent here or on another node) to the sessions here of its
-        recipient and its sender, once each, and remember its key."""
+        recipient and its sender, once each, and remember its key. A key known already is the
+        same send posted on two nodes at once (a client that failed over while its first
+        attempt was on its way): each node's sessions keep the copy they got first."""
+        if key and self._recent(message.sender, key) is not None:
+            return
         targets = {session.id: session for session in self._sessions_of(message.recipient)}
         targets.update((session.id, session) for session in self._sessions_of(message.sender))
         envelope = Envelope(message)
