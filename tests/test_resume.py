@@ -645,7 +645,7 @@ async def test_a_rejoin_refused_by_the_request_rate_is_retried_not_given_up() ->
             await alice.until(
                 lambda: any(isinstance(e, Message) and e.text == "said in c" for e in alice.events)
             )
-            assert session.rooms == ["a", "b", "c"]
+            assert session.rooms == ("a", "b", "c")
 
 
 def test_reconnect_delays_stay_within_the_maximum_however_long_the_server_stays_away() -> None:

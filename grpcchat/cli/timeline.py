@@ -12,7 +12,7 @@ again, once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import count
 
 from rich.text import Text
@@ -56,7 +56,7 @@ class Timeline:
         if first:
             self._held[room] = []
 
-    def reconnecting(self, rooms: list[str]) -> None:
+    def reconnecting(self, rooms: Iterable[str]) -> None:
         """The stream is lost: on the next one each room replays what was missed."""
         for room in rooms:
             self._replaying[room] = next(self._replays)

@@ -70,7 +70,7 @@ class ChatSession:
         # pipe: its caller bounds the wait) rather than raised at once (`join`: "unreachable").
         self._patient = patient
         self.name = name
-        self.rooms: list[str] = list(dict.fromkeys(rooms))
+        self._rooms: list[str] = list(dict.fromkeys(rooms))
         self.history = history
         self.positions: dict[str, Position] = {}
         self._connection = client.connection
@@ -115,6 +115,12 @@ class ChatSession:
     def _refuse_if_closed(self) -> None:
         if self._closed:
             raise ChatError("this session was closed: open another with client.session()")
+
+    @property
+    def rooms(self) -> tuple[str, ...]:
+        """The rooms the session is in or joining, in the order they were asked for: `join()`
+        and `leave()` change them, and a room whose join was refused is given up."""
+        return tuple(self._rooms)
 
     @property
     def legacy(self) -> bool:
@@ -249,7 +255,7 @@ class ChatSession:
                 if isinstance(decoded, RoomJoined | RequestRefused) and decoded.room in waiting:
                     waiting.discard(decoded.room)
                     if not waiting:
-                        yield Connected(tuple(self.rooms), legacy=False, addr=self._connection.addr)
+                        yield Connected(self.rooms, legacy=False, addr=self._connection.addr)
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise self._connection.error(error) from None
@@ -333,8 +339,8 @@ class ChatSession:
                 raise RemoteError("UNAVAILABLE", f"rejoining #{refused.room}: {refused.reason}")
         # Any other refusal is final: the session is not in that room, so it stops asking
         # (and a later reconnect does not ask again).
-        if refused.room in self.rooms:
-            self.rooms.remove(refused.room)
+        if refused.room in self._rooms:
+            self._rooms.remove(refused.room)
         self._joined.discard(refused.room)
         self.positions.pop(refused.room, None)
 
@@ -373,16 +379,16 @@ class ChatSession:
         room = check_room(room)
         if self._legacy is not None:
             require_lobby(room)
-        if room not in self.rooms:
-            self.rooms.append(room)
+        if room not in self._rooms:
+            self._rooms.append(room)
             if self._requests is not None:
                 self._joining.add(room)
                 self._requests.put_nowait(self._join_request(room))
 
     async def leave(self, room: str) -> None:
         room = check_room(room)
-        if room in self.rooms:
-            self.rooms.remove(room)
+        if room in self._rooms:
+            self._rooms.remove(room)
             self.positions.pop(room, None)
             self._joining.discard(room)
             self._joined.discard(room)
