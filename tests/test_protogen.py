@@ -261,6 +261,25 @@ def test_cli_gen_proto_refuses_a_root_that_is_no_checkout(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["proto"]
 
 
+@pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None, reason="needs node and npm"
+)
+def test_a_page_that_fails_to_build_leaves_the_python_code_as_it_was(tmp_path: Path) -> None:
+    """The Python code was written first, then the page failed: half of a change, told only
+    as the page's error."""
+    root = make_repo(tmp_path / "repo")
+    add_field(root)
+    web = root / "web"
+    (web / "node_modules").mkdir(parents=True)  # installed, but without buf: the build fails
+    shutil.copy(REPO / "web" / "package.json", web / "package.json")
+    failed = gen_proto(root)
+    assert failed.returncode == 1
+    assert "buf" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert tree(root) == COMMITTED  # still stale, as before the command
+    assert gen_proto(root, "--check").returncode == 1
+
+
 def test_a_file_that_cannot_be_written_is_one_error(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "repo")
     add_field(root)

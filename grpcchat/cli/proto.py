@@ -49,9 +49,12 @@ def gen_proto(
             where = protogen.GEN_PREFIX if no_web else f"{protogen.GEN_PREFIX} and the web page"
             console.print(f"{where} up to date", style="green")
             return
-        changed = protogen.generate(repo, use_buf=with_buf)
+        # Both are generated before either is written: a page that fails to build leaves the
+        # Python code as it was too, not half of a change.
+        writes = [protogen.prepare(repo, use_buf=with_buf)]
         if no_web is None:
-            changed += web.generate_web(repo)
+            writes.append(web.prepare_web(repo))
+        changed = [path for write in writes for path in write()]
     except protogen.ProtogenError as error:
         fail(str(error))
     for path in changed:

@@ -10,6 +10,7 @@ from grpcchat.protogen.generate import (
     find_plugin,
     find_repo_root,
     generate,
+    prepare,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "find_plugin",
     "find_repo_root",
     "generate",
+    "prepare",
 ]

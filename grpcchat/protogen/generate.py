@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "GENERATORS",
@@ -70,6 +70,7 @@ __all__ = [
     "find_buf",
     "find_repo_root",
     "generate",
+    "prepare",
     "proto_files",
 ]
 
@@ -411,7 +412,7 @@ def apply_changes(root: Path, fresh: dict[str, bytes], changed: list[str]) -> li
 
 
 def generate(repo_root: Path, out_dir: Path | None = None, use_buf: bool = False) -> list[Path]:
-    """Regenerate the code for every `.proto` under `repo_root/proto`.
+    """Regenerate the code for every `.proto` under `repo_root/proto` (`prepare`, then write).
 
     Files land in `out_dir/grpcchat/gen/...` (`out_dir` defaults to `repo_root`). Everything is
     first generated into a scratch directory, so a failing generator leaves the target untouched;
@@ -421,14 +422,26 @@ def generate(repo_root: Path, out_dir: Path | None = None, use_buf: bool = False
     Returns the absolute paths that were written or deleted, sorted; empty when the target was
     already up to date. Raises `ProtogenError` when generation cannot run.
     """
+    return prepare(repo_root, out_dir, use_buf)()
+
+
+def prepare(
+    repo_root: Path, out_dir: Path | None = None, use_buf: bool = False
+) -> Callable[[], list[Path]]:
+    """Generate into a scratch directory now (`ProtogenError` if that fails, nothing written);
+    return the step that writes the result as `generate` does, so a caller with more to
+    generate (the web page) can write nothing unless all of it generated."""
     repo_root = repo_root.resolve()
     target = (out_dir or repo_root).resolve()
     with tempfile.TemporaryDirectory(prefix="grpcchat-protogen-") as scratch:
         fresh = _render(repo_root, Path(scratch), use_buf)
-    current = _read_tree(target)
-    written = apply_changes(target, fresh, differences(fresh, current))
-    _prune_empty_dirs(target / GEN_PREFIX)
-    return written
+
+    def write() -> list[Path]:
+        written = apply_changes(target, fresh, differences(fresh, _read_tree(target)))
+        _prune_empty_dirs(target / GEN_PREFIX)
+        return written
+
+    return write
 
 
 def _prune_empty_dirs(gen_root: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from grpcchat.protogen.generate import PROTO_DIR, ProtogenError, apply_changes, differences
 
-__all__ = ["STATIC_DIR", "WEB_GEN", "check_web", "generate_web", "unavailable"]
+__all__ = ["STATIC_DIR", "WEB_GEN", "check_web", "generate_web", "prepare_web", "unavailable"]
 
 WEB_DIR = "web"
 #: Generated TypeScript, owned by buf: files there that buf no longer produces are removed.
@@ -123,9 +123,15 @@ def _current(repo_root: Path) -> dict[str, bytes]:
 
 def generate_web(repo_root: Path) -> list[Path]:
     """Rebuild the page; return the paths written or removed (empty: it was up to date)."""
+    return prepare_web(repo_root)()
+
+
+def prepare_web(repo_root: Path) -> Callable[[], list[Path]]:
+    """Build the page in a scratch directory now (`ProtogenError` if that fails, nothing
+    written); return the step that writes what differs, as `generate_web` does."""
     repo_root = repo_root.resolve()
     fresh = _render(repo_root)
-    return apply_changes(repo_root, fresh, differences(fresh, _current(repo_root)))
+    return lambda: apply_changes(repo_root, fresh, differences(fresh, _current(repo_root)))
 
 
 def check_web(repo_root: Path) -> list[Path]:
