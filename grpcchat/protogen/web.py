@@ -4,7 +4,7 @@ the local protoc-gen-es plugin, `web/buf.gen.yaml`) and the bundle in `grpcchat/
 package serves the page without Node; this keeps them fresh like `generate` keeps `grpcchat/gen`.
 
 Everything is built in a scratch copy of `proto/` and `web/` (its `node_modules` linked, not
-copied), then compared byte for byte with the checkout: `generate_web` writes only the files
+copied), then compared byte for byte with the checkout: `prepare_web`'s step writes only the files
 that differ, `check_web` writes nothing. The tools are the exact versions of
 `web/package-lock.json`, installed by `npm ci --prefer-offline` when `web/node_modules` is
 missing (the npm registry is the only network it needs). The build is deterministic: no
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from grpcchat.protogen.generate import PROTO_DIR, ProtogenError, apply_changes, differences
 
-__all__ = ["STATIC_DIR", "WEB_GEN", "check_web", "generate_web", "prepare_web", "unavailable"]
+__all__ = ["STATIC_DIR", "WEB_GEN", "check_web", "prepare_web", "unavailable"]
 
 WEB_DIR = "web"
 #: Generated TypeScript, owned by buf: files there that buf no longer produces are removed.
@@ -121,14 +121,10 @@ def _current(repo_root: Path) -> dict[str, bytes]:
     return tree
 
 
-def generate_web(repo_root: Path) -> list[Path]:
-    """Rebuild the page; return the paths written or removed (empty: it was up to date)."""
-    return prepare_web(repo_root)()
-
-
 def prepare_web(repo_root: Path) -> Callable[[], list[Path]]:
     """Build the page in a scratch directory now (`ProtogenError` if that fails, nothing
-    written); return the step that writes what differs, as `generate_web` does."""
+    written); return the step that rebuilds it: writes what differs and returns the paths
+    written or removed (empty: it was up to date)."""
     repo_root = repo_root.resolve()
     fresh = _render(repo_root)
     return lambda: apply_changes(repo_root, fresh, differences(fresh, _current(repo_root)))
