@@ -87,6 +87,33 @@ def test_send_rejections_are_one_red_line(
     assert len(result.stderr.strip().splitlines()) <= 2
 
 
+@pytest.mark.parametrize(
+    ("option", "text"),
+    [
+        ("--to", "secret for bob"),
+        ("--edit", "typo fix"),
+        ("--react", "👍"),
+        ("--unreact", "👍"),
+        ("--reply-to", "hi"),
+        ("--delete", None),
+    ],
+)
+@pytest.mark.parametrize("path", ["fast", "typer"])
+def test_an_empty_target_is_refused_not_taken_for_no_option(
+    server_process: ServerProcess, option: str, text: str | None, path: str
+) -> None:
+    """`--to "$USER"` with USER unset posted the private text to the room, exit 0; an empty
+    --edit or --react posted the text as a new message."""
+    typer_only = ("--timeout", "1e1") if path == "typer" else ()  # a value only Typer reads
+    args = [option, "", *([text] if text is not None else [])]
+    done = run_cli("send", "--addr", server_process.addr, "--name", "bot", *typer_only, *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    what = "a NAME" if option == "--to" else "a message ID"
+    assert f"{option} needs {what}, got an empty value" in done.stderr
+    history = run_cli("history", "--addr", server_process.addr, "--json")
+    assert history.stdout.strip() == ""  # nothing posted
+
+
 def test_stdin_that_is_not_utf8_is_one_red_line_after_what_was_sent(
     server_process: ServerProcess,
 ) -> None:

@@ -88,8 +88,8 @@ def send(
     ] = None,
     room: Room = "",
     to: Annotated[
-        str, typer.Option("--to", help="Send a direct message to this user instead.")
-    ] = "",
+        str | None, typer.Option("--to", help="Send a direct message to this user instead.")
+    ] = None,
     action: Annotated[bool, typer.Option("--me", help="Send as an action (* name text).")] = False,
     key: Annotated[
         str,
@@ -101,18 +101,20 @@ def send(
     ] = "",
     as_json: Annotated[bool, json_option("Print one JSON object per accepted message.")] = False,
     edit: Annotated[
-        str, _change_option("--edit", "Edit your message ID: TEXT is its new text.")
-    ] = "",
-    delete: Annotated[str, _change_option("--delete", "Delete your message ID (no TEXT).")] = "",
+        str | None, _change_option("--edit", "Edit your message ID: TEXT is its new text.")
+    ] = None,
+    delete: Annotated[
+        str | None, _change_option("--delete", "Delete your message ID (no TEXT).")
+    ] = None,
     react: Annotated[
-        str, _change_option("--react", "React to message ID: TEXT is the emoji.")
-    ] = "",
+        str | None, _change_option("--react", "React to message ID: TEXT is the emoji.")
+    ] = None,
     unreact: Annotated[
-        str, _change_option("--unreact", "Take back your reaction TEXT to message ID.")
-    ] = "",
+        str | None, _change_option("--unreact", "Take back your reaction TEXT to message ID.")
+    ] = None,
     reply_to: Annotated[
-        str, _change_option("--reply-to", "Send TEXT as a reply to message ID.")
-    ] = "",
+        str | None, _change_option("--reply-to", "Send TEXT as a reply to message ID.")
+    ] = None,
 ) -> None:
     """Send messages and exit once the server accepted every one.
 

@@ -75,7 +75,7 @@ class SendCommand(NamedTuple):
     text: str | None = None
     name: str | None = None
     room: str = ""
-    to: str = ""
+    to: str | None = None
     action: bool = False
     key: str = ""
     as_json: bool = False
@@ -86,11 +86,12 @@ class SendCommand(NamedTuple):
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
-    edit: str = ""
-    delete: str = ""
-    react: str = ""
-    unreact: str = ""
-    reply_to: str = ""
+    # None when not given: an empty value given is refused (`--to ""` is no direct message).
+    edit: str | None = None
+    delete: str | None = None
+    react: str | None = None
+    unreact: str | None = None
+    reply_to: str | None = None
 
 
 # The options that make a send change (or answer) an earlier message: `posting.post` checks

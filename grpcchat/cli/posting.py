@@ -46,21 +46,22 @@ def post(
     *,
     name: str | None,
     room: str,
-    to: str,
+    to: str | None,
     action: bool,
     key: str,
     as_json: bool,
-    edit: str = "",
-    delete: str = "",
-    react: str = "",
-    unreact: str = "",
-    reply_to: str = "",
+    edit: str | None = None,
+    delete: str | None = None,
+    react: str | None = None,
+    unreact: str | None = None,
+    reply_to: str | None = None,
 ) -> None:
     """Send `text` (None or "-": each line of stdin) and print each accepted message.
 
     At most one of `edit`, `delete`, `react`, `unreact` (a message id, or its seq in `room`)
     changes that message instead: an edit's new text, a reaction's emoji is `text`; `reply_to`
-    makes each message a reply."""
+    makes each message a reply. Each is None when not given; given empty, it is refused (a
+    script's `--to "$USER"` with USER unset must not post the text to the room)."""
     changes = {
         "--edit": edit,
         "--delete": delete,
@@ -69,10 +70,14 @@ def post(
         "--reply-to": reply_to,
     }
     room = room_argument(room)
-    given = [option for option, target in changes.items() if target]
+    for option, target in (("--to", to), *changes.items()):
+        if target is not None and not target.strip():
+            what = "a NAME" if option == "--to" else "a message ID"
+            fail(f"{option} needs {what}, got an empty value", EXIT_USAGE)
+    given = [option for option, target in changes.items() if target is not None]
     if len(given) > 1:
         fail(f"{given[0]} and {given[1]} cannot be used together: one change per send", EXIT_USAGE)
-    if given and to:
+    if given and to is not None:
         fail(f"{given[0]} is for room messages: direct messages are not kept", EXIT_USAGE)
     sender = name if name is not None else token_name(client.token) or _login()
     if given and given[0] != "--reply-to":
@@ -80,7 +85,7 @@ def post(
         if action:
             fail(f"--me is for new messages, not {option}", EXIT_USAGE)
         body = _change_text(option, text)
-        _post_change(client, sender, option, changes[option], body, room, key, as_json)
+        _post_change(client, sender, option, changes[option] or "", body, room, key, as_json)
         return
     from grpcchat.client.oneshot import send_lines
 
@@ -107,10 +112,10 @@ def post(
             lines,
             accepted,
             room=room,
-            to=to,
+            to=to or "",
             action=action,
             key=key,
-            reply_to=reply_to,
+            reply_to=reply_to or "",
         )
     )
 
