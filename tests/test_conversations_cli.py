@@ -145,6 +145,21 @@ async def test_an_edit_and_a_reply_in_another_room_with_stdin(
 # -- refusals -----------------------------------------------------------------------------------
 
 
+async def test_a_key_used_again_for_another_kind_of_send_answers_with_its_original(
+    addr: str,
+) -> None:
+    """The original a repeated key answers with is no reply, no action: that was told as a
+    server that "does not support replies: it posted the text as a new message", exit 4."""
+    first = await send_json(addr, "kk", "first")
+    reaction = await send_json(addr, "kk", "--key", "r1", "--react", "1", "👍")
+    for args in (("--reply-to", "1", "hi"), ("--me", "waves"), ("plain",)):
+        again = await send_json(addr, "kk", "--key", "r1", *args)
+        assert again == {**reaction, "duplicate": True}, args
+    plain = await cli(addr, "kk", "--key", "r1", "--reply-to", "1", "hi")
+    assert "(already sent: not posted again)" in plain.stdout
+    assert [m["seq"] for m in await history_json(addr)] == [first["seq"]]  # nothing new posted
+
+
 async def test_a_cap_that_waiting_does_not_lift_is_a_refusal_not_retry_later(
     addr: str, client: ChatClient
 ) -> None:
