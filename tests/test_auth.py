@@ -507,7 +507,11 @@ async def test_over_the_rate_a_send_is_resource_exhausted_with_a_hint() -> None:
             await stub.Send(pb.SendRequest(sender="carol", text="one too many"), metadata=as_alice)
         error = caught.value
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "slow down" in (error.details() or "")
+        # The limit, and when: not a name (the principal is the token's user, or an address).
+        assert f"slow down: at most {RATE:g} messages a second; retry in 0." in (
+            error.details() or ""
+        )
+        assert "carol" not in (error.details() or "")
         hints = [v for k, v in error.trailing_metadata() or () if k == "retry-after-ms"]
         assert len(hints) == 1
         assert 0 < int(hints[0]) <= 1000 / RATE + 1

@@ -443,6 +443,7 @@ class ChatSession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.client.config.timeout
         framed, answer = self._outbox.add(request)
+        refused = ""  # why the last answer refused it for now, if one did
         try:
             while True:
                 # (Answered already: written again on a new stream while waiting out a refusal.)
@@ -456,6 +457,8 @@ class ChatSession:
                     status, lost = "DEADLINE_EXCEEDED", ""
                     if self._lost_because:
                         status, lost = self._lost_status, f" (reconnecting: {self._lost_because})"
+                    elif refused:  # written again after a refusal, and then time ran out
+                        lost = f" (written again after: {refused})"
                     raise NoAnswer(
                         status, f"no answer from {self._connection.addr} in time{lost}"
                     ) from None
@@ -472,6 +475,7 @@ class ChatSession:
                 if request.key not in self._outbox:  # the session ended meanwhile
                     raise RemoteError("CANCELLED", "the session ended before an answer")
                 answer = self._outbox.again(request.key)  # kept in its place meanwhile
+                refused = ack.reason
                 await asyncio.sleep(retry)
         finally:
             self._outbox.settle(request.key)

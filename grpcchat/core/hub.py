@@ -63,7 +63,7 @@ from grpcchat.core.models import (
 )
 from grpcchat.core.presence import DETAIL_LIMIT, PresenceNotices
 from grpcchat.core.pressure import BUSY_RETRY, STALL_TIMEOUT, Pressure
-from grpcchat.core.ratelimit import RateLimiter
+from grpcchat.core.ratelimit import RateLimiter, retry_in
 from grpcchat.core.relating import check_relation, check_reply
 from grpcchat.core.replay import plan_replay, within_bytes
 from grpcchat.core.rooms import Room
@@ -469,8 +469,7 @@ class Hub:
         if wait:
             self.stats.rate_limited_messages += 1
             raise LimitExceeded(
-                f"slow down: {sender!r} may send {self.limits.rate:g} messages a second; "
-                f"retry in {wait:.1f}s",
+                f"slow down: at most {self.limits.rate:g} messages a second; {retry_in(wait)}",
                 retry_after=wait,
             )
         if relation is not None:
@@ -655,7 +654,7 @@ class Hub:
             self.stats.rate_limited_requests += 1
             raise LimitExceeded(
                 f"slow down: at most {self.limits.request_rate:g} joins, leaves, reads and "
-                f"read markers a second; retry in {wait:.1f}s",
+                f"read markers a second; {retry_in(wait)}",
                 retry_after=wait,
             )
 

@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 MAX_BUCKETS = 100_000
 
 
+def retry_in(seconds: float) -> str:
+    """When a refused request may be made again, for people: "retry in 0.04s" (not 0.0s)."""
+    return f"retry in {seconds:.2f}s" if seconds < 0.1 else f"retry in {seconds:.1f}s"
+
+
 @dataclass
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; a token per request (more for one

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from grpcchat.core.errors import LimitExceeded, NotFound
 from grpcchat.core.models import Envelope, Typing
-from grpcchat.core.ratelimit import RateLimiter
+from grpcchat.core.ratelimit import RateLimiter, retry_in
 from grpcchat.core.rooms import Room
 from grpcchat.core.session import Session
 
@@ -57,7 +57,7 @@ class Typists:
         if wait:
             raise LimitExceeded(
                 f"slow down: at most {self._per_second:g} typing notices a second; "
-                f"retry in {wait:.1f}s",
+                f"{retry_in(wait)}",
                 retry_after=wait,
             )
         self._typing[key] = self._clock() + EXPIRES_IN

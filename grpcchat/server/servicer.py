@@ -413,8 +413,8 @@ class ChatServicer:
             return
         if (wait := hold.wait(request.key)) is not None:
             held = LimitExceeded(
-                f"slow down: an earlier message ({hold.key!r}) waits to be sent again first, "
-                "so that messages keep their order",
+                "slow down: an earlier message is over the rate (or its room busy) and goes "
+                "first, so that messages keep their order",
                 retry_after=wait,
             )
             code = self._refused(held)
