@@ -83,7 +83,8 @@ def serve(
             envvar="GRPCCHAT_KEEP_MESSAGES",
             min=1,
             rich_help_panel=HISTORY_HELP,
-            help="Messages kept per room; older ones are deleted.",
+            help="Entries kept per room (messages, and each edit, deletion and reaction); "
+            "older ones are deleted.",
         ),
     ] = MAX_MESSAGES_PER_ROOM,
     keep_days: Annotated[
