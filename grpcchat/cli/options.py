@@ -68,7 +68,7 @@ def tls_key_option(help: str, panel: str) -> Any:
 
 
 Room = Annotated[str, room_option("Room (default: lobby).")]
-Json = Annotated[bool, json_option("Print JSON instead of a table.")]
+Json = Annotated[bool, json_option("Print JSON instead of text, for scripts.")]
 
 Addr = Annotated[
     str,

@@ -23,11 +23,15 @@ def gen_proto(
         Path | None, typer.Option(help="Repository root (default: found from the cwd).")
     ] = None,
 ) -> None:
-    """Regenerate the Python code in grpcchat/gen from proto/ (run in a checkout), and with
-    node and npm on PATH the browser page too (web/src/gen and grpcchat/web/static).
+    """Regenerate the code made from proto/ (in a checkout): grpcchat/gen, and the web page.
 
-    --check exits 1 and names the stale files when the committed code differs from what the
-    protos produce (it always uses the default generator, grpc_tools, for the Python).
+    The Python code goes to grpcchat/gen; with node and npm on PATH the
+    browser page is rebuilt too (web/src/gen and grpcchat/web/static).
+    Nothing is written unless all of it generated.
+
+    --check exits 1 and names the stale files when the committed code
+    differs from what the protos produce (it always uses the default
+    generator, grpc_tools, for the Python).
     """
     from grpcchat import protogen
     from grpcchat.protogen import web

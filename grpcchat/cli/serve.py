@@ -33,6 +33,7 @@ from grpcchat.server.config import (
     MAX_NATS_REPLICAS,
     MAX_WORKERS,
     ServerConfig,
+    host_port,
 )
 from grpcchat.server.connections import (
     DEFAULT_HEARTBEAT,
@@ -456,11 +457,11 @@ def _extras(config: ServerConfig) -> list[str]:
         extras.append("auth on")
     shared = "broker" if config.broker else "history"
     extras.append(f"{shared} {redacted_url(config.store_url)}")
-    if config.metrics_port and config.workers > 1:
-        last = config.metrics_port + config.workers - 1
-        extras.append(f"metrics :{config.metrics_port}-{last}")
-    elif config.metrics_port:
-        extras.append(f"metrics :{config.metrics_port}")
+    if config.metrics_port:  # served on the gRPC port's interface, as the address says
+        where = host_port(config.host, config.metrics_port)
+        if config.workers > 1:
+            where += f"-{config.metrics_port + config.workers - 1}"
+        extras.append(f"metrics {where}")
     return extras
 
 
