@@ -168,6 +168,23 @@ def test_piped_join_exits_with_the_first_refusal(
     assert [json.loads(line)["text"] for line in history.stdout.splitlines()][-1] == "two"
 
 
+def test_a_piped_leave_is_told_in_its_place(server_process: ServerProcess) -> None:
+    """ "left #ops" came after what the next lines printed, and at the end of the input never."""
+    done = run_cli(
+        "join",
+        "--addr",
+        server_process.addr,
+        "--name",
+        "leaver",
+        "--history",
+        "0",
+        stdin="/join ops\nx\n/leave ops\n/who ops\n/leave lobby\n",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-3:] == ["left #ops", "#ops: nobody", "left #lobby"], done.stdout
+
+
 def test_join_with_more_rooms_than_a_session_may_be_in_is_rejected_not_retry_later(
     server_process: ServerProcess,
 ) -> None:

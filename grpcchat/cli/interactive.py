@@ -136,6 +136,9 @@ class _Chatroom:
         self._dropping = False
         # Rooms a /join waits to enter: whether the server let the session in.
         self._joins: dict[str, asyncio.Future[bool]] = {}
+        # Leaves asked for and not yet answered: the next line waits, so "left #room" is
+        # printed in its place (piped, it was printed late or, at the end, never).
+        self._leaves: dict[str, asyncio.Future[None]] = {}
         # Typing notices and read markers are sent in the background; kept until done.
         self._background: set[asyncio.Task[None]] = set()
         # Off a terminal, the exit code of the first thing refused (0: none): a script piping
@@ -190,6 +193,7 @@ class _Chatroom:
                     self._settle_join(event.room, joined=True)
                 case RoomLeft():
                     self.show(render.render_notice(f"left #{event.room}"))
+                    self._settle_leave(event.room)
                 case HistoryGap():
                     self.show(render.render_gap(event))
                     if event.first_seq == event.last_seq == 0:
@@ -207,6 +211,7 @@ class _Chatroom:
                         self.current = self.session.rooms[-1] if self.session.rooms else None
                     self.fail(f"#{event.room}: {event.reason}", exit_code(event.code))
                     self._settle_join(event.room, joined=False)
+                    self._settle_leave(event.room)
                 case Connected():
                     self._dropping = False  # back: what is typed from now on is sent
                     if event.legacy:
@@ -406,12 +411,28 @@ class _Chatroom:
             outcome.set_result(joined)
 
     async def _leave(self, room: str | None) -> None:
+        """Leave `room`, and wait for the server to say so (within --timeout) when connected:
+        the article's server, or a stream being reconnected, says nothing."""
         if room is None or room not in self.session.rooms:
             raise ChatError(f"not in #{room}" if room else "you are in no room")
-        await self.session.leave(room)
+        answered = self.connected.is_set() and not self.session.legacy
+        left = self._leaves[room] = asyncio.get_running_loop().create_future()
+        try:
+            await self.session.leave(room)
+            if answered:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.client.config.timeout):
+                        await left
+        finally:
+            self._leaves.pop(room, None)
         if self.current == room:
             self.current = self.session.rooms[-1] if self.session.rooms else None
         self._refresh_toolbar()
+
+    def _settle_leave(self, room: str) -> None:
+        left = self._leaves.get(room)
+        if left is not None and not left.done():
+            left.set_result(None)
 
     async def _rooms(self) -> None:
         rooms = await self.client.rooms(name=self.session.name)
