@@ -293,3 +293,20 @@ def test_join_says_where_plain_lines_go_once_in_several_rooms(
         lambda: any(line.endswith("#lobby alice: back in the lobby") for line in alice.lines()),
         "alice's message, labelled with its room",
     )
+
+
+def test_a_bad_name_at_the_prompt_is_asked_again(server_process: ServerProcess) -> None:
+    """A typo at the name prompt ended the command (exit 4): it is now asked again."""
+    argv = grpcchat_command("join", "--addr", server_process.addr, "--timeout", "5")
+    terminal = Terminal(argv, _tty_env(colour=False))
+    try:
+        terminal.wait_for_text("Enter your name:")
+        terminal.type("x" * 40 + "\r")
+        terminal.wait_for_text("error: name is 40 characters long; the limit is 32")
+        terminal.wait_for(
+            lambda: terminal.lines()[-1].startswith("Enter your name:"), "the prompt again"
+        )
+        terminal.type("carol\r")
+        join_ready(terminal)
+    finally:
+        terminal.close()

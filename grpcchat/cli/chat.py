@@ -61,14 +61,28 @@ def join(
     if name is None:
         if not interactive:
             fail("--name is required when stdin is not a terminal", EXIT_USAGE)
-        try:
-            name = typer.prompt("Enter your name")
-        except typer.Abort:  # Ctrl-C (or Ctrl-D) at the prompt: as at the chat's
-            raise SystemExit(130) from None
+        name = _ask_name()
     options = JoinOptions(name, _rooms(room), history, interactive)
     code = run(run_join(client, options, console))
     if code:
         raise SystemExit(code)
+
+
+def _ask_name() -> str:
+    """Ask for a name until one is valid: a typo at the prompt is no reason to start over."""
+    from grpcchat.cli.output import emit_error
+    from grpcchat.core.errors import InvalidInput
+    from grpcchat.core.validation import check_name
+
+    while True:
+        try:
+            typed = typer.prompt("Enter your name")
+        except typer.Abort:  # Ctrl-C (or Ctrl-D) at the prompt: as at the chat's
+            raise SystemExit(130) from None
+        try:
+            return check_name(typed)
+        except InvalidInput as error:
+            emit_error(str(error))
 
 
 def _change_option(flag: str, help: str) -> Any:
