@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from unittest.mock import ANY
 
 import pytest
 
@@ -223,7 +224,7 @@ async def test_refusals_are_one_line_with_the_right_exit_code(
         (("--react", "1", "--reply-to", "1", "👍"), "--react and --reply-to cannot be used"),
         (("--delete", "1", "some text"), "--delete takes no text"),
         (("--react", "1"), "--react ID EMOJI: the emoji is missing"),
-        (("--unreact", "1", "-"), "--unreact ID EMOJI: the emoji is missing"),
+        (("--unreact", "1", "-"), "--unreact ID EMOJI: one emoji; stdin had 0 lines"),
         (("--edit", "1", "--to", "bob", "x"), "direct messages are not kept"),
         (("--reply-to", "1", "--to", "bob", "x"), "--reply-to is for room messages"),
         (("--edit", "1", "--me", "x"), "--me is for new messages, not --edit"),
@@ -243,7 +244,18 @@ def test_an_edit_from_stdin_takes_one_line() -> None:
         "send", "--addr", "127.0.0.1:1", "-n", "a", "--edit", "1", stdin="one\ntwo\n", timeout=15
     )
     assert result.returncode == 2
-    assert "takes one text; stdin had 2 lines" in one_error_line(result)
+    assert "--edit ID TEXT: one text; stdin had 2 lines" in one_error_line(result)
+
+
+async def test_a_reaction_from_stdin_with_a_dash(addr: str) -> None:
+    """`-` reads the emoji from stdin, as it reads an edit's text (it said the emoji was
+    missing)."""
+    await send_json(addr, "alice", "hello")
+    result = await run_cli_async(
+        "send", "--addr", addr, "-n", "bob", "--json", "--react", "1", "-", stdin="🎉\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["relation"] == {"kind": "react", "target": ANY, "emoji": "🎉"}
 
 
 # -- history: current state ---------------------------------------------------------------------

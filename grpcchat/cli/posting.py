@@ -121,17 +121,16 @@ def post(
 
 
 def _change_text(option: str, text: str | None) -> str:
-    """What goes with `option`: an edit's new text (the argument, or the one line of stdin), a
-    reaction's emoji (the argument), nothing for a delete; or exit 2 saying what is missing."""
+    """What goes with `option`: an edit's new text or a reaction's emoji (the argument, or the
+    one line of stdin: an edit's without an argument, either's for `-`), nothing for a delete;
+    or exit 2 saying what is missing."""
     if option == "--delete":
         if text is not None:
             fail(f"--delete takes no text (got {text!r})", EXIT_USAGE)
         return ""
-    if option in ("--react", "--unreact"):
-        if text in (None, "-"):
-            fail(f"{option} ID EMOJI: the emoji is missing", EXIT_USAGE)
-        assert text is not None
-        return text
+    reacting = option in ("--react", "--unreact")
+    if reacting and text is None:
+        fail(f"{option} ID EMOJI: the emoji is missing", EXIT_USAGE)
     if text not in (None, "-"):
         assert text is not None
         return text
@@ -139,7 +138,8 @@ def _change_text(option: str, text: str | None) -> str:
 
     lines = stdin.read_lines()
     if len(lines) != 1:
-        fail(f"--edit ID TEXT takes one text; stdin had {len(lines)} lines", EXIT_USAGE)
+        what = "EMOJI: one emoji" if reacting else "TEXT: one text"
+        fail(f"{option} ID {what}; stdin had {len(lines)} lines", EXIT_USAGE)
     return lines[0]
 
 
