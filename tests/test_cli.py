@@ -109,7 +109,7 @@ def test_an_empty_target_is_refused_not_taken_for_no_option(
     done = run_cli("send", "--addr", server_process.addr, "--name", "bot", *typer_only, *args)
     assert done.returncode == 2, done.stdout + done.stderr
     what = "a NAME" if option == "--to" else "a message ID"
-    assert f"{option} needs {what}, got an empty value" in done.stderr
+    assert f"{option} needs {what}, got an empty or blank value" in done.stderr
     history = run_cli("history", "--addr", server_process.addr, "--json")
     assert history.stdout.strip() == ""  # nothing posted
 

@@ -9,6 +9,7 @@ import pytest
 
 from grpcchat.client import ChatClient, Connected
 from grpcchat.client.config import ClientConfig
+from grpcchat.client.errors import ClientClosed
 from grpcchat.core.errors import ChatError, ConfigError, InvalidInput, RemoteError
 from grpcchat.core.models import Message
 from grpcchat.server import ChatServer
@@ -79,6 +80,7 @@ async def test_a_closed_client_says_so_and_its_live_session_ends_with_an_error(
     with pytest.raises(RemoteError, match="was closed") as refused:
         await client.send("bob", "after")
     assert refused.value.status == "FAILED_PRECONDITION"
+    assert isinstance(refused.value, ClientClosed)  # not a cap the server refused with
 
 
 async def test_a_send_awaited_in_the_loop_reading_events_is_answered(client: ChatClient) -> None:

@@ -197,10 +197,22 @@ async def test_an_unusable_file_is_refused_at_open_and_left_alone(
     message = str(error.value)
     assert f"cannot use the history file {path}: " in message
     assert re.search(why, message)
-    # Moving away is advice for a file that is there, not for a directory that cannot be made.
-    assert ("Move it away" in message) == (make is not file_in_the_way)
+    assert "Move it away" in message
     assert "--store memory://" in message
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+async def test_a_directory_that_cannot_be_made_is_not_told_to_move_anything_away() -> None:
+    """Nothing is in the way of /proc/nope (nothing can be made there): moving something away
+    was the advice, as for a damaged file."""
+    path = Path("/proc/nope/history.db")
+    with pytest.raises(StoreError) as error:
+        await open_store(url(path))
+    message = str(error.value)
+    assert f"cannot use the history file {path}: cannot create its directory /proc/nope" in message
+    assert "Move it away" not in message
+    assert "Choose another --data-dir or path, or use --store memory://" in message
 
 
 async def test_a_file_another_server_has_open_is_refused_until_it_closes(

@@ -140,8 +140,9 @@ def send(
     accepted (for a change, the entry that made it).
 
     Exit codes: 0 sent, 1 local setup problem, 2 bad usage, 3 server
-    unreachable, 4 rejected (bad input, no such message), 5 timed out,
-    6 not authenticated or not allowed (someone else's message).
+    unreachable or still over a limit (retry later), 4 rejected (bad
+    input, no such message, a cap such as a message's 20 emoji), 5 timed
+    out, 6 not authenticated or not allowed (someone else's message).
 
     Examples:
       grpcchat send --name bot "deploy done"

@@ -229,6 +229,11 @@ class _Chatroom:
                     self.connected.set()
                 case Reconnecting():
                     self.connected.clear()
+                    # A leave the lost stream did not answer is final all the same: the next
+                    # stream does not rejoin the room.
+                    for room in list(self._leaves):
+                        self.show(render.render_notice(f"left #{room}"))
+                        self._settle_leave(room)
                     self.timeline.reconnecting(self.session.rooms)
                     # With several addresses the next attempt is at another: say which.
                     where = f"; next: {event.addr}" if self.client.connection.several else ""

@@ -73,7 +73,7 @@ def post(
     for option, target in (("--to", to), *changes.items()):
         if target is not None and not target.strip():
             what = "a NAME" if option == "--to" else "a message ID"
-            fail(f"{option} needs {what}, got an empty value", EXIT_USAGE)
+            fail(f"{option} needs {what}, got an empty or blank value", EXIT_USAGE)
     given = [option for option, target in changes.items() if target is not None]
     if len(given) > 1:
         fail(f"{given[0]} and {given[1]} cannot be used together: one change per send", EXIT_USAGE)

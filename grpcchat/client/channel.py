@@ -18,7 +18,7 @@ import grpc
 from grpc import aio
 
 from grpcchat.client.config import ClientConfig, host_and_port
-from grpcchat.client.errors import NOT_CONNECTED, remote_error, retry_after
+from grpcchat.client.errors import NOT_CONNECTED, ClientClosed, remote_error, retry_after
 from grpcchat.core.errors import ConfigError, RemoteError
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 
@@ -114,8 +114,6 @@ def open_channel(config: ClientConfig, addr: str | None = None) -> tuple[aio.Cha
 
 
 _T = TypeVar("_T")
-# The status of a call on a closed client: not one a session rides out by reconnecting.
-CLIENT_CLOSED = "FAILED_PRECONDITION"
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -162,7 +160,7 @@ class Connection:
         """The stub every call goes through; once the client is closed, a call is a clear
         error (gRPC's own is a UsageError, no ChatError)."""
         if self.closed:
-            raise RemoteError(CLIENT_CLOSED, "this ChatClient was closed: open another")
+            raise ClientClosed("this ChatClient was closed: open another")
         return self._stub
 
     def _open(self, addr: str) -> tuple[aio.Channel, pb_grpc.ChatServiceAsyncStub]:

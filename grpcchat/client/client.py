@@ -127,7 +127,7 @@ class ChatClient:
                 )
                 duplicate = response.duplicate and not own_key
                 message = codec.from_proto(response.message)
-                if response.duplicate:  # the key's original, whatever this request asked
+                if duplicate:  # the caller's key's original, whatever this request asked
                     return Sent(message, duplicate)
                 return Sent(check_accepted(request, message, connection.addr), duplicate)
             except grpc.RpcError as error:

@@ -35,6 +35,14 @@ NOT_CONNECTED = frozenset(
 )
 
 
+class ClientClosed(RemoteError):
+    """A call on a ChatClient that was closed (FAILED_PRECONDITION, as the server's caps are:
+    tell them apart by this type)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("FAILED_PRECONDITION", message)
+
+
 class Unreachable(RemoteError):
     """UNAVAILABLE with no connection to the server: `addrs` were tried, over TLS or not."""
 

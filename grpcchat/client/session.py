@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from grpcchat.client.backoff import Backoff
-from grpcchat.client.channel import CLIENT_CLOSED
-from grpcchat.client.errors import RETRYABLE, raise_status
+from grpcchat.client.errors import RETRYABLE, ClientClosed, raise_status
 from grpcchat.client.events import Connected, FeedEvent, Reconnecting, Sent
 from grpcchat.client.legacy import V1_SERVER, LegacyStream, require_lobby
 from grpcchat.client.outbox import Outbox
@@ -145,7 +144,7 @@ class ChatSession:
                 # The client's channels were closed under the stream: this task was not
                 # cancelled, and must not look so to whoever awaits it.
                 closed = "the ChatClient was closed under this session"
-                raise RemoteError(CLIENT_CLOSED, closed) from None
+                raise ClientClosed(closed) from None
             raise
         except RemoteError as error:
             self._outbox.fail_all(error)  # the sends waiting end as the session did

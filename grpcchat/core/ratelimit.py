@@ -3,6 +3,7 @@ address without authentication), the least recently used forgotten first."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -13,8 +14,11 @@ MAX_BUCKETS = 100_000
 
 
 def retry_in(seconds: float) -> str:
-    """When a refused request may be made again, for people: "retry in 0.04s" (not 0.0s)."""
-    return f"retry in {seconds:.2f}s" if seconds < 0.1 else f"retry in {seconds:.1f}s"
+    """When a refused request may be made again, for people, rounded up: "retry in 4ms" (a
+    bucket that is nearly full again is a few milliseconds away, not "0.0s")."""
+    if seconds < 1:
+        return f"retry in {max(1, math.ceil(seconds * 1000))}ms"
+    return f"retry in {math.ceil(seconds * 10) / 10:.1f}s"
 
 
 @dataclass

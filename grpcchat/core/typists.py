@@ -57,7 +57,7 @@ class Typists:
         if wait:
             raise LimitExceeded(
                 f"slow down: at most {self._per_second:g} typing notices a second; "
-                f"{retry_in(wait)}",
+                + retry_in(wait),
                 retry_after=wait,
             )
         self._typing[key] = self._clock() + EXPIRES_IN

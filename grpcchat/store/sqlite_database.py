@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from grpcchat.core import relations
-from grpcchat.core.errors import ChatError, StoreError
+from grpcchat.core.errors import ChatError
 from grpcchat.core.history import Appended, Retention, RoomCount
 from grpcchat.core.models import Message, Relation, RelationKind
 from grpcchat.store import sqlite_conversations as conversations
@@ -27,6 +27,7 @@ from grpcchat.store.sqlite_file import (
     existing_epoch,
     hold,
     migrate,
+    no_directory,
     open_failure,
     release,
     unusable,
@@ -100,12 +101,7 @@ class Database:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            # Nothing there to move away: only another path helps.
-            raise StoreError(
-                f"cannot use the history file {path}: cannot create its directory "
-                f"{path.parent} ({exc.strerror}); choose another --data-dir or path, or use "
-                "--store memory://"
-            ) from exc
+            raise no_directory(path, exc) from exc
         try:
             conn = sqlite3.connect(path, isolation_level=None)  # creates the file if missing
         except sqlite3.Error as exc:

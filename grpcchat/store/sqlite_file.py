@@ -4,6 +4,7 @@ write uses. `sqlite.py` is the engine built on it."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
@@ -112,6 +113,18 @@ def unusable(path: Path, why: str) -> StoreError:
     return StoreError(
         f"cannot use the history file {path}: {why}. Move it away (a new, empty history will "
         "start there), choose another path, or use --store memory://"
+    )
+
+
+def no_directory(path: Path, exc: OSError) -> StoreError:
+    """The file's directory cannot be made: a file in the way is the user's to move; anything
+    else (a missing or read-only parent) leaves nothing to move, only another path."""
+    why = f"cannot create its directory {path.parent} ({exc.strerror})"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return unusable(path, f"{why}: a file is in the way of it")
+    return StoreError(
+        f"cannot use the history file {path}: {why}. Choose another --data-dir or path, or use "
+        "--store memory://"
     )
 
 

@@ -8,7 +8,6 @@ from grpcchat.core.errors import (
     AlreadyExists,
     CapReached,
     InvalidInput,
-    LimitExceeded,
     NotFound,
     PermissionDenied,
 )
@@ -18,7 +17,7 @@ from grpcchat.store.nats.state import RoomState
 from grpcchat.store.nats.window import Window
 
 # What a relation or reply may be refused with (the store's validation, see the contract).
-REFUSALS = (NotFound, PermissionDenied, AlreadyExists, LimitExceeded, CapReached, InvalidInput)
+REFUSALS = (NotFound, PermissionDenied, AlreadyExists, CapReached, InvalidInput)
 
 
 def validate(state: RoomState, draft: Message, head: Stored | None, window: Window) -> Gone | None:
