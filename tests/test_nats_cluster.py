@@ -211,6 +211,31 @@ async def test_nats_restart_under_a_running_node(restartable_nats: NatsNode) -> 
             assert [m.seq for m in history] == list(range(1, len(acked) + 1))
 
 
+async def test_a_session_send_the_history_cannot_take_is_sent_again_once_nats_is_back(
+    restartable_nats: NatsNode,
+) -> None:
+    """Written on a session while NATS is gone, a send was answered UNAVAILABLE and given up
+    at once, though a unary send waits for NATS within --timeout."""
+    store = f"{restartable_nats.url}?stream=CHAT_{uuid.uuid4().hex}"
+    async with asyncio.timeout(45), ChatServer(chat_config(store)) as server:
+        addr = f"127.0.0.1:{server.port}"
+        async with (
+            ChatClient(ClientConfig(addr=addr, timeout=20)) as client,
+            Collector(client.session("alice", ROOM, history=0)) as alice,
+        ):
+            before = await alice.session.send("before", ROOM)
+            await asyncio.to_thread(restartable_nats.stop)
+            await asyncio.sleep(0.3)  # the node knows; its sessions are not all ended yet
+            during = asyncio.create_task(alice.session.send("during", ROOM))
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(restartable_nats.start)
+            sent = await during
+            assert sent.message.text == "during"
+            history = await client.history(ROOM, limit=10)
+            assert [m.text for m in history] == ["before", "during"]
+            assert [m.id for m in history] == [before.message.id, sent.message.id]
+
+
 # -- the stream leader of a 3-node cluster killed while clients chat ------------------------
 
 PER_PUBLISHER = 60

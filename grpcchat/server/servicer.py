@@ -19,6 +19,7 @@ from grpcchat.core.errors import (
     InvalidInput,
     LimitExceeded,
     ServerDraining,
+    StoreError,
     TimedOut,
 )
 from grpcchat.core.hub import Hub
@@ -47,6 +48,9 @@ from grpcchat.wire import codec
 HELLO_TIMEOUT = 10.0
 # How long a refused session waits for its client to hang up before the call is ended.
 HELLO_REFUSAL_GRACE = 2.0
+# When a send on a session that the history could not take (NATS unreachable for a moment) may
+# be tried again: it is held like a send over the rate, so the ones behind it keep their order.
+STORE_RETRY = 0.5
 
 
 log = logging.getLogger("grpcchat.server.servicer")
@@ -436,6 +440,8 @@ class ChatServicer:
             )
         except ChatError as error:
             retry_after = error.retry_after if isinstance(error, LimitExceeded) else None
+            if isinstance(error, StoreError):
+                retry_after = STORE_RETRY
             if retry_after is not None:
                 hold.hold(request.key, retry_after)
             code = self._refused(error)
