@@ -40,6 +40,7 @@ from grpcchat.cli.bench_report import (
     default_config_line,
     render_result,
 )
+from grpcchat.client import ChatClient
 from grpcchat.client.config import AddressError
 from grpcchat.core.errors import RemoteError
 from grpcchat.core.limits import Limits
@@ -47,6 +48,7 @@ from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
 from grpcchat.wire.codec import SENDS_HEADER
+from tests.conftest import run_cli_async
 
 
 def _check_exact(result: BenchResult, subscribers: int) -> None:
@@ -86,6 +88,17 @@ async def test_every_subscriber_gets_every_message_once(addr: str) -> None:
     text = console.export_text()
     assert f"{result.delivered:,}" in text
     assert "p99" in text
+
+
+async def test_the_room_may_be_typed_as_it_is_printed(addr: str, client: ChatClient) -> None:
+    """`--room '#ops'`, as every other command takes it, was refused as a room name."""
+    args = ("--addr", addr, "--room", "#benchroom", "-s", "1", "-p", "1", "--rate", "20")
+    done = await run_cli_async(
+        "bench", *args, "-d", "0.5", "--processes", "1", "--drain", "2", "--json", timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["lost"] == 0
+    assert await client.history("benchroom", limit=1)  # its messages are real
 
 
 @contextlib.asynccontextmanager

@@ -115,6 +115,7 @@ def bench(
     from grpcchat.bench import PHASES, BenchConfig, run_bench
     from grpcchat.bench.config import parse_pids
     from grpcchat.cli.bench_report import render_result
+    from grpcchat.cli.roomarg import room_argument
 
     try:
         config = BenchConfig(
@@ -123,7 +124,7 @@ def bench(
             publishers=publishers,
             rate=rate,
             duration=duration,
-            room=room,
+            room=room_argument(room),
             protocol=protocol.value,
             publish=publish.value,
             slow=slow,
