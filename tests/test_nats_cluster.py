@@ -9,6 +9,7 @@ silence. Timings are printed (`pytest -s` shows them)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpcchat.client import ChatClient, Reconnecting
 from grpcchat.client.config import ClientConfig
-from grpcchat.core.errors import RemoteError, StoreError
+from grpcchat.core.errors import HistoryReplaced, RemoteError, StoreError
 from grpcchat.core.history import Retention
 from grpcchat.core.limits import Limits
 from grpcchat.core.models import Message, Position, RequestRefused, RoomJoined
@@ -234,6 +235,36 @@ async def test_a_session_send_the_history_cannot_take_is_sent_again_once_nats_is
             history = await client.history(ROOM, limit=10)
             assert [m.text for m in history] == ["before", "during"]
             assert [m.id for m in history] == [before.message.id, sent.message.id]
+
+
+async def test_a_node_whose_history_nats_lost_stops_rather_than_serve_a_mixture(
+    restartable_nats: NatsNode,
+) -> None:
+    """NATS started again without its storage: the node kept its epoch and positions, stayed
+    NOT_SERVING for good, and with another node making the stream anew served two epochs for
+    one history, its clients skipping what they missed without a word."""
+    store = f"{restartable_nats.url}?stream=CHAT_{uuid.uuid4().hex}"
+    async with asyncio.timeout(60):
+        server = ChatServer(chat_config(store))
+        await server.start()
+        try:
+            addr = f"127.0.0.1:{server.port}"
+            async with ChatClient(ClientConfig(addr=addr, timeout=5)) as client:
+                await client.send("bob", "in the old history", ROOM)
+            await asyncio.to_thread(restartable_nats.stop)
+            shutil.rmtree(restartable_nats.root / "js")
+            await asyncio.to_thread(restartable_nats.start)
+            with pytest.raises(HistoryReplaced, match="was NATS's storage lost"):
+                await server.wait()
+            assert await health(addr) == NOT_SERVING
+        finally:
+            await server.stop(0)
+        # Started again, a node serves the history there is (empty, a new epoch).
+        async with (
+            ChatServer(chat_config(store)) as again,
+            ChatClient(ClientConfig(addr=f"127.0.0.1:{again.port}")) as client,
+        ):
+            assert await client.history(ROOM) == []
 
 
 # -- the stream leader of a 3-node cluster killed while clients chat ------------------------

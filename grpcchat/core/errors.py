@@ -71,6 +71,12 @@ class StoreError(ChatError):
     fatal at start, UNAVAILABLE for a request."""
 
 
+class HistoryReplaced(StoreError):
+    """The shared history this server opened is gone, or another one took its place (NATS lost
+    its storage): what the server holds (positions, the epoch) is no longer that history's, so
+    it stops rather than serve a mixture; started again, it serves the history there is."""
+
+
 class ServerDraining(ChatError):
     """The server is shutting down; reconnect elsewhere or later (UNAVAILABLE)."""
 

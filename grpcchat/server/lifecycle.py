@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from grpcchat.core.cluster import Cluster
-from grpcchat.core.errors import StoreError
+from grpcchat.core.errors import HistoryReplaced, StoreError
 from grpcchat.core.feed import Connected, RoomFeed
 from grpcchat.core.files import read_tls_files
 from grpcchat.core.history import HistoryStore
@@ -113,6 +113,9 @@ class ChatServer:
         self._sharing: asyncio.Task[None] | None = None
         # Whether the room feed is being followed (a metric; False while it is retried).
         self.feed_up = False
+        # Why the server stopped serving for good, if it did (see `wait`).
+        self.failure: HistoryReplaced | None = None
+        self.failed = asyncio.Event()
 
     @property
     def hub(self) -> Hub:
@@ -198,6 +201,13 @@ class ChatServer:
             try:
                 await feed.follow(hub.receive, on_following)
                 return  # the store closed
+            except HistoryReplaced as exc:  # no retry helps: the server stops, `wait` says why
+                self.feed_up = False
+                hub.suspend(str(exc))
+                await self._set_serving(False)
+                self.failure = exc
+                self.failed.set()
+                return
             except StoreError as exc:
                 log.warning(
                     "the room feed failed (retrying in %.1fs): %s",
@@ -328,7 +338,17 @@ class ChatServer:
         await self._stop_metrics()  # last: the drain stays visible to a scrape until the end
 
     async def wait(self) -> None:
-        await self._server.wait_for_termination()
+        """Until the server terminates, or fails for good: then raise why (HistoryReplaced)."""
+        # Shielded: cancelling gRPC's own wait would cancel the future `stop` awaits too.
+        terminated: asyncio.Future[object] = asyncio.shield(self._server.wait_for_termination())
+        failed: asyncio.Future[object] = asyncio.ensure_future(self.failed.wait())
+        try:
+            await asyncio.wait([terminated, failed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            terminated.cancel()
+            failed.cancel()
+        if self.failure is not None:
+            raise self.failure
 
     async def __aenter__(self) -> ChatServer:
         await self.start()
@@ -363,7 +383,13 @@ async def serve(config: ServerConfig, on_started: Callable[[ChatServer], None]) 
             loop.add_signal_handler(sig, on_signal)
         on_started(server)
         log.info("listening on %s", server.address, extra=_started_fields(server))
-        await stop_requested.wait()
+        stopping = asyncio.ensure_future(stop_requested.wait())
+        failing = asyncio.ensure_future(server.failed.wait())
+        await asyncio.wait([stopping, failing], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        failing.cancel()
+        if server.failure is not None:
+            raise server.failure  # stopped below; `serve` says why and exits 1
         # A worker of `--workers` gets no Ctrl-C (its own process group): its supervisor says
         # how to force the stop, once.
         force = "" if config.reuse_port else " (Ctrl-C again to force)"

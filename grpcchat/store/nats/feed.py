@@ -14,13 +14,20 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
 
-from grpcchat.core.errors import StoreError
+from grpcchat.core.errors import HistoryReplaced, StoreError
 from grpcchat.core.models import Message
 from grpcchat.store.nats.codec import Stored
-from grpcchat.store.nats.connection import NATS_ERRORS, REQUEST_TIMEOUT, Link, errors
+from grpcchat.store.nats.connection import (
+    EPOCH_KEY,
+    NATS_ERRORS,
+    REQUEST_TIMEOUT,
+    Link,
+    errors,
+)
 from grpcchat.store.nats.reader import Reader
 
 log = logging.getLogger("grpcchat.store")
@@ -38,9 +45,11 @@ class Feed:
         reader: Reader,
         prefix: str,
         saw: Callable[[Stored], None],
+        epoch: str,
     ) -> None:
         """`saw` is told of every entry before it is delivered (to keep this process's view
-        of the rooms current)."""
+        of the rooms current); `epoch` is the history's, as the store opened it."""
+        self._epoch = epoch
         self._js = js
         self._link = link
         self._reader = reader
@@ -64,9 +73,11 @@ class Feed:
                     await self._link.up.wait()
             self._link.check_connected("follow the rooms")
         with errors("follow the rooms"):
+            info = await self._stream_info()
             if not self._from:
-                info = await self._js.stream_info(self._reader.stream)
                 self._from = info.state.last_seq + 1
+            elif info.state.last_seq + 1 < self._from:
+                raise HistoryReplaced(self._replaced("it holds fewer entries than were seen"))
             subscription = await self._js.subscribe(
                 f"{self._prefix}>",
                 stream=self._reader.stream,
@@ -95,6 +106,24 @@ class Feed:
         if not consume.cancelled():
             consume.result()  # StoreError, or the subscription ended (the connection closed)
         raise StoreError(f"lost the connection to NATS ({self._link.where})")
+
+    async def _stream_info(self) -> StreamInfo:
+        """The stream, which must still be the one this store opened: the same epoch."""
+        try:
+            info = await self._js.stream_info(self._reader.stream)
+        except nats.js.errors.NotFoundError:
+            raise HistoryReplaced(self._replaced("it is gone")) from None
+        epoch = (info.config.metadata or {}).get(EPOCH_KEY)
+        if epoch != self._epoch:
+            raise HistoryReplaced(self._replaced(f"it is another history now (epoch {epoch})"))
+        return info
+
+    def _replaced(self, why: str) -> str:
+        return (
+            f"the history stream {self._reader.stream} on NATS ({self._link.where}) is not the "
+            f"one this server opened (epoch {self._epoch}): {why}; was NATS's storage lost? "
+            "Start the server again to serve the history there is"
+        )
 
     async def _consume(
         self, subscription: JetStreamContext.PushSubscription, deliver: Callable[[Message], None]

@@ -74,7 +74,7 @@ class NatsStore:
             self._eraser,
             self._maintenance,
         )
-        self._feed = Feed(self._js, link, self._reader, options.prefix, self._saw)
+        self._feed = Feed(self._js, link, self._reader, options.prefix, self._saw, epoch)
         self._cluster = NatsCluster(nc, options.stream)
 
     @classmethod
