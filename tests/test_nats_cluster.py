@@ -177,6 +177,10 @@ async def test_nats_restart_under_a_running_node(restartable_nats: NatsNode) -> 
                 with pytest.raises(RemoteError) as refused:
                     await ChatClient(ClientConfig(addr=addr, timeout=1)).send("bob", "x", ROOM)
                 assert refused.value.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+                # Who is in a room is not known meanwhile (it answered this node's half).
+                with pytest.raises(RemoteError) as unknown:
+                    await sender.members(ROOM)
+                assert unknown.value.status == "UNAVAILABLE"
 
                 # Start it again on the same port and data: SERVING again, nothing lost.
                 restarted = time.monotonic()

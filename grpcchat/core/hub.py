@@ -362,6 +362,8 @@ class Hub:
         self, room: str = "", *, after: str = "", limit: int = 0, principal: str = ""
     ) -> MembersPage:
         """One page of the room's sorted names after `after` (see `listing`)."""
+        if self._unavailable:  # the other nodes' names are not known meanwhile: no half list
+            raise StoreError(self._unavailable)
         self._limit_requests(principal)
         return listing.members_page(self._rooms, self.roster, check_room(room), after, limit)
 
