@@ -558,6 +558,7 @@ async def test_a_web_subscribe_over_the_rate_says_when_to_retry(
     [
         ("POST", "History", "application/grpc-web-text", 415, "not grpc-web-text"),
         ("POST", "History", "text/plain", 415, "unsupported content type 'text/plain'"),
+        ("POST", "Subscribe", "application/json", 415, "application/connect+proto for a stream"),
         ("POST", "Nope", "application/json", 404, "no method 'Nope' in chat.v1.ChatService"),
         ("GET", "History", "", 405, "GET is not allowed here: call a method with POST"),
     ],

@@ -276,10 +276,12 @@ _BARE_STATUSES = frozenset({404, 405, 415})
 def _bare_status_reason(status: int, scope: Scope, headers: dict[str, str]) -> str:
     if status == 415:
         content_type = headers.get("content-type", "")
+        # (application/json is refused for a stream too: it said it spoke application/json.)
         return (
             f"unsupported content type {content_type!r}: this port speaks Connect "
-            "(application/json, application/proto) and gRPC-Web (application/grpc-web+proto; "
-            "not grpc-web-text)"
+            "(application/json or application/proto for a unary call, application/connect+json "
+            "or application/connect+proto for a stream) and gRPC-Web "
+            "(application/grpc-web+proto; not grpc-web-text)"
         )
     if status == 404:
         return f"no method {scope['path'].removeprefix(RPC_PREFIX)!r} in chat.v1.ChatService"
