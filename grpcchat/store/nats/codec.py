@@ -82,7 +82,9 @@ def parse_url(url: str) -> Options:
         raise StoreError(f"unreadable options in {redacted_url(url)!r}") from None
     unknown = set(query) - {"stream", "replicas"}
     if unknown:
-        raise StoreError(f"unknown NATS store option(s) {sorted(unknown)}: use stream, replicas")
+        raise StoreError(
+            f"unknown NATS store option(s) {', '.join(sorted(unknown))}: use stream, replicas"
+        )
     stream = query.get("stream", [DEFAULT_STREAM])[-1]
     if not _STREAM_NAME.fullmatch(stream):
         raise StoreError(f"stream name {stream!r}: use 1-64 letters, digits, '_' or '-'")
