@@ -169,17 +169,10 @@ def test_piped_join_exits_with_the_first_refusal(
 
 
 def test_a_piped_leave_is_told_in_its_place(server_process: ServerProcess) -> None:
-    """ "left #ops" came after what the next lines printed, and at the end of the input never."""
-    done = run_cli(
-        "join",
-        "--addr",
-        server_process.addr,
-        "--name",
-        "leaver",
-        "--history",
-        "0",
-        stdin="/join ops\nx\n/leave ops\n/who ops\n/leave lobby\n",
-    )
+    """Its "left #ops" came after what the next lines printed, and at the end never."""
+    who = ("--addr", server_process.addr, "--name", "leaver", "--history", "0")
+    typed = "/join ops\nx\n/leave ops\n/who ops\n/leave lobby\n"
+    done = run_cli("join", *who, stdin=typed)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[-3:] == ["left #ops", "#ops: nobody", "left #lobby"], done.stdout
