@@ -278,6 +278,31 @@ async def test_a_shared_history_reports_its_feed_and_connection(nats_url: str) -
         assert samples.get_value("grpcchat_store_connected") == 1
 
 
+async def test_fan_out_is_timed_for_messages_from_the_feed_too(nats_url: str) -> None:
+    """On NATS a message another node accepted (and often this node's own, when the feed brings
+    it first) reached its readers without being timed: 13 delivered, none observed."""
+    store = f"{nats_url}?stream=CHAT_{uuid.uuid4().hex}"
+    limits = Limits(rate=0, request_rate=0)
+    watched = ServerConfig(
+        port=0, store=store, limits=limits, grace_period=0.5, metrics_port=free_port()
+    )
+    other = ServerConfig(port=0, store=store, limits=limits, grace_period=0.5)
+    async with (
+        ChatServer(watched) as server,
+        ChatServer(other) as elsewhere,
+        client_of(server) as client,
+        client_of(elsewhere) as sender,
+        Follower(client.session("alice", "ops")) as alice,
+    ):
+        port = server.metrics_port
+        before = await settled(port, "grpcchat_events_delivered_total")
+        for i in range(3):  # one at a time: a batch each
+            await sender.send("bob", f"from the other node {i}", "ops")
+            assert [m.text for m in await alice.messages(1)] == [f"from the other node {i}"]
+        after = await settled(port, "grpcchat_events_delivered_total")
+        assert delta(after, before, "grpcchat_fanout_latency_seconds_count") >= 3
+
+
 async def test_an_embedded_history_has_no_feed_metrics() -> None:
     async with metrics_server() as server:
         samples = await scrape(server.metrics_port)

@@ -51,14 +51,14 @@ class GatedDelivery:
         self._deliver_due(room, gate.start(next_seq))
         return gate.next_seq - 1
 
-    def receive(self, message: Message) -> None:
+    def receive(self, message: Message, accepted_at: float = 0.0) -> None:
         """A room message from the feed: delivered unless it was already (or nobody here is in
-        its room)."""
+        its room); `accepted_at` as for an `Envelope`."""
         gate = self._gates.get(message.room)
         if gate is None or message.seq < gate.next_seq:
             return
         self._before_message(message.room)
-        self.deliver(message.room, Envelope(message))
+        self.deliver(message.room, Envelope(message, accepted_at))
 
     def deliver(self, room: str, envelope: Envelope) -> None:
         gate = self._gates.get(room)

@@ -143,7 +143,7 @@ class Hub:
         )
         # Ids of this process's posts not yet back from the feed: every other post the feed
         # brings counts against its sender's rate here too, so a rate is per user, not per node.
-        self._own_posts: OrderedDict[str, None] = OrderedDict()
+        self._own_posts: OrderedDict[str, float] = OrderedDict()  # id -> when accepted
 
     @property
     def epoch(self) -> str:
@@ -509,7 +509,7 @@ class Hub:
         accepted_at = time.monotonic()
         message_id = new_message_id()
         if self._gated is not None:
-            self._own_posts[message_id] = None
+            self._own_posts[message_id] = accepted_at
             if len(self._own_posts) > OWN_POSTS:
                 self._own_posts.popitem(last=False)
         appended: Appended | None = None
@@ -550,13 +550,14 @@ class Hub:
 
     def receive(self, message: Message) -> None:
         """A room message from the store's feed (appended by any process, this one included):
-        delivered unless it was already; for a room without members here, nothing to do."""
-        if message.id in self._own_posts:
-            del self._own_posts[message.id]
-        else:
+        delivered unless it was already; for a room without members here, nothing to do. Its
+        fan-out is timed from its acceptance here, or from its arrival (another node's)."""
+        accepted_at = self._own_posts.pop(message.id, None)
+        if accepted_at is None:
             self._message_rate.charge(message.sender)
+            accepted_at = time.monotonic()
         if self._gated is not None:
-            self._gated.receive(message)
+            self._gated.receive(message, accepted_at)
 
     def _deliver(self, room: str, envelope: Envelope) -> None:
         if self._gated is None:

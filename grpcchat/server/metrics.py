@@ -148,8 +148,8 @@ class ChatCollector:
         )
         yield _histogram(
             "grpcchat_fanout_latency_seconds",
-            "From a room message's acceptance to its write to a stream, once per written batch "
-            "(its oldest live message).",
+            "From a room message's acceptance (another node's: its arrival here) to its write to "
+            "a stream, once per written batch (its oldest live message).",
             stats.fan_out,
         )
         yield CounterMetricFamily(
