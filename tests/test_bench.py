@@ -217,6 +217,30 @@ async def test_unreachable_server_is_an_error_not_a_hang() -> None:
     assert time.monotonic() - started < 10
 
 
+async def test_a_port_that_does_not_speak_grpc_is_an_error_not_a_hang() -> None:
+    """An HTTP server (the metrics port, say): silence for connect_timeout, then no reason."""
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = BenchConfig(
+        addr=f"127.0.0.1:{port}", subscribers=1, duration=1, processes=1, connect_timeout=20
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(RemoteError) as caught:
+            await run_bench(config)
+    finally:
+        server.close()
+    assert caught.value.status == "UNAVAILABLE"
+    assert "Failed parsing HTTP/2" in str(caught.value)
+    assert time.monotonic() - started < 10  # said at once, not after connect_timeout
+
+
 async def test_a_server_that_requires_tokens_is_a_clear_error() -> None:
     """The server's own words said to pass --token, which the bench has not."""
     config = ServerConfig(port=0, store="memory://", auth_secret="b" * 32)

@@ -103,6 +103,7 @@ async def check_protocol(addr: str, protocol: str, name: str, room: str, within:
     """Raise a RemoteError now, with the server's own status, if the server at `addr` cannot be
     reached or does not speak `protocol` (subscribers read raw HTTP/2 and see no statuses)."""
     await _check_listening(addr, within)
+    await _check_speaks_grpc(addr, within)
     raw = Raw(addr, within)
     try:
         try:
@@ -143,6 +144,20 @@ async def check_protocol(addr: str, protocol: str, name: str, room: str, within:
             call.cancel()
     finally:
         await raw.aclose()
+
+
+async def _check_speaks_grpc(addr: str, within: float) -> None:
+    """Raise at once, with gRPC's reason, for a port that listens but does not speak gRPC (an
+    HTTP server, a TLS one): the channel would never become ready, and say so only after
+    `within`. One health check, which fails fast; any answer at all is gRPC speaking (the
+    article's server has no health service: UNIMPLEMENTED)."""
+    from grpcchat.client.health import check_health
+
+    try:
+        await check_health(ClientConfig(addr=addr, timeout=within))
+    except RemoteError as error:
+        if error.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            raise RemoteError("UNAVAILABLE", str(error)) from None
 
 
 async def _check_listening(addr: str, within: float) -> None:
