@@ -1152,6 +1152,11 @@ async def test_joins_are_rate_limited_per_principal() -> None:
             await hub.join(b, "r3")
         await hub.join(c, "r3")  # another address is not affected
         assert hub.session_count("r3") == 1
+        # A leave is never refused for the rate: refused, the client had forgotten the room
+        # while the session was still in it here.
+        await hub.leave(a, "r1")
+        assert "r1" not in a.rooms
+        assert hub.session_count("r1") == 0
 
 
 def test_the_rate_limiter_forgets_the_least_recently_used_bucket_only() -> None:

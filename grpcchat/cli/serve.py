@@ -139,7 +139,7 @@ def serve(
             envvar="GRPCCHAT_REQUEST_RATE",
             min=0,
             rich_help_panel=LIMITS_HELP,
-            help="Joins, leaves and reads per second per user (bursts of 5x); 0 for no limit.",
+            help="Joins and reads per second per user (bursts of 5x); 0 for no limit.",
         ),
     ] = DEFAULT_REQUEST_RATE,
     max_sessions: Annotated[

@@ -340,7 +340,8 @@ class Hub:
         room = check_room(room)
         if room not in session.rooms:
             raise NotFound(f"not in #{room}")
-        self._limit_requests(session.principal)
+        # Not against the request rate: a leave only gives back what a join (which was counted)
+        # took, and a client told "slow down" has already forgotten the room, still in it here.
         session.cancel_join(room)
         self._remove_member(session, room)
         session.offer(Envelope(RoomLeft(room)))
@@ -650,13 +651,13 @@ class Hub:
         return messages
 
     def _limit_requests(self, principal: str, cost: float = 1.0) -> None:
-        """Joins, leaves, reads and read markers have their own rate, per principal; a read
+        """Joins, reads and read markers have their own rate, per principal; a read
         that makes the store work harder costs more than one request."""
         wait = self._request_rate.wait_time(principal, cost) if principal else 0.0
         if wait:
             self.stats.rate_limited_requests += 1
             raise LimitExceeded(
-                f"slow down: at most {self.limits.request_rate:g} joins, leaves, reads and "
+                f"slow down: at most {self.limits.request_rate:g} joins, reads and "
                 f"read markers a second; {retry_in(wait)}",
                 retry_after=wait,
             )

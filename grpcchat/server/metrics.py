@@ -172,7 +172,7 @@ class ChatCollector:
         )
         limited = CounterMetricFamily(
             "grpcchat_rate_limited",
-            "Refusals over a per-user rate: messages, or requests (joins, leaves, reads).",
+            "Refusals over a per-user rate: messages, or requests (joins, reads).",
             labels=["limit"],
         )
         limited.add_metric(["message"], counts.rate_limited_messages)
