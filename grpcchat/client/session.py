@@ -132,7 +132,12 @@ class ChatSession:
         streams are retried and only non-retryable failures are raised. One at a time: a
         session is one stream (ChatError for a second, or after `aclose()`)."""
         if self._streaming:
-            raise ChatError("this session's events() is already running: a session is one stream")
+            # (A loop left with break or return does not end the generator until it is closed:
+            # Python finalizes async generators late.)
+            raise ChatError(
+                "this session's events() is already running: a session is one stream (a loop "
+                "that left it early must close it first: `async with contextlib.aclosing(...)`)"
+            )
         self._refuse_if_closed()
         self._streaming = True
         try:
