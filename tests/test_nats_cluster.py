@@ -30,7 +30,7 @@ from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
-from grpcchat.store.nats import NatsStore
+from grpcchat.store.nats import NatsStore, feed
 from grpcchat.wire import codec
 from tests.natsfixture import NatsCluster, NatsNode
 from tests.test_resume import Collector
@@ -242,11 +242,13 @@ async def test_a_session_send_the_history_cannot_take_is_sent_again_once_nats_is
 
 
 async def test_a_node_whose_history_nats_lost_stops_rather_than_serve_a_mixture(
-    restartable_nats: NatsNode,
+    restartable_nats: NatsNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """NATS started again without its storage: the node kept its epoch and positions, stayed
     NOT_SERVING for good, and with another node making the stream anew served two epochs for
     one history, its clients skipping what they missed without a word."""
+    # Lost for good once it has looked lost this long (10 s, for a cluster's leader election).
+    monkeypatch.setattr(feed, "CONFIRM_LOST", 1.0)
     store = f"{restartable_nats.url}?stream=CHAT_{uuid.uuid4().hex}"
     async with asyncio.timeout(60):
         server = ChatServer(chat_config(store))

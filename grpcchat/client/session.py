@@ -419,8 +419,9 @@ class ChatSession:
         loop has seen the events that came before its answer), and one unanswered when the
         stream is lost is written again (same key) once it is back. Otherwise it is a unary
         `Send`.
-        Either way rate limits, and a history the server cannot reach for a moment (NATS), are
-        waited out until the client's timeout, with the same key."""
+        Either way rate limits, and a history the server cannot reach for a moment (NATS: the
+        stream ends, and the send is written again on the next), are waited out until the
+        client's timeout, with the same key."""
         room = room or (self.rooms[0] if self.rooms else DEFAULT_ROOM)
         request = send_request(
             self.name,
@@ -449,7 +450,6 @@ class ChatSession:
         deadline = loop.time() + self.client.config.timeout
         framed, answer = self._outbox.add(request)
         refused = ""  # why the last answer refused it for now, if one did
-        backoff = Backoff(initial=0.1, maximum=2.0)
         try:
             while True:
                 # (Answered already: written again on a new stream while waiting out a refusal.)
@@ -474,9 +474,7 @@ class ChatSession:
                     message = check_accepted(request, ack.message, self._connection.addr)
                     return Sent(message, duplicate=False)
                 retry = ack.retry_after
-                if ack.code == "UNAVAILABLE" and retry is None:  # draining, or an older server
-                    retry = backoff.next_delay()
-                if ack.code not in ("RESOURCE_EXHAUSTED", "UNAVAILABLE") or retry is None:
+                if ack.code != "RESOURCE_EXHAUSTED" or retry is None:
                     raise RemoteError(ack.code or "UNKNOWN", ack.reason)
                 if loop.time() + retry >= deadline:
                     raise RemoteError(ack.code, ack.reason)

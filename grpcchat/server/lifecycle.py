@@ -203,7 +203,7 @@ class ChatServer:
                 return  # the store closed
             except HistoryReplaced as exc:  # no retry helps: the server stops, `wait` says why
                 self.feed_up = False
-                hub.suspend(str(exc))
+                hub.suspend("this server's shared history (NATS) was replaced; try another server")
                 await self._set_serving(False)
                 self.failure = exc
                 self.failed.set()

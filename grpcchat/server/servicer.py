@@ -48,9 +48,6 @@ from grpcchat.wire import codec
 HELLO_TIMEOUT = 10.0
 # How long a refused session waits for its client to hang up before the call is ended.
 HELLO_REFUSAL_GRACE = 2.0
-# When a send on a session that the history could not take (NATS unreachable for a moment) may
-# be tried again: it is held like a send over the rate, so the ones behind it keep their order.
-STORE_RETRY = 0.5
 
 
 log = logging.getLogger("grpcchat.server.servicer")
@@ -438,10 +435,15 @@ class ChatServicer:
                 relation=_relation_of(request),
                 shielded=False,  # an InFlight post
             )
+        except StoreError as error:
+            # The history could not take it (NATS gone for a moment): the stream ends
+            # (UNAVAILABLE) unanswered, and the client writes what it has not had answered
+            # again on its next stream, in the order first written, with the same keys.
+            # Answered one by one, each send would be retried on a timer of its own.
+            session.close(error)
+            return
         except ChatError as error:
             retry_after = error.retry_after if isinstance(error, LimitExceeded) else None
-            if isinstance(error, StoreError):
-                retry_after = STORE_RETRY
             if retry_after is not None:
                 hold.hold(request.key, retry_after)
             code = self._refused(error)

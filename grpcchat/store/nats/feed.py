@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -35,6 +37,10 @@ log = logging.getLogger("grpcchat.store")
 # The feed's consumer sends a heartbeat this often when idle; nats-py recreates it (from the
 # last stream seq delivered) after two missed ones, or when a delivery is missing.
 FEED_HEARTBEAT = 2.0
+# How long the stream must keep looking gone (or shorter than what was seen) before the history
+# counts as lost: in a NATS cluster electing a stream leader, a member answers from its own
+# copy, which may not be loaded yet or lag behind.
+CONFIRM_LOST = 10.0
 
 
 class Feed:
@@ -50,6 +56,8 @@ class Feed:
         """`saw` is told of every entry before it is delivered (to keep this process's view
         of the rooms current); `epoch` is the history's, as the store opened it."""
         self._epoch = epoch
+        # Since when the stream has looked gone or shorter, if it does (see CONFIRM_LOST).
+        self._doubted_since: float | None = None
         self._js = js
         self._link = link
         self._reader = reader
@@ -77,7 +85,9 @@ class Feed:
             if not self._from:
                 self._from = info.state.last_seq + 1
             elif info.state.last_seq + 1 < self._from:
-                raise HistoryReplaced(self._replaced("it holds fewer entries than were seen"))
+                leaderless = info.cluster is not None and not info.cluster.leader
+                self._doubt("it holds fewer entries than were seen", leaderless)
+            self._doubted_since = None
             subscription = await self._js.subscribe(
                 f"{self._prefix}>",
                 stream=self._reader.stream,
@@ -112,11 +122,21 @@ class Feed:
         try:
             info = await self._js.stream_info(self._reader.stream)
         except nats.js.errors.NotFoundError:
-            raise HistoryReplaced(self._replaced("it is gone")) from None
+            self._doubt("it is gone", leaderless=False)
         epoch = (info.config.metadata or {}).get(EPOCH_KEY)
         if epoch != self._epoch:
             raise HistoryReplaced(self._replaced(f"it is another history now (epoch {epoch})"))
         return info
+
+    def _doubt(self, why: str, leaderless: bool) -> NoReturn:
+        """The stream looks lost: HistoryReplaced once it has for CONFIRM_LOST, a StoreError
+        (the feed is tried again) until then, or while the answer came from no leader."""
+        now = time.monotonic()
+        if self._doubted_since is None:
+            self._doubted_since = now
+        if leaderless or now - self._doubted_since < CONFIRM_LOST:
+            raise StoreError(f"the history stream on NATS looks lost ({why}): checking again")
+        raise HistoryReplaced(self._replaced(why))
 
     def _replaced(self, why: str) -> str:
         return (
