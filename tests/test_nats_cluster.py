@@ -231,14 +231,15 @@ async def test_a_session_send_the_history_cannot_take_is_sent_again_once_nats_is
             before = await alice.session.send("before", ROOM)
             await asyncio.to_thread(restartable_nats.stop)
             await asyncio.sleep(0.3)  # the node knows; its sessions are not all ended yet
-            during = asyncio.create_task(alice.session.send("during", ROOM))
+            written = [f"during {i}" for i in range(3)]  # in flight together, refused together
+            during = asyncio.gather(*(alice.session.send(text, ROOM) for text in written))
             await asyncio.sleep(1.0)
             await asyncio.to_thread(restartable_nats.start)
             sent = await during
-            assert sent.message.text == "during"
+            assert [s.message.text for s in sent] == written
             history = await client.history(ROOM, limit=10)
-            assert [m.text for m in history] == ["before", "during"]
-            assert [m.id for m in history] == [before.message.id, sent.message.id]
+            assert [m.text for m in history] == ["before", *written]  # in the order written
+            assert [m.id for m in history] == [before.message.id, *(s.message.id for s in sent)]
 
 
 async def test_a_node_whose_history_nats_lost_stops_rather_than_serve_a_mixture(
