@@ -337,6 +337,31 @@ async def test_markup_in_messages_is_shown_as_text(
     assert not page.errors
 
 
+# RIGHT-TO-LEFT OVERRIDE, never closed: it turns whatever follows it in its paragraph around.
+RLO = "\u202e"
+
+
+async def test_a_bidi_override_in_a_message_stays_inside_its_text(
+    web_server: WebServer, new_user: NewUser
+) -> None:
+    """Text may carry bidi controls (a right-to-left quote needs them), but one left open must
+    not reach the page's own words after it: "(edited)" stays to the right of the text, in the
+    order it was written."""
+    page = await (await new_user()).open(web_server.url, name="alice")
+    await page.expect_connected()
+    async with client_for(web_server) as client:
+        target = (await client.send("mallory", "first")).message
+        spoof = f"look {RLO}reversed"
+        await client.send("mallory", spoof, relation=Relation(RelationKind.EDIT, target.id))
+    line = page.message_with_text(spoof)
+    await expect(line.locator(".edited")).to_have_text("(edited)")
+    text_box = await line.locator(".text").bounding_box(timeout=WAIT_MS)
+    edited_box = await line.locator(".edited").bounding_box(timeout=WAIT_MS)
+    assert text_box is not None
+    assert edited_box is not None
+    assert edited_box["x"] >= text_box["x"] + text_box["width"] - 1, (text_box, edited_box)
+
+
 # -- a stalled web stream ----------------------------------------------------------------------
 
 SLOW_QUEUE = 32
