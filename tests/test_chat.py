@@ -73,7 +73,7 @@ async def test_client_supplied_time_is_replaced(addr: str) -> None:
         ("", "hi", "name must not be empty"),
         ("a" * (MAX_NAME_LENGTH + 1), "hi", f"limit is {MAX_NAME_LENGTH}"),
         ("ali\x1b[31mce", "hi", "control characters"),
-        ("ali\u202ece", "hi", "control characters"),
+        ("ali\u202ece", "hi", "invisible format characters (U+202E"),
     ],
 )
 async def test_bad_input_is_invalid_argument(

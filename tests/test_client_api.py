@@ -29,13 +29,24 @@ async def test_a_second_events_of_one_session_is_refused_and_the_first_goes_on(
         assert (message.room, message.text) == ("ops", "still here")
 
 
-async def test_a_closed_session_refuses_to_stream_or_join(client: ChatClient) -> None:
+async def test_a_closed_session_refuses_everything(client: ChatClient) -> None:
+    """Its sends were posted (as unary Sends), and its read markers moved, after it was
+    closed: only streaming and joining were refused."""
     session = client.session("ivy")
     await session.aclose()
-    with pytest.raises(ChatError, match="closed"):
-        await anext(session.events())
-    with pytest.raises(ChatError, match="closed"):
-        await session.join("ops")
+    calls = {
+        "events": lambda: anext(session.events()),
+        "join": lambda: session.join("ops"),
+        "leave": lambda: session.leave("lobby"),
+        "send": lambda: session.send("after closing"),
+        "typing": lambda: session.typing("lobby", True),
+        "mark_read": lambda: session.mark_read("lobby", 1),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ClientClosed, match="this session was closed") as refused:
+            await call()
+        assert refused.value.status == "FAILED_PRECONDITION", name
+    assert await client.history("lobby") == []
 
 
 @pytest.mark.parametrize(

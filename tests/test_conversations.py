@@ -460,6 +460,16 @@ async def test_read_markers_are_shared_by_a_users_sessions() -> None:
         # A new session of the user starts where the others are.
         three, _, joined = await connect(stub, "alice", md=alice)
         assert joined.read_seq == 4
+
+        # A session marks only the rooms it is in (as it types only there): refused, and
+        # nothing moved. The unary call marks any room.
+        await send(stub, "", "elsewhere", bob, room="ops")
+        request = pb.MarkReadRequest(room="ops", seq=1)
+        await one.call.write(pb.ConnectRequest(mark_read=request))
+        refused = (await one_stream.until(lambda e: e.HasField("refused"))).pop().refused
+        assert (refused.room, refused.code) == ("ops", "NOT_FOUND")
+        assert refused.reason == "not in #ops: join it to mark it read"
+        assert (await unread())["ops"] == 1
         for session in (one, two, three):
             session.cancel()
 

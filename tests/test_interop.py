@@ -111,7 +111,12 @@ async def test_article_clients_chat_through_our_server(addr: str, client: ChatCl
         ("eve", " \t ", "message text must not be empty"),
         ("", "hello", "name must not be empty"),
         ("ev\x1b[31me", "hello", "name must not contain control characters"),
-        ("eve\u202e", "hello", "name must not contain control characters"),
+        (
+            "eve\u202e",
+            "hello",
+            "name must not contain invisible format characters "
+            "(U+202E: joiners, bidi controls and the like)",
+        ),
         (
             "eve",
             "ring\x07",
@@ -144,6 +149,75 @@ async def test_bad_input_from_an_article_client_ends_only_its_stream(
         # posted, it would have been queued before this one.
         await dora.send("dora", "still here")
         assert texts([await dora.recv(WAIT)]) == [("dora", "still here")]
+
+
+async def test_a_refused_line_ends_the_stream_after_the_lines_before_it(
+    addr: str, client: ChatClient
+) -> None:
+    """Lines written at once, the second refused: the first is posted and echoed before the
+    refusal, and the third, written after the refused one, is never posted (the client was
+    told the chat has ended: retyping it must not double it)."""
+    async with V1Client(addr) as eve:
+        await eve.join("eve")
+        for text in ("first", "", "after"):
+            await eve.send("eve", text)
+        await eve.close_send()
+        code, details, seen = await eve.finish(WAIT)
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "message text must not be empty")
+    assert texts(seen) == [
+        ("eve", "first"),
+        (
+            "grpcchat",
+            "not sent: message text must not be empty (INVALID_ARGUMENT); "
+            "this chat has ended, start it again",
+        ),
+    ]
+    assert [m.text for m in await client.history("lobby")] == ["eve joined", "first"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "details"),
+    [
+        (
+            {"recipient": "bob"},
+            "the Chat stream cannot send a direct message (it would be posted to the lobby): "
+            "use Send or a Connect session",
+        ),
+        (
+            {"room": "ops"},
+            "the Chat stream posts to #lobby only: use Send or a Connect session for other rooms",
+        ),
+        (
+            {"relation": chat_pb.Relation(kind=chat_pb.Relation.KIND_EDIT, target="x" * 32)},
+            "the Chat stream cannot edit, delete or react to a message: "
+            "use Send or a Connect session",
+        ),
+    ],
+    ids=["recipient", "room", "relation"],
+)
+async def test_the_article_stream_refuses_what_it_cannot_carry(
+    addr: str, client: ChatClient, fields: dict[str, object], details: str
+) -> None:
+    """Fields of our ChatMessage that the article's stream cannot honour are refused: a direct
+    message was posted to the whole lobby as a plain line."""
+    async with V1Client(addr) as eve:
+        await eve.write(chat_pb.ChatMessage(sender="eve", text="for bob only", **fields))  # type: ignore[arg-type]
+        code, got_details, _ = await eve.finish(WAIT)
+    assert (code, got_details) == (grpc.StatusCode.INVALID_ARGUMENT, details)
+    assert await client.history("lobby") == []
+
+
+async def test_the_article_stream_posts_actions_and_replies_in_the_lobby(
+    addr: str, client: ChatClient
+) -> None:
+    target = (await client.send("alice", "who is here?")).message
+    async with V1Client(addr) as eve:
+        await eve.write(chat_pb.ChatMessage(sender="eve", text="waves", action=True))
+        await eve.write(chat_pb.ChatMessage(sender="eve", text="me", reply_to=target.id))
+        await eve.recv_until("eve", "me")
+    *_, action, reply = await client.history("lobby")
+    assert (action.text, action.action, action.reply_to) == ("waves", True, "")
+    assert (reply.text, reply.action, reply.reply_to) == ("me", False, target.id)
 
 
 # --------------------------------------------------------------------------------------------

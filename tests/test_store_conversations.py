@@ -275,8 +275,24 @@ REFUSALS = [
     pytest.param(REACT, "unknown", "ann", "👍", NotFound, "no message", id="react-unknown"),
     pytest.param(EDIT, "elsewhere", "ann", "", NotFound, "no message", id="edit-other-room"),
     pytest.param(REACT, "elsewhere", "bob", "👍", NotFound, "no message", id="react-other-room"),
-    pytest.param(EDIT, "relation", "ann", "", InvalidInput, "is a edit", id="edit-a-relation"),
-    pytest.param(REACT, "relation", "bob", "🎉", InvalidInput, "is a edit", id="react-a-relation"),
+    pytest.param(
+        EDIT,
+        "relation",
+        "ann",
+        "",
+        InvalidInput,
+        "is an edit, not a message to edit$",
+        id="edit-a-relation",
+    ),
+    pytest.param(
+        REACT,
+        "relation",
+        "bob",
+        "🎉",
+        InvalidInput,
+        "is an edit, not a message to react to$",
+        id="react-a-relation",
+    ),
     pytest.param(EDIT, "deleted", "ann", "", NotFound, "deleted", id="edit-deleted"),
     pytest.param(DELETE, "deleted", "ann", "", NotFound, "deleted", id="delete-deleted"),
     pytest.param(REACT, "deleted", "bob", "👍", NotFound, "deleted", id="react-deleted"),
@@ -313,6 +329,7 @@ REPLY_REFUSALS = [
     pytest.param("elsewhere", NotFound, id="other-room"),
     pytest.param("relation", InvalidInput, id="a-relation"),
 ]
+REPLY_REFUSED_BECAUSE = {"relation": "is an edit, not a message to reply to$"}
 
 
 @pytest.mark.parametrize(("target", "error"), REPLY_REFUSALS)
@@ -321,7 +338,7 @@ async def test_a_refused_reply_leaves_nothing(
 ) -> None:
     ids = await scene(store)
     before = await store.read("lobby")
-    with pytest.raises(error):
+    with pytest.raises(error, match=REPLY_REFUSED_BECAUSE.get(target, "")):
         await post(store, reply_to=getattr(ids, target, "no-such-id"), key="k")
     assert await store.read("lobby") == before
     assert (await post(store, key="k")).seq == len(before) + 1
@@ -776,12 +793,12 @@ class Model:
         log = self.rooms[entry.room]
         try:
             if entry.reply_to:
-                relations.check_target(
-                    self.find(entry.reply_to), entry.room, entry.reply_to, replying=True
-                )
+                relations.check_target(self.find(entry.reply_to), entry.room, entry.reply_to, None)
             if entry.relation is not None:
                 target_id = entry.relation.target
-                target = relations.check_target(self.find(target_id), entry.room, target_id)
+                target = relations.check_target(
+                    self.find(target_id), entry.room, target_id, entry.relation.kind
+                )
                 edits = self.edits.setdefault(target_id, [])
                 relations.check_relation(target, entry.sender, entry.relation, len(edits))
         except ChatError as exc:

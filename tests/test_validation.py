@@ -138,8 +138,13 @@ def reference_check_name(name: str) -> str:
         category = unicodedata.category(ch)
         if category == "Cs":  # a lone surrogate: bytes that were not UTF-8
             raise InvalidInput("name is not valid UTF-8")
-        if category in ("Cc", "Cf"):
+        if category == "Cc":
             raise InvalidInput("name must not contain control characters")
+        if category == "Cf":
+            raise InvalidInput(
+                "name must not contain invisible format characters "
+                f"(U+{ord(ch):04X}: joiners, bidi controls and the like)"
+            )
         if category in ("Zl", "Zp") or ch in "\u115f\u1160\u3164\uffa0\u2800":
             raise InvalidInput("name must not contain blank letters or line separators")
     if unicodedata.category(name[0]).startswith("M"):

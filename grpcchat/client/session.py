@@ -113,7 +113,7 @@ class ChatSession:
 
     def _refuse_if_closed(self) -> None:
         if self._closed:
-            raise ChatError("this session was closed: open another with client.session()")
+            raise ClientClosed("this session was closed: open another with client.session()")
 
     @property
     def rooms(self) -> tuple[str, ...]:
@@ -390,6 +390,7 @@ class ChatSession:
                 self._requests.put_nowait(self._join_request(room))
 
     async def leave(self, room: str) -> None:
+        self._refuse_if_closed()
         room = check_room(room)
         if room in self._rooms:
             self._rooms.remove(room)
@@ -421,7 +422,8 @@ class ChatSession:
         `Send`.
         Either way rate limits, and a history the server cannot reach for a moment (NATS: the
         stream ends, and the send is written again on the next), are waited out until the
-        client's timeout, with the same key."""
+        client's timeout, with the same key. A closed session sends nothing (ClientClosed)."""
+        self._refuse_if_closed()
         room = room or (self.rooms[0] if self.rooms else DEFAULT_ROOM)
         request = send_request(
             self.name,
@@ -490,6 +492,7 @@ class ChatSession:
         """Tell `room`'s other members this user is typing (`active`) or stopped. A notice
         expires on its own after a few seconds, so a typist refreshes it (every 3 s or so).
         Ephemeral: while the stream is down, or the room's join is not complete, it is dropped."""
+        self._refuse_if_closed()
         room = check_room(room)
         if self._legacy is not None:
             raise unsupported("typing notices", self._connection.addr, V1_SERVER)
@@ -501,6 +504,7 @@ class ChatSession:
         """Move this user's read marker in `room` forward to `seq` (everything up to it has been
         read); the user's other sessions are told. On the stream while it is in the room, else
         a unary `MarkRead`."""
+        self._refuse_if_closed()
         room = check_room(room)
         if self._legacy is not None:
             raise unsupported("read markers", self._connection.addr, V1_SERVER)

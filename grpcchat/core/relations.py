@@ -26,20 +26,27 @@ _VERBS = {
     RelationKind.REACT: "react to",
     RelationKind.UNREACT: "take back a reaction to",
 }
+# What a relation entry is, said of one named where a message was expected.
+_ENTRIES = {
+    RelationKind.EDIT: "an edit",
+    RelationKind.DELETE: "a deletion",
+    RelationKind.REACT: "a reaction",
+    RelationKind.UNREACT: "a reaction taken back",
+}
 
 
 def check_target(
-    target: Message | None, room: str, target_id: str, *, replying: bool = False
+    target: Message | None, room: str, target_id: str, kind: RelationKind | None
 ) -> Message:
-    """The message a relation or a reply names, if it may be named at all: a retained entry of
-    `room` that is no relation itself. Engines pass what they found under the id (None: nothing,
-    or nothing retained)."""
+    """The message a relation of `kind` (None: a reply) names, if it may be named at all: a
+    retained entry of `room` that is no relation itself. Engines pass what they found under the
+    id (None: nothing, or nothing retained)."""
     if target is None or target.room != room or target.recipient:
         raise NotFound(f"no message {target_id} in #{room} (it may be past retention)")
     if target.relation is not None:
-        what = "reply to" if replying else _VERBS[target.relation.kind]
+        what = "reply to" if kind is None else _VERBS[kind]
         raise InvalidInput(
-            f"{target_id} is a {target.relation.kind.value}, not a message to {what}"
+            f"{target_id} is {_ENTRIES[target.relation.kind]}, not a message to {what}"
         )
     return target
 

@@ -91,6 +91,11 @@ def check_name(name: str) -> str:
     if found := _FORBIDDEN_IN_NAME.search(name):
         if found.group() in _NAME_BLANKS:
             raise InvalidInput("name must not contain blank letters or line separators")
+        if unicodedata.category(found.group()) == "Cf":
+            raise InvalidInput(
+                "name must not contain invisible format characters "
+                f"(U+{ord(found.group()):04X}: joiners, bidi controls and the like)"
+            )
         raise _not_utf8(found, "name") or InvalidInput("name must not contain control characters")
     if unicodedata.category(name[0]).startswith("M"):
         raise InvalidInput("name must not start with a combining mark")

@@ -18,7 +18,9 @@ from grpcchat.core.errors import (
     ChatError,
     InvalidInput,
     LimitExceeded,
+    NotFound,
     ServerDraining,
+    SlowConsumer,
     StoreError,
     TimedOut,
 )
@@ -33,6 +35,7 @@ from grpcchat.core.models import (
     SendAck,
 )
 from grpcchat.core.session import Session
+from grpcchat.core.validation import check_name, check_room, check_text
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity, TokenAuthority
 from grpcchat.server.chatlog import log_accepted
@@ -46,8 +49,8 @@ from grpcchat.wire import codec
 
 # How long a session may take to say hello.
 HELLO_TIMEOUT = 10.0
-# How long a refused session waits for its client to hang up before the call is ended.
-HELLO_REFUSAL_GRACE = 2.0
+# How long a refused stream waits for its client to hang up before the call is ended.
+REFUSAL_GRACE = 2.0
 
 
 log = logging.getLogger("grpcchat.server.servicer")
@@ -264,7 +267,6 @@ class ChatServicer:
 
     @maps_errors
     async def Connect(self, requests: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
-        identity = self._identify(context)
         # Headers first: the client writes nothing until it knows this server has Connect
         # (and whether it may pack sends).
         await context.send_initial_metadata((codec.SENDS_HEADER,))
@@ -274,6 +276,8 @@ class ChatServicer:
                 # Counted from now: a stream that has not said hello holds one of its
                 # address's slots too, or one address could hold thousands open.
                 stack.enter_context(self._hub.peer_slot(peer))
+                # A bad token is refused as a bad hello is (a client may write at once).
+                identity = self._identify(context)
                 first = await _hello(requests)
                 name = identity.name if identity else first.hello.name
                 if not name:
@@ -286,7 +290,8 @@ class ChatServicer:
             except TimedOut:
                 raise  # it said nothing: nothing to wait for
             except ChatError as error:
-                await _refuse_hello(requests, context, error)
+                refused = RequestRefused("", status_of(error).name, str(error))
+                await _refuse_stream(requests, context, frame_events([Envelope(refused)])[0])
                 raise
             stack.enter_context(self.stats.session_open("connect"))
             steering = asyncio.create_task(self._steer(requests, session))
@@ -384,6 +389,10 @@ class ChatServicer:
             elif action == "mark_read":
                 # The session's user: a name in the request is for unary calls without auth.
                 room = request.mark_read.room
+                if check_room(room) not in session.rooms:
+                    # As for typing: a session speaks for the rooms it is in (MarkRead, the
+                    # unary call, marks any room).
+                    raise NotFound(f"not in #{check_room(room)}: join it to mark it read")
                 await self._hub.mark_read(
                     session.name,
                     room,
@@ -457,26 +466,36 @@ class ChatServicer:
     @maps_errors
     async def Chat(self, requests: AsyncIterator[pb.ChatMessage], context: Context) -> None:
         """The article's stream: lobby only, one ChatMessage per response."""
-        identity = self._identify(context)
-        # Anonymous without auth (the article's client names itself per message); with auth
-        # the token's user, so its streams count against its limits and show in presence.
-        name = identity.name if identity else ""
         peer = _peer(context)
-        async with self._hub.connect(
-            name, authenticated=identity is not None, peer=peer
-        ) as session:
-            with self.stats.session_open("chat"):
-                await self._hub.join(session, DEFAULT_ROOM)
-                principal = identity.name if identity else peer
-                reader = asyncio.create_task(
-                    self._read_legacy(requests, session, identity, principal)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                identity = self._identify(context)
+                # Anonymous without auth (the article's client names itself per message);
+                # with auth the token's user, so its streams count against its limits and
+                # show in presence.
+                name = identity.name if identity else ""
+                session = await stack.enter_async_context(
+                    self._hub.connect(name, authenticated=identity is not None, peer=peer)
                 )
-                try:
-                    await write_session(
-                        session, context, identity, each_chat_message, stats=self.stats
-                    )
-                finally:
-                    await _cancel(reader)
+                await self._hub.join(session, DEFAULT_ROOM)
+            except ChatError as error:
+                notice = _article_notice(f"{error} ({status_of(error).name}); {ARTICLE_ENDED}")
+                await _refuse_stream(requests, context, each_chat_message([Envelope(notice)])[0])
+                raise
+            stack.enter_context(self.stats.session_open("chat"))
+            principal = identity.name if identity else peer
+            reader = asyncio.create_task(self._read_legacy(requests, session, identity, principal))
+            try:
+                await write_session(session, context, identity, each_chat_message, stats=self.stats)
+            except ChatError as error:
+                if not isinstance(error, SlowConsumer | ServerDraining):
+                    # Refused: the reader reads on (posting nothing) until the client stops
+                    # writing, a while at most, before the call ends (see `_refuse_stream`).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(reader), REFUSAL_GRACE)
+                raise
+            finally:
+                await _cancel(reader)
 
     async def _read_legacy(
         self,
@@ -490,8 +509,10 @@ class ChatServicer:
         The article's stream has no way to refuse one message, so over the rate limit, or while
         the lobby's readers are behind, it is throttled (we stop reading until the message may
         be posted; HTTP/2 flow control holds the client back) instead of being ended. Messages
-        are posted concurrently (see InFlight); a refused one (a bad text) ends the call with
-        its status, as before."""
+        are posted concurrently (see InFlight). A message refused (a bad text) ends the call
+        with its status: checked as it is read, so the messages before it are posted and
+        echoed first and none written after it is posted; a refusal only the post itself can
+        make (a reply to an unknown message) ends it as soon as it comes."""
 
         def failed(error: BaseException) -> None:
             _tell_article_client(session, error)
@@ -530,16 +551,21 @@ class ChatServicer:
         try:
             async for request in requests:
                 if session.closed:
-                    return
+                    break
                 if (pause := throttled_until - loop.time()) > 0:
                     await asyncio.sleep(pause)
                 await self._hub.until_accepting(DEFAULT_ROOM)
-                send = pb.SendRequest(sender=request.sender, text=request.text)
+                send = _article_send(request, anonymous=identity is None)
                 await posting.start(functools.partial(post, send))
+            else:
+                await posting.drain()
+                session.close()
+                return
         except ChatError as error:
+            self._refused(error)
+            await posting.drain()  # what was read before it is posted and echoed first
             _tell_article_client(session, error)
             session.close(error)
-            return
         except Exception:
             if not session.closed:  # else the call was ended: reading it fails, as expected
                 log.exception(
@@ -551,7 +577,11 @@ class ChatServicer:
             return
         finally:
             await posting.drain()
-        session.close()
+        # Refused: read on, posting nothing, until the client stops writing (the handler waits
+        # for that a while only).
+        with contextlib.suppress(grpc.RpcError, ChatError):
+            async for _ in requests:
+                pass
 
 
 async def _hello(requests: AsyncIterator[pb.ConnectRequest]) -> pb.ConnectRequest:
@@ -565,16 +595,13 @@ async def _hello(requests: AsyncIterator[pb.ConnectRequest]) -> pb.ConnectReques
     return first
 
 
-async def _refuse_hello(
-    requests: AsyncIterator[pb.ConnectRequest], context: Context, error: ChatError
-) -> None:
-    """Say why a session cannot open, as an event, and let the client stop writing before the
-    call ends: ending it while the client's joins are still in flight makes grpc.aio report
-    INTERNAL instead of our status (grpc/grpc#36066)."""
-    refused = RequestRefused("", status_of(error).name, str(error))
-    await context.write(frame_events([Envelope(refused)])[0])
+async def _refuse_stream(requests: AsyncIterator[object], context: Context, notice: bytes) -> None:
+    """Say why a stream cannot go on (`notice`, a response of the call's type), and let the
+    client stop writing before the call ends: ending it while the client's writes are still in
+    flight makes grpc.aio clients report INTERNAL instead of our status (grpc/grpc#36066)."""
+    await context.write(notice)
     with contextlib.suppress(TimeoutError, grpc.RpcError, ChatError):
-        async with asyncio.timeout(HELLO_REFUSAL_GRACE):
+        async with asyncio.timeout(REFUSAL_GRACE):
             async for _ in requests:
                 pass
 
@@ -607,6 +634,10 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 SERVER_SENDER = "grpcchat"
 
 
+# How a refusal that ends an article `Chat` stream ends its notice.
+ARTICLE_ENDED = "this chat has ended, start it again"
+
+
 def _tell_article_client(session: Session, error: BaseException) -> None:
     """A refusal that ends an article `Chat` stream is said on the stream too, as a line from
     the server, before its status: the article's client shows what it receives but not how a
@@ -614,9 +645,42 @@ def _tell_article_client(session: Session, error: BaseException) -> None:
     if not isinstance(error, ChatError) or session.closed:
         return
     code = status_of(error).name
-    text = f"not sent: {error} ({code}); this chat has ended, start it again"
-    notice = Message(new_message_id(), DEFAULT_ROOM, SERVER_SENDER, text, datetime.now(UTC), 0)
-    session.offer(Envelope(notice))
+    session.offer(Envelope(_article_notice(f"not sent: {error} ({code}); {ARTICLE_ENDED}")))
+
+
+def _article_notice(text: str) -> Message:
+    return Message(new_message_id(), DEFAULT_ROOM, SERVER_SENDER, text, datetime.now(UTC), 0)
+
+
+def _article_send(request: pb.ChatMessage, *, anonymous: bool) -> pb.SendRequest:
+    """What a message written on the article's stream posts, checked as it is read. The stream
+    posts to the lobby only, as the article's server does: a message that asks for more
+    (another room, a recipient, a change of an earlier message) is refused, never posted to
+    the lobby as if it were plain."""
+    if request.recipient:
+        raise InvalidInput(
+            "the Chat stream cannot send a direct message (it would be posted to the lobby): "
+            "use Send or a Connect session"
+        )
+    if request.room and check_room(request.room) != DEFAULT_ROOM:
+        raise InvalidInput(
+            f"the Chat stream posts to #{DEFAULT_ROOM} only: "
+            "use Send or a Connect session for other rooms"
+        )
+    if request.HasField("relation"):
+        raise InvalidInput(
+            "the Chat stream cannot edit, delete or react to a message: "
+            "use Send or a Connect session"
+        )
+    check_text(request.text)
+    if anonymous:
+        check_name(request.sender)  # with auth, the token names the sender
+    return pb.SendRequest(
+        sender=request.sender,
+        text=request.text,
+        action=request.action,
+        reply_to=request.reply_to,
+    )
 
 
 def _failed(session: Session, error: BaseException) -> None:

@@ -260,11 +260,13 @@ class Database:
                 return Appended(repeated, duplicate=True)
         if reply_to:
             found = self._find(room, reply_to, oldest_kept_us)
-            relations.check_target(found[0] if found else None, room, reply_to, replying=True)
+            relations.check_target(found[0] if found else None, room, reply_to, None)
         target: Message | None = None
         if relation is not None:
             found = self._find(room, relation.target, oldest_kept_us)
-            target = relations.check_target(found[0] if found else None, room, relation.target)
+            target = relations.check_target(
+                found[0] if found else None, room, relation.target, relation.kind
+            )
             relations.check_relation(target, sender, relation, found[1] if found else 0)
         unsettled = self._unsettled.get(room)
         seq = (unsettled[0] if unsettled else self.last_seq(room)) + 1
