@@ -11,7 +11,6 @@ import logging
 import re
 import signal
 import sys
-import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from rich.console import Console
 
 from grpcchat.cli.logformat import json_formatter, plain_formatter
 from grpcchat.cli.serverlog import (
+    RESERVE,
     ChatLogHandler,
     _BatchingStreamHandler,
     _LogWriter,
@@ -326,15 +326,44 @@ def test_a_full_queue_skips_chat_lines_and_says_so_with_an_event() -> None:
     assert (note["event"], note["skipped"], note["level"]) == ("log_lines_skipped", 1, "warning")
 
 
-def test_a_warning_waits_for_room_in_a_full_queue_instead_of_being_dropped() -> None:
-    records: deque[logging.LogRecord] = deque([message_record()])
+def test_a_warning_in_a_full_queue_takes_a_reserved_place_and_never_waits() -> None:
+    """A warning waited on the event loop for room in a full queue: with a stderr nobody reads
+    (a stalled shipper), for ever, and the whole server with it. Now it has RESERVE places more
+    than chat lines, and past those it is counted like them."""
+    records: deque[logging.LogRecord] = deque(message_record() for _ in range(1 + RESERVE - 1))
     handler = _SkippingQueueHandler(records, capacity=1)
-    log_thread = threading.Timer(0.2, records.popleft)  # takes the queued line a moment later
-    log_thread.start()
     warning = logging.makeLogRecord({"msg": "disk full", "levelno": logging.WARNING})
-    handler.enqueue(warning)
-    log_thread.join()
-    assert list(records) == [warning]
+    handler.enqueue(warning)  # the last reserved place
+    assert records[-1] is warning
+    handler.enqueue(message_record())  # a chat line: skipped since the queue passed capacity
+    handler.enqueue(warning)  # no place left: skipped too, at once
+    assert (handler.skipped, handler.skipped_other) == (1, 1)
+    records.clear()
+    handler.enqueue(logging.makeLogRecord({"msg": "server stopped"}))
+    note = json.loads(json_formatter().format(records.popleft()))
+    assert (note["event"], note["skipped"], note["skipped_other"]) == ("log_lines_skipped", 1, 1)
+    assert note["message"] == (
+        "1 message lines and 1 other lines were not logged: the log could not keep up"
+    )
+
+
+async def test_a_stderr_nobody_reads_never_stops_the_server() -> None:
+    """The server's stderr is a pipe nobody reads (as a stalled log shipper's): once the pipe
+    and the log's queue are full, it still answers, and it drains and exits at SIGTERM. It
+    froze at the first line other than a chat line, and never exited."""
+    server = ServerProcess("--rate", "0", "--grace", "1")
+    try:
+        lines = "".join(f"flood line {n} {'x' * 100}\n" for n in range(15_000))
+        sent = await run_cli_async(
+            "send", "--addr", server.addr, "--name", "flood", stdin=lines, timeout=60
+        )
+        assert sent.returncode == 0, sent.stderr
+        async with ChatClient(ClientConfig(addr=server.addr, timeout=10)) as client:
+            assert (await client.send("ann", "still answering")).message.seq == 15_001
+        server.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.process.wait, 20) == 0
+    finally:
+        server.stop()
 
 
 def test_plain_lines_are_stamped_with_their_own_second() -> None:

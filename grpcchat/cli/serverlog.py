@@ -3,8 +3,9 @@ colours), plain lines in a pipe or a file, or JSON lines (`--log-format json`, s
 
 Formatting and writing happen on a thread of their own, behind a bounded queue, so a log line
 never blocks the event loop; when the queue is full (a terminal or a shipper slower than the
-chat), chat-message lines are skipped and counted, never anything else. The thread wakes every
-LOG_TICK and writes everything queued meanwhile, off a terminal in one write (see `_LogWriter`).
+chat), chat-message lines are skipped and counted, and other lines only once RESERVE more
+wait too (a stderr nobody reads). The thread wakes every LOG_TICK and writes everything queued
+meanwhile, off a terminal in one write (see `_LogWriter`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-import time
 from collections import deque
 from typing import IO
 
@@ -59,12 +59,19 @@ QUEUE_SIZE = 10_000
 # write holds at most.
 LOG_TICK = 0.05
 BATCH_LINES = 500
+# Places beyond QUEUE_SIZE for lines other than chat messages (warnings, errors, the server's
+# own), before they too are skipped and counted.
+RESERVE = 1_000
+# How long the process waits at exit for the log thread to write what is queued (a stderr
+# nobody reads would hold it for ever).
+STOP_WAIT = 2.0
 # Chat-volume lines: skipped (and counted) rather than waited for when the queue is full.
 CHAT_LOGGERS = frozenset({"grpcchat.messages", "grpcchat.direct", "grpcchat.relations"})
 
 
 class _SkippingQueueHandler(logging.Handler):
-    """Hands records to the log thread; skips chat-message lines when it is behind.
+    """Hands records to the log thread; skips chat-message lines when it is behind, and any
+    line once it is far behind. Never waits: it runs on the event loop.
 
     A deque, not a `queue.Queue`: the log thread takes records on its tick instead of waiting
     for them, so the Queue's locks and wake-ups were all cost (a chat line's CPU, everything
@@ -74,7 +81,8 @@ class _SkippingQueueHandler(logging.Handler):
         super().__init__()
         self._records = records
         self._capacity = capacity
-        self.skipped = 0
+        self.skipped = 0  # chat-message lines
+        self.skipped_other = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -89,25 +97,31 @@ class _SkippingQueueHandler(logging.Handler):
             else:
                 self.skipped += 1
             return
-        if self.skipped:
-            note = logging.LogRecord(
-                "grpcchat.server",
-                logging.WARNING,
-                "",
-                0,
-                "%d message lines were not logged: the log could not keep up",
-                (self.skipped,),
-                None,
-            )
-            note.event = "log_lines_skipped"
-            note.skipped = self.skipped
-            self.skipped = 0
-            self._records.append(note)
-        # Warnings and errors always get through: in the rare case the queue is full, after
-        # waiting for the log thread to take what is queued.
-        while len(self._records) >= self._capacity:
-            time.sleep(LOG_TICK / 5)
+        # Other lines have RESERVE more places: a slow log still gets every one of them. Past
+        # that, stderr is stalled (a shipper that holds it open and reads nothing), and
+        # waiting for room froze the server, its drain and a second Ctrl-C with it.
+        if len(self._records) >= self._capacity + RESERVE:
+            self.skipped_other += 1
+            return
+        if self.skipped or self.skipped_other:
+            self._records.append(self._skipped_note())
         self._records.append(record)
+
+    def _skipped_note(self) -> logging.LogRecord:
+        if self.skipped_other:
+            message = (
+                "%d message lines and %d other lines were not logged: the log could not keep up"
+            )
+            args: tuple[int, ...] = (self.skipped, self.skipped_other)
+        else:
+            message = "%d message lines were not logged: the log could not keep up"
+            args = (self.skipped,)
+        note = logging.LogRecord("grpcchat.server", logging.WARNING, "", 0, message, args, None)
+        note.event = "log_lines_skipped"
+        note.skipped = self.skipped
+        note.skipped_other = self.skipped_other
+        self.skipped = self.skipped_other = 0
+        return note
 
 
 class _LogWriter:
@@ -126,11 +140,12 @@ class _LogWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Write what is queued and end the thread."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Write what is queued and end the thread, waiting at most `timeout` seconds for
+        it (a daemon: one stuck writing to a stalled stderr does not hold the process)."""
         if self._thread.is_alive():
             self._stopping.set()
-            self._thread.join()
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stopping.wait(LOG_TICK):
@@ -191,7 +206,7 @@ def configure_logging(
     records: deque[logging.LogRecord] = deque()
     writer = _LogWriter(records, handler)
     writer.start()
-    atexit.register(writer.stop)  # writes what is queued before the process exits
+    atexit.register(writer.stop, STOP_WAIT)  # writes what is queued before the process exits
     logging.basicConfig(
         level=level, handlers=[_SkippingQueueHandler(records)], format="%(message)s", force=True
     )
