@@ -238,6 +238,9 @@ def test_every_config_field_is_shown() -> None:
         ["--max-connection-age", "10", "--max-connection-age-grace", "1e300"],
         ["--store", "redis://u:short@h"],  # unknown, and its password masked
         ["--store", "sqlite://"],
+        # Options in a file URL became part of its name (a file `q.db?mode=ro` was made).
+        ["--store", "sqlite:///nonexistent/q.db?mode=ro"],
+        ["--store", "memory://shared"],
         ["--port", "14600", "--metrics-port", "14600"],  # the second would fail to bind
         ["--metrics-port", "14602", "--web-port", "14602"],
         # Past what gRPC's call limit or an engine's integers hold; not a number of seconds.

@@ -227,6 +227,35 @@ async def test_a_key_of_another_certificate_is_a_clear_error(pki: Pki) -> None:
     assert "do not load as a pair" in checked.stderr
 
 
+def _encrypt_key(plain: str, encrypted: Path, pem: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(plain).read_bytes(), password=None)
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            getattr(serialization.PrivateFormat, pem),
+            serialization.BestAvailableEncryption(b"a passphrase"),
+        )
+    )
+
+
+@pytest.mark.parametrize("pem", ["PKCS8", "TraditionalOpenSSL"])
+async def test_an_encrypted_key_is_said_to_be_encrypted(pki: Pki, tmp_path: Path, pem: str) -> None:
+    """It was said not to be the certificate's key ("is the key the certificate's?")."""
+    encrypted = tmp_path / "encrypted.key"
+    _encrypt_key(pki.server_key, encrypted, pem)
+    checked = await run_cli_async(
+        "serve", "--check-config", "--tls-cert", pki.server_cert, "--tls-key", str(encrypted)
+    )
+    assert checked.returncode == 1
+    assert checked.stderr.strip() == (
+        f"error: the TLS key {encrypted} is encrypted (it needs a passphrase), which gRPC "
+        f"cannot take: decrypt it, e.g. `openssl pkey -in {encrypted} -out plain.key`, and "
+        "keep that file private"
+    )
+
+
 async def test_a_clients_files_that_cannot_work_are_a_clear_error(pki: Pki) -> None:
     """A client key of another certificate, or a CA file that holds a key: one line about the
     file and exit 1, before connecting (gRPC failed each call as if the server could not be

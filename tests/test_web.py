@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import json
 import re
+import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -74,9 +75,14 @@ async def stub(web_server: ChatServer) -> AsyncIterator[pb_grpc.ChatServiceStub]
 
 
 def _http(
-    port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    host: str = "127.0.0.1",
 ) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    connection = http.client.HTTPConnection(host, port, timeout=WAIT)
     try:
         connection.request(method, path, body=body or None, headers=headers or {})
         response = connection.getresponse()
@@ -161,6 +167,15 @@ async def test_bad_input_is_invalid_argument(web: ChatServiceClient) -> None:
     with pytest.raises(ConnectError) as refused:
         await _drained(web.subscribe(pb.SubscribeRequest(room="not a room!", name="x")))
     assert refused.value.code == Code.INVALID_ARGUMENT
+
+
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="this machine has no dual-stack IPv6")
+async def test_the_web_port_on_any_ipv6_address_takes_ipv4_too() -> None:
+    """As the gRPC port on `::` does: the web port was IPv6 only (Python's default)."""
+    async with ChatServer(_config(host="::")) as running:
+        for host in ("127.0.0.1", "::1"):
+            status, _, _ = await asyncio.to_thread(_http, running.web_port, "GET", "/", host=host)
+            assert status == 200, host
 
 
 async def test_bidi_rpcs_are_unimplemented_on_the_web_port(web_server: ChatServer) -> None:

@@ -55,6 +55,12 @@ def _check_tls_files(cert: str, key: str, ca: str, *, server: bool) -> None:
             # An encrypted key gets no password (gRPC takes none): refused, never prompted for.
             context.load_cert_chain(cert, key or None, password=lambda: b"")
         except (ssl.SSLError, OSError) as error:
+            if _encrypted(key or cert):
+                raise ConfigError(
+                    f"the TLS key {key or cert} is encrypted (it needs a passphrase), which "
+                    f"gRPC cannot take: decrypt it, e.g. `openssl pkey -in {key or cert} "
+                    "-out plain.key`, and keep that file private"
+                ) from None
             raise ConfigError(
                 f"the TLS certificate {cert} and key {key} do not load as a pair "
                 f"({_why(error)}): is the key the certificate's?"
@@ -64,6 +70,17 @@ def _check_tls_files(cert: str, key: str, ca: str, *, server: bool) -> None:
             context.load_verify_locations(ca)
         except (ssl.SSLError, OSError) as error:
             raise ConfigError(f"the {ca_is} {ca} does not load ({_why(error)})") from None
+
+
+def _encrypted(path: str) -> bool:
+    """Whether the PEM file at `path` holds an encrypted private key (PKCS#8's own header, or
+    the traditional one's `Proc-Type: 4,ENCRYPTED`)."""
+    try:
+        with open(path, "rb") as pem:
+            head = pem.read(64 * 1024)
+    except OSError:
+        return False
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in head or b"Proc-Type: 4,ENCRYPTED" in head
 
 
 def _why(error: OSError) -> str:

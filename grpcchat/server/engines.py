@@ -51,8 +51,16 @@ def check_store_url(url: str) -> None:
             f"unknown store {redacted_url(url)!r}: use memory://, sqlite:///path/to/history.db "
             "or nats://host:4222"
         )
+    if scheme == "memory" and path:
+        raise StoreError(f"memory:// takes nothing after it, got {redacted_url(url)!r}")
     if scheme == "sqlite" and not path:
         raise StoreError("the sqlite store needs a path: sqlite:///path/to/history.db")
+    if scheme == "sqlite" and ("?" in path or "#" in path):
+        # Taken as part of the file name, it made a file `history.db?mode=ro`.
+        raise StoreError(
+            f"the sqlite store takes a file path and no options, got {url!r}: "
+            "sqlite:///path/to/history.db"
+        )
     if scheme == "nats":
         try:
             from grpcchat.store.nats.codec import parse_url

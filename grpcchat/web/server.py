@@ -133,8 +133,12 @@ def _whole_seconds(grace: float) -> int:
 def _bind(host: str, port: int) -> socket.socket:
     bare = host.strip("[]")
     family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    # `::` takes IPv4 too, as gRPC's port on it does (Python's default there is IPv6 only).
+    dual = bare == "::" and socket.has_dualstack_ipv6()
     try:
-        return socket.create_server((bare, port), family=family, reuse_port=False)
+        return socket.create_server(
+            (bare, port), family=family, reuse_port=False, dualstack_ipv6=dual
+        )
     except OSError as error:
         raise OSError(
             f"cannot listen on {host_port(host, port)} (web): {error.strerror or error}"
