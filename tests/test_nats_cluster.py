@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
+import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -272,6 +273,34 @@ async def test_a_node_whose_history_nats_lost_stops_rather_than_serve_a_mixture(
             ChatClient(ClientConfig(addr=f"127.0.0.1:{again.port}")) as client,
         ):
             assert await client.history(ROOM) == []
+
+
+async def test_a_node_whose_stream_is_deleted_under_it_stops(
+    restartable_nats: NatsNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream deleted while the node stays connected (an operator's `nats stream rm`):
+    nats-py's feed consumer failed to recreate itself without a word, and the node said
+    SERVING for good while every send and read failed."""
+    monkeypatch.setattr(feed, "CONFIRM_LOST", 1.0)
+    monkeypatch.setattr(feed, "STREAM_CHECK", 0.2)
+    stream = f"CHAT_{uuid.uuid4().hex}"
+    async with asyncio.timeout(60):
+        server = ChatServer(chat_config(f"{restartable_nats.url}?stream={stream}"))
+        await server.start()
+        try:
+            addr = f"127.0.0.1:{server.port}"
+            async with ChatClient(ClientConfig(addr=addr, timeout=5)) as client:
+                await client.send("bob", "in the old history", ROOM)
+            nc = await nats.connect(restartable_nats.url)
+            try:
+                assert await nc.jetstream().delete_stream(stream)
+            finally:
+                await nc.close()
+            with pytest.raises(HistoryReplaced, match="it is gone; was NATS's storage lost"):
+                await server.wait()
+            assert await health(addr) == NOT_SERVING
+        finally:
+            await server.stop(0)
 
 
 # -- the stream leader of a 3-node cluster killed while clients chat ------------------------

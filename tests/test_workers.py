@@ -272,6 +272,21 @@ def test_a_worker_that_cannot_start_stops_everything_with_its_reason(tmp_path: P
     assert "Traceback" not in result.stderr
 
 
+def test_a_worker_that_cannot_start_says_why_in_json_with_log_format_json() -> None:
+    """It was a plain `error:` line holding the worker's own JSON line."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    result = run_cli("serve", "--workers", "2", "--port", "0", "--log-format", "json",
+                     "--broker", f"nats://127.0.0.1:{closed}", timeout=40)  # fmt: skip
+    assert result.returncode == 1
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    [failed] = [r for r in records if r.get("event") == "server_failed"]
+    why = r"worker \d could not start: cannot reach NATS at \S+ .*"
+    assert re.fullmatch(why, failed["message"]), failed
+    assert failed["level"] == "error"
+
+
 def test_workers_without_nats_server_say_what_to_install(tmp_path: Path) -> None:
     env = cli_env(PATH="/usr/bin:/bin")
     result = run_cli("serve", "--workers", "2", "--port", "0", "--data-dir", str(tmp_path),

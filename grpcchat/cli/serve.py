@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -407,10 +407,7 @@ def run_server(
     try:
         serve_until_stopped(config, started)
     except (OSError, ChatError) as error:
-        if log_format == "json":  # one JSON object a line, this one too (written at exit)
-            logging.getLogger("grpcchat.server").error(str(error), extra={"event": "server_failed"})
-            raise SystemExit(EXIT_FAILURE) from None
-        fail(str(error))
+        _server_failed(error, log_format)
 
 
 def run_workers(config: ServerConfig, command: WorkerCommand, *, log_format: str = "text") -> None:
@@ -426,7 +423,16 @@ def run_workers(config: ServerConfig, command: WorkerCommand, *, log_format: str
     try:
         workers.run(config, command, started)
     except (OSError, ChatError) as error:
-        fail(str(error))
+        _server_failed(error, log_format)
+
+
+def _server_failed(error: Exception, log_format: str) -> NoReturn:
+    """Exit 1 saying why the server stopped: one line, in JSON with `--log-format json` (one
+    object a line, this one too, written at exit)."""
+    if log_format == "json":
+        logging.getLogger("grpcchat.server").error(str(error), extra={"event": "server_failed"})
+        raise SystemExit(EXIT_FAILURE) from None
+    fail(str(error))
 
 
 def _worker_command(ctx: typer.Context) -> WorkerCommand:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -159,7 +160,12 @@ class _Worker:
         if not lines:
             return f"it exited with code {self.process.returncode}"
         _write_stderr("".join(lines[:-1]))
-        return lines[-1].strip().removeprefix("error: ")
+        last = lines[-1].strip()
+        with contextlib.suppress(ValueError):  # a JSON line (--log-format json): its message
+            record = json.loads(last)
+            if isinstance(record, dict) and isinstance(record.get("message"), str):
+                return str(record["message"])
+        return last.removeprefix("error: ")
 
 
 async def read_lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:

@@ -41,6 +41,8 @@ FEED_HEARTBEAT = 2.0
 # counts as lost: in a NATS cluster electing a stream leader, a member answers from its own
 # copy, which may not be loaded yet or lag behind.
 CONFIRM_LOST = 10.0
+# How often a following feed checks that its stream is still there (one request).
+STREAM_CHECK = 5.0
 
 
 class Feed:
@@ -81,13 +83,9 @@ class Feed:
                     await self._link.up.wait()
             self._link.check_connected("follow the rooms")
         with errors("follow the rooms"):
-            info = await self._stream_info()
+            info = await self._check_stream()
             if not self._from:
                 self._from = info.state.last_seq + 1
-            elif info.state.last_seq + 1 < self._from:
-                leaderless = info.cluster is not None and not info.cluster.leader
-                self._doubt("it holds fewer entries than were seen", leaderless)
-            self._doubted_since = None
             subscription = await self._js.subscribe(
                 f"{self._prefix}>",
                 stream=self._reader.stream,
@@ -100,22 +98,52 @@ class Feed:
             )
         loop = asyncio.get_running_loop()
         consume = loop.create_task(self._consume(subscription, deliver))
+        watch = loop.create_task(self._watch_stream())
         lost = loop.create_task(self._link.down.wait())
         try:
             if following is not None:
                 await following()
-            await asyncio.wait([consume, lost], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([consume, watch, lost], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            consume.cancel()
-            lost.cancel()
-            await asyncio.wait([consume, lost])
+            for task in (consume, watch, lost):
+                task.cancel()
+            await asyncio.wait([consume, watch, lost])
             with contextlib.suppress(*NATS_ERRORS):
                 await subscription.unsubscribe()
         if self._link.closing:
             return
+        if not watch.cancelled():
+            watch.result()  # HistoryReplaced
         if not consume.cancelled():
             consume.result()  # StoreError, or the subscription ended (the connection closed)
         raise StoreError(f"lost the connection to NATS ({self._link.where})")
+
+    async def _watch_stream(self) -> NoReturn:
+        """While following, check every STREAM_CHECK that the stream is still the one opened,
+        and raise once it is not. nats-py's ordered consumer does not tell: when the stream
+        is deleted under it, it fails to recreate itself with a word only to the connection's
+        error callback, and the feed waited for ever, health SERVING, while every send
+        failed. Only a loss that is sure (HistoryReplaced) ends the feed: a stream that only
+        looks lost (a cluster electing a leader) or a check that gets no answer is checked
+        again at the next (a lost connection is `follow`'s to notice)."""
+        while True:
+            await asyncio.sleep(STREAM_CHECK)
+            try:
+                await self._check_stream()
+            except HistoryReplaced:
+                raise
+            except (StoreError, *NATS_ERRORS):
+                continue
+
+    async def _check_stream(self) -> StreamInfo:
+        """The stream, which must be the one this store opened and hold at least what the feed
+        has seen (see `_doubt`)."""
+        info = await self._stream_info()
+        if self._from and info.state.last_seq + 1 < self._from:
+            leaderless = info.cluster is not None and not info.cluster.leader
+            self._doubt("it holds fewer entries than were seen", leaderless)
+        self._doubted_since = None
+        return info
 
     async def _stream_info(self) -> StreamInfo:
         """The stream, which must still be the one this store opened: the same epoch."""
