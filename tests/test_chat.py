@@ -19,6 +19,7 @@ from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.gen.chat.v1 import chat_service_pb2_grpc as pb_grpc
 from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
+from grpcchat.server.health import NOT_SERVING, SERVING
 from tests.helpers import Follower
 
 
@@ -218,6 +219,36 @@ async def test_drain_tells_subscribers_to_reconnect_and_they_resume(tmp_path: Pa
             await second.stop(0)
 
 
+async def test_a_drain_ends_health_watches_once_they_said_not_serving(tmp_path: Path) -> None:
+    """A client watching health (gRPC's client-side health checking keeps a Watch open) was
+    never let go: every drain waited out its whole grace."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = ChatServer(ServerConfig(port=0, store="memory://", grace_period=30.0))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watches = [
+                health.Watch(health_pb2.HealthCheckRequest(service=service))
+                for service in ("", "chat.v1.ChatService", "not.yet.known")
+            ]
+            first = [(await asyncio.wait_for(w.read(), 5)).status for w in watches]
+            assert first == [SERVING, SERVING, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]
+            stopping = asyncio.create_task(server.stop())
+            for watch in watches[:2]:
+                assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING
+            for watch in watches:
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    await asyncio.wait_for(watch.read(), 5)
+                assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert ended.value.details() == "server is shutting down"
+            await asyncio.wait_for(stopping, 10)  # well within its 30 s grace
+            assert not [w for w in watches if not w.done()]
+    finally:
+        await server.stop(0)
+
+
 async def test_health_and_reflection_are_served(server: ChatServer, addr: str) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -226,6 +257,14 @@ async def test_health_and_reflection_are_served(server: ChatServer, addr: str) -
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service="chat.v1.ChatService"))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        listed = await health.List(health_pb2.HealthListRequest())
+        assert {name: s.status for name, s in listed.statuses.items()} == {
+            "": SERVING,
+            "chat.v1.ChatService": SERVING,
+        }
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await health.Check(health_pb2.HealthCheckRequest(service="nope"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         call = reflection.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])

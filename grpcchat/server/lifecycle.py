@@ -25,6 +25,7 @@ from grpcchat.server.auth import TokenAuthority
 from grpcchat.server.config import ServerConfig, host_port
 from grpcchat.server.connections import connection_options
 from grpcchat.server.engines import open_store
+from grpcchat.server.health import HealthService
 from grpcchat.server.registration import SERVICE_NAME, add_to_server
 from grpcchat.server.servicer import ChatServicer
 
@@ -102,8 +103,7 @@ class ChatServer:
             ],
             maximum_concurrent_rpcs=max_sessions + UNARY_HEADROOM if max_sessions else None,
         )
-        # grpc-stubs does not know the aio health servicer.
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = HealthService()
         self.port = 0
         self._store: HistoryStore | None = None
         self._hub: Hub | None = None
@@ -314,13 +314,13 @@ class ChatServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for service in ("", SERVICE_NAME):
-            await self._health.set(service, status)
+            self._health.set(service, status)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: report NOT_SERVING, tell every stream to reconnect (UNAVAILABLE) after flushing
         what it has queued, refuse new calls, and cancel what is left after `grace` seconds."""
         grace = self.config.grace_period if grace is None else grace
-        await self._set_serving(False)
+        self._health.drain()
         if self._hub is not None:
             self._hub.drain()
         await asyncio.gather(self._server.stop(grace), self._stop_web(grace))
