@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections import deque
@@ -330,7 +331,7 @@ def test_a_warning_in_a_full_queue_takes_a_reserved_place_and_never_waits() -> N
     """A warning waited on the event loop for room in a full queue: with a stderr nobody reads
     (a stalled shipper), for ever, and the whole server with it. Now it has RESERVE places more
     than chat lines, and past those it is counted like them."""
-    records: deque[logging.LogRecord] = deque(message_record() for _ in range(1 + RESERVE - 1))
+    records: deque[logging.LogRecord] = deque(message_record() for _ in range(RESERVE))
     handler = _SkippingQueueHandler(records, capacity=1)
     warning = logging.makeLogRecord({"msg": "disk full", "levelno": logging.WARNING})
     handler.enqueue(warning)  # the last reserved place
@@ -345,6 +346,37 @@ def test_a_warning_in_a_full_queue_takes_a_reserved_place_and_never_waits() -> N
     assert note["message"] == (
         "1 message lines and 1 other lines were not logged: the log could not keep up"
     )
+
+
+# A process that logs as the server does to a stderr nobody reads, then exits.
+LOGS_INTO_A_STALLED_PIPE = """
+import logging
+from rich.console import Console
+from grpcchat.cli.serverlog import configure_logging
+configure_logging(logging.INFO, Console(stderr=True))
+for n in range(15_000):
+    logging.getLogger("grpcchat.messages").info("%s %s", "alice", "x" * 100)
+logging.getLogger("grpcchat.server").warning("a warning")
+print("exiting", flush=True)
+"""
+
+
+def test_a_process_whose_stderr_nobody_reads_still_exits() -> None:
+    """The log thread, stuck writing, held the handler's lock (which `logging.shutdown` takes
+    at exit) and sys.stderr's buffer (which Python flushes at exit): the process never ended."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", LOGS_INTO_A_STALLED_PIPE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    try:
+        assert child.wait(20) == 0
+        assert child.stdout is not None
+        assert child.stdout.read() == b"exiting\n"
+    finally:
+        child.kill()
+        child.wait()
 
 
 async def test_a_stderr_nobody_reads_never_stops_the_server() -> None:

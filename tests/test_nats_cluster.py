@@ -33,6 +33,7 @@ from grpcchat.server import ChatServer
 from grpcchat.server.config import ServerConfig
 from grpcchat.store.nats import NatsStore, feed
 from grpcchat.wire import codec
+from tests.helpers import Follower
 from tests.natsfixture import NatsCluster, NatsNode
 from tests.test_resume import Collector
 
@@ -273,6 +274,26 @@ async def test_a_node_whose_history_nats_lost_stops_rather_than_serve_a_mixture(
             ChatClient(ClientConfig(addr=f"127.0.0.1:{again.port}")) as client,
         ):
             assert await client.history(ROOM) == []
+
+
+async def test_checking_the_stream_under_load_is_no_false_alarm(
+    restartable_nats: NatsNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic check compares the stream's last seq with what the feed has delivered:
+    taken after the answer, a message delivered while it was on its way made a busy stream
+    look shorter than what was seen, and a healthy node stopped as if NATS had lost it."""
+    monkeypatch.setattr(feed, "CONFIRM_LOST", 0.0)  # one wrong doubt would stop it
+    monkeypatch.setattr(feed, "STREAM_CHECK", 0.005)
+    store = f"{restartable_nats.url}?stream=CHAT_{uuid.uuid4().hex}"
+    async with asyncio.timeout(60), ChatServer(chat_config(store)) as server:
+        addr = f"127.0.0.1:{server.port}"
+        async with ChatClient(ClientConfig(addr=addr, timeout=10)) as client:
+            session = client.session("busy", ROOM)
+            async with Follower(session):
+                for round_ in range(20):
+                    await asyncio.gather(*(session.send(f"{round_}.{n}") for n in range(200)))
+        assert server.failure is None
+        assert await health(addr) == SERVING
 
 
 async def test_a_node_whose_stream_is_deleted_under_it_stops(

@@ -19,7 +19,10 @@ import grpc
 import pytest
 import trustme
 
+from grpcchat.client import ChatClient
+from grpcchat.client.config import ClientConfig
 from grpcchat.server import ChatServer
+from grpcchat.server.config import ServerConfig
 from tests.conftest import cli_env, run_cli, run_cli_async
 
 SECRET = "s3cret-" + "x" * 40
@@ -268,6 +271,18 @@ def test_a_bad_config_fails_as_serve_does(bad: list[str], held_port: int) -> Non
         assert len(checked.stderr.splitlines()) == 1
         assert checked.stderr.startswith("error: ")
         assert "short" not in checked.stderr
+
+
+async def test_a_data_dir_may_have_any_name(tmp_path: Path) -> None:
+    """Not held to the rule for a --store URL's path (no `?` or `#`, which look like options):
+    the history URL made from it was refused at start."""
+    data_dir = tmp_path / "chat #2?"
+    config = ServerConfig(port=0, data_dir=str(data_dir))
+    async with ChatServer(config) as server:
+        addr = f"127.0.0.1:{server.port}"
+        async with ChatClient(ClientConfig(addr=addr, timeout=5)) as client:
+            await client.send("ann", "kept")
+    assert (data_dir / "history.db").is_file()
 
 
 def test_workers_without_nats_server_fail_check_config_as_serve_does(held_port: int) -> None:

@@ -793,11 +793,13 @@ class Model:
         log = self.rooms[entry.room]
         try:
             if entry.reply_to:
-                relations.check_target(self.find(entry.reply_to), entry.room, entry.reply_to, None)
+                relations.check_target(
+                    self.find(entry.reply_to), entry.room, entry.reply_to, kind=None
+                )
             if entry.relation is not None:
                 target_id = entry.relation.target
                 target = relations.check_target(
-                    self.find(target_id), entry.room, target_id, entry.relation.kind
+                    self.find(target_id), entry.room, target_id, kind=entry.relation.kind
                 )
                 edits = self.edits.setdefault(target_id, [])
                 relations.check_relation(target, entry.sender, entry.relation, len(edits))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import PrivateFormat
 
 from grpcchat.client import ChatClient
 from grpcchat.client.channel import InsecureTokenError, is_loopback
@@ -227,21 +229,16 @@ async def test_a_key_of_another_certificate_is_a_clear_error(pki: Pki) -> None:
     assert "do not load as a pair" in checked.stderr
 
 
-def _encrypt_key(plain: str, encrypted: Path, pem: str) -> None:
-    from cryptography.hazmat.primitives import serialization
-
+def _encrypt_key(plain: str, encrypted: Path, pem: PrivateFormat) -> None:
     key = serialization.load_pem_private_key(Path(plain).read_bytes(), password=None)
-    encrypted.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            getattr(serialization.PrivateFormat, pem),
-            serialization.BestAvailableEncryption(b"a passphrase"),
-        )
-    )
+    encryption = serialization.BestAvailableEncryption(b"a passphrase")
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, pem, encryption))
 
 
-@pytest.mark.parametrize("pem", ["PKCS8", "TraditionalOpenSSL"])
-async def test_an_encrypted_key_is_said_to_be_encrypted(pki: Pki, tmp_path: Path, pem: str) -> None:
+@pytest.mark.parametrize("pem", [PrivateFormat.PKCS8, PrivateFormat.TraditionalOpenSSL])
+async def test_an_encrypted_key_is_said_to_be_encrypted(
+    pki: Pki, tmp_path: Path, pem: PrivateFormat
+) -> None:
     """It was said not to be the certificate's key ("is the key the certificate's?")."""
     encrypted = tmp_path / "encrypted.key"
     _encrypt_key(pki.server_key, encrypted, pem)

@@ -280,7 +280,9 @@ def test_a_worker_that_cannot_start_says_why_in_json_with_log_format_json() -> N
     result = run_cli("serve", "--workers", "2", "--port", "0", "--log-format", "json",
                      "--broker", f"nats://127.0.0.1:{closed}", timeout=40)  # fmt: skip
     assert result.returncode == 1
-    records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("{") for line in lines), result.stderr  # JSON lines only
+    records = [json.loads(line) for line in lines]
     [failed] = [r for r in records if r.get("event") == "server_failed"]
     why = r"worker \d could not start: cannot reach NATS at \S+ .*"
     assert re.fullmatch(why, failed["message"]), failed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from collections import deque
 from typing import IO
@@ -108,11 +109,14 @@ class _SkippingQueueHandler(logging.Handler):
         self._records.append(record)
 
     def _skipped_note(self) -> logging.LogRecord:
-        if self.skipped_other:
+        if self.skipped_other and not self.skipped:
+            message = "%d lines were not logged: the log could not keep up"
+            args: tuple[int, ...] = (self.skipped_other,)
+        elif self.skipped_other:
             message = (
                 "%d message lines and %d other lines were not logged: the log could not keep up"
             )
-            args: tuple[int, ...] = (self.skipped, self.skipped_other)
+            args = (self.skipped, self.skipped_other)
         else:
             message = "%d message lines were not logged: the log could not keep up"
             args = (self.skipped,)
@@ -153,39 +157,64 @@ class _LogWriter:
         self._write_queued()
 
     def _write_queued(self) -> None:
+        handled = 0
         while self._records:  # this thread alone takes from the left
             record = self._records.popleft()
             if record.levelno >= self._handler.level:
                 self._handler.handle(record)
+                handled += 1
+                if handled % BATCH_LINES == 0:
+                    self._handler.flush()  # outside `handle`'s lock (see _BatchingStreamHandler)
         self._handler.flush()
 
 
 class _BatchingStreamHandler(logging.StreamHandler[IO[str]]):
-    """A stream handler whose lines wait in memory until `flush` (see `_LogWriter`)."""
+    """A stream handler whose lines wait in memory until `flush` (see `_LogWriter`), which the
+    log thread alone calls.
+
+    With a stderr nobody reads, that write never returns, so it shares no lock with the rest of
+    the process: it goes to a descriptor of its own (not through `sys.stderr`, whose buffer's
+    lock Python takes at exit), never under the handler's lock (which `logging.shutdown` takes
+    at exit), and `logging.shutdown` does not flush it (the log thread has, or cannot). The
+    process then exits, as `_LogWriter.stop` lets it."""
+
+    flushOnClose = False
 
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
         self._lines: list[str] = []
+        self._fd = _own_descriptor(stream)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._lines.append(self.format(record) + self.terminator)
         except Exception:
             self.handleError(record)
-            return
-        if len(self._lines) >= BATCH_LINES:
-            self.flush()
 
     def flush(self) -> None:
         if not self._lines:
             return
         lines, self._lines = "".join(self._lines), []
         try:
-            self.stream.write(lines)
-            self.stream.flush()
+            if self._fd is None:
+                self.stream.write(lines)
+                self.stream.flush()
+                return
+            data = lines.encode(getattr(self.stream, "encoding", None) or "utf-8", "replace")
+            while data:
+                data = data[os.write(self._fd, data) :]
         except Exception:
             # As StreamHandler: a log that cannot be written is reported, never raised.
             self.handleError(logging.makeLogRecord({"msg": lines}))
+
+
+def _own_descriptor(stream: IO[str]) -> int | None:
+    """A descriptor of `stream`'s file for the log thread alone (None: a stream in memory)."""
+    try:
+        stream.flush()  # what was printed before comes first
+        return os.dup(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def configure_logging(

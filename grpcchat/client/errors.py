@@ -36,8 +36,8 @@ NOT_CONNECTED = frozenset(
 
 
 class ClientClosed(RemoteError):
-    """A call on a ChatClient that was closed (FAILED_PRECONDITION, as the server's caps are:
-    tell them apart by this type)."""
+    """A call on a ChatClient or a ChatSession that was closed (FAILED_PRECONDITION, as the
+    server's caps are: tell them apart by this type)."""
 
     def __init__(self, message: str) -> None:
         super().__init__("FAILED_PRECONDITION", message)

@@ -36,7 +36,7 @@ _ENTRIES = {
 
 
 def check_target(
-    target: Message | None, room: str, target_id: str, kind: RelationKind | None
+    target: Message | None, room: str, target_id: str, *, kind: RelationKind | None
 ) -> Message:
     """The message a relation of `kind` (None: a reply) names, if it may be named at all: a
     retained entry of `room` that is no relation itself. Engines pass what they found under the

@@ -22,7 +22,7 @@ from grpcchat.server.connections import (
     DEFAULT_MAX_CONNECTION_AGE_GRACE,
     Keepalive,
 )
-from grpcchat.server.engines import check_store_url
+from grpcchat.server.engines import check_given_store_url, check_store_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4000
@@ -147,7 +147,7 @@ class ServerConfig:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.store:
             try:
-                check_store_url(self.store)
+                check_given_store_url(self.store)
             except StoreError as error:
                 raise ValueError(str(error)) from None
         self._check_scale_out()

@@ -55,15 +55,23 @@ def check_store_url(url: str) -> None:
         raise StoreError(f"memory:// takes nothing after it, got {redacted_url(url)!r}")
     if scheme == "sqlite" and not path:
         raise StoreError("the sqlite store needs a path: sqlite:///path/to/history.db")
-    if scheme == "sqlite" and ("?" in path or "#" in path):
-        # Taken as part of the file name, it made a file `history.db?mode=ro`.
-        raise StoreError(
-            f"the sqlite store takes a file path and no options, got {url!r}: "
-            "sqlite:///path/to/history.db"
-        )
     if scheme == "nats":
         try:
             from grpcchat.store.nats.codec import parse_url
         except ImportError:
             return  # without nats-py: the command says what to install instead
         parse_url(url)  # its stream, replicas and unknown options
+
+
+def check_given_store_url(url: str) -> None:
+    """`check_store_url` for a URL the user wrote (`--store`, `--broker`): a sqlite URL that
+    looks as if it had options is refused too (taken as part of the file name, they made a
+    file `history.db?mode=ro`). The URL made from `--data-dir` is not held to this: a
+    directory may have any name."""
+    check_store_url(url)
+    scheme, _, path = url.partition("://")
+    if scheme == "sqlite" and ("?" in path or "#" in path):
+        raise StoreError(
+            f"the sqlite store takes a file path and no options, got {url!r}: "
+            "sqlite:///path/to/history.db"
+        )

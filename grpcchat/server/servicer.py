@@ -20,7 +20,6 @@ from grpcchat.core.errors import (
     LimitExceeded,
     NotFound,
     ServerDraining,
-    SlowConsumer,
     StoreError,
     TimedOut,
 )
@@ -479,18 +478,23 @@ class ChatServicer:
                 )
                 await self._hub.join(session, DEFAULT_ROOM)
             except ChatError as error:
+                await stack.aclose()  # its session goes before the call is held
                 notice = _article_notice(f"{error} ({status_of(error).name}); {ARTICLE_ENDED}")
                 await _refuse_stream(requests, context, each_chat_message([Envelope(notice)])[0])
                 raise
             stack.enter_context(self.stats.session_open("chat"))
             principal = identity.name if identity else peer
-            reader = asyncio.create_task(self._read_legacy(requests, session, identity, principal))
+            refused = asyncio.Event()
+            reader = asyncio.create_task(
+                self._read_legacy(requests, session, identity, principal, refused)
+            )
             try:
                 await write_session(session, context, identity, each_chat_message, stats=self.stats)
-            except ChatError as error:
-                if not isinstance(error, SlowConsumer | ServerDraining):
-                    # Refused: the reader reads on (posting nothing) until the client stops
-                    # writing, a while at most, before the call ends (see `_refuse_stream`).
+            except ChatError:
+                if refused.is_set():
+                    # Refused what the client wrote: the reader reads on (posting nothing)
+                    # until the client stops writing, a while at most, before the call ends
+                    # (see `_refuse_stream`). Ended for anything else, the call ends at once.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(reader), REFUSAL_GRACE)
                 raise
@@ -503,8 +507,10 @@ class ChatServicer:
         session: Session,
         identity: Identity | None,
         principal: str,
+        refused: asyncio.Event,
     ) -> None:
         """Post what a Chat client writes; its half-close ends the call, as in the article.
+        `refused` is set when a message is refused (which ends the call).
 
         The article's stream has no way to refuse one message, so over the rate limit, or while
         the lobby's readers are behind, it is throttled (we stop reading until the message may
@@ -515,6 +521,8 @@ class ChatServicer:
         make (a reply to an unknown message) ends it as soon as it comes."""
 
         def failed(error: BaseException) -> None:
+            if isinstance(error, ChatError):
+                refused.set()
             _tell_article_client(session, error)
             _failed(session, error)
 
@@ -562,6 +570,7 @@ class ChatServicer:
                 session.close()
                 return
         except ChatError as error:
+            refused.set()
             self._refused(error)
             await posting.drain()  # what was read before it is posted and echoed first
             _tell_article_client(session, error)

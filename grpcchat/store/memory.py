@@ -143,14 +143,16 @@ class MemoryStore:
             self._prune(state, oldest_kept)
         # Everything that may refuse comes before the first change: a refusal leaves nothing.
         if reply_to:
-            relations.check_target(self._find(state, reply_to, oldest_kept), room, reply_to, None)
+            relations.check_target(
+                self._find(state, reply_to, oldest_kept), room, reply_to, kind=None
+            )
         target: Message | None = None
         if relation is not None:
             target = relations.check_target(
                 self._find(state, relation.target, oldest_kept),
                 room,
                 relation.target,
-                relation.kind,
+                kind=relation.kind,
             )
             assert state is not None  # the target was found in it
             edits = len(state.edits.get(target.id, ()))

@@ -260,12 +260,12 @@ class Database:
                 return Appended(repeated, duplicate=True)
         if reply_to:
             found = self._find(room, reply_to, oldest_kept_us)
-            relations.check_target(found[0] if found else None, room, reply_to, None)
+            relations.check_target(found[0] if found else None, room, reply_to, kind=None)
         target: Message | None = None
         if relation is not None:
             found = self._find(room, relation.target, oldest_kept_us)
             target = relations.check_target(
-                found[0] if found else None, room, relation.target, relation.kind
+                found[0] if found else None, room, relation.target, kind=relation.kind
             )
             relations.check_relation(target, sender, relation, found[1] if found else 0)
         unsettled = self._unsettled.get(room)

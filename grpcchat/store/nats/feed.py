@@ -29,6 +29,7 @@ from grpcchat.store.nats.connection import (
     REQUEST_TIMEOUT,
     Link,
     errors,
+    reason,
 )
 from grpcchat.store.nats.reader import Reader
 
@@ -128,18 +129,23 @@ class Feed:
         again at the next (a lost connection is `follow`'s to notice)."""
         while True:
             await asyncio.sleep(STREAM_CHECK)
+            doubted = self._doubted_since is not None
             try:
                 await self._check_stream()
             except HistoryReplaced:
                 raise
-            except (StoreError, *NATS_ERRORS):
-                continue
+            except StoreError as exc:
+                if not doubted:  # once, as it starts to look lost
+                    log.warning("%s (for %gs at most)", exc, CONFIRM_LOST)
+            except NATS_ERRORS as exc:
+                log.warning("checking the history stream on NATS failed: %s", reason(exc))
 
     async def _check_stream(self) -> StreamInfo:
         """The stream, which must be the one this store opened and hold at least what the feed
         has seen (see `_doubt`)."""
+        seen = self._from  # before asking: the feed may deliver what is stored meanwhile
         info = await self._stream_info()
-        if self._from and info.state.last_seq + 1 < self._from:
+        if seen and info.state.last_seq + 1 < seen:
             leaderless = info.cluster is not None and not info.cluster.leader
             self._doubt("it holds fewer entries than were seen", leaderless)
         self._doubted_since = None

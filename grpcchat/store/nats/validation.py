@@ -28,11 +28,11 @@ def validate(state: RoomState, draft: Message, head: Stored | None, window: Wind
     room = draft.room
     if draft.reply_to:
         found = state.target(draft.reply_to, window_start, oldest_kept)
-        relations.check_target(found, room, draft.reply_to, None)
+        relations.check_target(found, room, draft.reply_to, kind=None)
     relation = draft.relation
     if relation is None:
         return None
     found = state.target(relation.target, window_start, oldest_kept)
-    target = relations.check_target(found, room, relation.target, relation.kind)
+    target = relations.check_target(found, room, relation.target, kind=relation.kind)
     relations.check_relation(target, draft.sender, relation, state.edits(relation.target))
     return state.gone(relation.target) if relation.kind is RelationKind.DELETE else None
