@@ -208,6 +208,11 @@ async def test_auth_token_required_and_its_identity_wins(
     with pytest.raises(ConnectError) as refused:
         await web.send(pb.SendRequest(sender="mallory", text="hi", room="lobby"))
     assert refused.value.code == Code.UNAUTHENTICATED
+    # Not gRPC's "pass --token": a browser user has no such flag.
+    assert refused.value.message == (
+        "authentication required: send `authorization: Bearer <token>` (on the page: paste it "
+        "into the Token box; `grpcchat token NAME` mints one)"
+    )
     token = TokenAuthority(SECRET).mint("alice", timedelta(minutes=5))
     sent = await web.send(
         pb.SendRequest(sender="mallory", text="hi", room="lobby"),

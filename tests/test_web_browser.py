@@ -775,3 +775,94 @@ async def test_a_room_entered_with_unread_messages_shows_where_they_start(
         # ...and shown is read: the count is gone.
         await until_all_read(client, "alice", "lobby")
     assert not page.errors
+
+
+# -- entering rooms ----------------------------------------------------------------------------
+
+
+async def test_entering_the_room_the_page_is_in_or_just_left_keeps_it_connected(
+    web_server: WebServer, new_user: NewUser
+) -> None:
+    """A second click on the current room, `/join` of it, or going back to a room just left,
+    opened a new stream while the server still held the name for the old one: refused as
+    taken, and the page stopped for good."""
+    page = await (await new_user()).open(web_server.url, name="zed", room="sw1")
+    await page.expect_connected()
+    current = page.rooms.get_by_role("button", name="sw1")
+    await expect(current).to_have_count(1)
+    subscribes: list[str] = []
+    page.page.on("request", lambda r: subscribes.append(r.url) if "Subscribe" in r.url else None)
+    await current.dblclick()
+    await page.say("/join sw1")
+    await page.say("marker")
+    await page.expect_message("marker", "zed")
+    assert subscribes == []  # no new stream: nothing for the server to refuse
+    for _ in range(3):
+        await page.say("/join other")
+        await page.say("/join sw1")  # back at once: the server may still hold zed in #sw1
+        await page.expect_connected()
+    await page.say("still here")
+    await page.expect_message("still here", "zed")
+    assert "ALREADY_EXISTS" not in (await page.status.inner_text())
+    assert not page.errors
+
+
+async def test_a_page_whose_join_was_refused_sends_nothing(
+    web_server: WebServer, new_user: NewUser
+) -> None:
+    """Refused (the name taken), the page still posted what was typed, as that name, to a
+    room it did not show: its user saw nothing happen."""
+    first = await (await new_user()).open(web_server.url, name="alice", room="taken")
+    await first.expect_connected()
+    second = await (await new_user()).open(web_server.url, name="alice", room="taken")
+    await second.expect_status("ALREADY_EXISTS")
+    await second.say("hello")
+    await second.expect_status("not in a room: join one first")
+    await expect(second.message_box).to_have_value("hello")  # kept, not lost
+    async with client_for(web_server) as client:
+        assert await client.history("taken") == []
+
+
+async def test_a_message_over_the_limit_is_refused_whole_not_cut(
+    web_server: WebServer, new_user: NewUser
+) -> None:
+    """The box's maxlength cut a paste at 4,096 UTF-16 units without a word: 904 characters of
+    a 5,000-character paste vanished, and 3,000 emoji (which the server takes) became 2,048."""
+    page = await (await new_user()).open(web_server.url, name="amy")
+    await page.expect_connected()
+    too_long = "x" * 5000
+    await page.say(too_long)
+    await expect(page.notices.last).to_have_text(
+        "not sent: the message is 5000 characters long; the limit is 4096"
+    )
+    await expect(page.message_box).to_have_value(too_long)
+    emoji = "😀" * 3000  # 6,000 UTF-16 units, 3,000 characters: within the limit
+    await page.say(emoji)
+    await page.expect_message(emoji, "amy")
+
+
+async def test_lines_that_cannot_be_sent_keep_their_order_and_are_never_lost(
+    web_server_factory: WebServerFactory, new_user: NewUser, tmp_path: Path
+) -> None:
+    """The server down: the first line failed after its retries and went back in the box, but
+    the lines typed after it were sent once the server was back, ahead of it; and a later one
+    that failed too was dropped without a word (the box was no longer empty)."""
+    web_server = await web_server_factory(store=f"sqlite://{tmp_path / 'history.db'}")
+    page = await (await new_user()).open(web_server.url, name="alice")
+    await page.expect_connected()
+    await web_server.stop()
+    await page.expect_status(r"reconnecting")
+    lines = ["line one", "line two", "line three"]
+    for line in lines:
+        await page.say(line)
+    # The first gives up after its retries (about 15 s); the two behind it then at once.
+    await expect(page.notices.filter(has_text="not sent")).to_have_count(3, timeout=40_000)
+    told = await page.notices.filter(has_text="not sent").all_inner_texts()
+    assert [text.rsplit('"', 2)[-2] for text in told] == lines  # each names its text
+    assert "a message before it was not sent" in told[1]
+    assert "a message before it was not sent" in told[2]
+    await expect(page.message_box).to_have_value("line one")
+    await web_server.start()
+    await page.expect_connected()
+    async with client_for(web_server) as client:
+        assert await client.history("lobby") == []  # none went ahead of the first

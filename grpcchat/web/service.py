@@ -13,7 +13,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 
-from grpcchat.core.errors import ChatError, LimitExceeded
+from grpcchat.core.errors import ChatError, LimitExceeded, Unauthenticated
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.server.auth import Identity
 from grpcchat.server.peers import canonical_address
@@ -21,6 +21,12 @@ from grpcchat.server.servicer import ChatServicer
 from grpcchat.web.errors import connect_error
 from grpcchat.web.stream import HEARTBEAT_HEADER, stream_session
 from grpcchat.wire import codec
+
+# What a web call without a token is told when auth is on.
+WEB_TOKEN_REQUIRED = (
+    "authentication required: send `authorization: Bearer <token>` (on the page: paste it into "
+    "the Token box; `grpcchat token NAME` mints one)"
+)
 
 _S = TypeVar("_S")
 _Q = TypeVar("_Q")
@@ -69,7 +75,14 @@ class WebChatService:
         self._servicer = servicer
 
     def _identify(self, ctx: Context) -> Identity | None:
-        return self._servicer.identify(ctx.request_headers.get("authorization"))
+        header = ctx.request_headers.get("authorization")
+        try:
+            return self._servicer.identify(header)
+        except Unauthenticated:
+            if header:
+                raise
+            # The gRPC wording names the CLI's --token, which a browser user has not got.
+            raise Unauthenticated(WEB_TOKEN_REQUIRED) from None
 
     @_maps_errors
     async def send(self, request: pb.SendRequest, ctx: Context, /) -> pb.SendResponse:

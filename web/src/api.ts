@@ -121,16 +121,32 @@ const SEND_ATTEMPTS = 6;
 // The sends of this page, one at a time in the order they were made: a send waiting to be
 // retried (over the rate, an answer lost) must not be overtaken by a later one.
 let sending: Promise<unknown> = Promise.resolve();
+let waiting = 0;
+// A send failed: the ones queued behind it fail too, unsent, until the queue is empty (sent
+// once the server was back, they went ahead of the one that failed).
+let broken = false;
 
 /**
  * Send one message, after the ones sent before it. UNAVAILABLE and RESOURCE_EXHAUSTED are
  * retried with the same key, so a retry after a lost answer posts nothing twice (the server
  * answers with the original); the wait honours the server's `retry-after-ms`. Throws the last
- * error otherwise.
+ * error otherwise, and then for each send already queued behind it.
  */
 export function send(message: Outgoing): Promise<ChatMessage | undefined> {
-  const sent = sending.then(() => sendNow(message));
-  sending = sent.catch(() => undefined); // a failed send does not stop the ones after it
+  waiting++;
+  const sent = sending.then(() => {
+    if (broken) throw new Error("a message before it was not sent (kept in order)");
+    return sendNow(message);
+  });
+  const settled = sent.then(
+    () => undefined,
+    () => {
+      broken = true;
+    },
+  );
+  sending = settled.then(() => {
+    if (--waiting === 0) broken = false;
+  });
   return sent;
 }
 

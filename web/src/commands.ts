@@ -12,7 +12,7 @@ export type Command =
    * new text of an edit, the emoji of a reaction, empty for a delete. */
   | { kind: "change"; change: Change; seq?: bigint; text: string }
   | { kind: "join"; room: string }
-  | { kind: "leave" }
+  | { kind: "leave"; room: string }
   | { kind: "who"; room: string }
   | { kind: "rooms" }
   | { kind: "help" }
@@ -56,7 +56,7 @@ export function parse(line: string): Command {
       break;
     }
     case "/leave":
-      return { kind: "leave" };
+      return { kind: "leave", room: rest.replace(/^#/, "") };
     case "/who":
       return { kind: "who", room: rest.replace(/^#/, "") };
     case "/rooms":

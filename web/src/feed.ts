@@ -34,13 +34,19 @@ export class RoomFeed {
   /** How long a stream may stay silent (ms) before it is taken for dead; 0: no limit. */
   private quietLimit = 0;
 
+  /** `heldFor` (ms): this page let go of the name in this room a moment ago, so the server
+   * may still hold it for the old stream; a join refused as taken is tried again that long. */
   constructor(
     readonly name: string,
     readonly room: string,
     private readonly on: FeedHandlers,
+    private readonly heldFor = 0,
   ) {}
 
+  private started = 0;
+
   start(): void {
+    this.started = Date.now();
     void this.run();
   }
 
@@ -96,9 +102,12 @@ export class RoomFeed {
       } catch (error) {
         if (this.stopped) return;
         if (error instanceof ResumeNow) continue;
-        // A resume refused because the name is taken: most likely by this page's own session
-        // on a connection the server has not seen die yet. It lets go in time; ask again.
-        const stillHeld = resume && error instanceof ConnectError && error.code === Code.AlreadyExists;
+        // A resume (or a join of what this page just left) refused because the name is taken:
+        // most likely by this page's own session on a connection the server has not seen die
+        // yet. It lets go in time; ask again.
+        const letGo = Date.now() - this.started < this.heldFor;
+        const stillHeld =
+          (resume || letGo) && error instanceof ConnectError && error.code === Code.AlreadyExists;
         if (isTerminal(error) && !stillHeld) {
           this.on.status(describe(error), "error");
           this.stopper.abort(error);

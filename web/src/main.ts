@@ -31,6 +31,12 @@ let members = new Set<string>();
 let roomsTimer: ReturnType<typeof setInterval> | undefined;
 const typists = new Typists((names) => view.setTyping(typingLine(names)));
 
+/** When this page last let go of each name in each room ("name\nroom" -> ms). */
+const leftAt = new Map<string, number>();
+/** How long after letting go of a name in a room the server may still hold it (its stream not
+ * seen closed yet): a join of it then refused as taken is tried again for this long. */
+const LET_GO_MS = 10_000;
+
 function enter(room: string): void {
   const name = view.name.value.trim();
   if (!name) {
@@ -39,6 +45,14 @@ function enter(room: string): void {
     return;
   }
   room = room.trim().replace(/^#/, "") || LOBBY;
+  if (feed && !feed.stopped && feed.name === name && feed.room === room) {
+    // Already there (a second click, /join of this room): a new stream would find the
+    // name still held by this one, and be refused as taken.
+    view.message.focus();
+    return;
+  }
+  if (feed && !feed.stopped) leftAt.set(`${feed.name}\n${feed.room}`, Date.now());
+  const heldByUs = Date.now() - (leftAt.get(`${name}\n${room}`) ?? -Infinity) < LET_GO_MS;
   feed?.stop(); // one stream at a time: the browser allows few connections per host
   marker?.stop();
   typists.clear();
@@ -51,7 +65,18 @@ function enter(room: string): void {
   joinedOnce = false;
   marker = new ReadMarker(name, room);
   view.status("connecting…", "wait");
-  feed = new RoomFeed(name, room, { event: (e) => show(room, e), status: (t, k) => view.status(t, k) });
+  feed = new RoomFeed(
+    name,
+    room,
+    {
+      event: (e) => show(room, e),
+      status: (text, kind) => {
+        view.status(text, kind);
+        if (kind === "error") clearInterval(roomsTimer); // the feed stopped for good
+      },
+    },
+    heldByUs ? LET_GO_MS : 0,
+  );
   feed.start();
   // Members and rooms are asked for once the join is complete (the "joined" event): asked now,
   // the answer could come after it and miss this very session.
@@ -174,7 +199,8 @@ async function post(message: Outgoing, what = "", typed?: string): Promise<void>
     const sent = await send(message);
     if (sent?.sender && sent.sender !== view.me) view.me = sent.sender; // the token's name
   } catch (error) {
-    view.notice(what ? `${what}: ${describe(error)}` : `not sent: ${describe(error)}`, "error");
+    const quoted = typed === undefined ? "" : ` — ${JSON.stringify(typed)}`;
+    view.notice(`${what || "not sent"}: ${describe(error)}${quoted}`, "error");
     if (typed !== undefined && view.message.value === "") view.message.value = typed;
   }
 }
@@ -244,13 +270,26 @@ function startReply(target: Post): void {
   view.message.focus();
 }
 
+/** A message's length as the server counts it (code points), and its limit. */
+const MAX_TEXT = 4096;
+
 function submitLine(line: string): void {
   const command = parse(line);
   if (command.kind === "none") return;
   if (command.kind === "help") return HELP.forEach((h) => view.notice(h));
   if (command.kind === "error") return view.notice(command.text, "error");
-  if (!feed) {
-    view.status("join a room first", "error");
+  if (command.kind === "join") return enter(command.room);
+  if (!feed || feed.stopped) {
+    // Not in a room (never joined, or the join was refused): sent anyway, the line went to a
+    // room this page does not show.
+    view.message.value = line;
+    view.status("not in a room: join one first", "error");
+    return;
+  }
+  if ("text" in command && [...command.text].length > MAX_TEXT) {
+    // The box no longer cuts a paste short without a word (its maxlength counted UTF-16).
+    view.message.value = line;
+    view.notice(`not sent: the message is ${[...command.text].length} characters long; the limit is ${MAX_TEXT}`, "error");
     return;
   }
   const sender = feed.name;
@@ -266,9 +305,10 @@ function submitLine(line: string): void {
       return void reply(room, command.seq, command.text, line);
     case "change":
       return void changeMessage(room, command.change, command.seq, command.text, line);
-    case "join":
-      return enter(command.room);
     case "leave":
+      if (command.room && command.room !== room) {
+        return view.notice(`not in #${command.room}: this page follows one room, #${room}`, "error");
+      }
       return enter(LOBBY);
     case "who":
       return void who(command.room || room);
