@@ -821,6 +821,10 @@ async def test_a_page_whose_join_was_refused_sends_nothing(
     await expect(second.message_box).to_have_value("hello")  # kept, not lost
     async with client_for(web_server) as client:
         assert await client.history("taken") == []
+    await second.say("/leave")  # the way out: the lobby, where the name is free
+    await second.expect_connected()
+    await second.say("in the lobby")
+    await second.expect_message("in the lobby", "alice")
 
 
 async def test_a_message_over_the_limit_is_refused_whole_not_cut(
@@ -859,8 +863,8 @@ async def test_lines_that_cannot_be_sent_keep_their_order_and_are_never_lost(
     await expect(page.notices.filter(has_text="not sent")).to_have_count(3, timeout=40_000)
     told = await page.notices.filter(has_text="not sent").all_inner_texts()
     assert [text.rsplit('"', 2)[-2] for text in told] == lines  # each names its text
-    assert "a message before it was not sent" in told[1]
-    assert "a message before it was not sent" in told[2]
+    assert "a message before it could not be sent" in told[1]
+    assert "a message before it could not be sent" in told[2]
     await expect(page.message_box).to_have_value("line one")
     await web_server.start()
     await page.expect_connected()

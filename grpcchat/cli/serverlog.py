@@ -164,26 +164,32 @@ class _LogWriter:
                 self._handler.handle(record)
                 handled += 1
                 if handled % BATCH_LINES == 0:
-                    self._handler.flush()  # outside `handle`'s lock (see _BatchingStreamHandler)
-        self._handler.flush()
+                    self._write_batch()
+        self._write_batch()
+
+    def _write_batch(self) -> None:
+        """Write what the handler holds: outside `handle`'s lock (see _BatchingStreamHandler)."""
+        if isinstance(self._handler, _BatchingStreamHandler):
+            self._handler.write_batch()
+        else:
+            self._handler.flush()
 
 
 class _BatchingStreamHandler(logging.StreamHandler[IO[str]]):
-    """A stream handler whose lines wait in memory until `flush` (see `_LogWriter`), which the
-    log thread alone calls.
+    """A stream handler whose lines wait in memory until `write_batch`, which the log thread
+    alone calls (see `_LogWriter`).
 
     With a stderr nobody reads, that write never returns, so it shares no lock with the rest of
     the process: it goes to a descriptor of its own (not through `sys.stderr`, whose buffer's
     lock Python takes at exit), never under the handler's lock (which `logging.shutdown` takes
-    at exit), and `logging.shutdown` does not flush it (the log thread has, or cannot). The
-    process then exits, as `_LogWriter.stop` lets it."""
-
-    flushOnClose = False
+    at exit), and `flush`, which `logging.shutdown` calls, writes nothing (the log thread has
+    written, or cannot). The process then exits, as `_LogWriter.stop` lets it."""
 
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
         self._lines: list[str] = []
         self._fd = _own_descriptor(stream)
+        self._errors = getattr(stream, "errors", None) or "backslashreplace"
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -192,6 +198,9 @@ class _BatchingStreamHandler(logging.StreamHandler[IO[str]]):
             self.handleError(record)
 
     def flush(self) -> None:
+        """Nothing: only the log thread writes (`write_batch`)."""
+
+    def write_batch(self) -> None:
         if not self._lines:
             return
         lines, self._lines = "".join(self._lines), []
@@ -200,7 +209,8 @@ class _BatchingStreamHandler(logging.StreamHandler[IO[str]]):
                 self.stream.write(lines)
                 self.stream.flush()
                 return
-            data = lines.encode(getattr(self.stream, "encoding", None) or "utf-8", "replace")
+            encoding = getattr(self.stream, "encoding", None) or "utf-8"
+            data = lines.encode(encoding, self._errors)
             while data:
                 data = data[os.write(self._fd, data) :]
         except Exception:

@@ -521,7 +521,9 @@ class ChatServicer:
         make (a reply to an unknown message) ends it as soon as it comes."""
 
         def failed(error: BaseException) -> None:
-            if isinstance(error, ChatError):
+            # A refusal of what the client wrote; not the server's own trouble (its history
+            # out of reach, a drain), after which there is nothing to wait for.
+            if isinstance(error, ChatError) and not isinstance(error, StoreError | ServerDraining):
                 refused.set()
             _tell_article_client(session, error)
             _failed(session, error)

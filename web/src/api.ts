@@ -135,13 +135,15 @@ let broken = false;
 export function send(message: Outgoing): Promise<ChatMessage | undefined> {
   waiting++;
   const sent = sending.then(() => {
-    if (broken) throw new Error("a message before it was not sent (kept in order)");
+    if (broken) throw new Error("a message before it could not be sent");
     return sendNow(message);
   });
   const settled = sent.then(
     () => undefined,
-    () => {
-      broken = true;
+    (error: unknown) => {
+      // The server out of reach: what follows would go ahead of it once it is back. A
+      // refusal of this message alone (a bad text, a reaction not allowed) stops nothing.
+      if (unreachable(error) || broken) broken = true;
     },
   );
   sending = settled.then(() => {
@@ -157,15 +159,19 @@ async function sendNow(message: Outgoing): Promise<ChatMessage | undefined> {
       const response = await chat.send({ ...message, key }, { timeoutMs: 10_000 });
       return response.message;
     } catch (error) {
-      const retriable =
-        error instanceof ConnectError &&
-        (error.code === Code.Unavailable ||
-          error.code === Code.ResourceExhausted ||
-          // fetch itself failed (server down, network lost): nothing was answered.
-          (error.code === Code.Unknown && error.cause instanceof TypeError));
+      if (!(error instanceof ConnectError)) throw error;
+      const retriable = unreachable(error) || error.code === Code.ResourceExhausted;
       if (!retriable || attempt + 1 >= SEND_ATTEMPTS) throw error;
       const hinted = Number(error.metadata.get("retry-after-ms"));
       await sleep(hinted > 0 ? Math.min(hinted, 10_000) : backoff(attempt));
     }
   }
+}
+
+/** The server did not answer: UNAVAILABLE, or fetch itself failed (server down, network lost). */
+function unreachable(error: unknown): boolean {
+  return (
+    error instanceof ConnectError &&
+    (error.code === Code.Unavailable || (error.code === Code.Unknown && error.cause instanceof TypeError))
+  );
 }

@@ -24,6 +24,8 @@ const ROOMS_EVERY_MS = 10_000;
 
 const view = new View({ react: toggleReaction, handle: (post) => startReply(post) });
 let feed: RoomFeed | undefined;
+/** Whom the feed holds the name for, and where ("name\nroom"). */
+let feedWho = "";
 let marker: ReadMarker | undefined;
 /** Whether the current feed's first join is complete (its replay is over). */
 let joinedOnce = false;
@@ -45,14 +47,19 @@ function enter(room: string): void {
     return;
   }
   room = room.trim().replace(/^#/, "") || LOBBY;
-  if (feed && !feed.stopped && feed.name === name && feed.room === room) {
+  // Who the server holds the name for: with a token, the token's user.
+  const who = `${tokenName() || name}\n${room}`;
+  if (feed && !feed.stopped && feedWho === who) {
     // Already there (a second click, /join of this room): a new stream would find the
     // name still held by this one, and be refused as taken.
     view.message.focus();
     return;
   }
-  if (feed && !feed.stopped) leftAt.set(`${feed.name}\n${feed.room}`, Date.now());
-  const heldByUs = Date.now() - (leftAt.get(`${name}\n${room}`) ?? -Infinity) < LET_GO_MS;
+  const now = Date.now();
+  for (const [key, at] of leftAt) if (now - at >= LET_GO_MS) leftAt.delete(key);
+  if (feed && !feed.stopped) leftAt.set(feedWho, now);
+  const stillHeldFor = LET_GO_MS - (now - (leftAt.get(who) ?? -Infinity));
+  feedWho = who;
   feed?.stop(); // one stream at a time: the browser allows few connections per host
   marker?.stop();
   typists.clear();
@@ -75,7 +82,7 @@ function enter(room: string): void {
         if (kind === "error") clearInterval(roomsTimer); // the feed stopped for good
       },
     },
-    heldByUs ? LET_GO_MS : 0,
+    Math.max(stillHeldFor, 0),
   );
   feed.start();
   // Members and rooms are asked for once the join is complete (the "joined" event): asked now,
@@ -239,6 +246,7 @@ async function changeMessage(
   try {
     target = seq === undefined ? view.lastOf(view.me) : await messageAt(room, seq);
   } catch (error) {
+    if (typed !== undefined && view.message.value === "") view.message.value = typed;
     return view.notice(`/${change}: ${describe(error)}`, "error");
   }
   if (!target) return view.notice(`no message of yours in #${room} to ${change}; /${change} N names one`, "error");
@@ -252,6 +260,7 @@ async function reply(room: string, seq: bigint, text: string, typed: string): Pr
   try {
     target = await messageAt(room, seq);
   } catch (error) {
+    if (view.message.value === "") view.message.value = typed;
     return view.notice(`/reply: ${describe(error)}`, "error");
   }
   await post({ sender: view.me, room, text, replyTo: target.id }, "/reply", typed);
@@ -279,6 +288,9 @@ function submitLine(line: string): void {
   if (command.kind === "help") return HELP.forEach((h) => view.notice(h));
   if (command.kind === "error") return view.notice(command.text, "error");
   if (command.kind === "join") return enter(command.room);
+  if (command.kind === "rooms") return void refreshRooms();
+  if (command.kind === "leave" && (!feed || feed.stopped)) return enter(LOBBY); // a way out
+  if (command.kind === "who" && command.room) return void who(command.room);
   if (!feed || feed.stopped) {
     // Not in a room (never joined, or the join was refused): sent anyway, the line went to a
     // room this page does not show.
@@ -311,9 +323,7 @@ function submitLine(line: string): void {
       }
       return enter(LOBBY);
     case "who":
-      return void who(command.room || room);
-    case "rooms":
-      return void refreshRooms();
+      return void who(room);
   }
 }
 

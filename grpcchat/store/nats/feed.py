@@ -127,6 +127,7 @@ class Feed:
         failed. Only a loss that is sure (HistoryReplaced) ends the feed: a stream that only
         looks lost (a cluster electing a leader) or a check that gets no answer is checked
         again at the next (a lost connection is `follow`'s to notice)."""
+        failing = False
         while True:
             await asyncio.sleep(STREAM_CHECK)
             doubted = self._doubted_since is not None
@@ -136,9 +137,14 @@ class Feed:
                 raise
             except StoreError as exc:
                 if not doubted:  # once, as it starts to look lost
-                    log.warning("%s (for %gs at most)", exc, CONFIRM_LOST)
+                    log.warning("%s", exc)
+                failing = False
             except NATS_ERRORS as exc:
-                log.warning("checking the history stream on NATS failed: %s", reason(exc))
+                if not failing:  # once, until a check gets an answer again
+                    log.warning("checking the history stream on NATS failed: %s", reason(exc))
+                failing = True
+            else:
+                failing = False
 
     async def _check_stream(self) -> StreamInfo:
         """The stream, which must be the one this store opened and hold at least what the feed
@@ -168,8 +174,16 @@ class Feed:
         now = time.monotonic()
         if self._doubted_since is None:
             self._doubted_since = now
-        if leaderless or now - self._doubted_since < CONFIRM_LOST:
-            raise StoreError(f"the history stream on NATS looks lost ({why}): checking again")
+        if leaderless:
+            raise StoreError(
+                f"the history stream on NATS looks lost ({why}), but its cluster has no "
+                "leader yet: checking again"
+            )
+        if now - self._doubted_since < CONFIRM_LOST:
+            raise StoreError(
+                f"the history stream on NATS looks lost ({why}): checking again, for "
+                f"{CONFIRM_LOST:g}s at most"
+            )
         raise HistoryReplaced(self._replaced(why))
 
     def _replaced(self, why: str) -> str:
