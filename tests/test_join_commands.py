@@ -390,10 +390,13 @@ async def test_a_bad_command_is_one_error_line_and_the_session_goes_on(
     chat: ChatClient, start_join: StartJoin
 ) -> None:
     alice = await start_join()
-    alice.type("/dance wildly", "/join", "/leave games", "/msg nobody hello?", "still here")
+    alice.type(
+        "/dance wildly", "/join", "/history 0", "/leave games", "/msg nobody hello?", "still here"
+    )
     errors = [
-        "error: unknown or incomplete command '/dance'; /help lists them",
-        "error: unknown or incomplete command '/join'; /help lists them",
+        "error: unknown command '/dance'; /help lists them",
+        "error: usage: /join ROOM",
+        "error: usage: /history [N], N from 1 to 1000",
         "error: not in #games",
         "error: not sent: 'hello?': 'nobody' is not connected",
     ]
@@ -519,7 +522,7 @@ def _rows(alice: Terminal, pattern: str) -> list[int]:
 def test_unknown_command_in_a_terminal_is_one_red_line(terminal: Terminal) -> None:
     alice = terminal
     alice.type("/dance\r")
-    error = "error: unknown or incomplete command '/dance'; /help lists them"
+    error = "error: unknown command '/dance'; /help lists them"
     alice.wait_for_text(error)
     alice.type("still here\r")
     alice.wait_for(lambda: bool(_rows(alice, said("alice", "still here"))), "alice's message")

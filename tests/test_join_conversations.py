@@ -293,8 +293,8 @@ async def test_edit_delete_react_and_reply_from_the_session(
     # One line each, in any order (a command that needs no server answers at once).
     assert sorted(shown) == sorted(
         [
-            "error: unknown or incomplete command '/edit'; /help lists them",
-            "error: unknown or incomplete command '/react'; /help lists them",
+            "error: usage: /edit [N] TEXT",
+            "error: usage: /react N EMOJI",
             f"error: message {reply.id} was deleted: nothing to edit",
             "error: 5 in #lobby is not a message but a change of one (unreact)",
         ]

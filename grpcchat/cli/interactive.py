@@ -70,6 +70,18 @@ HELP = """\
 /history [N]     the last N messages of the current room
 /help            this list
 /quit, exit      leave (Ctrl-D and Ctrl-C too)"""
+# How a command that takes arguments is written: what its error says when they do not fit.
+USAGE = {
+    "/join": "/join ROOM",
+    "/msg": "/msg NAME TEXT",
+    "/me": "/me ACTION",
+    "/reply": "/reply N TEXT (N: the number a line starts with)",
+    "/edit": "/edit [N] TEXT",
+    "/delete": "/delete [N]",
+    "/react": "/react N EMOJI",
+    "/unreact": "/unreact N EMOJI",
+    "/history": "/history [N], N from 1 to 1000",
+}
 # Lines read and not yet done, at most: past it, reading waits (piped into `join`, 400,000 lines
 # were read into memory while a rate limit let 20 a second out).
 PENDING_ACTIONS = 64
@@ -330,7 +342,11 @@ class _Chatroom:
             case "/help":
                 self.show(render.render_notice(HELP))
             case _:
-                error = f"unknown or incomplete command {command!r}; /help lists them"
+                error = (
+                    f"usage: {USAGE[command]}"
+                    if command in USAGE
+                    else f"unknown command {command!r}; /help lists them"
+                )
                 if self.interactive:
                     self.fail(error, EXIT_USAGE)
                 else:  # in its place among the lines read before and after it
