@@ -96,7 +96,7 @@ async def test_health_takes_the_address_from_the_environment(addr: str) -> None:
 
 async def test_health_of_a_draining_server_is_not_serving(server: ChatServer, addr: str) -> None:
     # What a drain does first (then it stops taking calls): report NOT_SERVING.
-    await server._set_serving(False)
+    server._set_serving(False)
     code, out, err = await run_cli_async("health", "--addr", addr, timeout=20)
     assert (code, out, err) == (1, "NOT_SERVING\n", "")
 

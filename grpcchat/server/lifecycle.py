@@ -152,7 +152,7 @@ class ChatServer:
             raise OSError(
                 f"cannot listen on {self.config.bind_address}: the address is in use or invalid"
             ) from error
-        await self._set_serving(False)  # the health service's default is SERVING
+        self._set_serving(False)  # the health service's default is SERVING
         await self._server.start()
         try:
             await self._start_web(servicer)
@@ -166,7 +166,7 @@ class ChatServer:
                 self._share(store, self._hub), name="grpcchat-presence"
             )
         if not isinstance(store, RoomFeed):
-            await self._set_serving(True)
+            self._set_serving(True)
             return
         following = asyncio.Event()
         self._feed = feed = asyncio.get_running_loop().create_task(
@@ -193,7 +193,7 @@ class ChatServer:
             self.feed_up = True
             hub.resume()
             if not hub.draining:
-                await self._set_serving(True)
+                self._set_serving(True)
             following.set()
 
         while True:
@@ -204,7 +204,7 @@ class ChatServer:
             except HistoryReplaced as exc:  # no retry helps: the server stops, `wait` says why
                 self.feed_up = False
                 hub.suspend("this server's shared history (NATS) was replaced; try another server")
-                await self._set_serving(False)
+                self._set_serving(False)
                 self.failure = exc
                 self.failed.set()
                 return
@@ -227,7 +227,7 @@ class ChatServer:
             if _disconnected(feed) and not was_down and await _reconnects(feed, RECONNECT_GRACE):
                 continue  # a blip, or a hop to another NATS node: only the feed restarts
             hub.suspend("this server lost its shared history (NATS); try another server")
-            await self._set_serving(False)
+            self._set_serving(False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, FEED_RETRY_MAX)
             if hub.draining:
@@ -307,7 +307,7 @@ class ChatServer:
             metrics, self._metrics = self._metrics, None
             await asyncio.to_thread(metrics.stop)
 
-    async def _set_serving(self, serving: bool) -> None:
+    def _set_serving(self, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving

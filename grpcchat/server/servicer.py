@@ -388,10 +388,10 @@ class ChatServicer:
             elif action == "mark_read":
                 # The session's user: a name in the request is for unary calls without auth.
                 room = request.mark_read.room
-                if check_room(room) not in session.rooms:
+                if (checked := check_room(room)) not in session.rooms:
                     # As for typing: a session speaks for the rooms it is in (MarkRead, the
                     # unary call, marks any room).
-                    raise NotFound(f"not in #{check_room(room)}: join it to mark it read")
+                    raise NotFound(f"not in #{checked}: join it to mark it read")
                 await self._hub.mark_read(
                     session.name,
                     room,

@@ -138,13 +138,12 @@ class Feed:
             except StoreError as exc:
                 if not doubted:  # once, as it starts to look lost
                     log.warning("%s", exc)
-                failing = False
             except NATS_ERRORS as exc:
                 if not failing:  # once, until a check gets an answer again
                     log.warning("checking the history stream on NATS failed: %s", reason(exc))
                 failing = True
-            else:
-                failing = False
+                continue
+            failing = False
 
     async def _check_stream(self) -> StreamInfo:
         """The stream, which must be the one this store opened and hold at least what the feed
