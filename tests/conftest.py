@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import grpc
 import pytest
 
 from grpcchat.client import ChatClient
@@ -193,3 +194,30 @@ def server_process() -> Iterator[ServerProcess]:
     running = ServerProcess()
     yield running
     running.stop()
+
+
+class _NeverAnswers(grpc.GenericRpcHandler):
+    """Takes every call and never answers, not even with headers (a wedged server)."""
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
+        async def unary(request: bytes, context: object) -> bytes:
+            await asyncio.sleep(3600)
+            return b""
+
+        async def stream(requests: object, context: object) -> AsyncIterator[bytes]:
+            await asyncio.sleep(3600)
+            yield b""
+
+        if details.method.endswith(("/Connect", "/Chat", "/Subscribe")):  # type: ignore[attr-defined]
+            return grpc.stream_stream_rpc_method_handler(stream)
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+
+@pytest.fixture
+async def wedged_addr() -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_NeverAnswers(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(0)

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -470,33 +469,6 @@ def test_exit_codes_tell_a_retryable_failure_from_a_refusal() -> None:
     assert exit_code("DEADLINE_EXCEEDED") == EXIT_TIMEOUT
     assert exit_code("INVALID_ARGUMENT") == EXIT_REJECTED
     assert exit_code("NOT_FOUND") == EXIT_REJECTED
-
-
-class _NeverAnswers(grpc.GenericRpcHandler):
-    """Takes every call and never answers, not even with headers (a wedged server)."""
-
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
-        async def unary(request: bytes, context: object) -> bytes:
-            await asyncio.sleep(3600)
-            return b""
-
-        async def stream(requests: object, context: object) -> AsyncIterator[bytes]:
-            await asyncio.sleep(3600)
-            yield b""
-
-        if details.method.endswith(("/Connect", "/Chat", "/Subscribe")):  # type: ignore[attr-defined]
-            return grpc.stream_stream_rpc_method_handler(stream)
-        return grpc.unary_unary_rpc_method_handler(unary)
-
-
-@pytest.fixture
-async def wedged_addr() -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_NeverAnswers(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}"
-    await server.stop(0)
 
 
 @pytest.mark.parametrize("command", ["send", "join"])

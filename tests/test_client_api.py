@@ -11,7 +11,7 @@ from grpcchat.client import ChatClient, Connected
 from grpcchat.client.config import ClientConfig
 from grpcchat.client.errors import ClientClosed
 from grpcchat.core.errors import ChatError, ConfigError, InvalidInput, RemoteError
-from grpcchat.core.models import Message
+from grpcchat.core.models import Message, Relation, RelationKind
 from grpcchat.server import ChatServer
 from tests.helpers import Follower
 
@@ -56,12 +56,43 @@ async def test_a_closed_session_refuses_everything(client: ChatClient) -> None:
         (lambda c: c.history("lobby", before=-1), "before must be 0 to"),
         (lambda c: c.message_at("lobby", 2**70), "seq must be 0 to"),
         (lambda c: c.mark_read("lobby", -1, "ann"), "seq must be 0 to"),
+        # These dropped items without a word: a negative limit cut the list from its end.
+        (lambda c: c.rooms(limit=-1), "limit must be 0 to"),
+        (lambda c: c.members("lobby", limit=-3), "limit must be 0 to"),
+        (lambda c: c.latest("lobby", limit=-1), "limit must be 0 to"),
+        (lambda c: c.session("ann", history=-1).aclose(), "history must be 0 to"),
+        (lambda c: c.session("ann", history=2**32).aclose(), "history must be 0 to"),
     ],
 )
 async def test_numbers_out_of_range_are_invalid_input(client: ChatClient, call, says: str) -> None:  # type: ignore[no-untyped-def]
     """They were protobuf's bare ValueError ("Value out of range"), naming no field."""
     with pytest.raises(InvalidInput, match=says):
         await call(client)
+
+
+async def test_a_session_marking_read_out_of_range_is_invalid_input(client: ChatClient) -> None:
+    """In a room the session is in, the marker goes on its stream, and an out-of-range seq was
+    protobuf's bare ValueError there (the unary path, for other rooms, said InvalidInput)."""
+    async with Follower(client.session("kim", ["ops"])) as kim:
+        for seq in (-1, 2**64):
+            with pytest.raises(InvalidInput, match="seq must be 0 to"):
+                await kim.session.mark_read("ops", seq)
+
+
+async def test_latest_finds_a_message_behind_more_reactions_than_it_asks_for(
+    client: ChatClient,
+) -> None:
+    """It read pages of `limit` entries, ten at most: `history --limit 1` of a room whose last
+    message twelve people had reacted to said there were no messages."""
+    await client.send("ann", "first", "party")
+    last = (await client.send("ann", "last", "party")).message
+    for n in range(12):
+        await client.send(
+            f"guest{n}", "", "party", relation=Relation(RelationKind.REACT, last.id, "🎉")
+        )
+    [latest] = await client.latest("party", limit=1)
+    assert (latest.text, len(latest.reactions[0].names)) == ("last", 12)
+    assert [m.text for m in await client.latest("party", limit=2)] == ["first", "last"]
 
 
 async def test_a_closed_client_says_so_and_its_live_session_ends_with_an_error(
@@ -94,6 +125,29 @@ async def test_a_closed_client_says_so_and_its_live_session_ends_with_an_error(
     assert isinstance(refused.value, ClientClosed)  # not a cap the server refused with
 
 
+@pytest.mark.parametrize("call", ["send", "history", "rooms"])
+async def test_closing_a_client_under_a_call_fails_the_call_with_client_closed(
+    wedged_addr: str, call: str
+) -> None:
+    """gRPC cancels the calls of a channel it closes, and the CancelledError came out of
+    send(), history() and the rest: the task awaiting it looked cancelled although nobody had
+    cancelled it (a TaskGroup took it for a cancellation). The session's stream said
+    ClientClosed already."""
+    client = ChatClient(ClientConfig(addr=wedged_addr, timeout=30))
+    calls = {
+        "send": lambda: client.send("ann", "hello"),
+        "history": lambda: client.history("lobby"),
+        "rooms": lambda: client.rooms(),
+    }
+    waiting = asyncio.create_task(calls[call]())
+    await asyncio.sleep(0.3)  # the call is at the server, which never answers
+    assert not waiting.done()
+    await client.aclose()
+    with pytest.raises(ClientClosed, match="the ChatClient was closed under this"):
+        await asyncio.wait_for(waiting, 5)
+    assert not waiting.cancelled()
+
+
 async def test_a_send_awaited_in_the_loop_reading_events_is_answered(client: ChatClient) -> None:
     """A bot that answers each message inside its `async for` over events(): the answer to
     its send comes on the stream that loop reads, so it waited until --timeout for an answer
@@ -115,6 +169,26 @@ async def test_a_send_awaited_in_the_loop_reading_events_is_answered(client: Cha
 
     await asyncio.wait_for(run_bot(), 4)  # each send's own timeout is 5 s
     assert replies == ["pong ping 1", "pong ping 2", "pong ping 3"]
+    await bot.aclose()
+
+
+async def test_a_session_of_no_rooms_gets_the_answer_to_a_send_awaited_on_connected(
+    client: ChatClient,
+) -> None:
+    """Connected came before anything read the stream, so a send awaited there (a bot that
+    only sends) waited its whole timeout for an answer that had come, and was posted anyway:
+    a retry doubled it."""
+    bot = client.session("dm-bot", [])
+
+    async def run_bot() -> str:
+        async for event in bot.events():
+            if isinstance(event, Connected):
+                sent = await bot.send("online", "bots")
+                return sent.message.text
+        raise AssertionError("events ended")
+
+    assert await asyncio.wait_for(run_bot(), 4) == "online"  # each send's own timeout is 5 s
+    assert [m.text for m in await client.history("bots")] == ["online"]
     await bot.aclose()
 
 

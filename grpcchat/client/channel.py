@@ -10,8 +10,9 @@ deterministic, and every error names the address it is about."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 import grpc
@@ -163,6 +164,19 @@ class Connection:
             raise ClientClosed("this ChatClient was closed: open another")
         return self._stub
 
+    @contextlib.contextmanager
+    def closed_under(self, what: str) -> Iterator[None]:
+        """A call whose channel `aclose()` closed under it fails with ClientClosed: gRPC
+        cancels the call, and its CancelledError must not make the caller's task look
+        cancelled (nobody cancelled it; a TaskGroup would take it for a cancellation)."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.closed and task is not None and not task.cancelling():
+                raise ClientClosed(f"the ChatClient was closed under {what}") from None
+            raise
+
     def _open(self, addr: str) -> tuple[aio.Channel, pb_grpc.ChatServiceAsyncStub]:
         if addr not in self._channels:
             channel, _ = open_channel(self.config, addr)
@@ -201,7 +215,8 @@ class Connection:
             remaining = max(0.05, deadline - time.monotonic())
             untried = len(self.addrs) - len(tried)
             try:
-                return await invoke(remaining / max(untried, 1))
+                with self.closed_under("this call"):
+                    return await invoke(remaining / max(untried, 1))
             except grpc.RpcError as error:
                 wait = retry_after(error) if error.code() == RESOURCE_EXHAUSTED else None
                 if wait is not None and time.monotonic() + wait < deadline:

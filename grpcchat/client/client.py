@@ -21,9 +21,9 @@ from grpcchat.client.config import ClientConfig
 from grpcchat.client.errors import retry_after
 from grpcchat.client.events import Sent
 from grpcchat.client.posts import check_accepted, feature, send_request, unsupported
-from grpcchat.core.errors import ConfigError, InvalidInput, RemoteError
+from grpcchat.core.errors import ConfigError, RemoteError
 from grpcchat.core.models import DEFAULT_ROOM, Message, Relation, RoomInfo
-from grpcchat.core.validation import check_name, check_room
+from grpcchat.core.validation import check_name, check_room, check_uint
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.wire import codec
 
@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 
 _Reply = TypeVar("_Reply")
 
-# Pages `latest` reads at most to find the messages asked for among edits and reactions.
+# Pages `latest` reads at most to find the messages asked for among edits and reactions, and
+# the fewest entries it asks a page for: a page of `limit` entries may hold nothing but
+# reactions (`history --limit 1` of a message twelve people reacted to found no message).
 MAX_PAGES = 10
+LATEST_PAGE = 100
 
 
 class ChatClient:
@@ -120,11 +123,12 @@ class ChatClient:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                response: pb.SendResponse = await connection.stub.Send(
-                    request,
-                    timeout=max(0.05, min(remaining, max(1.0, self.config.timeout / 3))),
-                    metadata=connection.metadata,
-                )
+                with connection.closed_under("this send"):
+                    response: pb.SendResponse = await connection.stub.Send(
+                        request,
+                        timeout=max(0.05, min(remaining, max(1.0, self.config.timeout / 3))),
+                        metadata=connection.metadata,
+                    )
                 duplicate = response.duplicate and not own_key
                 message = codec.from_proto(response.message)
                 if duplicate:  # the caller's key's original, whatever this request asked
@@ -187,9 +191,9 @@ class ChatClient:
         making several calls, else --timeout from now."""
         request = pb.HistoryRequest(
             room=check_room(room),
-            limit=_uint(limit, "limit", 2**32 - 1),
-            before_seq=_uint(before, "before"),
-            after_seq=_uint(after, "after"),
+            limit=check_uint(limit, "limit", 2**32 - 1),
+            before_seq=check_uint(before, "before"),
+            after_seq=check_uint(after, "after"),
             newest_first=newest_first,
         )
         response = await self._unary(
@@ -202,8 +206,8 @@ class ChatClient:
         """The message at `seq` of `room`, in its current state (one History call): how a
         person's short handle for a message (its seq) becomes its id. NOT_FOUND when no
         message is kept there; INVALID_ARGUMENT when that entry is an edit, delete or reaction."""
-        room = check_room(room)
-        found = await self.history(room, after=_uint(seq, "seq") - 1, limit=1) if seq > 0 else []
+        room, seq = check_room(room), check_uint(seq, "seq")
+        found = await self.history(room, after=seq - 1, limit=1) if seq > 0 else []
         if not found or found[0].seq != seq:
             raise RemoteError(
                 "NOT_FOUND", f"no message {seq} in #{room} (it may be past retention)"
@@ -222,12 +226,17 @@ class ChatClient:
         first, each in its current state. Edits, deletes and reactions are already applied to
         the messages they change, so their own entries are left out; pages are read backwards
         until `limit` messages are found (at most MAX_PAGES pages)."""
+        limit = check_uint(limit, "limit")
         found: list[Message] = []
         cursor = before
         deadline = self._deadline()
         for _ in range(MAX_PAGES):
             page = await self.history(
-                room, limit=limit, before=cursor, newest_first=True, deadline=deadline
+                room,
+                limit=max(limit, LATEST_PAGE),
+                before=cursor,
+                newest_first=True,
+                deadline=deadline,
             )
             found += [m for m in page if m.relation is None][: limit - len(found)]
             # (A page shorter than asked is not the end: a server ends one early by bytes.)
@@ -240,6 +249,7 @@ class ChatClient:
         """Rooms with members or history, by name: every page (or the first `limit` rooms).
         With `name` (or with a token: the token's user) each has that user's unread count."""
         name = check_name(name) if name else ""
+        limit = check_uint(limit, "limit")
         deadline = self._deadline()
 
         async def page(token: str) -> tuple[list[RoomInfo], str]:
@@ -259,7 +269,7 @@ class ChatClient:
         """Move `name`'s read marker in `room` up to `seq` (with a token: the token's user's);
         it only moves forward. Returns the marker afterwards."""
         request = pb.MarkReadRequest(
-            room=check_room(room), seq=_uint(seq, "seq"), name=check_name(name) if name else ""
+            room=check_room(room), seq=check_uint(seq, "seq"), name=check_name(name) if name else ""
         )
         try:
             response = await self.connection.unary(
@@ -278,6 +288,7 @@ class ChatClient:
     async def members(self, room: str = "", *, limit: int = 0) -> list[str]:
         """The room's members, sorted: every page (or the first `limit` names)."""
         room = check_room(room)
+        limit = check_uint(limit, "limit")
         deadline = self._deadline()
 
         async def page(token: str) -> tuple[list[str], str]:
@@ -332,6 +343,7 @@ class ChatClient:
 
         wanted = [rooms] if isinstance(rooms, str) else list(rooms)
         rooms = [check_room(r) for r in wanted]
+        history = check_uint(history, "history", 2**32 - 1)
         return ChatSession(self, check_name(name), rooms, history, patient=patient)
 
 
@@ -349,14 +361,3 @@ async def _every_page(
         found += items
         if not token or (limit and len(found) >= limit):
             return found[:limit] if limit else found
-
-
-def _uint(value: int, what: str, most: int = 2**63 - 1) -> int:
-    """`value` as a request's unsigned field takes it (a seq: what a store's integers hold),
-    else InvalidInput (protobuf's own ValueError names no field)."""
-    if not 0 <= value <= most:
-        raise InvalidInput(f"{what} must be 0 to {most}, not {value}")
-    return value
-
-
-__all__ = ["ChatClient"]

@@ -31,7 +31,7 @@ from grpcchat.core.models import (
     RoomJoined,
     SendAck,
 )
-from grpcchat.core.validation import check_room
+from grpcchat.core.validation import check_room, check_uint
 from grpcchat.gen.chat.v1 import chat_service_pb2 as pb
 from grpcchat.wire import codec
 
@@ -141,16 +141,9 @@ class ChatSession:
         self._refuse_if_closed()
         self._streaming = True
         try:
-            async for event in self._reconnecting(Backoff()):
-                yield event
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._connection.closed and task is not None and not task.cancelling():
-                # The client's channels were closed under the stream: this task was not
-                # cancelled, and must not look so to whoever awaits it.
-                closed = "the ChatClient was closed under this session"
-                raise ClientClosed(closed) from None
-            raise
+            with self._connection.closed_under("this session"):
+                async for event in self._reconnecting(Backoff()):
+                    yield event
         except RemoteError as error:
             self._outbox.fail_all(error)  # the sends waiting end as the session did
             raise
@@ -244,9 +237,13 @@ class ChatSession:
             for request in self._outbox.unanswered():
                 requests.put_nowait(request)
             self._requests = requests
-            if not waiting:
-                yield Connected((), legacy=False, addr=self._connection.addr)
-            async for decoded in self._read_ahead(call):
+            # A session of no rooms is connected at once, but only once its responses are read:
+            # its program may await a send's answer as soon as it has Connected.
+            opening = None if waiting else Connected((), legacy=False, addr=self._connection.addr)
+            async for decoded in self._read_ahead(call, opening):
+                if isinstance(decoded, Connected):
+                    yield decoded
+                    continue
                 if not self._track(decoded):
                     continue
                 if isinstance(decoded, RequestRefused):
@@ -273,12 +270,15 @@ class ChatSession:
             self._legacy = LegacyStream(self._connection, self.name, self.rooms)
 
     async def _read_ahead(
-        self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]
-    ) -> AsyncIterator[Event]:
+        self,
+        call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse],
+        opening: Connected | None = None,
+    ) -> AsyncIterator[Event | Connected]:
         """The stream's events, read by a task of their own up to READ_AHEAD responses ahead of
         the caller, which answers each `SendAck` as it arrives: a program that awaits a
         `send()` in the loop that reads `events()` (a bot answering a message) gets its answer,
-        instead of waiting for one that only its own loop would read."""
+        instead of waiting for one that only its own loop would read. `opening` comes first,
+        once that task runs."""
         # Unbounded as a queue, so the pump can always leave its last word; bounded by the pump,
         # which waits for room before reading on.
         ahead: asyncio.Queue[list[Event] | BaseException | None] = asyncio.Queue()
@@ -312,6 +312,8 @@ class ChatSession:
 
         reader = asyncio.create_task(pump())
         try:
+            if opening is not None:
+                yield opening
             while (events := await ahead.get()) is not None:
                 room_ahead.set()
                 if isinstance(events, BaseException):
@@ -506,6 +508,7 @@ class ChatSession:
         a unary `MarkRead`."""
         self._refuse_if_closed()
         room = check_room(room)
+        seq = check_uint(seq, "seq")
         if self._legacy is not None:
             raise unsupported("read markers", self._connection.addr, V1_SERVER)
         if self._requests is not None and room in self._joined:

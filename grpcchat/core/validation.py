@@ -140,6 +140,14 @@ def check_epoch(epoch: str) -> str:
     return epoch
 
 
+def check_uint(value: int, what: str, most: int = 2**63 - 1) -> int:
+    """`value` as a request's unsigned field takes it (a seq: what a store's integers hold),
+    else InvalidInput (protobuf's own ValueError names no field)."""
+    if not 0 <= value <= most:
+        raise InvalidInput(f"{what} must be 0 to {most}, not {value}")
+    return value
+
+
 def check_page_token(token: str, max_length: int) -> str:
     """A page token is the last name of the previous page, so never longer than a name."""
     if len(token) > max_length:
