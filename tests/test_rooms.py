@@ -17,7 +17,7 @@ import pytest
 
 from grpcchat.client import ChatClient, FeedEvent
 from grpcchat.client.config import ClientConfig
-from grpcchat.core.errors import RemoteError
+from grpcchat.core.errors import InvalidInput, RemoteError
 from grpcchat.core.limits import Limits
 from grpcchat.core.models import Message, PresenceChange, RequestRefused, RoomJoined, RoomLeft
 from grpcchat.core.validation import MAX_ROOM_LENGTH
@@ -494,10 +494,19 @@ async def test_a_direct_message_to_nobody_is_not_found(client: ChatClient, addr:
         assert "'nobody' is not connected" in str(caught.value)
         async with grpc.aio.insecure_channel(addr) as channel:
             stub = pb_grpc.ChatServiceStub(channel)
-            for recipient in ("x" * 33, "bob\x1b[2J"):
+            # Said of the recipient: it said "name ...", as if alice's own name were wrong.
+            for recipient, says in (
+                ("x" * 33, "recipient is 33 characters long; the limit is 32"),
+                ("bob\x1b[2J", "recipient must not contain control characters"),
+            ):
                 with pytest.raises(grpc.aio.AioRpcError) as bad:
                     await stub.Send(pb.SendRequest(sender="alice", text="hi", recipient=recipient))
-                assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert (bad.value.code(), bad.value.details()) == (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    says,
+                )
+        with pytest.raises(InvalidInput, match=r"^recipient must not contain control"):
+            await client.send("alice", "hi", recipient="b\tob")  # checked before it is sent
         # A listener without a name (the article's Chat stream) cannot be messaged either.
         assert messages_of(await before_marker(client, alice)) == []
 

@@ -51,7 +51,7 @@ def send_request(
         room=check_room(room),
         # As random as a uuid4 (uuid's import costs `grpcchat send` 2 ms of start-up).
         key=check_key(key) if key else os.urandom(16).hex(),
-        recipient=check_name(recipient) if recipient else "",
+        recipient=check_name(recipient, "recipient") if recipient else "",
         action=action,
         reply_to=check_message_id(reply_to) if reply_to else "",
     )

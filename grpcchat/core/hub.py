@@ -481,7 +481,9 @@ class Hub:
             )
         reply_to = check_reply(reply_to, recipient=recipient)
         if recipient:
-            appended = self._direct.send(sender, check_name(recipient), text, action, key)
+            appended = self._direct.send(
+                sender, check_name(recipient, "recipient"), text, action, key
+            )
         else:
             self._admit(room)
             storing = self._store_and_deliver(sender, text, room, key, action, reply_to, relation)

@@ -81,24 +81,25 @@ def _not_utf8(found: re.Match[str], what: str) -> InvalidInput | None:
     return None
 
 
-def check_name(name: str) -> str:
-    """Return `name` stripped of surrounding blanks, or raise InvalidInput."""
+def check_name(name: str, what: str = "name") -> str:
+    """Return `name` stripped of surrounding blanks, or raise InvalidInput saying what it is
+    (`what`: "recipient" for a direct message's, so that its sender's name is not blamed)."""
     name = name.strip()
     if not name:
-        raise InvalidInput("name must not be empty")
+        raise InvalidInput(f"{what} must not be empty")
     if len(name) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
+        raise InvalidInput(f"{what} is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
     if found := _FORBIDDEN_IN_NAME.search(name):
         if found.group() in _NAME_BLANKS:
-            raise InvalidInput("name must not contain blank letters or line separators")
+            raise InvalidInput(f"{what} must not contain blank letters or line separators")
         if unicodedata.category(found.group()) == "Cf":
             raise InvalidInput(
-                "name must not contain invisible format characters "
+                f"{what} must not contain invisible format characters "
                 f"(U+{ord(found.group()):04X}: joiners, bidi controls and the like)"
             )
-        raise _not_utf8(found, "name") or InvalidInput("name must not contain control characters")
+        raise _not_utf8(found, what) or InvalidInput(f"{what} must not contain control characters")
     if unicodedata.category(name[0]).startswith("M"):
-        raise InvalidInput("name must not start with a combining mark")
+        raise InvalidInput(f"{what} must not start with a combining mark")
     return name
 
 
