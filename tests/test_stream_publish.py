@@ -39,6 +39,33 @@ async def test_many_sends_in_flight_are_acked_in_order(client: ChatClient) -> No
         assert [m.id for m in seen] == [s.message.id for s in sent]
 
 
+async def test_a_direct_message_does_not_overtake_room_messages_written_before_it(
+    tmp_path: Path,
+) -> None:
+    """A direct message skips the history, so it was delivered while the room messages
+    written before it were still being stored (in SQLite, on its thread): bob read "see my
+    message in #standup" before that message, every time."""
+    config = ServerConfig(port=0, store=f"sqlite://{tmp_path / 'h.db'}", limits=Limits(rate=0))
+    async with (
+        ChatServer(config) as server,
+        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=5)) as client,
+        Follower(client.session("bob", ["standup"])) as bob,
+        Follower(client.session("alice", [])) as alice,
+    ):
+        for round_ in range(3):
+            await asyncio.gather(
+                alice.session.send(f"{round_}: the build is broken", "standup"),
+                alice.session.send(f"{round_}: see my message", recipient="bob"),
+                alice.session.send(f"{round_}: fixed now", "standup"),
+            )
+            seen = [(m.recipient, m.text) for m in await bob.messages(3)]
+            assert seen == [
+                ("", f"{round_}: the build is broken"),
+                ("bob", f"{round_}: see my message"),
+                ("", f"{round_}: fixed now"),
+            ]
+
+
 async def test_refusals_come_back_as_errors_and_the_session_goes_on(client: ChatClient) -> None:
     async with Follower(client.session("alice")) as alice:
         with pytest.raises(InvalidInput, match="room name"):  # checked before it is written

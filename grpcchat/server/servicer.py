@@ -352,7 +352,11 @@ class ChatServicer:
                         await session.until_caught_up()
                     if session.closed:
                         break
-                    if not send.recipient:
+                    if send.recipient:
+                        # A direct message skips the history and is delivered at once: it
+                        # waits for the sends written before it, or it would overtake them.
+                        await posting.drain()
+                    else:
                         # While the room is behind, stop reading (flow control holds the
                         # client); a bad room name is refused by the post itself.
                         with contextlib.suppress(ChatError):
