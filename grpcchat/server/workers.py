@@ -37,6 +37,7 @@ from typing import Any
 
 from grpcchat.core.errors import ChatError
 from grpcchat.core.records import record
+from grpcchat.core.urls import redacted_url
 from grpcchat.server import children
 from grpcchat.server.config import ServerConfig, default_data_dir, host_port
 from grpcchat.server.localnats import LocalNats
@@ -236,9 +237,9 @@ class Supervisor:
             self._nats = nats
             log.info(
                 "started nats-server at %s for the workers (JetStream in %s)",
-                nats.url,
+                redacted_url(nats.url),
                 nats.directory,
-                extra={"event": "broker_started", "broker": nats.url},
+                extra={"event": "broker_started", "broker": redacted_url(nats.url)},
             )
             yield nats.url
         log.info("nats-server stopped", extra={"event": "broker_stopped"})
