@@ -33,7 +33,7 @@ from grpcchat.wire import codec
 room_names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,31}", fullmatch=True)
 printable = st.text(
     st.characters(
-        blacklist_categories=("Cc", "Cf", "Cs", "Zl", "Zp", "Mn", "Mc", "Me"),
+        blacklist_categories=("Cc", "Cf", "Cs", "Zl", "Zp", "Mn", "Mc", "Me", "Cn"),
         blacklist_characters="\u115f\u1160\u3164\uffa0\u2800",
     ),
     min_size=1,
@@ -77,6 +77,11 @@ def test_names_with_control_or_format_characters_are_refused(prefix: str, bad: s
         ("bob\u2800", "blank letters"),  # BRAILLE PATTERN BLANK: "bob" and one more
         ("bob\u2028alice", "line separators"),
         ("\u0301\u0301", "combining mark"),  # accents on nothing
+        # Each of these after "alice" read as alice, with auth on too.
+        ("alice\ufe00", "show as nothing"),  # a variation selector
+        ("alice\u034f", "show as nothing"),  # the combining grapheme joiner
+        ("alice\u180b", "show as nothing"),  # a Mongolian variation selector
+        ("alice\U000e0100", "show as nothing"),  # an ideographic variation selector
     ],
 )
 def test_names_that_look_empty_like_another_or_two_lines_are_refused(name: str, why: str) -> None:
@@ -128,6 +133,20 @@ def _first_forbidden(value: str, categories: tuple[str, ...], allowed: frozenset
     return ""
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, 14.0 and 15.x alike):
+# what a renderer shows as nothing when it does not know better.
+DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+
+
+def _default_ignorable(ch: str) -> bool:
+    return any(low <= ord(ch) <= high for low, high in DEFAULT_IGNORABLE)
+
+
 def reference_check_name(name: str) -> str:
     name = name.strip()
     if not name:
@@ -147,6 +166,11 @@ def reference_check_name(name: str) -> str:
             )
         if category in ("Zl", "Zp") or ch in "\u115f\u1160\u3164\uffa0\u2800":
             raise InvalidInput("name must not contain blank letters or line separators")
+        if _default_ignorable(ch):
+            raise InvalidInput(
+                "name must not contain characters that show as nothing "
+                f"(U+{ord(ch):04X}: variation selectors and the like)"
+            )
     if unicodedata.category(name[0]).startswith("M"):
         raise InvalidInput("name must not start with a combining mark")
     return name
@@ -183,7 +207,7 @@ any_character = st.one_of(
     st.characters(blacklist_categories=()),
     st.characters(min_codepoint=0x10000, blacklist_categories=()),
     st.sampled_from(SPECIAL),
-    st.sampled_from(" \t\n\r\u00a0\u2028\u2029\u3000\u3164\u2800\u0301"),
+    st.sampled_from(" \t\n\r\u00a0\u2028\u2029\u3000\u3164\u2800\u0301\u034f\ufe0f\U000e0100"),
     st.characters(max_codepoint=0x7F),
 )
 mixed_text = st.text(any_character, max_size=MAX_TEXT_LENGTH + 2)
@@ -208,6 +232,7 @@ def test_the_character_classes_match_unicodedata_on_every_code_point() -> None:
             != (
                 unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"}
                 or ch in "\u115f\u1160\u3164\uffa0\u2800"
+                or _default_ignorable(ch)
             )
             or bool(validation._FORBIDDEN_IN_TEXT.search(ch))
             != (unicodedata.category(ch) in {"Cc", "Cs"} and ch not in "\n\t")

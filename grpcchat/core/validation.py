@@ -65,8 +65,14 @@ _FORBIDDEN_IN_TEXT = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_SURROGATES
 # that show as nothing (the Hangul fillers, the blank braille pattern), and the line and
 # paragraph separators (Zl, Zp: exactly these two, by Unicode's stability policy).
 _NAME_BLANKS = "\u115f\u1160\u3164\uffa0\u2800\u2028\u2029"
+# And the rest of Unicode's default-ignorable code points (shown as nothing when not
+# understood) that are not format characters: variation selectors, the combining grapheme
+# joiner, the Mongolian and Khmer ones, and the unassigned ones kept for more of the same.
+# `alice` followed by any of them read as alice everywhere names are shown.
+_IGNORABLES = "\u034f\u17b4\u17b5\u180b-\u180f\u2065\ufe00-\ufe0f\ufff0-\ufff8\U000e0000-\U000e0fff"
+_IGNORABLE = re.compile(f"[{_IGNORABLES}]")
 _FORBIDDEN_IN_NAME = re.compile(
-    f"[{_CONTROL}{_char_class(_format_ranges())}{_SURROGATES}{_NAME_BLANKS}]"
+    f"[{_CONTROL}{_char_class(_format_ranges())}{_SURROGATES}{_NAME_BLANKS}{_IGNORABLES}]"
 )
 _SURROGATE = re.compile(f"[{_SURROGATES}]")
 # An idempotency key is an identifier, like a name, not text to show: no control characters
@@ -96,6 +102,11 @@ def check_name(name: str, what: str = "name") -> str:
             raise InvalidInput(
                 f"{what} must not contain invisible format characters "
                 f"(U+{ord(found.group()):04X}: joiners, bidi controls and the like)"
+            )
+        if _IGNORABLE.fullmatch(found.group()):
+            raise InvalidInput(
+                f"{what} must not contain characters that show as nothing "
+                f"(U+{ord(found.group()):04X}: variation selectors and the like)"
             )
         raise _not_utf8(found, what) or InvalidInput(f"{what} must not contain control characters")
     if unicodedata.category(name[0]).startswith("M"):
