@@ -239,6 +239,41 @@ def test_plain_formatter_keeps_a_traceback_and_a_line_break_in_the_text() -> Non
     assert plain_formatter().format(message_record("one\ntwo")).count("\n") == 0
 
 
+def _web_request(path: str) -> logging.LogRecord:
+    record = logging.LogRecord(
+        "grpcchat.web.access", logging.DEBUG, "", 0, "%s %s %s", ("GET", path, 404), None
+    )
+    record.created = 1796158800.25
+    return record
+
+
+# A URL path the web port logs is the client's choice, decoded: ESC, CR, LF, a C1 CSI.
+HOSTILE_PATH = "/static/\x1b]0;PWNED\x07\x1b[2J\r\nINFO fake\x9b31m"
+
+
+def test_plain_lines_escape_every_control_character() -> None:
+    """Only CR and LF were escaped: a request for a path with escape sequences set the
+    terminal's title and cleared the screen of an operator reading the log (--log-level
+    debug)."""
+    line = plain_formatter().format(_web_request(HOSTILE_PATH))
+    assert line == (
+        "2026-12-01T21:00:00Z DEBUG GET /static/\\x1b]0;PWNED\\x07\\x1b[2J\\r\\nINFO "
+        "fake\\x9b31m 404"
+    )
+
+
+def test_rich_lines_escape_every_control_character() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200, no_color=True)
+    ChatLogHandler(console=console, show_path=False, markup=False).handle(
+        _web_request(HOSTILE_PATH)
+    )
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # Rich's own styles
+    assert "GET /static/\\x1b]0;PWNED\\x07\\x1b[2J\\r\\nINFO fake\\x9b31m 404" in shown
+    assert not set(shown) & {"\x07", "\x9b", "\r"}
+    assert shown.count("\n") == 1
+
+
 class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()

@@ -62,6 +62,18 @@ def plain_formatter() -> logging.Formatter:
     return _PlainFormatter()
 
 
+# How a line of the log shows a control character (tab aside): a line break in user text must
+# not start what looks like a log line of its own, and an escape sequence (in a URL path the web
+# port logs, or anything else a client chose) must not drive the operator's terminal.
+_ESCAPED = {code: f"\\x{code:02x}" for code in (*range(9), *range(10, 32), *range(0x7F, 0xA0))}
+_ESCAPED |= {ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
+def escaped(text: str) -> str:
+    """`text` with its control characters written as escapes (`\\n`, `\\x1b`), on one line."""
+    return text.translate(_ESCAPED)
+
+
 class _PlainFormatter(logging.Formatter):
     # A plain Formatter, not structlog's chain: a chat server writes one of these lines per
     # message, and the chain took twice the time for the same line.
@@ -73,8 +85,7 @@ class _PlainFormatter(logging.Formatter):
         self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        # A line break in user text must not start what looks like a log line of its own.
-        line = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")
+        line = escaped(record.getMessage())
         room = getattr(record, "room", "")
         if getattr(record, "event", "") == "message" and room:
             line += f"  #{room}"

@@ -21,6 +21,7 @@ from rich.console import Console, ConsoleRenderable
 from rich.logging import RichHandler
 from rich.text import Text
 
+from grpcchat.cli.logformat import escaped
 from grpcchat.cli.render import sender_style
 
 
@@ -38,7 +39,7 @@ class ChatLogHandler(RichHandler):
             if room:
                 line.append(f"  #{room}", style="dim")
             return line
-        return Text(message)
+        return Text(escaped(message))
 
 
 def _not_on_terminal(record: logging.LogRecord) -> bool:
