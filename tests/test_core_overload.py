@@ -522,6 +522,43 @@ async def test_messages_posted_while_a_join_reads_last_seq_are_not_duplicated(
         assert seqs(reader.events) == [11, 12, 13, 14]
 
 
+class MarkerlessStore(MemoryStore):
+    """Read markers out of reach (NATS gone for a moment) for the users in `fail`."""
+
+    def __init__(self) -> None:
+        super().__init__(Retention())
+        self.fail: set[str] = set()
+
+    async def read_marker(self, user: str, room: str) -> int:
+        if user in self.fail:
+            raise StoreError("no connection to NATS")
+        return await super().read_marker(user, room)
+
+
+async def test_a_join_whose_read_marker_cannot_be_read_tells_the_room_nothing(
+    readers: Callable[..., Reader],
+) -> None:
+    """The join announced the user, then read its marker, and announced its leave when that
+    failed: everyone saw "quinn joined" and "quinn left" for a user who never got in."""
+    store = MarkerlessStore()
+    hub = make_hub(store)
+    async with hub.connect("watcher") as watcher, hub.connect("quinn") as quinn:
+        await hub.join(watcher, "lobby")
+        reader = readers(watcher)
+        await reader.wait_joined("lobby")
+        store.fail.add("quinn")
+        with pytest.raises(StoreError, match="no connection to NATS"):
+            await hub.join(quinn, "lobby")
+        assert quinn.rooms == set()
+        store.fail.clear()
+        await hub.post("x", "after", room="lobby")
+        await reader.wait_for_text("after")
+        assert not [e for e in reader.events if isinstance(e, PresenceChange)]
+        await hub.join(quinn, "lobby")  # once the marker can be read, the join goes through
+        await reader.wait_for(lambda: bool(presence(reader.events)))
+        assert [(p.name, p.joined) for p in presence(reader.events)] == [("quinn", True)]
+
+
 class LateFailingStore(MemoryStore):
     """Appends of the text "fail late" wait for `release`, then fail having stored nothing: a
     post behind one in its room's line is stored, but delivered only once it is over."""

@@ -291,6 +291,15 @@ class Hub:
         limit = self.limits.max_rooms_per_session
         if limit and len(session.rooms) >= limit:
             raise CapReached(f"a session may be in at most {limit} rooms: leave one first")
+        if (members := self._rooms.get(room)) is not None:
+            self._check_name_free(session, members)
+        # Read before the room is entered: a history out of reach for a moment (NATS) fails the
+        # join here, where it told the room the user joined, and then that they left.
+        read_seq = await self._markers.marker(session.name, room)
+        if session.closed:
+            return
+        if room in session.rooms:  # (joined meanwhile)
+            raise AlreadyJoined(f"already in #{room}")
         members = self._rooms.get(room)
         if members is None:
             members = self._rooms[room] = Room(room)
@@ -309,9 +318,8 @@ class Hub:
         if after is not None:
             self.stats.resumes += 1
         try:
-            # Before the replay is planned: nothing may suspend between planning it and
-            # starting the room's gated delivery.
-            read_seq = await self._markers.marker(session.name, room)
+            # Nothing may suspend between planning the replay and starting the room's gated
+            # delivery.
             cursor = await plan_replay(
                 self.store, room, after, history, self.limits.max_replay, stats=self.stats
             )
