@@ -333,8 +333,8 @@ def join() -> Iterator[Callable[..., Terminal]]:
     """`join(addr, name)`: `grpcchat join` in a 24x120 pseudo-terminal, ready for input."""
     started: list[Terminal] = []
 
-    def start(addr: str, name: str = "alice") -> Terminal:
-        argv = grpcchat_command("join", "--name", name, "--addr", addr, "--timeout", "5")
+    def start(addr: str, name: str = "alice", *options: str) -> Terminal:
+        argv = grpcchat_command("join", "--name", name, "--addr", addr, "--timeout", "5", *options)
         terminal = Terminal(argv, cli_env(TERM="xterm-256color"))
         started.append(terminal)
         terminal.wait_for_text("type a message and press Enter")
@@ -437,6 +437,40 @@ def test_entering_a_room_with_unread_messages_shows_where_they_start(
     new = wait_row(again, rf"   2 {TIME} bob: new one", "the first unread message")
     assert read < divider == new - 1
     assert rows(again, rf"   3 {TIME} bob: newer one") == [new + 1]
+    deadline = time.monotonic() + 5
+    while unread(addr, "alice") != 0:
+        assert time.monotonic() < deadline, "alice's read marker did not move"
+        time.sleep(0.1)
+
+
+def test_more_unread_than_the_replay_holds_are_all_shown_from_the_first(
+    server_process: ServerProcess, join: Callable[..., Terminal]
+) -> None:
+    """Back to a room with more unread messages than --history replays, the divider sat above
+    the replay's first, the ones before it were never shown, and the marker moved past them.
+    And a deleted message is no unread one (rooms counts none): the divider went above it."""
+    addr = server_process.addr
+    send(addr, "bob", "read this")
+    alice = join(addr)
+    wait_row(alice, rf"   1 {TIME} bob: read this", "the replayed message")
+    deadline = time.monotonic() + 5
+    while unread(addr, "alice") != 0:
+        assert time.monotonic() < deadline, "alice's read marker did not move"
+        time.sleep(0.1)
+    alice.type("exit\r")
+    assert alice.wait_exit() == 0
+
+    send(addr, "bob", "gone")
+    send(addr, "bob", "--delete", "2")
+    lines = "".join(f"unread {n}\n" for n in range(1, 9))
+    assert run_cli("send", "--addr", addr, "--name", "bob", stdin=lines).returncode == 0
+    assert unread(addr, "alice") == 8
+    again = join(addr, "alice", "--history", "3")
+    first = wait_row(again, rf"   4 {TIME} bob: unread 1", "the first unread message")
+    assert again.row_of(render.UNREAD_DIVIDER) == first - 1
+    assert rows(again, rf"   2 {TIME} bob: message deleted") == [first - 2]
+    for n in range(2, 9):
+        assert rows(again, rf"\s+{n + 3} {TIME} bob: unread {n}") == [first + n - 1]
     deadline = time.monotonic() + 5
     while unread(addr, "alice") != 0:
         assert time.monotonic() < deadline, "alice's read marker did not move"

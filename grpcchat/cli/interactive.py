@@ -87,6 +87,8 @@ USAGE = {
 PENDING_ACTIONS = 64
 # Read markers go out at most this often (seconds).
 MARK_READ_EVERY = 1.0
+# Entries read at most, on entering a room, of the unread ones before its replay.
+UNREAD_PAGE = 200
 # How long leaving waits for the last read marker and typing notice to go out (seconds).
 CLOSING_WAIT = 1.0
 
@@ -200,6 +202,7 @@ class _Chatroom:
                     # unread divider can go where it belongs).
                     if self.interactive:
                         self.show(render.render_joined(event))
+                    await self._page_in_unread(event)
                     self.show_all(self.timeline.joined(event))
                     self._shown(event.room)
                     self._settle_join(event.room, joined=True)
@@ -503,6 +506,32 @@ class _Chatroom:
             self._toolbar_refresh = loop.call_later(expiry + 0.05, self._refresh_toolbar)
 
     # -- read markers -----------------------------------------------------------------------
+
+    async def _page_in_unread(self, joined: RoomJoined) -> None:
+        """More arrived while the user was away than the replay holds: read the unread ones
+        before it too (UNREAD_PAGE entries at most, the latest; a notice says if there are
+        more), or the marker would move past them unseen."""
+        before = self.timeline.unread_before_replay(joined)
+        if before is None:
+            return
+        try:
+            earlier = await self.session.client.history(
+                joined.room,
+                after=joined.read_seq,
+                before=before,
+                limit=UNREAD_PAGE,
+                newest_first=True,
+            )
+        except ChatError as error:
+            self.fail(f"#{joined.room}: could not read the unread messages: {error}")
+            return
+        if earlier and earlier[-1].seq > joined.read_seq + 1:
+            self.show(
+                render.render_notice(
+                    f"#{joined.room}: more unread messages before these: /history shows more"
+                )
+            )
+        self.timeline.add_unread(joined.room, earlier[::-1])
 
     def _shown(self, room: str) -> None:
         """Messages of `room` were shown: its read marker moves up to them, soon."""

@@ -81,12 +81,32 @@ class Timeline:
         self._held.pop(room, None)
         self._replaying.pop(room, None)
 
+    def unread_before_replay(self, joined: RoomJoined) -> int | None:
+        """The seq before which entries were not replayed although the user has not read them
+        (more arrived while away than the replay holds), or None. What `join` shows must start
+        at the first unread message: the marker moves up to what is shown, and would pass them
+        unseen."""
+        held = self._held.get(joined.room)
+        if not self.unread or not held or not 0 < joined.read_seq < held[0].seq - 1:
+            return None
+        return held[0].seq
+
+    def add_unread(self, room: str, earlier: list[Message]) -> None:
+        """`earlier` (oldest first) goes before the held replay of `room`."""
+        if (held := self._held.get(room)) is not None:
+            held[:0] = [m for m in earlier if not held or m.seq < held[0].seq]
+
     def _first_unread(self, held: list[Message], read_seq: int) -> Message | None:
+        # What `unread` counts: others' messages, not changes of them, nor deleted ones.
         return next(
             (
                 m
                 for m in held
-                if m.seq > read_seq and m.relation is None and m.sender != self.me and m.room
+                if m.seq > read_seq
+                and m.relation is None
+                and not m.deleted
+                and m.sender != self.me
+                and m.room
             ),
             None,
         )
