@@ -316,6 +316,21 @@ async def test_send_claiming_another_sender_is_sent_as_the_token_user(
         assert {m.sender for m in got} == {"mallory"}
 
 
+async def test_two_authorization_headers_are_refused(channel: grpc.aio.Channel) -> None:
+    """The gRPC port took the last and the web port the first: one request was bob here and
+    alice there. Which one speaks for a call must not depend on the port."""
+    stub = pb_grpc.ChatServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Send(
+            pb.SendRequest(text="who am I?"),
+            metadata=(*bearer(token("alice")), *bearer(token("bob"))),
+        )
+    assert (refused.value.code(), refused.value.details()) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "a call carries one authorization header, not 2",
+    )
+
+
 async def test_a_spoofed_direct_message_is_from_the_token_user(
     addr: str, channel: grpc.aio.Channel
 ) -> None:

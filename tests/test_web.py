@@ -221,6 +221,35 @@ async def test_auth_token_required_and_its_identity_wins(
     assert sent.message.sender == "alice"
 
 
+def _post_with_two_tokens(port: int, first: str, second: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    try:
+        body = json.dumps({"text": "who am I?", "room": "lobby"}).encode()
+        connection.putrequest("POST", "/chat.v1.ChatService/Send")
+        connection.putheader("content-type", "application/json")
+        connection.putheader("content-length", str(len(body)))
+        connection.putheader("authorization", f"Bearer {first}")
+        connection.putheader("authorization", f"Bearer {second}")
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("web_config", [_config(auth_secret=SECRET)])
+async def test_two_authorization_headers_are_refused(web_server: ChatServer) -> None:
+    """The web port took the first, the gRPC port the last: one request, two users."""
+    authority = TokenAuthority(SECRET)
+    alice, bob = (authority.mint(name, timedelta(minutes=5)) for name in ("alice", "bob"))
+    status, body = await asyncio.to_thread(_post_with_two_tokens, web_server.web_port, alice, bob)
+    assert status == 401
+    assert json.loads(body) == {
+        "code": "unauthenticated",
+        "message": "a call carries one authorization header, not 2",
+    }
+
+
 async def test_token_in_url_is_refused(web_server: ChatServer) -> None:
     status, _, _ = await http_call(web_server.web_port, "GET", "/?token=abc")
     assert status == 400

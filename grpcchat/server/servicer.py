@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 
 import grpc
@@ -22,6 +22,7 @@ from grpcchat.core.errors import (
     ServerDraining,
     StoreError,
     TimedOut,
+    Unauthenticated,
 )
 from grpcchat.core.hub import Hub
 from grpcchat.core.ids import new_message_id
@@ -83,19 +84,27 @@ class ChatServicer:
     def heartbeat(self) -> float:
         return self._heartbeat
 
-    def identify(self, authorization: str | None) -> Identity | None:
-        """The verified identity in an `authorization` header (`Bearer <token>`) with auth on;
-        None with auth off. Shared by every protocol adapter (gRPC here, `grpcchat.web`)."""
+    def identify(self, authorization: Sequence[str]) -> Identity | None:
+        """The verified identity in a call's `authorization` headers (one, `Bearer <token>`)
+        with auth on; None with auth off. Shared by every protocol adapter (gRPC here,
+        `grpcchat.web`). Two are refused: the gRPC port took the last and the web port the
+        first, so one request was two users."""
         if self._auth is None:
             return None
-        return self._auth.verify_header(authorization)
+        if len(authorization) > 1:
+            raise Unauthenticated(
+                f"a call carries one authorization header, not {len(authorization)}"
+            )
+        return self._auth.verify_header(authorization[0] if authorization else None)
 
     def _identify(self, context: Context) -> Identity | None:
         """The caller's verified identity with auth on; None with auth off."""
         if self._auth is None:
             return None
-        header = dict(context.invocation_metadata() or ()).get("authorization")
-        return self.identify(header if isinstance(header, str) else None)
+        metadata = context.invocation_metadata() or ()
+        return self.identify(
+            [v for k, v in metadata if k == "authorization" and isinstance(v, str)]
+        )
 
     async def _post(
         self,

@@ -75,11 +75,11 @@ class WebChatService:
         self._servicer = servicer
 
     def _identify(self, ctx: Context) -> Identity | None:
-        header = ctx.request_headers.get("authorization")
+        headers = ctx.request_headers.getall("authorization")
         try:
-            return self._servicer.identify(header)
+            return self._servicer.identify(headers)
         except Unauthenticated:
-            if header:
+            if headers:
                 raise
             # The gRPC wording names the CLI's --token, which a browser user has not got.
             raise Unauthenticated(WEB_TOKEN_REQUIRED) from None
