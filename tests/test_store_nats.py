@@ -172,6 +172,27 @@ async def test_an_unreachable_nats_is_a_store_error() -> None:
         await open_store("nats://127.0.0.1:1")
 
 
+async def test_a_nats_that_refuses_the_credentials_is_said_to(tmp_path: Path) -> None:
+    """It was "cannot reach NATS ... within 5s", and the operator looked for a network fault
+    while nats-py had been told 'Authorization Violation' all along. (The local nats-server of
+    --workers wants its token.)"""
+    from grpcchat.core.urls import redacted_url
+    from grpcchat.server.localnats import LocalNats
+
+    async with LocalNats(tmp_path / "nats") as nats:
+        address = nats.url.rpartition("@")[2]
+        url = f"nats://wrong@{address}"
+        with pytest.raises(StoreError) as refused:
+            await open_store(url)
+        assert str(refused.value) == (
+            f"NATS at {redacted_url(url)} refused the connection: nats: 'Authorization "
+            "Violation' "
+            "(check the user and password, or the token, in the URL)"
+        )
+        store = await open_store(nats.url)  # with the token
+        await store.aclose()
+
+
 async def test_a_nats_without_jetstream_is_said_so(tmp_path: Path) -> None:
     node = NatsNode(tmp_path, "plain", jetstream=False)
     node.start()

@@ -110,9 +110,11 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
     stream and its markers' stream: the connection, its link and the history's epoch. Raises
     StoreError, naming the servers, if NATS cannot be reached or refuses."""
     link = Link(options)
+    problems: list[str] = []
 
     async def report(exc: Exception) -> None:
-        log.warning("NATS connection problem (%s): %s", link.where, reason(exc))
+        problems.append(reason(exc))
+        log.warning("NATS connection problem (%s): %s", link.where, problems[-1])
 
     try:
         # Bounded here: nats-py retries the first connection for as long as it reconnects.
@@ -128,7 +130,17 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
                 ping_interval=PING_INTERVAL,
             )
     except TimeoutError:
-        raise StoreError(f"cannot reach NATS at {link.where} within {CONNECT_TIMEOUT:g}s") from None
+        # Not reached, or refused: a wrong password was told as "cannot reach" (nats-py keeps
+        # retrying it, telling `report` why each time).
+        if refusal := next((p for p in problems if "authorization" in p.lower()), ""):
+            raise StoreError(
+                f"NATS at {link.where} refused the connection: {refusal} (check the user and "
+                "password, or the token, in the URL)"
+            ) from None
+        last = f" ({problems[-1]})" if problems else ""
+        raise StoreError(
+            f"cannot reach NATS at {link.where} within {CONNECT_TIMEOUT:g}s{last}"
+        ) from None
     except NATS_ERRORS as exc:
         raise StoreError(f"cannot reach NATS at {link.where}: {reason(exc)}") from None
     try:
