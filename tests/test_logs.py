@@ -3,6 +3,7 @@ a pipe, Rich on a terminal; a real server in a subprocess, real clients chatting
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import dataclasses
 import io
@@ -15,11 +16,13 @@ import sys
 import time
 from collections import deque
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+import grpcchat
 from grpcchat.cli.logformat import json_formatter, plain_formatter
 from grpcchat.cli.serverlog import (
     RESERVE,
@@ -459,3 +462,24 @@ def test_an_accepted_message_is_logged_only_when_its_logger_is_on(
     assert [(record.name, record.getMessage()) for record in caplog.records] == [
         ("grpcchat.direct", "direct message ann -> bob")
     ]
+
+
+def test_every_line_of_ours_names_its_event() -> None:
+    """`event: log` is for lines of libraries that name none; NATS warnings of ours said `log`,
+    so a json log's alerting could not tell them apart."""
+    levels = {"debug", "info", "warning", "error", "exception", "critical"}
+    unnamed = []
+    for path in Path(grpcchat.__file__).parent.rglob("*.py"):
+        if "gen" in path.relative_to(Path(grpcchat.__file__).parent).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in levels
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id.endswith("log")
+                and not any(keyword.arg == "extra" for keyword in node.keywords)
+            ):
+                unnamed.append(f"{path.name}:{node.lineno}")
+    assert unnamed == []

@@ -226,7 +226,9 @@ class ChatServer:
                 return
             if _disconnected(feed) and not was_down and await _reconnects(feed, RECONNECT_GRACE):
                 continue  # a blip, or a hop to another NATS node: only the feed restarts
-            hub.suspend("this server lost its shared history (NATS); try another server")
+            hub.suspend(
+                "this server cannot reach its shared history (NATS) for now; try another server"
+            )
             self._set_serving(False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, FEED_RETRY_MAX)

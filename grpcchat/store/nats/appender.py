@@ -103,7 +103,7 @@ class Appender:
             await asyncio.wait([before])
         self._link.check_open()
         try:
-            with self._link.request(f"append to {draft.room!r}"):
+            with self._link.request(f"append to #{draft.room}"):
                 return await self._append(draft, key)
         except REFUSALS:
             raise
@@ -166,7 +166,7 @@ class Appender:
             except TimeoutError:
                 # Unanswered: it may be stored all the same. If it is, it is ours to return.
                 # Without a connection that cannot be asked (a retry with the key can).
-                self._link.check_connected(f"learn whether {draft.room!r} got the message")
+                self._link.check_connected(f"learn whether #{draft.room} got the message")
                 head = await self._reader.last(subject, fresh=True)
                 if head is not None and head.message.id == draft.id:
                     self._heads[draft.room] = head
@@ -205,7 +205,7 @@ class Appender:
                 self._maintenance.soon(draft.room)
             await self._eraser.erase(gone)
             return Appended(message, duplicate=False)
-        raise StoreError(f"too many concurrent appends to {draft.room!r}: try again")
+        raise StoreError(f"too many concurrent appends to #{draft.room}: try again")
 
     async def _repeated(self, state: RoomState, msg_id: str, sent_us: int) -> Message | None:
         """The entry a refused append repeats (same sender and key, within the window) in the

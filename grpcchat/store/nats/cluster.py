@@ -166,7 +166,11 @@ class NatsCluster:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # Lost with the connection: the others see the skipped `v` and ask again.
-            log.warning("could not tell the other nodes: %s", task.exception())
+            log.warning(
+                "could not tell the other nodes: %s",
+                task.exception(),
+                extra={"event": "presence_failed"},
+            )
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -283,7 +287,10 @@ class NatsCluster:
                 action=bool(payload.get("action")),
             )
         except (KeyError, TypeError, ValueError, OverflowError):
-            log.warning("ignored a malformed direct message from another node")
+            log.warning(
+                "ignored a malformed direct message from another node",
+                extra={"event": "direct_message_ignored"},
+            )
             return
         node.remote_direct(message, str(payload.get("key") or ""))
 
@@ -293,7 +300,11 @@ class NatsCluster:
         now = time.monotonic()
         for other, heard in list(self._heard.items()):
             if now - heard > self._ttl:
-                log.info("node %s went silent; its members leave", other)
+                log.info(
+                    "node %s went silent; its members leave",
+                    other,
+                    extra={"event": "node_silent", "node": other},
+                )
                 self._forget(other)
 
     def _forget(self, other: str) -> None:

@@ -114,7 +114,12 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
 
     async def report(exc: Exception) -> None:
         problems.append(reason(exc))
-        log.warning("NATS connection problem (%s): %s", link.where, problems[-1])
+        log.warning(
+            "NATS connection problem (%s): %s",
+            link.where,
+            problems[-1],
+            extra={"event": "nats_problem"},
+        )
 
     try:
         # Bounded here: nats-py retries the first connection for as long as it reconnects.

@@ -19,6 +19,8 @@ from grpcchat.store.nats.codec import Gone
 from grpcchat.store.nats.connection import NATS_ERRORS
 
 log = logging.getLogger("grpcchat.store")
+# What a failed prune or erasure logs: the same event as the SQLite store's maintenance.
+MAINTENANCE_FAILED = {"event": "history_maintenance_failed"}
 
 
 class Eraser:
@@ -51,12 +53,18 @@ class Eraser:
                 await self._js.delete_msg(self._stream, stream_seq)
             except nats.js.errors.APIError as exc:
                 if exc.err_code != codec.NO_MESSAGE_FOUND:
-                    log.warning("erasing a deleted message failed (retrying): %s", exc)
+                    log.warning(
+                        "erasing a deleted message failed (retrying): %s",
+                        exc,
+                        extra=MAINTENANCE_FAILED,
+                    )
                     self._wake.set()
                     return
                 # Erased already (by another process, or before a retry), or pruned.
             except NATS_ERRORS as exc:
-                log.warning("erasing a deleted message failed (retrying): %s", exc)
+                log.warning(
+                    "erasing a deleted message failed (retrying): %s", exc, extra=MAINTENANCE_FAILED
+                )
                 self._wake.set()
                 return
             self.owed.discard(stream_seq)

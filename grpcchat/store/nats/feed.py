@@ -137,10 +137,14 @@ class Feed:
                 raise
             except StoreError as exc:
                 if not doubted:  # once, as it starts to look lost
-                    log.warning("%s", exc)
+                    log.warning("%s", exc, extra={"event": "history_check_failed"})
             except NATS_ERRORS as exc:
                 if not failing:  # once, until a check gets an answer again
-                    log.warning("checking the history stream on NATS failed: %s", reason(exc))
+                    log.warning(
+                        "checking the history stream on NATS failed: %s",
+                        reason(exc),
+                        extra={"event": "history_check_failed"},
+                    )
                 failing = True
                 continue
             failing = False
@@ -204,7 +208,11 @@ class Feed:
                 try:
                     stored = self._reader.pushed(msg)
                 except StoreError:
-                    log.warning("skipping a message that is not grpcchat's: %s", msg.subject)
+                    log.warning(
+                        "skipping a message that is not grpcchat's: %s",
+                        msg.subject,
+                        extra={"event": "foreign_message_skipped", "subject": msg.subject},
+                    )
                     continue
                 self._saw(stored)
                 deliver(stored.message)

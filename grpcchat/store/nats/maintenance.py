@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from grpcchat.core.errors import StoreError
 from grpcchat.store.nats import codec
 from grpcchat.store.nats.connection import errors
-from grpcchat.store.nats.erasure import Eraser
+from grpcchat.store.nats.erasure import MAINTENANCE_FAILED, Eraser
 from grpcchat.store.nats.reader import Reader
 from grpcchat.store.nats.window import Window
 
@@ -58,7 +58,7 @@ class Maintenance:
 
     async def prune(self, room: str) -> None:
         """Purge the room's prefix nothing needs. Raises StoreError if NATS fails."""
-        with errors(f"delete old history of {room!r}"):
+        with errors(f"delete old history of #{room}"):
             subject = self._reader.subject(room)
             last = await self._reader.last(subject)
             if last is None:
@@ -101,9 +101,11 @@ class Maintenance:
                     await self.prune(self._dirty.pop())
                 await self._eraser.flush()
             except StoreError as exc:
-                log.warning("deleting old history failed (retrying): %s", exc)
+                log.warning(
+                    "deleting old history failed (retrying): %s", exc, extra=MAINTENANCE_FAILED
+                )
             except Exception:
-                log.exception("deleting old history failed (retrying)")
+                log.exception("deleting old history failed (retrying)", extra=MAINTENANCE_FAILED)
             self._wake.clear()
             if self._eraser.owed:
                 self._wake.set()  # erasing failed: try again after PRUNE_DELAY

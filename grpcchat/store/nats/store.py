@@ -135,7 +135,7 @@ class NatsStore:
         self._link.check_open()
         if limit <= 0:
             return []
-        with self._link.request(f"read the history of {room!r}"):
+        with self._link.request(f"read the history of #{room}"):
             subject = self._reader.subject(room)
             last = await self._reader.last(subject)
             if last is None:
@@ -184,7 +184,7 @@ class NatsStore:
 
     async def last_seq(self, room: str) -> int:
         self._link.check_open()
-        with self._link.request(f"read the last seq of {room!r}"):
+        with self._link.request(f"read the last seq of #{room}"):
             last = await self._reader.last(self._reader.subject(room))
         return last.seq if last else 0
 
@@ -220,13 +220,13 @@ class NatsStore:
 
     async def mark_read(self, user: str, room: str, seq: int) -> int:
         self._link.check_open()
-        with self._link.request(f"move {user!r}'s read marker in {room!r}"):
+        with self._link.request(f"move the read marker of {user!r} in #{room}"):
             last = await self._reader.last(self._reader.subject(room))
             return await self._markers.advance(user, room, min(seq, last.seq if last else 0))
 
     async def read_marker(self, user: str, room: str) -> int:
         self._link.check_open()
-        with self._link.request(f"read {user!r}'s read marker in {room!r}"):
+        with self._link.request(f"read the read marker of {user!r} in #{room}"):
             marker, _ = await self._markers.get(user, room)
         return marker
 
@@ -242,7 +242,7 @@ class NatsStore:
         self._link.check_open()
         counts: dict[str, int] = {}
         for room in dict.fromkeys(rooms):
-            with self._link.request(f"count what {user!r} has not read in {room!r}"):
+            with self._link.request(f"count what {user!r} has not read in #{room}"):
                 marker, _ = await self._markers.get(user, room)
                 subject = self._reader.subject(room)
                 last = await self._reader.last(subject)
