@@ -478,8 +478,14 @@ async def test_plain_grpc_on_the_web_port_is_pointed_elsewhere(web_server: ChatS
 def test_config_validates_the_web_settings() -> None:
     with pytest.raises(ValueError, match="web port"):
         ServerConfig(web_port=70000)
-    with pytest.raises(ValueError, match="--web-origin takes an origin"):
-        ServerConfig(web_port=8080, web_origins=("http://x.example/path",))
+    # A port out of range, an empty one, a host with a space: accepted, they never matched a
+    # browser's Origin, and its page was refused without a word.
+    for origin in ("http://x.example/path", "http://x:99999", "http://x:", "http://ex ample"):
+        with pytest.raises(ValueError, match="--web-origin takes an origin"):
+            ServerConfig(web_port=8080, web_origins=(origin,))
+    # ... while a trailing slash, as copied from the address bar, was refused (origins are
+    # matched without it).
+    ServerConfig(web_port=8080, web_origins=("https://chat.example/", "http://[::1]:5173"))
     with pytest.raises(ValueError, match="plaintext"):
         ServerConfig(web_port=8080, host="0.0.0.0", auth_secret=SECRET)
     ServerConfig(web_port=8080, host="127.0.0.1", auth_secret=SECRET)

@@ -331,6 +331,11 @@ def test_workers_without_nats_server_say_what_to_install(tmp_path: Path) -> None
         (["--broker", "nats://127.0.0.1:1", "--store", "memory://"], "drop --store"),
         (["--nats-replicas", "3"], "needs --broker"),
         (["--nats-replicas", "3", "--store", "memory://"], "needs --broker"),
+        # Checked when serving began ("invalid connect url option"), not by --check-config;
+        # or told as an unknown store, or as Python's bare "Invalid IPv6 URL".
+        (["--broker", "nats://127.0.0.1:99999"], "Port out of range 0-65535"),
+        (["--broker", "NATS://127.0.0.1:4222"], "in lower case: nats://"),
+        (["--broker", "nats://u:pw@[::1:4222"], "'nats://u:****@[::1:4222' (Invalid IPv6 URL"),
     ],
 )
 def test_options_that_cannot_work_are_one_line(args: list[str], says: str) -> None:
@@ -416,6 +421,7 @@ def test_check_config_masks_the_broker_password() -> None:
         ("nats://h:4222?stream=X", "nats://h:4222?stream=X"),
         ("sqlite:///var/lib/history.db", "sqlite:///var/lib/history.db"),
         ("memory://", "memory://"),
+        ("nats://u:pw@[::1:4222/x", "nats://u:****@[::1:4222/x"),  # which urlsplit refuses
     ],
 )
 def test_redacted_url(url: str, shown: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import re
 from dataclasses import field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -177,15 +178,7 @@ class ServerConfig:
         if not WEB_PORT_ANY <= self.web_port <= 65535:
             raise ValueError(f"web port must be between 0 (off) and 65535, not {self.web_port}")
         for origin in self.web_origins:
-            parts = urlsplit(origin)
-            if (
-                parts.scheme not in ("http", "https")
-                or not parts.hostname
-                or parts.path
-                or parts.query
-                or parts.fragment
-                or parts.username is not None
-            ):
+            if not _is_origin(origin):
                 raise ValueError(
                     f"--web-origin takes an origin such as https://chat.example.com or "
                     f"http://localhost:5173 (scheme, host, optional port), not {origin!r}"
@@ -209,6 +202,10 @@ class ServerConfig:
     def _check_scale_out(self) -> None:
         """--broker, --nats-replicas and --workers: each needs a history processes can share."""
         if self.broker:
+            try:
+                check_store_url(self.broker)
+            except StoreError as error:
+                raise ValueError(str(error)) from None
             broker = urlsplit(self.broker)
             if broker.scheme != "nats" or not broker.netloc:
                 raise ValueError(
@@ -220,10 +217,6 @@ class ServerConfig:
                     f"--broker {redacted_url(self.broker)} keeps history on the broker: "
                     f"drop --store {redacted_url(self.store)} (or give the same URL)"
                 )
-            try:
-                check_store_url(self.broker)
-            except StoreError as error:
-                raise ValueError(str(error)) from None
         shared = self.broker or self.store
         on_nats = shared.startswith("nats://")
         if not 0 <= self.nats_replicas <= MAX_NATS_REPLICAS:
@@ -256,3 +249,28 @@ class ServerConfig:
     @property
     def bind_address(self) -> str:
         return host_port(self.host, self.port)
+
+
+# A host as a browser's Origin spells it: a name, an IPv4 address, or an IPv6 one in brackets.
+_ORIGIN_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def _is_origin(origin: str) -> bool:
+    """Whether `origin` can be what a browser sends as its Origin: scheme, host, an optional
+    port (1-65535), nothing else; a trailing slash, as copied from the address bar, is
+    allowed (origins are matched without it). A port out of range or a host with a space
+    would never match, and the page be refused without a word."""
+    parts = urlsplit(origin)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        return False
+    host = parts.netloc.rpartition(":")[0] if port is not None else parts.netloc
+    return (
+        parts.scheme in ("http", "https")
+        and bool(_ORIGIN_HOST.fullmatch(host))
+        and not parts.netloc.endswith(":")
+        and port != 0
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or "?" in origin or "#" in origin)
+    )

@@ -46,6 +46,10 @@ def check_store_url(url: str) -> None:
     """StoreError unless `url` names an engine `open_store` knows, with what it needs (without
     opening anything: `serve --check-config` checks it as `serve` would)."""
     scheme, _, path = url.partition("://")
+    if scheme.lower() in ("memory", "sqlite", "nats") and scheme != scheme.lower():
+        raise StoreError(
+            f"write the scheme of {redacted_url(url)!r} in lower case: {scheme.lower()}://"
+        )
     if scheme not in ("memory", "sqlite", "nats"):
         raise StoreError(
             f"unknown store {redacted_url(url)!r}: use memory://, sqlite:///path/to/history.db "

@@ -73,7 +73,13 @@ class Options:
 
 def parse_url(url: str) -> Options:
     """`nats://host:port[,host:port...][?stream=NAME][&replicas=N]`; StoreError if malformed."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed bracket
+        raise StoreError(
+            f"not a NATS URL: {redacted_url(url)!r} ({exc}; an IPv6 address goes in brackets: "
+            "nats://[::1]:4222)"
+        ) from None
     if parts.scheme != "nats" or not parts.netloc:
         raise StoreError(f"not a NATS URL: {redacted_url(url)!r} (use nats://host:4222)")
     try:
@@ -95,7 +101,20 @@ def parse_url(url: str) -> Options:
             raise StoreError(f"replicas {replicas_text!r}: use 1 to 5")
         replicas = int(replicas_text)
     servers = [f"nats://{host}" for host in parts.netloc.split(",") if host]
+    for server in servers:
+        _check_server(server)
     return Options(servers=servers, stream=stream, replicas=replicas)
+
+
+def _check_server(server: str) -> None:
+    """One server of a NATS URL: a port nats-py can use (it said "invalid connect url option"
+    only once serving began), and brackets that close around an IPv6 address."""
+    try:
+        port = urlsplit(server).port
+    except ValueError as exc:  # a port out of range or not a number; an unclosed bracket
+        raise StoreError(f"NATS server {redacted_url(server)!r}: {exc}") from None
+    if port == 0:
+        raise StoreError(f"NATS server {redacted_url(server)!r}: port 0 is no port to connect to")
 
 
 def room_token(room: str) -> str:
