@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from rich.text import Text
@@ -41,7 +41,8 @@ from tests.tty import Terminal
 
 pytestmark = pytest.mark.timeout(30)
 
-AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+# Recent: a message more than 20 hours old shows its date too.
+AT = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 TIME = r"\d\d:\d\d:\d\d"
 HANDLE = r" *\d+ "
 

@@ -7,7 +7,7 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -352,6 +352,14 @@ def test_a_reaction_that_shows_as_nothing_is_refused_but_can_be_taken_back(emoji
     assert validation.check_emoji(emoji, new=False) == emoji
 
 
+def test_a_message_from_another_day_shows_its_date() -> None:
+    """Two messages 48 hours apart both showed as 04:29:59 in `history` and `join`."""
+    now = datetime(2026, 12, 8, 4, 30, tzinfo=UTC)
+    old, recent = now - timedelta(hours=48), now - timedelta(hours=2)
+    assert local_time(old, now=now) == f"{old.astimezone():%Y-%m-%d %H:%M:%S}"
+    assert local_time(recent, now=now) == f"{recent.astimezone():%H:%M:%S}"
+
+
 @pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo"])
 def test_the_calendars_first_and_last_seconds_show_in_any_zone(
     zone: str, monkeypatch: pytest.MonkeyPatch
@@ -363,7 +371,10 @@ def test_the_calendars_first_and_last_seconds_show_in_any_zone(
     try:
         for seconds in (-62135596800, 253402300799):
             message = codec.from_proto(pb.ChatMessage(sent_at=Timestamp(seconds=seconds)))
-            assert re.fullmatch(r"\d\d:\d\d:\d\d", local_time(message.sent_at))
+            shown = local_time(message.sent_at, now=message.sent_at)
+            assert re.fullmatch(r"\d\d:\d\d:\d\d", shown)
+            dated = local_time(message.sent_at)  # (the first second: dated, long ago)
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", dated) or seconds > 0
     finally:
         monkeypatch.undo()
         time.tzset()

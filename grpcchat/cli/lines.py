@@ -4,12 +4,14 @@ script's `grpcchat send` never imports Rich, and both print the same characters.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from grpcchat.core.models import Message
+
+# A message older than this shows its date too.
+DATED_AFTER = timedelta(hours=20)
 
 
 class StyledLine(NamedTuple):
@@ -52,13 +54,18 @@ def visible_inline(text: str) -> str:
     return text.translate(_VISIBLE_INLINE)
 
 
-def local_time(moment: datetime) -> str:
-    """The time of day in the local zone; in UTC for a moment the local zone cannot hold (the
-    calendar's first or last day: a time the article's server relayed as a client wrote it)."""
+def local_time(moment: datetime, now: datetime | None = None) -> str:
+    """The time of day in the local zone, with the date for a moment more than DATED_AFTER
+    before `now` (two days' messages must not look alike; a time of day later than now's
+    is yesterday's); in UTC for a moment the local zone cannot hold (the calendar's first or
+    last day: a time the article's server relayed as a client wrote it)."""
     try:
-        return moment.astimezone().strftime("%H:%M:%S")
+        local = moment.astimezone()
     except OverflowError:
-        return moment.strftime("%H:%M:%S")
+        local = moment
+    if (now or datetime.now(UTC)) - moment > DATED_AFTER:
+        return f"{local.date().isoformat()} {local:%H:%M:%S}"  # (%Y is not zero-padded)
+    return f"{local:%H:%M:%S}"
 
 
 def error_line(text: str) -> StyledLine:
