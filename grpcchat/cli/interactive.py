@@ -63,7 +63,8 @@ HELP = """\
 /who [ROOM]      who is in a room
 /msg NAME TEXT   a direct message, seen by NAME only
 /me ACTION       an action: * you ACTION
-/reply N TEXT    answer message N (the number a line starts with)
+/reply N TEXT    answer message N (its seq: what a line starts with in a terminal,
+                 `seq` in `grpcchat history --json`)
 /edit [N] TEXT   new text for your message N (default: your last one)
 /delete [N]      delete your message N (default: your last one)
 /react N EMOJI   react to message N; /unreact N EMOJI takes it back
@@ -75,7 +76,7 @@ USAGE = {
     "/join": "/join ROOM",
     "/msg": "/msg NAME TEXT",
     "/me": "/me ACTION",
-    "/reply": "/reply N TEXT (N: the number a line starts with)",
+    "/reply": "/reply N TEXT (N: the message's seq, what a line starts with in a terminal)",
     "/edit": "/edit [N] TEXT",
     "/delete": "/delete [N]",
     "/react": "/react N EMOJI",
