@@ -579,12 +579,13 @@ async def test_the_store_fails_fast_while_disconnected_and_follows_on_from_its_p
 
 
 async def test_replicas_are_the_history_s_and_its_read_markers_and_kept_unless_named(
-    nats_cluster: NatsCluster,
+    nats_cluster: NatsCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A history made with one replica, opened again with three: its read-marker stream gets
     three as well (it stayed on one node, and every named join failed while that one was
     down). Opened once more without `replicas=`, both keep three (a server started without
-    it used to take the cluster's copies away)."""
+    it used to take the cluster's copies away). A change is logged: one node's flag sets the
+    copies every node keeps, and it went without a word."""
     import nats
 
     stream = f"CHAT_{uuid.uuid4().hex}"
@@ -593,6 +594,12 @@ async def test_replicas_are_the_history_s_and_its_read_markers_and_kept_unless_n
         for replicas in ("&replicas=1", "&replicas=3", ""):
             store = await NatsStore.open(f"{url}{replicas}", Retention())
             await store.aclose()
+        changes = [
+            r for r in caplog.records if getattr(r, "event", "") == "stream_replicas_changed"
+        ]
+        assert [r.getMessage().split(";")[0] for r in changes] == [
+            f"the NATS stream {stream} had 1 replicas"
+        ]
         connection = await nats.connect(nats_cluster.nodes[0].url)
         try:
             js = connection.jetstream()

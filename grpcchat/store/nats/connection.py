@@ -187,6 +187,16 @@ async def _open_stream(
         raise StoreError(f"the NATS stream {options.stream} is not a grpcchat history")
     replicas = options.replicas or info.config.num_replicas or 1
     if info.config.duplicate_window != window or info.config.num_replicas != replicas:
+        if info.config.num_replicas != replicas:
+            # Every node on the stream keeps what one node's flag sets: said, not done quietly.
+            log.warning(
+                "the NATS stream %s had %d replicas; it now has %d (as this server's URL or "
+                "--nats-replicas says), for every node that uses it",
+                options.stream,
+                info.config.num_replicas or 1,
+                replicas,
+                extra={"event": "stream_replicas_changed", "replicas": replicas},
+            )
         config = info.config.evolve(duplicate_window=window, num_replicas=replicas)
         await js.update_stream(config)
     return epoch, replicas
