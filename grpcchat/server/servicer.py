@@ -357,15 +357,16 @@ class ChatServicer:
                     await self._apply(request, session)
                     continue
                 for send in sends:
+                    if send.recipient:
+                        # A direct message skips the history and is delivered at once: it
+                        # waits for the sends written before it, or it would overtake them
+                        # (and is not sent at all if one of them ended the session).
+                        await posting.drain()
                     if session.lagging:  # its answers pile up unwritten: read no further
                         await session.until_caught_up()
                     if session.closed:
                         break
-                    if send.recipient:
-                        # A direct message skips the history and is delivered at once: it
-                        # waits for the sends written before it, or it would overtake them.
-                        await posting.drain()
-                    else:
+                    if not send.recipient:
                         # While the room is behind, stop reading (flow control holds the
                         # client); a bad room name is refused by the post itself.
                         with contextlib.suppress(ChatError):
