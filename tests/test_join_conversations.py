@@ -444,12 +444,14 @@ def test_entering_a_room_with_unread_messages_shows_where_they_start(
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("history", ["3", "0"])
 def test_more_unread_than_the_replay_holds_are_all_shown_from_the_first(
-    server_process: ServerProcess, join: Callable[..., Terminal]
+    server_process: ServerProcess, join: Callable[..., Terminal], history: str
 ) -> None:
     """Back to a room with more unread messages than --history replays, the divider sat above
-    the replay's first, the ones before it were never shown, and the marker moved past them.
-    And a deleted message is no unread one (rooms counts none): the divider went above it."""
+    the replay's first, the ones before it were never shown, and the marker moved past them
+    (with --history 0, at the first live message). And a deleted message is no unread one
+    (rooms counts none): the divider went above it."""
     addr = server_process.addr
     send(addr, "bob", "read this")
     alice = join(addr)
@@ -466,7 +468,7 @@ def test_more_unread_than_the_replay_holds_are_all_shown_from_the_first(
     lines = "".join(f"unread {n}\n" for n in range(1, 9))
     assert run_cli("send", "--addr", addr, "--name", "bob", stdin=lines).returncode == 0
     assert unread(addr, "alice") == 8
-    again = join(addr, "alice", "--history", "3")
+    again = join(addr, "alice", "--history", history)
     first = wait_row(again, rf"   4 {TIME} bob: unread 1", "the first unread message")
     assert again.row_of(render.UNREAD_DIVIDER) == first - 1
     assert rows(again, rf"   2 {TIME} bob: message deleted") == [first - 2]

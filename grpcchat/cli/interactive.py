@@ -144,6 +144,8 @@ class _Chatroom:
         # Read markers: where each room's is (as far as this session knows), and a pending
         # flush of the ones to move.
         self._read: dict[str, int] = {}
+        # Rooms whose unread messages could not all be shown: their markers stay where they are.
+        self._unseen: set[str] = set()
         self._mark_flush: asyncio.TimerHandle | None = None
         self._marked_at = 0.0
         # A line got no answer (see `_drop_lines_queued`): until the session is connected
@@ -525,6 +527,7 @@ class _Chatroom:
             )
         except ChatError as error:
             self.fail(f"#{joined.room}: could not read the unread messages: {error}")
+            self._unseen.add(joined.room)  # not shown, so not read
             return
         if earlier and earlier[-1].seq > joined.read_seq + 1:
             self.show(
@@ -548,6 +551,8 @@ class _Chatroom:
         self._mark_flush = None
         self._marked_at = asyncio.get_running_loop().time()
         for room, seq in self.timeline.latest.items():
+            if room in self._unseen:
+                continue
             if room in self.session.rooms and seq > self._read.get(room, 0):
                 self._read[room] = seq
                 self._in_background(self.session.mark_read(room, seq))

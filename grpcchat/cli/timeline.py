@@ -87,14 +87,15 @@ class Timeline:
         at the first unread message: the marker moves up to what is shown, and would pass them
         unseen."""
         held = self._held.get(joined.room)
-        if not self.unread or not held or not 0 < joined.read_seq < held[0].seq - 1:
+        if not self.unread or held is None:
             return None
-        return held[0].seq
+        before = held[0].seq if held else joined.position.seq + 1  # (--history 0: none held)
+        return before if 0 < joined.read_seq < before - 1 else None
 
     def add_unread(self, room: str, earlier: list[Message]) -> None:
         """`earlier` (oldest first) goes before the held replay of `room`."""
         if (held := self._held.get(room)) is not None:
-            held[:0] = [m for m in earlier if not held or m.seq < held[0].seq]
+            held[:0] = earlier
 
     def _first_unread(self, held: list[Message], read_seq: int) -> Message | None:
         # What `unread` counts: others' messages, not changes of them, nor deleted ones.
