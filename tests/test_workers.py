@@ -184,6 +184,7 @@ async def test_the_local_nats_server_takes_no_client_without_its_token(
     config = Path(command.split()[command.split().index("-c") + 1])
     assert "token" in await asyncio.to_thread(config.read_text)
     assert (await asyncio.to_thread(config.parent.stat)).st_mode & 0o077 == 0
+    assert (await asyncio.to_thread(config.stat)).st_mode & 0o077 == 0
 
 
 def test_every_worker_serves_the_same_history(supervised: Supervised) -> None:

@@ -361,3 +361,6 @@ async def _every_page(
         found += items
         if not token or (limit and len(found) >= limit):
             return found[:limit] if limit else found
+
+
+__all__ = ["ChatClient"]

@@ -54,10 +54,11 @@ async def send_over_chat(connection: Connection, request: pb.SendRequest) -> Sen
         timeout=connection.config.timeout, metadata=connection.metadata
     )
     try:
-        await call.write(codec.to_proto(message))
-        await call.done_writing()
-        async for _ in call:
-            pass
+        with connection.closed_under("this send"):
+            await call.write(codec.to_proto(message))
+            await call.done_writing()
+            async for _ in call:
+                pass
     except grpc.RpcError as error:
         raise connection.error(error) from None
     return Sent(message, duplicate=False)
@@ -112,7 +113,8 @@ class LegacyStream:
         message = Message("", DEFAULT_ROOM, self._name, check_text(text), datetime.now(UTC), 0)
         try:
             async with self._writing:
-                await call.write(codec.to_proto(message))
+                with self._connection.closed_under("this send"):
+                    await call.write(codec.to_proto(message))
         except grpc.RpcError as error:
             raise self._connection.error(error) from None
         return Sent(message, duplicate=False)

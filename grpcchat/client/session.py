@@ -278,7 +278,7 @@ class ChatSession:
         the caller, which answers each `SendAck` as it arrives: a program that awaits a
         `send()` in the loop that reads `events()` (a bot answering a message) gets its answer,
         instead of waiting for one that only its own loop would read. `opening` comes first,
-        once that task runs."""
+        once that task is started (it runs while the caller awaits anything)."""
         # Unbounded as a queue, so the pump can always leave its last word; bounded by the pump,
         # which waits for room before reading on.
         ahead: asyncio.Queue[list[Event] | BaseException | None] = asyncio.Queue()

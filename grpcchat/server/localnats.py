@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import os
 import secrets
 import shutil
 import tempfile
@@ -57,7 +58,7 @@ class LocalNats:
         self._ports_dir = tempfile.mkdtemp(prefix="grpcchat-nats-")
         token = secrets.token_hex(16)
         config = Path(self._ports_dir) / "nats-server.conf"
-        config.write_text(f'authorization {{ token: "{token}" }}\n')
+        _write_private(config, f'authorization {{ token: "{token}" }}\n')
         command = [binary, "-c", str(config), "-js", "-sd", str(self.directory)]
         command += ["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", self._ports_dir]
         with self.log_path.open("ab") as log:
@@ -120,6 +121,12 @@ class LocalNats:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A new file only its owner may read or write (the directory is its owner's too)."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
 
 
 def _lock_directory(directory: Path) -> IO[bytes]:
