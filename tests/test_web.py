@@ -480,7 +480,8 @@ def test_config_validates_the_web_settings() -> None:
         ServerConfig(web_port=70000)
     # A port out of range, an empty one, a host with a space: accepted, they never matched a
     # browser's Origin, and its page was refused without a word.
-    for origin in ("http://x.example/path", "http://x:99999", "http://x:", "http://ex ample"):
+    refused = ("http://x.example/path", "http://x:99999", "http://x:", "http://ex ample")
+    for origin in (*refused, "http://[::1", "http://x:00080"):
         with pytest.raises(ValueError, match="--web-origin takes an origin"):
             ServerConfig(web_port=8080, web_origins=(origin,))
     # ... while a trailing slash, as copied from the address bar, was refused (origins are

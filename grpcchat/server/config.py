@@ -251,8 +251,10 @@ class ServerConfig:
         return host_port(self.host, self.port)
 
 
-# A host as a browser's Origin spells it: a name, an IPv4 address, or an IPv6 one in brackets.
+# A host as a browser's Origin spells it: a name, an IPv4 address, or an IPv6 one in brackets;
+# and its port, as a browser writes it (no leading zeros; none at all for the default one).
 _ORIGIN_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_ORIGIN_PORT = re.compile(r"[1-9][0-9]{0,4}")
 
 
 def _is_origin(origin: str) -> bool:
@@ -260,17 +262,19 @@ def _is_origin(origin: str) -> bool:
     port (1-65535), nothing else; a trailing slash, as copied from the address bar, is
     allowed (origins are matched without it). A port out of range or a host with a space
     would never match, and the page be refused without a word."""
-    parts = urlsplit(origin)
     try:
+        parts = urlsplit(origin)
         port = parts.port
-    except ValueError:  # not a number, or past 65535
+    except ValueError:  # a port that is no number or past 65535; an unclosed bracket
         return False
-    host = parts.netloc.rpartition(":")[0] if port is not None else parts.netloc
+    host, _, port_text = (
+        parts.netloc.rpartition(":") if port is not None else (parts.netloc, "", "")
+    )
     return (
         parts.scheme in ("http", "https")
         and bool(_ORIGIN_HOST.fullmatch(host))
+        and (port is None or bool(_ORIGIN_PORT.fullmatch(port_text)))
         and not parts.netloc.endswith(":")
-        and port != 0
         and parts.path in ("", "/")
         and not (parts.query or parts.fragment or "?" in origin or "#" in origin)
     )

@@ -75,10 +75,10 @@ def parse_url(url: str) -> Options:
     """`nats://host:port[,host:port...][?stream=NAME][&replicas=N]`; StoreError if malformed."""
     try:
         parts = urlsplit(url)
-    except ValueError as exc:  # an unclosed bracket
+    except ValueError as exc:  # an unclosed bracket, or no IPv6 address in them
         raise StoreError(
-            f"not a NATS URL: {redacted_url(url)!r} ({exc}; an IPv6 address goes in brackets: "
-            "nats://[::1]:4222)"
+            f"not a NATS URL: {redacted_url(url)!r} ({exc}: an IPv6 address goes in brackets, "
+            "such as nats://[::1]:4222)"
         ) from None
     if parts.scheme != "nats" or not parts.netloc:
         raise StoreError(f"not a NATS URL: {redacted_url(url)!r} (use nats://host:4222)")
@@ -109,12 +109,16 @@ def parse_url(url: str) -> Options:
 def _check_server(server: str) -> None:
     """One server of a NATS URL: a port nats-py can use (it said "invalid connect url option"
     only once serving began), and brackets that close around an IPv6 address."""
+    shown = redacted_url(server)
     try:
-        port = urlsplit(server).port
+        parts = urlsplit(server)
+        port = parts.port
     except ValueError as exc:  # a port out of range or not a number; an unclosed bracket
-        raise StoreError(f"NATS server {redacted_url(server)!r}: {exc}") from None
+        raise StoreError(f"NATS server {shown!r}: {exc}") from None
+    if not parts.hostname or parts.netloc.endswith(":"):
+        raise StoreError(f"NATS server {shown!r}: give a host and port, such as host:4222")
     if port == 0:
-        raise StoreError(f"NATS server {redacted_url(server)!r}: port 0 is no port to connect to")
+        raise StoreError(f"NATS server {shown!r}: port 0 is no port to connect to")
 
 
 def room_token(room: str) -> str:

@@ -137,17 +137,17 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
     except TimeoutError:
         # Not reached, or refused: a wrong password was told as "cannot reach" (nats-py keeps
         # retrying it, telling `report` why each time).
-        if refusal := next((p for p in problems if "authorization" in p.lower()), ""):
-            raise StoreError(
-                f"NATS at {link.where} refused the connection: {refusal} (check the user and "
-                "password, or the token, in the URL)"
-            ) from None
+        refusal = next((p for p in problems if _refused(p)), "")
+        if refusal:
+            raise _refused_by(link.where, refusal) from None
         last = f" ({problems[-1]})" if problems else ""
         raise StoreError(
             f"cannot reach NATS at {link.where} within {CONNECT_TIMEOUT:g}s{last}"
         ) from None
     except NATS_ERRORS as exc:
-        raise StoreError(f"cannot reach NATS at {link.where}: {reason(exc)}") from None
+        if _refused(why := reason(exc)):
+            raise _refused_by(link.where, why) from None
+        raise StoreError(f"cannot reach NATS at {link.where}: {why}") from None
     try:
         with errors(f"open the stream {options.stream}"):
             js = nc.jetstream(timeout=REQUEST_TIMEOUT)
@@ -158,6 +158,17 @@ async def connect(options: Options, retention: Retention) -> tuple[Client, Link,
         raise
     await link.connected()
     return nc, link, epoch
+
+
+def _refused(problem: str) -> bool:
+    return "authorization" in problem.lower()
+
+
+def _refused_by(where: str, problem: str) -> StoreError:
+    return StoreError(
+        f"NATS at {where} refused the connection: {problem} (check the user and password, or "
+        "the token, in the URL)"
+    )
 
 
 async def _open_stream(
