@@ -777,6 +777,43 @@ async def test_a_room_entered_with_unread_messages_shows_where_they_start(
     assert not page.errors
 
 
+async def test_more_unread_than_the_replay_holds_are_all_shown_from_the_first(
+    web_server: WebServer, new_user: NewUser
+) -> None:
+    """Back in a room with more unread messages than the page replays (50), the divider sat
+    above the replay's first, the ones before it were never shown, and the page marked them
+    read during the replay; and a deleted message got the divider, though unread counts
+    leave it out."""
+    page = await (await new_user()).open(web_server.url, name="alice")
+    await page.expect_connected()
+    async with client_for(web_server) as client:
+        await client.send("bob", "read this")
+        await page.expect_message("read this", "bob")
+        await until_all_read(client, "alice", "lobby")
+
+        await page.open(web_server.url, name="alice", room="games")
+        await page.expect_connected()
+        gone = await client.send("bob", "gone")
+        await client.send("bob", "", relation=Relation(RelationKind.DELETE, gone.message.id))
+        for n in range(1, 61):
+            await client.send("bob", f"unread {n}")
+
+        await page.open(web_server.url, name="alice", room="lobby")
+        await page.expect_message("unread 60", "bob")
+        await page.expect_message("unread 1", "bob")
+        divider = page.log.locator("li.divider")
+        await expect(divider).to_have_count(1)
+        follows = await divider.evaluate(
+            "d => d.nextElementSibling.querySelector('.text').textContent"
+        )
+        assert follows == "unread 1"
+        rows = await conversation(page)
+        assert [row["deleted"] for row in rows[:1]] == [True]  # "gone", before the divider
+        assert [row["text"] for row in rows[1:]] == [f"unread {n}" for n in range(1, 61)]
+        await until_all_read(client, "alice", "lobby")
+    assert not page.errors
+
+
 # -- entering rooms ----------------------------------------------------------------------------
 
 

@@ -21,6 +21,8 @@ import { View } from "./view";
 
 const LOBBY = "lobby";
 const ROOMS_EVERY_MS = 10_000;
+/** Entries read at most, on entering a room, of the unread ones before its replay. */
+const UNREAD_PAGE = 200;
 
 const view = new View({ react: toggleReaction, handle: (post) => startReply(post) });
 let feed: RoomFeed | undefined;
@@ -137,8 +139,8 @@ function show(room: string, event: Event): void {
       break;
     case "joined":
       marker?.known(kind.value.readSeq);
-      // Entering the room (not a resume): mark where the messages not read yet start.
-      if (!joinedOnce) view.markUnread(kind.value.readSeq, view.me);
+      // Entering the room (not a resume): show where the messages not read yet start.
+      if (!joinedOnce) void showUnread(room, kind.value.readSeq, kind.value.position?.seq ?? 0n);
       joinedOnce = true;
       members = new Set(kind.value.members);
       view.setMembers(members);
@@ -153,6 +155,34 @@ function show(room: string, event: Event): void {
       view.status(`${kind.value.code}: ${kind.value.reason}`, "error");
       break;
   }
+}
+
+/** Entering `room`: the unread messages from before the replay too, if more arrived than it
+ * holds (the latest UNREAD_PAGE entries of them at most), then the divider above the first;
+ * only then is what is shown marked read. */
+async function showUnread(room: string, readSeq: bigint, lastSeq: bigint): Promise<void> {
+  const shownMarker = marker;
+  const before = view.firstSeq() ?? lastSeq + 1n;
+  if (readSeq > 0n && before > readSeq + 1n) {
+    try {
+      const { messages } = await chat.history(
+        { room, afterSeq: readSeq, beforeSeq: before, limit: UNREAD_PAGE, newestFirst: true },
+        { timeoutMs: 10_000 },
+      );
+      if (feed?.room !== room || marker !== shownMarker) return; // left meanwhile
+      const oldest = messages.at(-1)?.seq ?? readSeq + 1n;
+      if (oldest > readSeq + 1n) view.notice("more unread messages came before these", "gap");
+      view.showEarlier(messages.reverse());
+    } catch (error) {
+      if (marker !== shownMarker) return;
+      view.notice(`could not read the unread messages: ${describe(error)}`, "error");
+      view.markUnread(readSeq, view.me);
+      marker?.freeze(); // not shown, so not read
+      return;
+    }
+  }
+  view.markUnread(readSeq, view.me);
+  marker?.release();
 }
 
 async function refreshMembers(room: string): Promise<void> {

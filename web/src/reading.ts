@@ -15,6 +15,10 @@ export class ReadMarker {
   private timer: ReturnType<typeof setTimeout> | undefined;
   private sending = false;
   private stopped = false;
+  /** Until the room's first join is complete and what it shows is on the screen (the unread
+   * messages before its replay too): marked during the replay, the marker moved past messages
+   * the page had not shown yet. */
+  private held = true;
 
   constructor(
     private readonly name: string,
@@ -26,6 +30,19 @@ export class ReadMarker {
   /** The server says the marker is at `seq` (it only moves forward). */
   known(seq: bigint): void {
     if (seq > this.marked) this.marked = seq;
+  }
+
+  /** The join is complete and its messages shown: what is shown may be marked now. */
+  release(): void {
+    this.held = false;
+    this.schedule();
+  }
+
+  /** Unread messages could not be shown: nothing is marked in this room. */
+  freeze(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.stop();
   }
 
   /** The room's history was replaced (a new epoch): its seqs start again from 1. */
@@ -53,7 +70,7 @@ export class ReadMarker {
   private readonly onVisible = (): void => this.schedule();
 
   private schedule(): void {
-    if (this.stopped || this.timer !== undefined || this.sending) return;
+    if (this.stopped || this.held || this.timer !== undefined || this.sending) return;
     if (this.seen <= this.marked || document.visibilityState === "hidden") return;
     const wait = Math.max(0, this.last + EVERY_MS - Date.now());
     this.timer = setTimeout(() => {

@@ -193,12 +193,39 @@ export class View {
     return line;
   }
 
-  /** "── unread ──" before the first message after `readSeq` that `me` did not send. */
+  /** The lowest seq of a room message shown, if any. */
+  firstSeq(): bigint | undefined {
+    let first: bigint | undefined;
+    for (const { post } of this.shown.values()) if (first === undefined || post.seq < first) first = post.seq;
+    return first;
+  }
+
+  /** Room messages from before those shown (oldest first, in their current state): put before
+   * them. Relation entries are already applied to what they change. */
+  showEarlier(ms: ChatMessage[]): void {
+    const items: HTMLLIElement[] = [];
+    for (const m of ms) {
+      if (m.relation || m.recipient || m.seq === 0n || this.shown.has(m.id)) continue;
+      const shown: Shown = { post: postOf(m), item: el("li") };
+      this.shown.set(m.id, shown);
+      if (m.replyTo) {
+        const replies = this.replies.get(m.replyTo) ?? new Set<string>();
+        this.replies.set(m.replyTo, replies.add(m.id));
+      }
+      this.render(shown);
+      items.push(shown.item);
+    }
+    const first = this.log.querySelector(":scope > li.message");
+    this.keepingBottom(() => (first ? first.before(...items) : this.log.append(...items)));
+  }
+
+  /** "── unread ──" before the first message after `readSeq` that `me` did not send (and that
+   * is not deleted: unread counts leave those out). */
   markUnread(readSeq: bigint, me: string): void {
     this.log.querySelector(":scope > li.divider")?.remove();
     for (const item of this.log.querySelectorAll<HTMLLIElement>(":scope > li.message")) {
       const post = this.shown.get(item.dataset.id ?? "")?.post;
-      if (post && post.seq > readSeq && post.sender !== me) {
+      if (post && post.seq > readSeq && post.sender !== me && !post.deleted) {
         const divider = el("li", "divider", UNREAD_DIVIDER);
         divider.setAttribute("role", "separator");
         item.before(divider);
