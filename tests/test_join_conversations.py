@@ -414,20 +414,29 @@ def test_the_toolbar_shows_who_is_typing_and_clears(
     bob.wait_for(lambda: bob.screen.display[-1].strip() == "", "alice's notice to go")
 
 
-def test_entering_a_room_with_unread_messages_shows_where_they_start(
-    server_process: ServerProcess, join: Callable[..., Terminal]
-) -> None:
-    addr = server_process.addr
+def read_and_leave(addr: str, join: Callable[..., Terminal]) -> None:
+    """bob says "read this"; alice joins, reads it, and leaves."""
     send(addr, "bob", "read this")
     alice = join(addr)
     wait_row(alice, rf"   1 {TIME} bob: read this", "the replayed message")
     # Her marker moves to what she was shown (bounded wait: the marker is debounced).
+    until_read(addr)
+    alice.type("exit\r")
+    assert alice.wait_exit() == 0
+
+
+def until_read(addr: str) -> None:
     deadline = time.monotonic() + 5
     while unread(addr, "alice") != 0:
         assert time.monotonic() < deadline, "alice's read marker did not move"
         time.sleep(0.1)
-    alice.type("exit\r")
-    assert alice.wait_exit() == 0
+
+
+def test_entering_a_room_with_unread_messages_shows_where_they_start(
+    server_process: ServerProcess, join: Callable[..., Terminal]
+) -> None:
+    addr = server_process.addr
+    read_and_leave(addr, join)
 
     send(addr, "bob", "new one")
     send(addr, "bob", "newer one")
@@ -438,10 +447,7 @@ def test_entering_a_room_with_unread_messages_shows_where_they_start(
     new = wait_row(again, rf"   2 {TIME} bob: new one", "the first unread message")
     assert read < divider == new - 1
     assert rows(again, rf"   3 {TIME} bob: newer one") == [new + 1]
-    deadline = time.monotonic() + 5
-    while unread(addr, "alice") != 0:
-        assert time.monotonic() < deadline, "alice's read marker did not move"
-        time.sleep(0.1)
+    until_read(addr)
 
 
 @pytest.mark.parametrize("history", ["3", "0"])
@@ -453,15 +459,7 @@ def test_more_unread_than_the_replay_holds_are_all_shown_from_the_first(
     (with --history 0, at the first live message). And a deleted message is no unread one
     (rooms counts none): the divider went above it."""
     addr = server_process.addr
-    send(addr, "bob", "read this")
-    alice = join(addr)
-    wait_row(alice, rf"   1 {TIME} bob: read this", "the replayed message")
-    deadline = time.monotonic() + 5
-    while unread(addr, "alice") != 0:
-        assert time.monotonic() < deadline, "alice's read marker did not move"
-        time.sleep(0.1)
-    alice.type("exit\r")
-    assert alice.wait_exit() == 0
+    read_and_leave(addr, join)
 
     send(addr, "bob", "gone")
     send(addr, "bob", "--delete", "2")
@@ -474,10 +472,7 @@ def test_more_unread_than_the_replay_holds_are_all_shown_from_the_first(
     assert rows(again, rf"   2 {TIME} bob: message deleted") == [first - 2]
     for n in range(2, 9):
         assert rows(again, rf"\s+{n + 3} {TIME} bob: unread {n}") == [first + n - 1]
-    deadline = time.monotonic() + 5
-    while unread(addr, "alice") != 0:
-        assert time.monotonic() < deadline, "alice's read marker did not move"
-        time.sleep(0.1)
+    until_read(addr)
 
 
 def unread(addr: str, name: str) -> int:

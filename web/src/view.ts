@@ -85,15 +85,18 @@ export class View {
       return this.refresh(known);
     }
     const shown: Shown = { post: postOf(m), item: el("li") };
-    if (m.seq > 0n && !m.recipient) {
-      this.shown.set(m.id, shown);
-      if (m.replyTo) {
-        const replies = this.replies.get(m.replyTo) ?? new Set<string>();
-        this.replies.set(m.replyTo, replies.add(m.id));
-      }
-    }
+    if (m.seq > 0n && !m.recipient) this.track(m, shown);
     this.render(shown);
     this.append(shown.item);
+  }
+
+  /** Remember a room message shown, by id, and as a reply to the one it answers. */
+  private track(m: ChatMessage, shown: Shown): void {
+    this.shown.set(m.id, shown);
+    if (m.replyTo) {
+      const replies = this.replies.get(m.replyTo) ?? new Set<string>();
+      this.replies.set(m.replyTo, replies.add(m.id));
+    }
   }
 
   /** Apply relation entry `m` to the message it targets, if shown (else there is nothing to
@@ -207,11 +210,7 @@ export class View {
     for (const m of ms) {
       if (m.relation || m.recipient || m.seq === 0n || this.shown.has(m.id)) continue;
       const shown: Shown = { post: postOf(m), item: el("li") };
-      this.shown.set(m.id, shown);
-      if (m.replyTo) {
-        const replies = this.replies.get(m.replyTo) ?? new Set<string>();
-        this.replies.set(m.replyTo, replies.add(m.id));
-      }
+      this.track(m, shown);
       this.render(shown);
       items.push(shown.item);
     }
