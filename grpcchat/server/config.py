@@ -202,16 +202,15 @@ class ServerConfig:
     def _check_scale_out(self) -> None:
         """--broker, --nats-replicas and --workers: each needs a history processes can share."""
         if self.broker:
-            try:
-                check_store_url(self.broker)
-            except StoreError as error:
-                raise ValueError(str(error)) from None
-            broker = urlsplit(self.broker)
-            if broker.scheme != "nats" or not broker.netloc:
+            if self.broker.partition("://")[0].lower() != "nats":
                 raise ValueError(
                     f"--broker takes a NATS URL such as nats://127.0.0.1:4222, "
                     f"not {redacted_url(self.broker)!r}"
                 )
+            try:
+                check_store_url(self.broker)  # its servers, stream and options
+            except StoreError as error:
+                raise ValueError(str(error)) from None
             if self.store and self.store != self.broker:
                 raise ValueError(
                     f"--broker {redacted_url(self.broker)} keeps history on the broker: "
