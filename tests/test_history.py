@@ -348,9 +348,8 @@ def _truncated_history(path: Path) -> None:
         (_garbage, "not a readable SQLite database"),
         (_foreign_sqlite, "not a grpcchat history"),
         (_truncated_history, "malformed|damaged"),
-        (Path.mkdir, "it is a directory"),
     ],
-    ids=["garbage", "foreign-sqlite", "truncated", "directory"],
+    ids=["garbage", "foreign-sqlite", "truncated"],
 )
 def test_an_unusable_history_file_is_one_clear_red_line(
     tmp_path: Path, make: object, reason: str

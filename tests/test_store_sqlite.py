@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from grpcchat.server.engines import open_store
 from grpcchat.store import sqlite as engine
 from grpcchat.store import sqlite_database
 from grpcchat.store.sqlite import SqliteStore
+from tests.conftest import cli_env, grpcchat_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,7 +174,6 @@ def snapshot(root: Path) -> list[tuple[str, bytes | None]]:
         ),
         pytest.param(foreign_database, "history.db", "not a grpcchat history", id="foreign"),
         pytest.param(newer_history, "history.db", "newer grpcchat", id="newer"),
-        pytest.param(Path.mkdir, "history.db", "is a directory", id="directory"),
         pytest.param(
             file_in_the_way, "sub/file/history.db", "cannot create its directory", id="under-file"
         ),
@@ -200,6 +201,40 @@ async def test_an_unusable_file_is_refused_at_open_and_left_alone(
     assert "Move it away" in message
     assert "--store memory://" in message
     assert snapshot(tmp_path) == before
+
+
+async def test_a_directory_at_the_path_is_told_to_name_a_file_not_moved_away(
+    tmp_path: Path,
+) -> None:
+    """`--store sqlite:///` was told "it is a directory. Move it away"."""
+    with pytest.raises(StoreError) as error:
+        await open_store(url(tmp_path))
+    assert str(error.value) == (
+        f"cannot use the history file {tmp_path}: it is a directory; give the path of a file "
+        f"(such as {tmp_path / 'history.db'}), or the directory as --data-dir"
+    )
+
+
+def test_a_history_this_user_may_only_read_is_refused_at_start(tmp_path: Path) -> None:
+    """SQLite opens it read-only: the server started, said SERVING, and refused every send
+    (naming the file, to the clients only). Root writes any file: it runs without that power."""
+    path = tmp_path / "history.db"
+    asyncio.run(_made(path))
+    path.chmod(0o444)
+    powers = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    command = [*(powers if os.geteuid() == 0 else []), *grpcchat_command(
+        "serve", "--port", "0", "--data-dir", str(tmp_path)
+    )]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, env=cli_env())
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (
+        f"error: cannot use the history file {path}: this user may not read and write it "
+        "(attempt to write a readonly database): give it access, or choose another path"
+    )
+
+
+async def _made(path: Path) -> None:
+    await (await open_store(url(path))).aclose()
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
@@ -372,6 +407,35 @@ async def test_a_lower_count_limit_applies_at_open(tmp_path: Path) -> None:
 
 
 # -- failures: all or nothing, and never after the commit -----------------------------------
+
+
+async def test_appends_the_file_cannot_take_are_logged_and_refused_without_its_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk, or a file made read-only under the server, refused every send: the
+    clients were told the file's path, and the operator nothing at all."""
+    path = tmp_path / "history.db"
+    store = await open_store(url(path))
+    query(
+        path,
+        "CREATE TRIGGER full_disk BEFORE INSERT ON messages"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    )
+    caplog.set_level(logging.WARNING, logger="grpcchat.store")
+    try:
+        for _ in range(3):
+            with pytest.raises(StoreError) as refused:
+                await append(store)
+            assert str(refused.value) == (
+                "the server's history failed (database or disk is full); try again later"
+            )
+        [logged] = [r for r in caplog.records if getattr(r, "event", "") == "history_failed"]
+        assert logged.levelno == logging.ERROR  # once, not once a send
+        assert f"the history file {path} cannot take messages" in logged.getMessage()
+        query(path, "DROP TRIGGER full_disk")
+        assert (await append(store)).message.seq == 1
+    finally:
+        await store.aclose()
 
 
 async def test_a_failing_maintenance_job_never_fails_an_append(

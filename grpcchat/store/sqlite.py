@@ -45,6 +45,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -63,6 +64,8 @@ log = logging.getLogger("grpcchat.store")
 
 # How often expired rows are deleted; in between, queries skip them.
 MAINTENANCE_INTERVAL = 60.0
+# A failing history file is logged at most this often (seconds).
+FAILURE_LOG_EVERY = 10.0
 _MAINTENANCE_FAILED = {
     "event": "history_maintenance_failed",
     "retry_seconds": MAINTENANCE_INTERVAL,
@@ -85,6 +88,7 @@ class SqliteStore:
         # The drain this turn of the loop will hand to the thread (loop thread only).
         self._drain_handle: asyncio.Handle | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._failure_logged_at = float("-inf")
         self._maintenance = self._loop.create_task(
             self._maintain_forever(), name=f"grpcchat-store-maintenance {database.path}"
         )
@@ -241,20 +245,36 @@ class SqliteStore:
         outcomes: list[Appended | BaseException]
         try:
             outcomes = [
-                self._failed(outcome)
+                self._append_failed(outcome)
                 if isinstance(outcome, Exception) and not isinstance(outcome, ChatError)
                 else outcome
                 for outcome in self._db.append_group([request for request, _ in group])
             ]
         except Exception as exc:
-            outcomes = [self._failed(exc) for _ in group]
+            outcomes = [self._append_failed(exc) for _ in group]
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             self._loop.call_soon_threadsafe(_answer, [answer for _, answer in group], outcomes)
 
     def _failed(self, exc: Exception) -> StoreError:
-        error = StoreError(f"the history file {self._db.path} failed: {exc}")
+        error = StoreError(f"the server's history failed ({exc}); try again later")
         error.__cause__ = exc
         return error
+
+    def _append_failed(self, exc: Exception) -> StoreError:
+        """`_failed`, said in the log too (at most once every FAILURE_LOG_EVERY seconds): a
+        full disk or a file made read-only under the server refused every send, told to the
+        clients only, and the operator saw nothing."""
+        now = time.monotonic()
+        if now - self._failure_logged_at >= FAILURE_LOG_EVERY:
+            self._failure_logged_at = now
+            log.error(
+                "the history file %s cannot take messages: %s (until it can, sends are refused "
+                "with UNAVAILABLE)",
+                self._db.path,
+                exc,
+                extra={"event": "history_failed"},
+            )
+        return self._failed(exc)
 
     def _closed_error(self) -> StoreError:
         return StoreError(f"the history store {self._db.path} is closed")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from grpcchat.core import relations
-from grpcchat.core.errors import ChatError
+from grpcchat.core.errors import ChatError, StoreError
 from grpcchat.core.history import Appended, Retention, RoomCount
 from grpcchat.core.models import Message, Relation, RelationKind
 from grpcchat.store import sqlite_conversations as conversations
@@ -97,7 +97,10 @@ class Database:
         grpcchat history, rather than start over with an empty one. A refused file is left
         exactly as it was: it is the user's to rescue."""
         if path.is_dir():
-            raise unusable(path, "it is a directory")
+            raise StoreError(
+                f"cannot use the history file {path}: it is a directory; give the path of a file "
+                f"(such as {path / 'history.db'}), or the directory as --data-dir"
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -129,6 +132,9 @@ class Database:
             # extra I/O, rather than lingering in free space.
             conn.execute("PRAGMA secure_delete = FAST")
             database = cls(conn, path, retention)
+            # A file this user may only read opens (SQLite falls back to read-only), and every
+            # append then failed while the server said SERVING: a write that changes nothing.
+            conn.execute("UPDATE meta SET value = value WHERE name = 'epoch'")
         except sqlite3.DatabaseError as exc:
             conn.close()
             release(held)

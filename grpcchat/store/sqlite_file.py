@@ -143,7 +143,28 @@ def open_failure(path: Path, exc: sqlite3.Error) -> StoreError:
             f"cannot use the history file {path}: its directory {path.parent} is not "
             "writable (SQLite keeps its -wal and -shm files beside it)"
         )
-    return unusable(path, unreadable(path, exc))
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return unusable(path, f"it is not a readable SQLite database ({exc})")
+    # Anything else says nothing about the file itself (a full disk, an I/O error, a file
+    # this user may not write): moving a healthy history away is not the cure.
+    return StoreError(f"cannot use the history file {path}: {_trouble(path, code, exc)}")
+
+
+def _trouble(path: Path, code: int, exc: sqlite3.Error) -> str:
+    if code == sqlite3.SQLITE_FULL:
+        return f"the disk is full ({exc}): free some space"
+    if code == sqlite3.SQLITE_IOERR:
+        return f"reading or writing it failed ({exc}): check the disk"
+    if not path.exists():
+        return (
+            f"cannot create it ({exc}): check that this user may write in {path.parent}, or "
+            "choose another path"
+        )
+    if code == sqlite3.SQLITE_READONLY or not os.access(path, os.R_OK | os.W_OK):
+        return (
+            f"this user may not read and write it ({exc}): give it access, or choose another path"
+        )
+    return f"{exc}: check the file, its directory and the disk"
 
 
 def hold(path: Path) -> int | None:
@@ -173,14 +194,6 @@ def hold(path: Path) -> int | None:
 def release(held: int | None) -> None:
     if held is not None:
         os.close(held)
-
-
-def unreadable(path: Path, exc: sqlite3.Error) -> str:
-    if not path.exists():
-        return f"cannot create it ({exc})"
-    if not os.access(path, os.R_OK | os.W_OK):
-        return f"no permission to read and write it ({exc})"
-    return f"it is not a readable SQLite database ({exc})"
 
 
 def check_is_history(conn: sqlite3.Connection, path: Path) -> bool:
