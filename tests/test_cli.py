@@ -206,7 +206,14 @@ def test_a_room_may_be_typed_as_it_is_printed(server_process: ServerProcess) -> 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 @pytest.mark.parametrize(
     "args",
-    [("--version",), ("history", "--help"), ("send", "--name", "bot", "hi"), ("rooms",)],
+    [
+        ("--version",),
+        ("history", "--help"),
+        ("send", "--name", "bot", "hi"),
+        ("rooms",),
+        # Its startup line: it said "[Errno 28] No space left on device", naming nothing.
+        ("serve", "--port", "0", "--store", "memory://"),
+    ],
 )
 def test_output_that_cannot_be_written_is_one_red_line(
     server_process: ServerProcess, args: tuple[str, ...]

@@ -11,7 +11,7 @@ import typer
 
 from grpcchat.cli import render
 from grpcchat.cli.consoles import console, err_console
-from grpcchat.cli.exits import EXIT_FAILURE, EXIT_USAGE, fail
+from grpcchat.cli.exits import EXIT_FAILURE, EXIT_USAGE, fail, is_write_failure
 from grpcchat.cli.grpclogs import set_grpc_core_logs
 from grpcchat.cli.options import SECURITY_HELP, auth_secret_option, tls_cert_option, tls_key_option
 from grpcchat.cli.serverlog import LOG_FORMATS, LOG_LEVELS, configure_logging
@@ -429,10 +429,13 @@ def run_workers(config: ServerConfig, command: WorkerCommand, *, log_format: str
 def _server_failed(error: Exception, log_format: str) -> NoReturn:
     """Exit 1 saying why the server stopped: one line, in JSON with `--log-format json` (one
     object a line, this one too, written at exit)."""
+    why = str(error)
+    if isinstance(error, OSError) and is_write_failure(error):  # its startup line: > /dev/full
+        why = f"cannot write the output: {error.strerror}"
     if log_format == "json":
-        logging.getLogger("grpcchat.server").error(str(error), extra={"event": "server_failed"})
+        logging.getLogger("grpcchat.server").error(why, extra={"event": "server_failed"})
         raise SystemExit(EXIT_FAILURE) from None
-    fail(str(error))
+    fail(why)
 
 
 def _worker_command(ctx: typer.Context) -> WorkerCommand:
