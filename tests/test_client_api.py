@@ -4,15 +4,20 @@ every failure is a ChatError, never a raw gRPC or protobuf one, against a real s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
 
 import pytest
 
-from grpcchat.client import ChatClient, Connected
+from grpcchat.client import ChatClient, Connected, Reconnecting
 from grpcchat.client.config import ClientConfig
 from grpcchat.client.errors import ClientClosed
 from grpcchat.core.errors import ChatError, ConfigError, InvalidInput, RemoteError
+from grpcchat.core.limits import Limits
 from grpcchat.core.models import Message, Relation, RelationKind
 from grpcchat.server import ChatServer
+from grpcchat.server.config import ServerConfig
 from tests.helpers import Follower
 
 
@@ -190,6 +195,47 @@ async def test_a_session_of_no_rooms_gets_the_answer_to_a_send_awaited_on_connec
     assert await asyncio.wait_for(run_bot(), 4) == "online"  # each send's own timeout is 5 s
     assert [m.text for m in await client.history("bots")] == ["online"]
     await bot.aclose()
+
+
+async def test_a_stream_the_server_ends_at_once_each_time_is_retried_ever_later(
+    tmp_path: Path,
+) -> None:
+    """A history that fails every append ends the session's stream as soon as its pending send
+    is written again: each reconnect reset the delays, and the client came back every
+    0.1-0.2 s (66 times in 10 s)."""
+    path = tmp_path / "h.db"
+    config = ServerConfig(port=0, store=f"sqlite://{path}", limits=Limits(rate=0))
+    async with (
+        ChatServer(config) as server,
+        ChatClient(ClientConfig(addr=f"127.0.0.1:{server.port}", timeout=10)) as client,
+    ):
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute(
+                "CREATE TRIGGER full_disk BEFORE INSERT ON messages"
+                " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        session = client.session("al", ["r"])
+        sending: list[asyncio.Task[object]] = []
+        delays: list[float] = []
+
+        async def follow() -> None:
+            async for event in session.events():
+                if isinstance(event, Connected) and not sending:
+                    sending.append(asyncio.create_task(session.send("hello", "r")))
+                elif isinstance(event, Reconnecting):
+                    delays.append(event.delay)
+                    if len(delays) == 4:
+                        return
+
+        try:
+            await asyncio.wait_for(follow(), 8)
+        finally:
+            await session.aclose()
+            for task in sending:
+                with contextlib.suppress(ChatError):
+                    await task
+        assert delays[0] <= 0.2
+        assert delays[3] >= 0.8  # 0.1-0.2, then doubling: 0.8-1.6 s the fourth time
 
 
 async def test_a_send_the_server_refuses_as_unavailable_is_not_said_maybe_posted(

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 # batch of events a response, so this is hundreds of events; past it, the stream waits for the
 # program, and HTTP/2 flow control holds the server back.
 READ_AHEAD = 16
+# A stream connected at least this long (seconds) was no failure: the reconnect delays start over.
+STABLE_AFTER = 2.0
 # Reconnect attempts (with backoff up to 5 s) before a room whose rejoin keeps being refused
 # is given up.
 MAX_REJOIN_ATTEMPTS = 10
@@ -155,12 +157,14 @@ class ChatSession:
         connected_once = False
         # Before the first connection, each other address may be tried once.
         spare = len(self._connection.addrs) - 1
+        loop = asyncio.get_running_loop()
         while not self._closed:
+            connected_at: float | None = None
             try:
                 async for event in self._attempt(first=not connected_once):
                     if isinstance(event, Connected):
                         connected_once = True
-                        backoff.reset()
+                        connected_at = loop.time()
                         self._lost_because, self._lost_error = "", None
                     yield event
                 reason, status = "the server ended the stream", "UNAVAILABLE"
@@ -176,6 +180,10 @@ class ChatSession:
             if self._closed:
                 return
             self._lost_because, self._lost_status = reason, status
+            # The delays start over only after a stream that lasted: one the server ends at
+            # once each time (its history failing every send) was retried every 0.1-0.2 s.
+            if connected_at is not None and loop.time() - connected_at >= STABLE_AFTER:
+                backoff.reset()
             delay = backoff.next_delay()
             # A lost stream moves on to the next address (round-robin), resuming there.
             addr = self._connection.next_address()
