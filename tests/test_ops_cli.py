@@ -195,6 +195,24 @@ def test_check_config_prints_flags_and_env_with_the_secret_masked(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("setting", "history"),
+    [
+        ({"GRPCCHAT_DATA_DIR": "~/chat"}, "chat/history.db"),
+        ({"GRPCCHAT_STORE": "sqlite://~/kept.db"}, "kept.db"),
+    ],
+)
+def test_a_home_written_as_tilde_is_the_home(
+    tmp_path: Path, setting: dict[str, str], history: str
+) -> None:
+    """Where no shell expands it (a unit file's Environment=), `~` made a directory named `~`
+    in the working directory: a new, empty history from anywhere else."""
+    home = tmp_path / "home"
+    done = run_cli("serve", "--check-config", env=cli_env(HOME=str(home), **setting), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"store_url = sqlite://{home / history}" in done.stdout
+
+
 def test_check_config_shows_an_unset_secret_and_the_tls_paths_not_their_contents(
     tmp_path: Path,
 ) -> None:

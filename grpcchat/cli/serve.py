@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -313,8 +314,8 @@ def serve(
         config = ServerConfig(
             host=host,
             port=port,
-            store=store,
-            data_dir=data_dir,
+            store=_home_expanded(store),
+            data_dir=os.path.expanduser(data_dir),
             retention=Retention(max_messages=keep_messages, max_age=_days(keep_days)),
             limits=Limits(
                 queue_size=queue_size,
@@ -424,6 +425,17 @@ def run_workers(config: ServerConfig, command: WorkerCommand, *, log_format: str
         workers.run(config, command, started)
     except (OSError, ChatError) as error:
         _server_failed(error, log_format)
+
+
+def _home_expanded(store: str) -> str:
+    """A sqlite:// URL with `~` in its path, as the shell would have made it: written where the
+    shell does not expand it (GRPCCHAT_STORE in a unit file, `--store=sqlite://~/...`), it was
+    a directory named `~` in the working directory, a new empty history from anywhere else.
+    (`--data-dir` too: `os.path.expanduser`.)"""
+    scheme, sep, path = store.partition("://")
+    if scheme == "sqlite" and path.startswith("~"):
+        return f"{scheme}{sep}{os.path.expanduser(path)}"
+    return store
 
 
 def _server_failed(error: Exception, log_format: str) -> NoReturn:
