@@ -161,6 +161,17 @@ async def test_a_key_used_again_for_another_kind_of_send_answers_with_its_origin
     assert [m["seq"] for m in await history_json(addr)] == [first["seq"]]  # nothing new posted
 
 
+async def test_a_repeated_key_of_a_deleted_message_says_it_was_deleted(addr: str) -> None:
+    """It said "already sent" and printed an empty text, with no word of the delete; the
+    server's answer says it (`deleted`)."""
+    first = await send_json(addr, "kk", "--key", "kd", "secret text")
+    await send_json(addr, "kk", "--delete", str(first["seq"]))
+    again = await send_json(addr, "kk", "--key", "kd", "secret text")
+    assert (again["duplicate"], again["deleted"], again["text"]) == (True, True, "")
+    plain = await cli(addr, "kk", "--key", "kd", "secret text")
+    assert "(already sent: not posted again, and deleted since)" in plain.stdout
+
+
 async def test_a_cap_that_waiting_does_not_lift_is_a_refusal_not_retry_later(
     addr: str, client: ChatClient
 ) -> None:

@@ -1,7 +1,8 @@
 """The JSON shape of a message, as `send --json` and `history --json` print it (one per line).
 
 Every object has the message's id, room, position, sender, text and time; `to`, `action`,
-`duplicate`, `reply_to` and `relation` only when they apply. `history --json` adds the current
+`duplicate` (with `deleted` when the original was deleted since), `reply_to` and `relation` only
+when they apply. `history --json` adds the current
 state to every object (`state=True`): `edited`, `edited_at`, `deleted`, `reactions`, `reply_to`.
 """
 
@@ -31,6 +32,8 @@ def message_as_json(
         data["action"] = True
     if duplicate:
         data["duplicate"] = True
+        if message.deleted and not state:  # a repeated key whose original was deleted since
+            data["deleted"] = True
     if message.reply_to or state:
         data["reply_to"] = message.reply_to
     if message.relation is not None:

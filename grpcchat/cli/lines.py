@@ -90,5 +90,6 @@ def sent_line(message: Message, duplicate: bool = False) -> StyledLine:
     elif message.reply_to:
         pieces.append((f" (reply to {message.reply_to})", ""))
     if duplicate:
-        pieces.append((" (already sent: not posted again)", "yellow"))
+        gone = ", and deleted since" if message.deleted else ""
+        pieces.append((f" (already sent: not posted again{gone})", "yellow"))
     return StyledLine("green", tuple(pieces))
