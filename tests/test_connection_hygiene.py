@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -185,6 +187,54 @@ async def _texts_until(
 
 
 # -- heartbeat --------------------------------------------------------------------------------
+
+
+FROZEN_CLIENT = """
+import asyncio, sys
+from grpcchat.client import ChatClient, Connected
+from grpcchat.client.config import ClientConfig
+
+async def main():
+    async with ChatClient(ClientConfig(addr=sys.argv[1])) as client:
+        async for event in client.session("frozen").events():
+            if isinstance(event, Connected):
+                print("connected", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_frozen_client_loses_its_session_within_the_keepalive_timeout(
+    server_config: ServerConfig,
+) -> None:
+    """gRPC waited 60 s for a ping's answer whatever the keepalive timeout said: a client that
+    stopped answering (suspended, its network gone) kept its session and name for 90 s."""
+    keepalive = Keepalive(time=1.0, timeout=1.0)
+    async with ChatServer(replace(server_config, keepalive=keepalive)) as server:
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", FROZEN_CLIENT, f"127.0.0.1:{server.port}",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert client.stdout is not None
+            line = await asyncio.wait_for(client.stdout.readline(), 15)
+            assert line == b"connected\n"
+            assert server.hub.session_count("lobby") == 1
+            client.send_signal(signal.SIGSTOP)
+            async with asyncio.timeout(8):  # a ping a second, its answer due within 1 s
+                while server.hub.session_count("lobby"):  # noqa: ASYNC110 (no event to wait on)
+                    await asyncio.sleep(0.1)
+        finally:
+            client.kill()
+            await client.wait()
+
+
+def test_a_connection_without_calls_is_closed_after_a_while() -> None:
+    """One address held thousands of idle connections (a preface, then nothing) and took every
+    file descriptor of the server: nothing closed a connection without calls."""
+    options = dict(connection_options(Keepalive(), 0, 0))
+    assert options["grpc.max_connection_idle_ms"] == 60_000
+    assert options["grpc.http2.ping_timeout_ms"] == options["grpc.keepalive_timeout_ms"]
 
 
 async def test_an_idle_subscribe_stream_gets_empty_responses(server_config: ServerConfig) -> None:

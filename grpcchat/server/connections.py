@@ -19,6 +19,10 @@ DEFAULT_MAX_CONNECTION_AGE = 0.0
 DEFAULT_MAX_CONNECTION_AGE_GRACE = 30.0
 
 
+# Seconds a connection may go without calls before the server closes it (GOAWAY).
+IDLE_CONNECTION = 60.0
+
+
 @record
 class Keepalive:
     """HTTP/2 keepalive of the server, in seconds. The defaults agree with the client's
@@ -54,6 +58,13 @@ def connection_options(
     options = [
         ("grpc.keepalive_time_ms", _ms(keepalive.time)),
         ("grpc.keepalive_timeout_ms", _ms(keepalive.timeout)),
+        # What grpcio 1.85 waits for a ping's answer is this (60 s by default), not the above:
+        # a frozen client kept its sessions, and its name, for 90 s.
+        ("grpc.http2.ping_timeout_ms", _ms(keepalive.timeout)),
+        # A connection without calls is closed after a while: one address holding thousands
+        # of them, idle after their HTTP/2 preface, took every file descriptor of the server.
+        # A client that calls again simply connects again.
+        ("grpc.max_connection_idle_ms", _ms(IDLE_CONNECTION)),
         ("grpc.http2.min_ping_interval_without_data_ms", _ms(keepalive.min_ping_interval)),
         ("grpc.http2.max_ping_strikes", keepalive.max_ping_strikes),
         ("grpc.keepalive_permit_without_calls", int(keepalive.permit_without_calls)),
