@@ -10,6 +10,7 @@ silence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter
@@ -729,6 +730,38 @@ async def test_names_claimed_from_one_address_share_its_rate_limit(third: str) -
 
 
 @pytest.mark.timeout(60)
+async def test_a_chat_stream_its_client_cancelled_posts_nothing_more(
+    server_process: ServerProcess,
+) -> None:
+    """Cancelled while over the rate (the article's client on Ctrl-C), the stream's posts
+    waiting for their turn went on being posted for seconds, none of them echoed to the
+    writer, who had left: 128 lines more than it saw. (Nothing happening is shown by waiting:
+    those posts went out at the rate, 20 a second.)"""
+    async with grpc.aio.insecure_channel(server_process.addr) as channel:
+        stub = pb_grpc.ChatServiceStub(channel)
+
+        async def lines() -> AsyncIterator[pb.ChatMessage]:
+            for n in range(200):
+                yield pb.ChatMessage(sender="leaver", text=f"{n}")
+
+        call = stub.Chat(lines())
+        echoed: list[str] = []
+
+        async def read() -> None:
+            async for response in call:
+                echoed.append(response.text)
+
+        with contextlib.suppress(TimeoutError):  # past the burst of 60, then at the rate
+            await asyncio.wait_for(read(), 3)
+        call.cancel()
+        await asyncio.sleep(2)
+        history = await stub.History(pb.HistoryRequest(room="lobby", limit=1000))
+    stored = [m.text for m in history.messages if m.sender == "leaver"]
+    assert stored[: len(echoed)] == echoed
+    # At most what was being stored at the cancel.
+    assert len(stored) <= len(echoed) + 2, (len(stored), len(echoed))
+
+
 async def test_a_throttled_chat_stream_keeps_its_order(server_process: ServerProcess) -> None:
     """The article's stream is throttled over the rate (the default 20 a second, 60 at once),
     not refused; its lines are stored in the order written. A throttled post used to retry on

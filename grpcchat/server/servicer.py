@@ -546,12 +546,15 @@ class ChatServicer:
         loop = asyncio.get_running_loop()
         throttled_until = 0.0
         line = WaitingLine()
+        # The call was cancelled (the client left): a post still waiting for its turn or its
+        # rate is dropped, not posted seconds after its writer left, never told of it.
+        gone = False
 
         async def post(send: pb.SendRequest) -> None:
             nonlocal throttled_until
             holds_line = await line.wait_turn()
             try:
-                while True:
+                while not gone:
                     try:
                         await self._post(send, identity, principal, shielded=False)  # InFlight
                         return
@@ -585,6 +588,9 @@ class ChatServicer:
                 await posting.drain()
                 session.close()
                 return
+        except asyncio.CancelledError:
+            gone = True
+            raise
         except ChatError as error:
             refused.set()
             self._refused(error)
