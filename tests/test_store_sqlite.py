@@ -229,8 +229,13 @@ def test_a_history_this_user_may_only_read_is_refused_at_start(tmp_path: Path) -
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip() == (
         f"error: cannot use the history file {path}: this user may not read and write it "
-        "(attempt to write a readonly database): give it access, or choose another path"
+        "(Permission denied): give it access, or choose another path"
     )
+    # Refused before SQLite read it: read-only -wal and -shm files it left beside it kept the
+    # file refused once it was given access.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.db"]
+    path.chmod(0o644)
+    asyncio.run(_made(path))
 
 
 async def _made(path: Path) -> None:

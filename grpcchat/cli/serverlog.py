@@ -73,7 +73,8 @@ CHAT_LOGGERS = frozenset({"grpcchat.messages", "grpcchat.direct", "grpcchat.rela
 
 class _SkippingQueueHandler(logging.Handler):
     """Hands records to the log thread; skips chat-message lines when it is behind, and any
-    line once it is far behind. Never waits: it runs on the event loop.
+    line once it is far behind. Never waits: it runs on the event loop (and on the SQLite
+    store's thread, which logs a failing file; `Handler.handle` holds the handler's lock).
 
     A deque, not a `queue.Queue`: the log thread takes records on its tick instead of waiting
     for them, so the Queue's locks and wake-ups were all cost (a chat line's CPU, everything

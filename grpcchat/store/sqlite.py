@@ -262,7 +262,7 @@ class SqliteStore:
 
     def _append_failed(self, exc: Exception) -> StoreError:
         """`_failed`, said in the log too (at most once every FAILURE_LOG_EVERY seconds): a
-        full disk or a file made read-only under the server refused every send, told to the
+        full disk or a read-only remount under the server refused every send, told to the
         clients only, and the operator saw nothing."""
         now = time.monotonic()
         if now - self._failure_logged_at >= FAILURE_LOG_EVERY:
@@ -277,7 +277,7 @@ class SqliteStore:
         return self._failed(exc)
 
     def _closed_error(self) -> StoreError:
-        return StoreError(f"the history store {self._db.path} is closed")
+        return StoreError("the server's history is closed: the server is stopping")
 
 
 def _answer(

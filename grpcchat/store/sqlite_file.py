@@ -143,7 +143,7 @@ def open_failure(path: Path, exc: sqlite3.Error) -> StoreError:
             f"cannot use the history file {path}: its directory {path.parent} is not "
             "writable (SQLite keeps its -wal and -shm files beside it)"
         )
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "file format" in str(exc):
         return unusable(path, f"it is not a readable SQLite database ({exc})")
     # Anything else says nothing about the file itself (a full disk, an I/O error, a file
     # this user may not write): moving a healthy history away is not the cure.
@@ -160,6 +160,11 @@ def _trouble(path: Path, code: int, exc: sqlite3.Error) -> str:
             f"cannot create it ({exc}): check that this user may write in {path.parent}, or "
             "choose another path"
         )
+    if code == sqlite3.SQLITE_READONLY and os.access(path, os.W_OK):
+        return (
+            f"it opens read-only ({exc}): check that this user may write {path.name}-wal and "
+            f"{path.name}-shm beside it (left by another user?), or choose another path"
+        )
     if code == sqlite3.SQLITE_READONLY or not os.access(path, os.R_OK | os.W_OK):
         return (
             f"this user may not read and write it ({exc}): give it access, or choose another path"
@@ -175,7 +180,14 @@ def hold(path: Path) -> int | None:
     None only when the file cannot be opened at all: SQLite says why then too."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            # Refused before any statement runs: reading it would leave read-only -wal and
+            # -shm files beside it, which kept it refused once the file itself was fixed.
+            raise StoreError(
+                f"cannot use the history file {path}: this user may not read and write it "
+                f"({exc.strerror}): give it access, or choose another path"
+            ) from None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
