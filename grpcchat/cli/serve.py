@@ -43,6 +43,8 @@ from grpcchat.server.connections import (
 )
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from grpcchat.server import ChatServer
     from grpcchat.server.workers import Started, WorkerCommand
 
@@ -399,9 +401,8 @@ def run_server(
         extras = _extras(config)
         if server.web_port:
             extras.append(f"web {server.web_url}")
-        console.print(render.render_started(server.address, extras), soft_wrap=True)
         # Scripts and tests read the real port from this line, even through a pipe.
-        sys.stdout.flush()
+        _print_started(render.render_started(server.address, extras))
         # This process is a server from now on (a library user's process is not ours to tune).
         tune_for_serving()
 
@@ -418,8 +419,7 @@ def run_workers(config: ServerConfig, command: WorkerCommand, *, log_format: str
 
     def started(running: Started) -> None:
         extras = [f"{config.workers} workers", *_extras(running.config)]
-        console.print(render.render_started(running.address, extras), soft_wrap=True)
-        sys.stdout.flush()
+        _print_started(render.render_started(running.address, extras))
 
     try:
         workers.run(config, command, started)
@@ -438,12 +438,22 @@ def _home_expanded(store: str) -> str:
     return store
 
 
+def _print_started(line: Text) -> None:
+    """The startup line, on stdout at once; one that cannot be written (`> /dev/full`) stops
+    the server with the words every command uses, not a bare errno."""
+    try:
+        console.print(line, soft_wrap=True)
+        sys.stdout.flush()
+    except OSError as error:
+        if not is_write_failure(error):
+            raise
+        raise ChatError(f"cannot write the output: {error.strerror}") from None
+
+
 def _server_failed(error: Exception, log_format: str) -> NoReturn:
     """Exit 1 saying why the server stopped: one line, in JSON with `--log-format json` (one
     object a line, this one too, written at exit)."""
     why = str(error)
-    if isinstance(error, OSError) and is_write_failure(error):  # its startup line: > /dev/full
-        why = f"cannot write the output: {error.strerror}"
     if log_format == "json":
         logging.getLogger("grpcchat.server").error(why, extra={"event": "server_failed"})
         raise SystemExit(EXIT_FAILURE) from None

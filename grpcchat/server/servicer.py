@@ -498,9 +498,9 @@ class ChatServicer:
                 raise
             stack.enter_context(self.stats.session_open("chat"))
             principal = identity.name if identity else peer
-            refused = asyncio.Event()
+            refused, ended = asyncio.Event(), asyncio.Event()
             reader = asyncio.create_task(
-                self._read_legacy(requests, session, identity, principal, refused)
+                self._read_legacy(requests, session, identity, principal, refused, ended)
             )
             try:
                 await write_session(session, context, identity, each_chat_message, stats=self.stats)
@@ -513,6 +513,7 @@ class ChatServicer:
                         await asyncio.wait_for(asyncio.shield(reader), REFUSAL_GRACE)
                 raise
             finally:
+                ended.set()
                 await _cancel(reader)
 
     async def _read_legacy(
@@ -522,9 +523,11 @@ class ChatServicer:
         identity: Identity | None,
         principal: str,
         refused: asyncio.Event,
+        ended: asyncio.Event,
     ) -> None:
         """Post what a Chat client writes; its half-close ends the call, as in the article.
-        `refused` is set when a message is refused (which ends the call).
+        `refused` is set when a message is refused (which ends the call); `ended` once the
+        call is over.
 
         The article's stream has no way to refuse one message, so over the rate limit, or while
         the lobby's readers are behind, it is throttled (we stop reading until the message may
@@ -546,15 +549,15 @@ class ChatServicer:
         loop = asyncio.get_running_loop()
         throttled_until = 0.0
         line = WaitingLine()
-        # The call was cancelled (the client left): a post still waiting for its turn or its
-        # rate is dropped, not posted seconds after its writer left, never told of it.
-        gone = False
 
         async def post(send: pb.SendRequest) -> None:
             nonlocal throttled_until
             holds_line = await line.wait_turn()
             try:
-                while not gone:
+                # Once the call has ended (the client left), a post still waiting for its turn
+                # or its rate is dropped: posted seconds after its writer left, it was never
+                # echoed to it.
+                while not ended.is_set():
                     try:
                         await self._post(send, identity, principal, shielded=False)  # InFlight
                         return
@@ -588,9 +591,6 @@ class ChatServicer:
                 await posting.drain()
                 session.close()
                 return
-        except asyncio.CancelledError:
-            gone = True
-            raise
         except ChatError as error:
             refused.set()
             self._refused(error)
