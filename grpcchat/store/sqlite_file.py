@@ -166,32 +166,28 @@ def _trouble(path: Path, code: int, exc: sqlite3.Error) -> str:
             f"{path.name}-shm beside it (left by another user?), or choose another path"
         )
     if code == sqlite3.SQLITE_READONLY or not os.access(path, os.R_OK | os.W_OK):
-        return (
-            f"this user may not read and write it ({exc}): give it access, or choose another path"
-        )
+        return _no_access(exc)
     return f"{exc}: check the file, its directory and the disk"
+
+
+def _no_access(why: object) -> str:
+    return f"this user may not read and write it ({why}): give it access, or choose another path"
 
 
 def hold(path: Path) -> int | None:
     """An exclusive lock on the history file (SQLite has opened it), held by the returned file
     descriptor until `release`: two servers on one file would each deliver only their own
-    appends live. A BSD lock (flock), which SQLite's own locks (fcntl) never meet; taken on a
-    read-only descriptor if the file is not writable here (SQLite then says why it fails).
-    None only when the file cannot be opened at all: SQLite says why then too."""
+    appends live. A BSD lock (flock), which SQLite's own locks (fcntl) never meet. A file this
+    user may not write is refused here, before any statement runs: reading it would leave
+    read-only -wal and -shm files beside it, which kept it refused once the file was fixed.
+    None when the file cannot be opened for another reason: SQLite says why."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            # Refused before any statement runs: reading it would leave read-only -wal and
-            # -shm files beside it, which kept it refused once the file itself was fixed.
-            raise StoreError(
-                f"cannot use the history file {path}: this user may not read and write it "
-                f"({exc.strerror}): give it access, or choose another path"
-            ) from None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
+            message = f"cannot use the history file {path}: {_no_access(exc.strerror)}"
+            raise StoreError(message) from None
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
