@@ -739,21 +739,29 @@ async def test_the_pages_commands_edit_delete_react_and_reply(
     assert not page.errors
 
 
+async def read_the_lobby_then_leave(
+    web_server: WebServer, new_user: NewUser, client: ChatClient
+) -> ChatPage:
+    """alice's page shows bob's "read this" in #lobby, marks it read, then is reloaded into
+    #games: everything #lobby holds so far is read."""
+    page = await (await new_user()).open(web_server.url, name="alice")
+    await page.expect_connected()
+    await client.send("bob", "read this")
+    await page.expect_message("read this", "bob")
+    # The page marks what it shows as read (MarkRead, at most once a second).
+    await until_all_read(client, "alice", "lobby")
+    await expect(page.log.locator("li.divider")).to_have_count(0)
+    await page.open(web_server.url, name="alice", room="games")
+    await page.expect_connected()
+    return page
+
+
 async def test_a_room_entered_with_unread_messages_shows_where_they_start(
     web_server: WebServer, new_user: NewUser
 ) -> None:
-    page = await (await new_user()).open(web_server.url, name="alice")
-    await page.expect_connected()
     async with client_for(web_server) as client:
-        await client.send("bob", "read this")
-        await page.expect_message("read this", "bob")
-        # The page marks what it shows as read (MarkRead, at most once a second).
-        await until_all_read(client, "alice", "lobby")
-        await expect(page.log.locator("li.divider")).to_have_count(0)
-
-        # Reloaded into another room; meanwhile two messages arrive in #lobby.
-        await page.open(web_server.url, name="alice", room="games")
-        await page.expect_connected()
+        page = await read_the_lobby_then_leave(web_server, new_user, client)
+        # Meanwhile two messages arrive in #lobby.
         await client.send("bob", "unread 1")
         await client.send("bob", "unread 2")
         await page.say("/rooms")
@@ -784,15 +792,8 @@ async def test_more_unread_than_the_replay_holds_are_all_shown_from_the_first(
     above the replay's first, the ones before it were never shown, and the page marked them
     read during the replay; and a deleted message got the divider, though unread counts
     leave it out."""
-    page = await (await new_user()).open(web_server.url, name="alice")
-    await page.expect_connected()
     async with client_for(web_server) as client:
-        await client.send("bob", "read this")
-        await page.expect_message("read this", "bob")
-        await until_all_read(client, "alice", "lobby")
-
-        await page.open(web_server.url, name="alice", room="games")
-        await page.expect_connected()
+        page = await read_the_lobby_then_leave(web_server, new_user, client)
         gone = await client.send("bob", "gone")
         await client.send("bob", "", relation=Relation(RelationKind.DELETE, gone.message.id))
         for n in range(1, 61):
